@@ -1,0 +1,99 @@
+"""The ``tracker`` command. Thin: parse options, call domain code, print.
+
+One place for errors: ``main`` turns every ``TrackerError`` into one line on stderr and its exit status.
+Commands live in ``tracker/commands/*`` and are imported only when called (or listed by --help), and
+none of them imports torch, diffusers or mlflow at module level, so ``tracker --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from tracker import __version__
+from tracker.errors import TrackerError
+from tracker.workspace import Workspace
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "expand": "tracker.commands.expand:expand",
+    "run": "tracker.commands.run:run",
+    "runs": "tracker.commands.store_cmds:runs",
+    "show": "tracker.commands.store_cmds:show",
+    "experiments": "tracker.commands.store_cmds:experiments",
+    "db": "tracker.commands.store_cmds:db",
+    "models": "tracker.commands.models:models",
+    "sync": "tracker.commands.mlflow_cmds:sync",
+    "ui": "tracker.commands.mlflow_cmds:ui",
+    "report": "tracker.commands.report:report",
+    "grid": "tracker.commands.report:grid",
+    "reproduce": "tracker.commands.reproduce:reproduce",
+    "verify": "tracker.commands.reproduce:verify",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                return None  # a command whose module is not installed stays out of the listing
+            raise
+        return getattr(mod, attr, None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prompt-tracker")
+@click.option("--home", envvar="TRACKER_HOME", metavar="DIR",
+              help="Workspace folder for the run store, images, MLflow store and reports [default: ./.tracker].")
+@click.option("--db", "db_url", envvar="TRACKER_DB_URL", metavar="URL",
+              help="SQLAlchemy URL of the run store [default: sqlite:///HOME/tracker.db].")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
+    """prompt-tracker: record, compare and reproduce text-to-image prompt experiments.
+
+    \b
+    Typical session:
+      tracker expand examples/shapes.yaml   # see the plan
+      tracker run examples/shapes.yaml      # generate, store, log to MLflow
+      tracker report shapes                 # HTML report with seed-fixed grids
+      tracker ui                            # browse runs in the MLflow UI
+    """
+    ctx.obj = Workspace.from_options(home=home, db=db_url)
+
+
+pass_workspace = click.make_pass_decorator(Workspace)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="tracker", standalone_mode=False)
+    except TrackerError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

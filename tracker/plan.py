@@ -1,0 +1,197 @@
+"""Expansion: an ``Experiment`` becomes an ordered, deterministic plan of runs. Pure: no torch.
+
+Order: axes in the experiment's order (prompt axes, named axes, setting axes, seed), the last varying
+fastest; a zip group advances as one axis at the place of its first member; ``exclude`` rules drop
+combinations; combinations with equal run keys are one run (the first keeps its labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+from tracker import schedulers, templating
+from tracker.errors import SpecError, TrackerError
+from tracker.spec import PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, setting_fields, setting_label
+
+DEFAULT_MAX_RUNS = 10_000
+KEY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str
+    index: int
+    experiment: str
+    axes: tuple[tuple[str, str], ...]  # axis name -> label, in axis order (seed included)
+    prompt: str
+    negative_prompt: str
+    prompt_template: str
+    negative_template: str
+    seed: int
+    settings: Settings
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.axes)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.settings.to_dict()
+        return {
+            "key": self.key, "index": self.index, "experiment": self.experiment,
+            "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+            "prompt_template": self.prompt_template, "negative_template": self.negative_template,
+            "axes": dict(self.axes), "seed": self.seed, **s,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: Experiment
+    runs: tuple[PlannedRun, ...]
+    combinations: int  # after zip and exclude, before merging equal keys
+
+    def labels_per_axis(self) -> dict[str, dict[str, int]]:
+        """Runs per axis label, axis order kept."""
+        out: dict[str, dict[str, int]] = {a.name: {lab: 0 for lab in a.labels} for a in self.experiment.axes}
+        for r in self.runs:
+            for name, label in r.axes:
+                out[name][label] += 1
+        return out
+
+
+def run_key(settings: Settings, seed: int, prompt: str, negative_prompt: str, perf: dict[str, Any] | None = None) -> str:
+    """A stable hash of everything that changes the image (plus performance settings varied on an axis)."""
+    material = {
+        "v": KEY_VERSION, "model": settings.model, "vae": settings.vae, "scheduler": settings.scheduler,
+        "scheduler_options": dict(settings.scheduler_options), "steps": settings.steps,
+        "guidance_scale": float(settings.guidance_scale), "width": settings.width, "height": settings.height,
+        "dtype": settings.dtype, "seed": seed, "prompt": prompt, "negative_prompt": negative_prompt,
+        "generator_device": settings.generator_device,
+    }
+    if perf:
+        material["perf"] = perf
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _groups(exp: Experiment) -> list[list[Axis]]:
+    """Axes grouped for the product: a zip group is one entry at the place of its first member."""
+    by_name = {a.name: a for a in exp.axes}
+    group_of = {n: g for g in exp.zip_groups for n in g}
+    out, placed = [], set()
+    for a in exp.axes:
+        if a.name in placed:
+            continue
+        names = group_of.get(a.name, (a.name,))
+        out.append([by_name[n] for n in names])
+        placed.update(names)
+    return out
+
+
+def size(exp: Experiment) -> int:
+    """Combinations before ``exclude``: the product of axis sizes, zip groups counted once."""
+    return math.prod(len(g[0].values) for g in _groups(exp))
+
+
+def _combinations(exp: Experiment) -> Iterator[tuple[tuple[Axis, AxisValue], ...]]:
+    groups = _groups(exp)
+    for choice in itertools.product(*(range(len(g[0].values)) for g in groups)):
+        yield tuple((a, a.values[i]) for g, i in zip(groups, choice) for a in g)
+
+
+def _excluded(exp: Experiment, picked: dict[str, AxisValue], settings: dict[str, Any]) -> bool:
+    for rule in exp.exclude:
+        if all(_matches(name, want, picked, settings) for name, want in rule):
+            return True
+    return False
+
+
+def _matches(name: str, want: Any, picked: dict[str, AxisValue], settings: dict[str, Any]) -> bool:
+    if name in picked and picked[name].label == str(want if not isinstance(want, bool) else setting_label(name, want)):
+        return True
+    fields = setting_fields(name)
+    if all(f in settings for f in fields):
+        have = (settings["width"], settings["height"]) if name == "size" else settings[name]
+        if name == "scheduler":
+            return schedulers.resolve(have)[0] == schedulers.resolve(want)[0]
+        return have == want
+    if name in picked:
+        return picked[name].value == want
+    return False
+
+
+def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
+    """Expand an experiment into its plan. Raises TrackerError when the plan is larger than ``max_runs``."""
+    if exp.seeds_from:
+        raise TrackerError(f"{exp.path}: seeds: takes its seed from run {exp.seeds_from}; expand it with the store (tracker run)")
+    total = size(exp)
+    if max_runs is not None and total > max_runs:
+        raise TrackerError(
+            f"{exp.path}: the plan has {total} runs, more than the limit of {max_runs}; "
+            f"narrow the axes or raise --max-runs")
+    perf_axes = {f for a in exp.axes if a.kind in ("setting", "bundle") for v in a.values for k, _ in v.settings
+                 for f in setting_fields(k) if f in PERF_SETTINGS}
+    base = exp.settings.to_dict()
+    base["scheduler_options"] = dict(exp.settings.scheduler_options)
+    runs: list[PlannedRun] = []
+    seen: set[str] = set()
+    combos = 0
+    for combo in _combinations(exp):
+        picked = {a.name: v for a, v in combo}
+        values = dict(base)
+        variables: dict[str, Any] = {}
+        for a, v in combo:
+            for k, x in v.settings:
+                if k == "scheduler_options":
+                    values[k] = {**values[k], **dict(x)}
+                else:
+                    apply_setting(values, k, x)
+            if a.kind != "prompt":
+                variables[a.name] = v.value
+        if _excluded(exp, picked, values):
+            continue
+        combos += 1
+        settings = _settings(values)
+        prompt_tpl = picked["prompt"].template if "prompt" in picked else exp.prompt
+        neg_tpl = picked["negative_prompt"].template if "negative_prompt" in picked else (exp.negative_prompt or "")
+        prompt = _render(exp, prompt_tpl, variables, "prompt", picked.get("prompt"))
+        negative = _render(exp, neg_tpl, variables, "negative_prompt", picked.get("negative_prompt"))
+        seed = picked["seed"].value
+        perf = {f: values[f] for f in sorted(perf_axes)}
+        key = run_key(settings, seed, prompt, negative, perf)
+        if key in seen:
+            continue
+        seen.add(key)
+        runs.append(PlannedRun(
+            key=key, index=len(runs), experiment=exp.name,
+            axes=tuple((a.name, v.label) for a, v in sorted(combo, key=lambda av: exp.axis_names.index(av[0].name))),
+            prompt=prompt, negative_prompt=negative, prompt_template=prompt_tpl, negative_template=neg_tpl,
+            seed=seed, settings=settings,
+        ))
+    return Plan(exp, tuple(runs), combos)
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    cls, options = schedulers.resolve(values["scheduler"], values["scheduler_options"])
+    values = {**values, "scheduler": cls, "scheduler_options": tuple(sorted(options.items()))}
+    return Settings(**values)
+
+
+def _render(exp: Experiment, template: str, variables: dict[str, Any], field: str, value: AxisValue | None) -> str:
+    fname = f"{field}.{value.label}" if value is not None else field
+    line = exp.lines.get(field)
+    return templating.render(template, variables, exp.path, fname, line)
+
+
+def filter_runs(runs: tuple[PlannedRun, ...] | list[PlannedRun], where: dict[str, str]) -> list[PlannedRun]:
+    return [r for r in runs if all(r.labels.get(k) == v for k, v in where.items())]
+
+
+def replace_seed(exp: Experiment, seed: int) -> Experiment:
+    axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
+    return replace(exp, axes=axes)

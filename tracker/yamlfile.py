@@ -1,0 +1,64 @@
+"""Load YAML keeping the line of every mapping key, so errors can say where a field is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tracker.errors import SpecError
+
+Path_ = tuple  # a path of keys and indexes into the document
+
+
+class LinedYaml:
+    """A parsed document plus ``line(path)``: the 1-based line where the value at ``path`` starts."""
+
+    def __init__(self, data: Any, lines: dict[tuple, int]):
+        self.data = data
+        self._lines = lines
+
+    def line(self, *path: Any) -> int | None:
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path[:-1]
+        return None
+
+
+def load(text: str, path: str) -> LinedYaml:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            lines: dict[tuple, int] = {}
+            if node is not None:
+                _walk(node, (), lines, path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else None
+        problem = " ".join(str(err.problem or err.context or "malformed YAML").split())
+        raise SpecError(path, None, f"malformed YAML: {problem}", line) from None
+    except yaml.YAMLError as err:
+        raise SpecError(path, None, f"malformed YAML: {' '.join(str(err).split())}") from None
+    return LinedYaml(data, lines)
+
+
+def _walk(node: yaml.Node, at: tuple, lines: dict[tuple, int], path: str) -> None:
+    lines[at] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            if key in seen:
+                field = ".".join(str(p) for p in (*at, key))
+                raise SpecError(path, field, f"duplicate key {key!r}", key_node.start_mark.line + 1)
+            seen.add(key)
+            _walk(value_node, (*at, key), lines, path)
+            lines[(*at, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*at, i), lines, path)
