@@ -1,0 +1,213 @@
+"""Database glue: engines with SQLite made safe for several processes, and Alembic run from code.
+
+Why the SQLite recipe: pysqlite neither runs DDL inside transactions nor takes the write lock up
+front. We turn its own transaction handling off (``isolation_level = None``) and emit ``BEGIN``
+ourselves (SQLAlchemy's documented recipe), so a failed migration rolls back completely (no
+``_alembic_tmp_*`` table left behind) and write transactions start with ``BEGIN IMMEDIATE``: a
+second writer waits on the busy timeout at the start of its transaction instead of failing with
+"database is locked" when it tries to upgrade a read lock in the middle of one. WAL lets readers
+go on while one process writes.
+
+The migrations live in the repository's ``migrations/`` folder; an installed wheel carries them as
+``tracker/_migrations`` (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from tracker.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection, Engine
+
+BUSY_TIMEOUT_MS = 30_000
+WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IMMEDIATE on SQLite
+VERSION_TABLE = "alembic_version"
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: ``migrations/`` in a checkout, ``tracker/_migrations`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "migrations", here / "_migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StoreError(f"the database migrations are missing (looked in {here.parent / 'migrations'} "
+                     f"and {here / '_migrations'}); reinstall prompt-tracker")
+
+
+def _sqlite_file(url) -> Path | None:
+    db = url.database
+    if url.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
+def make_engine(url: str) -> "Engine":
+    """An engine for ``url``. SQLite: folder created, WAL, busy timeout, real transactions."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"{url!r} is not a database URL; give a SQLAlchemy URL such as sqlite:///path/tracker.db") from None
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except Exception as e:  # a missing driver (psycopg, pymysql ...)
+            raise StoreError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {e}") from None
+    path = _sqlite_file(parsed)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder for the run store {path}: {e}") from None
+    engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if path is not None:
+                cur.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write(engine: "Engine") -> Iterator["Connection"]:
+    """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+    with engine.execution_options(**{WRITE: True}).begin() as conn:
+        yield conn
+
+
+def display_url(engine_or_url) -> str:
+    from sqlalchemy.engine import make_url
+    url = engine_or_url.url if hasattr(engine_or_url, "url") else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alembic
+
+
+def alembic_config(url: str, script_location: Path | None = None) -> "Config":
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location or migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _script(cfg: "Config"):
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(cfg)
+
+
+def head(script_location: Path | None = None) -> str:
+    """The newest revision this code knows."""
+    return _script(alembic_config("sqlite://", script_location)).get_current_head()
+
+
+def current(url_or_engine, ) -> str | None:
+    """The database's revision (None for an empty database)."""
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        return _current(engine)
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()
+
+
+def _current(engine: "Engine") -> str | None:
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import DBAPIError
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(VERSION_TABLE):
+                return None
+            rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    except DBAPIError as e:
+        raise StoreError(f"cannot read the run store {display_url(engine)}: {_reason(e)}") from None
+    if len(rows) > 1:
+        raise StoreError(f"the run store {display_url(engine)} has several schema heads ({', '.join(rows)}); "
+                         "it was not made by prompt-tracker")
+    return rows[0] if rows else None
+
+
+def _reason(e: Exception) -> str:
+    orig = getattr(e, "orig", None)
+    return str(orig if orig is not None else e).strip().splitlines()[0]
+
+
+def check_known(engine: "Engine", revision: str | None, script_location: Path | None = None) -> None:
+    """Refuse a database whose revision this code does not know (made by a newer prompt-tracker)."""
+    if revision is None:
+        return
+    from alembic.util import CommandError
+    script = _script(alembic_config(display_url(engine), script_location))
+    try:
+        script.get_revision(revision)
+    except CommandError:
+        raise StoreError(
+            f"the run store {display_url(engine)} is at schema revision {revision!r}, which this prompt-tracker "
+            f"does not know (newest known: {script.get_current_head()}); it was written by a newer "
+            "prompt-tracker or another program: upgrade prompt-tracker or use another --db") from None
+
+
+def upgrade(url_or_engine, revision: str = "head", script_location: Path | None = None) -> tuple[str | None, str | None]:
+    """Migrate the database to ``revision`` in one transaction. Returns (before, after)."""
+    return _migrate("upgrade", url_or_engine, revision, script_location)
+
+
+def downgrade(url_or_engine, revision: str, script_location: Path | None = None) -> tuple[str | None, str | None]:
+    """Migrate down to ``revision`` ("base" drops everything). For tests and rescue."""
+    return _migrate("downgrade", url_or_engine, revision, script_location)
+
+
+def stamp(url_or_engine, revision: str, script_location: Path | None = None) -> None:
+    """Write ``revision`` into the version table without running migrations (tests)."""
+    from alembic import command
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        with write(engine) as conn:
+            cfg = alembic_config(display_url(engine), script_location)
+            cfg.attributes["connection"] = conn
+            command.stamp(cfg, revision, purge=True)
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()
+
+
+def _migrate(direction: str, url_or_engine, revision: str, script_location: Path | None):
+    from alembic import command
+    from sqlalchemy.exc import DBAPIError
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        before = _current(engine)
+        check_known(engine, before, script_location)
+        cfg = alembic_config(display_url(engine), script_location)
+        try:
+            # One transaction for the whole migration: the version check inside it sees what an
+            # earlier process committed, and a failure leaves the database as it was.
+            with write(engine) as conn:
+                cfg.attributes["connection"] = conn
+                getattr(command, direction)(cfg, revision)
+        except DBAPIError as e:
+            raise StoreError(f"cannot migrate the run store {display_url(engine)} to {revision}: {_reason(e)}") from e
+        return before, _current(engine)
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()

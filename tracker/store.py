@@ -1,0 +1,591 @@
+"""The run store: experiments, sweeps, runs and events in a SQL database (SQLite by default).
+
+One row per run (one image), found by (experiment, key). The schema belongs to the Alembic
+migrations in ``migrations/``; the tables below mirror their head (a test compares them) and
+``Store.open`` upgrades an older database first. Every write is its own short transaction, so
+several processes can fill one database (see ``tracker.db`` for the SQLite settings that make
+that safe). Times are stored as naive UTC and handed out as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import sqlalchemy as sa
+
+from tracker import db
+from tracker.errors import NotFoundError, StoreError
+from tracker.plan import PlannedRun
+from tracker.spec import Settings
+
+STATUSES = ("pending", "running", "done", "failed")
+
+metadata = sa.MetaData()
+
+experiments_t = sa.Table(
+    "experiments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("source_path", sa.Text),
+    sa.Column("source_text", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("name", name="uq_experiments_name"),
+)
+
+sweeps_t = sa.Table(
+    "sweeps", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id", name="fk_sweeps_experiment"),
+              nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("ended_at", sa.DateTime),
+    sa.Column("host", sa.String(255)),
+    sa.Column("command", sa.Text),
+    sa.Column("device", sa.String(100)),
+    sa.Column("versions", sa.JSON),
+    sa.Column("planned", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("seconds", sa.Float),
+    sa.Column("images_per_second", sa.Float),
+    sa.Column("status", sa.String(20), nullable=False, server_default="running"),
+    sa.Column("mlflow_run_id", sa.String(64)),  # 0002
+    sa.Column("environment", sa.JSON),  # 0003
+    sa.Column("verify", sa.JSON),  # 0003
+    sa.Index("ix_sweeps_experiment", "experiment_id"),
+)
+
+runs_t = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("experiment_id", sa.Integer, sa.ForeignKey("experiments.id", name="fk_runs_experiment"),
+              nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("axes", sa.JSON, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("negative_prompt", sa.Text, nullable=False, server_default=""),
+    sa.Column("prompt_template", sa.Text),
+    sa.Column("negative_template", sa.Text),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("model_revision", sa.String(100)),
+    sa.Column("vae", sa.Text, nullable=False, server_default="default"),
+    sa.Column("scheduler", sa.String(100), nullable=False),
+    sa.Column("scheduler_options", sa.JSON),
+    sa.Column("scheduler_config", sa.JSON),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("guidance_scale", sa.Float, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("dtype", sa.String(20), nullable=False),
+    sa.Column("device", sa.String(40)),
+    sa.Column("generator_device", sa.String(40)),
+    sa.Column("attention_slicing", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("vae_slicing", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("vae_tiling", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cpu_offload", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("batch_size", sa.String(16), nullable=False, server_default="auto"),
+    sa.Column("batch_size_used", sa.Integer),
+    sa.Column("allow_pickle", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
+    sa.Column("error", sa.Text),
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("sweeps.id", name="fk_runs_sweep")),
+    sa.Column("started_at", sa.DateTime),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("seconds", sa.Float),
+    sa.Column("seconds_per_step", sa.Float),
+    sa.Column("peak_memory_bytes", sa.BigInteger),
+    sa.Column("image_path", sa.Text),
+    sa.Column("image_sha256", sa.String(64)),
+    sa.Column("plan_index", sa.Integer),
+    sa.Column("mlflow_run_id", sa.String(64)),  # 0002
+    sa.Column("mlflow_synced_at", sa.DateTime),  # 0002
+    sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
+    sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
+    sa.Index("ix_runs_key", "key"),
+)
+
+events_t = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("sweeps.id", name="fk_events_sweep")),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("data", sa.JSON),
+    sa.Index("ix_events_sweep", "sweep_id"),
+)
+
+# Run columns that come from the plan (Settings fields plus the prompts).
+PLAN_COLUMNS = ("axes", "prompt", "negative_prompt", "prompt_template", "negative_template", "seed",
+                "plan_index") + tuple(Settings.__dataclass_fields__)
+# Run columns the runner reports when a run ends (mark_done / mark_failed ``**fields``).
+RESULT_COLUMNS = ("model_revision", "scheduler_config", "device", "batch_size_used", "seconds",
+                  "seconds_per_step", "peak_memory_bytes", "image_path", "image_sha256")
+SWEEP_COLUMNS = tuple(c.name for c in sweeps_t.columns if c.name not in ("id", "experiment_id"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def _naive(t: datetime | None) -> datetime | None:
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t is not None and t.tzinfo is not None else t
+
+
+def _jsonable(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the runs table, with its experiment's name."""
+
+    key: str
+    experiment: str
+    status: str
+    prompt: str
+    negative_prompt: str
+    prompt_template: str | None
+    negative_template: str | None
+    axes: dict[str, str]
+    seed: int
+    model: str
+    model_revision: str | None
+    vae: str
+    scheduler: str
+    scheduler_options: dict[str, Any]
+    scheduler_config: dict[str, Any] | None
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    dtype: str
+    device: str | None
+    generator_device: str | None
+    attention_slicing: bool
+    vae_slicing: bool
+    vae_tiling: bool
+    cpu_offload: bool
+    batch_size: int | str  # the planned setting: a number or "auto"
+    batch_size_used: int | None
+    allow_pickle: bool
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    seconds_per_step: float | None
+    peak_memory_bytes: int | None
+    image: str | None  # absolute path of the PNG
+    image_sha256: str | None
+    sweep_id: int | None
+    mlflow_run_id: str | None
+    mlflow_synced: bool
+    mlflow_synced_at: datetime | None = None
+    plan_index: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
+        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+        bs = row["batch_size"]
+        values.update(
+            experiment=row["experiment"], axes=dict(row["axes"] or {}),
+            scheduler_options=dict(row["scheduler_options"] or {}),
+            batch_size=int(bs) if isinstance(bs, str) and bs.isdigit() else bs,
+            image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
+            started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]),
+            mlflow_synced_at=_aware(row["mlflow_synced_at"]),
+        )
+        for b in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
+            values[b] = bool(values[b])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, JSON-ready. ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        out["batch_size_planned"] = self.batch_size
+        out["batch_size"] = self.batch_size_used
+        return out
+
+    def settings(self) -> Settings:
+        return Settings(
+            model=self.model, vae=self.vae, scheduler=self.scheduler,
+            scheduler_options=tuple(sorted(self.scheduler_options.items())), steps=self.steps,
+            guidance_scale=self.guidance_scale, width=self.width, height=self.height, dtype=self.dtype,
+            device=self.device or "auto", generator_device=self.generator_device or "cpu",
+            attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
+            cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
+        )
+
+    def planned(self) -> PlannedRun:
+        return PlannedRun(
+            key=self.key, index=self.plan_index or 0, experiment=self.experiment, axes=tuple(self.axes.items()),
+            prompt=self.prompt, negative_prompt=self.negative_prompt,
+            prompt_template=self.prompt_template if self.prompt_template is not None else self.prompt,
+            negative_template=self.negative_template if self.negative_template is not None else self.negative_prompt,
+            seed=self.seed, settings=self.settings(),
+        )
+
+
+def _plan_values(run: PlannedRun) -> dict[str, Any]:
+    s = run.settings.to_dict()
+    s["batch_size"] = str(s["batch_size"])
+    return {
+        **s, "axes": dict(run.axes), "prompt": run.prompt, "negative_prompt": run.negative_prompt,
+        "prompt_template": run.prompt_template, "negative_template": run.negative_template,
+        "seed": run.seed, "plan_index": run.index,
+    }
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Store:
+    """The run store. Open with ``Store.open(url)``; close when done (or use ``with``)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self.url = db.display_url(engine)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> "Store":
+        """Open (and create or upgrade to the newest schema) the database at ``url``."""
+        engine = db.make_engine(url)
+        try:
+            current = db.current(engine)
+            if current != db.head():
+                db.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _read(self):
+        return self.engine.connect()
+
+    def _write(self):
+        return db.write(self.engine)
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def save_experiment(self, name: str, source_path: str | None, source_text: str | None) -> None:
+        """Insert the experiment or update its source (the file as last run)."""
+        now = utcnow()
+        with self._write() as conn:
+            eid = self._experiment_id(conn, name)
+            if eid is None:
+                conn.execute(experiments_t.insert().values(
+                    name=name, source_path=source_path, source_text=source_text, created_at=now, updated_at=now))
+            else:
+                conn.execute(experiments_t.update().where(experiments_t.c.id == eid).values(
+                    source_path=source_path, source_text=source_text, updated_at=now))
+
+    def experiment(self, name: str) -> dict | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(experiments_t).where(experiments_t.c.name == name)).mappings().first()
+        if row is None:
+            return None
+        return {"name": row["name"], "source_path": row["source_path"], "source_text": row["source_text"],
+                "created_at": _aware(row["created_at"]), "updated_at": _aware(row["updated_at"])}
+
+    def experiments(self) -> list[dict]:
+        """Every experiment: name, source_path, times, ``runs`` (count by status), ``total``, ``last_sweep``."""
+        with self._read() as conn:
+            exps = conn.execute(sa.select(experiments_t).order_by(experiments_t.c.name)).mappings().all()
+            counts = conn.execute(
+                sa.select(runs_t.c.experiment_id, runs_t.c.status, sa.func.count())
+                .group_by(runs_t.c.experiment_id, runs_t.c.status)).all()
+            last_ids = dict(conn.execute(
+                sa.select(sweeps_t.c.experiment_id, sa.func.max(sweeps_t.c.id)).group_by(sweeps_t.c.experiment_id)).all())
+            last = {r["id"]: r for r in conn.execute(
+                sa.select(sweeps_t).where(sweeps_t.c.id.in_(list(last_ids.values())))).mappings()}
+        out = []
+        for e in exps:
+            by_status = {s: 0 for s in STATUSES}
+            for eid, status, n in counts:
+                if eid == e["id"]:
+                    by_status[status] = by_status.get(status, 0) + n
+            sweep = last.get(last_ids.get(e["id"]))
+            out.append({
+                "name": e["name"], "source_path": e["source_path"],
+                "created_at": _aware(e["created_at"]), "updated_at": _aware(e["updated_at"]),
+                "runs": by_status, "total": sum(by_status.values()),
+                "last_sweep": self._sweep_dict(sweep, e["name"]) if sweep is not None else None,
+            })
+        return out
+
+    @staticmethod
+    def _experiment_id(conn, name: str) -> int | None:
+        return conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == name)).scalar()
+
+    def _require_experiment(self, conn, name: str) -> int:
+        eid = self._experiment_id(conn, name)
+        if eid is None:
+            raise NotFoundError(f"no experiment {name!r} in the run store {self.url}{self._known(conn)}")
+        return eid
+
+    @staticmethod
+    def _known(conn) -> str:
+        names = conn.execute(sa.select(experiments_t.c.name).order_by(experiments_t.c.name).limit(20)).scalars().all()
+        return f"; known: {', '.join(names)}" if names else "; it holds no experiments yet (tracker run FILE)"
+
+    # -- sweeps and events -------------------------------------------------------------------
+
+    def start_sweep(self, experiment: str, info: Mapping[str, Any]) -> int:
+        """Record the start of a ``tracker run``; creates the experiment row when missing.
+
+        ``info`` may hold any sweep column: command, host, versions, device, environment, planned ...
+        """
+        values = self._sweep_values(info)
+        with self._write() as conn:
+            eid = self._experiment_id(conn, experiment)
+            if eid is None:
+                now = utcnow()
+                eid = conn.execute(experiments_t.insert().values(
+                    name=experiment, created_at=now, updated_at=now)).inserted_primary_key[0]
+            values.setdefault("started_at", utcnow())
+            values.setdefault("status", "running")
+            return conn.execute(sweeps_t.insert().values(experiment_id=eid, **values)).inserted_primary_key[0]
+
+    def finish_sweep(self, sweep_id: int, summary: Mapping[str, Any]) -> None:
+        """Record the end of a sweep: done, skipped, failed, seconds, images_per_second, status.
+
+        ``status`` defaults to "finished", or "failed" when ``summary["failed"]`` is non-zero.
+        """
+        values = self._sweep_values(summary)
+        values.setdefault("ended_at", utcnow())
+        values.setdefault("status", "failed" if values.get("failed") else "finished")
+        self.update_sweep(sweep_id, **values)
+
+    def update_sweep(self, sweep_id: int, **fields: Any) -> None:
+        values = self._sweep_values(fields)
+        with self._write() as conn:
+            n = conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id).values(**values)).rowcount
+        if n != 1:
+            raise NotFoundError(f"no sweep {sweep_id} in the run store {self.url}")
+
+    @staticmethod
+    def _sweep_values(info: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(info) - set(SWEEP_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown sweep fields {unknown}; known: {', '.join(SWEEP_COLUMNS)}")
+        return {k: _naive(v) if isinstance(v, datetime) else v for k, v in info.items()}
+
+    def sweep(self, sweep_id: int) -> dict:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(sweeps_t, experiments_t.c.name.label("experiment"))
+                .join(experiments_t, experiments_t.c.id == sweeps_t.c.experiment_id)
+                .where(sweeps_t.c.id == sweep_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no sweep {sweep_id} in the run store {self.url}")
+        return self._sweep_dict(row, row["experiment"])
+
+    def sweeps(self, experiment: str) -> list[dict]:
+        """The experiment's sweeps, oldest first ([] for an unknown experiment)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(sweeps_t).join(experiments_t, experiments_t.c.id == sweeps_t.c.experiment_id)
+                .where(experiments_t.c.name == experiment).order_by(sweeps_t.c.id)).mappings().all()
+        return [self._sweep_dict(r, experiment) for r in rows]
+
+    @staticmethod
+    def _sweep_dict(row: Mapping[str, Any], experiment: str) -> dict:
+        d = {c: row[c] for c in SWEEP_COLUMNS}
+        d.update(id=row["id"], experiment=experiment, started_at=_aware(row["started_at"]),
+                 ended_at=_aware(row["ended_at"]))
+        return d
+
+    def add_event(self, sweep_id: int | None, kind: str, message: str, data: Any = None) -> None:
+        with self._write() as conn:
+            conn.execute(events_t.insert().values(sweep_id=sweep_id, at=utcnow(), kind=kind, message=message,
+                                                  data=data))
+
+    def events(self, sweep_id: int) -> list[dict]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(events_t).where(events_t.c.sweep_id == sweep_id)
+                                .order_by(events_t.c.id)).mappings().all()
+        return [{"id": r["id"], "sweep_id": r["sweep_id"], "at": _aware(r["at"]), "kind": r["kind"],
+                 "message": r["message"], "data": r["data"]} for r in rows]
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def plan_runs(self, sweep_id: int, runs: Sequence[PlannedRun]) -> dict[str, str]:
+        """Insert the runs not yet stored as pending; return key -> current status for every run given.
+
+        Runs already stored keep their status and results; their axis labels and plan position follow
+        the new plan, and a run not done yet takes the new plan's settings (e.g. another batch size).
+        """
+        with self._write() as conn:
+            eid = conn.execute(sa.select(sweeps_t.c.experiment_id).where(sweeps_t.c.id == sweep_id)).scalar()
+            if eid is None:
+                raise NotFoundError(f"no sweep {sweep_id} in the run store {self.url}")
+            name = conn.execute(sa.select(experiments_t.c.name).where(experiments_t.c.id == eid)).scalar()
+            others = {r.experiment for r in runs} - {name}
+            if others:
+                raise ValueError(f"plan_runs: runs of {sorted(others)} given to a sweep of {name!r}")
+            existing = {r.key: (r.id, r.status) for r in conn.execute(
+                sa.select(runs_t.c.id, runs_t.c.key, runs_t.c.status).where(runs_t.c.experiment_id == eid))}
+            new, refresh, relabel = [], [], []
+            for run in runs:
+                values = _plan_values(run)
+                if run.key not in existing:
+                    new.append({**values, "experiment_id": eid, "key": run.key, "status": "pending"})
+                    existing[run.key] = (None, "pending")
+                elif existing[run.key][1] == "done":
+                    relabel.append({"_id": existing[run.key][0], "axes": values["axes"],
+                                    "plan_index": values["plan_index"]})
+                else:
+                    refresh.append({"_id": existing[run.key][0], **values})
+            if new:
+                conn.execute(runs_t.insert(), new)
+            for batch in (relabel, refresh):
+                if batch:
+                    cols = [k for k in batch[0] if k != "_id"]
+                    conn.execute(runs_t.update().where(runs_t.c.id == sa.bindparam("_id"))
+                                 .values({c: sa.bindparam(c) for c in cols}), batch)
+        return {r.key: existing[r.key][1] for r in runs}
+
+    def reset_stale(self, experiment: str) -> int:
+        """Runs left "running" by a killed process become pending again; returns how many."""
+        with self._write() as conn:
+            eid = self._experiment_id(conn, experiment)
+            if eid is None:
+                return 0
+            return conn.execute(runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.status == "running")
+                                .values(status="pending", started_at=None)).rowcount
+
+    def mark_running(self, experiment: str, keys: Iterable[str], sweep_id: int | None) -> None:
+        self._set(experiment, list(keys), status="running", sweep_id=sweep_id, started_at=utcnow(),
+                  finished_at=None, error=None)
+
+    def mark_done(self, experiment: str, key: str, **fields: Any) -> None:
+        """The run's image is written. ``fields``: image (path), image_sha256, seconds, seconds_per_step,
+        peak_memory_bytes, batch_size_used, model_revision, scheduler_config, device."""
+        self._set(experiment, [key], status="done", error=None, finished_at=utcnow(), **self._results(fields))
+
+    def mark_failed(self, experiment: str, key: str, error: str, **fields: Any) -> None:
+        self._set(experiment, [key], status="failed", error=error, finished_at=utcnow(), **self._results(fields))
+
+    def mark_pending(self, experiment: str, keys: Iterable[str]) -> None:
+        """Queue runs again (``--retry-failed``); their error is cleared."""
+        self._set(experiment, list(keys), status="pending", error=None, started_at=None, finished_at=None)
+
+    @staticmethod
+    def _results(fields: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(fields)
+        if "image" in out:
+            image = out.pop("image")
+            out["image_path"] = str(Path(image).resolve()) if image is not None else None
+        unknown = sorted(set(out) - set(RESULT_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown run result fields {unknown}; known: image, {', '.join(RESULT_COLUMNS)}")
+        return out
+
+    def _set(self, experiment: str, keys: list[str], **values: Any) -> None:
+        if not keys:
+            return
+        with self._write() as conn:
+            eid = self._require_experiment(conn, experiment)
+            n = 0
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                n += conn.execute(runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.key.in_(chunk))
+                                  .values(**values)).rowcount
+            if n != len(set(keys)):
+                have = set(conn.execute(sa.select(runs_t.c.key).where(
+                    runs_t.c.experiment_id == eid, runs_t.c.key.in_(keys[:500]))).scalars())
+                missing = [k for k in keys if k not in have][:5]
+                raise NotFoundError(f"experiment {experiment!r} has no run {', '.join(missing)}")
+
+    def _select_runs(self):
+        return (sa.select(runs_t, experiments_t.c.name.label("experiment"))
+                .join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id))
+
+    def runs(self, experiment: str | None = None, status: str | Iterable[str] | None = None,
+             where: Mapping[str, str] | None = None, *, _also: Any = None) -> list[RunRecord]:
+        """Runs in plan order (by experiment name, then plan position), filtered.
+
+        ``status``: one status or several; ``where``: axis name -> label, all must match
+        (a run without that axis does not match). An unknown experiment gives [].
+        """
+        q = self._select_runs()
+        if experiment is not None:
+            q = q.where(experiments_t.c.name == experiment)
+        if status is not None:
+            q = q.where(runs_t.c.status.in_([status] if isinstance(status, str) else list(status)))
+        if _also is not None:
+            q = q.where(_also)
+        q = q.order_by(experiments_t.c.name, runs_t.c.plan_index, runs_t.c.id)
+        with self._read() as conn:
+            rows = conn.execute(q).mappings().all()
+        records = [RunRecord.from_row(r) for r in rows]
+        if where:
+            records = [r for r in records if all(r.axes.get(k) == str(v) for k, v in where.items())]
+        return records
+
+    def axes(self, experiment: str) -> dict[str, list[str]]:
+        """Axis name -> its labels, as stored for the experiment's runs (plan order)."""
+        out: dict[str, list[str]] = {}
+        for r in self.runs(experiment):
+            for name, label in r.axes.items():
+                labels = out.setdefault(name, [])
+                if label not in labels:
+                    labels.append(label)
+        return out
+
+    def get_run(self, key: str, experiment: str | None = None) -> RunRecord:
+        """The run whose key is ``key`` or starts with it (unique prefix); NotFoundError otherwise."""
+        key = (key or "").strip()
+        if not key:
+            raise NotFoundError("give a run key (or a unique prefix of one)")
+        q = self._select_runs().where(runs_t.c.key.like(_escape_like(key) + "%", escape="\\"))
+        if experiment is not None:
+            q = q.where(experiments_t.c.name == experiment)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(runs_t.c.key).limit(11)).mappings().all()
+        exact = [r for r in rows if r["key"] == key]
+        if len(exact) == 1:
+            rows = exact
+        where = f" in experiment {experiment!r}" if experiment else ""
+        if not rows:
+            raise NotFoundError(f"no run with key {key!r}{where} in the run store {self.url}")
+        if len(rows) > 1:
+            shown = ", ".join(f"{r['key']} ({r['experiment']})" for r in rows[:10])
+            more = " ..." if len(rows) > 10 else ""
+            raise NotFoundError(f"run key {key!r}{where} is ambiguous: {shown}{more}; give more characters"
+                                + ("" if experiment else " or the experiment"))
+        return RunRecord.from_row(rows[0])
+
+    # -- MLflow sync -------------------------------------------------------------------------
+
+    def mark_synced(self, experiment: str, key: str, mlflow_run_id: str) -> None:
+        self._set(experiment, [key], mlflow_run_id=mlflow_run_id, mlflow_synced_at=utcnow())
+
+    def unsynced(self, experiment: str | None = None) -> list[RunRecord]:
+        """Done runs not yet logged to MLflow, in plan order."""
+        return self.runs(experiment, status="done", _also=runs_t.c.mlflow_synced_at.is_(None))
+
+
+__all__ = ["RunRecord", "Store", "StoreError", "STATUSES", "metadata"]
