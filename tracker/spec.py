@@ -285,7 +285,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
             P.err(str(key), f"unknown field {str(key)!r}{_suggest(key, list(TOP_LEVEL))}", key)
 
     # 1. name
-    name = data.get("name", default_name)
+    name = data.get("name", default_name if default_name is not None else Path(path).stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
         P.err("name", f"must match [A-Za-z0-9._-]+ but is {name!r}", "name")
     description = data.get("description", "")

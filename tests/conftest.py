@@ -1,0 +1,65 @@
+"""Shared fixtures: run the real CLI in-process, and a workspace in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    """Call ``tracker ARGS...`` in this process; returns exit code, stdout and stderr."""
+    from tracker.cli import main
+
+    monkeypatch.setenv("TRACKER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRACKER_DB_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def call(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return call
+
+
+def run_tracker(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> Result:
+    """Run ``tracker`` in a fresh process (for the parts that need a real process: kill -9, import costs)."""
+    proc = subprocess.run([sys.executable, "-m", "tracker", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    """Write a YAML experiment file (dedented) into tmp_path and return its path."""
+    def write(text: str, name: str = "exp.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text))
+        return p
+
+    return write
