@@ -1,0 +1,276 @@
+"""Every image carries its recipe: PNG text chunks written and read here. Pillow only; no torch.
+
+Two chunks:
+
+- ``parameters``: AUTOMATIC1111's "infotext", so the PNG-info readers of the community's tools (A1111,
+  ComfyUI loaders, civitai, ...) show the prompt and settings. First the prompt, then
+  ``Negative prompt: ...`` when there is one, then one line of ``Key: value`` pairs.
+- ``prompt-tracker``: the full recipe as JSON (every field of the run, key, experiment, versions, device).
+  This one is authoritative; ``parameters`` is lossy by design (A1111's format strips each prompt line and
+  cannot tell a prompt line that starts with ``Negative prompt:`` from the negative prompt).
+
+The parser follows A1111's published ``parse_generation_parameters`` (modules/infotext_utils.py) so that
+what we write reads back the way their tools read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from tracker.errors import NotFoundError, TrackerError
+
+PARAMETERS_CHUNK = "parameters"
+RECIPE_CHUNK = "prompt-tracker"
+RECIPE_FORMAT = "prompt-tracker/1"
+
+# A1111: modules/infotext_utils.py ``re_param_code``
+A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# Keys prompt-tracker adds after A1111's own, in this order.
+TRACKER_KEYS = ("Tracker key", "Tracker experiment", "Dtype", "Generator device", "Scheduler options")
+
+
+@dataclass(frozen=True)
+class A1111Params:
+    """A parsed ``parameters`` chunk: the prompts and the raw ``Key: value`` pairs in their order."""
+
+    prompt: str
+    negative_prompt: str
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def quote(value: Any) -> str:
+    """A1111's ``quote()``: JSON-quote a value that holds ``,``, ``:`` or a newline.
+
+    Also quotes what A1111's parser would not give back as written (it does not): a value that starts with
+    ``"`` (it would be unquoted) or has white space at either end (it would be stripped).
+    """
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"') or text != text.strip():
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _number(x: float) -> str:
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _short_hash(h: Any) -> str | None:
+    return str(h)[:10] if h else None
+
+
+def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(Sampler, Schedule type, scheduler options the sampler name does not already say)."""
+    from tracker import schedulers
+
+    cls = recipe.get("scheduler") or schedulers.DEFAULT
+    options = dict(recipe.get("scheduler_options") or {})
+    if cls == schedulers.DEFAULT:
+        cls = (recipe.get("scheduler_config") or {}).get("_class_name")
+        if not cls:
+            return None, None, options
+    name, schedule = schedulers.sampler_name(cls, options)
+    _, implied = schedulers.resolve(name)
+    rest = {k: v for k, v in options.items() if k != "use_karras_sigmas" and implied.get(k) != v}
+    return name, schedule, rest
+
+
+def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
+    """The ``Key: value`` pairs of the parameters line, in A1111's order; None where not known."""
+    sampler, schedule, extra_options = _sampler(recipe)
+    width, height = recipe.get("width"), recipe.get("height")
+    vae = recipe.get("vae")
+    return {
+        "Steps": str(recipe["steps"]) if recipe.get("steps") is not None else None,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": _number(recipe["guidance_scale"]) if recipe.get("guidance_scale") is not None else None,
+        "Seed": str(recipe["seed"]) if recipe.get("seed") is not None else None,
+        "Size": f"{width}x{height}" if width and height else None,
+        "Model hash": _short_hash(recipe.get("model_hash") or recipe.get("model_revision")),
+        "Model": recipe.get("model"),
+        "VAE hash": _short_hash(recipe.get("vae_hash") or recipe.get("vae_revision")) if vae and vae != "default" else None,
+        "VAE": vae if vae and vae != "default" else None,
+        "Tracker key": recipe.get("key"),
+        "Tracker experiment": recipe.get("experiment"),
+        "Dtype": recipe.get("dtype"),
+        "Generator device": recipe.get("generator_device"),
+        "Scheduler options": json.dumps(extra_options, sort_keys=True) if extra_options else None,
+    }
+
+
+def a1111_parameters(recipe: Mapping[str, Any]) -> str:
+    """The ``parameters`` chunk text for a recipe (A1111's infotext format)."""
+    pairs = ", ".join(f"{k}: {quote(v)}" for k, v in a1111_fields(recipe).items() if v is not None)
+    prompt = recipe.get("prompt") or ""
+    negative = recipe.get("negative_prompt") or ""
+    negative_line = f"\n{NEGATIVE_PREFIX} {negative}" if negative else ""
+    return f"{prompt}{negative_line}\n{pairs}".strip()
+
+
+def recipe_for(run: Any, **extra: Any) -> dict[str, Any]:
+    """The one place a recipe is built: a PlannedRun's fields plus what the engine knew when it made the image.
+
+    ``extra`` carries e.g. ``model_revision``, ``vae_revision``, ``scheduler_config``, ``environment`` (from
+    ``Engine.environment()``), ``device_used`` (the device the image was made on). ``device`` stays the
+    run's *setting* (e.g. "auto"), so the recipe rebuilds the same Settings.
+    """
+    from tracker import __version__
+
+    base = run.to_dict() if hasattr(run, "to_dict") else dict(run)
+    recipe = {"format": RECIPE_FORMAT, **base, "tracker_version": __version__}
+    recipe.update({k: v for k, v in extra.items() if v is not None})
+    return recipe
+
+
+def pnginfo(recipe: Mapping[str, Any]):
+    """Both text chunks for a recipe, ready for ``Image.save(..., pnginfo=...)``."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_CHUNK, a1111_parameters(recipe))
+    info.add_itxt(RECIPE_CHUNK, json.dumps(recipe, ensure_ascii=False, sort_keys=True, default=str), zip=True)
+    return info
+
+
+def png_bytes(image, recipe: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=pnginfo(recipe))
+    return buf.getvalue()
+
+
+def save_png(image, path: Path, recipe: Mapping[str, Any]) -> str:
+    """Write ``image`` with both chunks to ``path`` atomically; return the sha256 of the file written.
+
+    Atomic: the bytes go to a temp file in the same folder, are fsynced, then ``os.replace``d over ``path``,
+    so a crash leaves either the old file or the new one, never half a PNG; the temp file never stays.
+    """
+    data = png_bytes(image, recipe)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def unquote(text: str) -> str:
+    """A1111's ``unquote()``: JSON-decode a value written by ``quote``; anything else stays as it is."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_a1111(text: str) -> A1111Params:
+    """Parse an A1111 ``parameters`` text the way A1111's ``parse_generation_parameters`` does.
+
+    The last line is the ``Key: value`` line when the regex finds at least 3 pairs in it; every other line
+    is prompt, or negative prompt from the line that starts with ``Negative prompt:`` on.
+    Values stay raw strings (``Size`` stays ``WxH``), JSON-unquoted.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM_RE.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt = negative = ""
+    done_with_prompt = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            done_with_prompt = True
+            line = line[len(NEGATIVE_PREFIX):].strip()
+        if done_with_prompt:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    settings = {k: unquote(v) for k, v in A1111_PARAM_RE.findall(last)}
+    return A1111Params(prompt, negative, settings)
+
+
+def open_png(path: str | Path):
+    """Open an image file or raise a one-line TrackerError (missing, a folder, not an image)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise NotFoundError(f"{path}: no such file")
+    if p.is_dir():
+        raise TrackerError(f"{path}: is a folder, not a PNG file")
+    try:
+        im = Image.open(p)
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise TrackerError(f"{path}: not a readable image ({e})") from None
+    return im
+
+
+def chunks(im) -> dict[str, str]:
+    """The text chunks of an open PNG (tEXt, zTXt and iTXt, before or after the image data)."""
+    text = getattr(im, "text", None)
+    return {str(k): str(v) for k, v in (text if text is not None else im.info).items() if isinstance(v, str)}
+
+
+def read_png(path: str | Path) -> tuple[str | None, dict | None]:
+    """``(parameters text, recipe dict)`` of a PNG; None for a chunk that is not there.
+
+    Raises a one-line TrackerError for a missing or unreadable file or a recipe chunk that is not JSON.
+    """
+    with open_png(path) as im:
+        text = chunks(im)
+    return text.get(PARAMETERS_CHUNK), _recipe(text.get(RECIPE_CHUNK), path)
+
+
+def _recipe(raw: str | None, path: str | Path) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        recipe = json.loads(raw)
+    except ValueError as e:
+        raise TrackerError(f"{path}: the {RECIPE_CHUNK} chunk is not valid JSON ({e})") from None
+    if not isinstance(recipe, dict):
+        raise TrackerError(f"{path}: the {RECIPE_CHUNK} chunk must hold a JSON object")
+    return recipe
