@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 30_000
 WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IMMEDIATE on SQLite
 VERSION_TABLE = "alembic_version"
+# The newest revision in migrations/versions, so that opening an up-to-date store needs no Alembic
+# import (~0.5 s); tests/test_migrations.py keeps it equal to Alembic's head.
+HEAD = "0003_reproducibility"
 
 
 def migrations_dir() -> Path:
@@ -37,6 +40,12 @@ def migrations_dir() -> Path:
             return candidate
     raise StoreError(f"the database migrations are missing (looked in {here.parent / 'migrations'} "
                      f"and {here / '_migrations'}); reinstall prompt-tracker")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+    return _sqlite_file(make_url(url))
 
 
 def _sqlite_file(url) -> Path | None:
@@ -121,7 +130,7 @@ def head(script_location: Path | None = None) -> str:
     return _script(alembic_config("sqlite://", script_location)).get_current_head()
 
 
-def current(url_or_engine, ) -> str | None:
+def current(url_or_engine) -> str | None:
     """The database's revision (None for an empty database)."""
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:

@@ -264,8 +264,7 @@ class Store:
         """Open (and create or upgrade to the newest schema) the database at ``url``."""
         engine = db.make_engine(url)
         try:
-            current = db.current(engine)
-            if current != db.head():
+            if db.current(engine) != db.HEAD:
                 db.upgrade(engine)
         except BaseException:
             engine.dispose()

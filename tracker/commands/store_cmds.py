@@ -1,0 +1,220 @@
+"""Reading the run store: ``tracker runs``, ``tracker show``, ``tracker experiments``, ``tracker db``.
+
+SQLAlchemy and Alembic are imported inside the commands, so ``tracker --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import click
+
+from tracker.cli import pass_workspace
+from tracker.commands.expand import _short
+from tracker.errors import NotFoundError, UsageError
+from tracker.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord
+
+STATUSES = ("pending", "running", "done", "failed")  # tracker.store.STATUSES, without importing SQLAlchemy
+
+
+def parse_where(items: Iterable[str], known: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """``--where axis=label`` options -> {axis: label}. ``known``: axis -> its labels.
+
+    A malformed item, an unknown axis or an unknown label is a UsageError that lists what exists.
+    """
+    out: dict[str, str] = {}
+    axes = ", ".join(known) or "(none)"
+    for item in items:
+        name, sep, label = item.partition("=")
+        name, label = name.strip(), label.strip()
+        if not sep or not name or not label:
+            raise UsageError(f"--where {item!r}: expected AXIS=LABEL (e.g. seed=1); known axes: {axes}")
+        if name not in known:
+            raise UsageError(f"--where {item!r}: unknown axis {name!r}; known axes: {axes}")
+        labels = [str(x) for x in known[name]]
+        if label not in labels:
+            raise UsageError(f"--where {item!r}: axis {name!r} has no label {label!r}; its labels: {', '.join(labels)}")
+        out[name] = label
+    return out
+
+
+def _open(ws: Workspace):
+    from tracker.store import Store
+    return Store.open(ws.db_url)
+
+
+def _when(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _table(header: list[str], rows: list[list[str]], max_width: int = 40) -> str:
+    """Left-aligned columns; every column but the last is cut at ``max_width``."""
+    last = len(header) - 1
+    cells = [[c if i == last else _short(c, max_width) for i, c in enumerate(row)] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells)
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("experiment", required=False)
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="Only runs with this status (repeatable).")
+@click.option("--where", "where", multiple=True, metavar="AXIS=LABEL",
+              help="Only runs with this axis label, e.g. --where seed=1 (repeatable; all must match).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per run.")
+@pass_workspace
+def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
+         as_json: bool) -> None:
+    """List the stored runs of EXPERIMENT (all experiments when left out)."""
+    with _open(ws) as store:
+        if experiment is not None and store.experiment(experiment) is None:
+            names = [e["name"] for e in store.experiments()]
+            raise NotFoundError(f"no experiment {experiment!r} in the run store; "
+                                + (f"known: {', '.join(names)}" if names else "it is empty (tracker run FILE first)"))
+        filters = parse_where(where, _known_axes(store, experiment)) if where else None
+        records = store.runs(experiment, status=statuses or None, where=filters)
+    if as_json:
+        _dump([r.to_json() for r in records])
+        return
+    if not records:
+        click.echo("no runs" + (" match" if statuses or where else ""), err=True)
+        return
+    click.echo(render_runs(records, show_experiment=experiment is None))
+
+
+def _known_axes(store, experiment: str | None) -> dict[str, list[str]]:
+    if experiment is not None:
+        return store.axes(experiment)
+    out: dict[str, list[str]] = {}
+    for e in store.experiments():
+        for name, labels in store.axes(e["name"]).items():
+            have = out.setdefault(name, [])
+            have.extend(lab for lab in labels if lab not in have)
+    return out
+
+
+def render_runs(records: list["RunRecord"], show_experiment: bool = False) -> str:
+    """A table: key, status, one column per axis (its labels), then seed, scheduler, steps, seconds and
+    image; a setting that is also an axis shows once, as the axis."""
+    axes: list[str] = []
+    for r in records:
+        axes.extend(a for a in r.axes if a not in axes)
+    fixed = [c for c in ("seed", "scheduler", "steps") if c not in axes]
+    header = (["experiment"] if show_experiment else []) + ["key", "status", *axes, *fixed, "seconds", "image"]
+    rows = []
+    for r in records:
+        values = {"seed": str(r.seed), "scheduler": r.scheduler.removesuffix("Scheduler"), "steps": str(r.steps)}
+        rows.append(([r.experiment] if show_experiment else []) + [
+            r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), _num(r.seconds),
+            r.image or (f"error: {r.error}" if r.error else "-")])
+    return _table(header, rows, max_width=24)
+
+
+@click.command()
+@click.argument("key")
+@click.option("-e", "--experiment", metavar="NAME", help="Look only in this experiment.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON object.")
+@pass_workspace
+def show(ws: Workspace, key: str, experiment: str | None, as_json: bool) -> None:
+    """Show every stored field of one run. KEY may be a unique prefix of the run key."""
+    with _open(ws) as store:
+        record = store.get_run(key, experiment)
+    if as_json:
+        _dump(record.to_json())
+        return
+    click.echo(render_run(record))
+
+
+def render_run(record: "RunRecord") -> str:
+    data = record.to_json()
+    width = max(len(k) for k in data)
+    lines = []
+    for name, value in data.items():
+        if isinstance(value, dict):
+            text = json.dumps(value, ensure_ascii=False, sort_keys=name != "axes") if value else "{}"
+        elif value is None:
+            text = "-"
+        else:
+            text = str(value)
+        lines.append(f"{name.ljust(width)}  {text}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per experiment.")
+@pass_workspace
+def experiments(ws: Workspace, as_json: bool) -> None:
+    """List the experiments in the run store: runs by status and the last sweep."""
+    with _open(ws) as store:
+        items = store.experiments()
+    if as_json:
+        _dump(items)
+        return
+    if not items:
+        click.echo("no experiments yet (tracker run FILE)", err=True)
+        return
+    header = ["name", "runs", *STATUSES, "last sweep"]
+    rows = []
+    for e in items:
+        s = e["last_sweep"]
+        last = f"#{s['id']} {_when(s['started_at'])} {s['status']}" if s else "-"
+        rows.append([e["name"], str(e["total"]), *(str(e["runs"].get(st, 0)) for st in STATUSES), last])
+    click.echo(_table(header, rows))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group()
+def db() -> None:
+    """The run store's schema (upgraded automatically on first use)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target schema revision.")
+@pass_workspace
+def db_upgrade(ws: Workspace, revision: str) -> None:
+    """Create the run store or migrate it to the newest schema."""
+    from tracker import db as dbmod
+    before, after = dbmod.upgrade(ws.db_url, revision)
+    where = dbmod.display_url(ws.db_url)
+    if before == after:
+        click.echo(f"{where}: already at {after}")
+    else:
+        click.echo(f"{where}: {before or '(empty)'} -> {after}")
+
+
+@db.command("current")
+@pass_workspace
+def db_current(ws: Workspace) -> None:
+    """Print the run store's schema revision and the newest this version knows."""
+    from tracker import db as dbmod
+    where = dbmod.display_url(ws.db_url)
+    path = dbmod.sqlite_path(ws.db_url)
+    rev = None if path is not None and not path.exists() else dbmod.current(ws.db_url)
+    head = dbmod.head()
+    state = "(no database yet)" if rev is None else rev
+    note = " (head)" if rev == head else f" (newest known: {head}; run tracker db upgrade)"
+    click.echo(f"{where}: {state}{note}")
