@@ -1,0 +1,562 @@
+"""The diffusers side of prompt-tracker: load a pipeline once, set it up for a run's settings, generate.
+
+This is the only module in ``tracker`` that imports torch and diffusers at module level; everything
+else imports it lazily, so the CLI stays fast.
+
+One ``Engine`` per process keeps every pipeline it has loaded (per model, dtype and allow_pickle) and
+every extra VAE, so sweeping schedulers, VAEs, sizes or memory options never reloads weights:
+``prepare(settings)`` swaps components in place and reverts what the previous settings turned on.
+
+Peak memory (``BatchResult.peak_memory_bytes``): on CUDA ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats`` (tensor memory of the batch, weights included); elsewhere the peak
+resident set size of the whole process during the batch, sampled every few milliseconds from
+``/proc/self/statm`` (psutil where there is no /proc), so it includes the weights and Python itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import diffusers
+import numpy as np
+import torch
+import transformers
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+
+from tracker import models, schedulers
+from tracker.errors import ModelError
+from tracker.plan import PlannedRun
+from tracker.spec import Settings
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NAN_ERROR = "NaN in output"
+RSS_SAMPLE_SECONDS = 0.005
+
+
+class _DropTorchvisionNotice(logging.Filter):
+    """transformers 5 warns once per image-processor class that torchvision is missing; SD never needs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+def _quiet_libraries() -> None:
+    """Loading progress bars and import notices would drown the tracker's own progress output."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionNotice())
+
+
+_quiet_libraries()
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during a batch; the caller may retry with a smaller batch."""
+
+
+@dataclass
+class ImageResult:
+    key: str
+    image: Any  # PIL.Image.Image | None
+    error: str | None  # e.g. "NaN in output"
+    seconds: float  # this image's share of the batch's wall time
+    seconds_per_step: float  # this image's share of the mean denoising-step time
+
+
+@dataclass
+class BatchResult:
+    images: list[ImageResult]
+    seconds: float
+    batch_size: int
+    peak_memory_bytes: int
+    step_seconds: list[float]
+
+
+@dataclass
+class _Loaded:
+    """One loaded pipeline and what it came with, so every swap can be undone."""
+
+    pipe: Any
+    vae: Any  # the checkpoint's own VAE
+    scheduler_config: dict  # the checkpoint's scheduler config
+    scheduler_class: str
+    device: str | None = None  # where the weights are now (None: offloaded by accelerate hooks)
+    offloaded: bool = False
+    schedulers: dict = field(default_factory=dict)  # (class, options) -> scheduler instance
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _download_hint(repo: str) -> str:
+    return f"run `hf download {repo}` (or `huggingface-cli download {repo}`) while online, or give a local folder"
+
+
+def _describe(ref: models.ModelRef) -> str:
+    if ref.kind == "builtin":
+        return f"built-in model {ref.name!r} ({ref.location})"
+    if ref.kind == "local":
+        return f"local folder {ref.location}"
+    return f"Hugging Face Hub id {ref.location!r}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _missing_error(what: str, ref: models.ModelRef, e: BaseException | None = None) -> ModelError:
+    """One line: what was tried and how to fix it."""
+    if ref.kind == "builtin":
+        return ModelError(f"{what} {ref.name!r}: the built-in model folder {ref.location} is missing or incomplete; "
+                          f"reinstall prompt-tracker (or rebuild it with tools/build_tiny_model.py)")
+    if ref.kind == "local":
+        reason = f" ({_first_line(e)})" if e is not None else ""
+        return ModelError(f"{what} {ref.name!r}: no diffusers model in local folder {ref.location}{reason}; "
+                          f"give a folder saved with save_pretrained, or a Hugging Face Hub id")
+    if _offline():
+        return ModelError(f"{what} {ref.name!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                          f"{_download_hint(ref.location)}")
+    reason = f": {_first_line(e)}" if e is not None else ""
+    return ModelError(f"{what} {ref.name!r}: cannot be loaded from the Hugging Face Hub{reason}; "
+                      f"check the id and your network, or give a local folder")
+
+
+def _has_weights(folder: Path, safetensors: bool) -> bool:
+    pattern = "*.safetensors" if safetensors else "*.bin"
+    return any(folder.rglob(pattern))
+
+
+def _pickle_error(what: str, ref: models.ModelRef) -> ModelError:
+    return ModelError(f"{what} {ref.name!r}: {_describe(ref)} has only pickle (.bin/.ckpt) weights, which can run "
+                      f"code when loaded; convert it to safetensors, or set allow_pickle: true if you trust it")
+
+
+def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dtype": dtype}
+    if not allow_pickle:
+        kw["use_safetensors"] = True
+    if _offline():
+        kw["local_files_only"] = True
+    return kw
+
+
+def _is_missing(e: BaseException) -> bool:
+    """from_pretrained reports a missing model as OSError/EnvironmentError (hub errors subclass it)."""
+    return isinstance(e, (OSError, FileNotFoundError)) or type(e).__name__ in (
+        "RepositoryNotFoundError", "LocalEntryNotFoundError", "EntryNotFoundError", "HfHubHTTPError",
+        "RevisionNotFoundError", "GatedRepoError")
+
+
+def _safetensors_refused(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "safetensors" in text and ("use_safetensors" in text or "not found" in text or "could not find" in text)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
+class _PeakRss:
+    """Samples the process's resident set size in a thread while a batch runs; ``peak`` is the maximum."""
+
+    def __init__(self, interval: float = RSS_SAMPLE_SECONDS):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "_PeakRss":
+        self.peak = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _folder_hash(folder: Path) -> str:
+    """sha256 over the relative paths and contents of every file under ``folder`` (hidden ones skipped)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(str(rel.as_posix()).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _stat_signature(folder: Path) -> tuple:
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Loads and caches pipelines; ``prepare`` applies a run's settings, ``generate`` makes a batch."""
+
+    def __init__(self, device: str | None = None, base_dir: Path | None = None):
+        self.device_override = device
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self._pipes: dict[tuple, _Loaded] = {}
+        self._vaes: dict[tuple, Any] = {}
+        self._checked: set[tuple[str, str]] = set()
+        self._hashes: dict[str, tuple[tuple, str]] = {}
+        self._active: _Loaded | None = None
+        self._settings: Settings | None = None
+
+    # -- devices -----------------------------------------------------------------------------------
+
+    def device_for(self, settings: Settings) -> str:
+        """The device a run uses: the Engine's override, else the setting; ``auto`` picks cuda when present."""
+        want = (self.device_override or settings.device or "auto").lower()
+        return self._resolve_device(want, "device")
+
+    @staticmethod
+    def _resolve_device(want: str, what: str) -> str:
+        if want == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if want.startswith("cuda"):
+            if not torch.cuda.is_available():
+                build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build but sees no GPU"
+                raise ModelError(f"{what} {want!r} is not available: torch {torch.__version__} is {build}; "
+                                 f"use cpu (or auto)")
+            index = int(want.split(":", 1)[1]) if ":" in want else 0
+            if index >= torch.cuda.device_count():
+                raise ModelError(f"{what} {want!r} is not available: this machine has {torch.cuda.device_count()} "
+                                 f"CUDA device(s)")
+        elif want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"{what} 'mps' is not available on this machine; use cpu (or auto)")
+        return want
+
+    def _generator_device(self, settings: Settings, device: str) -> str:
+        want = (settings.generator_device or "cpu").lower()
+        return device if want == "auto" else self._resolve_device(want, "generator_device")
+
+    def _check_dtype(self, device: str, dtype_name: str) -> None:
+        """Run one small matmul: some devices cannot compute in some dtypes at all (they raise)."""
+        if (device, dtype_name) in self._checked:
+            return
+        dtype = DTYPES[dtype_name]
+        try:
+            a = torch.ones((4, 4), dtype=dtype, device=device)
+            float((a @ a).float().sum())
+            float(torch.nn.functional.conv2d(a[None, None], a[None, None, :3, :3]).float().sum())
+        except (RuntimeError, TypeError, NotImplementedError) as e:
+            raise ModelError(f"dtype {dtype_name} cannot run on device {device!r} ({_first_line(e)}); "
+                             f"use dtype: float32") from None
+        self._checked.add((device, dtype_name))
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _ref(self, name: str) -> models.ModelRef:
+        return models.resolve(name, self.base_dir)
+
+    def _load_pipeline(self, settings: Settings) -> _Loaded:
+        key = (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        if key in self._pipes:
+            return self._pipes[key]
+        ref = self._ref(settings.model)
+        if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
+            raise _missing_error("model", ref)
+        if ref.kind != "hub" and not settings.allow_pickle and not _has_weights(Path(ref.location), True) \
+                and _has_weights(Path(ref.location), False):
+            raise _pickle_error("model", ref)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
+                                                                                   settings.allow_pickle))
+        except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
+            if not settings.allow_pickle and _safetensors_refused(e):
+                raise _pickle_error("model", ref) from None
+            if _is_missing(e):
+                raise _missing_error("model", ref, e) from None
+            raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
+                from None
+        pipe.set_progress_bar_config(disable=True)
+        sched = pipe.scheduler
+        loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
+                         scheduler_class=type(sched).__name__, device="cpu")
+        loaded.schedulers[(loaded.scheduler_class, ())] = sched
+        self._pipes[key] = loaded
+        return loaded
+
+    def _load_vae(self, settings: Settings) -> Any:
+        ref = self._ref(settings.vae)
+        key = (ref.location, settings.dtype, settings.allow_pickle)
+        if key in self._vaes:
+            return self._vaes[key]
+        subfolders: list[str | None] = [None, "vae"]
+        if ref.kind != "hub":
+            folder = Path(ref.location)
+            subfolders = [s for s in subfolders if (folder / (s or "") / "config.json").is_file()]
+            if not subfolders:
+                raise ModelError(f"vae {settings.vae!r}: no AutoencoderKL in {_describe(ref)} (looked for config.json "
+                                 f"and vae/config.json); give a VAE folder or hub id, or vae: default")
+            if not settings.allow_pickle and not _has_weights(folder, True) and _has_weights(folder, False):
+                raise _pickle_error("vae", ref)
+        error: BaseException | None = None
+        for sub in subfolders:
+            kw = _load_kwargs(DTYPES[settings.dtype], settings.allow_pickle)
+            if sub:
+                kw["subfolder"] = sub
+            try:
+                vae = AutoencoderKL.from_pretrained(ref.location, **kw)
+                break
+            except Exception as e:  # noqa: BLE001 - try the next layout, report the first failure
+                error = error or e
+        else:
+            assert error is not None
+            if not settings.allow_pickle and _safetensors_refused(error):
+                raise _pickle_error("vae", ref)
+            if _is_missing(error):
+                raise _missing_error("vae", ref, error)
+            raise ModelError(f"vae {settings.vae!r}: {_describe(ref)} could not be loaded: {_first_line(error)}")
+        vae.eval()
+        self._vaes[key] = vae
+        return vae
+
+    # -- schedulers --------------------------------------------------------------------------------
+
+    def _scheduler(self, loaded: _Loaded, settings: Settings) -> Any:
+        cls_name = loaded.scheduler_class if settings.scheduler == schedulers.DEFAULT else settings.scheduler
+        options = dict(settings.scheduler_options)
+        key = (cls_name, tuple(sorted(options.items())))
+        if key in loaded.schedulers:
+            return loaded.schedulers[key]
+        if cls_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
+            raise ModelError("scheduler DPMSolverSDEScheduler (A1111 'DPM++ SDE') needs the package torchsde; "
+                             "install it with `pip install torchsde`, or pick another scheduler")
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise ModelError(f"scheduler {cls_name!r} is not a diffusers scheduler class in diffusers "
+                             f"{diffusers.__version__}")
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            accepted = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+            unknown = [k for k in options if k not in accepted]
+            if unknown:
+                raise ModelError(f"scheduler_options: {cls_name} does not accept {', '.join(map(repr, unknown))}; "
+                                 f"it accepts: {', '.join(accepted)}")
+        try:
+            sched = cls.from_config(loaded.scheduler_config, **options)
+        except Exception as e:  # noqa: BLE001 - a bad option value raises ValueError/NotImplementedError/...
+            raise ModelError(f"scheduler {cls_name} with options {options}: {_first_line(e)}") from None
+        loaded.schedulers[key] = sched
+        return sched
+
+    # -- prepare -----------------------------------------------------------------------------------
+
+    def prepare(self, settings: Settings) -> None:
+        """Make the pipeline match ``settings``: model, VAE, scheduler, device, dtype and memory options."""
+        device = self.device_for(settings)
+        self._generator_device(settings, device)
+        self._check_dtype(device, settings.dtype)
+        if settings.cpu_offload and not device.startswith("cuda"):
+            raise ModelError(f"cpu_offload needs a CUDA GPU (it moves each model to the GPU only while it runs), "
+                             f"but the device is {device!r}; set cpu_offload: false")
+        if settings.cpu_offload and importlib.util.find_spec("accelerate") is None:
+            raise ModelError("cpu_offload needs the package accelerate; install it with `pip install accelerate`")
+        loaded = self._load_pipeline(settings)
+        if self._active is not None and self._active is not loaded:
+            self._park(self._active)
+        pipe = loaded.pipe
+        vae = loaded.vae if settings.vae == "default" else self._load_vae(settings)
+        scheduler = self._scheduler(loaded, settings)
+        if loaded.offloaded and (not settings.cpu_offload or pipe.vae is not vae):
+            pipe.remove_all_hooks()
+            loaded.offloaded, loaded.device = False, None
+        if pipe.vae is not vae and pipe.vae is not loaded.vae and not loaded.offloaded:
+            pipe.vae.to("cpu")  # a swapped-out extra VAE stays cached but leaves the accelerator
+        pipe.vae = vae
+        pipe.scheduler = scheduler
+        if settings.cpu_offload:
+            if not loaded.offloaded:
+                pipe.enable_model_cpu_offload(device=device)
+                loaded.offloaded, loaded.device = True, None
+        else:
+            pipe.to(device)  # a no-op for modules already there; moves a newly swapped VAE
+            loaded.device = device
+        if settings.attention_slicing:
+            pipe.enable_attention_slicing()
+        else:
+            pipe.disable_attention_slicing()
+        (vae.enable_slicing if settings.vae_slicing else vae.disable_slicing)()
+        (vae.enable_tiling if settings.vae_tiling else vae.disable_tiling)()
+        self._active, self._settings = loaded, settings
+
+    @staticmethod
+    def _park(loaded: _Loaded) -> None:
+        """Move a pipeline that is no longer in use off the accelerator, keeping it loaded."""
+        if loaded.offloaded:
+            loaded.pipe.remove_all_hooks()
+            loaded.offloaded = False
+        if loaded.device not in (None, "cpu"):
+            loaded.pipe.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        loaded.device = "cpu"
+
+    # -- generate ----------------------------------------------------------------------------------
+
+    def generate(self, runs: Sequence[PlannedRun]) -> BatchResult:
+        """Generate one image per run in one pipeline call; each image gets its own seeded generator."""
+        if not runs:
+            raise ValueError("generate() needs at least one run")
+        settings = runs[0].settings
+        if any(r.settings != settings for r in runs[1:]):
+            raise ValueError("all runs of a batch must share their settings")
+        if self._settings != settings or self._active is None:
+            self.prepare(settings)
+        device = self.device_for(settings)
+        gen_device = self._generator_device(settings, device)
+        pipe = self._active.pipe
+        generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
+        marks: list[float] = []
+
+        def first_unet_call(module: Any, args: Any) -> None:
+            if not marks:
+                marks.append(time.perf_counter())
+
+        def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            marks.append(time.perf_counter())
+            return kwargs
+
+        cuda = device.startswith("cuda")
+        hook = pipe.unet.register_forward_pre_hook(first_unet_call)
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            with _PeakRss() as rss:
+                start = time.perf_counter()
+                out = pipe(
+                    prompt=[r.prompt for r in runs], negative_prompt=[r.negative_prompt for r in runs],
+                    num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                    width=settings.width or None, height=settings.height or None, generator=generators, output_type="np",
+                    callback_on_step_end=step_end,
+                )
+                if cuda:
+                    torch.cuda.synchronize(device)
+                wall = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise OutOfMemory(_first_line(e)) from None
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
+                if cuda:
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(_first_line(e)) from None
+            raise
+        finally:
+            hook.remove()
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        n = len(runs)
+        per_step = (sum(steps) / len(steps) / n) if steps else 0.0
+        images = []
+        for r, arr in zip(runs, np.asarray(out.images)):
+            if not np.isfinite(arr).all():
+                images.append(ImageResult(r.key, None, NAN_ERROR, wall / n, per_step))
+            else:
+                img = VaeImageProcessor.numpy_to_pil(arr[None])[0]
+                images.append(ImageResult(r.key, img, None, wall / n, per_step))
+        return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps)
+
+    # -- facts for the record ----------------------------------------------------------------------
+
+    def scheduler_config(self) -> dict:
+        """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""
+        if self._active is None:
+            raise RuntimeError("scheduler_config() before prepare()")
+        return json.loads(self._active.pipe.scheduler.to_json_string())
+
+    def model_revision(self, model: str) -> str | None:
+        """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
+        ref = self._ref(model)
+        if ref.kind == "hub":
+            from huggingface_hub import try_to_load_from_cache
+
+            try:
+                path = try_to_load_from_cache(ref.location, "model_index.json")
+            except Exception:  # noqa: BLE001 - a malformed id has no revision
+                return None
+            return Path(path).parent.name if isinstance(path, str) else None
+        folder = Path(ref.location)
+        if not folder.is_dir():
+            return None
+        signature = _stat_signature(folder)
+        cached = self._hashes.get(ref.location)
+        if cached is None or cached[0] != signature:
+            cached = (signature, _folder_hash(folder))
+            self._hashes[ref.location] = cached
+        return cached[1]
+
+    def environment(self) -> dict:
+        """Versions and hardware that produced the images."""
+        if self._settings is not None:
+            device = self.device_for(self._settings)
+        else:
+            device = self._resolve_device((self.device_override or "auto").lower(), "device")
+        if device.startswith("cuda"):
+            name = torch.cuda.get_device_name(torch.device(device))
+        elif device == "mps":
+            name = "Apple MPS"
+        else:
+            name = _cpu_name()
+        import accelerate
+
+        return {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+            "device": device,
+            "device_name": name,
+            "cuda": torch.version.cuda,
+            "torch_threads": torch.get_num_threads(),
+        }
