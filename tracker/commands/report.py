@@ -1,0 +1,88 @@
+"""``tracker report`` (the HTML report folder) and ``tracker grid`` (labelled PNG grids).
+
+Thin: options in, ``tracker.report`` does the work. Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tracker.cli import pass_workspace
+
+DEFAULT_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS (not imported: keep --help light)
+
+
+def _pixels(value: str) -> int:
+    """64000000, 64M or 64MP."""
+    text = value.strip().upper().removesuffix("P").removesuffix("PX")
+    scale = 1_000_000 if text.endswith("M") else 1
+    try:
+        n = int(float(text.removesuffix("M")) * scale)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        from tracker.errors import UsageError
+        raise UsageError(f"--max-pixels must be a positive number of pixels such as 64000000 or 64M but is {value!r}")
+    return n
+
+
+@click.command()
+@click.argument("experiment")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder [default: HOME/reports/EXPERIMENT].")
+@click.option("--rows", metavar="AXIS", help="Axis down the grids [default: the file's grid:, else the prompt axis with the most labels].")
+@click.option("--cols", metavar="AXIS", help="Axis across the grids [default: the file's grid:, else seed].")
+@click.option("--max-pixels", default=str(DEFAULT_MAX_PIXELS), show_default=True, metavar="N",
+              help="Pixel budget of each grid PNG; larger grids get smaller tiles.")
+@pass_workspace
+def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str) -> None:
+    """Write an HTML report of EXPERIMENT: one seed-fixed grid per combination of the other axes,
+    run details, and an efficiency view. The folder opens from disk, without a server or network.
+
+    Axes that still vary besides --rows and --cols split the report into one grid per combination.
+    """
+    from tracker import report as rep
+
+    index, data = rep.build(ws, experiment, rows=rows, cols=cols, out=out, max_pixels=_pixels(max_pixels))
+    cells = sum(len(r.cells) for g in data.grids for r in g.rows)
+    click.echo(f"report: {len(data.grids)} grid{'s' if len(data.grids) != 1 else ''}, {cells} cells "
+               f"(rows: {data.rows_axis or '-'}, columns: {data.cols_axis or '-'})", err=True)
+    warning = rep.attach_to_mlflow(ws, experiment, [index.parent], "report")
+    if warning:
+        click.echo(warning, err=True)
+    click.echo(index.as_uri())
+
+
+@click.command()
+@click.argument("experiment")
+@click.option("--rows", metavar="AXIS", help="Axis down the grid [default: as in tracker report].")
+@click.option("--cols", metavar="AXIS", help="Axis across the grid [default: as in tracker report].")
+@click.option("--where", "where", multiple=True, metavar="AXIS=LABEL",
+              help="Keep only runs with this label (repeatable).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write [default: EXPERIMENT-grid.png].")
+@click.option("--max-pixels", default=str(DEFAULT_MAX_PIXELS), show_default=True, metavar="N",
+              help="Pixel budget (64000000 or 64M); past it tiles are scaled down, never refused.")
+@pass_workspace
+def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[str, ...], out: Path | None,
+         max_pixels: str) -> None:
+    """Write a labelled PNG grid of EXPERIMENT's images, AXIS labels drawn beside the rows and columns.
+
+    When axes other than --rows and --cols still have several labels (and --where does not pin them),
+    one PNG is written per combination, named OUTPUT-STEM-axis=label,...png beside OUTPUT.
+    Failed or missing runs are drawn as labelled placeholders.
+    """
+    from tracker import report as rep
+
+    budget = _pixels(max_pixels)
+    out = out or Path(f"{experiment}-grid.png")
+    written = rep.write_grids(ws, experiment, rows, cols, where, out, budget)
+    for g in written:
+        if g.scaled:
+            click.echo(g.scale_note(budget), err=True)
+        click.echo(str(g.path))
+    warning = rep.attach_to_mlflow(ws, experiment, [g.path for g in written], "grids")
+    if warning:
+        click.echo(warning, err=True)

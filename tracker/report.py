@@ -1,0 +1,950 @@
+"""The HTML report: seed-fixed comparison grids, run details and an efficiency view, as a static folder.
+
+Two steps, as in coverage.py's html.py: first the report is built as plain frozen dataclasses
+(``Report`` -> ``Grid`` -> ``Row`` -> ``Cell``, ``RunDetail``, ``EfficiencyRow``) from the run store,
+then Jinja2 renders them with autoescaping on, so no user text (prompts, labels, names, errors) is
+ever inserted as HTML. The run details travel to the page as JSON inside
+``<script type="application/json">`` and the page's script only ever sets ``textContent``.
+
+Which runs: the experiment file as last run (its source text is in the store) is parsed and
+expanded again, so runs that are planned but not generated show as "not run yet" placeholders and
+runs left over from an older version of the file are left out (and counted). When the source cannot
+be expanded any more, the stored runs are shown as they are.
+
+Images are copied into the report folder under their sha256 and thumbnails are made once per
+sha256, so a second build only works on runs whose image changed; files no longer referenced are
+removed. The folder opens from disk with no server and no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from tracker import gridimage
+from tracker.errors import NotFoundError, TrackerError, UsageError
+from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
+
+if TYPE_CHECKING:
+    from tracker.plan import PlannedRun
+    from tracker.spec import Experiment
+    from tracker.store import RunRecord
+
+THUMB_SIZE = 256
+PROMPT_AXIS_KINDS = ("prompt", "var", "bundle")
+ASSET_DIRS = ("full", "thumbs", "grids")
+STATE_NOTES = {"pending": "not run yet", "missing": "not run yet", "running": "running (not finished)",
+               "absent": "not in the plan"}
+
+
+# ---------------------------------------------------------------------------------------------
+# what the store holds for one experiment
+
+
+@dataclass(frozen=True)
+class AxisInfo:
+    """An axis as the report shows it: its labels in order, and what each label stands for."""
+
+    name: str
+    kind: str  # "prompt" | "var" | "bundle" | "setting" | "seed" | "stored" (known only from stored runs)
+    labels: tuple[str, ...]
+    fulls: tuple[str, ...]  # per label: the template, value or settings it stands for
+
+    def full(self, label: str) -> str:
+        return self.fulls[self.labels.index(label)] if label in self.labels else label
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """One run of the report: planned (from the current file), stored, or both."""
+
+    key: str
+    labels: tuple[tuple[str, str], ...]
+    prompt: str
+    prompt_template: str | None
+    record: "RunRecord | None"
+    planned: "PlannedRun | None"
+
+    def label(self, axis: str | None) -> str:
+        return dict(self.labels).get(axis, "") if axis else ""
+
+    @property
+    def state(self) -> str:
+        return self.record.status if self.record is not None else "missing"
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    description: str
+    experiment: "Experiment | None"
+    axes: tuple[AxisInfo, ...]
+    entries: tuple[Entry, ...]
+    notes: tuple[str, ...] = ()
+
+    def axis(self, name: str) -> AxisInfo:
+        return next(a for a in self.axes if a.name == name)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.axes)
+
+
+def load(ws: Workspace, experiment: str) -> Source:
+    """Read the experiment and its runs from the store. NotFoundError when there is nothing to show."""
+    from tracker.store import Store
+
+    with Store.open(ws.db_url) as store:
+        info = store.experiment(experiment)
+        records = store.runs(experiment)
+        known = [e["name"] for e in store.experiments()] if info is None else []
+    if info is None:
+        listing = f"; known experiments: {', '.join(known)}" if known else "; the store holds no experiments yet"
+        raise NotFoundError(f"no experiment {experiment!r} in the run store{listing}")
+    if not any(r.status in ("done", "failed") for r in records):
+        raise NotFoundError(f"experiment {experiment!r} has no finished runs yet; generate them with "
+                            f"`tracker run {info.get('source_path') or 'FILE'}` first")
+    exp, notes = _parse_source(info)
+    plan = _expand(exp, notes)
+    entries = _entries(plan, records, notes)
+    axes = _axes(exp if plan is not None else None, entries)
+    return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes))
+
+
+def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[str]]:
+    from tracker.spec import parse
+
+    text, path = info.get("source_text"), info.get("source_path")
+    if not text:
+        return None, ["the experiment file's text is not in the store; the layout follows the stored runs"]
+    base = Path(path).resolve().parent if path else None
+    try:
+        return parse(text, path or info["name"], default_name=info["name"], base_dir=base), []
+    except TrackerError as e:
+        return None, [f"the stored experiment file no longer parses ({e}); the layout follows the stored runs"]
+
+
+def _expand(exp: "Experiment | None", notes: list[str]) -> "tuple[PlannedRun, ...] | None":
+    from tracker.plan import expand
+
+    if exp is None or exp.seeds_from:
+        return None
+    try:
+        return expand(exp, max_runs=None).runs
+    except TrackerError as e:
+        notes.append(f"the experiment file cannot be expanded ({e}); the layout follows the stored runs")
+        return None
+
+
+def _entries(plan, records: Sequence["RunRecord"], notes: list[str]) -> list[Entry]:
+    by_key = {r.key: r for r in records}
+    if plan is not None and any(p.key in by_key for p in plan):
+        stale = len(set(by_key) - {p.key for p in plan})
+        if stale:
+            notes.append(f"{stale} stored run{'s' if stale != 1 else ''} of an earlier version of the "
+                         f"experiment file {'are' if stale != 1 else 'is'} not in the current plan and not shown")
+        return [Entry(p.key, p.axes, p.prompt, p.prompt_template, by_key.get(p.key), p) for p in plan]
+    return [Entry(r.key, _record_labels(r), r.prompt, r.prompt_template, r, None) for r in records]
+
+
+def _record_labels(r: "RunRecord") -> tuple[tuple[str, str], ...]:
+    labels = dict(r.axes)
+    labels.setdefault("seed", str(r.seed))
+    return tuple(labels.items())
+
+
+def _axes(exp: "Experiment | None", entries: Sequence[Entry]) -> tuple[AxisInfo, ...]:
+    """Axes in the file's order (labels in the file's order), or else as first seen in the runs."""
+    seen: dict[str, list[str]] = {}
+    for e in entries:
+        for name, label in e.labels:
+            labels = seen.setdefault(name, [])
+            if label not in labels:
+                labels.append(label)
+    if exp is None:
+        return tuple(AxisInfo(n, "seed" if n == "seed" else "stored", tuple(ls), tuple(ls)) for n, ls in seen.items())
+    out = []
+    for a in exp.axes:
+        present = set(seen.get(a.name, ()))
+        values = [v for v in a.values if v.label in present]
+        out.append(AxisInfo(a.name, a.kind, tuple(v.label for v in values), tuple(_full(a.kind, v) for v in values)))
+    return tuple(out)
+
+
+def _full(kind: str, value) -> str:
+    """What an axis label stands for, in full (shown on hover and click)."""
+    if kind == "prompt":
+        return value.template or ""
+    if kind == "bundle" or (kind == "setting" and value.settings):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.settings)
+    return _show(value.value if value.value is not None else value.label)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in v):
+        return ", ".join(f"{k}={x}" for k, x in v) or "(none)"
+    if isinstance(v, tuple):
+        return "x".join(map(str, v))
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# layout: which axis runs down, which across, which split the grids
+
+
+@dataclass(frozen=True)
+class Layout:
+    rows: str | None  # None: a single row
+    cols: str | None  # None: a single column
+    groups: tuple[str, ...]  # the other axes with more than one label: one grid per combination
+
+
+def varying(axes: Iterable[AxisInfo]) -> list[AxisInfo]:
+    return [a for a in axes if len(a.labels) > 1]
+
+
+def check_axis(source: Source, name: str | None, option: str) -> str | None:
+    if name is not None and name not in source.axis_names:
+        raise UsageError(f"unknown axis {name!r} in {option}; known axes: {', '.join(source.axis_names)}")
+    return name
+
+
+def choose_layout(source: Source, rows: str | None = None, cols: str | None = None,
+                  fixed: Iterable[str] = ()) -> Layout:
+    """Rows and columns from the options, else the file's ``grid:``, else the prompt axis with the most
+    labels down and the seeds across. ``fixed`` axes (pinned by --where) never split the grids."""
+    check_axis(source, rows, "--rows")
+    check_axis(source, cols, "--cols")
+    g_rows, g_cols = source.experiment.grid if source.experiment and source.experiment.grid else (None, None)
+    rows = rows or (g_rows if g_rows in source.axis_names else None)
+    cols = cols or (g_cols if g_cols in source.axis_names else None)
+    free = [a for a in source.axes if a.name not in set(fixed)]
+    rows = rows or _default_rows(free, exclude={cols})
+    cols = cols or _default_cols(free, exclude={rows})
+    if rows is not None and rows == cols:
+        raise UsageError(f"--rows and --cols are both {rows!r}; choose two different axes "
+                         f"(known axes: {', '.join(source.axis_names)})")
+    groups = tuple(a.name for a in varying(free) if a.name not in (rows, cols))
+    return Layout(rows, cols, groups)
+
+
+def _most(axes: Iterable[AxisInfo]) -> str | None:
+    best = max(axes, key=lambda a: len(a.labels), default=None)
+    return best.name if best is not None else None
+
+
+def _default_rows(axes: Sequence[AxisInfo], exclude: set) -> str | None:
+    pool = [a for a in varying(axes) if a.name not in exclude]
+    return (_most(a for a in pool if a.kind in PROMPT_AXIS_KINDS)
+            or _most(a for a in pool if a.name != "seed")
+            or _most(pool))
+
+
+def _default_cols(axes: Sequence[AxisInfo], exclude: set) -> str | None:
+    pool = [a for a in varying(axes) if a.name not in exclude]
+    if any(a.name == "seed" for a in pool):
+        return "seed"
+    return _most(pool)
+
+
+def parse_where(source: Source, items: Iterable[str]) -> dict[str, str]:
+    """``axis=label`` pairs; an unknown axis or label is a UsageError naming the known ones."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, label = item.partition("=")
+        name, label = name.strip(), label.strip()
+        if not sep or not name:
+            raise UsageError(f"--where {item!r} must be AXIS=LABEL; known axes: {', '.join(source.axis_names)}")
+        check_axis(source, name, "--where")
+        labels = source.axis(name).labels
+        if label not in labels:
+            raise UsageError(f"axis {name!r} has no label {label!r} in --where; its labels: {', '.join(labels)}")
+        out[name] = label
+    return out
+
+
+def select(source: Source, where: Mapping[str, str]) -> list[Entry]:
+    return [e for e in source.entries if all(e.label(k) == v for k, v in where.items())]
+
+
+@dataclass(frozen=True, eq=False)
+class Section:
+    """The runs of one grid: the values of the grouping axes, and the row and column labels present."""
+
+    combo: tuple[tuple[str, str], ...]
+    row_labels: tuple[str, ...]
+    col_labels: tuple[str, ...]
+    cells: Mapping[tuple[str, str], Entry]
+
+    @property
+    def title(self) -> str:
+        return " · ".join(f"{k}: {v}" for k, v in self.combo)
+
+
+def sections(source: Source, layout: Layout, entries: Sequence[Entry]) -> list[Section]:
+    """Split the runs into one section per combination of the grouping axes (in axis-label order)."""
+    by_combo: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        by_combo.setdefault(tuple((g, e.label(g)) for g in layout.groups), []).append(e)
+    order = {a.name: a.labels for a in source.axes}
+    combos = sorted(by_combo, key=lambda c: tuple(_index(order.get(k, ()), v) for k, v in c))
+    return [_section(source, layout, c, by_combo[c]) for c in combos]
+
+
+def _index(labels: Sequence[str], label: str) -> int:
+    return labels.index(label) if label in labels else len(labels)
+
+
+def _section(source: Source, layout: Layout, combo, entries: Sequence[Entry]) -> Section:
+    def ordered(axis: str | None) -> tuple[str, ...]:
+        present = {e.label(axis) for e in entries}
+        labels = source.axis(axis).labels if axis else ("",)
+        return tuple(lab for lab in labels if lab in present)
+
+    cells: dict[tuple[str, str], Entry] = {}
+    for e in entries:
+        cells.setdefault((e.label(layout.rows), e.label(layout.cols)), e)
+    return Section(combo, ordered(layout.rows), ordered(layout.cols), cells)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's data
+
+
+@dataclass(frozen=True)
+class Header:
+    label: str
+    full: str  # what the label stands for; shown on hover (title) and on click
+
+
+@dataclass(frozen=True)
+class Span:
+    """A piece of a prompt; ``marked`` when it came from an axis value (``source`` says which)."""
+
+    text: str
+    marked: bool = False
+    source: str = ""
+    axes: tuple[str, ...] = ()  # the template variables the marked text came from
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str | None
+    state: str  # "done" | "failed" | "pending" | "running" | "missing" | "absent" | "noimage"
+    note: str  # the placeholder's text; "" for an image
+    thumb: str | None = None  # paths relative to the report folder
+    image: str | None = None
+    width: int = 0
+    height: int = 0
+    prompt: tuple[Span, ...] = ()  # shown under the image when the row's cells differ in prompt
+
+
+@dataclass(frozen=True)
+class Row:
+    header: Header
+    prompt: tuple[Span, ...]  # the row's prompt when all its cells share it
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    id: str
+    title: str
+    combo: tuple[tuple[str, str], ...]
+    rows_axis: str
+    cols_axis: str
+    columns: tuple[Header, ...]
+    rows: tuple[Row, ...]
+    png: str | None = None
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    key: str
+    state: str
+    title: str
+    prompt: tuple[Span, ...]
+    image: str | None
+    recipe: tuple[tuple[str, str], ...]
+    timings: tuple[tuple[str, str], ...]
+    error: str | None
+    mlflow_url: str | None
+    reproduce: str
+
+
+@dataclass(frozen=True)
+class EfficiencyRow:
+    label: str  # the settings that differ between configurations
+    config: tuple[tuple[str, str], ...]
+    runs: int
+    failed: int
+    seconds_per_image: float | None
+    images_per_second: float | None
+    peak_memory_bytes: int | None
+    seconds_frac: float = 0.0  # bar lengths for the chart, 0..1 of the largest value
+    memory_frac: float = 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    experiment: str
+    description: str
+    generated_at: str
+    counts: tuple[tuple[str, int], ...]
+    rows_axis: str
+    cols_axis: str
+    constants: tuple[tuple[str, str], ...]
+    grids: tuple[Grid, ...]
+    details: tuple[RunDetail, ...]
+    efficiency: tuple[EfficiencyRow, ...]
+    notes: tuple[str, ...] = ()
+
+    def details_json(self) -> dict[str, Any]:
+        return {d.key: asdict(d) for d in self.details}
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts: which part came from an axis value
+
+
+TEMPLATE_TAG = re.compile(r"({{.*?}}|{%.*?%}|{#.*?#})", re.S)
+
+
+def highlight(prompt: str, template: str | None, others: Sequence[str] = ()) -> tuple[Span, ...]:
+    """Split ``prompt`` into spans, marking what its template's expressions produced; when the template
+    cannot be lined up with the text (control blocks), mark what differs from the ``others`` prompts."""
+    spans = _template_spans(prompt, template) if template else None
+    return spans if spans is not None else _diff_spans(prompt, [o for o in others if o != prompt])
+
+
+def _template_spans(prompt: str, template: str) -> tuple[Span, ...] | None:
+    parts = TEMPLATE_TAG.split(template)
+    if any(p.startswith(("{%", "{#")) for p in parts[1::2]):
+        return None
+    literals = parts[0::2]
+    exprs = parts[1::2]
+    for i, ex in enumerate(exprs):  # whitespace control: {{- strips before, -}} strips after
+        if ex.startswith("{{-"):
+            literals[i] = literals[i].rstrip()
+        if ex.endswith("-}}"):
+            literals[i + 1] = literals[i + 1].lstrip()
+    if literals[-1].endswith("\n"):
+        literals[-1] = literals[-1][:-1]
+    pattern = "(.*?)".join(re.escape(lit) for lit in literals)
+    m = re.fullmatch(pattern, prompt, re.S)
+    if m is None:
+        return None
+    out: list[Span] = []
+    for i, lit in enumerate(literals):
+        if lit:
+            out.append(Span(lit))
+        if i < len(exprs) and m.group(i + 1):
+            out.append(Span(m.group(i + 1), True, exprs[i], _variables(exprs[i])))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def _variables(expression: str) -> tuple[str, ...]:
+    from jinja2 import Environment, TemplateSyntaxError, meta
+
+    try:
+        return tuple(sorted(meta.find_undeclared_variables(Environment().parse(expression))))
+    except TemplateSyntaxError:
+        return ()
+
+
+def _diff_spans(prompt: str, others: Sequence[str]) -> tuple[Span, ...]:
+    tokens = re.findall(r"\S+|\s+", prompt)
+    marked = [False] * len(tokens)
+    for other in others:
+        sm = difflib.SequenceMatcher(None, tokens, re.findall(r"\S+|\s+", other), autojunk=False)
+        for tag, i1, i2, _, _ in sm.get_opcodes():
+            if tag != "equal":
+                for i in range(i1, i2):
+                    marked[i] = not tokens[i].isspace() or marked[i]
+    out: list[Span] = []
+    for tok, m in zip(tokens, marked):
+        if out and out[-1].marked == m:
+            out[-1] = Span(out[-1].text + tok, m)
+        else:
+            out.append(Span(tok, m))
+    return tuple(out) or (Span(""),)
+
+
+# ---------------------------------------------------------------------------------------------
+# images: copied and thumbnailed once per sha256
+
+
+@dataclass(frozen=True)
+class Asset:
+    thumb: str
+    image: str
+    width: int
+    height: int
+
+
+class Assets:
+    """Full images and thumbnails under the report folder, named by the image's sha256."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.used: set[str] = set()
+        self.made = 0
+        for d in ASSET_DIRS:
+            (root / d).mkdir(parents=True, exist_ok=True)
+
+    def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
+        """key -> Asset, or key -> the reason there is no image. Thumbnails are made in threads."""
+        todo: dict[str, tuple[Path, str]] = {}
+        out: dict[str, Asset | str] = {}
+        for r in records:
+            src = Path(r.image) if r.image else None
+            if src is None or not src.is_file():
+                out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
+                continue
+            todo[r.key] = (src, r.image_sha256 or _sha256(src))
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
+                out[key] = result
+        return out
+
+    def _one(self, src: Path, sha: str) -> Asset | str:
+        name = sha[:32]
+        full = self.root / "full" / f"{name}{src.suffix.lower() or '.png'}"
+        thumb = self.root / "thumbs" / f"{name}.jpg"
+        size_file = self.root / "thumbs" / f"{name}.size"
+        self.used.update({full.name, thumb.name, size_file.name})
+        try:
+            if not full.exists():
+                _link_or_copy(src, full)
+            if not (thumb.exists() and size_file.exists()):
+                w, h = _thumbnail(src, thumb)
+                size_file.write_text(f"{w} {h}")
+                self.made += 1
+            w, h = map(int, size_file.read_text().split())
+        except (OSError, ValueError) as e:
+            return f"image unreadable: {e}"
+        return Asset(f"thumbs/{thumb.name}", f"full/{full.name}", w, h)
+
+    def add_used(self, rel: str) -> None:
+        self.used.add(Path(rel).name)
+
+    def prune(self) -> int:
+        """Remove files of runs no longer shown (their image changed or they left the plan)."""
+        n = 0
+        for d in ASSET_DIRS:
+            for p in (self.root / d).iterdir():
+                if p.name not in self.used:
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _thumbnail(src: Path, dst: Path) -> tuple[int, int]:
+    """Write a JPEG thumbnail; returns the full image's size."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        size = im.size
+        im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
+        small = im.convert("RGB")
+        small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    small.save(tmp, format="JPEG", quality=88)
+    os.replace(tmp, dst)
+    return size
+
+
+# ---------------------------------------------------------------------------------------------
+# building the report
+
+
+def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | None = None,
+          out: Path | None = None, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> tuple[Path, Report]:
+    """Build and write the report folder; returns the path of index.html and the report data."""
+    source = load(ws, experiment)
+    layout = choose_layout(source, rows, cols)
+    out = Path(out) if out is not None else safe_join(ws.reports_dir, experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    assets = Assets(out)
+    images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
+    secs = sections(source, layout, source.entries)
+    grids = tuple(_grid(source, layout, s, i, images, assets, out, max_pixels) for i, s in enumerate(secs, 1))
+    report = Report(
+        experiment=source.name, description=source.description,
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        counts=tuple(Counter(e.state for e in source.entries).most_common()),
+        rows_axis=layout.rows or "", cols_axis=layout.cols or "",
+        constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
+        grids=grids, details=tuple(_detail(ws, e, source, images) for e in source.entries),
+        efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
+        notes=source.notes,
+    )
+    index = out / "index.html"
+    _write_text(index, render(report))
+    assets.prune()
+    return index, report
+
+
+def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str],
+          assets: Assets, out: Path, max_pixels: int) -> Grid:
+    rows_axis = source.axis(layout.rows) if layout.rows else None
+    cols_axis = source.axis(layout.cols) if layout.cols else None
+    prompts = sorted({e.prompt for e in sec.cells.values()})
+    rows = []
+    for rl in sec.row_labels:
+        cells = [sec.cells.get((rl, cl)) for cl in sec.col_labels]
+        row_prompts = {e.prompt for e in cells if e is not None}
+        shared = len(row_prompts) == 1
+        first = next(e for e in cells if e is not None)
+        rows.append(Row(
+            _header(rows_axis, rl),
+            highlight(first.prompt, first.prompt_template, prompts) if shared else (),
+            tuple(_cell(e, images, () if shared else prompts) for e in cells)))
+    grid = Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
+                tuple(_header(cols_axis, cl) for cl in sec.col_labels), tuple(rows))
+    png = _grid_png(grid, sec, layout, images, out, max_pixels)
+    assets.add_used(png)
+    return replace(grid, png=png)
+
+
+def _header(axis: AxisInfo | None, label: str) -> Header:
+    return Header(label, axis.full(label) if axis else label)
+
+
+def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[str]) -> Cell:
+    if e is None:
+        return Cell(None, "absent", STATE_NOTES["absent"])
+    prompt = highlight(e.prompt, e.prompt_template, others) if others else ()
+    if e.state == "failed":
+        return Cell(e.key, "failed", f"failed: {e.record.error or 'unknown error'}", prompt=prompt)
+    if e.state != "done":
+        return Cell(e.key, e.state, STATE_NOTES.get(e.state, e.state), prompt=prompt)
+    asset = images.get(e.key)
+    if not isinstance(asset, Asset):
+        return Cell(e.key, "noimage", asset or "image missing", prompt=prompt)
+    return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt)
+
+
+def _grid_png(grid: Grid, sec: Section, layout: Layout, images: Mapping[str, Asset | str], out: Path,
+              max_pixels: int) -> str:
+    """Write the grid's labelled PNG unless one for the same images and labels exists already."""
+    spec = grid_spec(sec, layout, lambda key: _tile_for(images, out, key), with_title=True)
+    digest = hashlib.sha256(repr((spec, max_pixels)).encode()).hexdigest()[:12]
+    rel = f"grids/{grid.id}-{digest}.png"
+    if not (out / rel).exists():
+        gridimage.write(spec, out / rel, max_pixels)
+    return rel
+
+
+def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | None:
+    asset = images.get(key)
+    return out / asset.image if isinstance(asset, Asset) else None
+
+
+def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None],
+              with_title: bool = True) -> gridimage.GridSpec:
+    """A section as a labelled PNG grid: ``image_of(key)`` gives the file of a done run."""
+    tiles = []
+    for rl in sec.row_labels:
+        row = []
+        for cl in sec.col_labels:
+            e = sec.cells.get((rl, cl))
+            path = image_of(e.key) if e is not None and e.state == "done" else None
+            row.append(gridimage.Tile(path, "" if path else _tile_note(e)))
+        tiles.append(tuple(row))
+    rows = tuple(f"{layout.rows}: {lab}" if layout.rows == "seed" else lab for lab in sec.row_labels)
+    cols = tuple(f"{layout.cols}: {lab}" if layout.cols == "seed" else lab for lab in sec.col_labels)
+    return gridimage.GridSpec(sec.title if with_title else "", rows, cols, tuple(tiles))
+
+
+def _tile_note(e: Entry | None) -> str:
+    if e is None:
+        return STATE_NOTES["absent"]
+    if e.state == "failed":
+        return f"failed: {e.record.error or 'unknown error'}"
+    if e.state == "done":
+        return "image missing"
+    return STATE_NOTES.get(e.state, e.state)
+
+
+# ---------------------------------------------------------------------------------------------
+# run details
+
+
+def _detail(ws: Workspace, e: Entry, source: Source, images: Mapping[str, Asset | str]) -> RunDetail:
+    r = e.record
+    asset = images.get(e.key)
+    title = " · ".join(f"{k}: {v}" for k, v in e.labels)
+    error = r.error if r is not None and r.status == "failed" else None
+    return RunDetail(
+        key=e.key, state=e.state, title=title,
+        prompt=highlight(e.prompt, e.prompt_template),
+        image=asset.image if isinstance(asset, Asset) else None,
+        recipe=recipe(r if r is not None else e.planned),
+        timings=timings(r) if r is not None else (),
+        error=error, mlflow_url=_mlflow_url(ws, r), reproduce=reproduce_command(ws, e.key),
+    )
+
+
+def recipe(run) -> tuple[tuple[str, str], ...]:
+    """The full recipe of a stored (RunRecord) or planned (PlannedRun) run, as label/value pairs."""
+    from tracker.schedulers import sampler_name
+
+    s = run.settings() if callable(getattr(run, "settings", None)) else run.settings
+    options = dict(s.scheduler_options)
+    sampler, schedule = sampler_name(s.scheduler, options) if s.scheduler != "default" else ("default", None)
+    memory = [n for n, on in (("attention slicing", s.attention_slicing), ("VAE slicing", s.vae_slicing),
+                              ("VAE tiling", s.vae_tiling), ("CPU offload", s.cpu_offload)) if on]
+    revision = getattr(run, "model_revision", None)
+    rows = [
+        ("prompt", run.prompt), ("negative prompt", run.negative_prompt or "(none)"), ("seed", str(run.seed)),
+        ("model", s.model + (f" @ {revision}" if revision else "")),
+        ("scheduler", s.scheduler + (f" ({sampler}{' ' + schedule if schedule else ''})" if s.scheduler != "default" else "")),
+        ("scheduler options", ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "(none)"),
+        ("steps", str(s.steps)), ("guidance scale", f"{s.guidance_scale:g}"), ("size", f"{s.width}x{s.height}"),
+        ("VAE", s.vae), ("dtype", s.dtype), ("device", getattr(run, "device", None) or s.device),
+        ("generator device", s.generator_device), ("batch size (setting)", str(s.batch_size)),
+        ("memory options", ", ".join(memory) or "(none)"),
+    ]
+    return tuple(rows)
+
+
+def timings(r: "RunRecord") -> tuple[tuple[str, str], ...]:
+    rows = [
+        ("seconds", _num(r.seconds, "{:.3f} s")), ("seconds per step", _num(r.seconds_per_step, "{:.4f} s")),
+        ("peak memory", _mib(r.peak_memory_bytes)), ("batch size used", _num(r.batch_size_used, "{}")),
+        ("started", r.started_at.isoformat(timespec="seconds") if r.started_at else "—"),
+        ("finished", r.finished_at.isoformat(timespec="seconds") if r.finished_at else "—"),
+    ]
+    return tuple(rows)
+
+
+def _num(v: float | int | None, fmt: str) -> str:
+    return fmt.format(v) if v is not None else "—"
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n else "—"
+
+
+def reproduce_command(ws: Workspace, key: str) -> str:
+    """The command that regenerates a run (names the workspace unless it is the default one here)."""
+    home = "" if ws.home == Path(DEFAULT_HOME).resolve() else f"--home {shlex.quote(str(ws.home))} "
+    return f"tracker {home}reproduce {key}"
+
+
+def _optional(module: str, attr: str):
+    """A function of an optional part (MLflow logging), or None when that part is not installed."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr, None)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def _mlflow_url(ws: Workspace, r: "RunRecord | None") -> str | None:
+    if r is None or not ws.mlflow_enabled or not r.mlflow_run_id:
+        return None
+    run_url = _optional("tracker.mlflow_log", "run_url")
+    if run_url is None:
+        return None
+    try:
+        url = run_url(ws, r)
+    except Exception:  # a broken MLflow setup must not cost the report; the link is left out
+        return None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# efficiency
+
+
+EFFICIENCY_FIELDS = ("scheduler", "steps", "dtype", "batch", "memory options", "device", "model", "size")
+
+
+def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
+    """A run's pipeline configuration; None where a failed run never learned it (device, batch used)."""
+    memory = [n for n, on in (("attention slicing", r.attention_slicing), ("VAE slicing", r.vae_slicing),
+                              ("VAE tiling", r.vae_tiling), ("CPU offload", r.cpu_offload)) if on]
+    batch = r.batch_size_used if r.batch_size_used is not None else r.batch_size
+    values = (r.scheduler.removesuffix("Scheduler"), str(r.steps), r.dtype,
+              str(batch) if isinstance(batch, int) else None, ", ".join(memory) or "none", r.device,
+              r.model, f"{r.width}x{r.height}")
+    return tuple(zip(EFFICIENCY_FIELDS, values))
+
+
+def _merge_unknown(groups: dict[tuple, list]) -> dict[tuple, list]:
+    """Put runs whose configuration has unknowns into the one known configuration they fit, if unique."""
+    known = {c: rs for c, rs in groups.items() if all(v is not None for _, v in c)}
+    out = dict(known)
+    for c, rs in groups.items():
+        if c in known:
+            continue
+        fits = [k for k in known if all(v is None or v == kv for (_, v), (_, kv) in zip(c, k))]
+        target = fits[0] if len(fits) == 1 else tuple((n, v if v is not None else "?") for n, v in c)
+        out.setdefault(target, []).extend(rs)
+    return out
+
+
+def efficiency(records: Sequence["RunRecord"]) -> tuple[EfficiencyRow, ...]:
+    """Seconds per image, images per second and peak memory per pipeline configuration, in plan order."""
+    groups: dict[tuple, list] = {}
+    for r in records:
+        if r.status in ("done", "failed"):
+            groups.setdefault(_config(r), []).append(r)
+    if not groups:
+        return ()
+    groups = _merge_unknown(groups)
+    order = {id(r): i for i, r in enumerate(records)}
+    groups = dict(sorted(groups.items(), key=lambda kv: min(order[id(r)] for r in kv[1])))
+    differ = [i for i, f in enumerate(EFFICIENCY_FIELDS) if len({c[i][1] for c in groups}) > 1]
+    rows = [_efficiency_row(c, rs, differ) for c, rs in groups.items()]
+    top_s = max((r.seconds_per_image or 0 for r in rows), default=0) or 1
+    top_m = max((r.peak_memory_bytes or 0 for r in rows), default=0) or 1
+    return tuple(replace(r, seconds_frac=(r.seconds_per_image or 0) / top_s,
+                         memory_frac=(r.peak_memory_bytes or 0) / top_m) for r in rows)
+
+
+def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence[int]) -> EfficiencyRow:
+    done = [r for r in runs if r.status == "done" and r.seconds is not None]
+    spi = sum(r.seconds for r in done) / len(done) if done else None
+    peaks = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes]
+    label = " · ".join(f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch") else config[i][1]
+                       for i in differ) or "all runs"
+    return EfficiencyRow(label, config, len(runs), sum(r.status == "failed" for r in runs), spi,
+                         1 / spi if spi else None, max(peaks) if peaks else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def templates_dir() -> Path:
+    """The Jinja2 templates: ``templates/`` in a checkout, ``tracker/_templates`` in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "_templates"):
+        if (candidate / "report.html.j2").is_file():
+            return candidate
+    raise TrackerError(f"the report templates are missing (looked in {here.parent / 'templates'} and "
+                       f"{here / '_templates'}); reinstall prompt-tracker")
+
+
+@lru_cache(maxsize=1)
+def _env():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(templates_dir())), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["mib"] = _mib
+    env.filters["num"] = lambda v, fmt="{:.3f}": _num(v, fmt)
+    return env
+
+
+def render(report: Report) -> str:
+    """The page. Its one script is static; the Content-Security-Policy allows only that script (by
+    hash), so even markup that slipped into the page could not run code or reach the network."""
+    from markupsafe import Markup
+
+    script = _env().get_template("_script.js.j2").render()
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return _env().get_template("report.html.j2").render(
+        report=report, details=report.details_json(), script=Markup(script), script_hash=f"sha256-{digest}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# labelled PNG grids for ``tracker grid``
+
+
+def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
+                out: Path, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> list[gridimage.GridImage]:
+    """One PNG at ``out`` for one grid; when other axes still vary, one PNG per combination named
+    ``<stem>-<axis=label,...><suffix>`` beside it."""
+    source = load(ws, experiment)
+    pinned = parse_where(source, where)
+    layout = choose_layout(source, rows, cols, fixed=pinned)
+    secs = sections(source, layout, select(source, pinned))
+    if not secs:
+        raise NotFoundError(f"no runs of {experiment!r} match --where {' '.join(where)}")
+    pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
+    written = []
+    names = _combo_names(out, [s.combo for s in secs])
+    files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
+    for sec, path in zip(secs, names):
+        spec = grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
+        title = " · ".join(t for t in (pinned_title, spec.title) if t)
+        written.append(gridimage.write(gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles),
+                                       path, max_pixels))
+    return written
+
+
+def _combo_names(out: Path, combos: Sequence[tuple]) -> list[Path]:
+    if len(combos) == 1:
+        return [out]
+    names, used = [], set()
+    for combo in combos:
+        slug = re.sub(r"[^A-Za-z0-9._=,-]+", "_", ",".join(f"{k}={v}" for k, v in combo))[:80].strip("._") or "grid"
+        candidate, n = slug, 2
+        while candidate in used:
+            candidate, n = f"{slug}-{n}", n + 1
+        used.add(candidate)
+        names.append(out.with_name(f"{out.stem}-{candidate}{out.suffix or '.png'}"))
+    return names
+
+
+def attach_to_mlflow(ws: Workspace, experiment: str, paths: Sequence[Path], artifact_path: str) -> str | None:
+    """Attach files to the sweep's parent MLflow run when MLflow is on and its logging part is installed.
+    Returns a warning line when that fails: the report on disk is the product, MLflow a copy of it."""
+    if not ws.mlflow_enabled:
+        return None
+    attach = _optional("tracker.mlflow_log", "attach_artifacts")
+    if attach is None:
+        return None
+    try:
+        attach(ws, experiment, [Path(p) for p in paths], artifact_path)
+    except Exception as e:  # noqa: BLE001 - any MLflow failure is a warning here
+        return f"warning: could not attach {artifact_path} to MLflow: {type(e).__name__}: {e}"
+    return None
