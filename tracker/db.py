@@ -55,7 +55,7 @@ def _sqlite_file(url) -> Path | None:
     return Path(db).expanduser()
 
 
-def make_engine(url: str) -> "Engine":
+def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
     """An engine for ``url``. SQLite: folder created, WAL, busy timeout, real transactions."""
     from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
@@ -75,14 +75,14 @@ def make_engine(url: str) -> "Engine":
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the folder for the run store {path}: {e}") from None
-    engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, connection_record):
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
         cur = dbapi_connection.cursor()
         try:
-            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if path is not None:
                 cur.execute("PRAGMA journal_mode = WAL")
         finally:
@@ -149,14 +149,14 @@ def _current(engine: "Engine") -> str | None:
                 return None
             rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
     except DBAPIError as e:
-        raise StoreError(f"cannot read the run store {display_url(engine)}: {_reason(e)}") from None
+        raise StoreError(f"cannot read the run store {display_url(engine)}: {reason(e)}") from None
     if len(rows) > 1:
         raise StoreError(f"the run store {display_url(engine)} has several schema heads ({', '.join(rows)}); "
                          "it was not made by prompt-tracker")
     return rows[0] if rows else None
 
 
-def _reason(e: Exception) -> str:
+def reason(e: Exception) -> str:
     orig = getattr(e, "orig", None)
     return str(orig if orig is not None else e).strip().splitlines()[0]
 
@@ -215,7 +215,7 @@ def _migrate(direction: str, url_or_engine, revision: str, script_location: Path
                 cfg.attributes["connection"] = conn
                 getattr(command, direction)(cfg, revision)
         except DBAPIError as e:
-            raise StoreError(f"cannot migrate the run store {display_url(engine)} to {revision}: {_reason(e)}") from e
+            raise StoreError(f"cannot migrate the run store {display_url(engine)} to {revision}: {reason(e)}") from e
         return before, _current(engine)
     finally:
         if isinstance(url_or_engine, str):

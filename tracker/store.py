@@ -9,10 +9,11 @@ that safe). Times are stored as naive UTC and handed out as aware UTC datetimes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -260,9 +261,12 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> "Store":
-        """Open (and create or upgrade to the newest schema) the database at ``url``."""
-        engine = db.make_engine(url)
+    def open(cls, url: str, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000) -> "Store":
+        """Open (and create or upgrade to the newest schema) the database at ``url``.
+
+        ``busy_timeout``: seconds a write waits for another process's write transaction.
+        """
+        engine = db.make_engine(url, int(busy_timeout * 1000))
         try:
             if db.current(engine) != db.HEAD:
                 db.upgrade(engine)
@@ -280,11 +284,24 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _read(self):
-        return self.engine.connect()
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._errors(), self.engine.connect() as conn:
+            yield conn
 
-    def _write(self):
-        return db.write(self.engine)
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._errors(), db.write(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A database that fails under us (locked past the busy timeout, disk full, read-only) is a
+        StoreError: one line for the user, not a traceback."""
+        try:
+            yield
+        except sa.exc.OperationalError as e:
+            raise StoreError(f"the run store {self.url} failed: {db.reason(e)}") from e
 
     # -- experiments -------------------------------------------------------------------------
 
