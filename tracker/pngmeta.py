@@ -68,8 +68,9 @@ def _number(x: float) -> str:
     return str(int(x)) if x.is_integer() else repr(x)
 
 
-def _short_hash(h: Any) -> str | None:
-    return str(h)[:10] if h else None
+def short_hash(h: Any) -> str | None:
+    """A1111's 10-character hash from a revision ("sha256:<hex>" content hash or a hub commit hash)."""
+    return str(h).split(":", 1)[-1][:10] if h else None
 
 
 def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -100,9 +101,9 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "CFG scale": _number(recipe["guidance_scale"]) if recipe.get("guidance_scale") is not None else None,
         "Seed": str(recipe["seed"]) if recipe.get("seed") is not None else None,
         "Size": f"{width}x{height}" if width and height else None,
-        "Model hash": _short_hash(recipe.get("model_hash") or recipe.get("model_revision")),
+        "Model hash": short_hash(recipe.get("model_hash") or recipe.get("model_revision")),
         "Model": recipe.get("model"),
-        "VAE hash": _short_hash(recipe.get("vae_hash") or recipe.get("vae_revision")) if vae and vae != "default" else None,
+        "VAE hash": short_hash(recipe.get("vae_hash") or recipe.get("vae_revision")) if vae and vae != "default" else None,
         "VAE": vae if vae and vae != "default" else None,
         "Tracker key": recipe.get("key"),
         "Tracker experiment": recipe.get("experiment"),

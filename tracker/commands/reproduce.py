@@ -1,0 +1,79 @@
+"""``tracker reproduce IMAGE.png|KEY`` and ``tracker verify EXPERIMENT``: do the pixels come back?"""
+
+from __future__ import annotations
+
+import click
+
+from tracker.cli import pass_workspace
+from tracker.workspace import Workspace
+
+
+def _open_store(ws: Workspace):
+    from tracker.store import Store
+
+    return Store.open(ws.db_url)
+
+
+@click.command()
+@click.argument("target", metavar="IMAGE.png|KEY")
+@click.option("--device", metavar="DEVICE", help="Generate on this device (cpu, cuda, cuda:1, mps) instead of the recipe's.")
+@click.option("--model", metavar="MODEL",
+              help="Use this model (builtin name, local folder or hub id), e.g. for a PNG from another tool.")
+@click.option("--save", type=click.Path(dir_okay=False), metavar="PATH", help="Also write the regenerated image here.")
+@pass_workspace
+def reproduce(ws: Workspace, target: str, device: str | None, model: str | None, save: str | None) -> int:
+    """Generate an image again from its recipe and compare the pixels with the original.
+
+    IMAGE.png: a PNG the tracker wrote (its prompt-tracker recipe), or one from another tool that carries
+    an AUTOMATIC1111 "parameters" chunk. KEY: a run key (or unique prefix) in the run store.
+    Exit status 0 when the pixels are identical, 1 when they differ.
+    """
+    from pathlib import Path
+
+    from tracker import reproduce as rp
+
+    if rp.looks_like_path(target):
+        source = rp.from_png(target, model=model)
+        where = f"the {'recipe' if source.origin == 'recipe' else 'A1111 parameters'} in {target}"
+    else:
+        with _open_store(ws) as store:
+            source = rp.from_store(store, target, model=model)
+        where = f"the run store ({source.reference})"
+    run = source.run
+    click.echo(f"reproducing run {run.key} of experiment {run.experiment} from {where}")
+    click.echo(f"  {rp.describe_run(run)}")
+    if source.notes:
+        click.echo("not mapped from the parameters chunk:")
+        for note in source.notes:
+            click.echo(f"  {note}")
+    result = rp.reproduce(source, device=device, save=Path(save) if save else None)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"{result.drift.describe()} (regenerated on {result.device})")
+    if save:
+        click.echo(f"regenerated image: {save}")
+    return 0 if result.drift.identical else 1
+
+
+@click.command()
+@click.argument("experiment")
+@click.option("--sample", "-n", type=click.IntRange(min=1), default=8, show_default=True,
+              help="How many done runs to regenerate (the same seeded choice every time).")
+@click.option("--device", metavar="DEVICE", help="Generate on this device instead of each run's.")
+@pass_workspace
+def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> int:
+    """Regenerate a sample of EXPERIMENT's done runs and show the pixel drift of each.
+
+    The result is stored with the experiment's latest sweep (shown in the report).
+    Exit status 1 when any image drifted.
+    """
+    from tracker import reproduce as rp
+
+    with _open_store(ws) as store:
+        result = rp.verify(store, experiment, sample=sample, device=device)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(rp.format_table(result.rows))
+    click.echo(f"{experiment}: {len(result.rows) - result.drifted} of {len(result.rows)} sampled runs identical "
+               f"({result.done} done); stored with sweep {result.sweep_id}")
+    return 1 if result.drifted else 0

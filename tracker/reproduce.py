@@ -1,0 +1,481 @@
+"""Reproduce an image from its recipe, and check a sample of an experiment for drift.
+
+A run is rebuilt from one of three sources: the ``prompt-tracker`` recipe chunk of a PNG the tracker
+wrote, the run store (by key), or an AUTOMATIC1111 ``parameters`` chunk from another tool (as far as
+it describes a pipeline the tracker can run). It is generated again with ``tracker.engine.Engine``
+and its pixels are compared with the original image's.
+
+torch/diffusers load only in ``regenerate`` (through ``tracker.engine``), so the mapping and comparison
+code stays importable and testable without them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from tracker import models, pngmeta, schedulers
+from tracker.errors import NotFoundError, SpecError, TrackerError
+from tracker.plan import PlannedRun, run_key
+from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings
+
+DEFAULT_SAMPLE = 8
+FOREIGN_EXPERIMENT = "reproduce"
+
+# A1111 keys that name no pipeline setting and need no note.
+INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment"}
+# A1111 settings at the value that means "what diffusers does anyway".
+NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
+# A1111 prompt syntax that diffusers reads as plain text: (word:1.2), [a|b], <lora:...>
+A1111_SYNTAX = re.compile(r"\([^()]*:\s*[\d.]+\)|\[[^\]]*[|:][^\]]*\]|<(lora|lyco|hypernet):[^>]*>", re.I)
+
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to reproduce: the run, the image to compare with, and what we know about how it was made."""
+
+    run: PlannedRun
+    origin: str  # "recipe" (a tracker PNG), "store" (by key) or "a1111" (a parameters chunk only)
+    reference: Path | None  # the original image
+    original: Mapping[str, Any] = field(default_factory=dict)  # environment, model_revision, device_used, batch size
+    notes: tuple[str, ...] = ()  # A1111 items not mapped, one line each
+    model_hash: str | None = None  # A1111 "Model hash", compared with the model revision where we can
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far a regenerated image is from the original, in 8-bit pixel levels."""
+
+    identical: bool
+    max_abs: int
+    mean_abs: float
+    differing: int  # pixels (any channel) that differ
+    pixels: int
+    reason: str | None = None  # e.g. a size mismatch or a missing image, when no pixels were compared
+
+    def describe(self) -> str:
+        if self.reason:
+            return f"differs: {self.reason}"
+        if self.identical:
+            return f"identical: all {self.pixels} pixels match"
+        return (f"differs: max abs pixel difference {self.max_abs}, mean {self.mean_abs:.4f} "
+                f"({self.differing} of {self.pixels} pixels differ)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identical": self.identical, "max_abs": self.max_abs, "mean_abs": round(self.mean_abs, 6),
+                "differing": self.differing, "pixels": self.pixels, "reason": self.reason}
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe") -> PlannedRun:
+    """Rebuild the PlannedRun a ``prompt-tracker`` recipe was made from."""
+    try:
+        values = {f: recipe[f] for f in SETTING_NAMES if f in recipe}
+        values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
+        settings = Settings(**values)
+        return PlannedRun(
+            key=str(recipe["key"]), index=int(recipe.get("index") or 0), experiment=str(recipe["experiment"]),
+            axes=tuple((str(k), str(v)) for k, v in dict(recipe.get("axes") or {}).items()),
+            prompt=str(recipe["prompt"]), negative_prompt=str(recipe.get("negative_prompt") or ""),
+            prompt_template=str(recipe.get("prompt_template") or recipe["prompt"]),
+            negative_template=str(recipe.get("negative_template") or recipe.get("negative_prompt") or ""),
+            seed=int(recipe["seed"]), settings=settings,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrackerError(f"{where}: the {pngmeta.RECIPE_CHUNK} recipe is incomplete or malformed ({e!r})") from None
+
+
+def _original(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "environment": recipe.get("environment") or {},
+        "model_revision": recipe.get("model_revision"),
+        "device_used": recipe.get("device_used") or recipe.get("device"),
+        "batch_size_used": recipe.get("batch_size_used"),
+    }
+
+
+def from_png(path: str | Path, model: str | None = None) -> Source:
+    """A PNG: its recipe when it has one, else its A1111 ``parameters`` chunk; compared with its own pixels."""
+    path = Path(path)
+    text, recipe = pngmeta.read_png(path)
+    if recipe is not None:
+        run = run_from_recipe(recipe, str(path))
+        if model:
+            run = _with_settings(run, model=model)
+        return Source(run, "recipe", path, _original(recipe))
+    if text is None:
+        raise TrackerError(f"{path}: has no {pngmeta.RECIPE_CHUNK} or {pngmeta.PARAMETERS_CHUNK} metadata; "
+                           "nothing says how it was made")
+    params = pngmeta.parse_a1111(text)
+    run, notes = run_from_a1111(params, where=str(path), model=model, base_dir=path.parent)
+    return Source(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
+
+
+def from_store(store, key: str, model: str | None = None) -> Source:
+    """A run of the store by key (or unique prefix); compared with its stored image."""
+    rec = store.get_run(key)
+    if rec.status != "done" or not rec.image:
+        raise TrackerError(f"run {rec.key} of experiment {rec.experiment!r} is {rec.status} and has no image; "
+                           f"run the experiment first (tracker run)")
+    environment = {}
+    if rec.sweep_id is not None:
+        environment = store.sweep(rec.sweep_id).get("environment") or {}
+    original = {"environment": environment, "model_revision": rec.model_revision, "device_used": rec.device,
+                "batch_size_used": rec.batch_size_used}
+    run = _with_settings(rec.planned(), model=model) if model else rec.planned()
+    return Source(run, "store", Path(rec.image), original)
+
+
+def looks_like_path(target: str) -> bool:
+    return target.lower().endswith(".png") or "/" in target or "\\" in target or Path(target).exists()
+
+
+def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model: str | None = None,
+                   base_dir: Path | None = None) -> tuple[PlannedRun, list[str]]:
+    """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped."""
+    s = dict(params.settings)
+    notes: list[str] = []
+    values: dict[str, Any] = {}
+
+    def bad(key: str, message: str) -> TrackerError:
+        return TrackerError(f"{where}: parameters {key}: {s.get(key)!r} {message}")
+
+    def number(key: str, cast: Callable, check: Callable[[Any], bool], message: str):
+        try:
+            v = cast(s[key])
+        except ValueError:
+            raise bad(key, message) from None
+        if not check(v):
+            raise bad(key, message)
+        return v
+
+    for key in ("Steps", "Seed", "Size"):
+        if key not in s:
+            raise TrackerError(f"{where}: the parameters chunk gives no {key}; cannot rebuild the run")
+    values["steps"] = number("Steps", int, lambda v: v >= 1, "must be a positive integer")
+    seed = number("Seed", int, lambda v: 0 <= v < 2**63, "must be an integer seed >= 0")
+    m = SIZE_RE.match(s["Size"])
+    if not m or int(m.group(1)) % 8 or int(m.group(2)) % 8 or not int(m.group(1)) or not int(m.group(2)):
+        raise bad("Size", "must be WIDTHxHEIGHT in positive multiples of 8")
+    values["width"], values["height"] = int(m.group(1)), int(m.group(2))
+    if "CFG scale" in s:
+        values["guidance_scale"] = number("CFG scale", float, lambda v: v >= 0, "must be a number >= 0")
+
+    values["model"] = model or _model(s.get("Model"), where, base_dir)
+    if model and s.get("Model") and s["Model"] != model:
+        notes.append(f"Model: {s['Model']} (replaced by --model {model})")
+    if s.get("VAE"):
+        vae = _model_name(s["VAE"], base_dir)
+        if vae is None:
+            notes.append(f"VAE: {s['VAE']} (not a local folder or hub id; used the model's own VAE)")
+        else:
+            values["vae"] = vae
+
+    cls, options = _scheduler(s, notes)
+    values["scheduler"], values["scheduler_options"] = cls, tuple(sorted(options.items()))
+    if "Dtype" in s:
+        if s["Dtype"].lower() not in DTYPES:
+            raise bad("Dtype", "must be float32, float16 or bfloat16")
+        values["dtype"] = DTYPES[s["Dtype"].lower()]
+    if "Generator device" in s:
+        if not DEVICE_RE.match(s["Generator device"].lower()):
+            raise bad("Generator device", "must be cpu, cuda, cuda:N or mps")
+        values["generator_device"] = s["Generator device"].lower()
+
+    mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
+              "Generator device", "Scheduler options"}
+    for key, value in s.items():
+        if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
+            continue
+        notes.append(f"{key}: {value} (not supported, ignored)")
+    for text, label in ((params.prompt, "prompt"), (params.negative_prompt, "negative prompt")):
+        if A1111_SYNTAX.search(text):
+            notes.append(f"{label}: A1111 attention/LoRA syntax such as {A1111_SYNTAX.search(text).group(0)!r} "
+                         "is read as plain text")
+
+    settings = Settings(**values)
+    key = run_key(settings, seed, params.prompt, params.negative_prompt)
+    experiment = s.get("Tracker experiment") or FOREIGN_EXPERIMENT
+    run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=params.prompt,
+                     negative_prompt=params.negative_prompt, prompt_template=params.prompt,
+                     negative_template=params.negative_prompt, seed=seed, settings=settings)
+    return run, notes
+
+
+def _model_name(name: str, base_dir: Path | None) -> str | None:
+    """A builtin name, an existing local folder, or something shaped like a hub id (org/name); else None."""
+    ref = models.resolve(name, base_dir)
+    if ref.kind == "builtin" or (ref.kind == "local" and Path(ref.location).is_dir()):
+        return name if ref.kind == "builtin" else ref.location
+    if ref.kind == "hub" and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return name
+    return None
+
+
+def _model(name: str | None, where: str, base_dir: Path | None) -> str:
+    if not name:
+        raise TrackerError(f"{where}: the parameters chunk names no Model; pass --model (a builtin name, "
+                           f"a local folder or a hub id)")
+    found = _model_name(name, base_dir)
+    if found is None:
+        raise TrackerError(f"{where}: parameters Model: {name!r} is not a builtin model "
+                           f"({', '.join(models.BUILTIN)}), a local folder or a hub id (org/name); "
+                           f"pass --model")
+    return found
+
+
+def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, Any]]:
+    """Sampler + Schedule type (+ prompt-tracker's Scheduler options) -> (class name, options)."""
+    import json
+
+    options: dict[str, Any] = {}
+    if s.get("Scheduler options"):
+        try:
+            options = dict(json.loads(s["Scheduler options"]))
+        except (ValueError, TypeError):
+            notes.append(f"Scheduler options: {s['Scheduler options']} (not a JSON object, ignored)")
+    sampler = s.get("Sampler")
+    if not sampler:
+        return schedulers.DEFAULT, options
+    schedule = s.get("Schedule type")
+    try:
+        cls, options = schedulers.resolve(sampler, options)
+    except SpecError:
+        notes.append(f"Sampler: {sampler} (unknown, used the model's own scheduler)")
+        return schedulers.DEFAULT, {}
+    if schedule == "Karras":
+        options["use_karras_sigmas"] = True
+    elif schedule not in (None, "", "Automatic", "Uniform"):
+        notes.append(f"Schedule type: {schedule} (not supported, ignored)")
+    return cls, options
+
+
+def _with_settings(run: PlannedRun, **changes: Any) -> PlannedRun:
+    from dataclasses import replace
+
+    return replace(run, settings=replace(run.settings, **changes))
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def compare(original, regenerated) -> Drift:
+    """Pixel drift between two images (compared as 8-bit RGB)."""
+    import numpy as np
+
+    a, b = original.convert("RGB"), regenerated.convert("RGB")
+    if a.size != b.size:
+        return Drift(False, 255, 255.0, a.size[0] * a.size[1], a.size[0] * a.size[1],
+                     reason=f"size {b.size[0]}x{b.size[1]} instead of {a.size[0]}x{a.size[1]}")
+    d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    differing = int(d.any(axis=-1).sum())
+    return Drift(differing == 0, int(d.max()), float(d.mean()), differing, a.size[0] * a.size[1])
+
+
+def reference_image(path: Path | None):
+    """The original image's pixels, or a TrackerError naming the missing file."""
+    if path is None:
+        raise TrackerError("no original image to compare with")
+    im = pngmeta.open_png(path)
+    return im
+
+
+def environment_warnings(original: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per fact that differs from when the image was made: versions, device, CUDA, model revision."""
+    then_env, now_env = dict(original.get("environment") or {}), dict(current.get("environment") or {})
+    if "device" not in then_env and original.get("device_used"):
+        then_env["device"] = original["device_used"]
+    now_env.setdefault("device", current.get("device_used"))
+    then_env["model revision"] = original.get("model_revision")
+    now_env["model revision"] = current.get("model_revision")
+    return [f"{k} differs: {then_env[k]} when the image was made, {now_env[k]} now"
+            for k in then_env if then_env[k] is not None and now_env.get(k) is not None
+            and str(then_env[k]) != str(now_env[k])]
+
+
+# ---------------------------------------------------------------------------------------------- generating
+
+
+def regenerate(engine, runs: Sequence[PlannedRun], batch_sizes: Mapping[str, int | None] | None = None) -> dict:
+    """Generate ``runs`` again; returns key -> ImageResult.
+
+    A run first made in a batch of N is made again in a batch of N: batch size shifts float results by
+    ~1e-6, which can flip an 8-bit pixel, while the companions in the batch do not matter (each image has
+    its own generator). Runs sharing settings and batch size fill one batch; a short batch is padded by
+    repeating its first run.
+    """
+    batch_sizes = batch_sizes or {}
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for run in runs:
+        n = max(1, int(batch_sizes.get(run.key) or 1))
+        groups.setdefault((run.settings, n), []).append(run)
+    out = {}
+    for (settings, n), group in groups.items():
+        engine.prepare(settings)
+        for i in range(0, len(group), n):
+            chunk = group[i:i + n]
+            result = engine.generate(chunk + [chunk[0]] * (n - len(chunk)))
+            for img in result.images[:len(chunk)]:
+                out.setdefault(img.key, img)
+    return out
+
+
+def _engine(device: str | None):
+    from tracker.engine import Engine
+
+    return Engine(device=device)
+
+
+def _current(engine, run: PlannedRun) -> dict[str, Any]:
+    return {"environment": engine.environment(), "model_revision": engine.model_revision(run.settings.model),
+            "device_used": engine.device_for(run.settings)}
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    source: Source
+    drift: Drift
+    warnings: tuple[str, ...]
+    device: str
+    error: str | None = None  # the engine made no image (e.g. NaN in output)
+
+
+def reproduce(source: Source, device: str | None = None, engine=None, save: Path | None = None) -> Reproduction:
+    """Generate the source's run again and compare it with the original image."""
+    reference = reference_image(source.reference)  # fail on a missing original before loading a model
+    engine = engine or _engine(device)
+    run = source.run
+    current = _current(engine, run)
+    warnings = environment_warnings(source.original, current)
+    now_hash = pngmeta.short_hash(current["model_revision"])
+    if source.model_hash and now_hash and source.model_hash != now_hash:
+        warnings.append(f"model hash differs: {source.model_hash} in the PNG, {now_hash} now")
+    result = regenerate(engine, [run], {run.key: source.original.get("batch_size_used")})[run.key]
+    if result.image is None:
+        drift = Drift(False, 0, 0.0, 0, 0, reason=f"no image was generated: {result.error}")
+        return Reproduction(source, drift, tuple(warnings), current["device_used"], result.error)
+    if save is not None:
+        recipe = pngmeta.recipe_for(run, model_revision=current["model_revision"],
+                                    scheduler_config=engine.scheduler_config(), environment=current["environment"],
+                                    device_used=current["device_used"])
+        pngmeta.save_png(result.image, save, recipe)
+    with reference:
+        drift = compare(reference, result.image)
+    return Reproduction(source, drift, tuple(warnings), current["device_used"])
+
+
+def describe_run(run: PlannedRun) -> str:
+    s = run.settings
+    name, schedule = schedulers.sampler_name(s.scheduler, s.options()) if s.scheduler != schedulers.DEFAULT \
+        else ("the model's scheduler", None)
+    return (f"seed {run.seed}, {name}{' ' + schedule if schedule else ''}, {s.steps} steps, CFG {s.guidance_scale:g}, "
+            f"{s.width}x{s.height}, model {s.model}, {s.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    key: str
+    labels: dict[str, str]
+    drift: Drift
+
+
+@dataclass(frozen=True)
+class Verification:
+    experiment: str
+    sweep_id: int
+    done: int  # done runs in the experiment
+    rows: tuple[VerifyRow, ...]
+    warnings: tuple[str, ...]
+    device: str | None
+
+    @property
+    def drifted(self) -> int:
+        return sum(not r.drift.identical for r in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``Store.update_sweep(sweep_id, verify=...)`` stores and the report shows."""
+        return {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sample": len(self.rows), "done": self.done, "identical": len(self.rows) - self.drifted,
+            "drifted": self.drifted, "device": self.device,
+            "max_abs": max((r.drift.max_abs for r in self.rows), default=0),
+            "warnings": list(self.warnings),
+            "runs": [{"key": r.key, "labels": r.labels, **r.drift.to_json()} for r in self.rows],
+        }
+
+
+def sample_runs(records: Sequence[Any], n: int) -> list[Any]:
+    """The same ``n`` runs every time (seeded choice over keys), in plan order."""
+    by_key = sorted(records, key=lambda r: r.key)
+    picked = {r.key for r in random.Random(0).sample(by_key, min(n, len(by_key)))}
+    return [r for r in records if r.key in picked]
+
+
+def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | None = None, engine=None,
+           progress: Callable[[VerifyRow], None] | None = None) -> Verification:
+    """Regenerate a seeded sample of the experiment's done runs; store the result with its latest sweep."""
+    if sample < 1:
+        raise TrackerError(f"--sample must be at least 1 but is {sample}")
+    if store.experiment(experiment) is None:
+        known = ", ".join(e["name"] for e in store.experiments()) or "none yet"
+        raise NotFoundError(f"no experiment {experiment!r} in the run store; known: {known}")
+    done = store.runs(experiment, status="done")
+    sweeps = store.sweeps(experiment)
+    if not done or not sweeps:
+        raise TrackerError(f"experiment {experiment!r} has no done runs to verify; run it first (tracker run)")
+    records = sample_runs(done, sample)
+    engine = engine or _engine(device)
+    environments = {s["id"]: s.get("environment") or {} for s in sweeps}
+    warnings: list[str] = []
+    device_used = None
+    for rec in records:
+        current = _current(engine, rec.planned())
+        device_used = current["device_used"]
+        original = {"environment": environments.get(rec.sweep_id, {}), "model_revision": rec.model_revision,
+                    "device_used": rec.device}
+        warnings += [w for w in environment_warnings(original, current) if w not in warnings]
+    present = [r for r in records if r.image and Path(r.image).is_file()]
+    images = regenerate(engine, [r.planned() for r in present], {r.key: r.batch_size_used for r in present})
+    rows = []
+    for rec in records:
+        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(rec, images.get(rec.key)))
+        rows.append(row)
+        if progress:
+            progress(row)
+    result = Verification(experiment, sweeps[-1]["id"], len(done), tuple(rows), tuple(warnings), device_used)
+    store.update_sweep(result.sweep_id, verify=result.to_json())
+    return result
+
+
+def _drift_of(rec, image) -> Drift:
+    if image is None:
+        return Drift(False, 0, 0.0, 0, 0, reason=f"the original image {rec.image} is missing")
+    if image.image is None:
+        return Drift(False, 0, 0.0, 0, 0, reason=f"no image was generated: {image.error}")
+    try:
+        with pngmeta.open_png(rec.image) as ref:
+            return compare(ref, image.image)
+    except TrackerError as e:
+        return Drift(False, 0, 0.0, 0, 0, reason=str(e))
+
+
+def format_table(rows: Iterable[VerifyRow]) -> str:
+    """key, labels, max/mean abs diff, identical? — one line per run."""
+    header = ("key", "labels", "max", "mean", "identical")
+    lines = [(r.key, ", ".join(f"{k}={v}" for k, v in r.labels.items()) or "-",
+              str(r.drift.max_abs), f"{r.drift.mean_abs:.4f}",
+              "yes" if r.drift.identical else ("no: " + r.drift.reason if r.drift.reason else "no"))
+             for r in rows]
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
