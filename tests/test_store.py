@@ -120,6 +120,9 @@ def test_status_transitions(store, tmp_path):
     assert r.scheduler_config["beta_start"] == 0.00085 and r.model_revision == "rev1"
     assert r.finished_at >= r.started_at
 
+    store.mark_done("cats", k2, image_path="rel/b.png")
+    assert store.get_run(k2).image == str(Path("rel/b.png").resolve())
+    store.mark_running("cats", [k2], sweep)
     store.mark_failed("cats", k1, "NaN in output", seconds=1.0)
     r = store.get_run(k1)
     assert (r.status, r.error, r.image) == ("failed", "NaN in output", None)
@@ -210,7 +213,7 @@ def test_experiments_sweeps_and_events(store):
     store.update_sweep(sweep, mlflow_run_id="abc", verify={"identical": 8, "differ": 0},
                        environment={"torch": "2.13", "cuda": None})
     s = store.sweep(sweep)
-    assert (s["status"], s["done"], s["planned"], s["mlflow_run_id"], s["experiment"]) == ("finished", 1, 8, "abc", "cats")
+    assert (s["status"], s["done"], s["planned"], s["mlflow_run_id"], s["experiment"]) == ("done", 1, 8, "abc", "cats")
     assert s["verify"] == {"identical": 8, "differ": 0} and s["environment"]["cuda"] is None
     assert s["ended_at"] >= s["started_at"] and s["versions"] == {"torch": "2.13"}
 
@@ -280,7 +283,7 @@ def test_two_processes_write_one_database(tmp_path):
         runs = store.runs("busy")
         assert len(runs) == 60 and all(r.status == "done" for r in runs)
         sweeps = store.sweeps("busy")
-        assert len(sweeps) == 2 and all(s["status"] == "finished" for s in sweeps)
+        assert len(sweeps) == 2 and all(s["status"] == "done" for s in sweeps)
         assert sum(len(store.events(s["id"])) for s in sweeps) == 2 * n
         assert {r.sweep_id for r in runs} == {s["id"] for s in sweeps}
 

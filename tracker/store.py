@@ -387,11 +387,11 @@ class Store:
     def finish_sweep(self, sweep_id: int, summary: Mapping[str, Any]) -> None:
         """Record the end of a sweep: done, skipped, failed, seconds, images_per_second, status.
 
-        ``status`` defaults to "finished", or "failed" when ``summary["failed"]`` is non-zero.
+        ``status`` defaults to "done", or "failed" when ``summary["failed"]`` is non-zero.
         """
         values = self._sweep_values(summary)
         values.setdefault("ended_at", utcnow())
-        values.setdefault("status", "failed" if values.get("failed") else "finished")
+        values.setdefault("status", "failed" if values.get("failed") else "done")
         self.update_sweep(sweep_id, **values)
 
     def update_sweep(self, sweep_id: int, **fields: Any) -> None:
@@ -497,7 +497,7 @@ class Store:
                   finished_at=None, error=None)
 
     def mark_done(self, experiment: str, key: str, **fields: Any) -> None:
-        """The run's image is written. ``fields``: image (path), image_sha256, seconds, seconds_per_step,
+        """The run's image is written. ``fields``: image or image_path (made absolute), image_sha256, seconds, seconds_per_step,
         peak_memory_bytes, batch_size_used, model_revision, scheduler_config, device."""
         self._set(experiment, [key], status="done", error=None, finished_at=utcnow(), **self._results(fields))
 
@@ -512,8 +512,9 @@ class Store:
     def _results(fields: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(fields)
         if "image" in out:
-            image = out.pop("image")
-            out["image_path"] = str(Path(image).resolve()) if image is not None else None
+            out["image_path"] = out.pop("image")
+        if out.get("image_path") is not None:
+            out["image_path"] = str(Path(out["image_path"]).resolve())
         unknown = sorted(set(out) - set(RESULT_COLUMNS))
         if unknown:
             raise ValueError(f"unknown run result fields {unknown}; known: image, {', '.join(RESULT_COLUMNS)}")
