@@ -15,6 +15,7 @@ resident set size of the whole process during the batch, sampled every few milli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -24,6 +25,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +52,33 @@ class _DropTorchvisionNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "requires torchvision (not installed)" not in record.getMessage()
+
+
+class _DropLoadNoise(logging.Filter):
+    """diffusers logs an *error* when a safetensors file is missing even where it then falls back to
+    pickle on purpose (allow_pickle) or where we turn the failure into our own one-line ModelError."""
+
+    NOISE = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence the known noise of one from_pretrained call; other warnings still show."""
+    handlers = logging.getLogger("diffusers").handlers
+    noise = _DropLoadNoise()
+    for h in handlers:
+        h.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            # diffusers passes a deprecated argument to huggingface_hub, which warns on every hub load
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            yield
+    finally:
+        for h in handlers:
+            h.removeFilter(noise)
 
 
 def _quiet_libraries() -> None:
@@ -139,14 +168,22 @@ def _missing_error(what: str, ref: models.ModelRef, e: BaseException | None = No
                       f"check the id and your network, or give a local folder")
 
 
-def _has_weights(folder: Path, safetensors: bool) -> bool:
-    pattern = "*.safetensors" if safetensors else "*.bin"
-    return any(folder.rglob(pattern))
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
-def _pickle_error(what: str, ref: models.ModelRef) -> ModelError:
-    return ModelError(f"{what} {ref.name!r}: {_describe(ref)} has only pickle (.bin/.ckpt) weights, which can run "
-                      f"code when loaded; convert it to safetensors, or set allow_pickle: true if you trust it")
+def _pickle_only(folder: Path) -> str | None:
+    """The first component folder (or the folder itself) whose weights exist only in pickle formats."""
+    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        files = [f for f in d.iterdir() if f.is_file()]
+        if any(f.suffix in PICKLE_SUFFIXES for f in files) and not any(f.suffix == ".safetensors" for f in files):
+            return d.name if d != folder else "."
+    return None
+
+
+def _pickle_error(what: str, ref: models.ModelRef, part: str | None = None) -> ModelError:
+    where = f" ({part}/)" if part and part != "." else ""
+    return ModelError(f"{what} {ref.name!r}: {_describe(ref)}{where} has only pickle (.bin/.ckpt) weights, which can "
+                      f"run code when loaded; convert it to safetensors, or set allow_pickle: true if you trust it")
 
 
 def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
@@ -303,12 +340,12 @@ class Engine:
         ref = self._ref(settings.model)
         if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
             raise _missing_error("model", ref)
-        if ref.kind != "hub" and not settings.allow_pickle and not _has_weights(Path(ref.location), True) \
-                and _has_weights(Path(ref.location), False):
-            raise _pickle_error("model", ref)
+        if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
+            raise _pickle_error("model", ref, _pickle_only(Path(ref.location)))
         try:
-            pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
-                                                                                   settings.allow_pickle))
+            with _quiet_loading():
+                pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
+                                                                                       settings.allow_pickle))
         except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
             if not settings.allow_pickle and _safetensors_refused(e):
                 raise _pickle_error("model", ref) from None
@@ -336,15 +373,17 @@ class Engine:
             if not subfolders:
                 raise ModelError(f"vae {settings.vae!r}: no AutoencoderKL in {_describe(ref)} (looked for config.json "
                                  f"and vae/config.json); give a VAE folder or hub id, or vae: default")
-            if not settings.allow_pickle and not _has_weights(folder, True) and _has_weights(folder, False):
-                raise _pickle_error("vae", ref)
+            sub = subfolders[0] or ""
+            if not settings.allow_pickle and _pickle_only(folder / sub) in (".",):
+                raise _pickle_error("vae", ref, sub or ".")
         error: BaseException | None = None
         for sub in subfolders:
             kw = _load_kwargs(DTYPES[settings.dtype], settings.allow_pickle)
             if sub:
                 kw["subfolder"] = sub
             try:
-                vae = AutoencoderKL.from_pretrained(ref.location, **kw)
+                with _quiet_loading():
+                    vae = AutoencoderKL.from_pretrained(ref.location, **kw)
                 break
             except Exception as e:  # noqa: BLE001 - try the next layout, report the first failure
                 error = error or e
@@ -400,12 +439,13 @@ class Engine:
                              f"but the device is {device!r}; set cpu_offload: false")
         if settings.cpu_offload and importlib.util.find_spec("accelerate") is None:
             raise ModelError("cpu_offload needs the package accelerate; install it with `pip install accelerate`")
+        self._settings = None  # until this prepare succeeds, generate() must prepare again
         loaded = self._load_pipeline(settings)
+        vae = loaded.vae if settings.vae == "default" else self._load_vae(settings)
+        scheduler = self._scheduler(loaded, settings)
         if self._active is not None and self._active is not loaded:
             self._park(self._active)
         pipe = loaded.pipe
-        vae = loaded.vae if settings.vae == "default" else self._load_vae(settings)
-        scheduler = self._scheduler(loaded, settings)
         if loaded.offloaded and (not settings.cpu_offload or pipe.vae is not vae):
             pipe.remove_all_hooks()
             loaded.offloaded, loaded.device = False, None
