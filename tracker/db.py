@@ -117,6 +117,7 @@ def alembic_config(url: str, script_location: Path | None = None) -> "Config":
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location or migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.set_main_option("file_template", "%%(rev)s")  # versions/<revision id>.py
     return cfg
 
 

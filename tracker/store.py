@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -196,7 +197,8 @@ class RunRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
-        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+        row = dict(row)
+        values = {name: row[name] for name in _record_columns() if name in row}
         bs = row["batch_size"]
         values.update(
             experiment=row["experiment"], axes=dict(row["axes"] or {}),
@@ -235,6 +237,12 @@ class RunRecord:
             negative_template=self.negative_template if self.negative_template is not None else self.negative_prompt,
             seed=self.seed, settings=self.settings(),
         )
+
+
+@lru_cache(maxsize=1)
+def _record_columns() -> tuple[str, ...]:
+    """RunRecord fields that are runs columns of the same name."""
+    return tuple(f.name for f in fields(RunRecord) if f.name in runs_t.c)
 
 
 def _plan_values(run: PlannedRun) -> dict[str, Any]:
@@ -461,27 +469,28 @@ class Store:
             others = {r.experiment for r in runs} - {name}
             if others:
                 raise ValueError(f"plan_runs: runs of {sorted(others)} given to a sweep of {name!r}")
-            existing = {r.key: (r.id, r.status) for r in conn.execute(
-                sa.select(runs_t.c.id, runs_t.c.key, runs_t.c.status).where(runs_t.c.experiment_id == eid))}
-            new, refresh, relabel = [], [], []
+            stored = {r["key"]: r for r in conn.execute(
+                sa.select(runs_t.c.id, runs_t.c.key, runs_t.c.status, *(runs_t.c[c] for c in PLAN_COLUMNS))
+                .where(runs_t.c.experiment_id == eid)).mappings()}
+            new: list[dict] = []
+            changes: dict[tuple[str, ...], list[dict]] = {}  # changed columns -> rows (one executemany each)
             for run in runs:
                 values = _plan_values(run)
-                if run.key not in existing:
+                row = stored.get(run.key)
+                if row is None:
                     new.append({**values, "experiment_id": eid, "key": run.key, "status": "pending"})
-                    existing[run.key] = (None, "pending")
-                elif existing[run.key][1] == "done":
-                    relabel.append({"_id": existing[run.key][0], "axes": values["axes"],
-                                    "plan_index": values["plan_index"]})
-                else:
-                    refresh.append({"_id": existing[run.key][0], **values})
+                    stored[run.key] = {"status": "pending"}
+                    continue
+                cols = ("axes", "plan_index") if row["status"] == "done" else PLAN_COLUMNS
+                changed = {c: values[c] for c in cols if row[c] != values[c]}
+                if changed:
+                    changes.setdefault(tuple(changed), []).append({"_id": row["id"], **changed})
             if new:
                 conn.execute(runs_t.insert(), new)
-            for batch in (relabel, refresh):
-                if batch:
-                    cols = [k for k in batch[0] if k != "_id"]
-                    conn.execute(runs_t.update().where(runs_t.c.id == sa.bindparam("_id"))
-                                 .values({c: sa.bindparam(c) for c in cols}), batch)
-        return {r.key: existing[r.key][1] for r in runs}
+            for cols, rows in changes.items():
+                conn.execute(runs_t.update().where(runs_t.c.id == sa.bindparam("_id"))
+                             .values({c: sa.bindparam(c) for c in cols}), rows)
+        return {r.key: stored[r.key]["status"] for r in runs}
 
     def reset_stale(self, experiment: str) -> int:
         """Runs left "running" by a killed process become pending again; returns how many."""
