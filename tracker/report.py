@@ -805,7 +805,8 @@ def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
                               ("VAE tiling", r.vae_tiling), ("CPU offload", r.cpu_offload)) if on]
     batch = r.batch_size_used if r.batch_size_used is not None else r.batch_size
     values = (r.scheduler.removesuffix("Scheduler"), str(r.steps), r.dtype,
-              str(batch) if isinstance(batch, int) else None, ", ".join(memory) or "none", r.device,
+              str(batch) if isinstance(batch, int) else None, ", ".join(memory) or "none",
+              r.device if r.device not in (None, "auto") else None,
               r.model, f"{r.width}x{r.height}")
     return tuple(zip(EFFICIENCY_FIELDS, values))
 
