@@ -406,9 +406,10 @@ def test_cli_db_upgrade_and_current(cli, tmp_path):
 def test_cli_refuses_a_store_from_the_future(cli, filled, tmp_path):
     with sqlite3.connect(tmp_path / "home" / "tracker.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0042_future'")
-    res = cli("runs")
-    assert res.code == 2 and len(res.err.splitlines()) == 1
-    assert "schema revision '0042_future'" in res.err and "upgrade prompt-tracker" in res.err
+    for args in (["runs"], ["db", "current"], ["db", "upgrade"]):
+        res = cli(*args)
+        assert res.code == 2 and len(res.err.splitlines()) == 1 and res.out == ""
+        assert "schema revision '0042_future'" in res.err and "upgrade prompt-tracker" in res.err
 
 
 def test_open_refuses_a_bad_url():

@@ -162,7 +162,7 @@ def reason(e: Exception) -> str:
     return str(orig if orig is not None else e).strip().splitlines()[0]
 
 
-def check_known(engine: "Engine", revision: str | None, script_location: Path | None = None) -> None:
+def check_known(engine: "Engine | str", revision: str | None, script_location: Path | None = None) -> None:
     """Refuse a database whose revision this code does not know (made by a newer prompt-tracker)."""
     if revision is None:
         return

@@ -214,6 +214,7 @@ def db_current(ws: Workspace) -> None:
     where = dbmod.display_url(ws.db_url)
     path = dbmod.sqlite_path(ws.db_url)
     rev = None if path is not None and not path.exists() else dbmod.current(ws.db_url)
+    dbmod.check_known(ws.db_url, rev)  # a revision from a newer prompt-tracker: say so, exit 2
     head = dbmod.head()
     state = "(no database yet)" if rev is None else rev
     note = " (head)" if rev == head else f" (newest known: {head}; run tracker db upgrade)"
