@@ -101,7 +101,7 @@ class ImageResult:
     image: Any  # PIL.Image.Image | None
     error: str | None  # e.g. "NaN in output"
     seconds: float  # this image's share of the batch's wall time
-    seconds_per_step: float  # this image's share of the mean denoising-step time
+    seconds_per_step: float  # this image's share of the denoising time divided by settings.steps
 
 
 @dataclass
@@ -110,7 +110,7 @@ class BatchResult:
     seconds: float
     batch_size: int
     peak_memory_bytes: int
-    step_seconds: list[float]
+    step_seconds: list[float]  # one per denoising-loop iteration (UNet call), first UNet call to last step end
 
 
 @dataclass
@@ -535,7 +535,8 @@ class Engine:
             hook.remove()
         steps = [b - a for a, b in zip(marks, marks[1:])]
         n = len(runs)
-        per_step = (sum(steps) / len(steps) / n) if steps else 0.0
+        # per *requested* step: second-order schedulers (Heun, KDPM2) run 2*steps-1 loop iterations
+        per_step = sum(steps) / settings.steps / n
         images = []
         for r, arr in zip(runs, np.asarray(out.images)):
             if not np.isfinite(arr).all():

@@ -17,10 +17,11 @@ def builtin_models() -> list[dict]:
     out = []
     for name, description in models.BUILTIN.items():
         folder = models.builtin_path(name)
-        w, h = models.native_size(name)
+        installed = (folder / "model_index.json").is_file()
+        size = "{}x{}".format(*models.native_size(name)) if installed else None
         out.append({
-            "name": name, "path": str(folder), "description": description, "native_size": f"{w}x{h}",
-            "installed": (folder / "model_index.json").is_file(), "default": name == models.DEFAULT_MODEL,
+            "name": name, "path": str(folder), "description": description, "native_size": size,
+            "installed": installed, "default": name == models.DEFAULT_MODEL,
         })
     return out
 
@@ -40,5 +41,5 @@ def models(as_json: bool) -> None:
     for r in rows:
         flags = [f for f, on in (("default", r["default"]), ("missing", not r["installed"])) if on]
         suffix = f" ({', '.join(flags)})" if flags else ""
-        click.echo(f"{r['name']}{suffix}  {r['native_size']}  {r['path']}")
+        click.echo(f"{r['name']}{suffix}  {r['native_size'] or '-'}  {r['path']}")
         click.echo(f"    {r['description']}")

@@ -1,0 +1,338 @@
+"""The engine on the real embedded tiny pipeline (CPU, 64x64, a few steps).
+
+One Engine for the module: loading happens once, as in a real sweep, and every test goes through
+``prepare``/``generate`` the way the runner does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tracker import plan, schedulers, spec  # noqa: E402
+from tracker.engine import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
+from tracker.errors import ModelError  # noqa: E402
+from tracker.models import builtin_path, native_size  # noqa: E402
+from tracker.spec import Settings  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+PROMPT = "portrait photo of a old warrior chief"
+BASE = Settings(model="tiny", steps=3, width=64, height=64, guidance_scale=7.5, device="cpu")
+HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
+
+
+def runs_for(settings: Settings, seeds, prompts=None, negative: str = "") -> list[plan.PlannedRun]:
+    prompts = prompts or [PROMPT] * len(seeds)
+    return [plan.PlannedRun(key=plan.run_key(settings, s, p, negative), index=i, experiment="engine-test",
+                            axes=(("seed", str(s)),), prompt=p, negative_prompt=negative, prompt_template=p,
+                            negative_template=negative, seed=s, settings=settings)
+            for i, (s, p) in enumerate(zip(seeds, prompts))]
+
+
+def pixels(result) -> np.ndarray:
+    assert result.error is None and result.image is not None, result.error
+    return np.asarray(result.image, dtype=np.int16)
+
+
+def one(engine: Engine, settings: Settings, seed: int = 0) -> np.ndarray:
+    return pixels(engine.generate(runs_for(settings, [seed])).images[0])
+
+
+@pytest.fixture(scope="module")
+def engine():
+    # One thread: on these shared 2-core machines two threads contend and run tens of times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine()
+    torch.set_num_threads(threads)
+
+
+def test_tiny_model_native_size_and_safetensors_only():
+    folder = builtin_path("tiny")
+    assert native_size("tiny") == (64, 64)
+    weights = sorted(p.name for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))
+    assert weights and all(w.endswith(".safetensors") for w in weights)
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 8_000_000
+
+
+@pytest.mark.parametrize("cls", schedulers.SCHEDULERS)
+def test_every_scheduler_makes_an_image_of_the_right_size(engine, cls):
+    settings = replace(BASE, scheduler=cls, steps=4, width=48, height=64)
+    if cls == "DPMSolverSDEScheduler" and not HAS_TORCHSDE:
+        with pytest.raises(ModelError, match=r"needs the package torchsde.*pip install torchsde"):
+            engine.prepare(settings)
+        return
+    batch = engine.generate(runs_for(settings, [7]))
+    img = batch.images[0]
+    assert img.error is None and img.image.size == (48, 64) and img.image.mode == "RGB"
+    assert engine.scheduler_config()["_class_name"] == cls
+    # one entry per denoising-loop iteration: 4 for most, 2*4-1 for second-order ones (Heun, KDPM2), 4+1 for PNDM
+    assert len(batch.step_seconds) == len(engine._active.pipe.scheduler.timesteps) >= 4
+
+
+def test_default_scheduler_is_the_checkpoints_own(engine):
+    engine.prepare(BASE)
+    cfg = engine.scheduler_config()
+    saved = json.loads((builtin_path("tiny") / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["_class_name"] == saved["_class_name"] == "PNDMScheduler"
+    assert cfg["skip_prk_steps"] is True and cfg["steps_offset"] == 1
+
+
+def test_a1111_alias_becomes_class_with_karras_sigmas(engine, write_yaml):
+    path = write_yaml(f"""\
+        model: tiny
+        prompt: "{PROMPT}"
+        scheduler: ["DPM++ 2M Karras", "Euler a", "DPM++ 2M"]
+        steps: 3
+        seeds: [1]
+        """)
+    runs = plan.expand(spec.parse_file(path)).runs
+    seen = {}
+    for run in runs:
+        engine.generate([run])
+        cfg = engine.scheduler_config()
+        seen[run.labels["scheduler"]] = (cfg["_class_name"], cfg.get("use_karras_sigmas"))
+    assert seen == {
+        "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", True),
+        "Euler a": ("EulerAncestralDiscreteScheduler", None),  # it has no Karras option at all
+        "DPM++ 2M": ("DPMSolverMultistepScheduler", False),
+    }
+
+
+def test_scheduler_swaps_never_reload_the_model(engine):
+    engine.prepare(BASE)
+    pipes = dict(engine._pipes)
+    for cls in ("EulerDiscreteScheduler", "DDIMScheduler", "default"):
+        engine.prepare(replace(BASE, scheduler=cls))
+    assert engine._pipes == pipes and len(pipes) == 1
+
+
+def test_unknown_scheduler_option_names_it_and_lists_accepted(engine):
+    settings = replace(BASE, scheduler="DDIMScheduler", scheduler_options=(("use_karras_sigmas", True),))
+    with pytest.raises(ModelError) as err:
+        engine.prepare(settings)
+    msg = str(err.value)
+    assert "DDIMScheduler does not accept 'use_karras_sigmas'" in msg and "clip_sample" in msg and "\n" not in msg
+    with pytest.raises(ModelError, match="algorithm_type"):
+        engine.prepare(replace(BASE, scheduler="DPMSolverMultistepScheduler",
+                               scheduler_options=(("algorithm_type", "no-such-algorithm"),)))
+    # a failed prepare leaves the engine usable
+    assert engine.generate(runs_for(BASE, [0])).images[0].error is None
+
+
+def test_scheduler_options_change_the_image(engine):
+    plain = replace(BASE, scheduler="EulerDiscreteScheduler", steps=4)
+    karras = replace(plain, scheduler_options=(("use_karras_sigmas", True),))
+    assert not np.array_equal(one(engine, plain), one(engine, karras))
+
+
+def test_same_call_twice_is_bit_identical(engine):
+    settings = replace(BASE, scheduler="EulerAncestralDiscreteScheduler")  # stochastic sampler: uses the generator
+    runs = runs_for(settings, [3, 4])
+    a = engine.generate(runs)
+    b = engine.generate(runs)
+    for x, y in zip(a.images, b.images):
+        assert np.array_equal(pixels(x), pixels(y))
+    assert not np.array_equal(pixels(a.images[0]), pixels(a.images[1]))  # different seeds differ
+
+
+def test_image_made_alone_matches_the_same_run_in_a_batch_of_4(engine):
+    settings = replace(BASE, scheduler="DPMSolverMultistepScheduler", steps=4)
+    prompts = [PROMPT, "a young warrior", "the oldest warrior chief", "a red cube"]
+    batch = engine.generate(runs_for(settings, [10, 11, 12, 13], prompts))
+    assert batch.batch_size == 4 and len(batch.images) == 4
+    for i, (seed, prompt) in enumerate(zip([10, 11, 12, 13], prompts)):
+        alone = pixels(engine.generate(runs_for(settings, [seed], [prompt])).images[0])
+        # Measured: float differences ~1e-6 (batched matmuls sum in another order); after 8-bit rounding
+        # a few pixels move by at most one level. One generator per image keeps each image's noise its own.
+        assert np.abs(alone - pixels(batch.images[i])).max() <= 1
+
+
+def test_negative_prompt_changes_the_image(engine):
+    a = pixels(engine.generate(runs_for(BASE, [5])).images[0])
+    b = pixels(engine.generate(runs_for(BASE, [5], negative="blurry, low quality")).images[0])
+    assert not np.array_equal(a, b)
+
+
+def _save_vae(folder: Path, seed: int, poison: bool = False) -> Path:
+    """A VAE with the tiny model's architecture but other weights (``poison``: NaN weights)."""
+    from diffusers import AutoencoderKL
+
+    config = json.loads((builtin_path("tiny") / "vae" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**config)
+    if poison:
+        with torch.no_grad():
+            vae.decoder.conv_out.bias.fill_(float("nan"))
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_vae_swap_changes_pixels_and_default_restores_them(engine, tmp_path):
+    original = one(engine, BASE)
+    other = replace(BASE, vae=str(_save_vae(tmp_path / "other-vae", seed=123)))
+    swapped = one(engine, other)
+    assert swapped.shape == original.shape and not np.array_equal(swapped, original)
+    assert np.array_equal(one(engine, BASE), original)
+    assert np.array_equal(one(engine, other), swapped)  # the extra VAE is cached, not reloaded differently
+    # a whole pipeline folder as vae: its vae/ subfolder (here the tiny model's own VAE) is used
+    assert np.array_equal(one(engine, replace(BASE, vae=str(builtin_path("tiny")))), original)
+
+
+def test_nan_output_is_reported_per_image(engine, tmp_path):
+    settings = replace(BASE, vae=str(_save_vae(tmp_path / "nan-vae", seed=1, poison=True)))
+    batch = engine.generate(runs_for(settings, [0, 1]))
+    assert [(r.image, r.error) for r in batch.images] == [(None, NAN_ERROR), (None, NAN_ERROR)]
+    assert one(engine, BASE).shape == (64, 64, 3)  # back to normal
+
+
+def test_memory_options_apply_and_revert(engine):
+    original = one(engine, BASE)
+    on = replace(BASE, attention_slicing=True, vae_slicing=True, vae_tiling=True)
+    sliced = one(engine, on)
+    pipe = engine._active.pipe
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    assert any("Sliced" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+    assert np.abs(sliced - original).max() <= 1  # slicing changes floats by ~1e-6 at most
+    assert np.array_equal(one(engine, BASE), original)
+    assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
+    assert not any("Sliced" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+
+
+def test_step_times_wall_time_and_peak_memory_are_positive(engine):
+    settings = replace(BASE, steps=4, scheduler="EulerDiscreteScheduler")
+    batch = engine.generate(runs_for(settings, [0, 1]))
+    assert batch.seconds > 0 and batch.peak_memory_bytes > 0 and batch.batch_size == 2
+    assert len(batch.step_seconds) == 4 and all(s > 0 for s in batch.step_seconds)
+    for r in batch.images:
+        assert r.seconds == pytest.approx(batch.seconds / 2)
+        assert r.seconds_per_step == pytest.approx(sum(batch.step_seconds) / 4 / 2)
+
+
+def test_missing_local_model_is_one_clear_line(engine, tmp_path):
+    with pytest.raises(ModelError) as err:
+        engine.prepare(replace(BASE, model=str(tmp_path / "no-such-model")))
+    msg = str(err.value)
+    assert "local folder" in msg and "no-such-model" in msg and "save_pretrained" in msg and "\n" not in msg
+
+
+def test_made_up_hub_id_offline_says_how_to_fix(engine, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as err:
+        engine.prepare(replace(BASE, model="prompt-tracker-tests/no-such-model"))
+    msg = str(err.value)
+    assert "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in msg
+    assert "download prompt-tracker-tests/no-such-model" in msg and "local folder" in msg and "\n" not in msg
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        engine.prepare(replace(BASE, vae="prompt-tracker-tests/no-such-vae"))
+    assert engine.model_revision("prompt-tracker-tests/no-such-model") is None
+
+
+def test_pickle_weights_need_allow_pickle(engine, tmp_path):
+    original = one(engine, BASE)
+    folder = tmp_path / "tiny-bin"
+    engine._active.pipe.save_pretrained(folder, safe_serialization=False)
+    assert list(folder.glob("unet/*.bin"))
+    with pytest.raises(ModelError) as err:
+        engine.prepare(replace(BASE, model=str(folder)))
+    assert "pickle" in str(err.value) and "allow_pickle: true" in str(err.value)
+    # allowed on request: same weights, same pixels
+    assert np.array_equal(one(engine, replace(BASE, model=str(folder), allow_pickle=True)), original)
+
+
+def test_dtype_and_device_checks(engine, monkeypatch):
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="'cuda' is not available"):
+            engine.prepare(replace(BASE, device="cuda"))
+        with pytest.raises(ModelError, match="cpu_offload needs a CUDA GPU"):
+            engine.prepare(replace(BASE, cpu_offload=True))
+        assert Engine().device_for(replace(BASE, device="auto")) == "cpu"
+    assert Engine(device="cpu").device_for(replace(BASE, device="cuda")) == "cpu"  # the CLI override wins
+
+    def broken_matmul(*a, **k):
+        raise RuntimeError('"addmm_impl_cpu_" not implemented for \'Half\'')
+
+    fresh = Engine(device="cpu")
+    monkeypatch.setattr(torch.Tensor, "__matmul__", broken_matmul)  # fault: a device without half kernels
+    with pytest.raises(ModelError, match="dtype float16 cannot run on device 'cpu'.*float32"):
+        fresh.prepare(replace(BASE, dtype="float16"))
+
+
+def test_out_of_memory_becomes_OutOfMemory(engine, monkeypatch):
+    engine.prepare(BASE)
+    unet = engine._active.pipe.unet
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(unet, "forward", oom)  # fault injection
+    with pytest.raises(OutOfMemory, match="out of memory"):
+        engine.generate(runs_for(BASE, [0]))
+    monkeypatch.undo()
+    assert engine.generate(runs_for(BASE, [0])).images[0].error is None
+
+
+def test_model_revision_hashes_folders(engine, tmp_path):
+    rev = engine.model_revision("tiny")
+    assert rev.startswith("sha256:") and len(rev) == len("sha256:") + 64
+    assert engine.model_revision("tiny") == rev
+    folder = _save_vae(tmp_path / "v", seed=2)
+    a = engine.model_revision(str(folder))
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert engine.model_revision(str(folder)) != a
+
+
+def test_environment_names_versions_and_device(engine):
+    env = engine.environment()
+    for k in ("python", "platform", "torch", "diffusers", "transformers", "device", "device_name", "cuda"):
+        assert k in env
+    assert env["torch"] == torch.__version__ and env["device_name"]
+    if not torch.cuda.is_available():
+        assert env["device"] == "cpu" and env["cuda"] is None
+
+
+def test_generate_refuses_mixed_settings(engine):
+    with pytest.raises(ValueError):
+        engine.generate(runs_for(BASE, [0]) + runs_for(replace(BASE, steps=2), [1]))
+
+
+def test_models_command_lists_builtins_without_torch(cli):
+    res = cli("models", "--json")
+    assert res.code == 0, res.err
+    rows = {r["name"]: r for r in json.loads(res.out)}
+    assert rows["tiny"]["installed"] and rows["tiny"]["default"] and rows["tiny"]["native_size"] == "64x64"
+    assert Path(rows["tiny"]["path"]) == builtin_path("tiny")
+    res = cli("models")
+    assert res.code == 0 and "tiny (default)" in res.out
+    code = ("import sys; from tracker.cli import main\n"
+            "try: main(['models'])\nexcept SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny" in proc.stdout
+
+
+def test_build_tiny_model_is_deterministic(tmp_path):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import build_tiny_model
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        built = build_tiny_model.build(tmp_path / "tiny")
+    finally:
+        torch.set_num_threads(threads)
+    assert built == build_tiny_model.digest(builtin_path("tiny"))
