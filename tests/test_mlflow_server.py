@@ -1,0 +1,176 @@
+"""MLflow over HTTP: a real ``mlflow server`` on 127.0.0.1 that dies mid-sweep, and ``tracker ui``.
+
+Each server takes ~10 s to answer /health (more on a busy machine), so these tests are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from test_mlflow import (  # noqa: F401 -- mlflow_template and ws are fixtures
+    EXPERIMENT, KEY_TAG, PARENT_TAG, log_sweep, make_sweep, mlflow_template, ws)
+from tracker import mlflow_log
+
+pytestmark = pytest.mark.slow
+START_TIMEOUT = 240  # seconds for a server to answer /health on a loaded 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real ``mlflow server`` (one worker) on a backend store that outlives restarts."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = mlflow_log.server_command(f"sqlite:///{self.root / 'server.db'}", self.root / "artifacts",
+                                        "127.0.0.1", self.port)
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        if not mlflow_log.wait_for_health(self.url, START_TIMEOUT, lambda: self.proc.poll() is None):
+            self.stop()
+            pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            mlflow_log.stop_process_group(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    s.start()
+    yield s
+    s.stop()
+
+
+def _client(url: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=url)
+
+
+def _children_by_key(url: str, name: str) -> dict[str, list]:
+    c = _client(url)
+    exp = c.get_experiment_by_name(name)
+    out: dict[str, list] = {}
+    for run in c.search_runs([exp.experiment_id], max_results=1000):
+        if KEY_TAG in run.data.tags:
+            out.setdefault(run.data.tags[KEY_TAG], []).append(run)
+    return out
+
+
+def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, write_yaml, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from tracker import runner
+    from tracker.store import Store
+
+    text = EXPERIMENT.format(name="outage").replace("seeds: [1, 2]", "seeds: [1, 2, 3, 4]")
+    path = write_yaml(text, "outage.yaml")
+    submitted: list[str] = []
+    real_submit = mlflow_log.MlflowSink.submit
+
+    def submit_then_kill_server(sink, record):
+        real_submit(sink, record)
+        submitted.append(record.key)
+        if len(submitted) == 3:  # let a few runs reach the server, then take it away mid-sweep
+            with Store.open(ws.db_url) as store:
+                deadline = time.monotonic() + 120
+                while sum(r.mlflow_synced for r in store.runs("outage")) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            server.stop()
+
+    monkeypatch.setattr(mlflow_log.MlflowSink, "submit", submit_then_kill_server)
+    live = replace(ws, mlflow_uri=server.url)
+    summary = runner.run_experiment(live, str(path), runner.RunOptions(progress=False))
+
+    assert summary.done == 8 and summary.failed == 0  # generation went on without MLflow
+    with Store.open(ws.db_url) as store:
+        records = store.runs("outage")
+        waiting = [r for r in records if not r.mlflow_synced]
+        parent_id = store.sweep(summary.sweep_id)["mlflow_run_id"]
+    assert summary.mlflow_waiting == len(waiting) >= 5  # every run submitted after the stop waits
+    assert len(records) - len(waiting) >= 2 and parent_id
+    assert f"MLflow at {server.url} failed" in capsys.readouterr().err
+
+    server.start()  # same backend store, same port
+    res = cli("sync", "outage", "--mlflow-uri", server.url, "-q")
+    assert res.code == 0 and f"logged {len(waiting)} runs" in res.out, res.out + res.err
+    assert cli("sync", "outage", "--mlflow-uri", server.url, "-q").out.startswith("nothing to sync")
+
+    children = _children_by_key(server.url, "outage")
+    assert sorted(children) == sorted(r.key for r in records)
+    assert all(len(runs) == 1 for runs in children.values())
+    assert {runs[0].data.tags[PARENT_TAG] for runs in children.values()} == {parent_id}
+    c = _client(server.url)
+    for key, [run] in children.items():
+        assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{key}.png", "recipe.json"}
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, r.read()
+
+
+def test_tracker_ui_serves_the_workspace_store_and_stops_on_ctrl_c(ws):
+    sweep, path, records = make_sweep(ws)
+    assert log_sweep(ws, sweep, path, records).logged == 4
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TRACKER_HOME": str(ws.home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", "ui", "--port", str(port)], cwd=ws.home.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert mlflow_log.wait_for_health(url, START_TIMEOUT, lambda: proc.poll() is None), proc.communicate()
+        exp = json.loads(_get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=chief")[1])["experiment"]
+        runs = _post(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+        keys = {t["value"] for r in runs for t in r["data"].get("tags", []) if t["key"] == KEY_TAG}
+        assert keys == {r.key for r in records} and len(runs) == 5
+        status, page = _get(f"{url}/")
+        assert status == 200 and b"<html" in page.lower()
+        # the images of local-path experiments are viewable through the server
+        rec = records[0]
+        status, png = _get(f"{url}/get-artifact?path={rec.key}.png&run_uuid={_run_id(runs, rec.key)}")
+        assert status == 200 and png == Path(rec.image).read_bytes()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err and "Traceback" not in out
+    assert url in out
+    with socket.socket() as s:  # the server's whole process group is gone
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _run_id(runs: list[dict], key: str) -> str:
+    return next(r["info"]["run_id"] for r in runs
+                if any(t["key"] == KEY_TAG and t["value"] == key for t in r["data"].get("tags", [])))
