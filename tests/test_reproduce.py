@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from conftest import Result
 from tracker import pngmeta
 
 pytestmark = pytest.mark.slow
@@ -37,13 +37,6 @@ steps: 2
 guidance_scale: 6.5
 size: 64x64
 """
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
 
 
 class Home:
@@ -118,10 +111,15 @@ def test_images_made_in_a_batch_reproduce_identically(ws):
     assert "identical: all 4096 pixels match" in res.out
     assert "warning" not in res.err
 
-    # by key prefix, from the run store
-    res = ws.call("reproduce", run["key"][:10])
+    # by key prefix, from the run store, keeping the regenerated image
+    saved = ws.root / "again.png"
+    res = ws.call("reproduce", run["key"][:10], "--device", "cpu", "--save", saved)
     assert res.code == 0, res.out + res.err
-    assert "from the run store" in res.out and "identical" in res.out
+    assert "from the run store" in res.out and "identical" in res.out and "(regenerated on cpu)" in res.out
+    _, recipe = pngmeta.read_png(saved)
+    assert recipe["key"] == run["key"] and recipe["seed"] == 5
+    with Image.open(saved) as a, Image.open(run["image"]) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_tampered_seed_is_reported_as_a_mismatch(ws, tmp_path):

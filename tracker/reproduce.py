@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tracker import models, pngmeta, schedulers
-from tracker.errors import NotFoundError, SpecError, TrackerError
+from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
 from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings
 
@@ -111,7 +111,10 @@ def from_png(path: str | Path, model: str | None = None) -> Source:
             run = _with_settings(run, model=model)
         return Source(run, "recipe", path, _original(recipe))
     if text is None:
-        raise TrackerError(f"{path}: has no {pngmeta.RECIPE_CHUNK} or {pngmeta.PARAMETERS_CHUNK} metadata; "
+        with pngmeta.open_png(path) as im:
+            others = sorted(pngmeta.chunks(im))
+        comfy = " (its ComfyUI workflow chunks are not supported)" if {"prompt", "workflow"} & set(others) else ""
+        raise TrackerError(f"{path}: has no {pngmeta.RECIPE_CHUNK} or {pngmeta.PARAMETERS_CHUNK} metadata{comfy}; "
                            "nothing says how it was made")
     params = pngmeta.parse_a1111(text)
     run, notes = run_from_a1111(params, where=str(path), model=model, base_dir=path.parent)
@@ -352,7 +355,12 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
     reference = reference_image(source.reference)  # fail on a missing original before loading a model
     engine = engine or _engine(device)
     run = source.run
-    current = _current(engine, run)
+    try:
+        current = _current(engine, run)
+    except ModelError as e:
+        if device:
+            raise
+        raise ModelError(f"{e}; or pass --device to regenerate elsewhere (the pixels may then differ)") from None
     warnings = environment_warnings(source.original, current)
     now_hash = pngmeta.short_hash(current["model_revision"])
     if source.model_hash and now_hash and source.model_hash != now_hash:
