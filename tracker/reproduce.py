@@ -58,6 +58,11 @@ class Drift:
     pixels: int
     reason: str | None = None  # e.g. a size mismatch or a missing image, when no pixels were compared
 
+    @classmethod
+    def failed(cls, reason: str) -> "Drift":
+        """No pixels compared (no image made, original missing): counts as drift."""
+        return cls(False, 0, 0.0, 0, 0, reason=reason)
+
     def describe(self) -> str:
         if self.reason:
             return f"differs: {self.reason}"
@@ -282,14 +287,6 @@ def compare(original, regenerated) -> Drift:
     return Drift(differing == 0, int(d.max()), float(d.mean()), differing, a.size[0] * a.size[1])
 
 
-def reference_image(path: Path | None):
-    """The original image's pixels, or a TrackerError naming the missing file."""
-    if path is None:
-        raise TrackerError("no original image to compare with")
-    im = pngmeta.open_png(path)
-    return im
-
-
 def environment_warnings(original: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """One line per fact that differs from when the image was made: versions, device, CUDA, model revision."""
     then_env, now_env = dict(original.get("environment") or {}), dict(current.get("environment") or {})
@@ -352,7 +349,9 @@ class Reproduction:
 
 def reproduce(source: Source, device: str | None = None, engine=None, save: Path | None = None) -> Reproduction:
     """Generate the source's run again and compare it with the original image."""
-    reference = reference_image(source.reference)  # fail on a missing original before loading a model
+    if source.reference is None:
+        raise TrackerError("no original image to compare with")
+    reference = pngmeta.open_png(source.reference)  # fail on a missing original before loading a model
     engine = engine or _engine(device)
     run = source.run
     try:
@@ -367,7 +366,7 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
         warnings.append(f"model hash differs: {source.model_hash} in the PNG, {now_hash} now")
     result = regenerate(engine, [run], {run.key: source.original.get("batch_size_used")})[run.key]
     if result.image is None:
-        drift = Drift(False, 0, 0.0, 0, 0, reason=f"no image was generated: {result.error}")
+        drift = Drift.failed(f"no image was generated: {result.error}")
         return Reproduction(source, drift, tuple(warnings), current["device_used"], result.error)
     if save is not None:
         recipe = pngmeta.recipe_for(run, model_revision=current["model_revision"],
@@ -467,14 +466,14 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
 
 def _drift_of(rec, image) -> Drift:
     if image is None:
-        return Drift(False, 0, 0.0, 0, 0, reason=f"the original image {rec.image} is missing")
+        return Drift.failed(f"the original image {rec.image} is missing")
     if image.image is None:
-        return Drift(False, 0, 0.0, 0, 0, reason=f"no image was generated: {image.error}")
+        return Drift.failed(f"no image was generated: {image.error}")
     try:
         with pngmeta.open_png(rec.image) as ref:
             return compare(ref, image.image)
     except TrackerError as e:
-        return Drift(False, 0, 0.0, 0, 0, reason=str(e))
+        return Drift.failed(str(e))
 
 
 def format_table(rows: Iterable[VerifyRow]) -> str:
