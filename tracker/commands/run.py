@@ -1,0 +1,69 @@
+"""``tracker run FILE``: generate every planned run that is not done yet."""
+
+from __future__ import annotations
+
+import click
+
+from tracker.cli import pass_workspace
+from tracker.plan import DEFAULT_MAX_RUNS
+from tracker.workspace import Workspace
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--max-runs", type=click.IntRange(min=1), default=DEFAULT_MAX_RUNS, show_default=True,
+              help="Refuse plans larger than this.")
+@click.option("--device", metavar="DEVICE", help="Run on this device (cpu, cuda, cuda:1, mps), overriding the file.")
+@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+@click.option("--dry-run", is_flag=True, help="Show what would run; generate nothing.")
+@click.option("--from", "from_key", metavar="KEY", help="Take the seed and settings of this run (refine around one seed).")
+@click.option("--mlflow-uri", metavar="URI", help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else the workspace's store].")
+@click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@pass_workspace
+def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_failed: bool, dry_run: bool,
+        from_key: str | None, mlflow_uri: str | None, no_mlflow: bool, quiet: bool) -> int:
+    """Generate the images of an experiment FILE, skipping runs already done.
+
+    Each image is a run stored with its seed, settings, timings and memory; the sweep is logged to
+    MLflow in the background. Exit status 1 when any run failed.
+    """
+    from dataclasses import replace
+
+    from tracker import runner
+
+    if mlflow_uri or no_mlflow:
+        ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
+    opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, dry_run=dry_run,
+                             from_key=from_key, progress=not quiet)
+    if dry_run:
+        _dry_run(ws, file, opts)
+        return 0
+    summary = runner.run_experiment(ws, file, opts, echo=lambda m: click.echo(m, err=True))
+    click.echo(runner.format_summary(summary))
+    return 1 if summary.failed else 0
+
+
+def _dry_run(ws: Workspace, file: str, opts) -> None:
+    from tracker import plan, runner
+    from tracker.commands.expand import render_plan
+    from tracker.store import Store
+
+    exp = runner.load_experiment(file, opts.from_key, ws.db_url)
+    p = plan.expand(exp, max_runs=opts.max_runs)
+    done: set[str] = set()
+    if _store_exists(ws.db_url):
+        with Store.open(ws.db_url) as store:
+            done = {r.key for r in store.runs(exp.name, status="done")}
+    todo = [r for r in p.runs if r.key not in done]
+    click.echo(render_plan(p, limit=50))
+    click.echo(f"dry run: {len(todo)} of {len(p.runs)} runs would be generated ({len(p.runs) - len(todo)} already done)")
+
+
+def _store_exists(url: str) -> bool:
+    """A dry run must not create a store: only read one that is there."""
+    from pathlib import Path
+
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).exists()
+    return True

@@ -1,0 +1,293 @@
+"""``tracker run``: turn a plan into images, recording every run so nothing is lost or redone.
+
+The orchestration reads as numbered steps (see ``run_experiment``); torch, diffusers and mlflow are
+imported only once there is work to do.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from tracker import __version__, plan, spec
+from tracker.errors import TrackerError
+from tracker.plan import PlannedRun
+from tracker.workspace import Workspace
+
+AUTO_BATCH_MAX = 8  # batch_size: auto starts here (or at the group size) and halves on out-of-memory
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    max_runs: int | None = plan.DEFAULT_MAX_RUNS
+    device: str | None = None  # overrides the file's device
+    retry_failed: bool = False
+    dry_run: bool = False
+    from_key: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class SweepSummary:
+    experiment: str
+    planned: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    images_dir: Path | None = None
+    sweep_id: int | None = None
+    mlflow_waiting: int = 0
+    mlflow_error: str | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"planned": self.planned, "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 4)}
+
+
+def load_experiment(path: str, from_key: str | None, db_url: str) -> spec.Experiment:
+    """Parse the file and, for ``--from KEY`` / ``seeds: {from: KEY}``, take that run's seed and settings."""
+    exp = spec.parse_file(path)
+    key = from_key or exp.seeds_from
+    if key:
+        from tracker.store import Store
+
+        with Store.open(db_url) as store:
+            base = store.get_run(key)
+        exp = spec.with_base_run(exp, base.seed, base.settings().to_dict())
+    return exp
+
+
+def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
+                   echo: Callable[[str], None] = print) -> SweepSummary:
+    """Generate every planned run of the experiment file at ``path`` that is not done yet."""
+    from tracker.store import Store
+
+    # 1. Parse and expand (pure; a bad file fails here, before anything is written).
+    exp = load_experiment(path, options.from_key, ws.db_url)
+    the_plan = plan.expand(exp, max_runs=options.max_runs)
+    summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name)
+    if options.dry_run:
+        return summary
+
+    # 2. Find the work: runs not done yet (failed ones too with --retry-failed).
+    ws.ensure()
+    store = Store.open(ws.db_url)
+    try:
+        status = {r.key: r.status for r in store.runs(exp.name)}
+        redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
+        todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
+
+        # 3. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or a
+        #    bad option fails here, before the store records anything.
+        engine = _engine(options)
+        for group in _ordered_groups(todo):
+            engine.prepare(group[0].settings)
+
+        # 4. Record the experiment and the sweep; insert missing runs as pending.
+        store.save_experiment(exp.name, str(Path(path).resolve()), exp.source)
+        store.reset_stale(exp.name)
+        environment = engine.environment()
+        sweep_id = store.start_sweep(exp.name, {
+            "command": " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
+            "versions": {"prompt-tracker": __version__, **{k: v for k, v in environment.items() if k.endswith("version")}},
+            "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
+        })
+        summary.sweep_id = sweep_id
+        status = store.plan_runs(sweep_id, the_plan.runs)
+        if options.retry_failed:
+            store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
+        summary.skipped = len(the_plan.runs) - len(todo)
+
+        # 5. MLflow in the background, off the critical path.
+        sink = _mlflow_sink(ws, exp, sweep_id, path, environment, echo)
+        if sink is not None:
+            for rec in store.unsynced(exp.name):
+                if rec.status == "done" and rec.key in status:
+                    sink.submit(rec)  # done earlier but never logged (an outage): try again now
+
+        # 6. Generate, cheapest switches innermost, recording each run as it finishes.
+        started = time.perf_counter()
+        try:
+            with _progress(len(todo), exp.name, options.progress) as bar:
+                for group in _ordered_groups(todo):
+                    _run_group(ws, store, engine, sink, sweep_id, group, summary, bar)
+        except KeyboardInterrupt:
+            store.reset_stale(exp.name)
+            _finish(store, sink, sweep_id, summary, started, "interrupted", echo)
+            raise
+        _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done", echo)
+    finally:
+        store.close()
+    return summary
+
+
+def _engine(options: RunOptions):
+    from tracker.engine import Engine
+
+    return Engine(device=options.device)
+
+
+def _mlflow_sink(ws: Workspace, exp: spec.Experiment, sweep_id: int, path: str, environment: dict, echo):
+    if not ws.mlflow_enabled:
+        return None
+    try:
+        from tracker.mlflow_log import MlflowSink
+    except ImportError:
+        return None
+    sink = MlflowSink(ws.mlflow_tracking_uri, exp.name, ws.db_url, ws.mlflow_artifacts_dir)
+    tags = {f"env.{k}": str(v) for k, v in environment.items() if v is not None}
+    sink.start_sweep(sweep_id, str(Path(path).resolve()), tags)
+    return sink
+
+
+def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
+    """Runs sharing every pipeline setting form one group; groups sorted so model, then VAE, then dtype switch least."""
+    def order(r: PlannedRun) -> tuple:
+        s = r.settings
+        return (s.model, s.vae, s.dtype, s.allow_pickle, s.device, repr(s.pipeline_key()))
+
+    for _, grp in groupby(sorted(runs, key=lambda r: (order(r), r.index)), key=order):
+        yield list(grp)
+
+
+def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar) -> None:
+    """Generate one group in batches; an out-of-memory error halves the batch and retries it."""
+    from tracker.engine import OutOfMemory
+
+    settings = group[0].settings
+    engine.prepare(settings)
+    exp = group[0].experiment
+    batch = min(len(group), AUTO_BATCH_MAX) if settings.batch_size == "auto" else settings.batch_size
+    i = 0
+    while i < len(group):
+        chunk = group[i:i + batch]
+        keys = [r.key for r in chunk]
+        store.mark_running(exp, keys, sweep_id)
+        try:
+            result = engine.generate(chunk)
+        except OutOfMemory as e:
+            store.mark_pending(exp, keys)
+            if batch == 1:
+                for r in chunk:
+                    _fail(store, sink, r, f"out of memory at batch size 1: {e}", summary, bar)
+                i += len(chunk)
+                continue
+            store.add_event(sweep_id, "oom", f"out of memory at batch size {batch}; retrying at {batch // 2}",
+                            {"keys": keys, "batch_size": batch})
+            batch //= 2
+            continue
+        except Exception as e:  # one bad batch must not end the sweep: retry its runs one by one
+            if len(chunk) > 1:
+                store.mark_pending(exp, keys)
+                for r in chunk:
+                    _run_group_single(ws, store, engine, sink, sweep_id, r, summary, bar)
+            else:
+                _fail(store, sink, chunk[0], f"{type(e).__name__}: {e}", summary, bar)
+            i += len(chunk)
+            continue
+        _record(ws, store, engine, sink, chunk, result, summary, bar)
+        i += len(chunk)
+
+
+def _run_group_single(ws, store, engine, sink, sweep_id, run: PlannedRun, summary, bar) -> None:
+    store.mark_running(run.experiment, [run.key], sweep_id)
+    try:
+        result = engine.generate([run])
+    except Exception as e:
+        _fail(store, sink, run, f"{type(e).__name__}: {e}", summary, bar)
+        return
+    _record(ws, store, engine, sink, [run], result, summary, bar)
+
+
+def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, bar) -> None:
+    """Write each image atomically, then mark its run done (a killed process never leaves a done run without its image)."""
+    from tracker import pngmeta
+
+    scheduler_config = engine.scheduler_config()
+    for run, img in zip(chunk, result.images):
+        timing = {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
+                  "peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
+        if img.image is None:
+            _fail(store, sink, run, img.error or "no image", summary, bar, **timing)
+            continue
+        revision = engine.model_revision(run.settings.model)
+        device = engine.device_for(run.settings)
+        recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=scheduler_config,
+                                    environment=engine.environment(), device_used=device, **timing)
+        target = ws.image_path(run.experiment, run.key)
+        sha = pngmeta.save_png(img.image, target, recipe)
+        store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha, model_revision=revision,
+                        scheduler_config=scheduler_config, device=device, **timing)
+        summary.done += 1
+        if sink is not None:
+            sink.submit(store.get_run(run.key, run.experiment))
+        bar.update(1)
+
+
+def _fail(store, sink, run: PlannedRun, error: str, summary: SweepSummary, bar, **timing) -> None:
+    store.mark_failed(run.experiment, run.key, error, **timing)
+    summary.failed += 1
+    summary.failures.append((run.key, error))
+    bar.update(1)
+
+
+def _finish(store, sink, sweep_id, summary: SweepSummary, started: float, status: str, echo) -> None:
+    summary.seconds = time.perf_counter() - started
+    store.finish_sweep(sweep_id, {**summary.to_dict(), "status": status})
+    if sink is not None:
+        sink.finish_sweep(summary.to_dict())
+        result = sink.close()
+        summary.mlflow_waiting = getattr(result, "waiting", 0)
+        summary.mlflow_error = getattr(result, "error", None)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(total: int, name: str, enabled: bool):
+    """A bar with runs done/total, images/s and ETA (tqdm's rate and remaining time)."""
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=name, unit="img", dynamic_ncols=True, file=sys.stderr,
+                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {rate_fmt} ETA {remaining} ({elapsed})")
+
+
+def format_summary(s: SweepSummary) -> str:
+    lines = [f"{s.experiment}: {s.done} done, {s.skipped} skipped (already done), {s.failed} failed "
+             f"of {s.planned} planned in {s.seconds:.1f} s"
+             + (f" ({s.images_per_second:.2f} images/s)" if s.done else "")]
+    for key, err in s.failures[:10]:
+        lines.append(f"  failed {key}: {err}")
+    if len(s.failures) > 10:
+        lines.append(f"  ... and {len(s.failures) - 10} more (tracker runs {s.experiment} --status failed)")
+    if s.images_dir is not None:
+        lines.append(f"images: {s.images_dir}")
+    if s.mlflow_waiting:
+        lines.append(f"warning: {s.mlflow_waiting} runs did not reach MLflow"
+                     + (f" ({s.mlflow_error})" if s.mlflow_error else "") + f"; run `tracker sync {s.experiment}` later")
+    return "\n".join(lines)
+
+
+def check_no_runs_error(exp_name: str) -> TrackerError:
+    return TrackerError(f"experiment {exp_name!r} has no runs yet; run `tracker run FILE` first")
