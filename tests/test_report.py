@@ -173,7 +173,7 @@ def test_every_image_loads(page, probe):
     assert page.page.locator("section.grid img[loading=lazy]").count() == done
     # every image comes from the report folder itself
     srcs = page.page.evaluate("[...document.querySelectorAll('section.grid img')].map(i => i.getAttribute('src'))")
-    assert all(s.startswith("thumbs/") and (probe[2].parent / s).is_file() for s in srcs)
+    assert all(not s.startswith(("/", "file:", "..")) and (probe[2].parent / s).is_file() for s in srcs)
 
 
 def test_failed_and_missing_runs_are_labelled_placeholders(page):
@@ -307,7 +307,7 @@ def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
     from tracker.report import build
     from tracker.store import Store
 
-    ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "cache"})
+    ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "cache"}, size=(320, 320))
     out = tmp_path / "report"
     build(ws, "cache", out=out)
     thumbs = {p.name: p.stat().st_mtime_ns for p in (out / "thumbs").glob("*.jpg")}
@@ -316,7 +316,7 @@ def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "thumbs").glob("*.jpg")} == thumbs
     # one run's image changes: only its thumbnail is made again, the old one is removed
     with Store.open(ws.db_url) as store:
-        write_image(ws, store, runs[4], 99, (64, 64), {"seconds": 1.0})
+        write_image(ws, store, runs[4], 99, (320, 320), {"seconds": 1.0})
     _, rep = build(ws, "cache", out=out)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "thumbs").glob("*.jpg")}
     assert len(after) == 16
@@ -385,3 +385,62 @@ def test_unknown_experiment_and_no_runs_yet(cli, tmp_path):
     res = cli("--home", ws.home, "report", "nosuch")
     assert res.code == 2
     assert res.err.strip() == "error: no experiment 'nosuch' in the run store; known experiments: unrun"
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: tracker run on the tiny pipeline (MLflow on), then tracker report
+
+
+E2E = """\
+name: e2e
+model: tiny
+prompt: "portrait photo of {{ age }} warrior chief{{ style }}"
+axes:
+  age: {oldest: "the oldest", old: "a old", plain: "a", young: "a young"}
+  style: {plain: "", tribal: ", tribal panther make up"}
+seeds: [0, 1]
+steps: 2
+scheduler: DPMSolverMultistep
+"""
+
+
+def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
+    from urllib.parse import unquote, urlparse
+
+    res = cli("run", write_yaml(E2E), "-q")
+    assert res.code == 0, res.err
+    res = cli("report", "e2e")
+    assert res.code == 0, res.err
+    index = Path(unquote(urlparse(res.out.strip()).path))
+    assert index == tmp_path / "home" / "reports" / "e2e" / "index.html"
+    page = Page(browser, index)
+    try:
+        pg = page.page
+        grids = pg.locator("section.grid")
+        assert grids.count() == 2
+        for g in range(2):
+            grid = grids.nth(g)
+            rows = grid.locator("th.row-header .axis-label summary").all_inner_texts()
+            assert [r.strip() for r in rows] == ["oldest", "old", "plain", "young"]
+            assert [c.strip() for c in grid.locator("th.col-header").all_inner_texts()] == ["seed 0", "seed 1"]
+        widths = page.load_all_images()
+        assert len(widths) == 16 and all(w == 64 for w in widths)
+        pg.locator("a.cell").first.click()
+        recipe = dict(zip(pg.locator("#details-recipe th").all_inner_texts(), pg.locator("#details-recipe td").all_inner_texts()))
+        assert recipe["scheduler"].startswith("DPMSolverMultistepScheduler") and recipe["steps"] == "2"
+        link = pg.locator("#details-mlflow-link")
+        assert link.is_visible() and "#/runs/" in link.get_attribute("href")
+        pg.keyboard.press("Escape")
+        assert page.errors == [] and page.dialogs == []
+    finally:
+        pg.close()
+    # the report is attached to the sweep's parent MLflow run
+    import mlflow
+    from tracker.store import Store
+
+    home = tmp_path / "home"
+    with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
+        parent = store.sweeps("e2e")[-1]["mlflow_run_id"]
+    assert parent
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent, "report")}

@@ -29,10 +29,15 @@ MAX_HEADER_LINES = 4
 
 @dataclass(frozen=True)
 class Tile:
-    """One cell: an image file, or a placeholder that says why there is none."""
+    """One cell: an image file, or a placeholder that says why there is none.
+
+    ``preview``: a smaller copy of the image (a report thumbnail), ``preview_scale`` times its size;
+    it is drawn instead whenever the tile is no larger than it, which saves decoding the full image."""
 
     image: Path | None
     note: str = ""
+    preview: Path | None = None
+    preview_scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ def _paste_tile(canvas, draw, tile: Tile, x: int, y: int, geo: _Geometry) -> Non
     note = tile.note
     if tile.image is not None:
         try:
-            with Image.open(tile.image) as im:
+            with Image.open(_source(tile, geo)) as im:
                 img = ImageOps.contain(im.convert("RGB"), (geo.tile_w, geo.tile_h))
         except (OSError, ValueError) as e:
             note = f"image unreadable: {e}"
@@ -246,6 +251,17 @@ def _paste_tile(canvas, draw, tile: Tile, x: int, y: int, geo: _Geometry) -> Non
     _draw_lines(draw, lines, x, y, geo.tile_w, geo.tile_h, geo, ink=PLACEHOLDER_INK)
 
 
+def _source(tile: Tile, geo: _Geometry) -> Path:
+    """The tile's preview when it holds enough pixels for the tile size, else the full image."""
+    if tile.preview is None:
+        return tile.image
+    from PIL import Image
+
+    with Image.open(tile.image) as im:  # reads the header only
+        scale = min(geo.tile_w / im.width, geo.tile_h / im.height)
+    return tile.preview if scale <= tile.preview_scale else tile.image
+
+
 def write(spec: GridSpec, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> GridImage:
     """Compose and write the grid as PNG (temp file renamed into place: never a half-written file)."""
     canvas, tile, native = compose(spec, max_pixels)
@@ -254,7 +270,7 @@ def write(spec: GridSpec, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> G
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            canvas.save(fh, format="PNG", compress_level=4)
+            canvas.save(fh, format="PNG", compress_level=1)  # big grids: speed over a few % of size
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -45,8 +45,11 @@ if TYPE_CHECKING:
     from tracker.store import RunRecord
 
 THUMB_SIZE = 256
+# The report's grid PNGs are for sharing a whole sweep at a glance; `tracker grid` makes bigger ones.
+REPORT_MAX_PIXELS = 16_000_000
 PROMPT_AXIS_KINDS = ("prompt", "var", "bundle")
 ASSET_DIRS = ("full", "thumbs", "grids")
+MANIFEST = "manifest.json"
 STATE_NOTES = {"pending": "not run yet", "missing": "not run yet", "running": "running (not finished)",
                "absent": "not in the plan"}
 
@@ -414,7 +417,8 @@ class Report:
     notes: tuple[str, ...] = ()
 
     def details_json(self) -> dict[str, Any]:
-        return {d.key: asdict(d) for d in self.details}
+        """key -> the run's details as plain JSON values (the page script reads these)."""
+        return {d.key: {**d.__dict__, "prompt": [s.__dict__ for s in d.prompt]} for d in self.details}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,14 +502,19 @@ class Asset:
 
 
 class Assets:
-    """Full images and thumbnails under the report folder, named by the image's sha256."""
+    """Full images and thumbnails under the report folder, named by the image's sha256.
+
+    ``thumbs/manifest.json`` remembers each image's size and thumbnail, so a second build opens no
+    image that did not change. Images no larger than a thumbnail serve as their own thumbnail.
+    """
 
     def __init__(self, root: Path):
         self.root = root
-        self.used: set[str] = set()
+        self.used: set[str] = {MANIFEST}
         self.made = 0
         for d in ASSET_DIRS:
             (root / d).mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, list] = _read_manifest(root / "thumbs" / MANIFEST)
 
     def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
         """key -> Asset, or key -> the reason there is no image. Thumbnails are made in threads."""
@@ -517,29 +526,27 @@ class Assets:
                 out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
                 continue
             todo[r.key] = (src, r.image_sha256 or _sha256(src))
-        workers = max(1, min(8, os.cpu_count() or 1))
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(_workers()) as pool:
             for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
                 out[key] = result
+        _write_text(self.root / "thumbs" / MANIFEST, json.dumps(self.manifest, sort_keys=True))
         return out
 
     def _one(self, src: Path, sha: str) -> Asset | str:
         name = sha[:32]
-        full = self.root / "full" / f"{name}{src.suffix.lower() or '.png'}"
-        thumb = self.root / "thumbs" / f"{name}.jpg"
-        size_file = self.root / "thumbs" / f"{name}.size"
-        self.used.update({full.name, thumb.name, size_file.name})
+        full = f"full/{name}{src.suffix.lower() or '.png'}"
         try:
-            if not full.exists():
-                _link_or_copy(src, full)
-            if not (thumb.exists() and size_file.exists()):
-                w, h = _thumbnail(src, thumb)
-                size_file.write_text(f"{w} {h}")
+            if not (self.root / full).exists():
+                _link_or_copy(src, self.root / full)
+            known = self.manifest.get(name)
+            if known is None or not (self.root / known[2]).exists():
+                known = self.manifest[name] = [*_thumbnail(self.root / full, self.root / "thumbs" / f"{name}.jpg"), None]
+                known[2] = f"thumbs/{name}.jpg" if max(known[:2]) > THUMB_SIZE else full
                 self.made += 1
-            w, h = map(int, size_file.read_text().split())
         except (OSError, ValueError) as e:
             return f"image unreadable: {e}"
-        return Asset(f"thumbs/{thumb.name}", f"full/{full.name}", w, h)
+        self.used.update({Path(full).name, Path(known[2]).name})
+        return Asset(known[2], full, known[0], known[1])
 
     def add_used(self, rel: str) -> None:
         self.used.add(Path(rel).name)
@@ -553,6 +560,14 @@ class Assets:
                     p.unlink(missing_ok=True)
                     n += 1
         return n
+
+
+def _read_manifest(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _sha256(path: Path) -> str:
@@ -574,14 +589,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _thumbnail(src: Path, dst: Path) -> tuple[int, int]:
-    """Write a JPEG thumbnail; returns the full image's size."""
+    """Write a JPEG thumbnail when the image is larger than one; returns the image's size."""
     from PIL import Image
 
     with Image.open(src) as im:
         size = im.size
+        if max(size) <= THUMB_SIZE:
+            return size
         im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
         small = im.convert("RGB")
-        small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    small.thumbnail((THUMB_SIZE, THUMB_SIZE))
     tmp = dst.with_name(f".{dst.name}.tmp")
     small.save(tmp, format="JPEG", quality=88)
     os.replace(tmp, dst)
@@ -593,7 +610,7 @@ def _thumbnail(src: Path, dst: Path) -> tuple[int, int]:
 
 
 def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | None = None,
-          out: Path | None = None, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> tuple[Path, Report]:
+          out: Path | None = None, max_pixels: int = REPORT_MAX_PIXELS) -> tuple[Path, Report]:
     """Build and write the report folder; returns the path of index.html and the report data."""
     source = load(ws, experiment)
     layout = choose_layout(source, rows, cols)
@@ -602,14 +619,18 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     assets = Assets(out)
     images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
     secs = sections(source, layout, source.entries)
-    grids = tuple(_grid(source, layout, s, i, images, assets, out, max_pixels) for i, s in enumerate(secs, 1))
+    grids = tuple(_grid(source, layout, s, i, images) for i, s in enumerate(secs, 1))
+    grids = _grid_pngs(grids, secs, layout, images, out, max_pixels)
+    for g in grids:
+        assets.add_used(g.png)
+    home = _home_option(ws)
     report = Report(
         experiment=source.name, description=source.description,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=tuple(Counter(e.state for e in source.entries).most_common()),
         rows_axis=layout.rows or "", cols_axis=layout.cols or "",
         constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
-        grids=grids, details=tuple(_detail(ws, e, source, images) for e in source.entries),
+        grids=grids, details=tuple(_detail(ws, e, images, home) for e in source.entries),
         efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
         notes=source.notes,
     )
@@ -619,8 +640,7 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     return index, report
 
 
-def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str],
-          assets: Assets, out: Path, max_pixels: int) -> Grid:
+def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str]) -> Grid:
     rows_axis = source.axis(layout.rows) if layout.rows else None
     cols_axis = source.axis(layout.cols) if layout.cols else None
     prompts = sorted({e.prompt for e in sec.cells.values()})
@@ -634,11 +654,8 @@ def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[
             _header(rows_axis, rl),
             highlight(first.prompt, first.prompt_template, prompts) if shared else (),
             tuple(_cell(e, images, () if shared else prompts) for e in cells)))
-    grid = Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
+    return Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
                 tuple(_header(cols_axis, cl) for cl in sec.col_labels), tuple(rows))
-    png = _grid_png(grid, sec, layout, images, out, max_pixels)
-    assets.add_used(png)
-    return replace(grid, png=png)
 
 
 def _header(axis: AxisInfo | None, label: str) -> Header:
@@ -659,15 +676,26 @@ def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[s
     return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt)
 
 
-def _grid_png(grid: Grid, sec: Section, layout: Layout, images: Mapping[str, Asset | str], out: Path,
-              max_pixels: int) -> str:
-    """Write the grid's labelled PNG unless one for the same images and labels exists already."""
-    spec = grid_spec(sec, layout, lambda key: _tile_for(images, out, key), with_title=True)
-    digest = hashlib.sha256(repr((spec, max_pixels)).encode()).hexdigest()[:12]
-    rel = f"grids/{grid.id}-{digest}.png"
-    if not (out / rel).exists():
-        gridimage.write(spec, out / rel, max_pixels)
-    return rel
+def _grid_pngs(grids: Sequence[Grid], secs: Sequence[Section], layout: Layout, images: Mapping[str, Asset | str],
+               out: Path, max_pixels: int) -> tuple[Grid, ...]:
+    """Each grid's labelled PNG, named by a hash of its images and labels: drawn only when that changed.
+    Drawn in threads (Pillow decodes and compresses without holding the GIL)."""
+    jobs, named = [], []
+    for grid, sec in zip(grids, secs):
+        spec = grid_spec(sec, layout, lambda key: _tile_for(images, out, key), with_title=True,
+                         preview_of=lambda key: _preview_for(images, out, key))
+        digest = hashlib.sha256(repr((spec, max_pixels)).encode()).hexdigest()[:12]
+        rel = f"grids/{grid.id}-{digest}.png"
+        named.append(replace(grid, png=rel))
+        if not (out / rel).exists():
+            jobs.append((spec, out / rel))
+    with ThreadPoolExecutor(_workers()) as pool:
+        list(pool.map(lambda job: gridimage.write(job[0], job[1], max_pixels), jobs))
+    return tuple(named)
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | None:
@@ -675,16 +703,25 @@ def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | 
     return out / asset.image if isinstance(asset, Asset) else None
 
 
-def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None],
-              with_title: bool = True) -> gridimage.GridSpec:
-    """A section as a labelled PNG grid: ``image_of(key)`` gives the file of a done run."""
+def _preview_for(images: Mapping[str, Asset | str], out: Path, key: str) -> tuple[Path | None, float]:
+    asset = images.get(key)
+    if not isinstance(asset, Asset) or asset.thumb == asset.image:
+        return None, 0.0
+    return out / asset.thumb, THUMB_SIZE / max(asset.width, asset.height)
+
+
+def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None], with_title: bool = True,
+              preview_of: Callable[[str], tuple[Path | None, float]] | None = None) -> gridimage.GridSpec:
+    """A section as a labelled PNG grid: ``image_of(key)`` gives the file of a done run, ``preview_of(key)``
+    a smaller copy and its scale (report thumbnails)."""
     tiles = []
     for rl in sec.row_labels:
         row = []
         for cl in sec.col_labels:
             e = sec.cells.get((rl, cl))
             path = image_of(e.key) if e is not None and e.state == "done" else None
-            row.append(gridimage.Tile(path, "" if path else _tile_note(e)))
+            preview = preview_of(e.key) if path is not None and preview_of is not None else (None, 0.0)
+            row.append(gridimage.Tile(path, "" if path else _tile_note(e), *preview))
         tiles.append(tuple(row))
     rows = tuple(f"{layout.rows}: {lab}" if layout.rows == "seed" else lab for lab in sec.row_labels)
     cols = tuple(f"{layout.cols}: {lab}" if layout.cols == "seed" else lab for lab in sec.col_labels)
@@ -705,7 +742,7 @@ def _tile_note(e: Entry | None) -> str:
 # run details
 
 
-def _detail(ws: Workspace, e: Entry, source: Source, images: Mapping[str, Asset | str]) -> RunDetail:
+def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: str) -> RunDetail:
     r = e.record
     asset = images.get(e.key)
     title = " · ".join(f"{k}: {v}" for k, v in e.labels)
@@ -716,7 +753,7 @@ def _detail(ws: Workspace, e: Entry, source: Source, images: Mapping[str, Asset 
         image=asset.image if isinstance(asset, Asset) else None,
         recipe=recipe(r if r is not None else e.planned),
         timings=timings(r) if r is not None else (),
-        error=error, mlflow_url=_mlflow_url(ws, r), reproduce=reproduce_command(ws, e.key),
+        error=error, mlflow_url=_mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}",
     )
 
 
@@ -761,10 +798,9 @@ def _mib(n: int | None) -> str:
     return f"{n / 2**20:,.1f} MiB" if n else "—"
 
 
-def reproduce_command(ws: Workspace, key: str) -> str:
-    """The command that regenerates a run (names the workspace unless it is the default one here)."""
-    home = "" if ws.home == Path(DEFAULT_HOME).resolve() else f"--home {shlex.quote(str(ws.home))} "
-    return f"tracker {home}reproduce {key}"
+def _home_option(ws: Workspace) -> str:
+    """``--home DIR `` for commands shown to the user, unless the workspace is the default one here."""
+    return "" if ws.home == Path(DEFAULT_HOME).resolve() else f"--home {shlex.quote(str(ws.home))} "
 
 
 def _optional(module: str, attr: str):

@@ -12,6 +12,7 @@ import click
 from tracker.cli import pass_workspace
 
 DEFAULT_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS (not imported: keep --help light)
+REPORT_MAX_PIXELS = 16_000_000  # = tracker.report.REPORT_MAX_PIXELS
 
 
 def _pixels(value: str) -> int:
@@ -34,8 +35,9 @@ def _pixels(value: str) -> int:
               help="Report folder [default: HOME/reports/EXPERIMENT].")
 @click.option("--rows", metavar="AXIS", help="Axis down the grids [default: the file's grid:, else the prompt axis with the most labels].")
 @click.option("--cols", metavar="AXIS", help="Axis across the grids [default: the file's grid:, else seed].")
-@click.option("--max-pixels", default=str(DEFAULT_MAX_PIXELS), show_default=True, metavar="N",
-              help="Pixel budget of each grid PNG; larger grids get smaller tiles.")
+@click.option("--max-pixels", default=str(REPORT_MAX_PIXELS), show_default=True, metavar="N",
+              help="Pixel budget of each grid PNG the report links; larger grids get smaller tiles "
+                   "(tracker grid makes full-size ones).")
 @pass_workspace
 def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str) -> None:
     """Write an HTML report of EXPERIMENT: one seed-fixed grid per combination of the other axes,
