@@ -218,3 +218,11 @@ def test_keys_are_stable_and_unique(case):
     doc2 = {**doc, "axes": dict(reversed(list(doc["axes"].items())))}
     c = expand(spec.parse(yaml.safe_dump(doc2), "x.yaml"))
     assert {r.key for r in c.runs} == {r.key for r in a.runs}
+
+
+def test_yaml_surrogate_pairs_become_one_character_and_digit_keys_are_text():
+    exp = spec.parse('prompt: "a \\ud83d\\udc09 dragon"\nseeds: {from: 123456}\n', "x.yaml")
+    assert exp.prompt == "a \U0001F409 dragon"
+    assert exp.seeds_from == "123456"
+    p = expand(spec.with_base_run(exp, 7, {}))
+    assert p.runs[0].prompt == "a \U0001F409 dragon" and p.runs[0].seed == 7

@@ -79,3 +79,8 @@ def test_good_file_expands(cli, write_yaml):
     res = cli("expand", write_yaml(GOOD))
     assert res.code == 0, res.err
     assert res.out.startswith("ok: 4 runs")
+
+
+def test_lone_surrogate_escape_is_one_line(cli, write_yaml):
+    path = write_yaml('prompt: "a \\ud83d dragon"\n')
+    assert_one_line_error(cli("expand", path), "exp.yaml: prompt", "lone UTF-16 surrogate")

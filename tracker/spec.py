@@ -455,6 +455,8 @@ def _seed(P: _Parser, v: Any, field: str, *at: Any) -> int:
 def _seeds(P: _Parser, raw: Any) -> tuple[list[int], str | None]:
     if isinstance(raw, dict):
         if set(raw) == {"from"}:
+            if isinstance(raw["from"], int) and not isinstance(raw["from"], bool):
+                raw = {"from": str(raw["from"])}  # an all-digit key prefix that YAML read as a number
             if not isinstance(raw["from"], str) or not raw["from"].strip():
                 P.err("seeds.from", f"must be a run key but is {raw['from']!r}", "seeds", "from")
             return [0], raw["from"].strip()

@@ -44,7 +44,24 @@ def load(text: str, path: str) -> LinedYaml:
         raise SpecError(path, None, f"malformed YAML: {problem}", line) from None
     except yaml.YAMLError as err:
         raise SpecError(path, None, f"malformed YAML: {' '.join(str(err).split())}") from None
-    return LinedYaml(data, lines)
+    return LinedYaml(_fix_surrogates(data, path, ()), lines)
+
+
+def _fix_surrogates(value: Any, path: str, at: tuple) -> Any:
+    """YAML's "\\ud83d\\udc09" escapes arrive as two surrogate halves: join them into the real character."""
+    if isinstance(value, str):
+        if not any("\ud800" <= c <= "\udfff" for c in value):
+            return value
+        try:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            field = ".".join(str(p) for p in at) or None
+            raise SpecError(path, field, f"holds a lone UTF-16 surrogate escape: {value.encode('unicode_escape').decode()!r}") from None
+    if isinstance(value, dict):
+        return {_fix_surrogates(k, path, at): _fix_surrogates(v, path, (*at, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_surrogates(v, path, (*at, i)) for i, v in enumerate(value)]
+    return value
 
 
 def _walk(node: yaml.Node, at: tuple, lines: dict[tuple, int], path: str) -> None:
