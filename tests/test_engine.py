@@ -72,9 +72,11 @@ def test_every_scheduler_makes_an_image_of_the_right_size(engine, cls):
         with pytest.raises(ModelError, match=r"needs the package torchsde.*pip install torchsde"):
             engine.prepare(settings)
         return
-    batch = engine.generate(runs_for(settings, [7]))
-    img = batch.images[0]
+    batch = engine.generate(runs_for(settings, [7, 8]))
+    img = batch.images[1]
     assert img.error is None and img.image.size == (48, 64) and img.image.mode == "RGB"
+    alone = engine.generate(runs_for(settings, [8])).images[0]
+    assert np.abs(pixels(alone) - pixels(img)).max() <= 1  # see the batch-of-4 test for this tolerance
     assert engine.scheduler_config()["_class_name"] == cls
     # one entry per denoising-loop iteration: 4 for most, 2*4-1 for second-order ones (Heun, KDPM2), 4+1 for PNDM
     assert len(batch.step_seconds) == len(engine._active.pipe.scheduler.timesteps) >= 4
@@ -153,9 +155,11 @@ def test_image_made_alone_matches_the_same_run_in_a_batch_of_4(engine):
     assert batch.batch_size == 4 and len(batch.images) == 4
     for i, (seed, prompt) in enumerate(zip([10, 11, 12, 13], prompts)):
         alone = pixels(engine.generate(runs_for(settings, [seed], [prompt])).images[0])
-        # Measured: float differences ~1e-6 (batched matmuls sum in another order); after 8-bit rounding
-        # a few pixels move by at most one level. One generator per image keeps each image's noise its own.
-        assert np.abs(alone - pixels(batch.images[i])).max() <= 1
+        # Measured (all 13 schedulers, 20 steps, 64x64): float differences ~1e-6 because batched matmuls
+        # sum in another order; after 8-bit rounding at most 3 of the 12288 values move, by one level.
+        # One generator per image keeps each image's noise its own.
+        diff = np.abs(alone - pixels(batch.images[i]))
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 12
 
 
 def test_negative_prompt_changes_the_image(engine):

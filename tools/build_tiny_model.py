@@ -100,6 +100,10 @@ def build_pipeline():
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
     )
+    # SD 1.x ships "clip_sample": false in its PNDM config (PNDM ignores it) so that DDIM & co made
+    # from_config do not clip x0; with clipping, DDIM on random weights turns 1e-6 float noise into
+    # visibly different images between a batch and a single run.
+    scheduler.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, unet=unet.eval(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
