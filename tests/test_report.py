@@ -65,10 +65,10 @@ def make_workspace(home: Path, experiment: dict, *, failed: dict[int, str] | Non
         sweep = store.start_sweep(exp.name, {"command": "test", "planned": len(runs)})
         store.plan_runs(sweep, runs)
         for i, run in enumerate(runs):
-            t = timing(run) if timing else {"seconds": 0.5 + i / 100, "peak_memory_bytes": (i + 1) * 2**20}
             if i in failed:
                 store.mark_failed(exp.name, run.key, failed[i])
             elif i not in pending:
+                t = timing(run) if timing else {"seconds": 0.5 + i / 100, "peak_memory_bytes": (i + 1) * 2**20}
                 write_image(ws, store, run, i, size or (run.settings.width, run.settings.height), t)
     return ws, runs
 
@@ -79,8 +79,9 @@ def write_image(ws, store, run, i: int, size: tuple[int, int], timing: dict) -> 
     im = Image.new("RGB", size, ((40 * i) % 256, (90 + 17 * i) % 256, 200))
     ImageDraw.Draw(im).text((3, 3), str(i), fill=(255, 255, 255))
     im.save(path)
+    fields = {"seconds_per_step": 0.01, "batch_size_used": 2, "device": "cpu", **timing}
     store.mark_done(run.experiment, run.key, image=path, image_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                    seconds_per_step=0.01, batch_size_used=2, device="cpu", **timing)
+                    **fields)
     return path
 
 
@@ -444,3 +445,44 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
     assert parent
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent, "report")}
+
+
+def test_efficiency_reads_the_tutorial_story(tmp_path):
+    """examples/efficient-diffusion.yaml with the tutorial's T4 timings: fp32 -> fp16 -> DPMSolver 20
+    steps -> batch 4 out of memory -> batch 8 with attention slicing, one line each, in that order."""
+    from tracker.report import build
+
+    exp = yaml.safe_load((REPO / "examples" / "efficient-diffusion.yaml").read_text())
+    exp["size"] = "64x64"
+    seconds = {("fp32-pndm50", "batch1"): 30.0, ("fp16-pndm50", "batch1"): 11.0, ("fp16-dpm20", "batch1"): 4.0,
+               ("fp16-dpm20", "batch8-sliced"): 3.5}
+
+    def timing(run):
+        labels = run.labels
+        batch = run.settings.batch_size
+        return {"seconds": seconds[(labels["setup"], labels["memory"])], "batch_size_used": batch,
+                "peak_memory_bytes": (6 if run.settings.dtype == "float32" else 3) * 2**30 + batch * 2**28, "device": "cuda"}
+
+    from tracker.plan import expand
+    from tracker.spec import parse
+
+    runs = expand(parse(yaml.safe_dump(exp))).runs
+    oom = {i: "out of memory (batch of 4)" for i, r in enumerate(runs) if r.labels["memory"] == "batch4"}
+    ws, runs = make_workspace(tmp_path / "home", exp, failed=oom, timing=timing)
+    index, rep = build(ws, "efficient-diffusion", out=tmp_path / "r")
+    assert [r.label for r in rep.efficiency] == [
+        "PNDM · steps 50 · float32 · batch 1",
+        "PNDM · steps 50 · float16 · batch 1",
+        "DPMSolverMultistep · steps 20 · float16 · batch 1",
+        "DPMSolverMultistep · steps 20 · float16 · batch 4",
+        "DPMSolverMultistep · steps 20 · float16 · batch 8 · attention slicing",
+    ]
+    assert [r.seconds_per_image for r in rep.efficiency] == [30.0, 11.0, 4.0, None, 3.5]
+    assert [r.failed for r in rep.efficiency] == [0, 0, 0, 8, 0]
+    assert rep.efficiency[4].images_per_second == pytest.approx(1 / 3.5)
+    assert rep.efficiency[0].seconds_frac == 1.0 and rep.efficiency[4].seconds_frac == pytest.approx(3.5 / 30)
+    # the grids follow the file's grid: setup down, seeds across, one grid per memory setting
+    assert (rep.rows_axis, rep.cols_axis) == ("setup", "seed")
+    assert [g.combo for g in rep.grids] == [(("memory", "batch1"),), (("memory", "batch4"),), (("memory", "batch8-sliced"),)]
+    html = index.read_text()
+    assert html.count('class="bar bar-seconds"') == 5 and "out of memory (batch of 4)" in html

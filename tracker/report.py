@@ -124,7 +124,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     exp, notes = _parse_source(info)
     plan = _expand(exp, notes)
     entries = _entries(plan, records, notes)
-    axes = _axes(exp if plan is not None else None, entries)
+    axes = _axes(exp, entries)
     return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes))
 
 
@@ -171,20 +171,26 @@ def _record_labels(r: "RunRecord") -> tuple[tuple[str, str], ...]:
 
 
 def _axes(exp: "Experiment | None", entries: Sequence[Entry]) -> tuple[AxisInfo, ...]:
-    """Axes in the file's order (labels in the file's order), or else as first seen in the runs."""
+    """Axes in the file's order (labels in the file's order), then labels and axes only the stored
+    runs know (e.g. the seed a ``seeds: {from: KEY}`` run took), as first seen."""
     seen: dict[str, list[str]] = {}
     for e in entries:
         for name, label in e.labels:
             labels = seen.setdefault(name, [])
             if label not in labels:
                 labels.append(label)
-    if exp is None:
-        return tuple(AxisInfo(n, "seed" if n == "seed" else "stored", tuple(ls), tuple(ls)) for n, ls in seen.items())
+    spec_axes = {a.name: a for a in exp.axes} if exp is not None else {}
     out = []
-    for a in exp.axes:
-        present = set(seen.get(a.name, ()))
-        values = [v for v in a.values if v.label in present]
-        out.append(AxisInfo(a.name, a.kind, tuple(v.label for v in values), tuple(_full(a.kind, v) for v in values)))
+    for name in [*spec_axes, *(n for n in seen if n not in spec_axes)]:
+        present = seen.get(name, [])
+        axis = spec_axes.get(name)
+        values = [v for v in axis.values if v.label in present] if axis else []
+        known = {v.label for v in values}
+        labels = [v.label for v in values] + [lab for lab in present if lab not in known]
+        fulls = [_full(axis.kind, v) for v in values] + [lab for lab in present if lab not in known]
+        kind = axis.kind if axis else ("seed" if name == "seed" else "stored")
+        if labels:
+            out.append(AxisInfo(name, kind, tuple(labels), tuple(fulls)))
     return tuple(out)
 
 
@@ -848,16 +854,23 @@ def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
 
 
 def _merge_unknown(groups: dict[tuple, list]) -> dict[tuple, list]:
-    """Put runs whose configuration has unknowns into the one known configuration they fit, if unique."""
+    """Put runs whose configuration has unknowns into the one known configuration they fit, if unique;
+    else fill each unknown with the value every known configuration shares (or "?")."""
     known = {c: rs for c, rs in groups.items() if all(v is not None for _, v in c)}
     out = dict(known)
     for c, rs in groups.items():
         if c in known:
             continue
         fits = [k for k in known if all(v is None or v == kv for (_, v), (_, kv) in zip(c, k))]
-        target = fits[0] if len(fits) == 1 else tuple((n, v if v is not None else "?") for n, v in c)
+        target = fits[0] if len(fits) == 1 else tuple(
+            (n, v if v is not None else _shared(known, i)) for i, (n, v) in enumerate(c))
         out.setdefault(target, []).extend(rs)
     return out
+
+
+def _shared(configs: Iterable[tuple], i: int) -> str:
+    values = {c[i][1] for c in configs}
+    return values.pop() if len(values) == 1 else "?"
 
 
 def efficiency(records: Sequence["RunRecord"]) -> tuple[EfficiencyRow, ...]:
@@ -883,8 +896,9 @@ def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence
     done = [r for r in runs if r.status == "done" and r.seconds is not None]
     spi = sum(r.seconds for r in done) / len(done) if done else None
     peaks = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes]
-    label = " · ".join(f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch") else config[i][1]
-                       for i in differ) or "all runs"
+    parts = [f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch") else config[i][1]
+             for i in differ if config[i][1] != "none"]
+    label = " · ".join(parts) or "all runs"
     return EfficiencyRow(label, config, len(runs), sum(r.status == "failed" for r in runs), spi,
                          1 / spi if spi else None, max(peaks) if peaks else None)
 
