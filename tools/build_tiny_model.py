@@ -45,8 +45,9 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def build_tokenizer():
-    """A byte-level CLIPTokenizer built locally (no hub): any text tokenizes, a few words merge."""
+def build_tokenizer(words: tuple[str, ...] | list[str] = MERGE_WORDS, max_len: int = MAX_LEN):
+    """A byte-level CLIPTokenizer built locally (no hub): any text tokenizes, and each of ``words``
+    becomes one ``word</w>`` token through a chain of merges (earlier words get the lower ranks)."""
     from transformers import CLIPTokenizer
 
     chars = list(bytes_to_unicode().values())
@@ -56,7 +57,9 @@ def build_tokenizer():
     for c in chars:
         vocab.setdefault(c + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in MERGE_WORDS:
+    for word in words:
+        if len(word) < 2:
+            continue
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         left = pieces[0]
         for right in pieces[1:]:
@@ -66,7 +69,7 @@ def build_tokenizer():
             vocab.setdefault(left, len(vocab))
     vocab.setdefault(BOS, len(vocab))
     vocab.setdefault(EOS, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN,
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_len,
                          bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
 
 
