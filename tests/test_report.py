@@ -174,7 +174,7 @@ def test_every_image_loads(page, probe):
     assert page.page.locator("section.grid img[loading=lazy]").count() == done
     # every image comes from the report folder itself
     srcs = page.page.evaluate("[...document.querySelectorAll('section.grid img')].map(i => i.getAttribute('src'))")
-    assert all(not s.startswith(("/", "file:", "..")) and (probe[2].parent / s).is_file() for s in srcs)
+    assert all(s.startswith("thumbs/") and (probe[2].parent / s).is_file() for s in srcs)
 
 
 def test_failed_and_missing_runs_are_labelled_placeholders(page):
@@ -221,7 +221,7 @@ def test_clicking_a_cell_shows_its_recipe(page, probe):
     timings = dict(zip(pg.locator("#details-timings th").all_inner_texts(), pg.locator("#details-timings td").all_inner_texts()))
     assert timings["seconds"] == "0.500 s" and timings["peak memory"] == "1.0 MiB"
     assert pg.locator("#details-reproduce").inner_text().endswith(f"reproduce {key}")
-    assert pg.locator("#details-mlflow").is_hidden()  # MLflow off: no link
+    assert pg.locator("#details-mlflow").is_hidden()  # the run is not in MLflow: no link
     assert pg.evaluate("document.getElementById('details-image').naturalWidth") == 64
     pg.keyboard.press("Escape")
     assert not dialog.is_visible()
@@ -276,6 +276,32 @@ def test_page_is_offline_and_error_free(page, probe):
     html = probe[2].read_text()
     assert 'src="http' not in html and 'href="http' not in html and "@import" not in html
     assert 'loading="lazy"' in html
+
+
+def test_copy_without_full_images_still_shows_every_run(browser, probe, tmp_path):
+    """The copy attached to MLflow leaves out full/: grids and details fall back to the thumbnails."""
+    import shutil
+
+    from tracker.report import mlflow_files
+
+    index = probe[2]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path, artifact in mlflow_files(index):
+        dst = copy / Path(artifact).relative_to("report") / (path.name if path.is_file() else "")
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, dst)
+    assert not (copy / "full").exists()
+    page = Page(browser, copy / "index.html")
+    try:
+        assert all(w > 0 for w in page.load_all_images())
+        page.page.locator("a.cell").first.click()
+        page.page.wait_for_function("document.getElementById('details-image').naturalWidth > 0")
+        assert page.page.evaluate("document.getElementById('details-image').getAttribute('src')").startswith("thumbs/")
+        page.page.keyboard.press("Escape")
+        # the missing full image is the one failed request the browser reports; nothing else went wrong
+        assert all("ERR_FILE_NOT_FOUND" in e for e in page.errors)
+    finally:
+        page.page.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +470,10 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
         parent = store.sweeps("e2e")[-1]["mlflow_run_id"]
     assert parent
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    assert "report/index.html" in {a.path for a in client.list_artifacts(parent, "report")}
+    attached = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/index.html", "report/thumbs", "report/grids"} <= attached
+    assert len(client.list_artifacts(parent, "report/grids")) == 2
+    assert len([a for a in client.list_artifacts(parent, "report/thumbs") if a.path.endswith(".png")]) == 16
 
 
 def test_efficiency_reads_the_tutorial_story(tmp_path):

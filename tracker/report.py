@@ -388,6 +388,7 @@ class RunDetail:
     title: str
     prompt: tuple[Span, ...]
     image: str | None
+    thumb: str | None  # shown when the full image is not there (the copy attached to MLflow has none)
     recipe: tuple[tuple[str, str], ...]
     timings: tuple[tuple[str, str], ...]
     error: str | None
@@ -546,8 +547,7 @@ class Assets:
                 _link_or_copy(src, self.root / full)
             known = self.manifest.get(name)
             if known is None or not (self.root / known[2]).exists():
-                known = self.manifest[name] = [*_thumbnail(self.root / full, self.root / "thumbs" / f"{name}.jpg"), None]
-                known[2] = f"thumbs/{name}.jpg" if max(known[:2]) > THUMB_SIZE else full
+                known = self.manifest[name] = list(_thumbnail(self.root / full, self.root / "thumbs", name))
                 self.made += 1
         except (OSError, ValueError) as e:
             return f"image unreadable: {e}"
@@ -594,21 +594,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _thumbnail(src: Path, dst: Path) -> tuple[int, int]:
-    """Write a JPEG thumbnail when the image is larger than one; returns the image's size."""
+def _thumbnail(src: Path, folder: Path, name: str) -> tuple[int, int, str]:
+    """Write ``name``'s thumbnail into ``folder``: a JPEG, or for an image no larger than a thumbnail a
+    link to the image itself (so thumbs/ alone can show every grid). Returns (width, height, path)."""
     from PIL import Image
 
     with Image.open(src) as im:
         size = im.size
         if max(size) <= THUMB_SIZE:
-            return size
+            dst = folder / f"{name}{src.suffix}"
+            _link_or_copy(src, dst)
+            return (*size, f"{folder.name}/{dst.name}")
         im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
         small = im.convert("RGB")
     small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    dst = folder / f"{name}.jpg"
     tmp = dst.with_name(f".{dst.name}.tmp")
     small.save(tmp, format="JPEG", quality=88)
     os.replace(tmp, dst)
-    return size
+    return (*size, f"{folder.name}/{dst.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,9 +715,9 @@ def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | 
 
 def _preview_for(images: Mapping[str, Asset | str], out: Path, key: str) -> tuple[Path | None, float]:
     asset = images.get(key)
-    if not isinstance(asset, Asset) or asset.thumb == asset.image:
+    if not isinstance(asset, Asset):
         return None, 0.0
-    return out / asset.thumb, THUMB_SIZE / max(asset.width, asset.height)
+    return out / asset.thumb, min(1.0, THUMB_SIZE / max(asset.width, asset.height))
 
 
 def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None], with_title: bool = True,
@@ -757,6 +761,7 @@ def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: st
         key=e.key, state=e.state, title=title,
         prompt=highlight(e.prompt, e.prompt_template),
         image=asset.image if isinstance(asset, Asset) else None,
+        thumb=asset.thumb if isinstance(asset, Asset) else None,
         recipe=recipe(r if r is not None else e.planned),
         timings=timings(r) if r is not None else (),
         error=error, mlflow_url=_mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}",
@@ -986,16 +991,26 @@ def _combo_names(out: Path, combos: Sequence[tuple]) -> list[Path]:
     return names
 
 
-def attach_to_mlflow(ws: Workspace, experiment: str, paths: Sequence[Path], artifact_path: str) -> str | None:
-    """Attach files to the sweep's parent MLflow run when MLflow is on and its logging part is installed.
-    Returns a warning line when that fails: the report on disk is the product, MLflow a copy of it."""
+def attach_to_mlflow(ws: Workspace, experiment: str, files: Sequence[tuple[Path, str]]) -> str | None:
+    """Attach (path, artifact folder) pairs to the sweep's parent MLflow run when MLflow is on and its
+    logging part is installed. Returns a warning line when that fails: the report on disk is the
+    product, MLflow a copy of it."""
     if not ws.mlflow_enabled:
         return None
     attach = _optional("tracker.mlflow_log", "attach_artifacts")
     if attach is None:
         return None
     try:
-        attach(ws, experiment, [Path(p) for p in paths], artifact_path)
+        for path, artifact_path in files:
+            if Path(path).exists():
+                attach(ws, experiment, [Path(path)], artifact_path)
     except Exception as e:  # noqa: BLE001 - any MLflow failure is a warning here
-        return f"warning: could not attach {artifact_path} to MLflow: {type(e).__name__}: {e}"
+        return f"warning: could not attach the report to MLflow: {type(e).__name__}: {e}"
     return None
+
+
+def mlflow_files(index: Path) -> list[tuple[Path, str]]:
+    """What of a report goes to MLflow: the page, thumbnails and grid PNGs, not the full images
+    (each child run holds its own image; the page falls back to the thumbnail)."""
+    root = index.parent
+    return [(index, "report"), (root / "thumbs", "report/thumbs"), (root / "grids", "report/grids")]

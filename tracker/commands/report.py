@@ -51,7 +51,7 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
     cells = sum(len(r.cells) for g in data.grids for r in g.rows)
     click.echo(f"report: {len(data.grids)} grid{'s' if len(data.grids) != 1 else ''}, {cells} cells "
                f"(rows: {data.rows_axis or '-'}, columns: {data.cols_axis or '-'})", err=True)
-    warning = rep.attach_to_mlflow(ws, experiment, [index.parent], "report")
+    warning = rep.attach_to_mlflow(ws, experiment, rep.mlflow_files(index))
     if warning:
         click.echo(warning, err=True)
     click.echo(index.as_uri())
@@ -85,6 +85,6 @@ def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[s
         if g.scaled:
             click.echo(g.scale_note(budget), err=True)
         click.echo(str(g.path))
-    warning = rep.attach_to_mlflow(ws, experiment, [g.path for g in written], "grids")
+    warning = rep.attach_to_mlflow(ws, experiment, [(g.path, "grids") for g in written])
     if warning:
         click.echo(warning, err=True)
