@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -340,3 +342,32 @@ def test_build_tiny_model_is_deterministic(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert built == build_tiny_model.digest(builtin_path("tiny"))
+
+
+HUB_SCRIPT = """
+import hashlib, json, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from dataclasses import replace
+from tracker.engine import Engine
+from tracker.spec import Settings
+sys.path.insert(0, sys.argv[1])
+from test_engine import BASE, one
+e = Engine()
+hub = one(e, replace(BASE, model="tracker-tests/tiny-copy"))
+builtin = one(e, BASE)
+print(json.dumps({"revision": e.model_revision("tracker-tests/tiny-copy"), "same": bool(np.array_equal(hub, builtin))}))
+"""
+
+
+def test_hub_id_loads_from_the_hf_cache_offline_with_its_commit_as_revision(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tracker-tests--tiny-copy"
+    shutil.copytree(builtin_path("tiny"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(REPO / "tests")], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"revision": commit, "same": True}

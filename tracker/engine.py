@@ -26,7 +26,7 @@ import platform
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -123,7 +123,6 @@ class _Loaded:
     scheduler_class: str
     device: str | None = None  # where the weights are now (None: offloaded by accelerate hooks)
     offloaded: bool = False
-    schedulers: dict = field(default_factory=dict)  # (class, options) -> scheduler instance
 
 
 # ------------------------------------------------------------------------------------------------
@@ -357,7 +356,6 @@ class Engine:
         sched = pipe.scheduler
         loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
                          scheduler_class=type(sched).__name__, device="cpu")
-        loaded.schedulers[(loaded.scheduler_class, ())] = sched
         self._pipes[key] = loaded
         return loaded
 
@@ -400,12 +398,12 @@ class Engine:
 
     # -- schedulers --------------------------------------------------------------------------------
 
-    def _scheduler(self, loaded: _Loaded, settings: Settings) -> Any:
-        cls_name = loaded.scheduler_class if settings.scheduler == schedulers.DEFAULT else settings.scheduler
-        options = dict(settings.scheduler_options)
-        key = (cls_name, tuple(sorted(options.items())))
-        if key in loaded.schedulers:
-            return loaded.schedulers[key]
+    @staticmethod
+    def _scheduler(loaded: _Loaded, settings: Settings) -> Any:
+        """A fresh scheduler (no state carried over) from the checkpoint's own config plus the options."""
+        cls_name, options = schedulers.resolve(settings.scheduler, settings.options())
+        if cls_name == schedulers.DEFAULT:
+            cls_name = loaded.scheduler_class
         if cls_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
             raise ModelError("scheduler DPMSolverSDEScheduler (A1111 'DPM++ SDE') needs the package torchsde; "
                              "install it with `pip install torchsde`, or pick another scheduler")
@@ -424,7 +422,6 @@ class Engine:
             sched = cls.from_config(loaded.scheduler_config, **options)
         except Exception as e:  # noqa: BLE001 - a bad option value raises ValueError/NotImplementedError/...
             raise ModelError(f"scheduler {cls_name} with options {options}: {_first_line(e)}") from None
-        loaded.schedulers[key] = sched
         return sched
 
     # -- prepare -----------------------------------------------------------------------------------
@@ -449,8 +446,8 @@ class Engine:
         if loaded.offloaded and (not settings.cpu_offload or pipe.vae is not vae):
             pipe.remove_all_hooks()
             loaded.offloaded, loaded.device = False, None
-        if pipe.vae is not vae and pipe.vae is not loaded.vae and not loaded.offloaded:
-            pipe.vae.to("cpu")  # a swapped-out extra VAE stays cached but leaves the accelerator
+        if pipe.vae is not vae:
+            pipe.vae.to("cpu")  # the swapped-out VAE stays cached but leaves the accelerator
         pipe.vae = vae
         pipe.scheduler = scheduler
         if settings.cpu_offload:
@@ -473,8 +470,8 @@ class Engine:
         """Move a pipeline that is no longer in use off the accelerator, keeping it loaded."""
         if loaded.offloaded:
             loaded.pipe.remove_all_hooks()
-            loaded.offloaded = False
-        if loaded.device not in (None, "cpu"):
+            loaded.offloaded, loaded.device = False, None  # hooks leave the last-used model on the GPU
+        if loaded.device != "cpu":
             loaded.pipe.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
