@@ -111,9 +111,9 @@ def test_budget_too_small_for_any_tile_is_a_usage_error(cli, ws, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--rows", "ages"], "error: unknown axis 'ages' in --rows; known axes: age, style, seed"),
     (["--cols", "sed"], "error: unknown axis 'sed' in --cols; known axes: age, style, seed"),
-    (["--where", "styl=plain"], "error: unknown axis 'styl' in --where; known axes: age, style, seed"),
-    (["--where", "style=fancy"], "error: axis 'style' has no label 'fancy' in --where; its labels: plain, ../up/tribal"),
-    (["--where", "style"], "error: --where 'style' must be AXIS=LABEL; known axes: age, style, seed"),
+    (["--where", "styl=plain"], "error: --where 'styl=plain': unknown axis 'styl'; known axes: age, style, seed"),
+    (["--where", "style=fancy"], "error: --where 'style=fancy': axis 'style' has no label 'fancy'; its labels: plain, ../up/tribal"),
+    (["--where", "style"], "error: --where 'style': expected AXIS=LABEL (e.g. seed=1); known axes: age, style, seed"),
     (["--max-pixels", "lots"], "error: --max-pixels must be a positive number of pixels such as 64000000 or 64M but is 'lots'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, ws, tmp_path, args, message):

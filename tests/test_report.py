@@ -412,6 +412,10 @@ def test_unknown_experiment_and_no_runs_yet(cli, tmp_path):
     res = cli("--home", ws.home, "report", "nosuch")
     assert res.code == 2
     assert res.err.strip() == "error: no experiment 'nosuch' in the run store; known experiments: unrun"
+    # an empty workspace: a clear message, and no store created by asking
+    res = cli("--home", tmp_path / "nothing", "report", "unrun")
+    assert res.code == 2 and res.err.startswith("error: no run store at ") and len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "nothing" / "tracker.db").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     """Read the experiment and its runs from the store. NotFoundError when there is nothing to show."""
     from tracker.store import Store
 
+    _require_store(ws.db_url)
     with Store.open(ws.db_url) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
@@ -126,6 +127,13 @@ def load(ws: Workspace, experiment: str) -> Source:
     entries = _entries(plan, records, notes)
     axes = _axes(exp, entries)
     return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes))
+
+
+def _require_store(url: str) -> None:
+    """A report only reads: it must not create an empty store where there is none."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise NotFoundError(f"no run store at {url.removeprefix('sqlite:///')}; generate images with "
+                            f"`tracker run FILE` first (or point --home/--db at the workspace)")
 
 
 def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[str]]:
@@ -238,12 +246,15 @@ def choose_layout(source: Source, rows: str | None = None, cols: str | None = No
     labels down and the seeds across. ``fixed`` axes (pinned by --where) never split the grids."""
     check_axis(source, rows, "--rows")
     check_axis(source, cols, "--cols")
+    explicit_rows = rows is not None
     g_rows, g_cols = source.experiment.grid if source.experiment and source.experiment.grid else (None, None)
     rows = rows or (g_rows if g_rows in source.axis_names else None)
     cols = cols or (g_cols if g_cols in source.axis_names else None)
     free = [a for a in source.axes if a.name not in set(fixed)]
     rows = rows or _default_rows(free, exclude={cols})
     cols = cols or _default_cols(free, exclude={rows})
+    if cols is None and rows == "seed" and not explicit_rows:  # only the seeds vary: lay them out across
+        rows, cols = None, "seed"
     if rows is not None and rows == cols:
         raise UsageError(f"--rows and --cols are both {rows!r}; choose two different axes "
                          f"(known axes: {', '.join(source.axis_names)})")
@@ -272,18 +283,9 @@ def _default_cols(axes: Sequence[AxisInfo], exclude: set) -> str | None:
 
 def parse_where(source: Source, items: Iterable[str]) -> dict[str, str]:
     """``axis=label`` pairs; an unknown axis or label is a UsageError naming the known ones."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, label = item.partition("=")
-        name, label = name.strip(), label.strip()
-        if not sep or not name:
-            raise UsageError(f"--where {item!r} must be AXIS=LABEL; known axes: {', '.join(source.axis_names)}")
-        check_axis(source, name, "--where")
-        labels = source.axis(name).labels
-        if label not in labels:
-            raise UsageError(f"axis {name!r} has no label {label!r} in --where; its labels: {', '.join(labels)}")
-        out[name] = label
-    return out
+    from tracker.commands.store_cmds import parse_where as parse
+
+    return parse(items, {a.name: a.labels for a in source.axes})
 
 
 def select(source: Source, where: Mapping[str, str]) -> list[Entry]:
