@@ -371,3 +371,14 @@ def test_hub_id_loads_from_the_hf_cache_offline_with_its_commit_as_revision(tmp_
                           cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"revision": commit, "same": True}
+
+
+def test_plain_pipeline_gives_the_engines_pixels(engine):
+    from tracker.engine import plain_pipeline
+
+    settings = replace(BASE, scheduler="default", steps=3)
+    pipe = plain_pipeline("tiny")
+    out = pipe(prompt=[PROMPT], num_inference_steps=3, guidance_scale=7.5, width=64, height=64,
+               generator=[torch.Generator("cpu").manual_seed(9)])
+    plain = np.asarray(out.images[0], dtype=np.int16)
+    assert np.array_equal(plain, one(engine, settings, seed=9))
