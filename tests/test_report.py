@@ -519,3 +519,29 @@ def test_efficiency_reads_the_tutorial_story(tmp_path):
     assert [g.combo for g in rep.grids] == [(("memory", "batch1"),), (("memory", "batch4"),), (("memory", "batch8-sliced"),)]
     html = index.read_text()
     assert html.count('class="bar bar-seconds"') == 5 and "out of memory (batch of 4)" in html
+
+
+def test_highlight_always_reassembles_the_prompt():
+    """Whatever the template and values, the spans put together are the prompt; given the template's
+    values, each marked span is exactly what its expression produced, even when values repeat the
+    template's own text or expressions touch."""
+    from hypothesis import given, settings, strategies as st
+
+    from tracker.report import highlight
+    from tracker.templating import render
+
+    text = st.text(alphabet=st.sampled_from(list("ab ,.<>&\"'-")), max_size=6)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(text, text), min_size=1, max_size=4), text, st.lists(text, max_size=3))
+    def check(parts, tail, others):
+        template = "".join(f"{lit}{{{{ v{i} }}}}" for i, (lit, _) in enumerate(parts)) + tail
+        values = {f"v{i}": val for i, (_, val) in enumerate(parts)}
+        prompt = render(template, values, None, "prompt", None)
+        for variables in (None, values.items()):
+            spans = highlight(prompt, template, others, variables)
+            assert "".join(s.text for s in spans) == prompt
+        assert [s.text for s in spans if s.marked] == [v for v in values.values() if v]
+        assert all(render(s.source, values, None, "prompt", None) == s.text for s in spans if s.marked)
+
+    check()

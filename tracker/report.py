@@ -81,6 +81,7 @@ class Entry:
     prompt_template: str | None
     record: "RunRecord | None"
     planned: "PlannedRun | None"
+    variables: tuple[tuple[str, Any], ...] | None = None  # the template's values, when the file is known
 
     def label(self, axis: str | None) -> str:
         return dict(self.labels).get(axis, "") if axis else ""
@@ -124,7 +125,7 @@ def load(ws: Workspace, experiment: str) -> Source:
                             f"`tracker run {info.get('source_path') or 'FILE'}` first")
     exp, notes = _parse_source(info)
     plan = _expand(exp, notes)
-    entries = _entries(plan, records, notes)
+    entries = _entries(plan, records, notes, exp)
     axes = _axes(exp, entries)
     return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes))
 
@@ -161,15 +162,33 @@ def _expand(exp: "Experiment | None", notes: list[str]) -> "tuple[PlannedRun, ..
         return None
 
 
-def _entries(plan, records: Sequence["RunRecord"], notes: list[str]) -> list[Entry]:
+def _entries(plan, records: Sequence["RunRecord"], notes: list[str], exp: "Experiment | None") -> list[Entry]:
     by_key = {r.key: r for r in records}
     if plan is not None and any(p.key in by_key for p in plan):
         stale = len(set(by_key) - {p.key for p in plan})
         if stale:
             notes.append(f"{stale} stored run{'s' if stale != 1 else ''} of an earlier version of the "
                          f"experiment file {'are' if stale != 1 else 'is'} not in the current plan and not shown")
-        return [Entry(p.key, p.axes, p.prompt, p.prompt_template, by_key.get(p.key), p) for p in plan]
-    return [Entry(r.key, _record_labels(r), r.prompt, r.prompt_template, r, None) for r in records]
+        return [Entry(p.key, p.axes, p.prompt, p.prompt_template, by_key.get(p.key), p, _variables(exp, p.axes))
+                for p in plan]
+    return [Entry(r.key, labels, r.prompt, r.prompt_template, r, None, _variables(exp, labels))
+            for r in records for labels in [_record_labels(r)]]
+
+
+def _variables(exp: "Experiment | None", labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, Any], ...] | None:
+    """The values the prompt template saw for these labels (as plan.expand passes them), if known."""
+    if exp is None:
+        return None
+    chosen = dict(labels)
+    out = []
+    for a in exp.axes:
+        if a.kind == "prompt":
+            continue
+        value = next((v for v in a.values if v.label == chosen.get(a.name)), None)
+        if value is None:
+            return None
+        out.append((a.name, value.value))
+    return tuple(out)
 
 
 def _record_labels(r: "RunRecord") -> tuple[tuple[str, str], ...]:
@@ -437,14 +456,22 @@ class Report:
 TEMPLATE_TAG = re.compile(r"({{.*?}}|{%.*?%}|{#.*?#})", re.S)
 
 
-def highlight(prompt: str, template: str | None, others: Sequence[str] = ()) -> tuple[Span, ...]:
-    """Split ``prompt`` into spans, marking what its template's expressions produced; when the template
-    cannot be lined up with the text (control blocks), mark what differs from the ``others`` prompts."""
-    spans = _template_spans(prompt, template) if template else None
+def highlight(prompt: str, template: str | None, others: Sequence[str] = (),
+              variables: Iterable[tuple[str, Any]] | None = None) -> tuple[Span, ...]:
+    """Split ``prompt`` into spans, marking what its template's expressions produced: exactly when the
+    template's ``variables`` are known, else by lining the template's text up with the prompt; when
+    neither works (control blocks), mark what differs from the ``others`` prompts."""
+    spans = None
+    if template and variables is not None:
+        spans = _rendered_spans(prompt, template, dict(variables))
+    if template and spans is None:
+        spans = _template_spans(prompt, template)
     return spans if spans is not None else _diff_spans(prompt, [o for o in others if o != prompt])
 
 
-def _template_spans(prompt: str, template: str) -> tuple[Span, ...] | None:
+def _template_parts(template: str) -> tuple[list[str], list[str]] | None:
+    """The template's literal texts and its ``{{ }}`` expressions, whitespace control applied; None
+    for templates with control blocks, whose literals cannot be lined up with the output."""
     parts = TEMPLATE_TAG.split(template)
     if any(p.startswith(("{%", "{#")) for p in parts[1::2]):
         return None
@@ -457,6 +484,35 @@ def _template_spans(prompt: str, template: str) -> tuple[Span, ...] | None:
             literals[i + 1] = literals[i + 1].lstrip()
     if literals[-1].endswith("\n"):
         literals[-1] = literals[-1][:-1]
+    return literals, exprs
+
+
+def _rendered_spans(prompt: str, template: str, variables: Mapping[str, Any]) -> tuple[Span, ...] | None:
+    from tracker.templating import render
+
+    split = _template_parts(template)
+    if split is None:
+        return None
+    literals, exprs = split
+    out: list[Span] = []
+    try:
+        for i, lit in enumerate(literals):
+            if lit:
+                out.append(Span(lit))
+            if i < len(exprs):
+                text = render(exprs[i], variables, None, "prompt", None)
+                if text:
+                    out.append(Span(text, True, exprs[i], _variables_of(exprs[i])))
+    except TrackerError:
+        return None
+    return tuple(out) if "".join(s.text for s in out) == prompt else None
+
+
+def _template_spans(prompt: str, template: str) -> tuple[Span, ...] | None:
+    split = _template_parts(template)
+    if split is None:
+        return None
+    literals, exprs = split
     pattern = "(.*?)".join(re.escape(lit) for lit in literals)
     m = re.fullmatch(pattern, prompt, re.S)
     if m is None:
@@ -466,12 +522,12 @@ def _template_spans(prompt: str, template: str) -> tuple[Span, ...] | None:
         if lit:
             out.append(Span(lit))
         if i < len(exprs) and m.group(i + 1):
-            out.append(Span(m.group(i + 1), True, exprs[i], _variables(exprs[i])))
+            out.append(Span(m.group(i + 1), True, exprs[i], _variables_of(exprs[i])))
     return tuple(out)
 
 
 @lru_cache(maxsize=1024)
-def _variables(expression: str) -> tuple[str, ...]:
+def _variables_of(expression: str) -> tuple[str, ...]:
     from jinja2 import Environment, TemplateSyntaxError, meta
 
     try:
@@ -664,7 +720,7 @@ def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[
         first = next(e for e in cells if e is not None)
         rows.append(Row(
             _header(rows_axis, rl),
-            highlight(first.prompt, first.prompt_template, prompts) if shared else (),
+            highlight(first.prompt, first.prompt_template, prompts, first.variables) if shared else (),
             tuple(_cell(e, images, () if shared else prompts) for e in cells)))
     return Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
                 tuple(_header(cols_axis, cl) for cl in sec.col_labels), tuple(rows))
@@ -677,7 +733,7 @@ def _header(axis: AxisInfo | None, label: str) -> Header:
 def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[str]) -> Cell:
     if e is None:
         return Cell(None, "absent", STATE_NOTES["absent"])
-    prompt = highlight(e.prompt, e.prompt_template, others) if others else ()
+    prompt = highlight(e.prompt, e.prompt_template, others, e.variables) if others else ()
     if e.state == "failed":
         return Cell(e.key, "failed", f"failed: {e.record.error or 'unknown error'}", prompt=prompt)
     if e.state != "done":
@@ -761,7 +817,7 @@ def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: st
     error = r.error if r is not None and r.status == "failed" else None
     return RunDetail(
         key=e.key, state=e.state, title=title,
-        prompt=highlight(e.prompt, e.prompt_template),
+        prompt=highlight(e.prompt, e.prompt_template, (), e.variables),
         image=asset.image if isinstance(asset, Asset) else None,
         thumb=asset.thumb if isinstance(asset, Asset) else None,
         recipe=recipe(r if r is not None else e.planned),
