@@ -16,6 +16,7 @@ resident set size of the whole process during the batch, sampled every few milli
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -573,31 +574,36 @@ class Engine:
         return cached[1]
 
     def environment(self) -> dict:
-        """Versions and hardware that produced the images."""
+        """Versions and hardware that produced the images (of the device of the current settings)."""
         if self._settings is not None:
             device = self.device_for(self._settings)
         else:
             device = self._resolve_device((self.device_override or "auto").lower(), "device")
-        if device.startswith("cuda"):
-            name = torch.cuda.get_device_name(torch.device(device))
-        elif device == "mps":
-            name = "Apple MPS"
-        else:
-            name = _cpu_name()
-        import accelerate
+        return {**_environment(device), "torch_threads": torch.get_num_threads()}
 
-        return {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__,
-            "device": device,
-            "device_name": name,
-            "cuda": torch.version.cuda,
-            "torch_threads": torch.get_num_threads(),
-        }
+
+@functools.lru_cache(maxsize=None)
+def _environment(device: str) -> dict:
+    """Static per process and device, so the runner may ask for it once per image."""
+    import accelerate
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    elif device == "mps":
+        name = "Apple MPS"
+    else:
+        name = _cpu_name()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "device": device,
+        "device_name": name,
+        "cuda": torch.version.cuda,
+    }
 
 
 def plain_pipeline(model: str = models.DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
