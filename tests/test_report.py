@@ -105,10 +105,11 @@ def probe(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright  # a test dependency: missing is a failure, not a skip
+
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"Chromium is required at {CHROMIUM} for the report tests")
-    with sync_api.sync_playwright() as p:
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
