@@ -479,6 +479,27 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
     assert {"report/index.html", "report/thumbs", "report/grids"} <= attached
     assert len(client.list_artifacts(parent, "report/grids")) == 2
     assert len([a for a in client.list_artifacts(parent, "report/thumbs") if a.path.endswith(".png")]) == 16
+    # --no-mlflow: no links to MLflow in the page
+    res = cli("report", "e2e", "--no-mlflow", "-o", tmp_path / "offline")
+    assert res.code == 0, res.err
+    assert run_data(tmp_path / "offline" / "index.html")[runs_key(home)]["mlflow_url"] is None
+    assert run_data(index)[runs_key(home)]["mlflow_url"].startswith("http://127.0.0.1:")
+
+
+def run_data(index: Path) -> dict:
+    """The run details the page embeds (its JSON block)."""
+    import json
+    import re
+
+    html = index.read_text()
+    return json.loads(re.search(r'<script type="application/json" id="run-data">(.*?)</script>', html, re.S).group(1))
+
+
+def runs_key(home: Path) -> str:
+    from tracker.store import Store
+
+    with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
+        return store.runs("e2e")[0].key
 
 
 def test_efficiency_reads_the_tutorial_story(tmp_path):

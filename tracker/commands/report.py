@@ -29,6 +29,12 @@ def _pixels(value: str) -> int:
     return n
 
 
+def _without_mlflow(ws):
+    from dataclasses import replace
+
+    return replace(ws, mlflow_enabled=False)
+
+
 @click.command()
 @click.argument("experiment")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
@@ -38,8 +44,10 @@ def _pixels(value: str) -> int:
 @click.option("--max-pixels", default=str(REPORT_MAX_PIXELS), show_default=True, metavar="N",
               help="Pixel budget of each grid PNG the report links; larger grids get smaller tiles "
                    "(tracker grid makes full-size ones).")
+@click.option("--no-mlflow", is_flag=True, help="Do not attach the report to the sweep's MLflow run (nor link runs).")
 @pass_workspace
-def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str) -> None:
+def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str,
+           no_mlflow: bool) -> None:
     """Write an HTML report of EXPERIMENT: one seed-fixed grid per combination of the other axes,
     run details, and an efficiency view. The folder opens from disk, without a server or network.
 
@@ -47,6 +55,7 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
     """
     from tracker import report as rep
 
+    ws = _without_mlflow(ws) if no_mlflow else ws
     index, data = rep.build(ws, experiment, rows=rows, cols=cols, out=out, max_pixels=_pixels(max_pixels))
     cells = sum(len(r.cells) for g in data.grids for r in g.rows)
     click.echo(f"report: {len(data.grids)} grid{'s' if len(data.grids) != 1 else ''}, {cells} cells "
@@ -67,9 +76,10 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
               help="PNG to write [default: EXPERIMENT-grid.png].")
 @click.option("--max-pixels", default=str(DEFAULT_MAX_PIXELS), show_default=True, metavar="N",
               help="Pixel budget (64000000 or 64M); past it tiles are scaled down, never refused.")
+@click.option("--no-mlflow", is_flag=True, help="Do not attach the PNGs to the sweep's MLflow run.")
 @pass_workspace
 def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[str, ...], out: Path | None,
-         max_pixels: str) -> None:
+         max_pixels: str, no_mlflow: bool) -> None:
     """Write a labelled PNG grid of EXPERIMENT's images, AXIS labels drawn beside the rows and columns.
 
     When axes other than --rows and --cols still have several labels (and --where does not pin them),
@@ -78,6 +88,7 @@ def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[s
     """
     from tracker import report as rep
 
+    ws = _without_mlflow(ws) if no_mlflow else ws
     budget = _pixels(max_pixels)
     out = out or Path(f"{experiment}-grid.png")
     written = rep.write_grids(ws, experiment, rows, cols, where, out, budget)
