@@ -34,12 +34,9 @@ HEAD = "0003_reproducibility"
 
 def migrations_dir() -> Path:
     """The Alembic script folder: ``migrations/`` in a checkout, ``tracker/_migrations`` in a wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "migrations", here / "_migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise StoreError(f"the database migrations are missing (looked in {here.parent / 'migrations'} "
-                     f"and {here / '_migrations'}); reinstall prompt-tracker")
+    from tracker.resources import data_dir
+
+    return data_dir("migrations", "env.py", StoreError)
 
 
 def sqlite_path(url: str) -> Path | None:

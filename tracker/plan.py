@@ -12,10 +12,10 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from tracker import schedulers, templating
-from tracker.errors import SpecError, TrackerError
+from tracker.errors import SpecError, TrackerError, UsageError
 from tracker.spec import PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, setting_fields, setting_label
 
 DEFAULT_MAX_RUNS = 10_000
@@ -195,3 +195,24 @@ def filter_runs(runs: tuple[PlannedRun, ...] | list[PlannedRun], where: dict[str
 def replace_seed(exp: Experiment, seed: int) -> Experiment:
     axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
     return replace(exp, axes=axes)
+
+
+def parse_where(items: Iterable[str], known: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """``--where axis=label`` options -> {axis: label}. ``known``: axis -> its labels.
+
+    A malformed item, an unknown axis or an unknown label is a UsageError that lists what exists.
+    """
+    out: dict[str, str] = {}
+    axes = ", ".join(known) or "(none)"
+    for item in items:
+        name, sep, label = item.partition("=")
+        name, label = name.strip(), label.strip()
+        if not sep or not name or not label:
+            raise UsageError(f"--where {item!r}: expected AXIS=LABEL (e.g. seed=1); known axes: {axes}")
+        if name not in known:
+            raise UsageError(f"--where {item!r}: unknown axis {name!r}; known axes: {axes}")
+        labels = [str(x) for x in known[name]]
+        if label not in labels:
+            raise UsageError(f"--where {item!r}: axis {name!r} has no label {label!r}; its labels: {', '.join(labels)}")
+        out[name] = label
+    return out

@@ -302,7 +302,7 @@ def _default_cols(axes: Sequence[AxisInfo], exclude: set) -> str | None:
 
 def parse_where(source: Source, items: Iterable[str]) -> dict[str, str]:
     """``axis=label`` pairs; an unknown axis or label is a UsageError naming the known ones."""
-    from tracker.commands.store_cmds import parse_where as parse
+    from tracker.plan import parse_where as parse
 
     return parse(items, {a.name: a.labels for a in source.axes})
 
@@ -972,12 +972,9 @@ def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence
 
 def templates_dir() -> Path:
     """The Jinja2 templates: ``templates/`` in a checkout, ``tracker/_templates`` in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "templates", here / "_templates"):
-        if (candidate / "report.html.j2").is_file():
-            return candidate
-    raise TrackerError(f"the report templates are missing (looked in {here.parent / 'templates'} and "
-                       f"{here / '_templates'}); reinstall prompt-tracker")
+    from tracker.resources import data_dir
+
+    return data_dir("templates", "report.html.j2")
 
 
 @lru_cache(maxsize=1)

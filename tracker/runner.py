@@ -20,6 +20,7 @@ from tracker.plan import PlannedRun
 from tracker.workspace import Workspace
 
 AUTO_BATCH_MAX = 8  # batch_size: auto starts here (or at the group size) and halves on out-of-memory
+VERSION_KEYS = ("python", "torch", "diffusers", "transformers", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
 
         # 3. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or a
         #    bad option fails here, before the store records anything.
-        engine = _engine(options)
+        engine = _engine(options, Path(path).resolve().parent)
         for group in _ordered_groups(todo):
             engine.prepare(group[0].settings)
 
@@ -100,7 +101,7 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
         environment = engine.environment()
         sweep_id = store.start_sweep(exp.name, {
             "command": " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
-            "versions": {"prompt-tracker": __version__, **{k: v for k, v in environment.items() if k.endswith("version")}},
+            "versions": {"prompt-tracker": __version__, **{k: environment.get(k) for k in VERSION_KEYS}},
             "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
         })
         summary.sweep_id = sweep_id
@@ -132,10 +133,11 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
     return summary
 
 
-def _engine(options: RunOptions):
+def _engine(options: RunOptions, base_dir: Path):
+    """Relative model and VAE folders in the file resolve against the file's folder, as in spec."""
     from tracker.engine import Engine
 
-    return Engine(device=options.device)
+    return Engine(device=options.device, base_dir=base_dir)
 
 
 def _mlflow_sink(ws: Workspace, exp: spec.Experiment, sweep_id: int, path: str, environment: dict, echo):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import click
 
+from tracker import plan
 from tracker.cli import pass_workspace
 from tracker.commands.expand import _short
 from tracker.errors import NotFoundError, UsageError
@@ -20,27 +21,6 @@ if TYPE_CHECKING:
     from tracker.store import RunRecord
 
 STATUSES = ("pending", "running", "done", "failed")  # tracker.store.STATUSES, without importing SQLAlchemy
-
-
-def parse_where(items: Iterable[str], known: Mapping[str, Iterable[str]]) -> dict[str, str]:
-    """``--where axis=label`` options -> {axis: label}. ``known``: axis -> its labels.
-
-    A malformed item, an unknown axis or an unknown label is a UsageError that lists what exists.
-    """
-    out: dict[str, str] = {}
-    axes = ", ".join(known) or "(none)"
-    for item in items:
-        name, sep, label = item.partition("=")
-        name, label = name.strip(), label.strip()
-        if not sep or not name or not label:
-            raise UsageError(f"--where {item!r}: expected AXIS=LABEL (e.g. seed=1); known axes: {axes}")
-        if name not in known:
-            raise UsageError(f"--where {item!r}: unknown axis {name!r}; known axes: {axes}")
-        labels = [str(x) for x in known[name]]
-        if label not in labels:
-            raise UsageError(f"--where {item!r}: axis {name!r} has no label {label!r}; its labels: {', '.join(labels)}")
-        out[name] = label
-    return out
 
 
 def _open(ws: Workspace):
@@ -93,7 +73,7 @@ def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where
             names = [e["name"] for e in store.experiments()]
             raise NotFoundError(f"no experiment {experiment!r} in the run store; "
                                 + (f"known: {', '.join(names)}" if names else "it is empty (tracker run FILE first)"))
-        filters = parse_where(where, _known_axes(store, experiment)) if where else None
+        filters = plan.parse_where(where, _known_axes(store, experiment)) if where else None
         records = store.runs(experiment, status=statuses or None, where=filters)
     if as_json:
         _dump([r.to_json() for r in records])
