@@ -1,0 +1,1 @@
+"""Demo helpers: the procedural ``shapes`` dataset and its analyzer."""
