@@ -79,7 +79,21 @@ def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
 pass_workspace = click.make_pass_decorator(Workspace)
 
 
+def _setup_logging() -> None:
+    """Domain code logs warnings on the "tracker" logger; the CLI prints them as one ``warning:`` line each."""
+    import logging
+
+    logger = logging.getLogger("tracker")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s".replace("%(levelname)s", "warning")))
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
+    _setup_logging()
     try:
         rv = cli.main(args=argv, prog_name="tracker", standalone_mode=False)
     except TrackerError as e:

@@ -43,6 +43,8 @@ from tracker.errors import ModelError
 from tracker.plan import PlannedRun
 from tracker.spec import Settings
 
+log = logging.getLogger("tracker")
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NAN_ERROR = "NaN in output"
 RSS_SAMPLE_SECONDS = 0.005
@@ -53,6 +55,16 @@ class _DropTorchvisionNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "requires torchvision (not installed)" not in record.getMessage()
+
+
+class _DropTruncationNoise(logging.Filter):
+    """CLIP reads 77 tokens: transformers and diffusers then log the dropped tokens for every image of every
+    batch. The engine says it once per prompt instead (``_warn_truncated``)."""
+
+    NOISE = ("The following part of your input was truncated", "Token indices sequence length is longer")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOISE)
 
 
 class _DropLoadNoise(logging.Filter):
@@ -87,6 +99,8 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionNotice())
+    for handler in (*logging.getLogger("diffusers").handlers, *logging.getLogger("transformers").handlers):
+        handler.addFilter(_DropTruncationNoise())
 
 
 _quiet_libraries()
@@ -285,6 +299,7 @@ class Engine:
         self._hashes: dict[str, tuple[tuple, str]] = {}
         self._active: _Loaded | None = None
         self._settings: Settings | None = None
+        self._truncated: set[str] = set()
 
     # -- devices -----------------------------------------------------------------------------------
 
@@ -492,6 +507,7 @@ class Engine:
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
+        self._warn_truncated(pipe, runs)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
         marks: list[float] = []
 
@@ -545,6 +561,20 @@ class Engine:
         return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps)
 
     # -- facts for the record ----------------------------------------------------------------------
+
+    def _warn_truncated(self, pipe: Any, runs: Sequence[PlannedRun]) -> None:
+        """Say once per prompt when the text encoder will not read all of it."""
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is None:
+            return
+        limit = tokenizer.model_max_length
+        for text in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt)):
+            if text in self._truncated:
+                continue
+            self._truncated.add(text)
+            n = len(tokenizer(text, truncation=False).input_ids)
+            if n > limit:
+                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...", n, limit, text)
 
     def scheduler_config(self) -> dict:
         """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""

@@ -6,6 +6,7 @@ imported only once there is work to do.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -258,21 +259,22 @@ class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        return False
-
-
+@contextlib.contextmanager
 def _progress(total: int, name: str, enabled: bool):
-    """A bar with runs done/total, images/s and ETA (tqdm's rate and remaining time)."""
+    """A bar with runs done/total, images/s and ETA (tqdm's rate and remaining time); warnings print above it."""
     if not enabled or total == 0:
-        return _NoBar()
-    from tqdm import tqdm
+        yield _NoBar()
+        return
+    import logging
 
-    return tqdm(total=total, desc=name, unit="img", dynamic_ncols=True, file=sys.stderr,
-                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {rate_fmt} ETA {remaining} ({elapsed})")
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger("tracker")]), \
+            tqdm(total=total, desc=name, unit="img", dynamic_ncols=True, file=sys.stderr,
+                 bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {rate_fmt} ETA {remaining} ({elapsed})") as bar:
+        yield bar
 
 
 def format_summary(s: SweepSummary) -> str:
