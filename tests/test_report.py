@@ -306,6 +306,83 @@ def test_copy_without_full_images_still_shows_every_run(browser, probe, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
+# the reproducibility check (``tracker verify``'s stored result)
+
+
+def test_never_verified_shows_the_hint(page, probe):
+    section = page.page.locator("#verify")
+    assert section.locator("h2").inner_text() == "Reproducibility check"
+    assert section.locator("table").count() == 0
+    assert section.locator(".verify-hint code").inner_text() == f"tracker --home {probe[0].home} verify probe"
+
+
+def store_verification(ws, experiment: str, rows, *, done: int, device: str = "cpu", warnings=()) -> None:
+    """Store a verify result on the experiment's latest sweep exactly as ``tracker verify`` writes it
+    (reproduce.Verification.to_json), without generating images."""
+    from tracker.reproduce import Verification, VerifyRow
+    from tracker.store import Store
+
+    with Store.open(ws.db_url) as store:
+        sweep = store.sweeps(experiment)[-1]["id"]
+        result = Verification(experiment, sweep, done, tuple(VerifyRow(k, labels, d) for k, labels, d in rows),
+                              tuple(warnings), device)
+        store.update_sweep(sweep, verify=result.to_json())
+
+
+def test_verified_experiment_shows_each_sampled_run(browser, tmp_path):
+    """The latest sweep that has a verify result is shown: counts, device, warnings, one row per
+    sampled run with the drifted ones marked; labels (user text) stay text; a key opens the run."""
+    from tracker.report import build
+    from tracker.reproduce import Drift
+    from tracker.store import Store
+
+    ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "verified"})
+    labels = lambda run: dict(run.axes)  # noqa: E731
+    store_verification(ws, "verified", [(runs[0].key, labels(runs[0]), Drift(False, 9, 1.0, 10, 10))], done=16)
+    with Store.open(ws.db_url) as store:  # a later sweep, verified again
+        store.start_sweep("verified", {"command": "test"})
+    xss_run = next(r for r in runs if dict(r.axes)["age"] == XSS_IMG)
+    store_verification(ws, "verified", [
+        (runs[1].key, labels(runs[1]), Drift(True, 0, 0.0, 0, 4096, None)),
+        (xss_run.key, labels(xss_run), Drift(False, 3, 0.0123, 40, 4096, None)),
+        (runs[2].key, labels(runs[2]), Drift.failed("no image was generated: " + XSS_SCRIPT)),
+    ], done=16, device="cuda", warnings=["torch differs: 2.12 when the image was made, 2.13 now"])
+    with Store.open(ws.db_url) as store:  # and a newer sweep never verified: the result above still shows
+        store.start_sweep("verified", {"command": "test"})
+
+    index, rep = build(ws, "verified", out=tmp_path / "report")
+    assert rep.verify is not None and (rep.verify.sample, rep.verify.identical, rep.verify.drifted) == (3, 1, 2)
+    page = Page(browser, index)
+    try:
+        section = page.page.locator("#verify")
+        summary = section.locator(".verify-summary").inner_text()
+        assert summary.startswith("1 of 3 sampled runs identical")
+        assert "16 done" in summary and " on cuda " in summary
+        assert "largest pixel difference 3" in summary and f"sweep {rep.verify.sweep_id}" in summary  # not the older one
+        assert section.locator(".verify-warning").all_inner_texts() == [
+            "warning: torch differs: 2.12 when the image was made, 2.13 now"]
+        rows = section.locator("tbody tr")
+        assert rows.count() == 3
+        cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(3)]
+        assert [c[0] for c in cells] == [runs[1].key, xss_run.key, runs[2].key]
+        assert [c[2] for c in cells] == ["yes", "no", "no"]
+        assert cells[1][3:6] == ["3", "0.0123", "40 of 4096"]
+        assert cells[2][6] == "no image was generated: " + XSS_SCRIPT
+        assert [rows.nth(i).get_attribute("class") for i in range(3)] == ["identical", "drifted", "drifted"]
+        # the label with markup in it is a chip of text, in the table as everywhere else
+        assert f"age: {XSS_IMG}" in rows.nth(1).locator(".chip").all_inner_texts()
+        # a sampled run's key opens its details
+        rows.nth(1).locator("button.key").click()
+        assert page.page.locator("#details-key").inner_text() == xss_run.key
+        page.page.keyboard.press("Escape")
+        assert page.page.evaluate("typeof window.__xss") == "undefined"
+        assert page.dialogs == [] and page.page.locator("img[src=x]").count() == 0
+        assert page.errors == []
+    finally:
+        page.page.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # building: layout, caching
 
 
@@ -441,6 +518,9 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
 
     res = cli("run", write_yaml(E2E), "-q")
     assert res.code == 0, res.err
+    res = cli("verify", "e2e", "--sample", "2")  # the real pipeline again: same pixels on the same machine
+    assert res.code == 0 and "2 of 2 sampled runs identical" in res.out, res.out + res.err
+    sampled = [line.split()[0] for line in res.out.strip().splitlines()[2:-1]]
     res = cli("report", "e2e")
     assert res.code == 0, res.err
     index = Path(unquote(urlparse(res.out.strip()).path))
@@ -463,6 +543,10 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
         link = pg.locator("#details-mlflow-link")
         assert link.is_visible() and "#/runs/" in link.get_attribute("href")
         pg.keyboard.press("Escape")
+        verify = pg.locator("#verify")
+        assert verify.locator(".verify-summary").inner_text().startswith("2 of 2 sampled runs identical")
+        assert verify.locator("tbody td:first-child").all_inner_texts() == sampled
+        assert verify.locator("tbody td.verdict").all_inner_texts() == ["yes", "yes"]
         assert page.errors == [] and page.dialogs == []
     finally:
         pg.close()

@@ -1,7 +1,8 @@
 """The HTML report: seed-fixed comparison grids, run details and an efficiency view, as a static folder.
 
 Two steps, as in coverage.py's html.py: first the report is built as plain frozen dataclasses
-(``Report`` -> ``Grid`` -> ``Row`` -> ``Cell``, ``RunDetail``, ``EfficiencyRow``) from the run store,
+(``Report`` -> ``Grid`` -> ``Row`` -> ``Cell``, ``RunDetail``, ``EfficiencyRow``, ``VerifyView``) from the run
+store,
 then Jinja2 renders them with autoescaping on, so no user text (prompts, labels, names, errors) is
 ever inserted as HTML. The run details travel to the page as JSON inside
 ``<script type="application/json">`` and the page's script only ever sets ``textContent``.
@@ -99,6 +100,7 @@ class Source:
     axes: tuple[AxisInfo, ...]
     entries: tuple[Entry, ...]
     notes: tuple[str, ...] = ()
+    verify: "VerifyView | None" = None  # the latest ``tracker verify`` result stored with a sweep
 
     def axis(self, name: str) -> AxisInfo:
         return next(a for a in self.axes if a.name == name)
@@ -116,6 +118,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     with Store.open(ws.db_url) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
+        verified = verify_view(store.sweeps(experiment))
         known = [e["name"] for e in store.experiments()] if info is None else []
     if info is None:
         listing = f"; known experiments: {', '.join(known)}" if known else "; the store holds no experiments yet"
@@ -127,7 +130,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     plan = _expand(exp, notes)
     entries = _entries(plan, records, notes, exp)
     axes = _axes(exp, entries)
-    return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes))
+    return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes), verified)
 
 
 def _require_store(url: str) -> None:
@@ -431,6 +434,63 @@ class EfficiencyRow:
 
 
 @dataclass(frozen=True)
+class VerifiedRun:
+    """One run ``tracker verify`` generated again, and how far its pixels moved."""
+
+    key: str
+    labels: tuple[tuple[str, str], ...]
+    identical: bool
+    max_abs: int
+    mean_abs: float
+    differing: int
+    pixels: int
+    reason: str | None
+    shown: bool = False  # the run is in the report, so its details can open
+
+
+@dataclass(frozen=True)
+class VerifyView:
+    """The latest stored ``tracker verify`` result (``reproduce.Verification.to_json``), as shown."""
+
+    sweep_id: int
+    at: str
+    device: str
+    sample: int
+    identical: int
+    drifted: int
+    done: int
+    max_abs: int
+    warnings: tuple[str, ...]
+    runs: tuple[VerifiedRun, ...]
+
+
+def verify_view(sweeps: Sequence[Mapping[str, Any]]) -> VerifyView | None:
+    """The latest sweep's verify result that exists (a later ``tracker run`` starts a new sweep with
+    none); None when the experiment was never verified."""
+    sweep = next((s for s in reversed(sweeps) if s.get("verify")), None)
+    if sweep is None:
+        return None
+    v = sweep["verify"]
+    runs = tuple(VerifiedRun(str(r.get("key", "")), tuple((str(k), str(x)) for k, x in (r.get("labels") or {}).items()),
+                             bool(r.get("identical")), int(r.get("max_abs") or 0), float(r.get("mean_abs") or 0.0),
+                             int(r.get("differing") or 0), int(r.get("pixels") or 0), r.get("reason"))
+                 for r in v.get("runs") or ())
+    identical = sum(r.identical for r in runs)
+    return VerifyView(sweep["id"], _when(v.get("at")), v.get("device") or "unknown device",
+                      int(v.get("sample", len(runs))), int(v.get("identical", identical)),
+                      int(v.get("drifted", len(runs) - identical)), int(v.get("done") or 0),
+                      int(v.get("max_abs") or 0), tuple(map(str, v.get("warnings") or ())), runs)
+
+
+def _when(iso: str | None) -> str:
+    """An ISO 8601 time as the report writes times (UTC, to the minute); unparsable text as it is."""
+    try:
+        return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return str(iso or "unknown time")
+
+
+@dataclass(frozen=True)
 class Report:
     experiment: str
     description: str
@@ -443,6 +503,8 @@ class Report:
     details: tuple[RunDetail, ...]
     efficiency: tuple[EfficiencyRow, ...]
     notes: tuple[str, ...] = ()
+    verify: VerifyView | None = None  # None: never verified
+    verify_command: str = ""  # the command that verifies this experiment, shown when it never was
 
     def details_json(self) -> dict[str, Any]:
         """key -> the run's details as plain JSON values (the page script reads these)."""
@@ -700,12 +762,20 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
         constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
         grids=grids, details=tuple(_detail(ws, e, images, home) for e in source.entries),
         efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
-        notes=source.notes,
+        notes=source.notes, verify=_mark_shown(source.verify, {e.key for e in source.entries}),
+        verify_command=f"tracker {home}verify {shlex.quote(source.name)}",
     )
     index = out / "index.html"
     _write_text(index, render(report))
     assets.prune()
     return index, report
+
+
+def _mark_shown(view: VerifyView | None, keys: set[str]) -> VerifyView | None:
+    """Mark the verified runs the report has details for (the others left the plan since)."""
+    if view is None:
+        return None
+    return replace(view, runs=tuple(replace(r, shown=r.key in keys) for r in view.runs))
 
 
 def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str]) -> Grid:
