@@ -223,7 +223,7 @@ def test_a_full_queue_never_blocks_and_leaves_runs_for_sync(ws):
     sweep, path, records = make_sweep(ws)
     sink = MlflowSink(ws.mlflow_tracking_uri, "chief", ws.db_url, ws.mlflow_artifacts_dir, queue_size=1)
     sink.start_sweep(sweep, str(path), {})
-    for rec in records:  # the worker is still importing mlflow: one fits, the others wait for sync
+    for rec in records:  # the child is still importing mlflow: one run in flight, the others wait for sync
         sink.submit(rec)
     result = sink.close()
     assert result.logged + result.waiting == 4 and result.waiting >= 2

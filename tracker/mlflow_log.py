@@ -8,9 +8,11 @@ Mapping (one MLflow experiment per tracker experiment, same name):
   the run key, prompts and full scheduler class as tags; timings as metrics; the PNG and the full
   recipe (``recipe.json``) as artifacts.
 
-Why a background thread: logging a run costs ~50 ms on local SQLite and ~0.4 s over HTTP, so the
-runner hands records to ``MlflowSink`` and never waits. A full queue or an outage leaves runs marked
-unsynced in the run store, and ``sync`` (``tracker sync``) logs them later. Idempotent: a child run is
+Off the critical path: logging a run costs ~50 ms on local SQLite and ~0.4 s over HTTP (and importing
+mlflow ~1.7 s), so the runner hands run keys to ``MlflowSink``, which logs them from a child process
+(a thread would hold the GIL the generating thread needs; see the sink's notes) and never waits.
+Too many runs in flight or an outage leave runs marked unsynced in the run store, and ``sync``
+(``tracker sync``) logs them later. Idempotent: a child run is
 looked up by its ``tracker.key`` tag before one is created, so no run key ever gets two MLflow runs.
 
 ``mlflow`` is imported only inside functions (it costs ~1.7 s); this module is cheap to import.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sys
 import tempfile
 import threading
@@ -355,138 +356,222 @@ def _open_store(db_url: str) -> Iterator["Store"]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The sink: the runner's non-blocking handle on a background logging thread
+# The sink: the runner's non-blocking handle on a background logging process
+#
+# Why a process and not a thread: the MLflow client is pure Python (SQLAlchemy ORM, JSON, HTTP), and a
+# thread running it holds the GIL that the generating thread needs between its torch calls. Measured
+# on a 2-core CPU (torch 1 thread, 12 images of ~0.35 s): a logging thread (mlflow import + 12 runs)
+# made generation 2.2-2.5 s slower, almost all of its own CPU time; the same work in a child process
+# cost nothing measurable. The child gets one JSON line per item on stdin and answers one line per
+# run on its own pipe; the parent only writes ~60 bytes per run.
 
 
 class MlflowSink:
-    """Logs one sweep to MLflow from a background thread; the runner never waits for MLflow.
+    """Logs one sweep to MLflow from a child process; the runner never waits for MLflow.
 
-    ``submit`` drops a record (it stays unsynced, counted as waiting) when the queue is full; after
-    the first outage the sink stops trying for the rest of the sweep. ``close`` drains the queue.
-    The thread opens its own ``Store`` on ``db_url`` (SQLite connections must not cross threads).
+    At most ``queue_size`` runs are in flight; more (or any after MLflow failed) are left unsynced
+    and counted as waiting for ``tracker sync``. After the first outage the child stops trying for
+    the rest of the sweep. ``close`` drains. The child opens its own ``Store`` on ``db_url`` and
+    reads each run from it by key, so records never cross the process boundary.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, db_url: str, artifacts_dir: Path | None,
                  queue_size: int = 256):
         self.uri, self.experiment, self.db_url, self.artifacts_dir = tracking_uri, experiment, db_url, artifacts_dir
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
         self._lock = threading.Lock()
-        self._logged = self._waiting = self._handled = 0
+        self._logged = self._waiting = self._in_flight = 0
         self._error: str | None = None
         self._down = threading.Event()
-        self._sweep_id: int | None = None
         self._summary: dict | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="tracker-mlflow", daemon=True)
-        self._thread.start()
+        self._proc = self._reader = None
+        try:
+            self._proc = _start_worker({"uri": tracking_uri, "experiment": experiment, "db_url": db_url,
+                                        "artifacts_dir": str(artifacts_dir) if artifacts_dir is not None else None})
+        except OSError as e:
+            self._fail(f"cannot start the MLflow worker: {e}")
+            return
+        self._reader = threading.Thread(target=self._read, name="tracker-mlflow-replies", daemon=True)
+        self._reader.start()
 
-    # -- the runner's side (never blocks on MLflow) -------------------------------------------
+    # -- the runner's side (never waits for MLflow) --------------------------------------------
 
     def start_sweep(self, sweep_id: int, spec_path: str | None, tags: dict[str, str]) -> None:
-        """Queue the sweep's parent run. Called first, on an empty queue, so the put does not wait."""
-        self._sweep_id = sweep_id
-        self._queue.put(("sweep", sweep_id, spec_path, dict(tags)))
+        """Create the sweep's parent run (with the experiment file and ``tags``) in the background."""
+        self._send({"op": "sweep", "sweep_id": sweep_id, "spec_path": spec_path, "tags": dict(tags)})
 
     def submit(self, record: "RunRecord") -> None:
-        """Queue one finished run; when MLflow is down or the queue is full it waits for ``tracker sync``."""
-        if self._down.is_set():
-            self._count(waiting=1)
-            return
-        try:
-            self._queue.put_nowait(("run", record))
-        except queue.Full:
-            self._count(waiting=1)
+        """Log one finished run in the background; when MLflow is down or too far behind it waits for sync."""
+        with self._lock:
+            full = self._in_flight >= self.queue_size
+            if self._down.is_set() or full or self._proc is None:
+                self._waiting += 1
+                return
+            self._in_flight += 1
+        if not self._send({"op": "run", "experiment": record.experiment, "key": record.key}):
+            with self._lock:
+                self._in_flight -= 1
+                self._waiting += 1
 
     def finish_sweep(self, summary: dict) -> None:
         """Remember the sweep's summary (images, images_per_second, failed, seconds); logged at close."""
         self._summary = dict(summary)
 
     def close(self) -> SyncSummary:
-        """Drain the queue (a "syncing to MLflow" bar when that takes a while) and say what reached MLflow."""
-        if not self._closed:
-            self._closed = True
+        """Drain (a "syncing to MLflow" bar when that takes a while) and say what reached MLflow."""
+        if not self._closed and self._proc is not None:
             if self._summary is not None:
-                self._queue.put(("finish", self._summary))
-            self._queue.put(_STOP)
+                self._send({"op": "finish", "summary": self._summary})
+            self._closed = True
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
             self._drain()
+            rc = self._proc.wait()
+            with self._lock:
+                if self._in_flight:  # the child died without answering for these runs
+                    self._waiting += self._in_flight
+                    self._in_flight = 0
+                    self._error = self._error or f"the MLflow worker exited with status {rc}"
+        self._closed = True
         with self._lock:
-            result = SyncSummary(self._logged, self._waiting, self._error, self.uri)
-        return result
+            return SyncSummary(self._logged, self._waiting, self._error, self.uri)
+
+    def _send(self, message: dict) -> bool:
+        if self._proc is None or self._closed:
+            return False
+        try:
+            self._proc.stdin.write(json.dumps(message) + "\n")
+            self._proc.stdin.flush()
+            return True
+        except (OSError, ValueError) as e:  # the child is gone
+            self._fail(f"the MLflow worker stopped: {e}")
+            return False
 
     def _drain(self) -> None:
-        started, bar, base = time.monotonic(), None, 0
+        started, bar = time.monotonic(), None
         try:
-            while self._thread.is_alive():
-                self._thread.join(0.2)
-                if bar is None and self._thread.is_alive() and time.monotonic() - started > DRAIN_BAR_AFTER_S:
-                    from tqdm import tqdm
-
-                    base = self._handled
-                    bar = tqdm(total=self._queue.qsize() + 1, desc="syncing to MLflow", unit="run", file=sys.stderr,
-                               leave=False)
+            while self._reader.is_alive():
+                self._reader.join(0.2)
+                if bar is None and self._reader.is_alive() and time.monotonic() - started > DRAIN_BAR_AFTER_S:
+                    bar = _bar(self._in_flight, True)
+                    base = self._in_flight
                 if bar is not None:
-                    bar.n = min(self._handled - base, bar.total)
+                    bar.n = max(0, base - self._in_flight)
                     bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
 
-    def _count(self, logged: int = 0, waiting: int = 0) -> None:
+    # -- replies from the child ------------------------------------------------------------------
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                if "logged" in msg:
+                    self._logged += 1
+                    self._in_flight -= 1
+                elif "waiting" in msg:
+                    self._waiting += 1
+                    self._in_flight -= 1
+            if msg.get("error"):
+                self._fail(msg["error"], down=msg.get("down", True))
+
+    def _fail(self, error: str, down: bool = True) -> None:
         with self._lock:
-            self._logged += logged
-            self._waiting += waiting
-
-    # -- the thread's side ---------------------------------------------------------------------
-
-    def _work(self) -> None:
-        store: "Store | None" = None
-        logger: _Logger | None = None
-        try:
-            for item in iter(self._queue.get, _STOP):
-                try:
-                    if self._down.is_set():
-                        raise _Skipped()
-                    if logger is None:
-                        from tracker.store import Store
-
-                        store = Store.open(self.db_url)
-                        logger = _Logger(self.uri, self.experiment, store, self.artifacts_dir)
-                    self._handle(logger, item)
-                except _Skipped:
-                    self._count(waiting=item[0] == "run")
-                except Exception as e:  # noqa: BLE001 -- any MLflow failure leaves the run for `tracker sync`
-                    self._failed(item, e)
-                finally:
-                    self._handled += item[0] == "run"
-        finally:
-            if store is not None:
-                store.close()
-
-    def _handle(self, logger: _Logger, item: tuple) -> None:
-        kind = item[0]
-        if kind == "sweep":
-            logger.open_sweep(item[1], item[2], item[3])
-        elif kind == "run":
-            logger.log_run(item[1])
-            self._count(logged=1)
-        elif kind == "finish":
-            logger.close_created_parents()
-            logger.close_sweep(self._sweep_id, item[1], "KILLED" if item[1].get("status") == "interrupted" else "FINISHED")
-
-    def _failed(self, item: tuple, e: Exception) -> None:
-        with self._lock:
-            if self._error is None:
-                self._error = _short_error(e)
-        if item[0] == "run":
-            self._count(waiting=1)
-        if _is_outage(e) and not self._down.is_set():
+            self._error = self._error or error
+        if down and not self._down.is_set():
             self._down.set()
-            _warn(f"MLflow at {self.uri} failed ({_short_error(e)}); runs of this sweep wait for "
-                  f"`tracker sync {self.experiment}`")
+            _warn(f"MLflow at {self.uri} failed ({error}); runs of this sweep wait for `tracker sync {self.experiment}`")
+
+
+def _start_worker(config: dict):
+    """Start the logging child in its own session: Ctrl-C in the terminal must not cut a drain short."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, **HTTP_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from tracker.mlflow_log import _worker_main; _worker_main()", json.dumps(config)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env, start_new_session=True)
+
+
+def _worker_main() -> None:
+    """The child: one item per stdin line until EOF; one reply line per run on the original stdout."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the replies
+    sys.stdout = sys.stderr
+    warnings.simplefilter("ignore")
+    config = json.loads(sys.argv[1])
+    worker = _Worker(config, lambda msg: replies.write(json.dumps(msg) + "\n"))
+    try:
+        for line in sys.stdin:
+            worker.handle(json.loads(line))
+    finally:
+        worker.close()
+
+
+class _Worker:
+    """The child's state: one Store, one MLflow connection, stopped for good after an outage."""
+
+    def __init__(self, config: dict, reply):
+        self.config, self.reply = config, reply
+        self.store: "Store | None" = None
+        self.logger: _Logger | None = None
+        self.down = False
+        self.sweep_id: int | None = None
+
+    def handle(self, item: dict) -> None:
+        op = item["op"]
+        if op == "sweep":
+            self.sweep_id = item["sweep_id"]
+        try:
+            if self.down:
+                raise _Skipped()
+            logger = self._logger()
+            if op == "sweep":
+                logger.open_sweep(item["sweep_id"], item["spec_path"], item["tags"])
+            elif op == "run":
+                logger.log_run(self.store.get_run(item["key"], item["experiment"]))
+                self.reply({"logged": item["key"]})
+            elif op == "finish":
+                logger.close_created_parents()
+                logger.close_sweep(self.sweep_id, item["summary"])
+        except _Skipped:
+            if op == "run":
+                self.reply({"waiting": item["key"]})
+        except Exception as e:  # noqa: BLE001 -- any failure leaves the run for `tracker sync`
+            outage = _is_outage(e)
+            self.down = self.down or outage
+            self.reply({**({"waiting": item["key"]} if op == "run" else {}), "error": _short_error(e), "down": outage})
+
+    def _logger(self) -> _Logger:
+        if self.logger is None:
+            from tracker.store import Store
+
+            c = self.config
+            self.store = Store.open(c["db_url"])
+            self.logger = _Logger(c["uri"], c["experiment"], self.store,
+                                  Path(c["artifacts_dir"]) if c["artifacts_dir"] else None)
+        return self.logger
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
 class _Skipped(Exception):
-    """MLflow is down for this sweep: the item is counted, not sent."""
+    """MLflow is down for this sweep: the item is answered as waiting, not sent."""
 
 
 # ---------------------------------------------------------------------------------------------
