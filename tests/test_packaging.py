@@ -19,7 +19,7 @@ def test_wheel_contains_templates_migrations_and_models(tmp_path):
     assert templates and {f"tracker/_templates/{t}" for t in templates} <= names
     assert "tracker/_migrations/env.py" in names
     assert {f"tracker/_migrations/versions/{m}" for m in migrations} <= names
-    for model in ("tiny",):
+    for model in ("tiny", "shapes"):
         assert f"tracker/models/{model}/model_index.json" in names
         assert f"tracker/models/{model}/unet/diffusion_pytorch_model.safetensors" in names
     assert not any(n.endswith((".bin", ".ckpt", ".pt")) for n in names)
