@@ -233,7 +233,7 @@ def test_verify_stores_its_result_and_finds_drift(ws):
     shutil.copy2(target, backup)
     try:
         with Image.open(target) as im:
-            text, recipe = im.info["parameters"], json.loads(im.info["prompt-tracker"])
+            recipe = json.loads(im.info["prompt-tracker"])
             pixels = np.asarray(im.convert("RGB")).copy()
         pixels[0, 0, 0] ^= 1  # one level, whatever the value
         pngmeta.save_png(Image.fromarray(pixels), target, recipe)

@@ -11,11 +11,11 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from tracker import schedulers, templating
-from tracker.errors import SpecError, TrackerError, UsageError
+from tracker.errors import TrackerError, UsageError
 from tracker.spec import PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, setting_fields, setting_label
 
 DEFAULT_MAX_RUNS = 10_000
@@ -186,15 +186,6 @@ def _render(exp: Experiment, template: str, variables: dict[str, Any], field: st
     fname = f"{field}.{value.label}" if value is not None else field
     line = exp.lines.get(field)
     return templating.render(template, variables, exp.path, fname, line)
-
-
-def filter_runs(runs: tuple[PlannedRun, ...] | list[PlannedRun], where: dict[str, str]) -> list[PlannedRun]:
-    return [r for r in runs if all(r.labels.get(k) == v for k, v in where.items())]
-
-
-def replace_seed(exp: Experiment, seed: int) -> Experiment:
-    axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
-    return replace(exp, axes=axes)
 
 
 def parse_where(items: Iterable[str], known: Mapping[str, Iterable[str]]) -> dict[str, str]:

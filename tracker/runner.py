@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tracker import __version__, plan, spec
-from tracker.errors import TrackerError
 from tracker.plan import PlannedRun
 from tracker.workspace import Workspace
 
@@ -291,7 +290,3 @@ def format_summary(s: SweepSummary) -> str:
         lines.append(f"warning: {s.mlflow_waiting} runs did not reach MLflow"
                      + (f" ({s.mlflow_error})" if s.mlflow_error else "") + f"; run `tracker sync {s.experiment}` later")
     return "\n".join(lines)
-
-
-def check_no_runs_error(exp_name: str) -> TrackerError:
-    return TrackerError(f"experiment {exp_name!r} has no runs yet; run `tracker run FILE` first")

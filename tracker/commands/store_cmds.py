@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tracker import plan
 from tracker.cli import pass_workspace
 from tracker.commands.expand import _short
-from tracker.errors import NotFoundError, UsageError
+from tracker.errors import NotFoundError
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
