@@ -403,13 +403,17 @@ class MlflowSink:
 
     def submit(self, record: "RunRecord") -> None:
         """Log one finished run in the background; when MLflow is down or too far behind it waits for sync."""
+        self.submit_key(record.experiment, record.key)
+
+    def submit_key(self, experiment: str, key: str) -> None:
+        """``submit`` by key: the child reads the run from the store, so the caller need not."""
         with self._lock:
             full = self._in_flight >= self.queue_size
             if self._down.is_set() or full or self._proc is None:
                 self._waiting += 1
                 return
             self._in_flight += 1
-        if not self._send({"op": "run", "experiment": record.experiment, "key": record.key}):
+        if not self._send({"op": "run", "experiment": experiment, "key": key}):
             with self._lock:
                 self._in_flight -= 1
                 self._waiting += 1
