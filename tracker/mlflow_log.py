@@ -12,8 +12,8 @@ Off the critical path: logging a run costs ~50 ms on local SQLite and ~0.4 s ove
 mlflow ~1.7 s), so the runner hands run keys to ``MlflowSink``, which logs them from a child process
 (a thread would hold the GIL the generating thread needs; see the sink's notes) and never waits.
 Too many runs in flight or an outage leave runs marked unsynced in the run store, and ``sync``
-(``tracker sync``) logs them later. Idempotent: a child run is
-looked up by its ``tracker.key`` tag before one is created, so no run key ever gets two MLflow runs.
+(``tracker sync``) logs them later. Idempotent: an image's MLflow run is looked up by its
+``tracker.key`` tag before one is created, so no run key ever gets two MLflow runs.
 
 ``mlflow`` is imported only inside functions (it costs ~1.7 s); this module is cheap to import.
 """
@@ -191,7 +191,7 @@ def _is_local_store(uri: str) -> bool:
 
 
 class _Logger:
-    """Does the MLflow work for one tracker experiment; used by the sink's thread and by ``sync``."""
+    """Does the MLflow work for one tracker experiment; used by the sink's child process and by ``sync``."""
 
     def __init__(self, tracking_uri: str, experiment: str, store: "Store", artifacts_dir: Path | None):
         for k, v in HTTP_ENV.items():
@@ -500,7 +500,7 @@ def _start_worker(config: dict):
     import subprocess
 
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, **HTTP_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {**HTTP_ENV, **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         [sys.executable, "-c", "from tracker.mlflow_log import _worker_main; _worker_main()", json.dumps(config)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env, start_new_session=True)
@@ -751,8 +751,7 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(server_command(uri, ws.mlflow_artifacts_dir, host, port), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, **HTTP_ENV})
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
