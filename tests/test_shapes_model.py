@@ -141,7 +141,10 @@ def test_negative_prompt_changes_the_image(pipe):
 def test_same_seed_same_image_and_background_follows_prompt(pipe):
     a = gen(pipe, ["a green triangle on black", "a green triangle on white"], [3, 3])
     b = gen(pipe, ["a green triangle on black"], [3])
-    assert (a[0] == b[0]).all()
+    # batch of 2 vs alone: float noise ~1e-6 may move a few pixels by one 8-bit level (STACK-NOTES)
+    d = np.abs(a[0].astype(int) - b[0].astype(int))
+    assert d.max() <= 1 and d.mean() < 0.05, (d.max(), d.mean())
+    assert (gen(pipe, ["a green triangle on black"], [3])[0] == b[0]).all()  # same call twice: identical
     assert S.analyze(a[0]).background == "black"
     assert S.analyze(a[1]).background == "white"
 
