@@ -35,54 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tracker.demo import shapes as S  # noqa: E402
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LEN = 16
 
 
 # ---------------------------------------------------------------- tokenizer
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def build_tokenizer():
-    """A CLIPTokenizer whose vocabulary has each prompt word as one ``word</w>`` token."""
-    from transformers import CLIPTokenizer
+    """A CLIPTokenizer whose vocabulary has each prompt word as one ``word</w>`` token (byte-level fallback).
 
-    chars = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    seen = set()
-    # Longest words first so their chains get the lowest ranks (applied first).
-    for word in sorted(S.vocabulary(), key=lambda w: (-len(w), w)):
-        if len(word) == 1:
-            continue
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            pair = (left, right)
-            left = left + right
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-            vocab.setdefault(left, len(vocab))
-    vocab.setdefault(BOS, len(vocab))
-    vocab.setdefault(EOS, len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LEN,
-                        bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    Longest words first so their merge chains get the lowest ranks (applied first).
+    """
+    from tools.build_tiny_model import build_tokenizer as byte_level_tokenizer
+
+    tok = byte_level_tokenizer(sorted(S.vocabulary(), key=lambda w: (-len(w), w)), MAX_LEN)
+    vocab = tok.get_vocab()
     for word in S.vocabulary():
         ids = tok(word, add_special_tokens=False).input_ids
         assert ids == [vocab[word + "</w>"]], (word, ids, tok.convert_ids_to_tokens(ids))
