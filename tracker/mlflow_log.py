@@ -550,7 +550,8 @@ class _Worker:
                 self.reply({"logged": item["key"]})
             elif op == "finish":
                 logger.close_created_parents()
-                logger.close_sweep(self.sweep_id, item["summary"])
+                summary = item["summary"]
+                logger.close_sweep(self.sweep_id, summary, "KILLED" if summary.get("status") == "interrupted" else "FINISHED")
         except _Skipped:
             if op == "run":
                 self.reply({"waiting": item["key"]})

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from tracker import __version__, plan, spec
 from tracker.plan import PlannedRun
@@ -69,8 +69,7 @@ def load_experiment(path: str, from_key: str | None, db_url: str) -> spec.Experi
     return exp
 
 
-def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
-                   echo: Callable[[str], None] = print) -> SweepSummary:
+def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions()) -> SweepSummary:
     """Generate every planned run of the experiment file at ``path`` that is not done yet."""
     from tracker.store import Store
 
@@ -111,7 +110,7 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
         summary.skipped = len(the_plan.runs) - len(todo)
 
         # 5. MLflow in the background, off the critical path.
-        sink = _mlflow_sink(ws, exp, sweep_id, path, environment, echo)
+        sink = _mlflow_sink(ws, exp, sweep_id, path, environment)
         if sink is not None:
             for rec in store.unsynced(exp.name):
                 if rec.status == "done" and rec.key in status:
@@ -125,9 +124,9 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions(),
                     _run_group(ws, store, engine, sink, sweep_id, group, summary, bar)
         except KeyboardInterrupt:
             store.reset_stale(exp.name)
-            _finish(store, sink, sweep_id, summary, started, "interrupted", echo)
+            _finish(store, sink, sweep_id, summary, started, "interrupted")
             raise
-        _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done", echo)
+        _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
     finally:
         store.close()
     return summary
@@ -140,16 +139,13 @@ def _engine(options: RunOptions, base_dir: Path):
     return Engine(device=options.device, base_dir=base_dir)
 
 
-def _mlflow_sink(ws: Workspace, exp: spec.Experiment, sweep_id: int, path: str, environment: dict, echo):
+def _mlflow_sink(ws: Workspace, exp: spec.Experiment, sweep_id: int, path: str, environment: dict):
     if not ws.mlflow_enabled:
         return None
-    try:
-        from tracker.mlflow_log import MlflowSink
-    except ImportError:
-        return None
+    from tracker.mlflow_log import MlflowSink, environment_tags
+
     sink = MlflowSink(ws.mlflow_tracking_uri, exp.name, ws.db_url, ws.mlflow_artifacts_dir)
-    tags = {f"env.{k}": str(v) for k, v in environment.items() if v is not None}
-    sink.start_sweep(sweep_id, str(Path(path).resolve()), tags)
+    sink.start_sweep(sweep_id, str(Path(path).resolve()), environment_tags(environment))
     return sink
 
 
@@ -182,7 +178,7 @@ def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summa
             store.mark_pending(exp, keys)
             if batch == 1:
                 for r in chunk:
-                    _fail(store, sink, r, f"out of memory at batch size 1: {e}", summary, bar)
+                    _fail(store, r, f"out of memory at batch size 1: {e}", summary, bar)
                 i += len(chunk)
                 continue
             store.add_event(sweep_id, "oom", f"out of memory at batch size {batch}; retrying at {batch // 2}",
@@ -195,7 +191,7 @@ def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summa
                 for r in chunk:
                     _run_group_single(ws, store, engine, sink, sweep_id, r, summary, bar)
             else:
-                _fail(store, sink, chunk[0], f"{type(e).__name__}: {e}", summary, bar)
+                _fail(store, chunk[0], f"{type(e).__name__}: {e}", summary, bar)
             i += len(chunk)
             continue
         _record(ws, store, engine, sink, chunk, result, summary, bar)
@@ -207,7 +203,7 @@ def _run_group_single(ws, store, engine, sink, sweep_id, run: PlannedRun, summar
     try:
         result = engine.generate([run])
     except Exception as e:
-        _fail(store, sink, run, f"{type(e).__name__}: {e}", summary, bar)
+        _fail(store, run, f"{type(e).__name__}: {e}", summary, bar)
         return
     _record(ws, store, engine, sink, [run], result, summary, bar)
 
@@ -221,7 +217,7 @@ def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, b
         timing = {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
                   "peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
         if img.image is None:
-            _fail(store, sink, run, img.error or "no image", summary, bar, **timing)
+            _fail(store, run, img.error or "no image", summary, bar, **timing)
             continue
         revision = engine.model_revision(run.settings.model)
         device = engine.device_for(run.settings)
@@ -233,22 +229,22 @@ def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, b
                         scheduler_config=scheduler_config, device=device, **timing)
         summary.done += 1
         if sink is not None:
-            sink.submit(store.get_run(run.key, run.experiment))
+            sink.submit_key(run.experiment, run.key)
         bar.update(1)
 
 
-def _fail(store, sink, run: PlannedRun, error: str, summary: SweepSummary, bar, **timing) -> None:
+def _fail(store, run: PlannedRun, error: str, summary: SweepSummary, bar, **timing) -> None:
     store.mark_failed(run.experiment, run.key, error, **timing)
     summary.failed += 1
     summary.failures.append((run.key, error))
     bar.update(1)
 
 
-def _finish(store, sink, sweep_id, summary: SweepSummary, started: float, status: str, echo) -> None:
+def _finish(store, sink, sweep_id, summary: SweepSummary, started: float, status: str) -> None:
     summary.seconds = time.perf_counter() - started
     store.finish_sweep(sweep_id, {**summary.to_dict(), "status": status})
     if sink is not None:
-        sink.finish_sweep(summary.to_dict())
+        sink.finish_sweep({**summary.to_dict(), "status": status})
         result = sink.close()
         summary.mlflow_waiting = getattr(result, "waiting", 0)
         summary.mlflow_error = getattr(result, "error", None)

@@ -39,7 +39,7 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     if dry_run:
         _dry_run(ws, file, opts)
         return 0
-    summary = runner.run_experiment(ws, file, opts, echo=lambda m: click.echo(m, err=True))
+    summary = runner.run_experiment(ws, file, opts)
     click.echo(runner.format_summary(summary))
     return 1 if summary.failed else 0
 
