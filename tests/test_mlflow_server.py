@@ -90,11 +90,11 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
     text = EXPERIMENT.format(name="outage").replace("seeds: [1, 2]", "seeds: [1, 2, 3, 4]")
     path = write_yaml(text, "outage.yaml")
     submitted: list[str] = []
-    real_submit = mlflow_log.MlflowSink.submit
+    real_submit = mlflow_log.MlflowSink.submit_key
 
-    def submit_then_kill_server(sink, record):
-        real_submit(sink, record)
-        submitted.append(record.key)
+    def submit_then_kill_server(sink, experiment, key):
+        real_submit(sink, experiment, key)
+        submitted.append(key)
         if len(submitted) == 3:  # let a few runs reach the server, then take it away mid-sweep
             with Store.open(ws.db_url) as store:
                 deadline = time.monotonic() + 120
@@ -102,7 +102,7 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
                     time.sleep(0.2)
             server.stop()
 
-    monkeypatch.setattr(mlflow_log.MlflowSink, "submit", submit_then_kill_server)
+    monkeypatch.setattr(mlflow_log.MlflowSink, "submit_key", submit_then_kill_server)
     live = replace(ws, mlflow_uri=server.url)
     summary = runner.run_experiment(live, str(path), runner.RunOptions(progress=False))
 

@@ -88,35 +88,44 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
         todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
 
-        # 3. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or a
-        #    bad option fails here, before the store records anything.
-        engine = _engine(options, Path(path).resolve().parent)
-        for group in _ordered_groups(todo):
-            engine.prepare(group[0].settings)
+        # 3. Start the MLflow worker now: its imports overlap the model loading below.
+        sink = _mlflow_sink(ws, exp.name)
+        try:
+            # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
+            #    a bad option fails here, before the store records anything.
+            engine = _engine(options, Path(path).resolve().parent)
+            for group in _ordered_groups(todo):
+                engine.prepare(group[0].settings)
 
-        # 4. Record the experiment and the sweep; insert missing runs as pending.
-        store.save_experiment(exp.name, str(Path(path).resolve()), exp.source)
-        store.reset_stale(exp.name)
-        environment = engine.environment()
-        sweep_id = store.start_sweep(exp.name, {
-            "command": " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
-            "versions": {"prompt-tracker": __version__, **{k: environment.get(k) for k in VERSION_KEYS}},
-            "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
-        })
-        summary.sweep_id = sweep_id
-        status = store.plan_runs(sweep_id, the_plan.runs)
-        if options.retry_failed:
-            store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-        summary.skipped = len(the_plan.runs) - len(todo)
+            # 5. Record the experiment and the sweep; insert missing runs as pending.
+            store.save_experiment(exp.name, str(Path(path).resolve()), exp.source)
+            store.reset_stale(exp.name)
+            environment = engine.environment()
+            sweep_id = store.start_sweep(exp.name, {
+                "command": " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
+                "versions": {"prompt-tracker": __version__, **{k: environment.get(k) for k in VERSION_KEYS}},
+                "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
+            })
+            summary.sweep_id = sweep_id
+            status = store.plan_runs(sweep_id, the_plan.runs)
+            if options.retry_failed:
+                store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
+            summary.skipped = len(the_plan.runs) - len(todo)
+        except BaseException:
+            if sink is not None:
+                sink.close()
+            raise
 
-        # 5. MLflow in the background, off the critical path.
-        sink = _mlflow_sink(ws, exp, sweep_id, path, environment)
+        # 6. Log to MLflow in the background, off the critical path; retry runs an outage left unsynced.
         if sink is not None:
+            from tracker.mlflow_log import environment_tags
+
+            sink.start_sweep(sweep_id, str(Path(path).resolve()), environment_tags(environment))
             for rec in store.unsynced(exp.name):
                 if rec.status == "done" and rec.key in status:
-                    sink.submit(rec)  # done earlier but never logged (an outage): try again now
+                    sink.submit_key(exp.name, rec.key)
 
-        # 6. Generate, cheapest switches innermost, recording each run as it finishes.
+        # 7. Generate, cheapest switches innermost, recording each run as it finishes.
         started = time.perf_counter()
         try:
             with _progress(len(todo), exp.name, options.progress) as bar:
@@ -139,14 +148,12 @@ def _engine(options: RunOptions, base_dir: Path):
     return Engine(device=options.device, base_dir=base_dir)
 
 
-def _mlflow_sink(ws: Workspace, exp: spec.Experiment, sweep_id: int, path: str, environment: dict):
+def _mlflow_sink(ws: Workspace, experiment: str):
     if not ws.mlflow_enabled:
         return None
-    from tracker.mlflow_log import MlflowSink, environment_tags
+    from tracker.mlflow_log import MlflowSink
 
-    sink = MlflowSink(ws.mlflow_tracking_uri, exp.name, ws.db_url, ws.mlflow_artifacts_dir)
-    sink.start_sweep(sweep_id, str(Path(path).resolve()), environment_tags(environment))
-    return sink
+    return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
 
 
 def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
