@@ -382,3 +382,20 @@ def test_plain_pipeline_gives_the_engines_pixels(engine):
                generator=[torch.Generator("cpu").manual_seed(9)])
     plain = np.asarray(out.images[0], dtype=np.int16)
     assert np.array_equal(plain, one(engine, settings, seed=9))
+
+
+def test_peak_memory_sees_a_transient_allocation_inside_the_batch():
+    """The peak is the batch's own: memory taken and freed inside the window counts, earlier peaks don't."""
+    from tracker.engine import _PeakRss, _rss_bytes
+
+    big = bytearray(256 * 1024 * 1024)  # an earlier peak, freed before the window opens
+    del big
+    with _PeakRss() as quiet:
+        pass
+    base = _rss_bytes()
+    with _PeakRss() as busy:
+        block = bytearray(200 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        del block
+    assert busy.peak >= base + 150 * 1024 * 1024
+    assert quiet.peak < base + 150 * 1024 * 1024
