@@ -45,6 +45,7 @@ CASES = [
     ("size-not-multiple-of-8", GOOD + "size: 513x512\n", ["exp.yaml: size", "multiples of 8", "513x512"]),
     ("width-not-positive", GOOD + "width: 0\nheight: 64\n", ["width", "positive multiple of 8", "0"]),
     ("bad-name", GOOD.replace("name: ok", "name: 'my experiment/1'"), ["exp.yaml: name", "[A-Za-z0-9._-]+", "'my experiment/1'"]),
+    ("name-escapes-folder", GOOD.replace("name: ok", "name: '..'"), ["exp.yaml: name", "'..'"]),
     ("unknown-scheduler", GOOD + "scheduler: Eulr\n", ["scheduler", "unknown scheduler 'Eulr'", "did you mean 'Euler'", "known:"]),
     ("bad-dtype", GOOD + "dtype: int8\n", ["dtype", "float32, float16, bfloat16", "'int8'"]),
     ("duplicate-key", GOOD + "steps: 2\nsteps: 3\n", ["duplicate key 'steps'", "line 7"]),

@@ -286,8 +286,8 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
 
     # 1. name
     name = data.get("name", default_name if default_name is not None else Path(path).stem)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        P.err("name", f"must match [A-Za-z0-9._-]+ but is {name!r}", "name")
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        P.err("name", f"must match [A-Za-z0-9._-]+ (and not be . or ..) but is {name!r}", "name")
     description = data.get("description", "")
     if not isinstance(description, str):
         P.err("description", f"must be a string but is {description!r}", "description")
