@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tracker import __version__, plan, spec
+from tracker.errors import ModelError
 from tracker.plan import PlannedRun
 from tracker.workspace import Workspace
 
@@ -94,8 +95,11 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
             engine = _engine(options, Path(path).resolve().parent)
-            for group in _ordered_groups(todo):
-                engine.prepare(group[0].settings)
+            try:
+                for group in _ordered_groups(todo):
+                    engine.prepare(group[0].settings)
+            except ModelError as e:
+                raise ModelError(f"{path}: {e}") from None  # name the file, as spec errors do
 
             # 5. Record the experiment and the sweep; insert missing runs as pending.
             store.save_experiment(exp.name, str(Path(path).resolve()), exp.source)
