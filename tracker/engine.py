@@ -57,11 +57,17 @@ class _DropTorchvisionNotice(logging.Filter):
         return "requires torchvision (not installed)" not in record.getMessage()
 
 
-class _DropTruncationNoise(logging.Filter):
-    """CLIP reads 77 tokens: transformers and diffusers then log the dropped tokens for every image of every
-    batch. The engine says it once per prompt instead (``_warn_truncated``)."""
+class _DropRepeatedNoise(logging.Filter):
+    """Library warnings repeated for every image or every pipeline move; the engine says each once instead.
 
-    NOISE = ("The following part of your input was truncated", "Token indices sequence length is longer")
+    CLIP reads 77 tokens: transformers and diffusers log the dropped tokens for every image of every batch
+    (``_warn_truncated`` says it once per prompt)."""
+
+    NOISE = ("The following part of your input was truncated", "Token indices sequence length is longer",
+             # diffusers repeats this on every move of a half-precision pipeline to the CPU, where it does run
+             # (``_check_dtype`` proved it); the engine says once that it is slow instead
+             "Pipelines loaded with `dtype=torch.float16` cannot run with `cpu` device",
+             "Pipelines loaded with `dtype=torch.bfloat16` cannot run with `cpu` device")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.NOISE)
@@ -100,7 +106,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionNotice())
     for handler in (*logging.getLogger("diffusers").handlers, *logging.getLogger("transformers").handlers):
-        handler.addFilter(_DropTruncationNoise())
+        handler.addFilter(_DropRepeatedNoise())
 
 
 _quiet_libraries()
@@ -372,6 +378,9 @@ class Engine:
             raise ModelError(f"dtype {dtype_name} cannot run on device {device!r} ({_first_line(e)}); "
                              f"use dtype: float32") from None
         self._checked.add((device, dtype_name))
+        if device == "cpu" and dtype_name != "float32":
+            log.warning("%s runs on this CPU, but typically ~10x slower than float32 (no native half precision)",
+                        dtype_name)
 
     # -- loading -----------------------------------------------------------------------------------
 
