@@ -223,17 +223,19 @@ def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, b
     """Write each image atomically, then mark its run done (a killed process never leaves a done run without its image)."""
     from tracker import pngmeta
 
+    # the runs of a chunk share their settings: what the engine knows of them is the same for each
     scheduler_config = engine.scheduler_config()
+    revision = engine.model_revision(chunk[0].settings.model)
+    device = engine.device_for(chunk[0].settings)
+    environment = engine.environment()
     for run, img in zip(chunk, result.images):
         timing = {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
                   "peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
         if img.image is None:
             _fail(store, run, img.error or "no image", summary, bar, **timing)
             continue
-        revision = engine.model_revision(run.settings.model)
-        device = engine.device_for(run.settings)
         recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=scheduler_config,
-                                    environment=engine.environment(), device_used=device, **timing)
+                                    environment=environment, device_used=device, **timing)
         target = ws.image_path(run.experiment, run.key)
         sha = pngmeta.save_png(img.image, target, recipe)
         store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha, model_revision=revision,
