@@ -374,10 +374,14 @@ def test_hub_id_loads_from_the_hf_cache_offline_with_its_commit_as_revision(tmp_
 
 
 def test_plain_pipeline_gives_the_engines_pixels(engine):
-    from tracker.engine import plain_pipeline
+    """The engine adds nothing to the pixels: plain diffusers, loaded by itself, makes the same image."""
+    from diffusers import DiffusionPipeline
+
+    from tracker.models import builtin_path
 
     settings = replace(BASE, scheduler="default", steps=3)
-    pipe = plain_pipeline("tiny")
+    pipe = DiffusionPipeline.from_pretrained(str(builtin_path("tiny")), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
     out = pipe(prompt=[PROMPT], num_inference_steps=3, guidance_scale=7.5, width=64, height=64,
                generator=[torch.Generator("cpu").manual_seed(9)])
     plain = np.asarray(out.images[0], dtype=np.int16)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from test_mlflow import (  # noqa: F401 -- mlflow_template and ws are fixtures
     EXPERIMENT, KEY_TAG, PARENT_TAG, log_sweep, make_sweep, mlflow_template, ws)
 from tracker import mlflow_log

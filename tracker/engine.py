@@ -673,15 +673,3 @@ def _environment(device: str) -> dict:
         "device_name": name,
         "cuda": torch.version.cuda,
     }
-
-
-def plain_pipeline(model: str = models.DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
-                   base_dir: Path | None = None) -> Any:
-    """A bare diffusers pipeline, loaded exactly as ``Engine`` loads it but with nothing else applied.
-
-    For benches that compare plain diffusers with the tracker; the caller owns it (no caching).
-    """
-    engine = Engine(device=device, base_dir=base_dir)
-    settings = Settings(model=model, dtype=dtype, device=device)
-    engine._check_dtype(engine.device_for(settings), dtype)
-    return engine._load_pipeline(settings).pipe.to(engine.device_for(settings))

@@ -35,10 +35,6 @@ RECIPE_FORMAT = "prompt-tracker/1"
 A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE_PREFIX = "Negative prompt:"
 
-# Keys prompt-tracker adds after A1111's own, in this order.
-TRACKER_KEYS = ("Tracker key", "Tracker experiment", "Dtype", "Generator device", "Scheduler options")
-
-
 @dataclass(frozen=True)
 class A1111Params:
     """A parsed ``parameters`` chunk: the prompts and the raw ``Key: value`` pairs in their order."""

@@ -8,8 +8,6 @@ import yaml
 
 from tracker.errors import SpecError
 
-Path_ = tuple  # a path of keys and indexes into the document
-
 
 class LinedYaml:
     """A parsed document plus ``line(path)``: the 1-based line where the value at ``path`` starts."""
