@@ -638,7 +638,6 @@ class Assets:
     def __init__(self, root: Path):
         self.root = root
         self.used: set[str] = {MANIFEST}
-        self.made = 0
         for d in ASSET_DIRS:
             (root / d).mkdir(parents=True, exist_ok=True)
         self.manifest: dict[str, list] = _read_manifest(root / "thumbs" / MANIFEST)
@@ -668,7 +667,6 @@ class Assets:
             known = self.manifest.get(name)
             if known is None or not (self.root / known[2]).exists():
                 known = self.manifest[name] = list(_thumbnail(self.root / full, self.root / "thumbs", name))
-                self.made += 1
         except (OSError, ValueError) as e:
             return f"image unreadable: {e}"
         self.used.update({Path(full).name, Path(known[2]).name})
