@@ -22,6 +22,7 @@ from tracker import models, pngmeta, schedulers
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
 from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings
+from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
 FOREIGN_EXPERIMENT = "reproduce"
@@ -483,6 +484,4 @@ def format_table(rows: Iterable[VerifyRow]) -> str:
               str(r.drift.max_abs), f"{r.drift.mean_abs:.4f}",
               "yes" if r.drift.identical else ("no: " + r.drift.reason if r.drift.reason else "no"))
              for r in rows]
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
+    return table(header, lines, rule=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import click
 
 from tracker.plan import DEFAULT_MAX_RUNS, Plan
+from tracker.textfmt import short, table
 
 
 @click.command()
@@ -33,7 +33,7 @@ def render_plan(p: Plan, limit: int | None = None) -> str:
              + (f" ({p.combinations - len(p.runs)} combinations share a run key with another)" if p.combinations != len(p.runs) else "")]
     lines.append("runs per axis:")
     for axis, counts in p.labels_per_axis().items():
-        parts = ", ".join(f"{_short(lab, 24)}={n}" for lab, n in counts.items())
+        parts = ", ".join(f"{short(lab, 24)}={n}" for lab, n in counts.items())
         lines.append(f"  {axis} ({len(counts)}): {parts}")
     axes = [a.name for a in exp.axes if a.name != "seed"]
     header = ["#", "key", *axes, "seed", "scheduler", "steps", "cfg", "size", "dtype", "prompt"]
@@ -41,15 +41,10 @@ def render_plan(p: Plan, limit: int | None = None) -> str:
     for r in p.runs[:limit] if limit else p.runs:
         s = r.settings
         labels = r.labels
-        rows.append([str(r.index), r.key, *(_short(labels[a], 18) for a in axes), str(r.seed),
+        rows.append([str(r.index), r.key, *(short(labels[a], 18) for a in axes), str(r.seed),
                      s.scheduler.removesuffix("Scheduler"), str(s.steps), f"{s.guidance_scale:g}",
                      f"{s.width}x{s.height}", s.dtype, _prompt_cell(r.prompt, r.negative_prompt)])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    widths[-1] = max(20, min(widths[-1], shutil.get_terminal_size((160, 20)).columns - fixed))
-    fmt = lambda row: "  ".join(_short(c, widths[i]).ljust(widths[i]) for i, c in enumerate(row)).rstrip()  # noqa: E731
-    lines.append(fmt(header))
-    lines.extend(fmt(row) for row in rows)
+    lines.append(table(header, rows, fit_last=True))
     if limit and len(p.runs) > limit:
         lines.append(f"... {len(p.runs) - limit} more (use --json for all)")
     return "\n".join(lines)
@@ -57,8 +52,3 @@ def render_plan(p: Plan, limit: int | None = None) -> str:
 
 def _prompt_cell(prompt: str, negative: str) -> str:
     return prompt + (f"  [neg: {negative}]" if negative else "")
-
-
-def _short(text: str, width: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: max(1, width - 1)] + "…"

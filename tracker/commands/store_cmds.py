@@ -13,8 +13,8 @@ import click
 
 from tracker import plan
 from tracker.cli import pass_workspace
-from tracker.commands.expand import _short
 from tracker.errors import NotFoundError
+from tracker.textfmt import table
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -34,14 +34,6 @@ def _when(t: datetime | None) -> str:
 
 def _num(v: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if v is None else fmt.format(v)
-
-
-def _table(header: list[str], rows: list[list[str]], max_width: int = 40) -> str:
-    """Left-aligned columns; every column but the last is cut at ``max_width``."""
-    last = len(header) - 1
-    cells = [[c if i == last else _short(c, max_width) for i, c in enumerate(row)] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells)
 
 
 def _dump(data: Any) -> None:
@@ -109,7 +101,7 @@ def render_runs(records: list["RunRecord"], show_experiment: bool = False) -> st
         rows.append(([r.experiment] if show_experiment else []) + [
             r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), _num(r.seconds),
             r.image or (f"error: {r.error}" if r.error else "-")])
-    return _table(header, rows, max_width=24)
+    return table(header, rows, max_width=24)
 
 
 @click.command()
@@ -161,7 +153,7 @@ def experiments(ws: Workspace, as_json: bool) -> None:
         s = e["last_sweep"]
         last = f"#{s['id']} {_when(s['started_at'])} {s['status']}" if s else "-"
         rows.append([e["name"], str(e["total"]), *(str(e["runs"].get(st, 0)) for st in STATUSES), last])
-    click.echo(_table(header, rows))
+    click.echo(table(header, rows, max_width=40))
 
 
 # ---------------------------------------------------------------------------------------------
