@@ -226,3 +226,13 @@ def test_yaml_surrogate_pairs_become_one_character_and_digit_keys_are_text():
     assert exp.seeds_from == "123456"
     p = expand(spec.with_base_run(exp, 7, {}))
     assert p.runs[0].prompt == "a \U0001F409 dragon" and p.runs[0].seed == 7
+
+
+def test_native_size_follows_each_runs_model():
+    """Without a size, every run takes its own model's native size, also when the model is an axis."""
+    p = expand(spec.parse("prompt: hi\nmodel: [tiny, shapes]\n", "x.yaml"))
+    sizes = {r.settings.model: (r.settings.width, r.settings.height) for r in p.runs}
+    assert sizes == {"tiny": spec.models.native_size("tiny"), "shapes": spec.models.native_size("shapes")}
+    assert sizes["tiny"] != sizes["shapes"]
+    p = expand(spec.parse("prompt: hi\nmodel: shapes\nwidth: 128\n", "x.yaml"))
+    assert (p.runs[0].settings.width, p.runs[0].settings.height) == (128, spec.models.native_size("shapes")[1])

@@ -157,8 +157,9 @@ def test_example_file_through_the_engine_follows_the_colour_axis():
     from tracker.engine import Engine
 
     exp = spec.parse_file(str(Path(__file__).resolve().parents[1] / "examples" / "shapes.yaml"))
-    assert exp.settings.model == "shapes" and (exp.settings.width, exp.settings.height) == (S.SIZE, S.SIZE)
-    runs = [r for r in plan.expand(exp).runs
+    planned = plan.expand(exp).runs
+    assert {(r.settings.model, r.settings.width, r.settings.height) for r in planned} == {("shapes", S.SIZE, S.SIZE)}
+    runs = [r for r in planned
             if r.labels["shape"] == "circle" and r.labels["negative"] == "none"
             and r.labels["colour"] in ("red", "blue") and r.labels["seed"] in ("0", "1")]
     assert len(runs) == 4

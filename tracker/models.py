@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -40,6 +41,7 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     return ModelRef(name, "hub", name)
 
 
+@lru_cache(maxsize=256)
 def native_size(name: str, base_dir: Path | None = None) -> tuple[int, int]:
     """The image size a model was made for, read from its folder's configs; 512x512 when unknown."""
     ref = resolve(name, base_dir)

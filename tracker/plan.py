@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-from tracker import schedulers, templating
+from tracker import models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
 from tracker.spec import PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, setting_fields, setting_label
 
@@ -156,7 +156,7 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
         if _excluded(exp, picked, values):
             continue
         combos += 1
-        settings = _settings(values)
+        settings = _settings(values, exp.base_dir)
         prompt_tpl = picked["prompt"].template if "prompt" in picked else exp.prompt
         neg_tpl = picked["negative_prompt"].template if "negative_prompt" in picked else (exp.negative_prompt or "")
         prompt = _render(exp, prompt_tpl, variables, "prompt", picked.get("prompt"))
@@ -176,9 +176,13 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
     return Plan(exp, tuple(runs), combos)
 
 
-def _settings(values: dict[str, Any]) -> Settings:
+def _settings(values: dict[str, Any], base_dir) -> Settings:
     cls, options = schedulers.resolve(values["scheduler"], values["scheduler_options"])
     values = {**values, "scheduler": cls, "scheduler_options": tuple(sorted(options.items()))}
+    if not values["width"] or not values["height"]:  # not given: this run's model's native size
+        native_w, native_h = models.native_size(values["model"], base_dir)
+        values["width"] = values["width"] or native_w
+        values["height"] = values["height"] or native_h
     return Settings(**values)
 
 

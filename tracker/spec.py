@@ -38,7 +38,7 @@ class Settings:
     scheduler_options: tuple[tuple[str, Any], ...] = ()
     steps: int = 50
     guidance_scale: float = 7.5
-    width: int = 0  # 0: the model's native size, filled in by ``with_defaults``
+    width: int = 0  # 0: the run's model's native size, resolved per run when the plan expands
     height: int = 0
     dtype: str = "float32"
     device: str = "auto"
@@ -105,6 +105,7 @@ class Experiment:
     seeds_from: str | None
     description: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+    base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
 
     def axis(self, name: str) -> Axis | None:
         return next((a for a in self.axes if a.name == name), None)
@@ -317,13 +318,6 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
             setting_axes.append(Axis(key, "setting", tuple(values)))
         else:
             apply_setting(base, key, P.setting(key, raw, key, key))
-    base.setdefault("model", models.DEFAULT_MODEL)
-    if "width" not in base and "height" not in base and not any(a.name in ("size", "width", "height") for a in setting_axes):
-        base["width"], base["height"] = models.native_size(base["model"], base_dir)
-    elif "width" in base and "height" not in base or "height" in base and "width" not in base:
-        nw, nh = models.native_size(base["model"], base_dir)
-        base.setdefault("width", nw)
-        base.setdefault("height", nh)
     settings = Settings(**base)
 
     # 3. prompts: a string is a template, a mapping label -> template is an axis
@@ -334,7 +328,9 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     for key in ("prompt", "negative_prompt"):
         raw = data.get(key)
         if raw is None:
-            templates[key] = None if key == "negative_prompt" else P.err(key, "must be a string template", key)
+            if key == "prompt":
+                P.err(key, "must be a string template", key)
+            templates[key] = None
         elif isinstance(raw, str):
             templates[key] = raw
         elif isinstance(raw, dict):
@@ -440,7 +436,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         name=name, path=path, source=text, prompt=templates.get("prompt"),
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
         settings=settings, explicit=frozenset(explicit), grid=grid, seeds_from=seeds_from,
-        description=description, lines=lines,
+        description=description, lines=lines, base_dir=base_dir,
     )
 
 
