@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 -- a required dependency: a missing torch must fail, not skip
 
 from tracker import plan, schedulers, spec  # noqa: E402
 from tracker.engine import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
