@@ -151,16 +151,20 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
                     values[k] = {**values[k], **dict(x)}
                 else:
                     apply_setting(values, k, x)
-            if a.kind != "prompt":
+            if a.kind not in ("prompt", "variant"):
                 variables[a.name] = v.value
         if _excluded(exp, picked, values):
             continue
-        combos += 1
-        settings = _settings(values, exp.base_dir)
         prompt_tpl = picked["prompt"].template if "prompt" in picked else exp.prompt
         neg_tpl = picked["negative_prompt"].template if "negative_prompt" in picked else (exp.negative_prompt or "")
         prompt = _render(exp, prompt_tpl, variables, "prompt", picked.get("prompt"))
         negative = _render(exp, neg_tpl, variables, "negative_prompt", picked.get("negative_prompt"))
+        if exp.variants is not None:  # Jinja rendered first; now this combination's Dynamic Prompts variant
+            prompt, negative = _variant(exp, picked, prompt, negative)
+            if prompt is None or negative is None:
+                continue  # this rendering of the template has no such variant
+        combos += 1
+        settings = _settings(values, exp.base_dir)
         seed = picked["seed"].value
         perf = {f: values[f] for f in sorted(perf_axes)}
         key = run_key(settings, seed, prompt, negative, perf)
@@ -184,6 +188,15 @@ def _settings(values: dict[str, Any], base_dir) -> Settings:
         values["width"] = values["width"] or native_w
         values["height"] = values["height"] or native_h
     return Settings(**values)
+
+
+def _variant(exp: Experiment, picked: dict[str, AxisValue], prompt: str, negative: str) -> tuple[str | None, str | None]:
+    from tracker.prompts import variants
+
+    axis = exp.variants.axis
+    return (variants.choose(exp.variants, picked[axis].label if axis in picked else None, prompt),
+            variants.choose(exp.variants, picked[variants.NEGATIVE_AXIS].label
+                            if variants.NEGATIVE_AXIS in picked else None, negative))
 
 
 def _render(exp: Experiment, template: str, variables: dict[str, Any], field: str, value: AxisValue | None) -> str:

@@ -66,7 +66,8 @@ class Settings:
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
 # Names an experiment file may use for settings: the Settings fields plus ``size``.
 SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height")) + ("size", "width", "height")
-TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid") + SETTING_KEYS
+TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
+             "variants", "wildcards") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
 
 
@@ -104,6 +105,7 @@ class Experiment:
     grid: tuple[str, str] | None
     seeds_from: str | None
     description: str = ""
+    variants: Any = None  # tracker.prompts.variants.VariantOptions, or None: no Dynamic Prompts expansion
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
     base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
 
@@ -404,15 +406,9 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     seeds, seeds_from = _seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
     seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
 
-    axes = tuple(prompt_axes + user_axes + setting_axes + [seed_axis])
-    names = [a.name for a in axes]
-
-    # 6. zip groups and exclusions
-    zip_groups = _zip(P, data.get("zip"), axes)
-    exclude = _exclude(P, data.get("exclude"), names)
-
-    # 7. templates: every variable must be an axis; the sandbox is checked when they render
-    variables = [a.name for a in axes if a.kind != "prompt"]
+    # 6. templates: every variable must be an axis; the sandbox is checked when they render
+    var_axes = user_axes + setting_axes + [seed_axis]
+    variables = [a.name for a in var_axes]
     for key in ("prompt", "negative_prompt"):
         if templates.get(key) is not None:
             templating.check(templates[key], variables, path, key, doc.line(key))
@@ -420,7 +416,17 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         for v in a.values:
             templating.check(v.template, variables, path, f"{a.name}.{v.label}", doc.line(a.name, v.label))
 
-    # 8. grid layout
+    # 7. Dynamic Prompts variants of the rendered templates become axes
+    variants, variant_axes = _variants(P, data, templates, prompt_axes, var_axes, base_dir)
+
+    axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
+    names = [a.name for a in axes]
+
+    # 8. zip groups and exclusions
+    zip_groups = _zip(P, data.get("zip"), axes)
+    exclude = _exclude(P, data.get("exclude"), names)
+
+    # 9. grid layout
     grid = None
     if "grid" in data:
         g = data["grid"]
@@ -436,8 +442,32 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         name=name, path=path, source=text, prompt=templates.get("prompt"),
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
         settings=settings, explicit=frozenset(explicit), grid=grid, seeds_from=seeds_from,
-        description=description, lines=lines, base_dir=base_dir,
+        description=description, variants=variants, lines=lines, base_dir=base_dir,
     )
+
+
+def _variants(P: _Parser, data: dict, templates: dict[str, str | None], prompt_axes: list[Axis],
+              var_axes: list[Axis], base_dir: Path | None) -> tuple[Any, list[Axis]]:
+    """``variants:`` / ``wildcards:`` and the variant axes of the prompt templates (tracker.prompts.variants)."""
+    from tracker.prompts import variants
+
+    opts = variants.options(data.get("variants"), data.get("wildcards"), base_dir,
+                            lambda f, m: P.err(f, m, *f.split(".")[:1]))
+    found = [variants.Template(k, k, P.doc.line(k), t) for k, t in templates.items() if t is not None]
+    found += [variants.Template(a.name, f"{a.name}.{v.label}", P.doc.line(a.name, v.label), v.template)
+              for a in prompt_axes for v in a.values]
+    axes = variants.axes_for(opts, found, var_axes, P.path, lambda f, m, line: _raise(P.path, f, m, line))
+    for a in axes:
+        if a.name in RESERVED_AXES:
+            P.err("variants.axis", f"axis name {a.name!r} collides with the setting or field of that name", "variants")
+        if any(u.name == a.name for u in var_axes):
+            P.err(f"axes.{a.name}", f"axis name {a.name!r} is taken by the variants of the prompt; rename the axis "
+                  f"or name the variants axis with variants: {{axis: NAME}}", "axes", a.name)
+    return (opts if axes else None), axes
+
+
+def _raise(path: str, field: str, message: str, line: int | None) -> None:
+    raise SpecError(path, field, message, line)
 
 
 def _seed(P: _Parser, v: Any, field: str, *at: Any) -> int:

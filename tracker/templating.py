@@ -34,6 +34,12 @@ def check(source: str, variables: Iterable[str], path: str | None, field: str, l
             raise SpecError(path, field, f"undefined template variable {name!r}; known axes: {', '.join(known) or '(none)'}", line)
 
 
+@lru_cache(maxsize=4096)
+def variables(source: str) -> frozenset[str]:
+    """The variables a template uses (it must parse: ``check`` it first)."""
+    return frozenset(meta.find_undeclared_variables(_env().parse(source)))
+
+
 def render(source: str, variables: Mapping[str, Any], path: str | None, field: str, line: int | None) -> str:
     try:
         return _compile(source).render(**variables)
