@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tracker import mlflow_log, plan, spec
-from tracker.mlflow_log import KEY_TAG, PARENT_TAG, MlflowSink
+from tracker import mlflow as mlflow_log
+from tracker import plan, spec
+from tracker.mlflow import KEY_TAG, PARENT_TAG, MlflowSink
 from tracker.workspace import Workspace
 
 # mlflow 3.17's SQL store uses an ORM option SQLAlchemy 2.1 deprecates; not ours to fix

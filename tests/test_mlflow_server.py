@@ -19,7 +19,7 @@ import pytest
 
 from test_mlflow import (  # noqa: F401 -- mlflow_template and ws are fixtures
     EXPERIMENT, KEY_TAG, PARENT_TAG, log_sweep, make_sweep, mlflow_template, ws)
-from tracker import mlflow_log
+from tracker import mlflow as mlflow_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 START_TIMEOUT = 240  # seconds for a server to answer /health on a loaded 2-core machine

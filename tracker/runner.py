@@ -122,7 +122,7 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
 
         # 6. Log to MLflow in the background, off the critical path; retry runs an outage left unsynced.
         if sink is not None:
-            from tracker.mlflow_log import environment_tags
+            from tracker.mlflow.mapping import environment_tags
 
             sink.start_sweep(sweep_id, str(Path(path).resolve()), environment_tags(environment))
             for rec in store.unsynced(exp.name):
@@ -155,7 +155,7 @@ def _engine(options: RunOptions, base_dir: Path):
 def _mlflow_sink(ws: Workspace, experiment: str):
     if not ws.mlflow_enabled:
         return None
-    from tracker.mlflow_log import MlflowSink
+    from tracker.mlflow.worker import MlflowSink
 
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
 

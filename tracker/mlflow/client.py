@@ -1,0 +1,336 @@
+"""One MLflow connection for one experiment (``ExperimentClient``: parents, children, synced marks), and
+what uses it in the foreground: ``tracker sync`` and report attachments. ``mlflow`` is imported inside."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from tracker.errors import NotFoundError
+from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics, child_params, child_tags,
+                                    environment_tags, limit, run_name)
+from tracker.workspace import Workspace, safe_join
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord, Store
+
+
+HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
+}
+# MLflow error codes that blame one request (a bad value), not the server: the next run may still log.
+_BAD_REQUEST_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                      "INVALID_STATE", "BAD_REQUEST"}
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    """What reached MLflow: ``logged`` runs, ``waiting`` runs left unsynced, the first ``error`` if any."""
+
+    logged: int = 0
+    waiting: int = 0
+    error: str | None = None
+    uri: str = ""
+
+    def message(self, experiment: str | None = None) -> str:
+        where = f" at {self.uri}" if self.uri else ""
+        text = f"logged {self.logged} run{'s' * (self.logged != 1)} to MLflow{where}"
+        if self.waiting:
+            text += (f"; {self.waiting} run{'s' * (self.waiting != 1)} still waiting"
+                     + (f" ({self.error})" if self.error else "")
+                     + f"; run `tracker sync{' ' + experiment if experiment else ''}` when MLflow is reachable")
+        return text
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ms(t: datetime | None) -> int:
+    return int(t.timestamp() * 1000) if t is not None else _now_ms()
+
+
+def short_error(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def is_outage(e: BaseException) -> bool:
+    """True when MLflow itself is unreachable or failing (stop trying), False for one bad request."""
+    return getattr(e, "error_code", None) not in _BAD_REQUEST_CODES
+
+
+def warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def is_local_store(uri: str) -> bool:
+    """A database or folder on this machine (artifacts then belong in the workspace), not a server."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One MLflow connection for one experiment: create parents, log children, mark them synced
+
+
+class ExperimentClient:
+    """Does the MLflow work for one tracker experiment; used by the sink's child process and by ``sync``."""
+
+    def __init__(self, tracking_uri: str, experiment: str, store: "Store", artifacts_dir: Path | None):
+        for k, v in HTTP_ENV.items():
+            os.environ.setdefault(k, v)
+        import logging
+
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.uri, self.experiment, self.store = tracking_uri, experiment, store
+        self.artifacts_dir = artifacts_dir if artifacts_dir is not None and is_local_store(tracking_uri) else None
+        self._experiment_id: str | None = None
+        self.parents: dict[int | None, str] = {}  # sweep id -> parent run id
+        self.created_parents: dict[int | None, str] = {}  # parents this logger made for ``sync``
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._get_or_create_experiment()
+        return self._experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        location = None
+        if self.artifacts_dir is not None:
+            folder = safe_join(self.artifacts_dir, self.experiment)
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=location,
+                                             tags={"tracker.experiment": self.experiment})
+
+    # -- parents (sweeps) --------------------------------------------------------------------
+
+    def open_sweep(self, sweep_id: int | None, spec_path: str | None, tags: Mapping[str, str],
+                   name: str | None = None) -> str:
+        """Create the sweep's parent run with its tags and the experiment file; record its id in the store."""
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        run = self.client.create_run(
+            self.experiment_id, run_name=name or f"sweep {sweep_id} {when}",
+            tags={"tracker.kind": "sweep", "tracker.experiment": self.experiment,
+                  **({"tracker.sweep_id": str(sweep_id)} if sweep_id is not None else {})})
+        rid = run.info.run_id
+        cap = limit("MAX_TAG_LENGTH")
+        self._log_batch(rid, tags={k: as_text(v, cap) for k, v in tags.items()})
+        self._log_experiment_file(rid, spec_path)
+        if sweep_id is not None:
+            self.store.update_sweep(sweep_id, mlflow_run_id=rid)
+        self.parents[sweep_id] = rid
+        return rid
+
+    def _log_experiment_file(self, run_id: str, spec_path: str | None) -> None:
+        if spec_path and Path(spec_path).is_file():
+            self.client.log_artifact(run_id, spec_path)
+            return
+        saved = self.store.experiment(self.experiment) or {}
+        if saved.get("source_text"):
+            name = Path(saved.get("source_path") or f"{self.experiment}.yaml").name
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / name
+                path.write_text(saved["source_text"], encoding="utf-8")
+                self.client.log_artifact(run_id, str(path))
+
+    def close_sweep(self, sweep_id: int | None, summary: Mapping[str, Any], status: str = "FINISHED") -> None:
+        rid = self.parents.get(sweep_id)
+        if rid is None:
+            return
+        metrics = {"images" if k == "done" else k: float(v) for k, v in summary.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._log_batch(rid, metrics=metrics)
+        self.client.set_terminated(rid, status)
+
+    def parent_for(self, rec: "RunRecord") -> str:
+        """The parent for a record: its sweep's parent run when MLflow has it, else a new "sync" parent."""
+        if rec.sweep_id in self.parents:
+            return self.parents[rec.sweep_id]
+        sweep = self.store.sweep(rec.sweep_id) if rec.sweep_id is not None else {}
+        rid = sweep.get("mlflow_run_id")
+        if rid and self._exists(rid):
+            self.parents[rec.sweep_id] = rid
+            return rid
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        tags = {**environment_tags(sweep.get("environment")),
+                **{k: str(sweep[k]) for k in ("host", "command", "device") if sweep.get(k)}}
+        rid = self.open_sweep(rec.sweep_id, None, tags, name=f"sync {when}"
+                              + (f" (sweep {rec.sweep_id})" if rec.sweep_id is not None else ""))
+        self.created_parents[rec.sweep_id] = rid
+        return rid
+
+    def close_created_parents(self) -> None:
+        """Give the parents ``sync`` made the summary metrics their sweeps recorded, and end them."""
+        for sweep_id in list(self.created_parents):
+            sweep = self.store.sweep(sweep_id) if sweep_id is not None else {}
+            summary = {k: sweep.get(k) for k in ("planned", "done", "skipped", "failed", "seconds", "images_per_second")
+                       if sweep.get(k) is not None}
+            self.close_sweep(sweep_id, summary)
+            del self.created_parents[sweep_id]
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as e:
+            if getattr(e, "error_code", None) in _BAD_REQUEST_CODES:
+                return False
+            raise
+        return run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment_id
+
+    # -- children (images) -------------------------------------------------------------------
+
+    def log_run(self, rec: "RunRecord", parent_id: str | None = None) -> str:
+        """Log one image run (reusing the MLflow run its key already has) and mark it synced in the store."""
+        parent_id = parent_id or self.parent_for(rec)
+        existing = self.client.search_runs([self.experiment_id], f"tags.`{KEY_TAG}` = '{rec.key}'", max_results=1)
+        params = child_params(rec)
+        tags = child_tags(rec)
+        if existing:
+            run = existing[0]
+            rid = run.info.run_id
+            params = {k: v for k, v in params.items() if k not in run.data.params}  # params are immutable
+            if PARENT_TAG not in run.data.tags:
+                tags[PARENT_TAG] = parent_id
+        else:
+            run = self.client.create_run(self.experiment_id, start_time=_ms(rec.started_at),
+                                         tags={KEY_TAG: rec.key, PARENT_TAG: parent_id}, run_name=run_name(rec))
+            rid = run.info.run_id
+        self._log_batch(rid, params=params, tags=tags, metrics=child_metrics(rec), timestamp=_ms(rec.finished_at))
+        if rec.image and Path(rec.image).is_file():
+            self.client.log_artifact(rid, rec.image)
+        self.client.log_dict(rid, rec.to_json(), "recipe.json")
+        self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
+        self.store.mark_synced(rec.experiment, rec.key, rid)
+        return rid
+
+    def _log_batch(self, run_id: str, params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
+                   metrics: Mapping[str, float] | None = None, timestamp: int | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = timestamp or _now_ms()
+        p = [Param(k, v) for k, v in (params or {}).items()]
+        t = [RunTag(k, v) for k, v in (tags or {}).items()]
+        m = [Metric(k, v, ts, 0) for k, v in (metrics or {}).items()]
+        per_batch = limit("MAX_PER_BATCH")
+        while p or t or m:
+            self.client.log_batch(run_id, metrics=m[:per_batch], params=p[:per_batch], tags=t[:per_batch])
+            p, t, m = p[per_batch:], t[per_batch:], m[per_batch:]
+
+
+@contextmanager
+def _open_store(db_url: str) -> Iterator["Store"]:
+    from tracker.store import Store
+
+    store = Store.open(db_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# tracker sync, report attachments, links
+
+
+def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSummary:
+    """Log every done run that has not reached MLflow (of one experiment, or all); safe to repeat."""
+    with _open_store(ws.db_url) as store:
+        if experiment is not None and store.experiment(experiment) is None:
+            raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
+        todo = store.unsynced(experiment)
+        if not todo:
+            return SyncSummary(uri=ws.mlflow_tracking_uri)
+        logged, error = 0, None
+        bar = progress_bar(len(todo), progress)
+        try:
+            by_experiment: dict[str, list] = {}
+            for rec in todo:
+                by_experiment.setdefault(rec.experiment, []).append(rec)
+            for name, records in by_experiment.items():
+                n, error = _sync_experiment(ws, store, name, records, bar)
+                logged += n
+                if error is not None and error[1]:
+                    break  # an outage: the other experiments would fail the same way
+        finally:
+            bar.close()
+        return SyncSummary(logged, len(todo) - logged, error[0] if error else None, ws.mlflow_tracking_uri)
+
+
+def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar) -> tuple[int, tuple | None]:
+    """Returns (runs logged, (first error, was it an outage) or None)."""
+    logged, error = 0, None
+    try:
+        logger = ExperimentClient(ws.mlflow_tracking_uri, name, store, ws.mlflow_artifacts_dir)
+        for rec in records:
+            try:
+                logger.log_run(rec)
+                logged += 1
+            except Exception as e:  # noqa: BLE001
+                error = error or (short_error(e), is_outage(e))
+                if is_outage(e):
+                    return logged, error
+            finally:
+                bar.update(1)
+        logger.close_created_parents()
+    except Exception as e:  # noqa: BLE001 -- MLflow unreachable: the runs stay unsynced
+        error = error or (short_error(e), is_outage(e))
+    return logged, error
+
+
+def progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None: tqdm hides the bar when stderr is not a terminal
+    return tqdm(total=total, desc="syncing to MLflow", unit="run", file=sys.stderr,
+                disable=None if enabled else True, leave=False)
+
+
+def attach_artifacts(ws: Workspace, experiment: str, paths: list[Path], artifact_path: str) -> str | None:
+    """Attach files (a folder: its contents) under ``artifact_path`` of the latest sweep's parent run.
+
+    Returns the MLflow run id, or None when MLflow is off, unreachable or has no sweep of the experiment.
+    """
+    if not ws.mlflow_enabled:
+        return None
+    with _open_store(ws.db_url) as store:
+        parents = [s["mlflow_run_id"] for s in reversed(store.sweeps(experiment)) if s.get("mlflow_run_id")]
+        if not parents:
+            return None
+        try:
+            logger = ExperimentClient(ws.mlflow_tracking_uri, experiment, store, ws.mlflow_artifacts_dir)
+            rid = next((r for r in parents if logger._exists(r)), None)
+            if rid is None:
+                return None
+            for p in map(Path, paths):
+                if p.is_dir():
+                    logger.client.log_artifacts(rid, str(p), artifact_path)
+                else:
+                    logger.client.log_artifact(rid, str(p), artifact_path)
+        except Exception as e:  # noqa: BLE001 -- the report exists on disk either way
+            warn(f"could not attach {artifact_path} to MLflow at {ws.mlflow_tracking_uri}: {short_error(e)}")
+            return None
+        return rid

@@ -1,0 +1,109 @@
+"""The mapping from a run record to MLflow params, tags and metrics (pure; mlflow is imported only for
+its own length limits, when a value is cut to them)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord
+
+
+KEY_TAG = "tracker.key"
+# MLflow's own limits, by our name -> their name in mlflow.utils.validation
+_MLFLOW_LIMITS = {"MAX_PARAM_LENGTH": "MAX_PARAM_VAL_LENGTH", "MAX_TAG_LENGTH": "MAX_TAG_VAL_LENGTH",
+                  "MAX_PER_BATCH": "MAX_PARAMS_TAGS_PER_BATCH"}
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def limit(name: str) -> int:
+    """One of MLflow's own limits (``MAX_PARAM_LENGTH``, ``MAX_TAG_LENGTH``, ``MAX_PER_BATCH``), read from
+    ``mlflow.utils.validation`` when first needed: the runner imports this module and must not pay for mlflow."""
+    from mlflow.utils import validation
+
+    return getattr(validation, _MLFLOW_LIMITS[name])
+
+
+def __getattr__(name: str) -> int:
+    if name in _MLFLOW_LIMITS:
+        return limit(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def scheduler_class(rec: "RunRecord") -> str:
+    """The scheduler class that made the image ("default" resolved through the stored scheduler config)."""
+    if rec.scheduler == "default" and rec.scheduler_config:
+        return str(rec.scheduler_config.get("_class_name") or rec.scheduler)
+    return rec.scheduler
+
+
+def child_params(rec: "RunRecord") -> dict[str, str]:
+    """Params people filter on in the MLflow UI; the scheduler as its short name ('PNDM')."""
+    from tracker import schedulers
+
+    cls = scheduler_class(rec)
+    sampler, schedule = schedulers.sampler_name(cls, rec.scheduler_options)
+    params: dict[str, Any] = {
+        "seed": rec.seed, "model": rec.model, "scheduler": cls.removesuffix("Scheduler"),
+        "sampler": f"{sampler} {schedule}" if schedule else sampler,
+        "steps": rec.steps, "guidance_scale": rec.guidance_scale, "width": rec.width, "height": rec.height,
+        "vae": rec.vae, "dtype": rec.dtype, "batch_size": rec.batch_size, "batch_size_used": rec.batch_size_used,
+        "attention_slicing": rec.attention_slicing, "vae_slicing": rec.vae_slicing, "vae_tiling": rec.vae_tiling,
+        "cpu_offload": rec.cpu_offload, "device": rec.device, "generator_device": rec.generator_device,
+    }
+    if rec.scheduler_options:
+        params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)
+    params.update({f"axis.{name}": label for name, label in rec.axes.items()})
+    cap = limit("MAX_PARAM_LENGTH")
+    return {k: as_text(v, cap) for k, v in params.items() if v is not None}
+
+
+def child_tags(rec: "RunRecord") -> dict[str, str]:
+    """The key, the full prompts (tags hold 8000 characters, params 6000) and the full scheduler class."""
+    tags = {
+        KEY_TAG: rec.key, "tracker.experiment": rec.experiment, "tracker.kind": "image",
+        "tracker.sweep_id": rec.sweep_id, "tracker.prompt": rec.prompt, "tracker.negative_prompt": rec.negative_prompt,
+        "tracker.prompt_template": rec.prompt_template, "tracker.negative_template": rec.negative_template,
+        "tracker.scheduler_class": scheduler_class(rec), "tracker.model_revision": rec.model_revision,
+        "tracker.image_sha256": rec.image_sha256,
+        "mlflow.note.content": _note(rec),
+    }
+    cap = limit("MAX_TAG_LENGTH")
+    return {k: as_text(v, cap) for k, v in tags.items() if v is not None}
+
+
+def child_metrics(rec: "RunRecord") -> dict[str, float]:
+    metrics = {
+        "seconds": rec.seconds, "seconds_per_step": rec.seconds_per_step,
+        "peak_memory_mb": rec.peak_memory_bytes / 2**20 if rec.peak_memory_bytes is not None else None,
+        "images_per_second": 1.0 / rec.seconds if rec.seconds else None,
+    }
+    return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def run_name(rec: "RunRecord") -> str:
+    """What the MLflow run list shows: the axis labels, e.g. "age=old seed=1"."""
+    labels = " ".join(f"{k}={v}" for k, v in rec.axes.items())
+    return as_text(labels or rec.key, 250)
+
+
+def _note(rec: "RunRecord") -> str:
+    """The run's description in the MLflow UI: prompt and negative prompt, readable."""
+    text = f"**prompt:** {rec.prompt}"
+    if rec.negative_prompt:
+        text += f"\n\n**negative prompt:** {rec.negative_prompt}"
+    return text + f"\n\nrun key `{rec.key}`"
+
+
+def environment_tags(environment: Mapping[str, Any] | None) -> dict[str, str]:
+    """A sweep's library versions and device as parent-run tags (``env.<name>``); the client cuts them to
+    MLflow's tag limit when it logs them (the runner calls this without importing mlflow)."""
+    return {f"env.{k}": as_text(v) for k, v in (environment or {}).items() if v is not None}
+
+
+def as_text(v: Any, cap: int | None = None) -> str:
+    if isinstance(v, bool):
+        v = "true" if v else "false"
+    s = v if isinstance(v, str) else str(v)
+    return s if cap is None or len(s) <= cap else s[:cap - 1] + "…"

@@ -1,0 +1,129 @@
+"""``tracker ui`` (the MLflow UI for the workspace's store) and links to runs in it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tracker.mlflow.client import is_local_store
+from tracker.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord
+
+
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where ``tracker ui`` serves a local store by default
+
+
+def run_url(ws: Workspace, record: "RunRecord") -> str | None:
+    """A link to the run in the MLflow UI, or None when it is not in MLflow (or MLflow is off).
+
+    Uses the UI's direct run route (``#/runs/<id>``), which finds the experiment itself, so no call to
+    MLflow is needed. A local store is served by ``tracker ui`` at its default address.
+    """
+    if not ws.mlflow_enabled or not record.mlflow_run_id:
+        return None
+    uri = ws.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    elif is_local_store(uri):
+        base = UI_DEFAULT_URL
+    else:
+        return None
+    return f"{base}/#/runs/{record.mlflow_run_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# tracker ui: the MLflow UI for the workspace's store
+
+
+def server_command(backend_uri: str, artifacts_dir: Path, host: str, port: int) -> list[str]:
+    """``mlflow server`` for a store: one worker (answers in ~10 s instead of ~22 s), bound to ``host``.
+
+    Experiments the tracker creates keep their artifacts at a local path, which the server reads
+    directly; ``--artifacts-destination`` is where experiments made in the UI put theirs.
+    """
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+            "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def wait_for_health(url: str, timeout: float, alive=lambda: True) -> bool:
+    """Poll ``url``/health until it answers 200 (True), ``alive()`` turns false or ``timeout`` passes (False)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def stop_process_group(proc, timeout: float = 20.0) -> None:
+    """SIGTERM the server's process group (uvicorn and its worker), SIGKILL what is left after ``timeout``."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
+    """Run the MLflow UI for the workspace's store until Ctrl-C or SIGTERM; returns the exit status."""
+    import signal
+    import socket
+    import subprocess
+
+    from tracker.errors import TrackerError, UsageError
+
+    uri = ws.mlflow_tracking_uri
+    if not is_local_store(uri):
+        echo(f"MLflow at {uri} serves its own UI: open {uri}")
+        return 0
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); choose another port with --port") from None
+    ws.ensure()
+    ws.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    log_path = ws.home / "mlflow-ui.log"
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(server_command(uri, ws.mlflow_artifacts_dir, host, port), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        echo(f"MLflow UI: {url}  (store {uri}; starting, Ctrl-C to stop)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            echo(f"warning: listening on {host}: anyone who can reach this machine can read and change the runs")
+        if wait_for_health(url, 300, lambda: proc.poll() is None):
+            echo(f"ready: {url}")
+        rc = proc.wait()
+        raise TrackerError(f"mlflow server stopped with status {rc}; see {log_path}")
+    except KeyboardInterrupt:
+        echo("stopping the MLflow UI ...")
+        return 0
+    finally:
+        stop_process_group(proc)
+        signal.signal(signal.SIGTERM, previous)

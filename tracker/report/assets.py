@@ -1,0 +1,151 @@
+"""The report's images: copied and thumbnailed once per sha256, files no longer used removed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord
+
+
+THUMB_SIZE = 256
+
+
+ASSET_DIRS = ("full", "thumbs", "grids")
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# images: copied and thumbnailed once per sha256
+
+
+@dataclass(frozen=True)
+class Asset:
+    thumb: str
+    image: str
+    width: int
+    height: int
+
+
+class Assets:
+    """Full images and thumbnails under the report folder, named by the image's sha256.
+
+    ``thumbs/manifest.json`` remembers each image's size and thumbnail, so a second build opens no
+    image that did not change. Images no larger than a thumbnail serve as their own thumbnail.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.used: set[str] = {MANIFEST}
+        for d in ASSET_DIRS:
+            (root / d).mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, list] = _read_manifest(root / "thumbs" / MANIFEST)
+
+    def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
+        """key -> Asset, or key -> the reason there is no image. Thumbnails are made in threads."""
+        todo: dict[str, tuple[Path, str]] = {}
+        out: dict[str, Asset | str] = {}
+        for r in records:
+            src = Path(r.image) if r.image else None
+            if src is None or not src.is_file():
+                out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
+                continue
+            todo[r.key] = (src, r.image_sha256 or _sha256(src))
+        with ThreadPoolExecutor(workers()) as pool:
+            for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
+                out[key] = result
+        write_text(self.root / "thumbs" / MANIFEST, json.dumps(self.manifest, sort_keys=True))
+        return out
+
+    def _one(self, src: Path, sha: str) -> Asset | str:
+        name = sha[:32]
+        full = f"full/{name}{src.suffix.lower() or '.png'}"
+        try:
+            if not (self.root / full).exists():
+                _link_or_copy(src, self.root / full)
+            known = self.manifest.get(name)
+            if known is None or not (self.root / known[2]).exists():
+                known = self.manifest[name] = list(_thumbnail(self.root / full, self.root / "thumbs", name))
+        except (OSError, ValueError) as e:
+            return f"image unreadable: {e}"
+        self.used.update({Path(full).name, Path(known[2]).name})
+        return Asset(known[2], full, known[0], known[1])
+
+    def add_used(self, rel: str) -> None:
+        self.used.add(Path(rel).name)
+
+    def prune(self) -> int:
+        """Remove files of runs no longer shown (their image changed or they left the plan)."""
+        n = 0
+        for d in ASSET_DIRS:
+            for p in (self.root / d).iterdir():
+                if p.name not in self.used:
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+
+def _read_manifest(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _thumbnail(src: Path, folder: Path, name: str) -> tuple[int, int, str]:
+    """Write ``name``'s thumbnail into ``folder``: a JPEG, or for an image no larger than a thumbnail a
+    link to the image itself (so thumbs/ alone can show every grid). Returns (width, height, path)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        size = im.size
+        if max(size) <= THUMB_SIZE:
+            dst = folder / f"{name}{src.suffix}"
+            _link_or_copy(src, dst)
+            return (*size, f"{folder.name}/{dst.name}")
+        im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
+        small = im.convert("RGB")
+    small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    dst = folder / f"{name}.jpg"
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    small.save(tmp, format="JPEG", quality=88)
+    os.replace(tmp, dst)
+    return (*size, f"{folder.name}/{dst.name}")
+
+
+def workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,116 @@
+"""Labelled PNG grids: the report's (one per grid, drawn only when changed) and ``tracker grid``'s."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from tracker import gridimage
+from tracker.errors import NotFoundError
+from tracker.report.assets import THUMB_SIZE, Asset, workers
+from tracker.report.data import Grid
+from tracker.report.layout import Layout, Section, choose_layout, parse_where, sections, select
+from tracker.report.source import STATE_NOTES, Entry, load
+from tracker.workspace import Workspace
+
+
+def grid_pngs(grids: Sequence[Grid], secs: Sequence[Section], layout: Layout, images: Mapping[str, Asset | str],
+               out: Path, max_pixels: int) -> tuple[Grid, ...]:
+    """Each grid's labelled PNG, named by a hash of its images and labels: drawn only when that changed.
+    Drawn in threads (Pillow decodes and compresses without holding the GIL)."""
+    jobs, named = [], []
+    for grid, sec in zip(grids, secs):
+        spec = grid_spec(sec, layout, lambda key: _tile_for(images, out, key), with_title=True,
+                         preview_of=lambda key: _preview_for(images, out, key))
+        digest = hashlib.sha256(repr((spec, max_pixels)).encode()).hexdigest()[:12]
+        rel = f"grids/{grid.id}-{digest}.png"
+        named.append(replace(grid, png=rel))
+        if not (out / rel).exists():
+            jobs.append((spec, out / rel))
+    with ThreadPoolExecutor(workers()) as pool:
+        list(pool.map(lambda job: gridimage.write(job[0], job[1], max_pixels), jobs))
+    return tuple(named)
+
+
+def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | None:
+    asset = images.get(key)
+    return out / asset.image if isinstance(asset, Asset) else None
+
+
+def _preview_for(images: Mapping[str, Asset | str], out: Path, key: str) -> tuple[Path | None, float]:
+    asset = images.get(key)
+    if not isinstance(asset, Asset):
+        return None, 0.0
+    return out / asset.thumb, min(1.0, THUMB_SIZE / max(asset.width, asset.height))
+
+
+def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None], with_title: bool = True,
+              preview_of: Callable[[str], tuple[Path | None, float]] | None = None) -> gridimage.GridSpec:
+    """A section as a labelled PNG grid: ``image_of(key)`` gives the file of a done run, ``preview_of(key)``
+    a smaller copy and its scale (report thumbnails)."""
+    tiles = []
+    for rl in sec.row_labels:
+        row = []
+        for cl in sec.col_labels:
+            e = sec.cells.get((rl, cl))
+            path = image_of(e.key) if e is not None and e.state == "done" else None
+            preview = preview_of(e.key) if path is not None and preview_of is not None else (None, 0.0)
+            row.append(gridimage.Tile(path, "" if path else _tile_note(e), *preview))
+        tiles.append(tuple(row))
+    rows = tuple(f"{layout.rows}: {lab}" if layout.rows == "seed" else lab for lab in sec.row_labels)
+    cols = tuple(f"{layout.cols}: {lab}" if layout.cols == "seed" else lab for lab in sec.col_labels)
+    return gridimage.GridSpec(sec.title if with_title else "", rows, cols, tuple(tiles))
+
+
+def _tile_note(e: Entry | None) -> str:
+    if e is None:
+        return STATE_NOTES["absent"]
+    if e.state == "failed":
+        return f"failed: {e.record.error or 'unknown error'}"
+    if e.state == "done":
+        return "image missing"
+    return STATE_NOTES.get(e.state, e.state)
+
+
+# ---------------------------------------------------------------------------------------------
+# labelled PNG grids for ``tracker grid``
+
+
+def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
+                out: Path, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> list[gridimage.GridImage]:
+    """One PNG at ``out`` for one grid; when other axes still vary, one PNG per combination named
+    ``<stem>-<axis=label,...><suffix>`` beside it."""
+    source = load(ws, experiment)
+    pinned = parse_where(source, where)
+    layout = choose_layout(source, rows, cols, fixed=pinned)
+    secs = sections(source, layout, select(source, pinned))
+    if not secs:
+        raise NotFoundError(f"no runs of {experiment!r} match --where {' '.join(where)}")
+    pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
+    written = []
+    names = _combo_names(out, [s.combo for s in secs])
+    files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
+    for sec, path in zip(secs, names):
+        spec = grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
+        title = " · ".join(t for t in (pinned_title, spec.title) if t)
+        written.append(gridimage.write(gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles),
+                                       path, max_pixels))
+    return written
+
+
+def _combo_names(out: Path, combos: Sequence[tuple]) -> list[Path]:
+    if len(combos) == 1:
+        return [out]
+    names, used = [], set()
+    for combo in combos:
+        slug = re.sub(r"[^A-Za-z0-9._=,-]+", "_", ",".join(f"{k}={v}" for k, v in combo))[:80].strip("._") or "grid"
+        candidate, n = slug, 2
+        while candidate in used:
+            candidate, n = f"{slug}-{n}", n + 1
+        used.add(candidate)
+        names.append(out.with_name(f"{out.stem}-{candidate}{out.suffix or '.png'}"))
+    return names

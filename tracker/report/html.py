@@ -1,0 +1,208 @@
+"""Building and writing the report folder: the data from the store, laid out, rendered by Jinja2."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from collections import Counter
+from dataclasses import replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from tracker.report.assets import Asset, Assets, write_text
+from tracker.report.attach import mlflow_url
+from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
+from tracker.report.efficiency import efficiency
+from tracker.report.grids import grid_pngs
+from tracker.report.highlight import highlight
+from tracker.report.layout import Layout, Section, choose_layout, sections
+from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load
+from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
+
+if TYPE_CHECKING:
+    from tracker.store import RunRecord
+
+
+# The report's grid PNGs are for sharing a whole sweep at a glance; `tracker grid` makes bigger ones.
+REPORT_MAX_PIXELS = 16_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# building the report
+
+
+def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | None = None,
+          out: Path | None = None, max_pixels: int = REPORT_MAX_PIXELS) -> tuple[Path, Report]:
+    """Build and write the report folder; returns the path of index.html and the report data."""
+    source = load(ws, experiment)
+    layout = choose_layout(source, rows, cols)
+    out = Path(out) if out is not None else safe_join(ws.reports_dir, experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    assets = Assets(out)
+    images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
+    secs = sections(source, layout, source.entries)
+    grids = tuple(_grid(source, layout, s, i, images) for i, s in enumerate(secs, 1))
+    grids = grid_pngs(grids, secs, layout, images, out, max_pixels)
+    for g in grids:
+        assets.add_used(g.png)
+    home = _home_option(ws)
+    report = Report(
+        experiment=source.name, description=source.description,
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        counts=tuple(Counter(e.state for e in source.entries).most_common()),
+        rows_axis=layout.rows or "", cols_axis=layout.cols or "",
+        constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
+        grids=grids, details=tuple(_detail(ws, e, images, home) for e in source.entries),
+        efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
+        notes=source.notes, verify=_mark_shown(source.verify, {e.key for e in source.entries}),
+        verify_command=f"tracker {home}verify {shlex.quote(source.name)}",
+    )
+    index = out / "index.html"
+    write_text(index, render(report))
+    assets.prune()
+    return index, report
+
+
+def _mark_shown(view: VerifyView | None, keys: set[str]) -> VerifyView | None:
+    """Mark the verified runs the report has details for (the others left the plan since)."""
+    if view is None:
+        return None
+    return replace(view, runs=tuple(replace(r, shown=r.key in keys) for r in view.runs))
+
+
+def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str]) -> Grid:
+    rows_axis = source.axis(layout.rows) if layout.rows else None
+    cols_axis = source.axis(layout.cols) if layout.cols else None
+    prompts = sorted({e.prompt for e in sec.cells.values()})
+    rows = []
+    for rl in sec.row_labels:
+        cells = [sec.cells.get((rl, cl)) for cl in sec.col_labels]
+        row_prompts = {e.prompt for e in cells if e is not None}
+        shared = len(row_prompts) == 1
+        first = next(e for e in cells if e is not None)
+        rows.append(Row(
+            _header(rows_axis, rl),
+            highlight(first.prompt, first.prompt_template, prompts, first.variables) if shared else (),
+            tuple(_cell(e, images, () if shared else prompts) for e in cells)))
+    return Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
+                tuple(_header(cols_axis, cl) for cl in sec.col_labels), tuple(rows))
+
+
+def _header(axis: AxisInfo | None, label: str) -> Header:
+    return Header(label, axis.full(label) if axis else label)
+
+
+def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[str]) -> Cell:
+    if e is None:
+        return Cell(None, "absent", STATE_NOTES["absent"])
+    prompt = highlight(e.prompt, e.prompt_template, others, e.variables) if others else ()
+    if e.state == "failed":
+        return Cell(e.key, "failed", f"failed: {e.record.error or 'unknown error'}", prompt=prompt)
+    if e.state != "done":
+        return Cell(e.key, e.state, STATE_NOTES.get(e.state, e.state), prompt=prompt)
+    asset = images.get(e.key)
+    if not isinstance(asset, Asset):
+        return Cell(e.key, "noimage", asset or "image missing", prompt=prompt)
+    return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt)
+
+
+# ---------------------------------------------------------------------------------------------
+# run details
+
+
+def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: str) -> RunDetail:
+    r = e.record
+    asset = images.get(e.key)
+    title = " · ".join(f"{k}: {v}" for k, v in e.labels)
+    error = r.error if r is not None and r.status == "failed" else None
+    return RunDetail(
+        key=e.key, state=e.state, title=title,
+        prompt=highlight(e.prompt, e.prompt_template, (), e.variables),
+        image=asset.image if isinstance(asset, Asset) else None,
+        thumb=asset.thumb if isinstance(asset, Asset) else None,
+        recipe=recipe(r if r is not None else e.planned),
+        timings=timings(r) if r is not None else (),
+        error=error, mlflow_url=mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}",
+    )
+
+
+def recipe(run) -> tuple[tuple[str, str], ...]:
+    """The full recipe of a stored (RunRecord) or planned (PlannedRun) run, as label/value pairs."""
+    from tracker.schedulers import sampler_name
+
+    s = run.settings() if callable(getattr(run, "settings", None)) else run.settings
+    options = dict(s.scheduler_options)
+    sampler, schedule = sampler_name(s.scheduler, options) if s.scheduler != "default" else ("default", None)
+    memory = [n for n, on in (("attention slicing", s.attention_slicing), ("VAE slicing", s.vae_slicing),
+                              ("VAE tiling", s.vae_tiling), ("CPU offload", s.cpu_offload)) if on]
+    revision = getattr(run, "model_revision", None)
+    rows = [
+        ("prompt", run.prompt), ("negative prompt", run.negative_prompt or "(none)"), ("seed", str(run.seed)),
+        ("model", s.model + (f" @ {revision}" if revision else "")),
+        ("scheduler", s.scheduler + (f" ({sampler}{' ' + schedule if schedule else ''})" if s.scheduler != "default" else "")),
+        ("scheduler options", ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "(none)"),
+        ("steps", str(s.steps)), ("guidance scale", f"{s.guidance_scale:g}"), ("size", f"{s.width}x{s.height}"),
+        ("VAE", s.vae), ("dtype", s.dtype), ("device", getattr(run, "device", None) or s.device),
+        ("generator device", s.generator_device), ("batch size (setting)", str(s.batch_size)),
+        ("memory options", ", ".join(memory) or "(none)"),
+    ]
+    return tuple(rows)
+
+
+def timings(r: "RunRecord") -> tuple[tuple[str, str], ...]:
+    rows = [
+        ("seconds", _num(r.seconds, "{:.3f} s")), ("seconds per step", _num(r.seconds_per_step, "{:.4f} s")),
+        ("peak memory", _mib(r.peak_memory_bytes)), ("batch size used", _num(r.batch_size_used, "{}")),
+        ("started", r.started_at.isoformat(timespec="seconds") if r.started_at else "—"),
+        ("finished", r.finished_at.isoformat(timespec="seconds") if r.finished_at else "—"),
+    ]
+    return tuple(rows)
+
+
+def _num(v: float | int | None, fmt: str) -> str:
+    return fmt.format(v) if v is not None else "—"
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n else "—"
+
+
+def _home_option(ws: Workspace) -> str:
+    """``--home DIR `` for commands shown to the user, unless the workspace is the default one here."""
+    return "" if ws.home == Path(DEFAULT_HOME).resolve() else f"--home {shlex.quote(str(ws.home))} "
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def templates_dir() -> Path:
+    """The Jinja2 templates: ``templates/`` in a checkout, ``tracker/_templates`` in an installed wheel."""
+    from tracker.resources import data_dir
+
+    return data_dir("templates", "report.html.j2")
+
+
+@lru_cache(maxsize=1)
+def _env():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(templates_dir())), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["mib"] = _mib
+    env.filters["num"] = lambda v, fmt="{:.3f}": _num(v, fmt)
+    return env
+
+
+def render(report: Report) -> str:
+    """The page. Its one script is static; the Content-Security-Policy allows only that script (by
+    hash), so even markup that slipped into the page could not run code or reach the network."""
+    from markupsafe import Markup
+
+    script = _env().get_template("_script.js.j2").render()
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return _env().get_template("report.html.j2").render(
+        report=report, details=report.details_json(), script=Markup(script), script_hash=f"sha256-{digest}")
