@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tracker import models, schedulers, templating
+from tracker import limits, models, schedulers, templating
 from tracker.errors import SpecError
 from tracker.yamlfile import LinedYaml, load
 
@@ -264,6 +264,9 @@ def _label(value: Any) -> str:
 def parse_file(path: str | Path) -> Experiment:
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > limits.YAML_MAX_BYTES:
+            raise SpecError(str(path), None, f"is {p.stat().st_size} bytes; an experiment file may hold at most "
+                                             f"{limits.YAML_MAX_BYTES}")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), None, "no such file") from None
@@ -291,6 +294,9 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     name = data.get("name", default_name if default_name is not None else Path(path).stem)
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         P.err("name", f"must match [A-Za-z0-9._-]+ (and not be . or ..) but is {name!r}", "name")
+    if len(name) > limits.MAX_NAME_LENGTH:
+        P.err("name", f"is {len(name)} characters long; at most {limits.MAX_NAME_LENGTH} (it becomes a folder name): "
+                      f"{name[:40]!r}...", "name")
     description = data.get("description", "")
     if not isinstance(description, str):
         P.err("description", f"must be a string but is {description!r}", "description")
@@ -492,6 +498,8 @@ def _seeds(P: _Parser, raw: Any) -> tuple[list[int], str | None]:
         count = raw["count"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             P.err("seeds.count", f"must be a positive integer but is {count!r}", "seeds", "count")
+        if count > limits.MAX_SEEDS:
+            P.err("seeds.count", f"asks for {count} seeds; at most {limits.MAX_SEEDS}", "seeds", "count")
         _seed(P, start + count - 1, "seeds", "seeds")
         return list(range(start, start + count)), None
     if isinstance(raw, str):
@@ -503,8 +511,8 @@ def _seeds(P: _Parser, raw: Any) -> tuple[list[int], str | None]:
         _seed(P, b, "seeds", "seeds")
         if b < a:
             P.err("seeds", f"range {raw!r} ends before it starts", "seeds")
-        if b - a >= 1_000_000:
-            P.err("seeds", f"range {raw!r} holds {b - a + 1} seeds; at most 1000000", "seeds")
+        if b - a >= limits.MAX_SEEDS:
+            P.err("seeds", f"range {raw!r} holds {b - a + 1} seeds; at most {limits.MAX_SEEDS}", "seeds")
         return list(range(a, b + 1)), None
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw]

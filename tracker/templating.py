@@ -5,16 +5,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tracker.errors import SpecError
+from tracker.sandbox import BoundedSandbox, TemplateLimit
 
 
 @lru_cache(maxsize=1)
-def _env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+def _env() -> BoundedSandbox:
+    return BoundedSandbox(autoescape=False, keep_trailing_newline=False)
 
 
 @lru_cache(maxsize=4096)
@@ -42,7 +42,9 @@ def variables(source: str) -> frozenset[str]:
 
 def render(source: str, variables: Mapping[str, Any], path: str | None, field: str, line: int | None) -> str:
     try:
-        return _compile(source).render(**variables)
+        return _env().render(_compile(source), dict(variables))
+    except TemplateLimit as e:
+        raise SpecError(path, field, f"template exceeds a limit: {e}", line) from None
     except SecurityError as e:
         raise SpecError(path, field, f"template tries to reach Python internals, which the sandbox forbids: {e}", line) from None
     except UndefinedError as e:

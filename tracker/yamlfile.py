@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from tracker import limits
 from tracker.errors import SpecError
 
 
@@ -26,6 +27,7 @@ class LinedYaml:
 
 def load(text: str, path: str) -> LinedYaml:
     try:
+        _check_bounds(text, path)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -43,6 +45,40 @@ def load(text: str, path: str) -> LinedYaml:
     except yaml.YAMLError as err:
         raise SpecError(path, None, f"malformed YAML: {' '.join(str(err).split())}") from None
     return LinedYaml(_fix_surrogates(data, path, ()), lines)
+
+
+def _check_bounds(text: str, path: str) -> None:
+    """Refuse, from the event stream (no recursion, nothing built), a document nested deeper than
+    ``YAML_MAX_DEPTH`` or whose aliases expand to more than ``YAML_MAX_NODES`` values ("billion laughs")."""
+    if len(text) > limits.YAML_MAX_BYTES:
+        raise SpecError(path, None, f"is {len(text)} characters long; an experiment file may hold at most "
+                                    f"{limits.YAML_MAX_BYTES}")
+    sizes: dict[str, int] = {}  # anchor -> values under it
+    stack: list[list] = [[None, 0]]  # per open collection: [anchor, values so far]
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) - 1 > limits.YAML_MAX_DEPTH:
+                raise SpecError(path, None, f"nests mappings and lists more than {limits.YAML_MAX_DEPTH} deep",
+                                event.start_mark.line + 1)
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+        elif isinstance(event, yaml.ScalarEvent):
+            n = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            n = sizes.get(event.anchor, 1)
+        else:
+            continue
+        stack[-1][1] += n
+        if stack[-1][1] > limits.YAML_MAX_NODES:
+            raise SpecError(path, None, f"expands to more than {limits.YAML_MAX_NODES} values (through YAML "
+                                        "aliases?); write the values out or shorten the file",
+                            event.start_mark.line + 1)
 
 
 def _fix_surrogates(value: Any, path: str, at: tuple) -> Any:
