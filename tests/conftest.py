@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules (pgcluster)
 EXAMPLES = REPO / "examples"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,3 +64,18 @@ def write_yaml(tmp_path):
         return p
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the whole test session (see tests/pgcluster.py)."""
+    from pgcluster import Cluster
+
+    with Cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return postgres.new_database()

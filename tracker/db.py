@@ -65,7 +65,9 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
         try:
             return create_engine(parsed, pool_pre_ping=True)
         except Exception as e:  # a missing driver (psycopg, pymysql ...)
-            raise StoreError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {e}") from None
+            hint = ("; install the PostgreSQL extra: pip install 'prompt-tracker[postgres]'"
+                    if parsed.get_backend_name() == "postgresql" and isinstance(e, ImportError) else "")
+            raise StoreError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {e}{hint}") from None
     path = _sqlite_file(parsed)
     if path is not None:
         try:

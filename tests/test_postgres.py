@@ -1,0 +1,105 @@
+"""The run store on a real PostgreSQL server (a throwaway cluster the tests start: tests/pgcluster.py):
+Alembic migrations from empty and back, the store's tables equal to the migrated schema, and every
+command on ``--db postgresql+psycopg://...``."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from tracker import db
+from tracker.store import Store, metadata
+
+from test_migrations import REVISIONS, expected_at
+
+SMALL = """\
+name: pgsmall
+model: tiny
+prompt: "a {{ animal }}"
+axes:
+  animal: [cat, dog]
+seeds: [0, 1]
+steps: 2
+"""
+
+
+def _columns(url: str) -> dict[str, set[str]]:
+    engine = sa.create_engine(url)
+    try:
+        insp = sa.inspect(engine)
+        return {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
+    finally:
+        engine.dispose()
+
+
+def test_migrations_from_empty_to_head_and_down_again(pg_url):
+    assert db.upgrade(pg_url, REVISIONS[0]) == (None, REVISIONS[0])
+    assert db.upgrade(pg_url) == (REVISIONS[0], REVISIONS[-1])
+    cols = _columns(pg_url)
+    assert cols.pop("alembic_version") == {"version_num"}
+    assert cols == expected_at(REVISIONS[-1])
+    for rev in reversed(REVISIONS[:-1]):
+        db.downgrade(pg_url, rev)
+        cols = _columns(pg_url)
+        cols.pop("alembic_version")
+        assert cols == expected_at(rev)
+    assert db.downgrade(pg_url, "base") == (REVISIONS[0], None)
+    assert set(_columns(pg_url)) == {"alembic_version"}
+
+
+def test_store_tables_match_the_migrated_schema_on_postgresql(pg_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    db.upgrade(pg_url)
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_big_seeds_and_json_round_trip(pg_url):
+    from tracker import plan, spec
+
+    exp = spec.parse(SMALL.replace("seeds: [0, 1]", f"seeds: [{2**63 - 1}]"), "x.yaml")
+    runs = plan.expand(exp).runs
+    with Store.open(pg_url) as store:
+        sweep = store.start_sweep("pgsmall", {"planned": len(runs), "versions": {"torch": "x"}})
+        store.plan_runs(sweep, runs)
+        recs = store.runs("pgsmall")
+        assert [r.seed for r in recs] == [2**63 - 1] * 2
+        assert recs[0].axes == dict(runs[0].axes) and store.sweep(sweep)["versions"] == {"torch": "x"}
+
+
+def test_every_command_works_on_postgresql(cli, write_yaml, pg_url, tmp_path):
+    path = write_yaml(SMALL)
+    res = cli("--db", pg_url, "db", "upgrade")
+    assert res.code == 0, res.err
+    res = cli("--db", pg_url, "run", path, "--no-mlflow", "-q")
+    assert res.code == 0, res.err
+    assert "4 done" in res.out
+    res = cli("--db", pg_url, "run", path, "--no-mlflow", "-q")
+    assert res.code == 0 and "0 done, 4 skipped" in res.out
+    res = cli("--db", pg_url, "runs", "pgsmall", "--json")
+    runs = json.loads(res.out)
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"done"}
+    assert cli("--db", pg_url, "show", runs[0]["key"][:8]).code == 0
+    assert "pgsmall" in cli("--db", pg_url, "experiments").out
+    res = cli("--db", pg_url, "report", "pgsmall", "-o", tmp_path / "rep")
+    assert res.code == 0, res.err
+    assert (tmp_path / "rep" / "index.html").exists()
+    res = cli("--db", pg_url, "reproduce", runs[0]["image"])
+    assert res.code == 0, res.err
+    res = cli("--db", pg_url, "verify", "pgsmall")
+    assert res.code == 0, res.err
+
+
+def test_a_missing_driver_names_the_extra(cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    res = cli("--db", "postgresql+psycopg://u@/x?host=/nowhere", "runs")
+    assert res.code == 2 and res.err.count("\n") == 1
+    assert "prompt-tracker[postgres]" in res.err and "Traceback" not in res.err
