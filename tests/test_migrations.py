@@ -15,7 +15,7 @@ from tracker import db
 from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
-REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility"]
+REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -32,6 +32,11 @@ COLUMNS_0001 = {
 ADDED = {  # revision -> table -> columns it adds
     "0002_mlflow_sync": {"runs": {"mlflow_run_id", "mlflow_synced_at"}, "sweeps": {"mlflow_run_id"}},
     "0003_reproducibility": {"sweeps": {"environment", "verify"}},
+    "0004_claims": {"runs": {"worker_id", "lease_until"}},
+}
+CREATED = {  # revision -> tables it creates, with their columns
+    "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",
+                                "runs_done", "runs_failed", "busy_seconds", "status"}},
 }
 BIG_SEED = 2**63 - 1
 
@@ -57,6 +62,7 @@ def table_names(path: Path) -> set[str]:
 def expected_at(revision: str) -> dict[str, set[str]]:
     out = {t: set(c) for t, c in COLUMNS_0001.items()}
     for rev in REVISIONS[1:REVISIONS.index(revision) + 1]:
+        out.update({t: set(c) for t, c in CREATED.get(rev, {}).items()})
         for t, cols in ADDED[rev].items():
             out[t] |= cols
     return out
@@ -218,8 +224,8 @@ BOOM = '''
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0004_boom"
-down_revision = "0003_reproducibility"
+revision = "9999_boom"
+down_revision = "{HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -238,19 +244,21 @@ def downgrade():
 
 @pytest.fixture
 def faulty_migrations(tmp_path):
-    """A copy of the migrations with a 0004 whose batch copy fails on existing rows (NOT NULL, no default);
+    """A copy of the migrations with a 9999 whose batch copy fails on existing rows (NOT NULL, no default);
     ``fix()`` rewrites it to work."""
     scripts = tmp_path / "migrations"
     shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    boom = scripts / "versions" / "0004_boom.py"
-    boom.write_text(BOOM.replace("{DEFAULT}", "without a default the copy fails").replace("{SERVER_DEFAULT}", ""))
+    boom = scripts / "versions" / "9999_boom.py"
+    boom.write_text(BOOM.replace("{DEFAULT}", "without a default the copy fails").replace("{SERVER_DEFAULT}", "")
+                    .replace("{HEAD}", REVISIONS[-1]))
 
     class Scripts:
         path = scripts
 
         @staticmethod
         def fix():
-            boom.write_text(BOOM.replace("{DEFAULT}", "fixed").replace("{SERVER_DEFAULT}", ', server_default="3"'))
+            boom.write_text(BOOM.replace("{DEFAULT}", "fixed").replace("{SERVER_DEFAULT}", ', server_default="3"')
+                            .replace("{HEAD}", REVISIONS[-1]))
             shutil.rmtree(scripts / "versions" / "__pycache__", ignore_errors=True)
 
     return Scripts
@@ -274,7 +282,7 @@ def test_failed_batch_migration_rolls_back_completely_and_retry_works(tmp_path, 
     assert len(_rows(url)["runs"]) == 3
 
     faulty_migrations.fix()
-    assert db.upgrade(url, script_location=faulty_migrations.path) == (REVISIONS[-1], "0004_boom")
+    assert db.upgrade(url, script_location=faulty_migrations.path) == (REVISIONS[-1], "9999_boom")
     runs = _rows(url)["runs"]
     assert [r["rating"] for r in runs] == [3, 3, 3] and [r["seed"] for r in runs][0] == BIG_SEED
 

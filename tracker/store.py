@@ -107,6 +107,8 @@ runs_t = sa.Table(
     sa.Column("plan_index", sa.Integer),
     sa.Column("mlflow_run_id", sa.String(64)),  # 0002
     sa.Column("mlflow_synced_at", sa.DateTime),  # 0002
+    sa.Column("worker_id", sa.Integer, sa.ForeignKey("workers.id", name="fk_runs_worker")),  # 0004
+    sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
@@ -121,6 +123,23 @@ events_t = sa.Table(
     sa.Column("message", sa.Text, nullable=False, server_default=""),
     sa.Column("data", sa.JSON),
     sa.Index("ix_events_sweep", "sweep_id"),
+)
+
+workers_t = sa.Table(  # 0004: one process generating images for a sweep (see tracker.claims)
+    "workers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("sweeps.id", name="fk_workers_sweep"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("device", sa.String(100)),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("last_seen", sa.DateTime, nullable=False),
+    sa.Column("runs_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("busy_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(20), nullable=False, server_default="working"),
+    sa.Index("ix_workers_sweep", "sweep_id"),
 )
 
 # Run columns that come from the plan (Settings fields plus the prompts).

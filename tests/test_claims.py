@@ -1,0 +1,113 @@
+"""Claims in the run store, on real SQLite files and a real PostgreSQL server: several processes claiming
+at once never get the same run; an ended lease makes a run claimable again; renewing keeps it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from tracker import claims, plan, spec
+from tracker.store import Store
+
+EXP = """\
+name: claimed
+model: tiny
+prompt: "a {{ animal }}"
+axes:
+  animal: [cat, dog, owl, fox]
+seeds: "0-9"
+steps: 2
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tracker.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def _planned(url: str) -> tuple[int, list[str]]:
+    runs = plan.expand(spec.parse(EXP, "claimed.yaml")).runs
+    with Store.open(url) as store:
+        sweep = store.start_sweep("claimed", {"planned": len(runs)})
+        store.plan_runs(sweep, runs)
+    return sweep, [r.key for r in runs]
+
+
+def _claim_all(url: str, sweep: int, keys: list[str], out, barrier) -> None:
+    """A worker process: claim batches of 3 until nothing is left, mark each done; report what it got.
+    Every worker holds its first claim until all have one (the claims overlap in time)."""
+    got = []
+    with Store.open(url) as store:
+        w = claims.register(store, sweep, "cpu")
+        while True:
+            batch = claims.claim(store, "claimed", w, [(keys, 3)])
+            if not batch:
+                break
+            if not got:
+                barrier.wait(timeout=120)
+            got.extend(batch)
+            for k in batch:
+                store.mark_done("claimed", k)
+    out.put(got)
+
+
+def test_concurrent_workers_claim_every_run_exactly_once(url):
+    sweep, keys = _planned(url)
+    ctx = multiprocessing.get_context("fork")
+    out, barrier = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_claim_all, args=(url, sweep, keys, out, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    every = [k for g in got for k in g]
+    assert sorted(every) == sorted(keys)  # each exactly once
+    assert all(got)  # every worker had work while the others held theirs
+    with Store.open(url) as store:
+        assert {r.status for r in store.runs("claimed")} == {"done"}
+
+
+def test_an_ended_lease_makes_runs_claimable_and_renewing_keeps_them(url):
+    sweep, keys = _planned(url)
+    with Store.open(url) as store:
+        a = claims.register(store, sweep, "cpu", name="a")
+        b = claims.register(store, sweep, "cpu", name="b")
+        first = claims.claim(store, "claimed", a, [(keys[:4], 4)], lease_seconds=0.5)
+        assert first == keys[:4]
+        assert claims.claim(store, "claimed", b, [(keys[:4], 4)]) == []  # held by a
+        assert claims.claim(store, "claimed", b, [(keys[:4], 4), (keys[4:], 2)]) == keys[4:6]  # next group
+        assert claims.remaining(store, "claimed", keys)["running"] == 6
+        claims.renew(store, a, lease_seconds=30)
+        time.sleep(0.7)
+        assert claims.claim(store, "claimed", b, [(keys[:4], 4)]) == []  # renewed: still a's
+        claims.renew(store, a, lease_seconds=0.2)  # a stops renewing (as if killed)
+        time.sleep(0.4)
+        assert claims.claim(store, "claimed", b, [(keys[:4], 4)]) == keys[:4]
+        runs = {r.key: r for r in store.runs("claimed")}
+        assert {runs[k].status for k in keys[:6]} == {"running"}
+        assert claims.release(store, b.id, keys[:2]) == 2
+        assert claims.remaining(store, "claimed", keys) == {"pending": 36, "running": 4, "done": 0, "failed": 0}
+        store.mark_done("claimed", keys[2])  # done is final: never claimable again
+        claims.release(store, b.id)
+        got = claims.claim(store, "claimed", a, [(keys[:4], 4)])
+        assert got == [keys[0], keys[1], keys[3]]
+
+
+def test_heartbeat_renews_while_the_worker_lives(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    sweep, keys = _planned(url)
+    with Store.open(url) as store:
+        a = claims.register(store, sweep, "cpu", name="a")
+        b = claims.register(store, sweep, "cpu", name="b")
+        with claims.Heartbeat(store, a, lease_seconds=0.6):
+            assert claims.claim(store, "claimed", a, [(keys, 2)], lease_seconds=0.6) == keys[:2]
+            time.sleep(1.5)
+            assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == []
+        time.sleep(0.8)  # no more beats: the lease ends
+        assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == keys[:2]

@@ -1,0 +1,172 @@
+"""Work assignment that survives failures: a run is claimed by a worker before it is generated.
+
+A worker is one process generating images for a sweep (``tracker run``, one of ``--workers N``, an
+accelerate rank, a Ray actor driven by the Ray driver). It registers a row in ``workers``, then
+takes batch-sized groups of runs with ``claim``: each claimed run turns ``running`` with the worker's
+id and a lease end (``lease_until``). A ``Heartbeat`` thread renews the leases of the worker's
+running runs (and its ``last_seen``) every third of the lease. A worker that dies stops renewing;
+once its leases end its runs are claimable again (``pending`` runs and ``running`` runs whose lease
+ended are claimable). ``done`` stays the only final state; ``failed`` runs wait for --retry-failed.
+
+Claiming is one write transaction: ``BEGIN IMMEDIATE`` on SQLite (one writer at a time), and on
+PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` on the chosen rows, so two workers never claim the
+same run: the second skips the rows the first holds and re-checks the claim condition on the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Sequence
+
+import sqlalchemy as sa
+
+from tracker.store import Store, experiments_t, runs_t, utcnow, workers_t
+
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: int
+    sweep_id: int
+    name: str
+
+
+def register(store: Store, sweep_id: int, device: str | None, name: str | None = None) -> Worker:
+    """A new worker row for ``sweep_id`` (host, pid, device); ``name`` defaults to host:pid."""
+    host, pid = socket.gethostname(), os.getpid()
+    name = name or f"{host}:{pid}"
+    now = utcnow()
+    with store._write() as conn:
+        wid = conn.execute(workers_t.insert().values(
+            sweep_id=sweep_id, name=name, host=host, pid=pid, device=device, started_at=now, last_seen=now,
+            status="working")).inserted_primary_key[0]
+    return Worker(wid, sweep_id, name)
+
+
+def _claimable(now):
+    return sa.or_(runs_t.c.status == "pending",
+                  sa.and_(runs_t.c.status == "running",
+                          sa.or_(runs_t.c.lease_until.is_(None), runs_t.c.lease_until < now)))
+
+
+def claim(store: Store, experiment: str, worker: Worker, groups: Sequence[tuple[Sequence[str], int]],
+          lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[str]:
+    """Claim up to ``limit`` claimable runs of the first group (keys in order, limit) that has any.
+
+    Returns the claimed keys in the group's order ([] when nothing of ``groups`` is claimable now).
+    """
+    now = utcnow()
+    with store._write() as conn:
+        eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
+        if eid is None:
+            return []
+        available = set(conn.execute(sa.select(runs_t.c.key).where(
+            runs_t.c.experiment_id == eid, _claimable(now))).scalars())
+        for keys, limit in groups:
+            candidates = [k for k in keys if k in available]
+            got = _lock_some(conn, eid, candidates, max(1, limit), now)
+            if not got:
+                continue
+            conn.execute(runs_t.update().where(runs_t.c.id.in_(list(got.values()))).values(
+                status="running", worker_id=worker.id, sweep_id=worker.sweep_id, started_at=now,
+                lease_until=now + timedelta(seconds=lease_seconds), finished_at=None, error=None))
+            return [k for k in candidates if k in got]
+    return []
+
+
+def _lock_some(conn, eid: int, candidates: list[str], limit: int, now) -> dict[str, int]:
+    """Up to ``limit`` of ``candidates`` (first ones first) still claimable, locked: key -> row id.
+
+    On PostgreSQL rows another worker is claiming right now are skipped (SKIP LOCKED), not waited for,
+    and the claim condition is checked again on the rows we lock."""
+    got: dict[str, int] = {}
+    for i in range(0, len(candidates), 500):
+        q = (sa.select(runs_t.c.id, runs_t.c.key)
+             .where(runs_t.c.experiment_id == eid, runs_t.c.key.in_(candidates[i:i + 500]), _claimable(now))
+             .order_by(runs_t.c.plan_index, runs_t.c.id).limit(limit - len(got)))
+        if conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already holds the only write lock
+            q = q.with_for_update(skip_locked=True)
+        got.update({r.key: r.id for r in conn.execute(q)})
+        if len(got) >= limit:
+            break
+    return got
+
+
+def remaining(store: Store, experiment: str, keys: Sequence[str]) -> dict[str, int]:
+    """Of ``keys``: how many are ``pending``, ``running`` (by anyone), ``done`` and ``failed``."""
+    out = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+    with store._read() as conn:
+        eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
+        if eid is None:
+            return out
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            for status, n in conn.execute(
+                    sa.select(runs_t.c.status, sa.func.count()).where(
+                        runs_t.c.experiment_id == eid, runs_t.c.key.in_(keys[i:i + 500]))
+                    .group_by(runs_t.c.status)).all():
+                out[status] = out.get(status, 0) + n
+    return out
+
+
+def renew(store: Store, worker: Worker, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> int:
+    """Extend the leases of the worker's running runs; mark it seen. Returns how many runs it holds."""
+    now = utcnow()
+    with store._write() as conn:
+        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(last_seen=now))
+        return conn.execute(runs_t.update().where(runs_t.c.worker_id == worker.id, runs_t.c.status == "running")
+                            .values(lease_until=now + timedelta(seconds=lease_seconds))).rowcount
+
+
+def release(store: Store, worker_id: int, keys: Sequence[str] | None = None) -> int:
+    """Give the worker's running runs (or those of ``keys``) back as pending; returns how many."""
+    q = runs_t.update().where(runs_t.c.worker_id == worker_id, runs_t.c.status == "running")
+    if keys is not None:
+        q = q.where(runs_t.c.key.in_(list(keys)))
+    with store._write() as conn:
+        return conn.execute(q.values(status="pending", lease_until=None, started_at=None)).rowcount
+
+
+def progress(store: Store, worker: Worker, done: int = 0, failed: int = 0, busy_seconds: float = 0.0) -> None:
+    """Add to the worker's counters (runs done, failed, seconds spent generating)."""
+    with store._write() as conn:
+        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(
+            runs_done=workers_t.c.runs_done + done, runs_failed=workers_t.c.runs_failed + failed,
+            busy_seconds=workers_t.c.busy_seconds + busy_seconds, last_seen=utcnow()))
+
+
+def finish(store: Store, worker: Worker, status: str = "done", release_claims: bool = True) -> None:
+    """The worker stops: its unfinished claims go back to pending (unless told otherwise)."""
+    if release_claims:
+        release(store, worker.id)
+    with store._write() as conn:
+        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(status=status, last_seen=utcnow()))
+
+
+class Heartbeat:
+    """Renews a worker's leases every ``lease/3`` seconds in a daemon thread while generation runs."""
+
+    def __init__(self, store: Store, worker: Worker, lease_seconds: float = DEFAULT_LEASE_SECONDS):
+        self.store, self.worker, self.lease = store, worker, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{worker.id}", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                renew(self.store, self.worker, self.lease)
+            except Exception:  # a database hiccup: try again next beat (the lease has slack for two misses)
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
