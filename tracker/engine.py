@@ -144,6 +144,8 @@ class _Loaded:
     scheduler_class: str
     device: str | None = None  # where the weights are now (None: offloaded by accelerate hooks)
     offloaded: bool = False
+    saved: Any = None  # a user's pipeline (tracker.userpipe.Saved): its state as handed over, restored by close()
+    sliced: bool = False  # attention slicing turned on by prepare()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,9 +328,12 @@ def _stat_signature(folder: Path) -> tuple:
 class Engine:
     """Loads and caches pipelines; ``prepare`` applies a run's settings, ``generate`` makes a batch."""
 
-    def __init__(self, device: str | None = None, base_dir: Path | None = None):
+    def __init__(self, device: str | None = None, base_dir: Path | None = None, pipeline: Any = None):
+        """``pipeline``: a ``tracker.userpipe.UserPipeline``, used for runs whose model is its ``model`` name;
+        its own scheduler, VAE, device and attention processors come back on ``close()``."""
         self.device_override = device
         self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.user = pipeline
         self._pipes: dict[tuple, _Loaded] = {}
         self._vaes: dict[tuple, Any] = {}
         self._checked: set[tuple[str, str]] = set()
@@ -388,6 +393,8 @@ class Engine:
         return models.resolve(name, self.base_dir)
 
     def _load_pipeline(self, settings: Settings) -> _Loaded:
+        if models.is_user_pipeline(settings.model):
+            return self._user_pipeline(settings)
         key = (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
         if key in self._pipes:
             return self._pipes[key]
@@ -413,6 +420,31 @@ class Engine:
                          scheduler_class=type(sched).__name__, device="cpu")
         self._pipes[key] = loaded
         return loaded
+
+    def _user_pipeline(self, settings: Settings) -> _Loaded:
+        """The user's own pipeline object: never loaded, never cast; its state is saved to be restored."""
+        from tracker.userpipe import Saved
+
+        if self.user is None or settings.model != self.user.model:
+            raise ModelError(f"model {settings.model!r}: made with a pipeline object passed to tracker.run(pipeline=...), "
+                             f"which the tracker cannot rebuild; in Python pass that same pipeline again "
+                             f"(tracker.open(home).reproduce(key, pipeline=pipe))")
+        key = ("user", settings.model)
+        if key not in self._pipes:
+            pipe = self.user.pipe
+            saved = Saved.take(pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
+                                       scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
+        return self._pipes[key]
+
+    def close(self) -> None:
+        """Give a user's pipeline back as it came: its scheduler, VAE, device and attention processors."""
+        for loaded in self._pipes.values():
+            if loaded.saved is not None:
+                loaded.saved.restore(loaded.pipe, loaded.offloaded)
+                loaded.offloaded, loaded.device, loaded.sliced = False, loaded.saved.device, False
+        self._active, self._settings = None, None
 
     def _load_vae(self, settings: Settings) -> Any:
         ref = self._ref(settings.vae)
@@ -514,6 +546,11 @@ class Engine:
             loaded.device = device
         if settings.attention_slicing:
             pipe.enable_attention_slicing()
+            loaded.sliced = True
+        elif loaded.saved is not None:  # a user's pipeline keeps its own attention processors (IP-Adapter, ...)
+            if loaded.sliced:
+                loaded.saved.restore_attention(pipe)
+            loaded.sliced = False
         else:
             pipe.disable_attention_slicing()
         (vae.enable_slicing if settings.vae_slicing else vae.disable_slicing)()
@@ -623,6 +660,8 @@ class Engine:
 
     def model_revision(self, model: str) -> str | None:
         """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
+        if self.user is not None and model == self.user.model:
+            return self.user.fingerprint
         ref = self._ref(model)
         if ref.kind == "hub":
             from huggingface_hub import try_to_load_from_cache
@@ -648,7 +687,14 @@ class Engine:
             device = self.device_for(self._settings)
         else:
             device = self._resolve_device((self.device_override or "auto").lower(), "device")
-        return {**_environment(device), "torch_threads": torch.get_num_threads()}
+        env = {**_environment(device), "torch_threads": torch.get_num_threads()}
+        if self.user is not None:
+            env["pipeline"] = self.user.description
+        return env
+
+    def pipeline_info(self, model: str) -> dict | None:
+        """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
+        return self.user.description if self.user is not None and model == self.user.model else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,6 +16,13 @@ BUILTIN: dict[str, str] = {
 
 DEFAULT_MODEL = "tiny"
 DEFAULT_SIZE = (512, 512)
+# The ``model`` of runs made with a pipeline object the user passed in (``tracker.run(exp, pipeline=pipe)``):
+# this prefix plus a fingerprint of its components (tracker.userpipe). The tracker cannot load such a model.
+USER_PIPELINE_PREFIX = "pipeline:"
+
+
+def is_user_pipeline(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(USER_PIPELINE_PREFIX)
 
 
 @dataclass(frozen=True)

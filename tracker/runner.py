@@ -32,6 +32,7 @@ class RunOptions:
     dry_run: bool = False
     from_key: str | None = None
     progress: bool = True
+    command: str | None = None  # what started the sweep, as recorded [default: the command line]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SweepSummary:
     mlflow_waiting: int = 0
     mlflow_error: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    keys: tuple[str, ...] = ()  # the plan's run keys, in plan order
 
     @property
     def images_per_second(self) -> float:
@@ -57,9 +59,10 @@ class SweepSummary:
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 4)}
 
 
-def load_experiment(path: str, from_key: str | None, db_url: str) -> spec.Experiment:
-    """Parse the file and, for ``--from KEY`` / ``seeds: {from: KEY}``, take that run's seed and settings."""
-    exp = spec.parse_file(path)
+def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, db_url: str) -> spec.Experiment:
+    """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
+    that run's seed and settings."""
+    exp = path if isinstance(path, spec.Experiment) else spec.parse_file(path)
     key = from_key or exp.seeds_from
     if key:
         from tracker.store import Store
@@ -70,20 +73,26 @@ def load_experiment(path: str, from_key: str | None, db_url: str) -> spec.Experi
     return exp
 
 
-def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions()) -> SweepSummary:
-    """Generate every planned run of the experiment file at ``path`` that is not done yet."""
+def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions(),
+                   pipeline=None) -> SweepSummary:
+    """Generate every planned run of the experiment file at ``path`` (or of a parsed Experiment) that is not
+    done yet. ``pipeline``: a ``tracker.userpipe.UserPipeline`` for runs whose model is its name."""
     from tracker.store import Store
 
     # 1. Parse and expand (pure; a bad file fails here, before anything is written).
     exp = load_experiment(path, options.from_key, ws.db_url)
+    file = _source_file(path, exp)
+    where = exp.path or exp.name if isinstance(path, spec.Experiment) else str(path)  # what errors name
     the_plan = plan.expand(exp, max_runs=options.max_runs)
-    summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name)
+    summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
+                           keys=tuple(r.key for r in the_plan.runs))
     if options.dry_run:
         return summary
 
     # 2. Find the work: runs not done yet (failed ones too with --retry-failed).
     ws.ensure()
     store = Store.open(ws.db_url)
+    engine = None
     try:
         status = {r.key: r.status for r in store.runs(exp.name)}
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
@@ -94,19 +103,19 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
         try:
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
-            engine = _engine(options, Path(path).resolve().parent)
+            engine = _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
             try:
                 for group in _ordered_groups(todo):
                     engine.prepare(group[0].settings)
             except ModelError as e:
-                raise ModelError(f"{path}: {e}") from None  # name the file, as spec errors do
+                raise ModelError(f"{where}: {e}") from None  # name the file, as spec errors do
 
             # 5. Record the experiment and the sweep; insert missing runs as pending.
-            store.save_experiment(exp.name, str(Path(path).resolve()), exp.source)
+            store.save_experiment(exp.name, str(file) if file is not None else None, exp.source)
             store.reset_stale(exp.name)
             environment = engine.environment()
             sweep_id = store.start_sweep(exp.name, {
-                "command": " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
+                "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
                 "versions": {"prompt-tracker": __version__, **{k: environment.get(k) for k in VERSION_KEYS}},
                 "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
             })
@@ -124,7 +133,7 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
         if sink is not None:
             from tracker.mlflow.mapping import environment_tags
 
-            sink.start_sweep(sweep_id, str(Path(path).resolve()), environment_tags(environment))
+            sink.start_sweep(sweep_id, str(file) if file is not None else None, environment_tags(environment))
             for rec in store.unsynced(exp.name):
                 if rec.status == "done" and rec.key in status:
                     sink.submit_key(exp.name, rec.key)
@@ -141,15 +150,24 @@ def run_experiment(ws: Workspace, path: str, options: RunOptions = RunOptions())
             raise
         _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
     finally:
+        if engine is not None:
+            engine.close()  # a user's pipeline goes back as it came
         store.close()
     return summary
 
 
-def _engine(options: RunOptions, base_dir: Path):
+def _source_file(path: "str | Path | spec.Experiment", exp: spec.Experiment) -> Path | None:
+    """The experiment file on disk, if there is one (an Experiment built in Python has none)."""
+    if not isinstance(path, spec.Experiment):
+        return Path(path).resolve()
+    return Path(exp.path).resolve() if exp.path and Path(exp.path).is_file() else None
+
+
+def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
     """Relative model and VAE folders in the file resolve against the file's folder, as in spec."""
     from tracker.engine import Engine
 
-    return Engine(device=options.device, base_dir=base_dir)
+    return Engine(device=options.device, base_dir=base_dir, pipeline=pipeline)
 
 
 def _mlflow_sink(ws: Workspace, experiment: str):
@@ -228,6 +246,7 @@ def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, b
     revision = engine.model_revision(chunk[0].settings.model)
     device = engine.device_for(chunk[0].settings)
     environment = engine.environment()
+    pipeline = engine.pipeline_info(chunk[0].settings.model)
     for run, img in zip(chunk, result.images):
         timing = {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
                   "peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
@@ -235,7 +254,7 @@ def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, b
             _fail(store, run, img.error or "no image", summary, bar, **timing)
             continue
         recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=scheduler_config,
-                                    environment=environment, device_used=device, **timing)
+                                    environment=environment, device_used=device, pipeline=pipeline, **timing)
         target = ws.image_path(run.experiment, run.key)
         sha = pngmeta.save_png(img.image, target, recipe)
         store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha, model_revision=revision,
@@ -276,7 +295,7 @@ def _progress(total: int, name: str, enabled: bool):
         return
     import logging
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm(loggers=[logging.getLogger("tracker")]), \

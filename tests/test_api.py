@@ -1,0 +1,116 @@
+"""The Python API end to end on the real tiny pipeline: run, query, grid, report, reproduce; a pipeline
+object the user built; readable results; and ``import tracker`` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import tracker
+from conftest import REPO
+from tracker.errors import NotFoundError, SpecError, TrackerError
+
+PROMPT = "portrait photo of {{ age }} warrior chief"
+AGES = {"old": "a old", "young": "a <b>young</b>"}  # markup in a label must come out escaped
+
+
+def small(**changes):
+    fields = dict(name="small", model="tiny", axes={"age": AGES}, seeds=[0, 1], scheduler="DPMSolverMultistep",
+                  steps=2, grid={"rows": "age", "cols": "seed"})
+    fields.update(changes)
+    return tracker.Experiment(PROMPT, **fields)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    home = tmp_path_factory.mktemp("api") / "home"
+    result = tracker.run(small(), home=home, mlflow=False, progress=False)
+    return home, result
+
+
+def test_experiment_three_ways_are_one(tmp_path):
+    yaml_file = tmp_path / "small.yaml"
+    yaml_file.write_text(small().source)
+    from_yaml = tracker.Experiment.from_yaml(yaml_file)
+    from_dict = tracker.Experiment.from_dict(small().to_dict())
+    keys = [r.key for r in small().plan().runs]
+    assert len(keys) == 4 == len(small())
+    assert [r.key for r in from_yaml.plan().runs] == keys == [r.key for r in from_dict.plan().runs]
+    assert small().axes == {"age": ("old", "young"), "seed": ("0", "1")}
+    assert [r.key for r in small().replace(steps=3).plan().runs] != keys
+    assert repr(small()) == "<Experiment small: axes age (2), seed (2)>"
+
+
+def test_bad_experiments_raise_one_line_errors():
+    with pytest.raises(SpecError, match=r"<experiment small>: steps: must be a positive integer but is 0"):
+        small(steps=0)
+    with pytest.raises(SpecError, match="name: is required"):
+        tracker.Experiment.from_dict({"prompt": "a cat"})
+    with pytest.raises(SpecError, match="unknown field 'guidance'"):
+        small(guidance=3)
+
+
+def test_run_query_grid_report_reproduce(swept, tmp_path):
+    home, result = swept
+    assert (result.planned, result.done, result.failed, result.ok) == (4, 4, 0, True)
+    assert [r.labels for r in result.runs] == [{"age": a, "seed": s} for a in ("old", "young") for s in ("0", "1")]
+    run = result.runs[0]
+    assert run.status == "done" and run.image_path.is_file() and run.image.size == (64, 64)
+    assert run.recipe["key"] == run.key and run.recipe["scheduler"] == "DPMSolverMultistepScheduler"
+    assert run.timings["seconds"] > 0 and run.timings["peak_memory_bytes"] > 0
+    assert not run.made_with_user_pipeline
+
+    ws = tracker.open(home)
+    assert [e.name for e in ws.experiments()] == ["small"]
+    young = ws.runs("small", where={"age": "young", "seed": 1})
+    assert len(young) == 1 and young[0].prompt == "portrait photo of a <b>young</b> warrior chief"
+    assert ws.run(young[0].key[:8]).key == young[0].key
+    assert len(ws.runs("small", status="failed")) == 0
+    with pytest.raises(TrackerError, match="has no label 'middle'"):
+        ws.runs("small", where={"age": "middle"})
+    with pytest.raises(NotFoundError, match="no experiment 'nope'"):
+        ws.runs("nope")
+
+    df = result.runs.to_pandas()
+    assert list(df["key"]) == result.runs.keys and set(df["age"]) == {"old", "young"}
+    assert (df["seconds"] > 0).all() and df["image"].notna().all()
+
+    grid = ws.grid("small")
+    from PIL import Image
+
+    assert isinstance(grid, Image.Image) and grid.width > 2 * 64 and grid.height > 2 * 64
+    page = grid._repr_html_()
+    assert page.count('src="data:image/png;base64,') == 4 and "http" not in page
+    assert "a &lt;b&gt;young&lt;/b&gt;" not in page and "<b>young" not in page  # labels, escaped
+    assert 'alt="young · seed: 1"' in page and ">seed: 0<" in page
+
+    index = ws.report("small", out=tmp_path / "report")
+    assert index.is_file() and "warrior chief" in index.read_text()
+
+    again = ws.reproduce(run.key)
+    assert again.drift.identical, again.drift.describe()
+
+
+def test_results_read_well(swept):
+    home, result = swept
+    run = result.runs[0]
+    assert repr(run).startswith(f"<Run {run.key} done [age=old seed=0] DPMSolverMultistep 2 steps, 64x64, ")
+    text = repr(result.runs)
+    assert text.splitlines()[0] == "<RunList: 4 runs>" and "young" in text and run.key in text
+    assert repr(result).startswith("<SweepResult small: 4 done, 0 skipped, 0 failed of 4 planned in ")
+    html = result.runs._repr_html_()
+    assert html.count("data:image/png;base64,") == 4 and "a &lt;b&gt;young&lt;/b&gt;" in html
+    assert "<b>young" not in html
+    assert repr(tracker.open(home)) == f"<tracker workspace {home.resolve()}>"
+
+
+def test_import_tracker_stays_light():
+    code = ("import sys, tracker\nassert tracker.__version__\n"
+            "print([m for m in ('torch', 'diffusers', 'mlflow', 'sqlalchemy', 'pandas', 'PIL') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"
+    assert "run" in dir(tracker) and callable(tracker.run) and tracker.Experiment.__module__ == "tracker.api"
+    with pytest.raises(AttributeError):
+        tracker.nothing_here

@@ -1,0 +1,426 @@
+"""The Python API: the same experiments, store, reports and reproduction as the CLI, from a notebook or script.
+
+    import tracker
+
+    exp = tracker.Experiment.from_yaml("examples/warrior-chief.yaml")     # or from_dict({...}), or keywords
+    result = tracker.run(exp, home="my-home", mlflow=False)               # -> SweepResult
+    result.runs.to_pandas()                                               # one row per run
+    ws = tracker.open("my-home")
+    ws.grid("warrior-chief", rows="age", cols="seed")                     # a PIL image; HTML in Jupyter
+    ws.reproduce(result.runs[0].key).identical
+
+    tracker.run(exp, pipeline=pipe)        # your own diffusers pipeline object: fine-tunes, LoRAs, ...
+
+The CLI (``tracker/commands``) calls these same functions; there is no second code path. Nothing heavy is
+imported at module level: torch/diffusers load when images are generated, pandas in ``to_pandas``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tracker import plan, spec
+from tracker.errors import NotFoundError, SpecError, UsageError
+from tracker.results import ExperimentInfo, ExperimentList, Run, RunList, SweepResult, grid_image
+from tracker.workspace import Workspace as WorkspaceConfig
+
+PathLike = str | os.PathLike
+REPORT_MAX_PIXELS = 16_000_000  # = tracker.report.REPORT_MAX_PIXELS
+GRID_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS
+GRID_GAP = 16  # pixels between stacked grids
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+
+class Experiment:
+    """An experiment: prompt templates, named axes, seeds and settings, as in an experiment file.
+
+    Three ways to make one, all validated by the same parser as the YAML file (bad input raises
+    ``tracker.errors.SpecError`` naming the field and value)::
+
+        Experiment.from_yaml("examples/warrior-chief.yaml")
+        Experiment.from_dict({"name": "ages", "prompt": "a {{ age }} chief", "axes": {"age": ["old", "young"]}})
+        Experiment("a {{ age }} chief", name="ages", axes={"age": ["old", "young"]}, seeds=[1], steps=20)
+    """
+
+    spec: spec.Experiment
+
+    def __init__(self, prompt: str | Mapping[str, str] | None = None, *, name: str | None = None,
+                 negative_prompt: str | Mapping[str, str] | None = None, axes: Mapping[str, Any] | None = None,
+                 seeds: Any = None, zip: Sequence[Sequence[str]] | None = None, exclude: Sequence[Mapping] | None = None,
+                 grid: Mapping[str, str] | None = None, description: str | None = None,
+                 base_dir: PathLike | None = None, **settings: Any):
+        fields = {"name": name, "description": description, "prompt": prompt, "negative_prompt": negative_prompt,
+                  "axes": axes, "seeds": seeds, "zip": zip, "exclude": exclude, "grid": grid}
+        data = {k: v for k, v in fields.items() if v is not None}
+        data.update(settings)
+        self.spec = Experiment.from_dict(data, base_dir=base_dir).spec
+
+    @classmethod
+    def _of(cls, exp: spec.Experiment) -> "Experiment":
+        out = cls.__new__(cls)
+        out.spec = exp
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: PathLike) -> "Experiment":
+        """Read an experiment file; relative model folders resolve against its folder."""
+        return cls._of(spec.parse_file(path))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: PathLike | None = None,
+                  where: str | None = None) -> "Experiment":
+        """The fields of an experiment file as a dict (``name`` is required: it names the experiment in the
+        store). Relative model folders resolve against ``base_dir`` (default: the current folder)."""
+        import yaml
+
+        if not isinstance(data, Mapping):
+            raise SpecError(where or "<dict>", None, f"must be a mapping of fields but is {type(data).__name__}")
+        where = where or f"<experiment {data.get('name', '?')}>"
+        if "name" not in data:
+            raise SpecError(where, "name", "is required for an experiment built in Python (it names the experiment "
+                                           "in the store and its image folder)")
+        text = yaml.safe_dump(_plain(dict(data)), sort_keys=False, allow_unicode=True, width=10_000)
+        base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
+        try:
+            return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base))
+        except SpecError as e:  # line numbers of the generated YAML mean nothing to the caller
+            raise SpecError(e.path, e.field, e.detail) from None
+
+    # -- what it holds
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def source(self) -> str:
+        """The experiment as YAML (what the store keeps and the report reads)."""
+        return self.spec.source
+
+    @property
+    def axes(self) -> dict[str, tuple[str, ...]]:
+        """Axis name -> labels, in expansion order (``seed`` last)."""
+        return {a.name: a.labels for a in self.spec.axes}
+
+    def to_dict(self) -> dict[str, Any]:
+        from tracker.yamlfile import load
+
+        return dict(load(self.spec.source, self.spec.path or self.name).data or {})
+
+    def replace(self, **changes: Any) -> "Experiment":
+        """A copy with some fields changed, e.g. ``exp.replace(steps=[10, 20], name="steps-study")``."""
+        return Experiment.from_dict({**self.to_dict(), **changes}, base_dir=self.spec.base_dir)
+
+    def plan(self, max_runs: int | None = plan.DEFAULT_MAX_RUNS) -> plan.Plan:
+        """The expanded plan: every run with its key, labels, prompt and settings (nothing is generated)."""
+        return plan.expand(self.spec, max_runs=max_runs)
+
+    def __len__(self) -> int:
+        return len(self.plan(max_runs=None).runs)
+
+    def __repr__(self) -> str:
+        axes = ", ".join(f"{a.name} ({len(a.values)})" for a in self.spec.axes)
+        return f"<Experiment {self.name}: axes {axes}>"
+
+    # -- with a user's pipeline object
+    def for_pipeline(self, user) -> spec.Experiment:
+        """This experiment on a user's pipeline (``tracker.userpipe.UserPipeline``): its model becomes the
+        pipeline's fingerprint name, its dtype the pipeline's; size and device default to the pipeline's own."""
+        for a in self.spec.axes:
+            varied = {k for v in a.values for k, _ in v.settings} & {"model", "dtype"}
+            if varied:
+                raise UsageError(f"{self.name}: axis {a.name!r} varies {', '.join(sorted(varied))}, but pipeline= "
+                                 f"runs one pipeline object as it is; drop that axis or run without pipeline=")
+        data = self.to_dict()
+        data["model"], data["dtype"] = user.model, user.dtype
+        if not {"size", "width", "height"} & set(data):
+            data["size"] = f"{user.size[0]}x{user.size[1]}"
+        data.setdefault("device", user.device)
+        return Experiment.from_dict(data, base_dir=self.spec.base_dir, where=self.spec.path).spec
+
+
+def _plain(value: Any) -> Any:
+    """Python values as YAML-safe plain data: tuples, ranges and sets become lists, paths strings."""
+    if isinstance(value, Mapping):
+        return {str(k) if isinstance(k, os.PathLike) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _experiment(experiment: "Experiment | spec.Experiment | Mapping | PathLike") -> Experiment:
+    if isinstance(experiment, Experiment):
+        return experiment
+    if isinstance(experiment, spec.Experiment):
+        return Experiment._of(experiment)
+    if isinstance(experiment, Mapping):
+        return Experiment.from_dict(experiment)
+    if isinstance(experiment, (str, os.PathLike)):
+        return Experiment.from_yaml(experiment)
+    raise UsageError(f"expected an Experiment, a dict or an experiment file path, not {type(experiment).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def run(experiment: "Experiment | Mapping | PathLike", *, pipeline: Any = None, home: "PathLike | Workspace | None" = None,
+        mlflow: bool | str = True, progress: bool = True, device: str | None = None,
+        max_runs: int | None = plan.DEFAULT_MAX_RUNS, retry_failed: bool = False, from_key: str | None = None,
+        db: str | None = None) -> SweepResult:
+    """Generate every run of ``experiment`` that is not done yet in the workspace ``home``.
+
+    ``pipeline``: any diffusers text-to-image pipeline object you built (fine-tuned weights, LoRAs, a custom
+    class). The tracker swaps schedulers and VAEs on it as on its own and gives it back as it came; its
+    runs are keyed by a fingerprint of its components and their recipes say they were made with your
+    pipeline (``reproduce`` then needs the same object again). ``mlflow``: True (the workspace's store or
+    ``MLFLOW_TRACKING_URI``), False, or a tracking URI. ``progress``: a progress bar (a widget in Jupyter).
+    """
+    from tracker import runner, userpipe
+
+    ws = _workspace(home, db=db, mlflow=mlflow)
+    exp = _experiment(experiment)
+    user = userpipe.wrap(pipeline) if pipeline is not None else None
+    # an experiment file goes in as its path, as from the CLI, so errors and the store name the file
+    target: Any = exp.for_pipeline(user) if user is not None else \
+        (experiment if isinstance(experiment, (str, os.PathLike)) else exp.spec)
+    options = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
+                                progress=progress, command=None if isinstance(target, (str, os.PathLike)) else
+                                f"tracker.run({exp.name!r}{', pipeline=' + type(pipeline).__name__ if user else ''})")
+    summary = runner.run_experiment(ws.config, target, options, pipeline=user)
+    return sweep_result(ws, summary)
+
+
+def sweep_result(ws: "Workspace", summary) -> SweepResult:
+    """A runner.SweepSummary as a SweepResult, with the sweep's runs read back from the store."""
+    runs = ws._runs_by_keys(summary.experiment, summary.keys)
+    return SweepResult(experiment=summary.experiment, planned=summary.planned, done=summary.done,
+                       skipped=summary.skipped, failed=summary.failed, seconds=summary.seconds,
+                       failures=tuple(summary.failures), runs=runs, workspace=ws,
+                       mlflow_waiting=summary.mlflow_waiting, sweep_id=summary.sweep_id)
+
+
+# ---------------------------------------------------------------------------------------------- workspace
+
+
+def open(home: "PathLike | None" = None, *, db: str | None = None, mlflow: bool | str = True) -> "Workspace":  # noqa: A001
+    """The workspace at ``home`` (default: ``TRACKER_HOME``, else ``./.tracker``): query runs, draw grids,
+    write reports, reproduce images. Opening creates nothing."""
+    return _workspace(home, db=db, mlflow=mlflow)
+
+
+def _workspace(home: Any, db: str | None = None, mlflow: bool | str = True) -> "Workspace":
+    if isinstance(home, Workspace):
+        return home if mlflow is True else Workspace(_with_mlflow(home.config, mlflow))
+    if isinstance(home, WorkspaceConfig):
+        return Workspace(_with_mlflow(home, mlflow))
+    config = WorkspaceConfig.from_options(home=os.fspath(home) if home is not None else None, db=db)
+    return Workspace(_with_mlflow(config, mlflow))
+
+
+def _with_mlflow(config: WorkspaceConfig, mlflow: bool | str) -> WorkspaceConfig:
+    if mlflow is True:
+        return config
+    if mlflow is False or mlflow is None:
+        return replace(config, mlflow_enabled=False)
+    return replace(config, mlflow_uri=str(mlflow), mlflow_enabled=True)
+
+
+class Workspace:
+    """One workspace folder: the run store, images, MLflow store and reports (``tracker.open(home)``)."""
+
+    def __init__(self, config: WorkspaceConfig):
+        self.config = config
+
+    @property
+    def home(self) -> Path:
+        return self.config.home
+
+    def __repr__(self) -> str:
+        return f"<tracker workspace {self.home}>"
+
+    # -- the store
+    def _has_store(self) -> bool:
+        url = self.config.db_url
+        return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+
+    def _store(self):
+        """The run store; reading never creates one (NotFoundError where there is none)."""
+        from tracker.store import Store
+
+        if not self._has_store():
+            raise NotFoundError(f"no run store in {self.home}; run an experiment first (tracker.run(...))")
+        return Store.open(self.config.db_url)
+
+    def experiments(self) -> ExperimentList:
+        """Every experiment in the store: runs per status and the last sweep."""
+        if not self._has_store():
+            return ExperimentList()
+        with self._store() as store:
+            items = store.experiments()
+        return ExperimentList(ExperimentInfo(e["name"], e["total"], dict(e["runs"]), e.get("source_path"),
+                                             e.get("last_sweep")) for e in items)
+
+    def runs(self, experiment: str | None = None, *, where: Mapping[str, Any] | Iterable[str] | None = None,
+             status: str | Iterable[str] | None = None) -> RunList:
+        """Stored runs of ``experiment`` (all experiments when None), in plan order. ``where``: axis labels
+        that must match, ``{"age": "young", "seed": 1}`` or ``["age=young"]``; ``status``: done, failed, ..."""
+        with self._store() as store:
+            if experiment is not None and store.experiment(experiment) is None:
+                names = [e["name"] for e in store.experiments()]
+                raise NotFoundError(f"no experiment {experiment!r} in the run store; "
+                                    + (f"known: {', '.join(names)}" if names else "it is empty"))
+            filters = plan.parse_where(_where_items(where), known_axes(store, experiment)) if where else None
+            records = store.runs(experiment, status=status, where=filters)
+            return RunList(self._with_metrics(store, records))
+
+    def _runs_by_keys(self, experiment: str, keys: Sequence[str]) -> RunList:
+        if not self._has_store():
+            return RunList([])
+        with self._store() as store:
+            by_key = {r.key: r for r in store.runs(experiment)}
+            return RunList(self._with_metrics(store, [by_key[k] for k in keys if k in by_key]))
+
+    @staticmethod
+    def _with_metrics(store, records) -> list[Run]:
+        return [Run(r) for r in records]
+
+    def run(self, key: str, experiment: str | None = None) -> Run:
+        """One run by its key or a unique prefix of it."""
+        with self._store() as store:
+            return self._with_metrics(store, [store.get_run(key, experiment)])[0]
+
+    # -- grids and reports
+    def grid(self, experiment: str, *, rows: str | None = None, cols: str | None = None,
+             where: Mapping[str, Any] | Iterable[str] | None = None, max_pixels: int = GRID_MAX_PIXELS):
+        """A labelled grid of the experiment's images as a PIL image (rows x columns, like ``tracker grid``);
+        axes left varying give one grid per combination, stacked. Jupyter shows it as an HTML table with
+        inline thumbnails and the same labels."""
+        from PIL import Image
+
+        from tracker import gridimage, report
+
+        specs = _grid_specs(self.config, experiment, rows, cols, _where_items(where))
+        images = [gridimage.compose(s, max_pixels)[0] for s in specs]
+        width = max(im.width for im in images)
+        canvas = Image.new("RGB", (width, sum(im.height for im in images) + GRID_GAP * (len(images) - 1)),
+                           gridimage.BACKGROUND)
+        y = 0
+        for im in images:
+            canvas.paste(im, (0, y))
+            y += im.height + GRID_GAP
+        return grid_image(canvas, specs)
+
+    def write_grids(self, experiment: str, out: PathLike, *, rows: str | None = None, cols: str | None = None,
+                    where: Mapping[str, Any] | Iterable[str] | None = None, max_pixels: int = GRID_MAX_PIXELS,
+                    attach_mlflow: bool = True) -> tuple[list, str | None]:
+        """Write the grid PNG(s) (``tracker grid``); returns what was written and a warning line, if any."""
+        from tracker import report
+
+        written = report.write_grids(self.config, experiment, rows, cols, _where_items(where), Path(out), max_pixels)
+        warning = report.attach_to_mlflow(self.config, experiment, [(g.path, "grids") for g in written]) \
+            if attach_mlflow else None
+        return written, warning
+
+    def report(self, experiment: str, out: PathLike | None = None, *, rows: str | None = None,
+               cols: str | None = None, max_pixels: int = REPORT_MAX_PIXELS, attach_mlflow: bool = True) -> Path:
+        """Write the HTML report folder (``tracker report``) and return the path of its index.html."""
+        return self.build_report(experiment, out, rows=rows, cols=cols, max_pixels=max_pixels,
+                                 attach_mlflow=attach_mlflow)[0]
+
+    def build_report(self, experiment: str, out: PathLike | None = None, *, rows: str | None = None,
+                     cols: str | None = None, max_pixels: int = REPORT_MAX_PIXELS, attach_mlflow: bool = True):
+        """``report`` plus the report's data and a warning line when attaching it to MLflow failed."""
+        from tracker import report as rep
+
+        config = self.config if attach_mlflow else replace(self.config, mlflow_enabled=False)
+        index, data = rep.build(config, experiment, rows=rows, cols=cols,
+                                out=Path(out) if out is not None else None, max_pixels=max_pixels)
+        warning = rep.attach_to_mlflow(config, experiment, rep.mlflow_files(index))
+        return index, data, warning
+
+    # -- reproducing
+    def reproduce(self, target: str | PathLike, *, pipeline: Any = None, device: str | None = None,
+                  model: str | None = None, save: PathLike | None = None):
+        """Generate a run again (by key or unique prefix, or from a PNG) and compare the pixels with its image.
+        A run made with your own pipeline object needs that object again: ``pipeline=pipe``."""
+        from tracker import reproduce as rp
+        from tracker import userpipe
+
+        if isinstance(target, os.PathLike) or rp.looks_like_path(str(target)):
+            source = rp.from_png(target, model=model)
+        else:
+            with self._store() as store:
+                source = rp.from_store(store, str(target), model=model)
+        engine = None
+        if pipeline is not None:
+            from tracker.engine import Engine
+
+            user = userpipe.wrap(pipeline)
+            if user.model != source.run.settings.model:
+                raise UsageError(f"run {source.run.key} was made with {source.run.settings.model!r}, but the pipeline "
+                                 f"passed is {user.model!r} (its components differ)")
+            engine = Engine(device=device, pipeline=user)
+        try:
+            return rp.reproduce(source, device=device, engine=engine, save=Path(save) if save else None)
+        finally:
+            if engine is not None:
+                engine.close()
+
+    def verify(self, experiment: str, sample: int = 8, device: str | None = None):
+        """Regenerate a seeded sample of done runs and store the pixel drift with the latest sweep."""
+        from tracker import reproduce as rp
+
+        with self._store() as store:
+            return rp.verify(store, experiment, sample=sample, device=device)
+
+
+def _grid_specs(config: WorkspaceConfig, experiment: str, rows: str | None, cols: str | None,
+                where: Sequence[str]) -> list:
+    """One GridSpec per combination of the axes left varying, titled with it (as ``tracker grid`` draws)."""
+    from tracker import gridimage, report
+
+    source = report.load(config, experiment)
+    pinned = report.parse_where(source, where)
+    layout = report.choose_layout(source, rows, cols, fixed=pinned)
+    secs = report.sections(source, layout, report.select(source, pinned))
+    if not secs:
+        raise NotFoundError(f"no runs of {experiment!r} match where {' '.join(where)}")
+    pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
+    files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
+    specs = []
+    for sec in secs:
+        spec = report.grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
+        title = " · ".join(t for t in (pinned_title, spec.title) if t)
+        specs.append(gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles))
+    return specs
+
+
+def _where_items(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+    """``{"age": "young", "seed": 1}`` or ``["age=young", "seed=1"]`` -> ``["age=young", "seed=1"]``."""
+    if not where:
+        return []
+    if isinstance(where, Mapping):
+        return [f"{k}={v}" for k, v in where.items()]
+    if isinstance(where, str):
+        return [where]
+    return [str(w) for w in where]
+
+
+def known_axes(store, experiment: str | None) -> dict[str, list[str]]:
+    """Axis -> labels the store knows for ``experiment`` (for all experiments when None)."""
+    if experiment is not None:
+        return store.axes(experiment)
+    out: dict[str, list[str]] = {}
+    for e in store.experiments():
+        for name, labels in store.axes(e["name"]).items():
+            have = out.setdefault(name, [])
+            have.extend(lab for lab in labels if lab not in have)
+    return out
