@@ -265,8 +265,7 @@ class Workspace:
             return ExperimentList()
         with self._store() as store:
             items = store.experiments()
-        return ExperimentList(ExperimentInfo(e["name"], e["total"], dict(e["runs"]), e.get("source_path"),
-                                             e.get("last_sweep")) for e in items)
+        return ExperimentList(ExperimentInfo.from_store(e) for e in items)
 
     def runs(self, experiment: str | None = None, *, where: Mapping[str, Any] | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None) -> RunList:

@@ -326,6 +326,12 @@ class ExperimentInfo:
     runs: dict[str, int]
     source_path: str | None
     last_sweep: dict | None = field(repr=False, default=None)
+    info: dict = field(repr=False, default_factory=dict)  # everything the store says (``tracker experiments --json``)
+
+    @classmethod
+    def from_store(cls, info: dict) -> "ExperimentInfo":
+        return cls(info["name"], info["total"], dict(info["runs"]), info.get("source_path"), info.get("last_sweep"),
+                   info)
 
     @property
     def last_run_at(self) -> datetime | None:

@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tracker import plan
 from tracker.cli import pass_workspace
-from tracker.errors import NotFoundError
 from tracker.textfmt import table
 from tracker.workspace import Workspace
 
@@ -21,11 +19,6 @@ if TYPE_CHECKING:
     from tracker.store import RunRecord
 
 STATUSES = ("pending", "running", "done", "failed")  # tracker.store.STATUSES, without importing SQLAlchemy
-
-
-def _open(ws: Workspace):
-    from tracker.store import Store
-    return Store.open(ws.db_url)
 
 
 def _when(t: datetime | None) -> str:
@@ -60,13 +53,9 @@ def _json_default(v: Any) -> Any:
 def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
          as_json: bool) -> None:
     """List the stored runs of EXPERIMENT (all experiments when left out)."""
-    with _open(ws) as store:
-        if experiment is not None and store.experiment(experiment) is None:
-            names = [e["name"] for e in store.experiments()]
-            raise NotFoundError(f"no experiment {experiment!r} in the run store; "
-                                + (f"known: {', '.join(names)}" if names else "it is empty (tracker run FILE first)"))
-        filters = plan.parse_where(where, _known_axes(store, experiment)) if where else None
-        records = store.runs(experiment, status=statuses or None, where=filters)
+    from tracker.api import Workspace as Api
+
+    records = [r.record for r in Api(ws).runs(experiment, where=where, status=statuses or None)]
     if as_json:
         _dump([r.to_json() for r in records])
         return
@@ -74,17 +63,6 @@ def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where
         click.echo("no runs" + (" match" if statuses or where else ""), err=True)
         return
     click.echo(render_runs(records, show_experiment=experiment is None))
-
-
-def _known_axes(store, experiment: str | None) -> dict[str, list[str]]:
-    if experiment is not None:
-        return store.axes(experiment)
-    out: dict[str, list[str]] = {}
-    for e in store.experiments():
-        for name, labels in store.axes(e["name"]).items():
-            have = out.setdefault(name, [])
-            have.extend(lab for lab in labels if lab not in have)
-    return out
 
 
 def render_runs(records: list["RunRecord"], show_experiment: bool = False) -> str:
@@ -111,8 +89,9 @@ def render_runs(records: list["RunRecord"], show_experiment: bool = False) -> st
 @pass_workspace
 def show(ws: Workspace, key: str, experiment: str | None, as_json: bool) -> None:
     """Show every stored field of one run. KEY may be a unique prefix of the run key."""
-    with _open(ws) as store:
-        record = store.get_run(key, experiment)
+    from tracker.api import Workspace as Api
+
+    record = Api(ws).run(key, experiment).record
     if as_json:
         _dump(record.to_json())
         return
@@ -139,8 +118,9 @@ def render_run(record: "RunRecord") -> str:
 @pass_workspace
 def experiments(ws: Workspace, as_json: bool) -> None:
     """List the experiments in the run store: runs by status and the last sweep."""
-    with _open(ws) as store:
-        items = store.experiments()
+    from tracker.api import Workspace as Api
+
+    items = [e.info for e in Api(ws).experiments()]
     if as_json:
         _dump(items)
         return
