@@ -37,6 +37,7 @@ PROBE = {
         "style": {"plain": "", "tribal": ", tribal panther make up " + XSS_IMG},
     },
     "seeds": [1, 2],
+    "variants": "off",  # the payloads hold "__", which Dynamic Prompts reads as a wildcard
 }
 AGES = ["oldest", "old", "plain", XSS_IMG]
 
