@@ -74,9 +74,11 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
 
 
 def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions(),
-                   pipeline=None) -> SweepSummary:
+                   pipeline=None, engine=None) -> SweepSummary:
     """Generate every planned run of the experiment file at ``path`` (or of a parsed Experiment) that is not
-    done yet. ``pipeline``: a ``tracker.userpipe.UserPipeline`` for runs whose model is its name."""
+    done yet. ``pipeline``: a ``tracker.userpipe.UserPipeline`` for runs whose model is its name.
+    ``engine``: an ``Engine`` to use instead of a new one (bench/gpu_standin.py passes one whose pipeline
+    stands in for a GPU); the CLI never does."""
     from tracker.store import Store
 
     # 1. Parse and expand (pure; a bad file fails here, before anything is written).
@@ -103,7 +105,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         try:
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
-            engine = _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
+            engine = engine or _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
             try:
                 for group in _ordered_groups(todo):
                     engine.prepare(group[0].settings)
