@@ -15,7 +15,7 @@ from tracker import db
 from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
-REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims"]
+REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -33,6 +33,7 @@ ADDED = {  # revision -> table -> columns it adds
     "0002_mlflow_sync": {"runs": {"mlflow_run_id", "mlflow_synced_at"}, "sweeps": {"mlflow_run_id"}},
     "0003_reproducibility": {"sweeps": {"environment", "verify"}},
     "0004_claims": {"runs": {"worker_id", "lease_until"}},
+    "0005_throughput": {"sweeps": {"idle_fraction", "warmup_seconds"}, "runs": {"compile"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",

@@ -27,21 +27,26 @@ import platform
 import threading
 import time
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import diffusers
-import numpy as np
-import torch
-import transformers
-from diffusers import AutoencoderKL, DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
+from tracker import cpu
 
-from tracker import models, schedulers
-from tracker.errors import ModelError
-from tracker.plan import PlannedRun
-from tracker.spec import Settings
+cpu.before_torch()  # OpenMP reads its wait policy when torch loads
+
+import diffusers  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+
+from tracker import models, schedulers  # noqa: E402
+from tracker.errors import ModelError  # noqa: E402
+from tracker.plan import PlannedRun  # noqa: E402
+from tracker.spec import Settings  # noqa: E402
 
 log = logging.getLogger("tracker")
 
@@ -116,13 +121,31 @@ class OutOfMemory(Exception):
     """The device ran out of memory during a batch; the caller may retry with a smaller batch."""
 
 
-@dataclass
 class ImageResult:
-    key: str
-    image: Any  # PIL.Image.Image | None
-    error: str | None  # e.g. "NaN in output"
-    seconds: float  # this image's share of the batch's wall time
-    seconds_per_step: float  # this image's share of the denoising time divided by settings.steps
+    """One image of a batch. The pipeline's float array is converted (NaN check, 8-bit PIL image) on first
+    use of ``error`` or ``image``, so a sweep does it in its writing stage, off the accelerator's path."""
+
+    def __init__(self, key: str, array: Any, seconds: float, seconds_per_step: float):
+        self.key = key
+        self.seconds = seconds  # this image's share of the batch's wall time
+        self.seconds_per_step = seconds_per_step  # this image's share of the denoising time / settings.steps
+        self._array = array  # (H, W, 3) float in [0, 1], as diffusers' output_type="np" gives it
+        self._image: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def error(self) -> str | None:
+        """Why there is no image (e.g. "NaN in output"), else None."""
+        return None if self.image is not None else NAN_ERROR
+
+    @property
+    def image(self) -> Any:
+        """The PIL image (diffusers' ``numpy_to_pil`` conversion), or None when the output has NaN/inf."""
+        with self._lock:
+            if self._array is not None:
+                arr, self._array = self._array, None
+                self._image = VaeImageProcessor.numpy_to_pil(arr[None])[0] if np.isfinite(arr).all() else None
+            return self._image
 
 
 @dataclass
@@ -132,6 +155,7 @@ class BatchResult:
     batch_size: int
     peak_memory_bytes: int
     step_seconds: list[float]  # one per denoising-loop iteration (UNet call), first UNet call to last step end
+    warmup_seconds: float = 0.0  # compile warm-up before this batch (not in ``seconds``)
 
 
 @dataclass
@@ -145,7 +169,8 @@ class _Loaded:
     device: str | None = None  # where the weights are now (None: offloaded by accelerate hooks)
     offloaded: bool = False
     saved: Any = None  # a user's pipeline (tracker.userpipe.Saved): its state as handed over, restored by close()
-    sliced: bool = False  # attention slicing turned on by prepare()
+    sliced: bool = False  # attention slicing on (changing it resets the attention processors)
+    compiled: Any = None  # tracker.speed.Compiled while the compile setting is on
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,10 +362,12 @@ class Engine:
         self._pipes: dict[tuple, _Loaded] = {}
         self._vaes: dict[tuple, Any] = {}
         self._checked: set[tuple[str, str]] = set()
-        self._hashes: dict[str, tuple[tuple, str]] = {}
+        self._hashes: dict[str, tuple[tuple, Future]] = {}  # location -> (stat signature, its hash)
+        self._hash_lock = threading.Lock()
         self._active: _Loaded | None = None
         self._settings: Settings | None = None
         self._truncated: set[str] = set()
+        self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
 
     # -- devices -----------------------------------------------------------------------------------
 
@@ -415,6 +442,7 @@ class Engine:
             raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
                 from None
         pipe.set_progress_bar_config(disable=True)
+        self.model_revision_later(settings.model)  # hashing starts now, beside the rest of the set-up
         sched = pipe.scheduler
         loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
                          scheduler_class=type(sched).__name__, device="cpu")
@@ -544,18 +572,30 @@ class Engine:
         else:
             pipe.to(device)  # a no-op for modules already there; moves a newly swapped VAE
             loaded.device = device
-        if settings.attention_slicing:
-            pipe.enable_attention_slicing()
-            loaded.sliced = True
-        elif loaded.saved is not None:  # a user's pipeline keeps its own attention processors (IP-Adapter, ...)
-            if loaded.sliced:
+        if settings.attention_slicing != loaded.sliced:
+            if settings.attention_slicing:
+                pipe.enable_attention_slicing()
+            elif loaded.saved is not None:  # a user's pipeline keeps its own attention processors (IP-Adapter, ...)
                 loaded.saved.restore_attention(pipe)
-            loaded.sliced = False
-        else:
-            pipe.disable_attention_slicing()
+            else:
+                pipe.disable_attention_slicing()
+            loaded.sliced = settings.attention_slicing
         (vae.enable_slicing if settings.vae_slicing else vae.disable_slicing)()
         (vae.enable_tiling if settings.vae_tiling else vae.disable_tiling)()
+        self._compile(loaded, settings, device)
         self._active, self._settings = loaded, settings
+
+    def _compile(self, loaded: _Loaded, settings: Settings, device: str) -> None:
+        """torch.compile, channels_last and fused QKV per the ``compile`` setting (see ``tracker.speed``)."""
+        from tracker import speed
+
+        speed.check(loaded.pipe, settings.compile, device, settings.model)
+        before = loaded.compiled
+        loaded.compiled = speed.apply(loaded.pipe, settings.compile, loaded.compiled)
+        if loaded.compiled is not None and loaded.compiled is not before:
+            log.info("compile: torch.compile of the %s and the VAE decoder (%s); each new batch shape first pays "
+                     "a warm-up, recorded apart from per-image times", speed.denoiser_name(loaded.pipe),
+                     speed.describe(settings.compile))
 
     @staticmethod
     def _park(loaded: _Loaded) -> None:
@@ -596,8 +636,11 @@ class Engine:
             return kwargs
 
         cuda = device.startswith("cuda")
-        hook = pipe.unet.register_forward_pre_hook(first_unet_call)
+        denoiser = getattr(pipe, "unet", None)
+        hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
         try:
+            warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
+            marks.clear()  # the warm-up call's UNet calls are not this batch's steps
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             with _PeakRss() as rss:
@@ -627,14 +670,30 @@ class Engine:
         n = len(runs)
         # per *requested* step: second-order schedulers (Heun, KDPM2) run 2*steps-1 loop iterations
         per_step = sum(steps) / settings.steps / n
-        images = []
+        images = []  # converted lazily (ImageResult.image): in a sweep by its writing stage
         for r, arr in zip(runs, np.asarray(out.images)):
-            if not np.isfinite(arr).all():
-                images.append(ImageResult(r.key, None, NAN_ERROR, wall / n, per_step))
-            else:
-                img = VaeImageProcessor.numpy_to_pil(arr[None])[0]
-                images.append(ImageResult(r.key, img, None, wall / n, per_step))
-        return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps)
+            images.append(ImageResult(r.key, arr, wall / n, per_step))
+        return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps,
+                           warmup_seconds=warmup)
+
+    def _warm_up(self, pipe: Any, runs: Sequence[PlannedRun], settings: Settings, gen_device: str, cuda: bool,
+                 device: str) -> float:
+        """With compile on: a short call (2 steps) in the batch's shapes compiles before the timed call, so
+        compilation is timed apart (seconds) and per-image times stay steady. 0.0 when nothing to warm."""
+        from tracker import speed
+
+        shape = (settings.compile, len(runs), settings.width, settings.height, settings.guidance_scale > 1)
+        if settings.compile == "off" or shape in self._warm:
+            return 0.0
+        start = time.perf_counter()
+        pipe(prompt=[r.prompt for r in runs], negative_prompt=[r.negative_prompt for r in runs],
+             num_inference_steps=min(speed.WARMUP_STEPS, settings.steps), guidance_scale=settings.guidance_scale,
+             width=settings.width or None, height=settings.height or None,
+             generator=[torch.Generator(gen_device).manual_seed(r.seed) for r in runs], output_type="np")
+        if cuda:
+            torch.cuda.synchronize(device)
+        self._warm.add(shape)
+        return time.perf_counter() - start
 
     # -- facts for the record ----------------------------------------------------------------------
 
@@ -660,26 +719,26 @@ class Engine:
 
     def model_revision(self, model: str) -> str | None:
         """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
-        if self.user is not None and model == self.user.model:
-            return self.user.fingerprint
-        ref = self._ref(model)
-        if ref.kind == "hub":
-            from huggingface_hub import try_to_load_from_cache
+        return self.model_revision_later(model)()
 
-            try:
-                path = try_to_load_from_cache(ref.location, "model_index.json")
-            except Exception:  # noqa: BLE001 - a malformed id has no revision
-                return None
-            return Path(path).parent.name if isinstance(path, str) else None
+    def model_revision_later(self, model: str) -> Callable[[], str | None]:
+        """``model_revision`` without waiting for it: a local folder is hashed in a background thread (once per
+        content: path, sizes and mtimes), so hashing gigabytes never delays the first image. Call the result
+        (in the writing stage) to get the value."""
+        if self.user is not None and model == self.user.model:
+            fingerprint = self.user.fingerprint
+            return lambda: fingerprint
+        ref = self._ref(model)
         folder = Path(ref.location)
-        if not folder.is_dir():
-            return None
+        if ref.kind == "hub" or not folder.is_dir():
+            value = _hub_revision(ref.location) if ref.kind == "hub" else None
+            return lambda: value
         signature = _stat_signature(folder)
-        cached = self._hashes.get(ref.location)
-        if cached is None or cached[0] != signature:
-            cached = (signature, _folder_hash(folder))
-            self._hashes[ref.location] = cached
-        return cached[1]
+        with self._hash_lock:
+            cached = self._hashes.get(ref.location)
+            if cached is None or cached[0] != signature:
+                cached = self._hashes[ref.location] = (signature, _in_background(_folder_hash, folder))
+        return cached[1].result
 
     def environment(self) -> dict:
         """Versions and hardware that produced the images (of the device of the current settings)."""
@@ -695,6 +754,30 @@ class Engine:
     def pipeline_info(self, model: str) -> dict | None:
         """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
         return self.user.description if self.user is not None and model == self.user.model else None
+
+
+def _hub_revision(repo: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo, "model_index.json")
+    except Exception:  # noqa: BLE001 - a malformed id has no revision
+        return None
+    return Path(path).parent.name if isinstance(path, str) else None
+
+
+def _in_background(fn: Callable, *args: Any) -> Future:
+    """``fn(*args)`` in a daemon thread (an exiting process never waits for it); its result as a Future."""
+    fut: Future = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the result
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name="tracker-model-hash", daemon=True).start()
+    return fut
 
 
 @functools.lru_cache(maxsize=None)

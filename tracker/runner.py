@@ -49,14 +49,24 @@ class SweepSummary:
     mlflow_error: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     keys: tuple[str, ...] = ()  # the plan's run keys, in plan order
+    busy_seconds: float = 0.0  # inside pipeline calls
+    warmup_seconds: float = 0.0  # compile warm-up calls (compile setting), apart from per-image times
+
+    @property
+    def idle_fraction(self) -> float | None:
+        """The share of sweep wall time outside pipeline calls (the accelerator idle)."""
+        return max(0.0, 1.0 - self.busy_seconds / self.seconds) if self.seconds > 0 and self.busy_seconds else None
 
     @property
     def images_per_second(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
+        idle = self.idle_fraction
         return {"planned": self.planned, "done": self.done, "skipped": self.skipped, "failed": self.failed,
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 4)}
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 4),
+                "idle_fraction": round(idle, 4) if idle is not None else None,
+                "warmup_seconds": round(self.warmup_seconds, 3) if self.warmup_seconds else None}
 
 
 def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, db_url: str) -> spec.Experiment:
@@ -94,7 +104,6 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     # 2. Find the work: runs not done yet (failed ones too with --retry-failed).
     ws.ensure()
     store = Store.open(ws.db_url)
-    engine = None
     try:
         status = {r.key: r.status for r in store.runs(exp.name)}
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
@@ -105,6 +114,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         try:
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
+            speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
             engine = engine or _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
             try:
                 for group in _ordered_groups(todo):
@@ -140,12 +150,17 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
                 if rec.status == "done" and rec.key in status:
                     sink.submit_key(exp.name, rec.key)
 
-        # 7. Generate, cheapest switches innermost, recording each run as it finishes.
+        # 7. Generate, cheapest switches innermost; the writing stage records each run while the next
+        #    batch generates (tracker.writer).
         started = time.perf_counter()
         try:
             with _progress(len(todo), exp.name, options.progress) as bar:
-                for group in _ordered_groups(todo):
-                    _run_group(ws, store, engine, sink, sweep_id, group, summary, bar)
+                writer = _writer(ws, store, sink, engine, exp.settings, summary, bar)
+                try:
+                    for group in _ordered_groups(todo):
+                        _run_group(ws, store, engine, writer, sweep_id, group, summary, bar)
+                finally:
+                    writer.close()  # drains: what was generated is written, also on Ctrl-C
         except KeyboardInterrupt:
             store.reset_stale(exp.name)
             _finish(store, sink, sweep_id, summary, started, "interrupted")
@@ -156,6 +171,18 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             engine.close()  # a user's pipeline goes back as it came
         store.close()
     return summary
+
+
+_CACHE_DIRS: dict[str, str] = {}  # the cache folders this process set (a user's own setting is kept)
+
+
+def speed_cache_dir(home: Path) -> None:
+    """compile: inductor's and triton's compiled artefacts go to the workspace, so a second sweep reuses them."""
+    import os
+
+    for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if os.environ.get(var) in (None, _CACHE_DIRS.get(var)):
+            os.environ[var] = _CACHE_DIRS[var] = str(home / "cache" / sub)
 
 
 def _source_file(path: "str | Path | spec.Experiment", exp: spec.Experiment) -> Path | None:
@@ -180,6 +207,21 @@ def _mlflow_sink(ws: Workspace, experiment: str):
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
 
 
+def _writer(ws, store, sink, engine, settings, summary: SweepSummary, bar):
+    """The writing stage; on a CPU sweep its threads run at a lower priority than generation's."""
+    from tracker.writer import Writer
+
+    def done(run: PlannedRun) -> None:
+        summary.done += 1
+        bar.update(1)
+
+    def fail(run: PlannedRun, error: str, timing: dict) -> None:
+        _fail(store, run, error, summary, bar, **timing)
+
+    cpu = engine.device_for(settings) == "cpu"
+    return Writer(ws, store, sink, done, fail, nice=10 if cpu else 0)
+
+
 def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
     """Runs sharing every pipeline setting form one group; groups sorted so model, then VAE, then dtype switch least."""
     def order(r: PlannedRun) -> tuple:
@@ -190,7 +232,7 @@ def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
         yield list(grp)
 
 
-def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar) -> None:
+def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar) -> None:
     """Generate one group in batches; an out-of-memory error halves the batch and retries it."""
     from tracker.engine import OutOfMemory
 
@@ -209,7 +251,7 @@ def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summa
             store.mark_pending(exp, keys)
             if batch == 1:
                 for r in chunk:
-                    _fail(store, r, f"out of memory at batch size 1: {e}", summary, bar)
+                    writer.fail(r, f"out of memory at batch size 1: {e}")
                 i += len(chunk)
                 continue
             store.add_event(sweep_id, "oom", f"out of memory at batch size {batch}; retrying at {batch // 2}",
@@ -220,51 +262,38 @@ def _run_group(ws, store, engine, sink, sweep_id, group: list[PlannedRun], summa
             if len(chunk) > 1:
                 store.mark_pending(exp, keys)
                 for r in chunk:
-                    _run_group_single(ws, store, engine, sink, sweep_id, r, summary, bar)
+                    _run_group_single(ws, store, engine, writer, sweep_id, r, summary, bar)
             else:
-                _fail(store, chunk[0], f"{type(e).__name__}: {e}", summary, bar)
+                writer.fail(chunk[0], f"{type(e).__name__}: {e}")
             i += len(chunk)
             continue
-        _record(ws, store, engine, sink, chunk, result, summary, bar)
+        _record(engine, writer, chunk, result, summary)
         i += len(chunk)
 
 
-def _run_group_single(ws, store, engine, sink, sweep_id, run: PlannedRun, summary, bar) -> None:
+def _run_group_single(ws, store, engine, writer, sweep_id, run: PlannedRun, summary, bar) -> None:
     store.mark_running(run.experiment, [run.key], sweep_id)
     try:
         result = engine.generate([run])
     except Exception as e:
-        _fail(store, run, f"{type(e).__name__}: {e}", summary, bar)
+        writer.fail(run, f"{type(e).__name__}: {e}")
         return
-    _record(ws, store, engine, sink, [run], result, summary, bar)
+    _record(engine, writer, [run], result, summary)
 
 
-def _record(ws, store, engine, sink, chunk: list[PlannedRun], result, summary, bar) -> None:
-    """Write each image atomically, then mark its run done (a killed process never leaves a done run without its image)."""
-    from tracker import pngmeta
+def _record(engine, writer, chunk: list[PlannedRun], result, summary) -> None:
+    """Hand a batch to the writing stage: it writes each image atomically, then marks its run done (a killed
+    process never leaves a done run without its image)."""
+    from tracker.writer import BatchFacts
 
+    summary.busy_seconds += result.seconds + result.warmup_seconds
+    summary.warmup_seconds += result.warmup_seconds
     # the runs of a chunk share their settings: what the engine knows of them is the same for each
-    scheduler_config = engine.scheduler_config()
-    revision = engine.model_revision(chunk[0].settings.model)
-    device = engine.device_for(chunk[0].settings)
-    environment = engine.environment()
-    pipeline = engine.pipeline_info(chunk[0].settings.model)
-    for run, img in zip(chunk, result.images):
-        timing = {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
-                  "peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
-        if img.image is None:
-            _fail(store, run, img.error or "no image", summary, bar, **timing)
-            continue
-        recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=scheduler_config,
-                                    environment=environment, device_used=device, pipeline=pipeline, **timing)
-        target = ws.image_path(run.experiment, run.key)
-        sha = pngmeta.save_png(img.image, target, recipe)
-        store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha, model_revision=revision,
-                        scheduler_config=scheduler_config, device=device, **timing)
-        summary.done += 1
-        if sink is not None:
-            sink.submit_key(run.experiment, run.key)
-        bar.update(1)
+    settings = chunk[0].settings
+    facts = BatchFacts(scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
+                       environment=engine.environment(), revision=engine.model_revision_later(settings.model),
+                       pipeline=engine.pipeline_info(settings.model))
+    writer.submit(chunk, result, facts)
 
 
 def _fail(store, run: PlannedRun, error: str, summary: SweepSummary, bar, **timing) -> None:
@@ -309,7 +338,9 @@ def _progress(total: int, name: str, enabled: bool):
 def format_summary(s: SweepSummary) -> str:
     lines = [f"{s.experiment}: {s.done} done, {s.skipped} skipped (already done), {s.failed} failed "
              f"of {s.planned} planned in {s.seconds:.1f} s"
-             + (f" ({s.images_per_second:.2f} images/s)" if s.done else "")]
+             + (f" ({s.images_per_second:.2f} images/s)" if s.done else "")
+             + (f"; {s.idle_fraction:.1%} of it outside pipeline calls (idle)" if s.idle_fraction is not None else "")
+             + (f"; compile warm-up {s.warmup_seconds:.1f} s" if s.warmup_seconds else "")]
     for key, err in s.failures[:10]:
         lines.append(f"  failed {key}: {err}")
     if len(s.failures) > 10:

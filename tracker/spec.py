@@ -25,7 +25,10 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 # Settings that change speed or memory but not the image; they join a run key only when varied on an axis.
-PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device")
+PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile")
+COMPILE_OFF = "off"
+COMPILE_OPTIONS = {"mode": str, "fullgraph": bool, "dynamic": bool}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Settings:
     cpu_offload: bool = False
     batch_size: int | str = "auto"
     allow_pickle: bool = False
+    compile: str = COMPILE_OFF  # "off", or torch.compile options as "mode=default[,fullgraph=true][,dynamic=false]"
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -173,6 +177,35 @@ def _scheduler(v: Any, err: Callable) -> str:
     return v if cls == schedulers.DEFAULT else v.strip()
 
 
+def _compile(v: Any, err: Callable) -> str:
+    """false | true | {mode, fullgraph, dynamic} -> "off" | "mode=default,..." (canonical, sorted)."""
+    if v is False or v is None or v == COMPILE_OFF:
+        return COMPILE_OFF
+    if v is True:
+        v = {}
+    if not isinstance(v, dict):
+        err(f"must be true, false or a mapping with mode, fullgraph, dynamic but is {v!r}")
+    for k, x in v.items():
+        if k not in COMPILE_OPTIONS:
+            err(f"unknown option {k!r}{_suggest(k, list(COMPILE_OPTIONS))}; known: {', '.join(COMPILE_OPTIONS)}")
+        if not isinstance(x, COMPILE_OPTIONS[k]) or (k == "mode" and x not in COMPILE_MODES):
+            want = ", ".join(COMPILE_MODES) if k == "mode" else "true or false"
+            err(f"{k} must be one of {want} but is {x!r}")
+    options = {"mode": "default", **v}
+    return ",".join(f"{k}={str(x).lower() if isinstance(x, bool) else x}" for k, x in sorted(options.items()))
+
+
+def compile_options(value: str) -> dict[str, Any]:
+    """The keyword arguments of torch.compile for a canonical ``compile`` setting ({} when off)."""
+    if value == COMPILE_OFF:
+        return {}
+    out: dict[str, Any] = {}
+    for part in value.split(","):
+        k, _, x = part.partition("=")
+        out[k] = (x == "true") if COMPILE_OPTIONS.get(k) is bool else x
+    return out
+
+
 def _scheduler_options(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
     if not isinstance(v, dict):
         err(f"must be a mapping of option -> value but is {v!r}")
@@ -206,7 +239,7 @@ NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
-    "batch_size": _batch, "allow_pickle": _bool,
+    "batch_size": _batch, "allow_pickle": _bool, "compile": _compile,
 }
 
 
@@ -218,6 +251,8 @@ def setting_label(name: str, value: Any) -> str:
         return ",".join(f"{k}={v}" for k, v in value) or "(none)"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if name == "compile" and value == "mode=default":
+        return "on"
     return str(value)
 
 

@@ -59,6 +59,8 @@ sweeps_t = sa.Table(
     sa.Column("mlflow_run_id", sa.String(64)),  # 0002
     sa.Column("environment", sa.JSON),  # 0003
     sa.Column("verify", sa.JSON),  # 0003
+    sa.Column("idle_fraction", sa.Float),  # 0005: share of wall time outside pipeline calls
+    sa.Column("warmup_seconds", sa.Float),  # 0005: compile + first-batch warm-up, outside steady timings
     sa.Index("ix_sweeps_experiment", "experiment_id"),
 )
 
@@ -109,6 +111,7 @@ runs_t = sa.Table(
     sa.Column("mlflow_synced_at", sa.DateTime),  # 0002
     sa.Column("worker_id", sa.Integer, sa.ForeignKey("workers.id", name="fk_runs_worker")),  # 0004
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
+    sa.Column("compile", sa.String(200), nullable=False, server_default="off"),  # 0005
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
@@ -213,6 +216,7 @@ class RunRecord:
     mlflow_synced: bool
     mlflow_synced_at: datetime | None = None
     plan_index: int | None = None
+    compile: str = "off"
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
@@ -246,6 +250,7 @@ class RunRecord:
             device=self.device or "auto", generator_device=self.generator_device or "cpu",
             attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
             cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
+            compile=self.compile or "off",
         )
 
     def planned(self) -> PlannedRun:

@@ -35,6 +35,11 @@ class Workspace:
         return self.home / "images"
 
     @property
+    def thumbs_dir(self) -> Path:
+        """Report thumbnails the sweep wrote while each image was in memory (see ``tracker.thumbs``)."""
+        return self.home / "thumbs"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

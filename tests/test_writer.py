@@ -1,0 +1,152 @@
+"""The sweep's writing stage (tracker/writer.py): overlapped with generation, crash safe, errors recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+SWEEP = """\
+name: small
+model: tiny
+prompt: "portrait photo of {{ age }} warrior chief"
+axes:
+  age: {old: "a old", young: "a young"}
+seeds: [0, 1, 2]
+scheduler: DPMSolverMultistep
+steps: 2
+"""
+
+# Runs ``tracker run`` in a fresh process with a fault injected into the writing stage: each image waits
+# DELAY seconds after its PNG is durable and before its run is marked done, so a kill lands mid-batch.
+SLOW_WRITER = """\
+import sys, time
+from tracker import pngmeta
+from tracker.cli import main
+
+delay = float(sys.argv[1])
+save_png = pngmeta.save_png
+
+def slow_save_png(image, path, recipe):
+    sha = save_png(image, path, recipe)
+    time.sleep(delay)
+    return sha
+
+pngmeta.save_png = slow_save_png
+main(sys.argv[2:])
+"""
+
+
+def _statuses(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("select status, count(*) from runs group by status").fetchall())
+
+
+def _check_done_images(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select image_path, image_sha256 from runs where status='done'").fetchall()
+    for image, sha in rows:
+        assert hashlib.sha256(Path(image).read_bytes()).hexdigest() == sha
+        Image.open(image).load()
+
+
+def test_sweep_records_idle_fraction_and_writes_report_thumbnails(cli, write_yaml, tmp_path):
+    path = write_yaml(SWEEP.replace("seeds: [0, 1, 2]", "seeds: [0]") + "size: 264x264\n")
+    res = cli("run", path, "--no-mlflow", "-q")
+    assert res.code == 0, res.err
+    assert "outside pipeline calls (idle)" in res.out
+    db = tmp_path / "home" / "tracker.db"
+    with sqlite3.connect(db) as conn:
+        idle, = conn.execute("select idle_fraction from sweeps").fetchone()
+        shas = [r[0] for r in conn.execute("select image_sha256 from runs where status='done'")]
+    assert 0 <= idle < 1 and len(shas) == 2
+    for sha in shas:  # written from the image in memory, named by the PNG's sha256
+        with Image.open(tmp_path / "home" / "thumbs" / f"{sha[:32]}.jpg") as thumb:
+            assert max(thumb.size) == 256
+
+
+def test_a_write_error_fails_those_runs_with_the_reason(cli, write_yaml, tmp_path):
+    path = write_yaml(SWEEP)
+    images = tmp_path / "home" / "images"
+    images.mkdir(parents=True)
+    (images / "small").write_text("a file where the experiment's image folder should be")
+    res = cli("run", path, "--no-mlflow", "-q")
+    assert res.code == 1
+    assert "6 failed" in res.out and "could not write the image" in res.out
+    with sqlite3.connect(tmp_path / "home" / "tracker.db") as conn:
+        errors = [e for (e,) in conn.execute("select error from runs where status='failed'")]
+    assert len(errors) == 6 and all(e.startswith("could not write the image") and "small" in e for e in errors)
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_batch_is_being_written_loses_and_duplicates_nothing(write_yaml, tmp_path):
+    path = write_yaml(SWEEP.replace("seeds: [0, 1, 2]", "seeds: '0-5'") + "batch_size: 4\n")
+    home = tmp_path / "home"
+    env = {**os.environ, "TRACKER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    args = ["run", str(path), "--no-mlflow", "-q"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "0.4", *args], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = home / "tracker.db"
+    deadline, caught = time.time() + 300, False
+    while time.time() < deadline and proc.poll() is None and not caught:
+        time.sleep(0.02)
+        try:
+            with sqlite3.connect(db) as conn:
+                key_paths = [home / "images" / "small" / f"{k}.png"
+                             for (k,) in conn.execute("select key from runs where status='running'")]
+                done = conn.execute("select count(*) from runs where status='done'").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+        # a batch is being written: some of its PNGs are durable, their runs not marked done yet
+        caught = done >= 1 and any(p.exists() for p in key_paths)
+    assert caught and proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    statuses = _statuses(db)
+    assert 1 <= statuses.get("done", 0) < 12 and statuses.get("running", 0) >= 1
+    _check_done_images(db)
+    rerun = subprocess.run([sys.executable, "-m", "tracker", *args], env=env, cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select key, status from runs").fetchall()
+    assert len(rows) == 12 and {s for _, s in rows} == {"done"}
+    _check_done_images(db)
+    files = [p for p in home.rglob("*") if p.is_file() and "images" in p.parts]
+    assert sorted(p.name for p in files) == sorted(f"{k}.png" for k, _ in rows)  # no temp file, no extra image
+
+
+@pytest.mark.slow
+def test_ctrl_c_drains_the_writing_stage(write_yaml, tmp_path):
+    path = write_yaml(SWEEP.replace("seeds: [0, 1, 2]", "seeds: '0-5'") + "batch_size: 4\n")
+    home = tmp_path / "home"
+    env = {**os.environ, "TRACKER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "0.3", "run", str(path), "--no-mlflow", "-q"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = home / "tracker.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        try:
+            if _statuses(db).get("running", 0):
+                break
+        except sqlite3.OperationalError:
+            continue
+    time.sleep(0.5)  # into the first batch's writing, the second batch generating
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err.decode()
+    statuses = _statuses(db)
+    assert statuses.get("running", 0) == 0 and statuses.get("done", 0) >= 1, statuses  # drained, rest reset
+    _check_done_images(db)
+    assert not [p for p in (home / "images").rglob("*") if p.suffix != ".png" and p.is_file()]

@@ -1,0 +1,144 @@
+"""The writing stage of a sweep: while the accelerator makes batch k+1, batch k's images are written here.
+
+For each image, in a small pool of threads (zlib, hashing and file I/O release the GIL): the pipeline's
+array becomes an 8-bit image (NaN check), the recipe is built, the PNG is encoded with its metadata,
+hashed, written atomically and fsynced (``pngmeta.save_png``), the report thumbnail is written from the
+image in memory (``thumbs``), the run is marked done in the store and handed to MLflow.
+
+Crash safety is the runner's as before: a run is ``done`` only after its PNG is durable; until then it is
+``running`` and a later sweep redoes it (same key, same file name), so a kill -9 at any moment loses and
+duplicates nothing. The queue is bounded (``depth`` images): when writing falls behind, ``submit`` waits,
+so memory stays bounded. An error writing one image fails that run with the reason; an error the stage
+cannot record (the store itself failing) stops the sweep at the next ``submit`` or at ``close``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("tracker")
+
+_STOP = object()
+
+
+@dataclass
+class BatchFacts:
+    """What the engine knew of a batch's settings, shared by its images."""
+
+    scheduler_config: dict
+    device: str
+    environment: dict
+    revision: Callable[[], str | None]  # may wait for a background hash: called in the writing stage only
+    pipeline: dict | None = None  # what the recipe records of a user's pipeline object (Engine.pipeline_info)
+    timing: dict = field(default_factory=dict)  # peak_memory_bytes, batch_size_used
+
+
+def default_threads() -> int:
+    """Two writers keep up with a fast GPU (one PNG encode is ~45 ms at 512x512); more on big machines."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class Writer:
+    """A bounded background stage; ``on_done(run)`` and ``on_fail(run, error, timing)`` run under its lock."""
+
+    def __init__(self, ws, store, sink, on_done: Callable, on_fail: Callable, threads: int | None = None,
+                 depth: int = 16, nice: int = 0):
+        self.ws, self.store, self.sink = ws, store, sink
+        self._on_done, self._on_fail = on_done, on_fail
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._lock = threading.Lock()
+        self._fatal: BaseException | None = None
+        self._nice = nice
+        self.busy_seconds = 0.0  # summed over threads: time spent writing
+        self._threads = [threading.Thread(target=self._work, name=f"tracker-writer-{i}", daemon=True)
+                         for i in range(threads or default_threads())]
+        for t in self._threads:
+            t.start()
+
+    # -- the runner's side -------------------------------------------------------------------------
+
+    def submit(self, runs, result, facts: BatchFacts) -> None:
+        """Queue a batch's images (waits while the queue is full); raises what the stage could not record."""
+        self._raise_fatal()
+        timing = {"peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
+        for run, img in zip(runs, result.images):
+            self._queue.put((run, img, {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
+                                        **timing}, facts))
+
+    def fail(self, run, error: str, timing: dict | None = None) -> None:
+        """Record a run that produced no image (the runner's failures go through the same lock)."""
+        self._fail(run, error, timing or {})
+
+    def close(self) -> None:
+        """Write everything queued, stop the threads, then raise what the stage could not record."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        self._raise_fatal()
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            err, self._fatal = self._fatal, None
+            raise err
+
+    # -- the threads -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        if self._nice:
+            from tracker.cpu import lower_thread_priority
+
+            lower_thread_priority(self._nice)
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            if self._fatal is not None:
+                continue  # the store is failing: leave the rest 'running' (a later sweep redoes them)
+            start = time.perf_counter()
+            try:
+                self._write(*job)
+            except BaseException as e:  # noqa: BLE001 - recorded, raised in the runner's thread
+                self._fatal = self._fatal or e
+            with self._lock:
+                self.busy_seconds += time.perf_counter() - start
+
+    def _write(self, run, img, timing: dict, facts: BatchFacts) -> None:
+        from tracker import pngmeta, thumbs
+
+        image = img.image  # the conversion from the pipeline's array happens here
+        if image is None:
+            self._fail(run, img.error or "no image", timing)
+            return
+        revision = facts.revision()
+        recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=facts.scheduler_config,
+                                    environment=facts.environment, device_used=facts.device,
+                                    pipeline=facts.pipeline, **timing)
+        target = self.ws.image_path(run.experiment, run.key)
+        try:
+            sha = pngmeta.save_png(image, target, recipe)
+        except (OSError, ValueError) as e:
+            self._fail(run, f"could not write the image {target}: {e}", timing)
+            return
+        try:
+            thumbs.write_cached(image, self.ws.thumbs_dir, sha)
+        except (OSError, ValueError) as e:  # a cache: the report makes the thumbnail itself then
+            log.warning("could not write the report thumbnail of %s: %s", run.key, e)
+        self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
+                             model_revision=revision, scheduler_config=facts.scheduler_config, device=facts.device,
+                             **timing)
+        if self.sink is not None:
+            self.sink.submit_key(run.experiment, run.key)
+        with self._lock:
+            self._on_done(run)
+
+    def _fail(self, run, error: str, timing: dict) -> None:
+        with self._lock:
+            self._on_fail(run, error, timing)
