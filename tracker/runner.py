@@ -177,11 +177,22 @@ _CACHE_DIRS: dict[str, str] = {}  # the cache folders this process set (a user's
 
 
 def speed_cache_dir(home: Path) -> None:
-    """compile: inductor's and triton's compiled artefacts go to the workspace, so a second sweep reuses them."""
-    import os
+    """compile: inductor's and triton's compiled artefacts go to the workspace, so a second sweep reuses them.
 
+    A folder the user chose is kept; inductor's own default (``<tmp>/torchinductor_<user>``, which inductor
+    writes into the environment once it has run) is not a choice."""
+    import getpass
+    import os
+    import re
+    import tempfile
+
+    try:
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    defaults = {"TORCHINDUCTOR_CACHE_DIR": os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")}
     for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
-        if os.environ.get(var) in (None, _CACHE_DIRS.get(var)):
+        if os.environ.get(var) in (None, _CACHE_DIRS.get(var), defaults.get(var)):
             os.environ[var] = _CACHE_DIRS[var] = str(home / "cache" / sub)
 
 
