@@ -111,7 +111,7 @@ class Writer:
                 self.busy_seconds += time.perf_counter() - start
 
     def _write(self, run, img, timing: dict, facts: BatchFacts) -> None:
-        from tracker import pngmeta, thumbs
+        from tracker import pngmeta
 
         image = img.image  # the conversion from the pipeline's array happens here
         if image is None:
@@ -123,14 +123,10 @@ class Writer:
                                     pipeline=facts.pipeline, **timing)
         target = self.ws.image_path(run.experiment, run.key)
         try:
-            sha = pngmeta.save_png(image, target, recipe)
+            sha = save_image(self.ws, image, target, recipe)
         except (OSError, ValueError) as e:
             self._fail(run, f"could not write the image {target}: {e}", timing)
             return
-        try:
-            thumbs.write_cached(image, self.ws.thumbs_dir, sha)
-        except (OSError, ValueError) as e:  # a cache: the report makes the thumbnail itself then
-            log.warning("could not write the report thumbnail of %s: %s", run.key, e)
         self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
                              model_revision=revision, scheduler_config=facts.scheduler_config, device=facts.device,
                              **timing)
@@ -142,3 +138,16 @@ class Writer:
     def _fail(self, run, error: str, timing: dict) -> None:
         with self._lock:
             self._on_fail(run, error, timing)
+
+
+def save_image(ws, image, target, recipe: dict) -> str:
+    """One image as a sweep writes it: the PNG with its recipe (atomic, fsynced; ``pngmeta.save_png``) and its
+    report thumbnail from the image in memory (``thumbs``). Returns the PNG's sha256."""
+    from tracker import pngmeta, thumbs
+
+    sha = pngmeta.save_png(image, target, recipe)
+    try:
+        thumbs.write_cached(image, ws.thumbs_dir, sha)
+    except (OSError, ValueError) as e:  # a cache: the report makes the thumbnail itself then
+        log.warning("could not write the report thumbnail of %s: %s", target.name, e)
+    return sha

@@ -174,10 +174,9 @@ def _worker_main() -> None:
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(19)  # logging may wait; generation must not (torch's threads stall when this takes a core)
-    except OSError:
-        pass
+    from tracker.cpu import background_process
+
+    background_process()  # logging may wait; generation must not (torch's threads stall when this takes a core)
     replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the replies
     sys.stdout = sys.stderr

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tracker.store import RunRecord
 
 
-THUMB_SIZE = 256
+from tracker.thumbs import JPEG_QUALITY, THUMB_SIZE, cached
 
 
 ASSET_DIRS = ("full", "thumbs", "grids")
@@ -39,11 +39,13 @@ class Assets:
     """Full images and thumbnails under the report folder, named by the image's sha256.
 
     ``thumbs/manifest.json`` remembers each image's size and thumbnail, so a second build opens no
-    image that did not change. Images no larger than a thumbnail serve as their own thumbnail.
+    image that did not change. Images no larger than a thumbnail serve as their own thumbnail. A thumbnail
+    the sweep already wrote into ``cache`` (the workspace's thumbs/, from the image in memory) is linked,
+    so a first build decodes no PNG either.
     """
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, cache: Path | None = None):
+        self.root, self.cache = root, cache
         self.used: set[str] = {MANIFEST}
         for d in ASSET_DIRS:
             (root / d).mkdir(parents=True, exist_ok=True)
@@ -51,21 +53,21 @@ class Assets:
 
     def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
         """key -> Asset, or key -> the reason there is no image. Thumbnails are made in threads."""
-        todo: dict[str, tuple[Path, str]] = {}
+        todo: dict[str, tuple[Path, str, tuple[int, int]]] = {}
         out: dict[str, Asset | str] = {}
         for r in records:
             src = Path(r.image) if r.image else None
             if src is None or not src.is_file():
                 out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
                 continue
-            todo[r.key] = (src, r.image_sha256 or _sha256(src))
+            todo[r.key] = (src, r.image_sha256 or _sha256(src), (r.width, r.height))
         with ThreadPoolExecutor(workers()) as pool:
             for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
                 out[key] = result
         write_text(self.root / "thumbs" / MANIFEST, json.dumps(self.manifest, sort_keys=True))
         return out
 
-    def _one(self, src: Path, sha: str) -> Asset | str:
+    def _one(self, src: Path, sha: str, size: tuple[int, int]) -> Asset | str:
         name = sha[:32]
         full = f"full/{name}{src.suffix.lower() or '.png'}"
         try:
@@ -73,11 +75,20 @@ class Assets:
                 _link_or_copy(src, self.root / full)
             known = self.manifest.get(name)
             if known is None or not (self.root / known[2]).exists():
-                known = self.manifest[name] = list(_thumbnail(self.root / full, self.root / "thumbs", name))
+                known = self.manifest[name] = list(self._from_cache(sha, name, size)
+                                                   or _thumbnail(self.root / full, self.root / "thumbs", name))
         except (OSError, ValueError) as e:
             return f"image unreadable: {e}"
         self.used.update({Path(full).name, Path(known[2]).name})
         return Asset(known[2], full, known[0], known[1])
+
+    def _from_cache(self, sha: str, name: str, size: tuple[int, int]) -> tuple[int, int, str] | None:
+        """The sweep's thumbnail of this image (width, height, path), linked into the report; None if none."""
+        thumb = cached(self.cache, sha) if self.cache is not None and all(size) else None
+        if thumb is None:
+            return None
+        _link_or_copy(thumb, self.root / "thumbs" / thumb.name)
+        return (*size, f"thumbs/{thumb.name}")
 
     def add_used(self, rel: str) -> None:
         self.used.add(Path(rel).name)
@@ -135,7 +146,7 @@ def _thumbnail(src: Path, folder: Path, name: str) -> tuple[int, int, str]:
     small.thumbnail((THUMB_SIZE, THUMB_SIZE))
     dst = folder / f"{name}.jpg"
     tmp = dst.with_name(f".{dst.name}.tmp")
-    small.save(tmp, format="JPEG", quality=88)
+    small.save(tmp, format="JPEG", quality=JPEG_QUALITY)
     os.replace(tmp, dst)
     return (*size, f"{folder.name}/{dst.name}")
 

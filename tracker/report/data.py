@@ -83,6 +83,19 @@ class EfficiencyRow:
 
 
 @dataclass(frozen=True)
+class SweepFigures:
+    """One ``tracker run`` of the experiment: its throughput and how much of it the pipeline was idle."""
+
+    sweep_id: int
+    when: str
+    done: int
+    seconds: float | None
+    images_per_second: float | None
+    idle_fraction: float | None  # share of the sweep's wall time outside pipeline calls
+    warmup_seconds: float | None  # compile warm-up, apart from per-image times
+
+
+@dataclass(frozen=True)
 class VerifiedRun:
     """One run ``tracker verify`` generated again, and how far its pixels moved."""
 
@@ -128,6 +141,7 @@ class Report:
     notes: tuple[str, ...] = ()
     verify: VerifyView | None = None  # None: never verified
     verify_command: str = ""  # the command that verifies this experiment, shown when it never was
+    sweeps: tuple[SweepFigures, ...] = ()  # sweeps that generated images, oldest first
 
     def details_json(self) -> dict[str, Any]:
         """key -> the run's details as plain JSON values (the page script reads these)."""

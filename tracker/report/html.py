@@ -41,7 +41,7 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     layout = choose_layout(source, rows, cols)
     out = Path(out) if out is not None else safe_join(ws.reports_dir, experiment)
     out.mkdir(parents=True, exist_ok=True)
-    assets = Assets(out)
+    assets = Assets(out, ws.thumbs_dir)
     images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
     secs = sections(source, layout, source.entries)
     grids = tuple(_grid(source, layout, s, i, images) for i, s in enumerate(secs, 1))
@@ -58,7 +58,7 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
         grids=grids, details=tuple(_detail(ws, e, images, home) for e in source.entries),
         efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
         notes=source.notes, verify=_mark_shown(source.verify, {e.key for e in source.entries}),
-        verify_command=f"tracker {home}verify {shlex.quote(source.name)}",
+        verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
     )
     index = out / "index.html"
     write_text(index, render(report))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tracker.errors import NotFoundError, TrackerError
-from tracker.report.data import VerifiedRun, VerifyView
+from tracker.report.data import SweepFigures, VerifiedRun, VerifyView
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Source:
     entries: tuple[Entry, ...]
     notes: tuple[str, ...] = ()
     verify: "VerifyView | None" = None  # the latest ``tracker verify`` result stored with a sweep
+    sweeps: tuple[SweepFigures, ...] = ()
 
     def axis(self, name: str) -> AxisInfo:
         return next(a for a in self.axes if a.name == name)
@@ -89,7 +90,8 @@ def load(ws: Workspace, experiment: str) -> Source:
     with Store.open(ws.db_url) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
-        verified = verify_view(store.sweeps(experiment))
+        sweeps = store.sweeps(experiment)
+        verified = verify_view(sweeps)
         known = [e["name"] for e in store.experiments()] if info is None else []
     if info is None:
         listing = f"; known experiments: {', '.join(known)}" if known else "; the store holds no experiments yet"
@@ -101,7 +103,8 @@ def load(ws: Workspace, experiment: str) -> Source:
     plan = _expand(exp, notes)
     entries = _entries(plan, records, notes, exp)
     axes = _axes(exp, entries)
-    return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes), verified)
+    return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes), verified,
+                  sweep_figures(sweeps))
 
 
 def _require_store(url: str) -> None:
@@ -228,6 +231,14 @@ def verify_view(sweeps: Sequence[Mapping[str, Any]]) -> VerifyView | None:
                       int(v.get("sample", len(runs))), int(v.get("identical", identical)),
                       int(v.get("drifted", len(runs) - identical)), int(v.get("done") or 0),
                       int(v.get("max_abs") or 0), tuple(map(str, v.get("warnings") or ())), runs)
+
+
+def sweep_figures(sweeps: Sequence[Mapping[str, Any]]) -> tuple[SweepFigures, ...]:
+    """Throughput and idle fraction of each sweep that generated images."""
+    return tuple(SweepFigures(s["id"], _when(s["started_at"].isoformat() if s.get("started_at") else None),
+                              int(s.get("done") or 0), s.get("seconds"), s.get("images_per_second"),
+                              s.get("idle_fraction"), s.get("warmup_seconds"))
+                 for s in sweeps if s.get("done"))
 
 
 def _when(iso: str | None) -> str:
