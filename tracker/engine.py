@@ -697,19 +697,30 @@ class Engine:
 
     # -- facts for the record ----------------------------------------------------------------------
 
+    def check_prompts(self, runs: Sequence[PlannedRun]) -> None:
+        """The truncation check of every prompt up front, batched per model (a sweep calls it before it
+        starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
+        by_model: dict[tuple, list[PlannedRun]] = {}
+        for r in runs:
+            by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
+        for group in by_model.values():
+            self._warn_truncated(self._load_pipeline(group[0].settings).pipe, group)
+
     def _warn_truncated(self, pipe: Any, runs: Sequence[PlannedRun]) -> None:
         """Say once per prompt when the text encoder will not read all of it."""
         tokenizer = getattr(pipe, "tokenizer", None)
         if tokenizer is None:
             return
+        texts = [t for t in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt))
+                 if t not in self._truncated]
+        if not texts:
+            return
+        self._truncated.update(texts)
         limit = tokenizer.model_max_length
-        for text in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt)):
-            if text in self._truncated:
-                continue
-            self._truncated.add(text)
-            n = len(tokenizer(text, truncation=False).input_ids)
-            if n > limit:
-                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...", n, limit, text)
+        for text, ids in zip(texts, tokenizer(texts, truncation=False).input_ids):
+            if len(ids) > limit:
+                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...",
+                            len(ids), limit, text)
 
     def scheduler_config(self) -> dict:
         """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""

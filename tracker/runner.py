@@ -119,6 +119,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             try:
                 for group in _ordered_groups(todo):
                     engine.prepare(group[0].settings)
+                engine.check_prompts(todo)  # tokenizer checks now, not between batches
             except ModelError as e:
                 raise ModelError(f"{where}: {e}") from None  # name the file, as spec errors do
 

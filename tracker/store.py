@@ -111,7 +111,7 @@ runs_t = sa.Table(
     sa.Column("mlflow_synced_at", sa.DateTime),  # 0002
     sa.Column("worker_id", sa.Integer, sa.ForeignKey("workers.id", name="fk_runs_worker")),  # 0004
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
-    sa.Column("compile", sa.String(200), nullable=False, server_default="off"),  # 0005
+    sa.Column("compile", sa.String(200)),  # 0005: None (older runs) is "off"
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
@@ -216,7 +216,7 @@ class RunRecord:
     mlflow_synced: bool
     mlflow_synced_at: datetime | None = None
     plan_index: int | None = None
-    compile: str = "off"
+    compile: str | None = None  # the compile setting; None for runs recorded before it existed ("off")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":

@@ -20,7 +20,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("idle_fraction", sa.Float))
         batch.add_column(sa.Column("warmup_seconds", sa.Float))
     with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("compile", sa.String(200), nullable=False, server_default="off"))
+        batch.add_column(sa.Column("compile", sa.String(200)))
 
 
 def downgrade() -> None:

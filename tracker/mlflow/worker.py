@@ -42,6 +42,7 @@ class MlflowSink:
         self.uri, self.experiment, self.db_url, self.artifacts_dir = tracking_uri, experiment, db_url, artifacts_dir
         self.queue_size = queue_size
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._logged = self._waiting = self._in_flight = 0
         self._error: str | None = None
         self._down = threading.Event()
@@ -109,8 +110,9 @@ class MlflowSink:
         if self._proc is None or self._closed:
             return False
         try:
-            self._proc.stdin.write(json.dumps(message) + "\n")
-            self._proc.stdin.flush()
+            with self._send_lock:  # the sweep's writing threads submit concurrently: one whole line each
+                self._proc.stdin.write(json.dumps(message) + "\n")
+                self._proc.stdin.flush()
             return True
         except (OSError, ValueError) as e:  # the child is gone
             self._fail(f"the MLflow worker stopped: {e}")
