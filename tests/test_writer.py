@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sqlite3
@@ -15,17 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-
-SWEEP = """\
-name: small
-model: tiny
-prompt: "portrait photo of {{ age }} warrior chief"
-axes:
-  age: {old: "a old", young: "a young"}
-seeds: [0, 1, 2]
-scheduler: DPMSolverMultistep
-steps: 2
-"""
+from test_run import SMALL as SWEEP
+from test_run import _check_done_images
 
 # Runs ``tracker run`` in a fresh process with a fault injected into the writing stage: each image waits
 # DELAY seconds after its PNG is durable and before its run is marked done, so a kill lands mid-batch.
@@ -50,14 +40,6 @@ main(sys.argv[2:])
 def _statuses(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as conn:
         return dict(conn.execute("select status, count(*) from runs group by status").fetchall())
-
-
-def _check_done_images(db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("select image_path, image_sha256 from runs where status='done'").fetchall()
-    for image, sha in rows:
-        assert hashlib.sha256(Path(image).read_bytes()).hexdigest() == sha
-        Image.open(image).load()
 
 
 def test_sweep_records_idle_fraction_and_writes_report_thumbnails(cli, write_yaml, tmp_path):
