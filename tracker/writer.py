@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("tracker")
@@ -36,7 +36,6 @@ class BatchFacts:
     environment: dict
     revision: Callable[[], str | None]  # may wait for a background hash: called in the writing stage only
     pipeline: dict | None = None  # what the recipe records of a user's pipeline object (Engine.pipeline_info)
-    timing: dict = field(default_factory=dict)  # peak_memory_bytes, batch_size_used
 
 
 def default_threads() -> int:
@@ -54,7 +53,8 @@ class Writer:
         self._on_done, self._on_fail = on_done, on_fail
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._lock = threading.Lock()
-        self._fatal: BaseException | None = None
+        self._fatal: BaseException | None = None  # sticky: after it the threads write nothing more
+        self._raised = False
         self._nice = nice
         self.busy_seconds = 0.0  # summed over threads: time spent writing
         self._threads = [threading.Thread(target=self._work, name=f"tracker-writer-{i}", daemon=True)
@@ -86,9 +86,10 @@ class Writer:
         self._raise_fatal()
 
     def _raise_fatal(self) -> None:
-        if self._fatal is not None:
-            err, self._fatal = self._fatal, None
-            raise err
+        """Raise the stage's first unrecordable error once; the stage stays stopped after it."""
+        if self._fatal is not None and not self._raised:
+            self._raised = True
+            raise self._fatal
 
     # -- the threads -------------------------------------------------------------------------------
 
