@@ -111,3 +111,33 @@ def test_heartbeat_renews_while_the_worker_lives(tmp_path):
             assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == []
         time.sleep(0.8)  # no more beats: the lease ends
         assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == keys[:2]
+
+
+def test_status_shows_counts_workers_and_expired_claims(cli, url):
+    import json
+
+    sweep, keys = _planned(url)
+    with Store.open(url) as store:
+        a = claims.register(store, sweep, "cuda:0", name="gpu-a")
+        b = claims.register(store, sweep, "cuda:1", name="gpu-b")
+        claims.claim(store, "claimed", a, [(keys, 3)], lease_seconds=0.01)  # a "dies" holding 3
+        held = claims.claim(store, "claimed", b, [(keys[3:], 2)])
+        for k in held:
+            store.mark_done("claimed", k)
+        claims.progress(store, b, done=2, busy_seconds=1.0)
+        store.mark_failed("claimed", keys[10], "boom")
+    time.sleep(0.05)
+    res = cli("--db", url, "status", "claimed", "--json")
+    assert res.code == 0, res.err
+    st = json.loads(res.out)
+    assert st["planned"] == 40 and st["runs"] == {"pending": 34, "running": 3, "done": 2, "failed": 1}
+    by_name = {w["name"]: w for w in st["workers"]}
+    assert by_name["gpu-b"]["runs_done"] == 2 and by_name["gpu-b"]["device"] == "cuda:1"
+    assert by_name["gpu-a"]["holding"] == 3 and by_name["gpu-a"]["host"]
+    assert sorted(c["key"] for c in st["expired_claims"]) == sorted(keys[:3])
+    assert {c["worker"] for c in st["expired_claims"]} == {"gpu-a"}
+    res = cli("--db", url, "status", "claimed")
+    assert res.code == 0 and "40 planned, 2 done, 3 running, 34 pending, 1 failed" in res.out
+    assert "gpu-a" in res.out and "3 claims past their lease" in res.out
+    res = cli("--db", url, "status", "nope")
+    assert res.code != 0 and "no experiment 'nope'" in res.err

@@ -170,3 +170,48 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
+    """What ``tracker status`` shows: run counts, the experiment's workers (newest first) and claims
+    whose lease has ended (a worker that died or hangs)."""
+    from tracker.errors import NotFoundError
+    from tracker.store import STATUSES, _aware, sweeps_t
+
+    now = utcnow()
+    with store._read() as conn:
+        eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
+        if eid is None:
+            raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
+        counts = dict(conn.execute(sa.select(runs_t.c.status, sa.func.count()).where(runs_t.c.experiment_id == eid)
+                                   .group_by(runs_t.c.status)).all())
+        workers = conn.execute(
+            sa.select(workers_t).join(sweeps_t, sweeps_t.c.id == workers_t.c.sweep_id)
+            .where(sweeps_t.c.experiment_id == eid).order_by(workers_t.c.id.desc()).limit(max_workers)).mappings().all()
+        holding = dict(conn.execute(
+            sa.select(runs_t.c.worker_id, sa.func.count()).where(runs_t.c.experiment_id == eid,
+                                                                 runs_t.c.status == "running")
+            .group_by(runs_t.c.worker_id)).all())
+        stale = conn.execute(
+            sa.select(runs_t.c.key, runs_t.c.worker_id, runs_t.c.lease_until, workers_t.c.name)
+            .outerjoin(workers_t, workers_t.c.id == runs_t.c.worker_id)
+            .where(runs_t.c.experiment_id == eid, runs_t.c.status == "running",
+                   sa.or_(runs_t.c.lease_until.is_(None), runs_t.c.lease_until < now))
+            .order_by(runs_t.c.plan_index)).mappings().all()
+    out_workers = []
+    for w in workers:
+        alive = (w["last_seen"] - w["started_at"]).total_seconds()
+        out_workers.append({
+            "id": w["id"], "name": w["name"], "sweep_id": w["sweep_id"], "host": w["host"], "pid": w["pid"],
+            "device": w["device"], "status": w["status"], "runs_done": w["runs_done"], "runs_failed": w["runs_failed"],
+            "holding": holding.get(w["id"], 0),
+            "images_per_second": round(w["runs_done"] / alive, 4) if alive > 0 else None,
+            "busy_seconds": round(w["busy_seconds"], 3), "started_at": _aware(w["started_at"]),
+            "last_seen": _aware(w["last_seen"]), "seen_seconds_ago": round((now - w["last_seen"]).total_seconds(), 1),
+        })
+    runs = {s: counts.get(s, 0) for s in STATUSES}
+    return {
+        "experiment": experiment, "planned": sum(counts.values()), "runs": runs, "workers": out_workers,
+        "expired_claims": [{"key": r["key"], "worker_id": r["worker_id"], "worker": r["name"],
+                            "lease_until": _aware(r["lease_until"])} for r in stale],
+    }

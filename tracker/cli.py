@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "runs": "tracker.commands.store_cmds:runs",
     "show": "tracker.commands.store_cmds:show",
     "experiments": "tracker.commands.store_cmds:experiments",
+    "status": "tracker.commands.status:status",
     "db": "tracker.commands.store_cmds:db",
     "models": "tracker.commands.models:models",
     "sync": "tracker.commands.mlflow_cmds:sync",

@@ -283,6 +283,22 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _retry_on_conflict(method):
+    """Run a write again when a concurrent writer inserted the same row first (a unique key race between
+    two workers on PostgreSQL, whose transactions run side by side): the retry sees the committed row."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        for attempt in range(3):
+            try:
+                return method(*args, **kwargs)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+    return wrapper
+
+
 class Store:
     """The run store. Open with ``Store.open(url)``; close when done (or use ``with``)."""
 
@@ -337,6 +353,7 @@ class Store:
 
     # -- experiments -------------------------------------------------------------------------
 
+    @_retry_on_conflict
     def save_experiment(self, name: str, source_path: str | None, source_text: str | None) -> None:
         """Insert the experiment or update its source (the file as last run)."""
         now = utcnow()
@@ -400,6 +417,7 @@ class Store:
 
     # -- sweeps and events -------------------------------------------------------------------
 
+    @_retry_on_conflict
     def start_sweep(self, experiment: str, info: Mapping[str, Any]) -> int:
         """Record the start of a ``tracker run``; creates the experiment row when missing.
 
@@ -479,6 +497,7 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
+    @_retry_on_conflict
     def plan_runs(self, sweep_id: int, runs: Sequence[PlannedRun]) -> dict[str, str]:
         """Insert the runs not yet stored as pending; return key -> current status for every run given.
 
