@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.commands.store_cmds import _dump, _num, _open, _when
+from tracker.commands.store_cmds import _dump, _num, _when
 from tracker.textfmt import table
 from tracker.workspace import Workspace
 
@@ -19,8 +19,9 @@ def status(ws: Workspace, experiment: str, as_json: bool) -> None:
     """Runs planned, done, running, pending and failed; each worker (host, device, runs done, images/s,
     last seen); claims held past their lease (a worker that died: they are claimed again by others)."""
     from tracker import claims
+    from tracker.store import Store
 
-    with _open(ws) as store:
+    with Store.open(ws.db_url) as store:
         st = claims.status(store, experiment)
     if as_json:
         _dump(st)
