@@ -15,7 +15,8 @@ from tracker import db
 from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
-REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput"]
+REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
+             "0006_prompt_language"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -34,6 +35,7 @@ ADDED = {  # revision -> table -> columns it adds
     "0003_reproducibility": {"sweeps": {"environment", "verify"}},
     "0004_claims": {"runs": {"worker_id", "lease_until"}},
     "0005_throughput": {"sweeps": {"idle_fraction", "warmup_seconds"}, "runs": {"compile"}},
+    "0006_prompt_language": {"runs": {"prompt_syntax", "lora"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",

@@ -48,15 +48,15 @@ def test_a1111_maps_onto_a_run_and_notes_the_rest():
     assert (run.seed, s.steps, s.guidance_scale, s.width, s.height, s.model) == (1, 4, 7.0, 64, 96, "tiny")
     assert (s.scheduler, s.options()) == ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})
     assert (run.prompt, run.negative_prompt, run.experiment) == ("a castle, (golden hour:1.2)", "text", "reproduce")
-    assert notes == ["Clip skip: 2 (not supported, ignored)", "ENSD: 31337 (not supported, ignored)",
-                     "prompt: A1111 attention/LoRA syntax such as '(golden hour:1.2)' is read as plain text"]
+    assert s.prompt_syntax == "a1111"  # a foreign PNG's weights are A1111's, read through compel
+    assert notes == ["Clip skip: 2 (not supported, ignored)", "ENSD: 31337 (not supported, ignored)"]
 
 
 def test_a1111_old_style_sampler_names_and_neutral_values():
     text = A1111.replace("Sampler: DPM++ 2M, Schedule type: Karras", "Sampler: DPM++ 2M Karras") + ", Clip skip: 1"
     run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text))
     assert run.settings.options() == {"use_karras_sigmas": True}
-    assert notes == ["prompt: A1111 attention/LoRA syntax such as '(golden hour:1.2)' is read as plain text"]
+    assert notes == []
 
 
 def test_a1111_unknown_sampler_and_schedule_are_noted():

@@ -623,7 +623,6 @@ class Engine:
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
-        self._warn_truncated(pipe, runs)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
         marks: list[float] = []
 
@@ -646,7 +645,7 @@ class Engine:
             with _PeakRss() as rss:
                 start = time.perf_counter()
                 out = pipe(
-                    prompt=[r.prompt for r in runs], negative_prompt=[r.negative_prompt for r in runs],
+                    **self._text_inputs(pipe, runs, settings.prompt_syntax),
                     num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
                     width=settings.width or None, height=settings.height or None, generator=generators, output_type="np",
                     callback_on_step_end=step_end,
@@ -694,6 +693,17 @@ class Engine:
             torch.cuda.synchronize(device)
         self._warm.add(shape)
         return time.perf_counter() - start
+
+    def _text_inputs(self, pipe: Any, runs: Sequence[PlannedRun], syntax: str) -> dict[str, Any]:
+        """Prompts as text (plain), or as compel's embeddings of the weighted prompts (a1111, compel)."""
+        prompts, negatives = [r.prompt for r in runs], [r.negative_prompt for r in runs]
+        if syntax == "plain":
+            self._warn_truncated(pipe, runs)
+            return {"prompt": prompts, "negative_prompt": negatives}
+        from tracker.prompts import weighting
+
+        with torch.no_grad():
+            return weighting.conditioning(pipe, prompts, negatives, syntax)
 
     # -- facts for the record ----------------------------------------------------------------------
 

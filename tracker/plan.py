@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from tracker import models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
-from tracker.spec import PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, setting_fields, setting_label
+from tracker.spec import (PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, lora_settings,
+                          setting_fields, setting_label)
 
 DEFAULT_MAX_RUNS = 10_000
 KEY_VERSION = 1
@@ -73,6 +74,10 @@ def run_key(settings: Settings, seed: int, prompt: str, negative_prompt: str, pe
         "dtype": settings.dtype, "seed": seed, "prompt": prompt, "negative_prompt": negative_prompt,
         "generator_device": settings.generator_device,
     }
+    if settings.prompt_syntax != "plain":  # the weighted form is what the key hashes (plain keys stay as they were)
+        material["prompt_syntax"] = settings.prompt_syntax
+    if settings.lora:
+        material["lora"] = [dict(a) for a in settings.lora]
     if perf:
         material["perf"] = perf
     blob = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -182,7 +187,8 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
 
 def _settings(values: dict[str, Any], base_dir) -> Settings:
     cls, options = schedulers.resolve(values["scheduler"], values["scheduler_options"])
-    values = {**values, "scheduler": cls, "scheduler_options": tuple(sorted(options.items()))}
+    values = {**values, "scheduler": cls, "scheduler_options": tuple(sorted(options.items())),
+              "lora": lora_settings(values["lora"])}
     if not values["width"] or not values["height"]:  # not given: this run's model's native size
         native_w, native_h = models.native_size(values["model"], base_dir)
         values["width"] = values["width"] or native_w

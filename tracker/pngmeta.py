@@ -106,6 +106,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Dtype": recipe.get("dtype"),
         "Generator device": recipe.get("generator_device"),
         "Scheduler options": json.dumps(extra_options, sort_keys=True) if extra_options else None,
+        "Prompt syntax": recipe.get("prompt_syntax") if recipe.get("prompt_syntax") not in (None, "plain") else None,
     }
 
 

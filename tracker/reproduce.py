@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from tracker import models, pngmeta, schedulers
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
-from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings
+from tracker.prompts import weighting
+from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings, lora_settings
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -31,8 +32,8 @@ FOREIGN_EXPERIMENT = "reproduce"
 INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment"}
 # A1111 settings at the value that means "what diffusers does anyway".
 NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
-# A1111 prompt syntax that diffusers reads as plain text: (word:1.2), [a|b], <lora:...>
-A1111_SYNTAX = re.compile(r"\([^()]*:\s*[\d.]+\)|\[[^\]]*[|:][^\]]*\]|<(lora|lyco|hypernet):[^>]*>", re.I)
+# A1111 extra networks in a prompt; <lora:...> maps to a file of a loras: folder (tracker.prompts.lora)
+A1111_NETWORK = re.compile(r"<(lyco|hypernet):[^>]*>", re.I)
 
 
 
@@ -85,6 +86,7 @@ def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe") -> Planned
     try:
         values = {f: recipe[f] for f in SETTING_NAMES if f in recipe}
         values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
+        values["lora"] = lora_settings(values.get("lora"))
         settings = Settings(**values)
         return PlannedRun(
             key=str(recipe["key"]), index=int(recipe.get("index") or 0), experiment=str(recipe["experiment"]),
@@ -198,16 +200,16 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
             raise bad("Generator device", "must be cpu, cuda, cuda:N or mps")
         values["generator_device"] = s["Generator device"].lower()
 
+    values["prompt_syntax"] = _prompt_syntax(s, where)
     mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
-              "Generator device", "Scheduler options"}
+              "Generator device", "Scheduler options", "Prompt syntax"}
     for key, value in s.items():
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
         notes.append(f"{key}: {value} (not supported, ignored)")
     for text, label in ((params.prompt, "prompt"), (params.negative_prompt, "negative prompt")):
-        if A1111_SYNTAX.search(text):
-            notes.append(f"{label}: A1111 attention/LoRA syntax such as {A1111_SYNTAX.search(text).group(0)!r} "
-                         "is read as plain text")
+        notes += weighting.notes(text, values["prompt_syntax"], label)
+        notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
 
     settings = Settings(**values)
     key = run_key(settings, seed, params.prompt, params.negative_prompt)
@@ -216,6 +218,14 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
                      negative_prompt=params.negative_prompt, prompt_template=params.prompt,
                      negative_template=params.negative_prompt, seed=seed, settings=settings)
     return run, notes
+
+
+def _prompt_syntax(s: Mapping[str, str], where: str) -> str:
+    """The PNG's own ``Prompt syntax``; else plain for a PNG the tracker wrote, a1111 for one from elsewhere."""
+    syntax = s.get("Prompt syntax") or ("plain" if "Tracker key" in s else "a1111")
+    if syntax not in weighting.SYNTAXES:
+        raise TrackerError(f"{where}: parameters Prompt syntax: {syntax!r} must be one of {', '.join(weighting.SYNTAXES)}")
+    return syntax
 
 
 def _model_name(name: str, base_dir: Path | None) -> str | None:

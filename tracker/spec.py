@@ -53,6 +53,8 @@ class Settings:
     batch_size: int | str = "auto"
     allow_pickle: bool = False
     compile: str = COMPILE_OFF  # "off", or torch.compile options as "mode=default[,fullgraph=true][,dynamic=false]"
+    prompt_syntax: str = "plain"  # plain | a1111 | compel (tracker.prompts.weighting)
+    lora: tuple[tuple[tuple[str, Any], ...], ...] = ()  # adapters, each sorted (field, value) pairs (tracker.prompts.lora)
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -64,12 +66,18 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["scheduler_options"] = dict(self.scheduler_options)
+        d["lora"] = [dict(a) for a in self.lora]
         return d
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+
+
+def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """``Settings.lora`` from its JSON form (a list of adapter mappings, as recipes and the store keep it)."""
+    return tuple(tuple(sorted(dict(a).items())) for a in raw or ())
 # Names an experiment file may use for settings: the Settings fields plus ``size``.
-SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height")) + ("size", "width", "height")
+SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height", "lora")) + ("size", "width", "height")
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
@@ -234,12 +242,21 @@ def _size(v: Any, err: Callable) -> tuple[int, int]:
     return w, h
 
 
+def _prompt_syntax(v: Any, err: Callable) -> str:
+    from tracker.prompts.weighting import SYNTAXES
+
+    if not isinstance(v, str) or v.strip().lower() not in SYNTAXES:
+        err(f"must be one of {', '.join(SYNTAXES)} but is {v!r}")
+    return v.strip().lower()
+
+
 NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "model": _text, "vae": _text, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
     "batch_size": _batch, "allow_pickle": _bool, "compile": _compile,
+    "prompt_syntax": _prompt_syntax,
 }
 
 

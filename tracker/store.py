@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from tracker import db
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import PlannedRun
-from tracker.spec import Settings
+from tracker.spec import Settings, lora_settings
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -112,6 +112,8 @@ runs_t = sa.Table(
     sa.Column("worker_id", sa.Integer, sa.ForeignKey("workers.id", name="fk_runs_worker")),  # 0004
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
     sa.Column("compile", sa.String(200)),  # 0005: None (older runs) is "off"
+    sa.Column("prompt_syntax", sa.String(20)),  # 0006 (NULL: plain, as every run before it)
+    sa.Column("lora", sa.JSON),  # 0006
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
@@ -217,6 +219,8 @@ class RunRecord:
     mlflow_synced_at: datetime | None = None
     plan_index: int | None = None
     compile: str | None = None  # the compile setting; None for runs recorded before it existed ("off")
+    prompt_syntax: str | None = None  # None: plain
+    lora: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
@@ -250,7 +254,8 @@ class RunRecord:
             device=self.device or "auto", generator_device=self.generator_device or "cpu",
             attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
             cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
-            compile=self.compile or "off",
+            compile=self.compile or "off", prompt_syntax=self.prompt_syntax or "plain",
+            lora=lora_settings(self.lora),
         )
 
     def planned(self) -> PlannedRun:

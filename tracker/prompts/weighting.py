@@ -1,0 +1,140 @@
+"""Prompt weighting: ``prompt_syntax: plain | a1111 | compel``.
+
+- ``plain``: the prompt goes to the pipeline as text; brackets are text (diffusers' own behaviour).
+- ``compel``: the prompt is compel's syntax (``old++``, ``(old)1.3``, ``("a", "b").and()``, ``.blend()``);
+  compel turns prompt and negative prompt into embeddings (``CompelForSD`` for SD 1.x/2.x, ``CompelForSDXL``
+  with its two text encoders), chunking prompts longer than the encoder's 77 tokens instead of cutting them.
+- ``a1111``: AUTOMATIC1111's attention syntax, which compel does not read itself, is first translated to
+  compel's: ``(word:1.2)`` -> ``(word)1.2``, ``(word)`` -> x1.1, ``((word))`` -> x1.21, ``[word]`` -> /1.1,
+  ``BREAK`` -> a new chunk (compel's ``.and()``), ``\\(`` stays a literal bracket. The weights are computed
+  the way A1111's ``parse_prompt_attention`` (modules/prompt_parser.py) computes them. A1111 constructs
+  with no compel equivalent (prompt editing ``[a:b:10]``, alternation ``[a|b]``) stay text and get a note.
+
+``translate`` and ``notes`` are pure; ``conditioning`` runs compel (torch) and is called by the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+SYNTAXES = ("plain", "a1111", "compel")
+DEFAULT = "plain"
+
+# A1111 modules/prompt_parser.py: re_attention and re_break
+_ATTENTION = re.compile(r"""
+\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:
+""", re.X)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_UP, _DOWN = 1.1, 1 / 1.1
+# constructs compel has no equivalent for; A1111 resolves them per sampling step
+_EDITING = re.compile(r"\[[^\[\]:|]*:[^\[\]:|]*(:\s*[\d.]+\s*)?\]")
+_ALTERNATION = re.compile(r"\[[^\[\]|]*(\|[^\[\]|]*)+\]")
+_EXTRA_NETWORK = re.compile(r"<(lora|lyco|hypernet):[^>]*>", re.I)
+
+
+def a1111_weights(text: str) -> list[tuple[str, float]]:
+    """(text, weight) pieces of an A1111 prompt, as A1111's ``parse_prompt_attention`` gives them;
+    ``("BREAK", -1)`` between chunks."""
+    res: list[list[Any]] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for p in range(start, len(res)):
+            res[p][1] *= factor
+
+    for m in _ATTENTION.finditer(text):
+        token, weight = m.group(0), m.group(1)
+        if token.startswith("\\"):
+            res.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(res))
+        elif token == "[":
+            square_open.append(len(res))
+        elif weight is not None and round_open:
+            multiply(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            multiply(round_open.pop(), _UP)
+        elif token == "]" and square_open:
+            multiply(square_open.pop(), _DOWN)
+        else:
+            for i, part in enumerate(_BREAK.split(token)):
+                if i > 0:
+                    res.append(["BREAK", -1])
+                res.append([part, 1.0])
+    for start in round_open:
+        multiply(start, _UP)
+    for start in square_open:
+        multiply(start, _DOWN)
+    merged: list[list[Any]] = []
+    for piece in res or [["", 1.0]]:
+        if merged and merged[-1][1] == piece[1] and piece[1] != -1:
+            merged[-1][0] += piece[0]
+        else:
+            merged.append(piece)
+    return [(t, w) for t, w in merged]
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").replace('"', '\\"')
+
+
+def _weight(w: float) -> str:
+    return f"{round(w, 4):g}"
+
+
+def a1111_to_compel(text: str) -> str:
+    """An A1111 prompt in compel's syntax (extra-network tags such as ``<lora:x:0.8>`` removed; prompt editing
+    and alternation, which have no equivalent, kept as literal text)."""
+    text = _EXTRA_NETWORK.sub("", text)
+    for rx in (_EDITING, _ALTERNATION):
+        text = rx.sub(lambda m: "\\[" + m.group(0)[1:-1] + "\\]", text)
+    chunks: list[list[str]] = [[]]
+    for piece, w in a1111_weights(text):
+        if w == -1:
+            chunks.append([])
+        elif piece.strip():
+            chunks[-1].append(_escape(piece) if abs(w - 1.0) < 1e-9 else f"({_escape(piece.strip())}){_weight(w)}"
+                              + (" " if piece.endswith(" ") else ""))
+        elif piece:
+            chunks[-1].append(piece)
+    parts = ["".join(c).strip() for c in chunks]
+    if len(parts) == 1:
+        return parts[0]
+    return "(" + ", ".join('"' + p.replace('"', '\\"') + '"' for p in parts) + ").and()"
+
+
+def translate(text: str, syntax: str) -> str:
+    """The prompt compel reads for ``syntax`` (a1111 or compel)."""
+    return a1111_to_compel(text) if syntax == "a1111" else text
+
+
+def notes(text: str, syntax: str, label: str = "prompt") -> list[str]:
+    """One line per construct of ``text`` that has no equivalent under ``syntax``."""
+    if syntax != "a1111":
+        return []
+    out = [f"{label}: A1111 prompt editing {m.group(0)!r} has no compel equivalent (it switches text mid-sampling); "
+           f"read as text" for m in _EDITING.finditer(text)]
+    out += [f"{label}: A1111 alternation {m.group(0)!r} has no compel equivalent (it alternates every step); "
+            f"read as text" for m in _ALTERNATION.finditer(text)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- torch side
+
+
+def conditioning(pipe: Any, prompts: Sequence[str], negatives: Sequence[str], syntax: str) -> dict[str, Any]:
+    """Pipeline keyword arguments with compel's embeddings for ``prompts`` and ``negatives`` (one per image)."""
+    import compel
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    cls = compel.CompelForSDXL if sdxl else compel.CompelForSD
+    cache = pipe.__dict__.setdefault("_tracker_compel", {})
+    if cls not in cache:
+        cache[cls] = cls(pipe)
+    out = cache[cls]([translate(p, syntax) for p in prompts], [translate(n, syntax) for n in negatives])
+    kwargs = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds}
+    if sdxl:
+        kwargs.update(pooled_prompt_embeds=out.pooled_embeds, negative_pooled_prompt_embeds=out.negative_pooled_embeds)
+    return kwargs
