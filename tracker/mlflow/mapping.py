@@ -55,6 +55,9 @@ def child_params(rec: "RunRecord") -> dict[str, str]:
     }
     if rec.scheduler_options:
         params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)
+    params["prompt_syntax"] = rec.prompt_syntax or "plain"
+    if rec.lora:  # A1111's style: "name:scale" per adapter
+        params["lora"] = ", ".join(f"{a['name']}:{a['scale']:g}" for a in rec.lora)
     params.update({f"axis.{name}": label for name, label in rec.axes.items()})
     cap = limit("MAX_PARAM_LENGTH")
     return {k: as_text(v, cap) for k, v in params.items() if v is not None}
