@@ -582,6 +582,8 @@ class Engine:
             loaded.sliced = settings.attention_slicing
         (vae.enable_slicing if settings.vae_slicing else vae.disable_slicing)()
         (vae.enable_tiling if settings.vae_tiling else vae.disable_tiling)()
+        if settings.lora or "_tracker_lora" in pipe.__dict__:
+            self._lora(pipe, settings)
         self._compile(loaded, settings, device)
         self._active, self._settings = loaded, settings
 
@@ -596,6 +598,19 @@ class Engine:
             log.info("compile: torch.compile of the %s and the VAE decoder (%s); each new batch shape first pays "
                      "a warm-up, recorded apart from per-image times", speed.denoiser_name(loaded.pipe),
                      speed.describe(settings.compile))
+
+    @staticmethod
+    def _lora(pipe: Any, settings: Settings) -> None:
+        """Switch the pipeline's LoRA adapters (each loaded once, never the base model again)."""
+        from tracker.prompts import lora
+
+        try:
+            lora.apply(pipe, settings.lora, settings.allow_pickle, _offline())
+        except Exception as e:  # noqa: BLE001 - diffusers/peft raise many types for a bad adapter file
+            if importlib.util.find_spec("peft") is None:
+                raise ModelError("lora: loading LoRA adapters needs the package peft; `pip install peft`") from None
+            names = ", ".join(dict(a)["name"] for a in settings.lora) or "(none)"
+            raise ModelError(f"lora {names}: cannot be applied to model {settings.model!r}: {_first_line(e)}") from None
 
     @staticmethod
     def _park(loaded: _Loaded) -> None:

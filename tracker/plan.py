@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from tracker import models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
+from tracker.prompts import lora
 from tracker.spec import (PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, lora_settings,
                           setting_fields, setting_label)
 
@@ -77,7 +78,7 @@ def run_key(settings: Settings, seed: int, prompt: str, negative_prompt: str, pe
     if settings.prompt_syntax != "plain":  # the weighted form is what the key hashes (plain keys stay as they were)
         material["prompt_syntax"] = settings.prompt_syntax
     if settings.lora:
-        material["lora"] = [dict(a) for a in settings.lora]
+        material["lora"] = lora.key_material(settings.lora)
     if perf:
         material["perf"] = perf
     blob = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

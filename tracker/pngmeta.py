@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tracker.errors import NotFoundError, TrackerError
+from tracker.prompts import lora
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "prompt-tracker"
@@ -106,6 +107,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Dtype": recipe.get("dtype"),
         "Generator device": recipe.get("generator_device"),
         "Scheduler options": json.dumps(extra_options, sort_keys=True) if extra_options else None,
+        "Lora hashes": lora.a1111_hashes(recipe.get("lora") or ()),
         "Prompt syntax": recipe.get("prompt_syntax") if recipe.get("prompt_syntax") not in (None, "plain") else None,
     }
 
@@ -113,7 +115,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
 def a1111_parameters(recipe: Mapping[str, Any]) -> str:
     """The ``parameters`` chunk text for a recipe (A1111's infotext format)."""
     pairs = ", ".join(f"{k}: {quote(v)}" for k, v in a1111_fields(recipe).items() if v is not None)
-    prompt = recipe.get("prompt") or ""
+    prompt = (recipe.get("prompt") or "") + lora.a1111_tags(recipe.get("lora") or ())  # A1111 puts them there
     negative = recipe.get("negative_prompt") or ""
     negative_line = f"\n{NEGATIVE_PREFIX} {negative}" if negative else ""
     return f"{prompt}{negative_line}\n{pairs}".strip()

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from tracker import models, pngmeta, schedulers
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
-from tracker.prompts import weighting
+from tracker.prompts import lora, weighting
 from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings, lora_settings
 from tracker.textfmt import table
 
@@ -29,7 +29,7 @@ DEFAULT_SAMPLE = 8
 FOREIGN_EXPERIMENT = "reproduce"
 
 # A1111 keys that name no pipeline setting and need no note.
-INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment"}
+INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment", "Lora hashes"}
 # A1111 settings at the value that means "what diffusers does anyway".
 NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
 # A1111 extra networks in a prompt; <lora:...> maps to a file of a loras: folder (tracker.prompts.lora)
@@ -201,23 +201,34 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
         values["generator_device"] = s["Generator device"].lower()
 
     values["prompt_syntax"] = _prompt_syntax(s, where)
+    prompt, values["lora"], lora_notes = lora.from_a1111(params.prompt, lora.folders_for(base_dir or Path(".")),
+                                                          values.get("allow_pickle", False))
+    notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
     mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
               "Generator device", "Scheduler options", "Prompt syntax"}
     for key, value in s.items():
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
         notes.append(f"{key}: {value} (not supported, ignored)")
-    for text, label in ((params.prompt, "prompt"), (params.negative_prompt, "negative prompt")):
+    for text, label in ((prompt, "prompt"), (params.negative_prompt, "negative prompt")):
         notes += weighting.notes(text, values["prompt_syntax"], label)
         notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
 
     settings = Settings(**values)
-    key = run_key(settings, seed, params.prompt, params.negative_prompt)
+    key = run_key(settings, seed, prompt, params.negative_prompt)
     experiment = s.get("Tracker experiment") or FOREIGN_EXPERIMENT
-    run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=params.prompt,
-                     negative_prompt=params.negative_prompt, prompt_template=params.prompt,
+    run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=prompt,
+                     negative_prompt=params.negative_prompt, prompt_template=prompt,
                      negative_template=params.negative_prompt, seed=seed, settings=settings)
     return run, notes
+
+
+def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
+    """A note per LoRA whose file here is not the one the PNG's ``Lora hashes`` names."""
+    want = dict(part.split(":", 1) for part in (hashes or "").split(",") if ":" in part)
+    want = {k.strip(): v.strip() for k, v in want.items()}
+    return [f"LoRA {a['name']}: the file found has hash {a['sha256'][:12]}, the PNG names {want[a['name']]}"
+            for a in map(dict, adapters) if a["name"] in want and not a["sha256"].startswith(want[a["name"]])]
 
 
 def _prompt_syntax(s: Mapping[str, str], where: str) -> str:

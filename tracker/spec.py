@@ -79,7 +79,7 @@ def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
 # Names an experiment file may use for settings: the Settings fields plus ``size``.
 SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height", "lora")) + ("size", "width", "height")
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
-             "variants", "wildcards") + SETTING_KEYS
+             "variants", "wildcards", "lora") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
 
 
@@ -378,6 +378,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
             setting_axes.append(Axis(key, "setting", tuple(values)))
         else:
             apply_setting(base, key, P.setting(key, raw, key, key))
+    setting_axes += _lora(P, data, base, base_dir)
     settings = Settings(**base)
 
     # 3. prompts: a string is a template, a mapping label -> template is an axis
@@ -502,6 +503,20 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         settings=settings, explicit=frozenset(explicit), grid=grid, seeds_from=seeds_from,
         description=description, variants=variants, lines=lines, base_dir=base_dir,
     )
+
+
+def _lora(P: _Parser, data: dict, base: dict[str, Any], base_dir: Path | None) -> list[Axis]:
+    """``lora:``: a list of adapters sets them for every run; a mapping label -> adapters is the axis ``lora``."""
+    if "lora" not in data:
+        return []
+    from tracker.prompts import lora
+
+    parsed = lora.parse(data["lora"], base_dir, bool(base.get("allow_pickle")), lambda f, m: P.err(f, m, "lora"))
+    if isinstance(parsed, tuple):
+        base["lora"] = parsed
+        return []
+    return [Axis("lora", "setting", tuple(AxisValue(label, value=label, settings=(("lora", adapters),))
+                                          for label, adapters in parsed))]
 
 
 def _variants(P: _Parser, data: dict, templates: dict[str, str | None], prompt_axes: list[Axis],
