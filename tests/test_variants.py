@@ -195,3 +195,9 @@ def test_a_variant_sweep_runs_and_is_queried_by_its_labels(cli, tmp_path):
     from tracker import mlflow as mlflow_log
 
     assert mlflow_log.child_params(rec)["axis.variant"] == "blue"
+
+
+def test_the_warrior_chief_variants_example():
+    p = plan.expand(spec.parse_file(REPO / "examples" / "warrior-chief-variants.yaml"))
+    assert list(p.labels_per_axis()["age"]) == ["the oldest", "a old", "a", "a young"] and len(p.runs) == 48
+    assert {r.settings.prompt_syntax for r in p.runs} == {"a1111"}
