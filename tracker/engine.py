@@ -700,7 +700,7 @@ class Engine:
         if settings.compile == "off" or shape in self._warm:
             return 0.0
         start = time.perf_counter()
-        pipe(prompt=[r.prompt for r in runs], negative_prompt=[r.negative_prompt for r in runs],
+        pipe(**self._text_inputs(pipe, runs, settings.prompt_syntax),
              num_inference_steps=min(speed.WARMUP_STEPS, settings.steps), guidance_scale=settings.guidance_scale,
              width=settings.width or None, height=settings.height or None,
              generator=[torch.Generator(gen_device).manual_seed(r.seed) for r in runs], output_type="np")
@@ -727,6 +727,8 @@ class Engine:
         starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
         by_model: dict[tuple, list[PlannedRun]] = {}
         for r in runs:
+            if r.settings.prompt_syntax != "plain":
+                continue  # compel encodes long prompts in chunks: nothing is cut
             by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
         for group in by_model.values():
             self._warn_truncated(self._load_pipeline(group[0].settings).pipe, group)
