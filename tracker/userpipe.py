@@ -160,7 +160,7 @@ def _identity(d: dict) -> dict:
     """What identifies a pipeline, not where it was loaded from: no paths, no library versions (a key must not
     change with the folder the weights sit in or a diffusers upgrade)."""
     return {k: (_identity(v) if isinstance(v, dict) else v) for k, v in d.items()
-            if not k.startswith("_") and k not in ("name_or_path", "transformers_version")}
+            if not str(k).startswith("_") and k not in ("name_or_path", "transformers_version")}
 
 
 def _sha(value: Any) -> str:
