@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tracker import plan, spec
 from tracker.errors import NotFoundError, SpecError, UsageError
@@ -204,7 +204,7 @@ def sweep_result(ws: "Workspace", summary) -> SweepResult:
     return SweepResult(experiment=summary.experiment, planned=summary.planned, done=summary.done,
                        skipped=summary.skipped, failed=summary.failed, seconds=summary.seconds,
                        failures=tuple(summary.failures), runs=runs, workspace=ws,
-                       mlflow_waiting=summary.mlflow_waiting, sweep_id=summary.sweep_id)
+                       mlflow_waiting=summary.mlflow_waiting, sweep_id=summary.sweep_id, summary=summary)
 
 
 # ---------------------------------------------------------------------------------------------- workspace
@@ -347,9 +347,11 @@ class Workspace:
 
     # -- reproducing
     def reproduce(self, target: str | PathLike, *, pipeline: Any = None, device: str | None = None,
-                  model: str | None = None, save: PathLike | None = None):
+                  model: str | None = None, save: PathLike | None = None,
+                  on_source: Callable[[Any], None] | None = None):
         """Generate a run again (by key or unique prefix, or from a PNG) and compare the pixels with its image.
-        A run made with your own pipeline object needs that object again: ``pipeline=pipe``."""
+        A run made with your own pipeline object needs that object again: ``pipeline=pipe``. ``model``: use
+        another model (e.g. for a PNG from another tool); ``on_source(source)`` is told what will be made."""
         from tracker import reproduce as rp
         from tracker import userpipe
 
@@ -358,6 +360,8 @@ class Workspace:
         else:
             with self._store() as store:
                 source = rp.from_store(store, str(target), model=model)
+        if on_source is not None:
+            on_source(source)
         engine = None
         if pipeline is not None:
             from tracker.engine import Engine

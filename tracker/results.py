@@ -285,6 +285,7 @@ class SweepResult:
     workspace: Any = field(repr=False)  # the tracker.api.Workspace it ran in
     mlflow_waiting: int = 0
     sweep_id: int | None = None
+    summary: Any = field(repr=False, default=None)  # the runner's SweepSummary (what the CLI prints)
 
     @property
     def ok(self) -> bool:

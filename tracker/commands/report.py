@@ -29,12 +29,6 @@ def _pixels(value: str) -> int:
     return n
 
 
-def _without_mlflow(ws):
-    from dataclasses import replace
-
-    return replace(ws, mlflow_enabled=False)
-
-
 @click.command()
 @click.argument("experiment")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
@@ -53,14 +47,13 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
 
     Axes that still vary besides --rows and --cols split the report into one grid per combination.
     """
-    from tracker import report as rep
+    from tracker.api import Workspace as Api
 
-    ws = _without_mlflow(ws) if no_mlflow else ws
-    index, data = rep.build(ws, experiment, rows=rows, cols=cols, out=out, max_pixels=_pixels(max_pixels))
+    index, data, warning = Api(ws).build_report(experiment, out, rows=rows, cols=cols, max_pixels=_pixels(max_pixels),
+                                                attach_mlflow=not no_mlflow)
     cells = sum(len(r.cells) for g in data.grids for r in g.rows)
     click.echo(f"report: {len(data.grids)} grid{'s' if len(data.grids) != 1 else ''}, {cells} cells "
                f"(rows: {data.rows_axis or '-'}, columns: {data.cols_axis or '-'})", err=True)
-    warning = rep.attach_to_mlflow(ws, experiment, rep.mlflow_files(index))
     if warning:
         click.echo(warning, err=True)
     click.echo(index.as_uri())
@@ -86,16 +79,15 @@ def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[s
     one PNG is written per combination, named OUTPUT-STEM-axis=label,...png beside OUTPUT.
     Failed or missing runs are drawn as labelled placeholders.
     """
-    from tracker import report as rep
+    from tracker.api import Workspace as Api
 
-    ws = _without_mlflow(ws) if no_mlflow else ws
     budget = _pixels(max_pixels)
     out = out or Path(f"{experiment}-grid.png")
-    written = rep.write_grids(ws, experiment, rows, cols, where, out, budget)
+    written, warning = Api(ws).write_grids(experiment, out, rows=rows, cols=cols, where=where, max_pixels=budget,
+                                           attach_mlflow=not no_mlflow)
     for g in written:
         if g.scaled:
             click.echo(g.scale_note(budget), err=True)
         click.echo(str(g.path))
-    warning = rep.attach_to_mlflow(ws, experiment, [(g.path, "grids") for g in written])
     if warning:
         click.echo(warning, err=True)

@@ -8,12 +8,6 @@ from tracker.cli import pass_workspace
 from tracker.workspace import Workspace
 
 
-def _open_store(ws: Workspace):
-    from tracker.store import Store
-
-    return Store.open(ws.db_url)
-
-
 @click.command()
 @click.argument("target", metavar="IMAGE.png|KEY")
 @click.option("--device", metavar="DEVICE", help="Generate on this device (cpu, cuda, cuda:1, mps) instead of the recipe's.")
@@ -28,25 +22,21 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
     an AUTOMATIC1111 "parameters" chunk. KEY: a run key (or unique prefix) in the run store.
     Exit status 0 when the pixels are identical, 1 when they differ.
     """
-    from pathlib import Path
-
     from tracker import reproduce as rp
+    from tracker.api import Workspace as Api
 
-    if rp.looks_like_path(target):
-        source = rp.from_png(target, model=model)
-        where = f"the {'recipe' if source.origin == 'recipe' else 'A1111 parameters'} in {target}"
-    else:
-        with _open_store(ws) as store:
-            source = rp.from_store(store, target, model=model)
-        where = f"the run store ({source.reference})"
-    run = source.run
-    click.echo(f"reproducing run {run.key} of experiment {run.experiment} from {where}")
-    click.echo(f"  {rp.describe_run(run)}")
-    if source.notes:
-        click.echo("not mapped from the parameters chunk:")
-        for note in source.notes:
-            click.echo(f"  {note}")
-    result = rp.reproduce(source, device=device, save=Path(save) if save else None)
+    def announce(source) -> None:
+        """Say what is regenerated before the (slow) generation starts."""
+        where = (f"the {'recipe' if source.origin == 'recipe' else 'A1111 parameters'} in {target}"
+                 if source.origin != "store" else f"the run store ({source.reference})")
+        click.echo(f"reproducing run {source.run.key} of experiment {source.run.experiment} from {where}")
+        click.echo(f"  {rp.describe_run(source.run)}")
+        if source.notes:
+            click.echo("not mapped from the parameters chunk:")
+            for note in source.notes:
+                click.echo(f"  {note}")
+
+    result = Api(ws).reproduce(target, device=device, model=model, save=save, on_source=announce)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{result.drift.describe()} (regenerated on {result.device})")
@@ -68,9 +58,9 @@ def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> i
     Exit status 1 when any image drifted.
     """
     from tracker import reproduce as rp
+    from tracker.api import Workspace as Api
 
-    with _open_store(ws) as store:
-        result = rp.verify(store, experiment, sample=sample, device=device)
+    result = Api(ws).verify(experiment, sample=sample, device=device)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(rp.format_table(result.rows))

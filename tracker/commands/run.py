@@ -28,20 +28,15 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     Each image is a run stored with its seed, settings, timings and memory; the sweep is logged to
     MLflow in the background. Exit status 1 when any run failed.
     """
-    from dataclasses import replace
+    from tracker import api, runner
 
-    from tracker import runner
-
-    if mlflow_uri or no_mlflow:
-        ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
-    opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, dry_run=dry_run,
-                             from_key=from_key, progress=not quiet)
     if dry_run:
-        _dry_run(ws, file, opts)
+        _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key))
         return 0
-    summary = runner.run_experiment(ws, file, opts)
-    click.echo(runner.format_summary(summary))
-    return 1 if summary.failed else 0
+    result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,
+                     device=device, max_runs=max_runs, retry_failed=retry_failed, from_key=from_key)
+    click.echo(runner.format_summary(result.summary))
+    return 1 if result.failed else 0
 
 
 def _dry_run(ws: Workspace, file: str, opts) -> None:
