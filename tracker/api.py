@@ -306,7 +306,7 @@ class Workspace:
 
         from tracker import gridimage, report
 
-        specs = _grid_specs(self.config, experiment, rows, cols, _where_items(where))
+        specs = [spec for _, spec in report.grid_specs(self.config, experiment, rows, cols, _where_items(where))]
         images = [gridimage.compose(s, max_pixels)[0] for s in specs]
         width = max(im.width for im in images)
         canvas = Image.new("RGB", (width, sum(im.height for im in images) + GRID_GAP * (len(images) - 1)),
@@ -383,27 +383,6 @@ class Workspace:
 
         with self._store() as store:
             return rp.verify(store, experiment, sample=sample, device=device)
-
-
-def _grid_specs(config: WorkspaceConfig, experiment: str, rows: str | None, cols: str | None,
-                where: Sequence[str]) -> list:
-    """One GridSpec per combination of the axes left varying, titled with it (as ``tracker grid`` draws)."""
-    from tracker import gridimage, report
-
-    source = report.load(config, experiment)
-    pinned = report.parse_where(source, where)
-    layout = report.choose_layout(source, rows, cols, fixed=pinned)
-    secs = report.sections(source, layout, report.select(source, pinned))
-    if not secs:
-        raise NotFoundError(f"no runs of {experiment!r} match where {' '.join(where)}")
-    pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
-    files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
-    specs = []
-    for sec in secs:
-        spec = report.grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
-        title = " · ".join(t for t in (pinned_title, spec.title) if t)
-        specs.append(gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles))
-    return specs
 
 
 def _where_items(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:

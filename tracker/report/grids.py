@@ -80,10 +80,10 @@ def _tile_note(e: Entry | None) -> str:
 # labelled PNG grids for ``tracker grid``
 
 
-def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
-                out: Path, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> list[gridimage.GridImage]:
-    """One PNG at ``out`` for one grid; when other axes still vary, one PNG per combination named
-    ``<stem>-<axis=label,...><suffix>`` beside it."""
+def grid_specs(ws: Workspace, experiment: str, rows: str | None, cols: str | None,
+               where: Iterable[str]) -> list[tuple[tuple, gridimage.GridSpec]]:
+    """(combination, GridSpec) per combination of the axes left varying, titled with it and with ``where``'s
+    pinned labels; the full-size images as tiles (``tracker grid`` and the Python API's grids)."""
     source = load(ws, experiment)
     pinned = parse_where(source, where)
     layout = choose_layout(source, rows, cols, fixed=pinned)
@@ -91,15 +91,22 @@ def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | No
     if not secs:
         raise NotFoundError(f"no runs of {experiment!r} match --where {' '.join(where)}")
     pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
-    written = []
-    names = _combo_names(out, [s.combo for s in secs])
     files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
-    for sec, path in zip(secs, names):
+    out = []
+    for sec in secs:
         spec = grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
         title = " · ".join(t for t in (pinned_title, spec.title) if t)
-        written.append(gridimage.write(gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles),
-                                       path, max_pixels))
-    return written
+        out.append((sec.combo, gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles)))
+    return out
+
+
+def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
+                out: Path, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> list[gridimage.GridImage]:
+    """One PNG at ``out`` for one grid; when other axes still vary, one PNG per combination named
+    ``<stem>-<axis=label,...><suffix>`` beside it."""
+    specs = grid_specs(ws, experiment, rows, cols, where)
+    names = _combo_names(out, [combo for combo, _ in specs])
+    return [gridimage.write(spec, path, max_pixels) for (_, spec), path in zip(specs, names)]
 
 
 def _combo_names(out: Path, combos: Sequence[tuple]) -> list[Path]:
