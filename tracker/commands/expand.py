@@ -17,9 +17,9 @@ from tracker.textfmt import short, table
               help="Refuse plans larger than this.")
 def expand(file: str, as_json: bool, max_runs: int) -> None:
     """Expand an experiment FILE into its plan of runs (one run = one image)."""
-    from tracker import plan, spec
+    from tracker.api import Experiment
 
-    p = plan.expand(spec.parse_file(file), max_runs=max_runs)
+    p = Experiment.from_yaml(file).plan(max_runs=max_runs)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in p.runs], indent=2, ensure_ascii=False))
         return
