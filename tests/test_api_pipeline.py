@@ -65,6 +65,8 @@ def test_own_pipeline_gives_the_cli_images(pipe, cli, write_yaml, tmp_path):
     key = result.runs[0].key
     with pytest.raises(TrackerError, match="made with a pipeline object passed to tracker.run"):
         ws.reproduce(key)
+    res = cli("--home", tmp_path / "api-home", "reproduce", key)  # the CLI says it in one line
+    assert res.code == 2 and "cannot rebuild" in res.err and len(res.err.strip().splitlines()) == 1, res.err
     assert ws.reproduce(key, pipeline=pipe).drift.identical
     assert pipe.scheduler is scheduler
     # the report reads the stored experiment back with the same keys (no "earlier version" notes)
