@@ -1,0 +1,111 @@
+"""``clip_score``: prompt adherence as CLIP's cosine similarity of prompt and image, times 100.
+
+As in diffusers' evaluation guide (torchmetrics' CLIPScore over ``openai/clip-vit-base-patch16``),
+except that a negative similarity is kept rather than clipped to 0. transformers' ``CLIPModel`` and
+``CLIPProcessor``; the model loads once per process (``tracker.metrics.get`` caches the metric), in
+float32, on the sweep's device, and scores in batches. Weights load from safetensors unless
+``allow_pickle: true``. Options (``metric_options: {clip_score: {...}}``): ``model`` (a hub id or a
+local folder saved with ``save_pretrained``), ``revision``, ``batch_size`` (default 32), ``allow_pickle``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tracker.metrics import MetricError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+VERSION = "1"
+OPTIONS = ("model", "revision", "batch_size", "allow_pickle")
+
+
+class ClipScore:
+    name = "clip_score"
+    higher_is_better = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None, device: str = "cpu"):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise MetricError(f"metric 'clip_score': unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
+        self.model_id = str(options.get("model") or DEFAULT_MODEL)
+        self.batch_size = int(options.get("batch_size", 32))
+        if self.batch_size < 1:
+            raise MetricError(f"metric 'clip_score': batch_size must be at least 1 but is {self.batch_size}")
+        self.device = _device(device)
+        self.model, self.processor = _load(self.model_id, options.get("revision"), bool(options.get("allow_pickle")),
+                                           self.device)
+        self.revision = _revision(self.model_id, self.model)
+        self.version = f"{VERSION}+{self.model_id}@{self.revision or 'unknown'}"
+
+    def score(self, images: Sequence[Any], runs: Sequence[Any]) -> list[float]:
+        prompts = [run.prompt for run in runs]
+        if len(prompts) != len(images):
+            raise MetricError(f"clip_score: {len(images)} images but {len(prompts)} runs")
+        out: list[float] = []
+        for i in range(0, len(images), self.batch_size):
+            out.extend(self._batch(list(images[i:i + self.batch_size]), prompts[i:i + self.batch_size]))
+        return out
+
+    def _batch(self, images: list, prompts: list[str]) -> list[float]:
+        import torch
+
+        inputs = self.processor(text=prompts, images=[im.convert("RGB") for im in images], return_tensors="pt",
+                                padding=True, truncation=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            text = self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                attention_mask=inputs.get("attention_mask")).pooler_output
+            image = self.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        image = torch.nn.functional.normalize(image.float(), dim=-1)
+        return (100.0 * (text * image).sum(dim=-1)).cpu().tolist()
+
+
+def _device(device: str) -> str:
+    want = (device or "cpu").lower()
+    if want == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+def _load(model_id: str, revision: str | None, allow_pickle: bool, device: str):
+    """CLIPModel and a CLIPProcessor (tokenizer + PIL image processor) from a hub id or folder."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
+
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        model = CLIPModel.from_pretrained(model_id, use_safetensors=not allow_pickle or None, **kwargs)
+        processor = CLIPProcessor(image_processor=AutoImageProcessor.from_pretrained(model_id, backend="pil", **kwargs),
+                                  tokenizer=AutoTokenizer.from_pretrained(model_id, **kwargs))
+    except (OSError, ValueError) as e:
+        raise MetricError(_not_found(model_id, allow_pickle, e)) from None
+    return model.to(device).eval(), processor
+
+
+def _not_found(model_id: str, allow_pickle: bool, error: Exception) -> str:
+    where = f"the folder {model_id}" if Path(model_id).expanduser().is_dir() else f"the Hugging Face model {model_id!r}"
+    if Path(model_id).expanduser().is_dir():
+        fix = "save a CLIPModel and CLIPProcessor there with save_pretrained"
+        if not allow_pickle and "safetensors" in str(error).lower():
+            fix = "it has no safetensors weights; convert them, or set allow_pickle: true in metric_options.clip_score"
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        fix = (f"download it once with `hf download {model_id}` on a machine with network access"
+               + (" (HF_HUB_OFFLINE is set, so nothing is downloaded now)" if offline else "")
+               + ", or point metric_options.clip_score.model at a local CLIP folder")
+    return f"metric clip_score: cannot load CLIP model from {where}: {fix}"
+
+
+def _revision(model_id: str, model) -> str | None:
+    """The hub commit hash of the weights, or ``sha256:...`` over a local folder's files."""
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        from tracker.engine import _folder_hash
+
+        return _folder_hash(folder)
+    return getattr(model.config, "_commit_hash", None)
