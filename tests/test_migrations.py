@@ -16,7 +16,7 @@ from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
-             "0006_prompt_language"]
+             "0006_prompt_language", "0007_metrics"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -36,10 +36,13 @@ ADDED = {  # revision -> table -> columns it adds
     "0004_claims": {"runs": {"worker_id", "lease_until"}},
     "0005_throughput": {"sweeps": {"idle_fraction", "warmup_seconds"}, "runs": {"compile"}},
     "0006_prompt_language": {"runs": {"prompt_syntax", "lora"}},
+    "0007_metrics": {},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",
                                 "runs_done", "runs_failed", "busy_seconds", "status"}},
+    "0007_metrics": {"metrics": {"id", "run_id", "name", "value", "version", "higher_is_better", "scored_at",
+                                 "mlflow_synced_at"}},
 }
 BIG_SEED = 2**63 - 1
 
@@ -67,7 +70,7 @@ def expected_at(revision: str) -> dict[str, set[str]]:
     for rev in REVISIONS[1:REVISIONS.index(revision) + 1]:
         out.update({t: set(c) for t, c in CREATED.get(rev, {}).items()})
         for t, cols in ADDED[rev].items():
-            out[t] |= cols
+            out.setdefault(t, set()).update(cols)
     return out
 
 

@@ -270,15 +270,20 @@ class Workspace:
     def runs(self, experiment: str | None = None, *, where: Mapping[str, Any] | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None) -> RunList:
         """Stored runs of ``experiment`` (all experiments when None), in plan order. ``where``: axis labels
-        that must match, ``{"age": "young", "seed": 1}`` or ``["age=young"]``; ``status``: done, failed, ..."""
+        that must match, ``{"age": "young", "seed": 1}`` or ``["age=young"]``, or metric conditions such as
+        ``["shapes>=0.5"]`` (<, <=, >, >=, =, !=); ``status``: done, failed, ..."""
+        from tracker.metrics import split_where, storage
+
         with self._store() as store:
             if experiment is not None and store.experiment(experiment) is None:
                 names = [e["name"] for e in store.experiments()]
                 raise NotFoundError(f"no experiment {experiment!r} in the run store; "
                                     + (f"known: {', '.join(names)}" if names else "it is empty"))
-            filters = plan.parse_where(_where_items(where), known_axes(store, experiment)) if where else None
+            axis_items, conditions = split_where(_where_items(where), list(storage.names(store, experiment)))
+            filters = plan.parse_where(axis_items, known_axes(store, experiment)) if axis_items else None
             records = store.runs(experiment, status=status, where=filters)
-            return RunList(self._with_metrics(store, records))
+            found = self._with_metrics(store, records)
+            return RunList([r for r in found if all(c(r.metrics) for c in conditions)])
 
     def _runs_by_keys(self, experiment: str, keys: Sequence[str]) -> RunList:
         if not self._has_store():
@@ -289,7 +294,14 @@ class Workspace:
 
     @staticmethod
     def _with_metrics(store, records) -> list[Run]:
-        return [Run(r) for r in records]
+        """Runs with their stored metric values (those that apply)."""
+        from tracker.metrics import storage
+
+        values: dict[tuple[str, str], dict[str, float]] = {}
+        for name in {r.experiment for r in records}:
+            for key, scores in storage.values(store, name).items():
+                values[(name, key)] = {k: v for k, v in scores.items() if v is not None}
+        return [Run(r, values.get((r.experiment, r.key), {})) for r in records]
 
     def run(self, key: str, experiment: str | None = None) -> Run:
         """One run by its key or a unique prefix of it."""

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "grid": "tracker.commands.report:grid",
     "reproduce": "tracker.commands.reproduce:reproduce",
     "verify": "tracker.commands.reproduce:verify",
+    "score": "tracker.commands.metrics_cmds:score",
+    "effects": "tracker.commands.metrics_cmds:effects",
 }
 
 
@@ -84,9 +86,21 @@ def _setup_logging() -> None:
     """Domain code logs warnings on the "tracker" logger; the CLI prints them as one ``warning:`` line each."""
     import logging
 
+    class _Stderr(logging.StreamHandler):
+        """Writes to the sys.stderr of the moment (not the one at setup), so main() can be called again
+        after stderr was replaced (tests capturing output, embedding)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
     logger = logging.getLogger("tracker")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s".replace("%(levelname)s", "warning")))
         handler.setLevel(logging.WARNING)
         logger.addHandler(handler)

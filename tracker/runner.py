@@ -156,7 +156,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         started = time.perf_counter()
         try:
             with _progress(len(todo), exp.name, options.progress) as bar:
-                writer = _writer(ws, store, sink, engine, exp.settings, summary, bar)
+                writer = _writer(ws, store, sink, engine, exp.settings, summary, bar, _scorer(store, exp, engine))
                 try:
                     for group in _ordered_groups(todo):
                         _run_group(ws, store, engine, writer, sweep_id, group, summary, bar)
@@ -219,7 +219,16 @@ def _mlflow_sink(ws: Workspace, experiment: str):
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
 
 
-def _writer(ws, store, sink, engine, settings, summary: SweepSummary, bar):
+def _scorer(store, exp: spec.Experiment, engine):
+    """The experiment's metrics: the writing stage scores each image after it is written, before MLflow gets it."""
+    if not exp.metrics:
+        return None
+    from tracker.metrics.scoring import Scorer
+
+    return Scorer(store, exp.name, exp.metrics, exp.metric_options, engine.device_for(exp.settings))
+
+
+def _writer(ws, store, sink, engine, settings, summary: SweepSummary, bar, scorer=None):
     """The writing stage; on a CPU sweep its threads run at a lower priority than generation's."""
     from tracker.writer import Writer
 
@@ -231,7 +240,7 @@ def _writer(ws, store, sink, engine, settings, summary: SweepSummary, bar):
         _fail(store, run, error, summary, bar, **timing)
 
     cpu = engine.device_for(settings) == "cpu"
-    return Writer(ws, store, sink, done, fail, nice=10 if cpu else 0)
+    return Writer(ws, store, sink, done, fail, nice=10 if cpu else 0, scorer=scorer)
 
 
 def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:

@@ -79,7 +79,7 @@ def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
 # Names an experiment file may use for settings: the Settings fields plus ``size``.
 SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height", "lora")) + ("size", "width", "height")
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
-             "variants", "wildcards", "lora") + SETTING_KEYS
+             "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
 
 
@@ -118,6 +118,8 @@ class Experiment:
     seeds_from: str | None
     description: str = ""
     variants: Any = None  # tracker.prompts.variants.VariantOptions, or None: no Dynamic Prompts expansion
+    metrics: tuple[str, ...] = ()  # per-image metrics scored after each image is written (tracker.metrics)
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
     base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
 
@@ -496,12 +498,16 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
                 P.err(f"grid.{k}", f"unknown axis {v!r}; known axes: {', '.join(names)}", "grid", k)
         grid = (g.get("rows"), g.get("cols"))
 
+    # 9. metrics scored per image
+    metrics, metric_options = _metrics(P, data)
+
     lines = {k: doc.line(k) for k in data if doc.line(k)}
     return Experiment(
         name=name, path=path, source=text, prompt=templates.get("prompt"),
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
         settings=settings, explicit=frozenset(explicit), grid=grid, seeds_from=seeds_from,
-        description=description, variants=variants, lines=lines, base_dir=base_dir,
+        description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
+        metric_options=metric_options,
     )
 
 
@@ -541,6 +547,35 @@ def _variants(P: _Parser, data: dict, templates: dict[str, str | None], prompt_a
 
 def _raise(path: str, field: str, message: str, line: int | None) -> None:
     raise SpecError(path, field, message, line)
+
+
+def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """``metrics: [clip_score, shapes]`` (names in tracker.metrics' registry) and ``metric_options: {name: {...}}``."""
+    from tracker.metrics import available
+
+    known = available()
+    raw = data.get("metrics", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        P.err("metrics", f"must be a list of metric names but is {raw!r}", "metrics")
+    names: list[str] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, str) or m not in known:
+            P.err(f"metrics[{i}]", f"unknown metric {m!r}{_suggest(str(m), list(known))}; known: {', '.join(sorted(known))}",
+                  "metrics", i)
+        if m in names:
+            P.err(f"metrics[{i}]", f"metric {m!r} appears twice", "metrics", i)
+        names.append(m)
+    options = data.get("metric_options", {}) or {}
+    if not isinstance(options, dict):
+        P.err("metric_options", f"must be a mapping metric -> options but is {options!r}", "metric_options")
+    for m, opts in options.items():
+        if m not in known:
+            P.err(f"metric_options.{m}", f"unknown metric {m!r}{_suggest(str(m), list(known))}", "metric_options", m)
+        if not isinstance(opts, dict):
+            P.err(f"metric_options.{m}", f"must be a mapping of options but is {opts!r}", "metric_options", m)
+    return tuple(names), {m: dict(o) for m, o in options.items()}
 
 
 def _seed(P: _Parser, v: Any, field: str, *at: Any) -> int:

@@ -147,6 +147,22 @@ workers_t = sa.Table(  # 0004: one process generating images for a sweep (see tr
     sa.Index("ix_workers_sweep", "sweep_id"),
 )
 
+# One row per (run, metric): a metric's value for a run's image (NULL where it does not apply), the metric's
+# version (with its model and revision for a model-based metric) and when MLflow got it.
+metrics_t = sa.Table(
+    "metrics", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", name="fk_metrics_run"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("version", sa.String(300), nullable=False),
+    sa.Column("higher_is_better", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("scored_at", sa.DateTime, nullable=False),
+    sa.Column("mlflow_synced_at", sa.DateTime),
+    sa.UniqueConstraint("run_id", "name", name="uq_metrics_run_name"),
+    sa.Index("ix_metrics_name", "name"),
+)
+
 # Run columns that come from the plan (Settings fields plus the prompts).
 PLAN_COLUMNS = ("axes", "prompt", "negative_prompt", "prompt_template", "negative_template", "seed",
                 "plan_index") + tuple(Settings.__dataclass_fields__)

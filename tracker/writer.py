@@ -3,7 +3,8 @@
 For each image, in a small pool of threads (zlib, hashing and file I/O release the GIL): the pipeline's
 array becomes an 8-bit image (NaN check), the recipe is built, the PNG is encoded with its metadata,
 hashed, written atomically and fsynced (``pngmeta.save_png``), the report thumbnail is written from the
-image in memory (``thumbs``), the run is marked done in the store and handed to MLflow.
+image in memory (``thumbs``), the run is marked done in the store, scored with the experiment's metrics
+(``tracker.metrics.scoring``) and handed to MLflow.
 
 Crash safety is the runner's as before: a run is ``done`` only after its PNG is durable; until then it is
 ``running`` and a later sweep redoes it (same key, same file name), so a kill -9 at any moment loses and
@@ -48,8 +49,9 @@ class Writer:
     """A bounded background stage; ``on_done(run)`` and ``on_fail(run, error, timing)`` run under its lock."""
 
     def __init__(self, ws, store, sink, on_done: Callable, on_fail: Callable, threads: int | None = None,
-                 depth: int = 16, nice: int = 0):
+                 depth: int = 16, nice: int = 0, scorer=None):
         self.ws, self.store, self.sink = ws, store, sink
+        self.scorer = scorer  # tracker.metrics.scoring.Scorer: the experiment's metrics, or None
         self._on_done, self._on_fail = on_done, on_fail
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._lock = threading.Lock()
@@ -132,6 +134,8 @@ class Writer:
         self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
                              model_revision=revision, scheduler_config=facts.scheduler_config, device=facts.device,
                              **timing)
+        if self.scorer is not None:  # scored after the PNG is durable, before MLflow reads the run
+            self.scorer.add([run], [image], facts.device)
         if self.sink is not None:
             self.sink.submit_key(run.experiment, run.key)
         with self._lock:

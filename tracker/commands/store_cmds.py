@@ -46,39 +46,63 @@ def _json_default(v: Any) -> Any:
 @click.argument("experiment", required=False)
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
               help="Only runs with this status (repeatable).")
-@click.option("--where", "where", multiple=True, metavar="AXIS=LABEL",
-              help="Only runs with this axis label, e.g. --where seed=1 (repeatable; all must match).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per run.")
+@click.option("--where", "where", multiple=True, metavar="AXIS=LABEL|METRIC>N",
+              help="Only runs with this axis label (--where seed=1) or metric value (--where shapes>=0.5; "
+                   "<, <=, >, >=, =, !=) (repeatable; all must match).")
+@click.option("--sort", "sort", metavar="[-]METRIC", help="Order by a stored metric (or seconds); -NAME for descending.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per run (metrics included).")
 @pass_workspace
 def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
-         as_json: bool) -> None:
+         sort: str | None, as_json: bool) -> None:
     """List the stored runs of EXPERIMENT (all experiments when left out)."""
     from tracker.api import Workspace as Api
 
-    records = [r.record for r in Api(ws).runs(experiment, where=where, status=statuses or None)]
+    found = list(Api(ws).runs(experiment, where=where, status=statuses or None))
+    if sort:
+        found = _sorted(found, sort)
     if as_json:
-        _dump([r.to_json() for r in records])
+        _dump([{**r.record.to_json(), "metrics": r.metrics} for r in found])
         return
-    if not records:
+    if not found:
         click.echo("no runs" + (" match" if statuses or where else ""), err=True)
         return
-    click.echo(render_runs(records, show_experiment=experiment is None))
+    click.echo(render_runs([r.record for r in found], show_experiment=experiment is None,
+                           metrics=[r.metrics for r in found]))
 
 
-def render_runs(records: list["RunRecord"], show_experiment: bool = False) -> str:
-    """A table: key, status, one column per axis (its labels), then seed, scheduler, steps, seconds and
-    image; a setting that is also an axis shows once, as the axis."""
+def _sorted(found: list, sort: str) -> list:
+    """Runs (tracker.results.Run) by a metric or seconds; runs without a value last, either way."""
+    from tracker.errors import UsageError
+
+    desc, name = sort.startswith("-"), sort.lstrip("-")
+    metric_names = sorted({n for r in found for n in r.metrics})
+    if name not in metric_names and name != "seconds":
+        raise UsageError(f"--sort {sort!r}: no stored metric {name!r}; sortable: {', '.join([*metric_names, 'seconds'])}")
+
+    def value(r):
+        return r.record.seconds if name == "seconds" else r.metrics.get(name)
+
+    have = [r for r in found if value(r) is not None]
+    return sorted(have, key=value, reverse=desc) + [r for r in found if value(r) is None]
+
+
+def render_runs(records: list["RunRecord"], show_experiment: bool = False, metrics: list[dict] | None = None) -> str:
+    """A table: key, status, one column per axis (its labels), then seed, scheduler, steps, seconds, the
+    stored metrics (``metrics[i]`` of ``records[i]``) and image; a setting that is also an axis shows once,
+    as the axis."""
+    metrics = metrics or [{} for _ in records]
+    names = sorted({n for m in metrics for n in m if "." not in n})
     axes: list[str] = []
     for r in records:
         axes.extend(a for a in r.axes if a not in axes)
     fixed = [c for c in ("seed", "scheduler", "steps") if c not in axes]
-    header = (["experiment"] if show_experiment else []) + ["key", "status", *axes, *fixed, "seconds", "image"]
+    header = (["experiment"] if show_experiment else []) + ["key", "status", *axes, *fixed, "seconds", *names, "image"]
     rows = []
-    for r in records:
+    for r, m in zip(records, metrics):
         values = {"seed": str(r.seed), "scheduler": r.scheduler.removesuffix("Scheduler"), "steps": str(r.steps)}
         rows.append(([r.experiment] if show_experiment else []) + [
             r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), _num(r.seconds),
-            r.image or (f"error: {r.error}" if r.error else "-")])
+            *(_num(m.get(n), "{:.3f}") for n in names), r.image or (f"error: {r.error}" if r.error else "-")])
     return table(header, rows, max_width=24)
 
 

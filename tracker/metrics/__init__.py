@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from tracker.errors import TrackerError
+from tracker.errors import TrackerError, UsageError
 
 ENTRY_POINT_GROUP = "prompt_tracker.metrics"
 BUILTINS: dict[str, str] = {
@@ -144,5 +145,46 @@ def score(metric: Metric, images: Sequence[Any], runs: Sequence[Any]) -> Scores:
     return Scores(metric.name, str(metric.version), bool(metric.higher_is_better), values)
 
 
-__all__ = ["Metric", "MetricError", "Scores", "available", "factory", "get", "score", "clear_cache",
+_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(<=|>=|!=|==|<|>|=)\s*(\S.*?)\s*$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "=": lambda a, b: a == b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``--where shapes>=0.5``: a stored metric compared with a number (a run without a value never matches)."""
+
+    metric: str
+    op: str
+    value: float
+
+    def __call__(self, values: Mapping[str, float | None]) -> bool:
+        v = values.get(self.metric)
+        return v is not None and _OPS[self.op](v, self.value)
+
+
+def split_where(items: Sequence[str], metric_names: Sequence[str]) -> tuple[list[str], list[Condition]]:
+    """``--where`` items -> (axis items ``AXIS=LABEL``, metric conditions ``METRIC OP NUMBER``).
+
+    An item is a metric condition when it names a stored metric, or uses ``<``, ``>`` or ``!=``.
+    """
+    axis_items, conditions = [], []
+    for item in items:
+        m = _CONDITION.match(item)
+        if m is None or (m.group(1) not in metric_names and m.group(2) in ("=", "==")):
+            axis_items.append(item)
+            continue
+        name, op, text = m.groups()
+        if name not in metric_names:
+            raise UsageError(f"--where {item!r}: no stored metric {name!r}; stored: {', '.join(metric_names) or 'none'}")
+        try:
+            conditions.append(Condition(name, op, float(text)))
+        except ValueError:
+            raise UsageError(f"--where {item!r}: {text!r} is not a number (e.g. {name}>=0.5)") from None
+    return axis_items, conditions
+
+
+__all__ = ["Condition", "split_where", "Metric", "MetricError", "Scores", "available", "factory", "get", "score", "clear_cache",
            "ENTRY_POINT_GROUP"]
