@@ -142,3 +142,15 @@ def test_runs_json_where_and_sort_by_metric(store_url, cli):
     assert bad.code == 2 and "no stored metric 'qualty'" in bad.err
     bad = cli("runs", "planted", "--sort", "speed")
     assert bad.code == 2 and "sortable: quality, seconds" in bad.err
+
+
+def test_metrics_and_effects_on_postgresql(pg_url):
+    runs = fill_store(pg_url)
+    with Store.open(pg_url) as store:
+        values = storage.values(store, "planted")
+        assert len(values) == len(runs) and all(isinstance(v["quality"], float) for v in values.values())
+        storage.save(store, "planted", [runs[0].key], Scores("quality", "2", True, {"quality": [float("nan")]}))
+        assert storage.values(store, "planted")[runs[0].key] == {"quality": None}
+        assert storage.names(store, "planted")["quality"]["versions"] == ["1", "2"]
+        bold = by_label(storage.effects(store, "planted", "quality", axes=["style"]), "style")["bold"]
+    assert bold.low > 0

@@ -7,6 +7,7 @@ import math
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from tracker.demo import shapes as demo
 from tracker.metrics import MetricError
 from tracker.metrics import clip as clipmod
 
+REPO = Path(__file__).resolve().parent.parent
 REPO_TOKENIZER = "tracker/models/shapes/tokenizer"
 
 
@@ -31,8 +33,6 @@ def build_tiny_clip(folder, seed: int = 0) -> str:
     """A CLIPModel with random weights (text 32-d, vision 32 px / patch 8) and a CLIPProcessor, saved."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    from tests.conftest import REPO
 
     tokenizer = CLIPTokenizer.from_pretrained(str(REPO / REPO_TOKENIZER))
     config = CLIPConfig(
@@ -129,9 +129,8 @@ def test_shapes_metric_on_the_demo_model_ranks_the_prompted_colour_first(tmp_pat
     from tracker import plan, spec
     from tracker.engine import Engine
 
-    from tests.conftest import EXAMPLES
-
-    exp = spec.parse((EXAMPLES / "shapes.yaml").read_text(), str(EXAMPLES / "shapes.yaml"))
+    demo_file = REPO / "examples" / "shapes.yaml"
+    exp = spec.parse(demo_file.read_text(), str(demo_file))
     runs = [r for r in plan.expand(exp).runs if dict(r.axes)["negative"] == "none"]
     engine = Engine(device="cpu")
     engine.prepare(runs[0].settings)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.test_metrics import build_tiny_clip
+from test_metrics import build_tiny_clip
 from tracker import metrics
 
 FILE = """
