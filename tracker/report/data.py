@@ -33,6 +33,7 @@ class Cell:
     width: int = 0
     height: int = 0
     prompt: tuple[Span, ...] = ()  # shown under the image when the row's cells differ in prompt
+    badge: Any = None  # tracker.report.metrics_view.Badge: the report's metric for this image
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class EfficiencyRow:
     peak_memory_bytes: int | None
     seconds_frac: float = 0.0  # bar lengths for the chart, 0..1 of the largest value
     memory_frac: float = 0.0
+    metric: float | None = None  # mean of the report's metric over the configuration's runs (quality beside speed)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ class Report:
     verify: VerifyView | None = None  # None: never verified
     verify_command: str = ""  # the command that verifies this experiment, shown when it never was
     sweeps: tuple[SweepFigures, ...] = ()  # sweeps that generated images, oldest first
+    metric: str | None = None  # the metric on the grid badges and in the efficiency view
+    metric_higher_is_better: bool = True
+    effects: tuple = ()  # tracker.report.metrics_view.EffectsView per metric
 
     def details_json(self) -> dict[str, Any]:
         """key -> the run's details as plain JSON values (the page script reads these)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from tracker.report.data import EfficiencyRow
 
@@ -57,8 +57,9 @@ def _shared(configs: Iterable[tuple], i: int) -> str:
     return values.pop() if len(values) == 1 else "?"
 
 
-def efficiency(records: Sequence["RunRecord"]) -> tuple[EfficiencyRow, ...]:
-    """Seconds per image, images per second and peak memory per pipeline configuration, in plan order."""
+def efficiency(records: Sequence["RunRecord"], metric: Mapping[str, float | None] | None = None) -> tuple[EfficiencyRow, ...]:
+    """Seconds per image, images per second and peak memory per pipeline configuration, in plan order;
+    with ``metric`` (run key -> value), its mean per configuration too."""
     groups: dict[tuple, list] = {}
     for r in records:
         if r.status in ("done", "failed"):
@@ -69,19 +70,22 @@ def efficiency(records: Sequence["RunRecord"]) -> tuple[EfficiencyRow, ...]:
     order = {id(r): i for i, r in enumerate(records)}
     groups = dict(sorted(groups.items(), key=lambda kv: min(order[id(r)] for r in kv[1])))
     differ = [i for i, f in enumerate(EFFICIENCY_FIELDS) if len({c[i][1] for c in groups}) > 1]
-    rows = [_efficiency_row(c, rs, differ) for c, rs in groups.items()]
+    rows = [_efficiency_row(c, rs, differ, metric or {}) for c, rs in groups.items()]
     top_s = max((r.seconds_per_image or 0 for r in rows), default=0) or 1
     top_m = max((r.peak_memory_bytes or 0 for r in rows), default=0) or 1
     return tuple(replace(r, seconds_frac=(r.seconds_per_image or 0) / top_s,
                          memory_frac=(r.peak_memory_bytes or 0) / top_m) for r in rows)
 
 
-def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence[int]) -> EfficiencyRow:
+def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence[int],
+                    metric: Mapping[str, float | None]) -> EfficiencyRow:
     done = [r for r in runs if r.status == "done" and r.seconds is not None]
     spi = sum(r.seconds for r in done) / len(done) if done else None
     peaks = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes]
     parts = [f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch", "compile") else config[i][1]
              for i in differ if config[i][1] != "none"]
     label = " · ".join(parts) or "all runs"
+    scores = [metric[r.key] for r in runs if metric.get(r.key) is not None]
     return EfficiencyRow(label, config, len(runs), sum(r.status == "failed" for r in runs), spi,
-                         1 / spi if spi else None, max(peaks) if peaks else None)
+                         1 / spi if spi else None, max(peaks) if peaks else None,
+                         metric=sum(scores) / len(scores) if scores else None)

@@ -19,6 +19,7 @@ from tracker.report.efficiency import efficiency
 from tracker.report.grids import grid_pngs
 from tracker.report.highlight import highlight
 from tracker.report.layout import Layout, Section, choose_layout, sections
+from tracker.report.metrics_view import Badge, badges, effects_view, primary
 from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load
 from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
 
@@ -44,7 +45,10 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     assets = Assets(out, ws.thumbs_dir)
     images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
     secs = sections(source, layout, source.entries)
-    grids = tuple(_grid(source, layout, s, i, images) for i, s in enumerate(secs, 1))
+    metric = primary(source.experiment.metrics if source.experiment else (), source.metric_names)
+    better = bool(source.metric_names[metric]["higher_is_better"]) if metric else True
+    marks = badges(source.metric_values, metric, better) if metric else {}
+    grids = tuple(_grid(source, layout, s, i, images, marks) for i, s in enumerate(secs, 1))
     grids = grid_pngs(grids, secs, layout, images, out, max_pixels)
     for g in grids:
         assets.add_used(g.png)
@@ -55,10 +59,14 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
         counts=tuple(Counter(e.state for e in source.entries).most_common()),
         rows_axis=layout.rows or "", cols_axis=layout.cols or "",
         constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
-        grids=grids, details=tuple(_detail(ws, e, images, home) for e in source.entries),
-        efficiency=efficiency([e.record for e in source.entries if e.record is not None]),
+        grids=grids, details=tuple(_detail(ws, e, images, home, source.metric_values.get(e.key, {}))
+                                   for e in source.entries),
+        efficiency=efficiency([e.record for e in source.entries if e.record is not None],
+                              {k: v.get(metric) for k, v in source.metric_values.items()} if metric else None),
         notes=source.notes, verify=_mark_shown(source.verify, {e.key for e in source.entries}),
         verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
+        metric=metric, metric_higher_is_better=better,
+        effects=tuple(effects_view(fx) for fx in _ordered(source.effects, metric) if fx.axes),
     )
     index = out / "index.html"
     write_text(index, render(report))
@@ -73,7 +81,13 @@ def _mark_shown(view: VerifyView | None, keys: set[str]) -> VerifyView | None:
     return replace(view, runs=tuple(replace(r, shown=r.key in keys) for r in view.runs))
 
 
-def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str]) -> Grid:
+def _ordered(effects: Sequence, first: str | None) -> list:
+    """The grids' metric first, then the others by name."""
+    return sorted(effects, key=lambda fx: (fx.metric != first, fx.metric))
+
+
+def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[str, Asset | str],
+          marks: Mapping[str, Badge]) -> Grid:
     rows_axis = source.axis(layout.rows) if layout.rows else None
     cols_axis = source.axis(layout.cols) if layout.cols else None
     prompts = sorted({e.prompt for e in sec.cells.values()})
@@ -86,7 +100,7 @@ def _grid(source: Source, layout: Layout, sec: Section, n: int, images: Mapping[
         rows.append(Row(
             _header(rows_axis, rl),
             highlight(first.prompt, first.prompt_template, prompts, first.variables) if shared else (),
-            tuple(_cell(e, images, () if shared else prompts) for e in cells)))
+            tuple(_cell(e, images, () if shared else prompts, marks) for e in cells)))
     return Grid(f"grid-{n}", sec.title, sec.combo, layout.rows or "", layout.cols or "",
                 tuple(_header(cols_axis, cl) for cl in sec.col_labels), tuple(rows))
 
@@ -95,7 +109,8 @@ def _header(axis: AxisInfo | None, label: str) -> Header:
     return Header(label, axis.full(label) if axis else label)
 
 
-def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[str]) -> Cell:
+def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[str],
+          marks: Mapping[str, Badge]) -> Cell:
     if e is None:
         return Cell(None, "absent", STATE_NOTES["absent"])
     prompt = highlight(e.prompt, e.prompt_template, others, e.variables) if others else ()
@@ -106,14 +121,15 @@ def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[s
     asset = images.get(e.key)
     if not isinstance(asset, Asset):
         return Cell(e.key, "noimage", asset or "image missing", prompt=prompt)
-    return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt)
+    return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt, marks.get(e.key))
 
 
 # ---------------------------------------------------------------------------------------------
 # run details
 
 
-def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: str) -> RunDetail:
+def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: str,
+            scores: Mapping[str, float | None]) -> RunDetail:
     r = e.record
     asset = images.get(e.key)
     title = " · ".join(f"{k}: {v}" for k, v in e.labels)
@@ -124,7 +140,8 @@ def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: st
         image=asset.image if isinstance(asset, Asset) else None,
         thumb=asset.thumb if isinstance(asset, Asset) else None,
         recipe=recipe(r if r is not None else e.planned),
-        timings=timings(r) if r is not None else (),
+        timings=(timings(r) if r is not None else ()) + tuple(
+            (name, "—" if v is None else f"{v:.4g}") for name, v in sorted(scores.items())),
         error=error, mlflow_url=mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}",
     )
 

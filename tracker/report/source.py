@@ -7,7 +7,7 @@ out (and counted). When the source cannot be expanded any more, the stored runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -73,6 +73,9 @@ class Source:
     notes: tuple[str, ...] = ()
     verify: "VerifyView | None" = None  # the latest ``tracker verify`` result stored with a sweep
     sweeps: tuple[SweepFigures, ...] = ()
+    metric_values: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # key -> metric -> value
+    metric_names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tracker.metrics.storage.names
+    effects: tuple = ()  # tracker.effects.Effects per stored metric (its parts, e.g. shapes.colour, left out)
 
     def axis(self, name: str) -> AxisInfo:
         return next(a for a in self.axes if a.name == name)
@@ -92,6 +95,7 @@ def load(ws: Workspace, experiment: str) -> Source:
         records = store.runs(experiment)
         sweeps = store.sweeps(experiment)
         verified = verify_view(sweeps)
+        metric_values, metric_names, effects = _metrics(store, experiment) if info is not None else ({}, {}, ())
         known = [e["name"] for e in store.experiments()] if info is None else []
     if info is None:
         listing = f"; known experiments: {', '.join(known)}" if known else "; the store holds no experiments yet"
@@ -104,7 +108,18 @@ def load(ws: Workspace, experiment: str) -> Source:
     entries = _entries(plan, records, notes, exp)
     axes = _axes(exp, entries)
     return Source(experiment, exp.description if exp else "", exp, axes, tuple(entries), tuple(notes), verified,
-                  sweep_figures(sweeps))
+                  sweep_figures(sweeps), metric_values, metric_names, effects)
+
+
+def _metrics(store, experiment: str):
+    """Stored metric values, names and the paired axis effects of each metric (as ``tracker effects``)."""
+    from tracker.metrics import storage
+
+    names = storage.names(store, experiment)
+    if not names:
+        return {}, {}, ()
+    effects = tuple(storage.effects(store, experiment, m) for m in names if "." not in m)
+    return storage.values(store, experiment), names, effects
 
 
 def _require_store(url: str) -> None:
