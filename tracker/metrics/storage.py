@@ -130,3 +130,10 @@ def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | No
            if vals.get(r.key, {}).get(metric) is not None]
     return fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
                       baseline=baseline, axis_labels=store.axes(experiment), seed=seed)
+
+
+def for_run(store: Store, experiment: str, key: str) -> tuple[dict[str, float], list[int]]:
+    """One run's stored values (those that apply) and the ids of all its metric rows (to mark synced)."""
+    with store._read() as conn:
+        rows = conn.execute(_select(experiment).where(runs_t.c.key == key)).all()
+    return {r.name: r.value for r in rows if r.value is not None}, [r.id for r in rows]

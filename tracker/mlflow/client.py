@@ -41,10 +41,13 @@ class SyncSummary:
     waiting: int = 0
     error: str | None = None
     uri: str = ""
+    rescored: int = 0  # runs already in MLflow whose metric values (tracker score) were logged again
 
     def message(self, experiment: str | None = None) -> str:
         where = f" at {self.uri}" if self.uri else ""
         text = f"logged {self.logged} run{'s' * (self.logged != 1)} to MLflow{where}"
+        if self.rescored:
+            text += f"; updated the metrics of {self.rescored} run{'s' * (self.rescored != 1)}"
         if self.waiting:
             text += (f"; {self.waiting} run{'s' * (self.waiting != 1)} still waiting"
                      + (f" ({self.error})" if self.error else "")
@@ -219,13 +222,25 @@ class ExperimentClient:
             run = self.client.create_run(self.experiment_id, start_time=_ms(rec.started_at),
                                          tags={KEY_TAG: rec.key, PARENT_TAG: parent_id}, run_name=run_name(rec))
             rid = run.info.run_id
-        self._log_batch(rid, params=params, tags=tags, metrics=child_metrics(rec), timestamp=_ms(rec.finished_at))
+        from tracker.metrics import storage as metric_storage
+
+        scores, score_ids = metric_storage.for_run(self.store, rec.experiment, rec.key)
+        self._log_batch(rid, params=params, tags=tags, metrics={**child_metrics(rec), **scores},
+                        timestamp=_ms(rec.finished_at))
         if rec.image and Path(rec.image).is_file():
             self.client.log_artifact(rid, rec.image)
         self.client.log_dict(rid, rec.to_json(), "recipe.json")
         self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
         self.store.mark_synced(rec.experiment, rec.key, rid)
+        metric_storage.mark_synced(self.store, score_ids)
         return rid
+
+    def log_scores(self, run_id: str, scores: Mapping[str, float], ids: list[int]) -> None:
+        """Metric values scored again after the run reached MLflow (``tracker score``): logged, then marked."""
+        from tracker.metrics import storage as metric_storage
+
+        self._log_batch(run_id, metrics=scores)
+        metric_storage.mark_synced(self.store, ids)
 
     def _log_batch(self, run_id: str, params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
                    metrics: Mapping[str, float] | None = None, timestamp: int | None = None) -> None:
@@ -263,7 +278,8 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
             raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
         todo = store.unsynced(experiment)
         if not todo:
-            return SyncSummary(uri=ws.mlflow_tracking_uri)
+            rescored, error = _sync_scores(ws, store, experiment)
+            return SyncSummary(uri=ws.mlflow_tracking_uri, rescored=rescored, error=error)
         logged, error = 0, None
         bar = progress_bar(len(todo), progress)
         try:
@@ -277,7 +293,31 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
                     break  # an outage: the other experiments would fail the same way
         finally:
             bar.close()
-        return SyncSummary(logged, len(todo) - logged, error[0] if error else None, ws.mlflow_tracking_uri)
+        rescored, score_error = _sync_scores(ws, store, experiment) if error is None else (0, None)
+        return SyncSummary(logged, len(todo) - logged, error[0] if error else score_error, ws.mlflow_tracking_uri,
+                           rescored)
+
+
+def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None]:
+    """Log metric values that changed after their runs reached MLflow; returns (runs updated, first error)."""
+    from tracker.metrics import storage as metric_storage
+
+    by_experiment: dict[str, dict] = {}
+    names = [experiment] if experiment is not None else [e["name"] for e in store.experiments()]
+    for name in names:
+        pending = metric_storage.unsynced(store, name)
+        if pending:
+            by_experiment[name] = pending
+    done = 0
+    for name, pending in by_experiment.items():
+        try:
+            logger = ExperimentClient(ws.mlflow_tracking_uri, name, store, ws.mlflow_artifacts_dir)
+            for item in pending.values():
+                logger.log_scores(item["mlflow_run_id"], item["metrics"], item["ids"])
+                done += 1
+        except Exception as e:  # noqa: BLE001 -- MLflow unreachable: the values stay unsynced
+            return done, short_error(e)
+    return done, None
 
 
 def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar) -> tuple[int, tuple | None]:
