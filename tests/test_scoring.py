@@ -48,6 +48,8 @@ def test_sweep_scores_stores_and_rescores_without_regenerating(cli, write_yaml):
         assert set(m) == {"shapes", "shapes.colour", "shapes.shape", "shapes.background"}
         assert m["shapes"] == pytest.approx((m["shapes.colour"] + m["shapes.shape"] + m["shapes.background"]) / 3)
     assert sum(row["metrics"]["shapes.colour"] for row in rows) >= 3
+    shown = json.loads(cli("show", rows[0]["key"], "-e", "scored", "--json").out)
+    assert shown["metrics"] == rows[0]["metrics"]
 
     # the PNG recipe is about the image: the same runs made without metrics carry the same fields
     plain = write(write_yaml, "plain")

@@ -115,15 +115,15 @@ def show(ws: Workspace, key: str, experiment: str | None, as_json: bool) -> None
     """Show every stored field of one run. KEY may be a unique prefix of the run key."""
     from tracker.api import Workspace as Api
 
-    record = Api(ws).run(key, experiment).record
+    run = Api(ws).run(key, experiment)
     if as_json:
-        _dump(record.to_json())
+        _dump({**run.record.to_json(), "metrics": run.metrics})
         return
-    click.echo(render_run(record))
+    click.echo(render_run(run.record, run.metrics))
 
 
-def render_run(record: "RunRecord") -> str:
-    data = record.to_json()
+def render_run(record: "RunRecord", scores: dict | None = None) -> str:
+    data = {**record.to_json(), "metrics": scores or {}}
     width = max(len(k) for k in data)
     lines = []
     for name, value in data.items():

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""What scoring costs a sweep: the README's shapes demo with and without ``metrics: [shapes]``.
+
+Runs ``tracker run`` in this process on ``examples/shapes.yaml`` (96 images, --no-mlflow) in fresh
+workspaces, alternating the two variants (plain = the same file without ``metrics:``) for
+``--repeat`` rounds after one untimed warm-up each, and prints the median sweep seconds of each and
+their ratio (target: <= 1.10). Also prints the scoring work alone (``tracker.metrics.score`` over the
+96 images, median of 5) as a fraction of the plain sweep, a steadier figure on a busy machine. The
+images of the two variants are compared: scoring must not change them.
+
+  .venv/bin/python bench/metrics_overhead.py [--repeat 3] [--seeds 4] [--threads 0]
+
+--seeds 1 makes a 24-image sweep for a quick try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEMO = ROOT / "examples" / "shapes.yaml"
+
+
+def files(folder: Path, seeds: int) -> dict[str, Path]:
+    """The demo file with its metrics (``scored``) and without (``plain``), the seed list cut to ``seeds``."""
+    text = DEMO.read_text()
+    assert "metrics: [shapes]" in text, "examples/shapes.yaml lost its metrics: line"
+    text = text.replace("seeds: [0, 1, 2, 3]", f"seeds: {list(range(seeds))}")
+    out = {}
+    for name, body in (("scored", text), ("plain", "\n".join(
+            line for line in text.splitlines() if not line.startswith("metrics:")) + "\n")):
+        out[name] = folder / f"{name}.yaml"
+        out[name].write_text(body)
+    return out
+
+
+def sweep(path: Path, home: Path) -> tuple[float, dict[str, bytes]]:
+    """One ``tracker run`` in a fresh workspace: its sweep seconds and its images by run key."""
+    from tracker import runner
+    from tracker.workspace import Workspace
+
+    ws = Workspace.from_options(home=str(home), no_mlflow=True)
+    summary = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    assert summary.failed == 0 and summary.done > 0, summary
+    images = {p.stem: p.read_bytes() for p in (home / "images" / summary.experiment).glob("*.png")}
+    return summary.seconds, images
+
+
+def scoring_alone(home: Path, repeat: int = 5) -> tuple[float, int]:
+    """Median seconds of scoring the stored images with ``shapes`` (images already decoded)."""
+    from PIL import Image
+
+    from tracker import metrics
+    from tracker.store import Store
+
+    with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
+        runs = store.runs(status="done")
+    images = [Image.open(r.image).convert("RGB") for r in runs]
+    metric = metrics.get("shapes")
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        metrics.score(metric, images, runs)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), len(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds of each variant [3]")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds (24 images each) [4: the demo's 96 images]")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default [0]")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="metrics-overhead-") as tmp:
+        tmp = Path(tmp)
+        paths = files(tmp, args.seeds)
+        times: dict[str, list[float]] = {"plain": [], "scored": []}
+        first: dict[str, dict[str, bytes]] = {}
+        for round_ in range(args.repeat + 1):  # round 0 warms up (imports, model load, caches)
+            for name in (("plain", "scored") if round_ % 2 else ("scored", "plain")):
+                seconds, images = sweep(paths[name], tmp / f"{name}-{round_}")
+                first.setdefault(name, images)
+                if round_:
+                    times[name].append(seconds)
+                print(f"round {round_}{' (warm-up)' if not round_ else ''}: {name:6s} {seconds:7.2f} s "
+                      f"({len(images)} images)", flush=True)
+        same = first["plain"] == first["scored"]
+        alone, n = scoring_alone(tmp / "scored-1")
+    plain, scored = statistics.median(times["plain"]), statistics.median(times["scored"])
+    print()
+    print(f"torch threads: {torch.get_num_threads()}; images per sweep: {n}; rounds: {args.repeat}")
+    print(f"plain sweep (no metrics)     median {plain:7.2f} s")
+    print(f"sweep with metrics: [shapes] median {scored:7.2f} s")
+    print(f"ratio scored / plain: {scored / plain:.3f} (target <= 1.10)")
+    print(f"scoring alone: {alone:.3f} s for {n} images ({1000 * alone / n:.1f} ms per image) "
+          f"= {alone / plain:.3f} of the plain sweep")
+    print(f"images identical with and without metrics: {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
