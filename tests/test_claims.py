@@ -141,3 +141,24 @@ def test_status_shows_counts_workers_and_expired_claims(cli, url):
     assert "gpu-a" in res.out and "3 claims past their lease" in res.out
     res = cli("--db", url, "status", "nope")
     assert res.code != 0 and "no experiment 'nope'" in res.err
+
+
+def test_a_dead_local_worker_s_claims_are_released_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    sweep, keys = _planned(url)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with Store.open(url) as store:
+        w = claims.register(store, sweep, "cpu", name="gone")
+        claims.claim(store, "claimed", w, [(keys, 4)], lease_seconds=600)
+        with store._write() as conn:  # as if that (now finished) process had registered it
+            conn.execute(claims.workers_t.update().values(pid=int(dead.stdout)))
+        alive = claims.register(store, sweep, "cpu", name="me")
+        claims.claim(store, "claimed", alive, [(keys[4:], 2)], lease_seconds=600)
+        assert claims.reap_local(store) == 4
+        left = claims.remaining(store, "claimed", keys)
+        assert left["running"] == 2 and left["pending"] == 38
+        assert {w["name"]: w["status"] for w in claims.status(store, "claimed")["workers"]} == {
+            "gone": "died", "me": "working"}

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from tracker import db
 from tracker.store import Store, metadata
 
-from test_migrations import REVISIONS, expected_at
+from test_migrations import REVISIONS, columns, expected_at
 
 SMALL = """\
 name: pgsmall
@@ -24,28 +24,19 @@ steps: 2
 """
 
 
-def _columns(url: str) -> dict[str, set[str]]:
-    engine = sa.create_engine(url)
-    try:
-        insp = sa.inspect(engine)
-        return {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
-    finally:
-        engine.dispose()
-
-
 def test_migrations_from_empty_to_head_and_down_again(pg_url):
     assert db.upgrade(pg_url, REVISIONS[0]) == (None, REVISIONS[0])
     assert db.upgrade(pg_url) == (REVISIONS[0], REVISIONS[-1])
-    cols = _columns(pg_url)
+    cols = columns(pg_url)
     assert cols.pop("alembic_version") == {"version_num"}
     assert cols == expected_at(REVISIONS[-1])
     for rev in reversed(REVISIONS[:-1]):
         db.downgrade(pg_url, rev)
-        cols = _columns(pg_url)
+        cols = columns(pg_url)
         cols.pop("alembic_version")
         assert cols == expected_at(rev)
     assert db.downgrade(pg_url, "base") == (REVISIONS[0], None)
-    assert set(_columns(pg_url)) == {"alembic_version"}
+    assert set(columns(pg_url)) == {"alembic_version"}
 
 
 def test_store_tables_match_the_migrated_schema_on_postgresql(pg_url):

@@ -132,12 +132,13 @@ def release(store: Store, worker_id: int, keys: Sequence[str] | None = None) -> 
         return conn.execute(q.values(status="pending", lease_until=None, started_at=None)).rowcount
 
 
-def progress(store: Store, worker: Worker, done: int = 0, failed: int = 0, busy_seconds: float = 0.0) -> None:
-    """Add to the worker's counters (runs done, failed, seconds spent generating)."""
+def progress(store: Store, worker: Worker, done: int | None = None, failed: int | None = None,
+             busy_seconds: float | None = None) -> None:
+    """Set the worker's counts so far (runs it made, runs that failed, seconds spent generating)."""
+    values = {k: v for k, v in (("runs_done", done), ("runs_failed", failed), ("busy_seconds", busy_seconds))
+              if v is not None}
     with store._write() as conn:
-        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(
-            runs_done=workers_t.c.runs_done + done, runs_failed=workers_t.c.runs_failed + failed,
-            busy_seconds=workers_t.c.busy_seconds + busy_seconds, last_seen=utcnow()))
+        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(last_seen=utcnow(), **values))
 
 
 def finish(store: Store, worker: Worker, status: str = "done", release_claims: bool = True) -> None:
@@ -215,3 +216,40 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
         "expired_claims": [{"key": r["key"], "worker_id": r["worker_id"], "worker": r["name"],
                             "lease_until": _aware(r["lease_until"])} for r in stale],
     }
+
+
+def unsynced_by_others(store: Store, experiment: str, worker: Worker) -> list[str]:
+    """Done runs of the experiment not yet in MLflow that another worker generated."""
+    with store._read() as conn:
+        return list(conn.execute(
+            sa.select(runs_t.c.key).join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id)
+            .where(experiments_t.c.name == experiment, runs_t.c.status == "done", runs_t.c.mlflow_synced_at.is_(None),
+                   sa.or_(runs_t.c.worker_id.is_(None), runs_t.c.worker_id != worker.id))
+            .order_by(runs_t.c.plan_index)).scalars())
+
+
+def reap_local(store: Store) -> int:
+    """Workers of this host whose process is gone (killed, crashed) give their claims back now instead
+    of when their leases end, so that rerunning a killed sweep starts at once. Returns runs released."""
+    host = socket.gethostname()
+    with store._read() as conn:
+        rows = conn.execute(sa.select(workers_t.c.id, workers_t.c.pid).where(
+            workers_t.c.host == host, workers_t.c.status == "working")).all()
+    released = 0
+    for wid, pid in rows:
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        released += release(store, wid)
+        with store._write() as conn:
+            conn.execute(workers_t.update().where(workers_t.c.id == wid).values(status="died"))
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -7,15 +7,16 @@ imported only once there is work to do.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tracker import __version__, plan, spec
+from tracker import __version__, distributed, plan, spec
 from tracker.errors import ModelError
 from tracker.plan import PlannedRun
 from tracker.workspace import Workspace
@@ -89,9 +90,16 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     done yet. ``pipeline``: a ``tracker.userpipe.UserPipeline`` for runs whose model is its name.
     ``engine``: an ``Engine`` to use instead of a new one (bench/gpu_standin.py passes one whose pipeline
     stands in for a GPU); the CLI never does."""
+    from tracker import claims, work
     from tracker.store import Store
 
-    # 1. Parse and expand (pure; a bad file fails here, before anything is written).
+    # 1. Parse and expand (pure; a bad file fails here, before anything is written). Under accelerate launch
+    #    this process is one rank: its device, no progress bar and no MLflow unless it is rank 0.
+    rank = None
+    if distributed.launched():
+        rank = distributed.rank(options.device)
+        options = replace(options, device=rank.device, progress=options.progress and rank.is_main)
+        ws = replace(ws, mlflow_enabled=ws.mlflow_enabled and rank.is_main)
     exp = load_experiment(path, options.from_key, ws.db_url)
     file = _source_file(path, exp)
     where = exp.path or exp.name if isinstance(path, spec.Experiment) else str(path)  # what errors name
@@ -125,7 +133,6 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
 
             # 5. Record the experiment and the sweep; insert missing runs as pending.
             store.save_experiment(exp.name, str(file) if file is not None else None, exp.source)
-            store.reset_stale(exp.name)
             environment = engine.environment()
             sweep_id = store.start_sweep(exp.name, {
                 "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
@@ -152,20 +159,31 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
                     sink.submit_key(exp.name, rec.key)
 
         # 7. Generate, cheapest switches innermost; the writing stage records each run while the next
-        #    batch generates (tracker.writer).
+        #    batch generates (tracker.writer). This process is one worker of the experiment: it claims
+        #    batch-sized groups in the store (tracker.claims), so concurrent workers share the plan.
+        worker = claims.register(store, sweep_id, engine.device_for(exp.settings),
+                                 rank.name if rank else worker_name())
         started = time.perf_counter()
         try:
             with _progress(len(todo), exp.name, options.progress) as bar:
                 writer = _writer(ws, store, sink, engine, exp.settings, summary, bar, _scorer(store, exp, engine))
                 try:
-                    for group in _ordered_groups(todo):
-                        _run_group(ws, store, engine, writer, sweep_id, group, summary, bar)
+                    if todo:
+                        work.generate_claimed(
+                            store, list(_ordered_groups(todo)), worker, AUTO_BATCH_MAX,
+                            lambda chunk: _run_group(ws, store, engine, writer, sweep_id, chunk, summary, bar,
+                                                     claimed=True), summary)
                 finally:
                     writer.close()  # drains: what was generated is written, also on Ctrl-C
+                    claims.progress(store, worker, done=summary.done, failed=summary.failed)
+            if sink is not None and rank is not None:  # rank 0 logs the other ranks' runs too
+                for key in claims.unsynced_by_others(store, exp.name, worker):
+                    sink.submit_key(exp.name, key)
         except KeyboardInterrupt:
-            store.reset_stale(exp.name)
+            claims.finish(store, worker, "interrupted")  # the runs it holds go back to pending
             _finish(store, sink, sweep_id, summary, started, "interrupted")
             raise
+        claims.finish(store, worker, "failed" if summary.failed else "done")
         _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
     finally:
         if engine is not None:
@@ -202,6 +220,11 @@ def _source_file(path: "str | Path | spec.Experiment", exp: spec.Experiment) -> 
     if not isinstance(path, spec.Experiment):
         return Path(path).resolve()
     return Path(exp.path).resolve() if exp.path and Path(exp.path).is_file() else None
+
+
+def worker_name() -> str | None:
+    """``TRACKER_WORKER_NAME`` (set by ``--workers``), else the store's default host:pid."""
+    return os.environ.get("TRACKER_WORKER_NAME") or None
 
 
 def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
@@ -253,8 +276,10 @@ def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
         yield list(grp)
 
 
-def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar) -> None:
-    """Generate one group in batches; an out-of-memory error halves the batch and retries it."""
+def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar,
+               claimed: bool = False) -> None:
+    """Generate one group in batches; an out-of-memory error halves the batch and retries it.
+    ``claimed``: the runs are this worker's claims (running already, and they stay so while retried)."""
     from tracker.engine import OutOfMemory
 
     settings = group[0].settings
@@ -265,11 +290,13 @@ def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], sum
     while i < len(group):
         chunk = group[i:i + batch]
         keys = [r.key for r in chunk]
-        store.mark_running(exp, keys, sweep_id)
+        if not claimed:
+            store.mark_running(exp, keys, sweep_id)
         try:
             result = engine.generate(chunk)
         except OutOfMemory as e:
-            store.mark_pending(exp, keys)
+            if not claimed:
+                store.mark_pending(exp, keys)
             if batch == 1:
                 for r in chunk:
                     writer.fail(r, f"out of memory at batch size 1: {e}")
@@ -281,9 +308,10 @@ def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], sum
             continue
         except Exception as e:  # one bad batch must not end the sweep: retry its runs one by one
             if len(chunk) > 1:
-                store.mark_pending(exp, keys)
+                if not claimed:
+                    store.mark_pending(exp, keys)
                 for r in chunk:
-                    _run_group_single(ws, store, engine, writer, sweep_id, r, summary, bar)
+                    _run_group_single(ws, store, engine, writer, sweep_id, r, summary, bar, claimed)
             else:
                 writer.fail(chunk[0], f"{type(e).__name__}: {e}")
             i += len(chunk)
@@ -292,8 +320,9 @@ def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], sum
         i += len(chunk)
 
 
-def _run_group_single(ws, store, engine, writer, sweep_id, run: PlannedRun, summary, bar) -> None:
-    store.mark_running(run.experiment, [run.key], sweep_id)
+def _run_group_single(ws, store, engine, writer, sweep_id, run: PlannedRun, summary, bar, claimed=False) -> None:
+    if not claimed:
+        store.mark_running(run.experiment, [run.key], sweep_id)
     try:
         result = engine.generate([run])
     except Exception as e:

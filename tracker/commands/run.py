@@ -20,9 +20,16 @@ from tracker.workspace import Workspace
 @click.option("--mlflow-uri", metavar="URI", help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else the workspace's store].")
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--workers", metavar="N|auto", default=None,
+              help="N worker processes on this machine (auto: one per CUDA device; on a CPU each takes its "
+                   "share of the cores). With --ray: the number of actors.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster: auto, ray://HOST:PORT, or no value for a local cluster for this sweep "
+                   "(needs the ray extra).")
 @pass_workspace
 def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_failed: bool, dry_run: bool,
-        from_key: str | None, mlflow_uri: str | None, no_mlflow: bool, quiet: bool) -> int:
+        from_key: str | None, mlflow_uri: str | None, no_mlflow: bool, quiet: bool, workers: str | None,
+        ray_address: str | None) -> int:
     """Generate the images of an experiment FILE, skipping runs already done.
 
     Each image is a run stored with its seed, settings, timings and memory; the sweep is logged to
@@ -33,10 +40,43 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     if dry_run:
         _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key))
         return 0
+    n = _workers(workers)
+    if ray_address is not None:
+        from dataclasses import replace
+
+        from tracker import raydist
+
+        if mlflow_uri or no_mlflow:
+            ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
+        opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
+                                 progress=not quiet)
+        summary = raydist.run_ray(ws, file, ray_address or None, opts, n)
+        click.echo(runner.format_summary(summary))
+        return 1 if summary.failed else 0
+    if workers is not None:
+        from dataclasses import replace
+
+        from tracker import workers as pool
+
+        if mlflow_uri or no_mlflow:
+            ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
+        result = pool.run_workers(ws, file, n, device=device, max_runs=max_runs, from_key=from_key,
+                                  retry_failed=retry_failed, progress=not quiet)
+        click.echo(pool.format_pool(result))
+        return 1 if result.failed or result.pending else 0
     result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,
                      device=device, max_runs=max_runs, retry_failed=retry_failed, from_key=from_key)
     click.echo(runner.format_summary(result.summary))
     return 1 if result.failed else 0
+
+
+def _workers(value: str | None) -> int | None:
+    """--workers: a positive number, or auto (None)."""
+    if value is None or value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not a positive number or auto", param_hint="--workers")
+    return int(value)
 
 
 def _dry_run(ws: Workspace, file: str, opts) -> None:

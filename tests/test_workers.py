@@ -1,0 +1,163 @@
+"""Several workers on one plan, real processes on the real tiny pipeline: ``--workers 2`` does every run
+exactly once with the same pixels as one process; a worker killed with SIGKILL mid-batch leaves its runs
+to the other; the same plan under ``accelerate launch`` (two CPU ranks); on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_tracker
+
+PLAN = """\
+name: shared
+model: tiny
+prompt: "a {{ animal }}"
+axes:
+  animal: [cat, dog, owl]
+seeds: [0, 1, 2, 3]
+steps: STEPS
+batch_size: 2
+"""
+
+
+def _plan(write_yaml, steps: int = 2) -> Path:
+    return write_yaml(PLAN.replace("STEPS", str(steps)))
+
+
+def _status(env: dict) -> dict:
+    res = run_tracker("status", "shared", "--json", env=env)
+    assert res.code == 0, res.err
+    return json.loads(res.out)
+
+
+def _runs(env: dict) -> list[dict]:
+    res = run_tracker("runs", "shared", "--json", env=env)
+    assert res.code == 0, res.err
+    return json.loads(res.out)
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _check_every_run_done_once(env: dict, planned: int) -> list[dict]:
+    runs = _runs(env)
+    assert len(runs) == planned and {r["status"] for r in runs} == {"done"}
+    assert len({r["key"] for r in runs}) == planned
+    for r in runs:
+        assert hashlib.sha256(Path(r["image"]).read_bytes()).hexdigest() == r["image_sha256"]
+    st = _status(env)
+    # each run was generated once: the workers' done counts add up to the plan, nothing more
+    assert sum(w["runs_done"] for w in st["workers"]) == planned
+    return runs
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A workspace on SQLite."""
+    return {"TRACKER_HOME": str(tmp_path / "home"), "TRACKER_LEASE_SECONDS": "3"}
+
+
+@pytest.fixture
+def pg_env(tmp_path, pg_url):
+    """A workspace whose run store is a PostgreSQL database."""
+    return {"TRACKER_HOME": str(tmp_path / "home"), "TRACKER_LEASE_SECONDS": "3", "TRACKER_DB_URL": pg_url}
+
+
+@pytest.mark.slow
+def test_two_workers_do_every_run_once_with_the_pixels_of_one_process(write_yaml, tmp_path, env):
+    path = _plan(write_yaml)
+    res = run_tracker("run", path, "--workers", "2", "--no-mlflow", "-q", env=env)
+    assert res.code == 0, res.err
+    assert "12 done, 0 failed, 0 not done of 12 planned by 2 workers" in res.out
+    runs = _check_every_run_done_once(env, 12)
+    st = _status(env)
+    assert len(st["workers"]) == 2 and all(w["runs_done"] > 0 for w in st["workers"])
+    assert {w["status"] for w in st["workers"]} == {"done"}
+
+    # one process, one thread (each of the 2 workers had one of the 2 cores): the same pixels
+    single = {"TRACKER_HOME": str(tmp_path / "single"), "OMP_NUM_THREADS": "1"}
+    assert run_tracker("run", path, "--no-mlflow", "-q", env=single).code == 0
+    alone = {r["key"]: r for r in _runs(single)}
+    for r in runs:
+        assert np.array_equal(_pixels(r["image"]), _pixels(alone[r["key"]]["image"]))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_leaves_its_runs_to_the_other(write_yaml, pg_env):
+    """Two workers on one PostgreSQL store; one is killed with SIGKILL while it holds a batch."""
+    env = pg_env
+    path = _plan(write_yaml, steps=15)  # batches long enough to be killed in
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "--no-mlflow", "-q"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = _wait_for_a_worker_holding_runs(env, proc)
+        os.kill(victim["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "12 done" in out and "1 worker(s) died" in out
+    _check_every_run_done_once(env, 12)
+    workers = {w["pid"]: w for w in _status(env)["workers"]}
+    assert workers[victim["pid"]]["status"] == "died"
+    assert any(w["status"] == "done" and w["runs_done"] > 0 for w in workers.values())
+
+
+def _wait_for_a_worker_holding_runs(env: dict, proc) -> dict:
+    """A worker in the middle of a batch: it holds claims and has finished nothing of them yet."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        res = run_tracker("status", "shared", "--json", env=env)
+        if res.code == 0:
+            held = [w for w in json.loads(res.out)["workers"] if w["holding"] > 0]
+            if len(held) == 2 or (held and len(json.loads(res.out)["workers"]) == 2):
+                return held[0]
+        time.sleep(0.2)
+    raise AssertionError("no worker started a batch")
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_plan_on_two_ranks(write_yaml, tmp_path):
+    path = _plan(write_yaml)
+    env = {"TRACKER_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tracker", "run",
+         str(path), "--no-mlflow", "-q"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _check_every_run_done_once(env, 12)
+    workers = _status(env)["workers"]
+    assert sorted(w["name"].split(":")[1] for w in workers) == ["rank0", "rank1"]
+    # the ranks ran with one thread each (accelerate's default): the pixels of one single-thread process
+    single = {"TRACKER_HOME": str(tmp_path / "single"), "OMP_NUM_THREADS": "1"}
+    assert run_tracker("run", path, "--no-mlflow", "-q", env=single).code == 0
+    alone = {r["key"]: r for r in _runs(single)}
+    for r in runs:
+        assert np.array_equal(_pixels(r["image"]), _pixels(alone[r["key"]]["image"]))
+
+
+def test_two_tracker_runs_of_one_experiment_share_the_work(write_yaml, tmp_path):
+    """The old limitation: two `tracker run` of the same file both generated everything."""
+    path = _plan(write_yaml, steps=4)
+    env = {**os.environ, "TRACKER_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "tracker", "run", str(path), "--no-mlflow", "-q"]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _check_every_run_done_once({"TRACKER_HOME": env["TRACKER_HOME"]}, 12)

@@ -1,0 +1,59 @@
+"""Claim-driven generation: how one worker of a sweep takes its work from the run store.
+
+Every ``tracker run`` is a worker (a single process, one of ``--workers N``, an accelerate rank): it
+registers in ``workers``, then repeatedly claims a batch-sized group of runs that share their
+pipeline settings (``tracker.claims``), generates it through the sweep's batch executor and records
+it. A heartbeat renews its leases meanwhile. When nothing is claimable it waits while other workers
+still hold runs (they finish them, or their leases end and the runs become claimable here) and stops
+when every run of its plan is done or failed. Two ``tracker run`` of one experiment thus share the
+work instead of both generating it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Sequence
+
+from tracker import claims
+from tracker.plan import PlannedRun
+
+POLL_SECONDS = 0.5  # how often an idle worker looks for claimable runs
+
+
+def lease_seconds() -> float:
+    """The lease of a claim: ``TRACKER_LEASE_SECONDS`` or 60 s (renewed every third of it)."""
+    try:
+        return max(0.5, float(os.environ.get("TRACKER_LEASE_SECONDS", claims.DEFAULT_LEASE_SECONDS)))
+    except ValueError:
+        return claims.DEFAULT_LEASE_SECONDS
+
+
+def batch_of(group: Sequence[PlannedRun], auto_max: int) -> int:
+    size = group[0].settings.batch_size
+    return min(len(group), auto_max) if size == "auto" else int(size)
+
+
+def generate_claimed(store, groups: Sequence[Sequence[PlannedRun]], worker: "claims.Worker", auto_max: int,
+                     run_chunk: Callable[[list[PlannedRun]], None], summary, lease: float | None = None) -> None:
+    """Claim batch-sized pieces of ``groups`` and hand each to ``run_chunk`` (generate and record it) until
+    none of their runs is left to do. ``summary``: the sweep's counts (done, failed), copied to the worker."""
+    exp = groups[0][0].experiment
+    lease = lease or lease_seconds()
+    by_key = {r.key: r for g in groups for r in g}
+    wanted = [([r.key for r in g], batch_of(g, auto_max)) for g in groups]
+    busy = 0.0
+    claims.reap_local(store)  # a killed earlier run on this machine: its runs are claimable now
+    with claims.Heartbeat(store, worker, lease):
+        while True:
+            keys = claims.claim(store, exp, worker, wanted, lease)
+            if keys:
+                began = time.perf_counter()
+                run_chunk([by_key[k] for k in keys])
+                busy += time.perf_counter() - began
+                claims.progress(store, worker, done=summary.done, failed=summary.failed, busy_seconds=busy)
+                continue
+            left = claims.remaining(store, exp, list(by_key))
+            if left["pending"] + left["running"] == 0:
+                return
+            time.sleep(POLL_SECONDS)

@@ -1,0 +1,157 @@
+"""``tracker run FILE --workers N``: N worker processes on one machine sharing one sweep's work.
+
+Each worker is a plain ``tracker run FILE`` child process (``--no-mlflow -q``) pinned to its device:
+``cuda:i`` when CUDA has several devices, else the CPU with its share of the cores
+(``OMP_NUM_THREADS``). The workers load their pipeline once and take batch-sized groups through the
+run store's claims (``tracker.work``), so nothing is generated twice. This parent process does not
+generate: it watches the children, gives the claims of a child that died back at once (other
+workers redo them; without this they would wait for the lease to end), and logs the finished runs
+to MLflow when the workers are done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracker import plan
+from tracker.errors import UsageError
+from tracker.workspace import Workspace
+
+
+@dataclass
+class PoolSummary:
+    experiment: str
+    planned: int
+    workers: int
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+    died: int = 0
+    images_dir: Path | None = None
+    mlflow_note: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def devices_for(n: int | None, device: str | None) -> list[str]:
+    """One device per worker: every CUDA device when there are several (n defaults to their number),
+    else ``device`` (or cpu) for each of the n workers."""
+    if device is None or device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count >= 1 and device in (None, "cuda"):
+            n = n or count
+            return [f"cuda:{i % count}" for i in range(n)]
+    if not n:
+        raise UsageError("--workers auto needs several CUDA devices; on a CPU give a number, e.g. --workers 2")
+    return [device or "cpu"] * n
+
+
+def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None = None, max_runs: int | None = None,
+                from_key: str | None = None, retry_failed: bool = False, progress: bool = True) -> PoolSummary:
+    from tracker import claims, runner
+    from tracker.store import Store
+
+    # 1. Parse and expand here too: a bad file fails once, before any child starts.
+    exp = runner.load_experiment(path, from_key, ws.db_url)
+    the_plan = plan.expand(exp, max_runs=max_runs)
+    keys = [r.key for r in the_plan.runs]
+    devices = devices_for(n, device)
+    ws.ensure()
+    store = Store.open(ws.db_url)  # creates or upgrades the store once, not in N children at once
+    try:
+        if retry_failed:
+            failed = [r.key for r in store.runs(exp.name, status="failed") if r.key in set(keys)]
+            store.mark_pending(exp.name, failed)
+
+        # 2. Start the workers, each with its share of the CPU threads.
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        procs = [_spawn(ws, path, dev, threads, i, max_runs, from_key) for i, dev in enumerate(devices)]
+        summary = PoolSummary(exp.name, len(keys), len(procs), images_dir=ws.images_dir / exp.name)
+
+        # 3. Watch them: a child that dies gives its claims back now.
+        began = time.perf_counter()
+        with runner._progress(len(keys), exp.name, progress) as bar:
+            seen = 0
+            while procs:
+                time.sleep(0.5)
+                for p in [p for p in procs if p.poll() is not None]:
+                    procs.remove(p)
+                    if p.returncode not in (0, 1):  # 1: some runs failed, the worker itself finished
+                        summary.died += 1
+                        _release_dead(store, p.pid)
+                done = claims.remaining(store, exp.name, keys)["done"]
+                bar.update(done - seen)
+                seen = done
+        summary.seconds = time.perf_counter() - began
+        left = claims.remaining(store, exp.name, keys)
+        summary.done, summary.failed, summary.pending = left["done"], left["failed"], left["pending"] + left["running"]
+    finally:
+        store.close()
+
+    # 4. MLflow: the runs the workers finished, logged once they are done (as `tracker sync` does).
+    if ws.mlflow_enabled:
+        summary.mlflow_note = _sync(ws, exp.name)
+    return summary
+
+
+def _spawn(ws: Workspace, path: str, device: str, threads: int, index: int, max_runs, from_key) -> subprocess.Popen:
+    args = [sys.executable, "-m", "tracker", "run", str(path), "--no-mlflow", "-q", "--device", device]
+    if max_runs:
+        args += ["--max-runs", str(max_runs)]
+    if from_key:
+        args += ["--from", from_key]
+    env = {**os.environ, "TRACKER_HOME": str(ws.home), "TRACKER_DB_URL": ws.db_url,
+           "TRACKER_WORKER_NAME": f"{socket.gethostname()}:w{index}:{device}",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+
+
+def _release_dead(store, pid: int) -> None:
+    """Give back the running runs of this host's worker with ``pid`` (the newest such worker)."""
+    import sqlalchemy as sa
+
+    from tracker import claims
+    from tracker.store import workers_t
+
+    with store._read() as conn:
+        wid = conn.execute(sa.select(workers_t.c.id).where(workers_t.c.pid == pid,
+                                                          workers_t.c.host == socket.gethostname())
+                           .order_by(workers_t.c.id.desc()).limit(1)).scalar()
+    if wid is not None:
+        claims.release(store, wid)
+        with store._write() as conn:
+            conn.execute(workers_t.update().where(workers_t.c.id == wid).values(status="died"))
+
+
+def _sync(ws: Workspace, experiment: str) -> str | None:
+    from tracker.mlflow import sync
+
+    try:
+        result = sync(ws.db_url, ws.mlflow_tracking_uri, experiment, ws.mlflow_artifacts_dir)
+    except Exception as e:  # MLflow down: the runs stay unsynced for a later `tracker sync`
+        return f"MLflow: {type(e).__name__}: {e}; run `tracker sync {experiment}` later"
+    return getattr(result, "summary", None) if not isinstance(result, str) else result
+
+
+def format_pool(s: PoolSummary) -> str:
+    lines = [f"{s.experiment}: {s.done} done, {s.failed} failed, {s.pending} not done of {s.planned} planned "
+             f"by {s.workers} workers in {s.seconds:.1f} s"
+             + (f" ({s.images_per_second:.2f} images/s)" if s.done else "")]
+    if s.died:
+        lines.append(f"{s.died} worker(s) died; their runs were given back to the others")
+    if s.images_dir is not None:
+        lines.append(f"images: {s.images_dir}")
+    if s.mlflow_note:
+        lines.append(s.mlflow_note)
+    return "\n".join(lines)
