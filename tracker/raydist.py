@@ -82,9 +82,20 @@ class Generator:
                     done.append(([run], self.engine.generate([run])))
                 except Exception as e:
                     failures.append((run, f"{type(e).__name__}: {e}"))
+        for _, result in done:  # the engine's images convert lazily under a lock: send plain ones
+            result.images = [_Image(i) for i in result.images]
         return {"batches": done, "failures": failures, "facts": {
             "scheduler_config": self.engine.scheduler_config(), "model_revision": self.engine.model_revision(settings.model),
             "device": self.engine.device_for(settings), "environment": self.engine.environment()}}
+
+
+class _Image:
+    """A converted ``engine.ImageResult`` that pickles (the PIL image, or the reason there is none)."""
+
+    def __init__(self, result):
+        self.key, self.seconds, self.seconds_per_step = result.key, result.seconds, result.seconds_per_step
+        self.image = result.image
+        self.error = result.error
 
 
 @dataclass
