@@ -114,12 +114,12 @@ def test_a1111_key_order_and_sampler_names():
 
 def test_default_scheduler_is_named_from_the_scheduler_config_and_extra_options_are_kept():
     s = pngmeta.parse_a1111(pngmeta.a1111_parameters(_recipe())).settings
-    assert s["Sampler"] == "PLMS" and "Schedule type" not in s
+    assert s["Sampler"] == "PLMS" and s["Schedule type"] == "Uniform"
     r = _recipe(scheduler="DPM++ 2M SDE", scheduler_options={"solver_order": 3})
     s = pngmeta.parse_a1111(pngmeta.a1111_parameters(r)).settings
     assert s["Sampler"] == "DPM++ 2M SDE"
     assert json.loads(s["Scheduler options"]) == {"solver_order": 3}
-    assert "Schedule type" not in s
+    assert s["Schedule type"] == "Uniform"
 
 
 def test_values_are_quoted_like_a1111():
@@ -245,3 +245,35 @@ def test_read_png_errors_are_one_line(tmp_path):
         pngmeta.read_png(tmp_path / "bad.png")
     Image.new("RGB", (4, 4)).save(tmp_path / "bare.png")
     assert pngmeta.read_png(tmp_path / "bare.png") == (None, None)
+
+
+@pytest.mark.parametrize("scheduler, options, schedule", [
+    ("DPM++ 2M", {}, "Uniform"), ("DPM++ 2M Karras", {}, "Karras"), ("Euler", {}, "Uniform"),
+    ("DPM++ 2M SDE", {"use_exponential_sigmas": True}, "Exponential"), ("DDIM", {}, "Uniform"),
+])
+def test_schedule_type_is_always_written_so_a1111_never_reads_automatic(scheduler, options, schedule):
+    """Issue 13, problem 7: A1111 1.9+ reads a missing Schedule type as Automatic (= Karras for DPM++ 2M)."""
+    from tracker import reproduce as rp
+
+    text = pngmeta.a1111_parameters(_recipe(scheduler=scheduler, scheduler_options=options))
+    s = pngmeta.parse_a1111(text).settings
+    assert s["Schedule type"] == schedule
+    run, _ = rp.run_from_a1111(pngmeta.parse_a1111(text))  # and it reads back as the same scheduler
+    from tracker import schedulers
+
+    cls, implied = schedulers.resolve(scheduler, options)
+    assert (run.settings.scheduler, run.settings.options()) == (cls, implied)
+
+
+@pytest.mark.parametrize("sampler, options", [
+    ("DPM++ 2M", {"use_karras_sigmas": True}), ("Euler", {}), ("DPM++ 2M SDE", {"algorithm_type": "sde-dpmsolver++",
+                                                                                  "use_exponential_sigmas": True}),
+    ("DPM2 a", {"use_karras_sigmas": True}), ("LMS", {}),
+])
+def test_automatic_schedule_reads_as_a1111s_default_for_the_sampler(sampler, options):
+    from tracker import reproduce as rp
+
+    text = f"a cat\nSteps: 4, Sampler: {sampler}, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 64x64, Model: tiny"
+    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text))
+    assert run.settings.options() == options
+    assert not [n for n in notes if "Schedule" in n]

@@ -200,7 +200,7 @@ def test_bad_inputs_are_one_line_and_exit_2(ws, tmp_path):
         tmp_path / "missing.png": "no such file",
         tmp_path / "bare.png": "has no prompt-tracker or parameters metadata",
         tmp_path / "text.png": "not a readable image",
-        tmp_path / "ckpt.png": "Model: 'v1-5-pruned-emaonly' is not a builtin model",
+        tmp_path / "ckpt.png": "model: 'v1-5-pruned-emaonly' is not a builtin model",
         "ffffffffffff": "no run with key 'ffffffffffff'",
     }
     for target, message in cases.items():

@@ -60,9 +60,9 @@ def test_a1111_old_style_sampler_names_and_neutral_values():
 
 
 def test_a1111_unknown_sampler_and_schedule_are_noted():
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Karras", "Exponential")))
+    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Karras", "Align Your Steps")))
     assert run.settings.scheduler == "DPMSolverMultistepScheduler" and run.settings.options() == {}
-    assert "Schedule type: Exponential (not supported, ignored)" in notes
+    assert "Schedule type: Align Your Steps (not supported, ignored)" in notes
     run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("DPM++ 2M", "Restart")))
     assert run.settings.scheduler == "default"
     assert "Sampler: Restart (unknown, used the model's own scheduler)" in notes
@@ -79,9 +79,14 @@ def test_our_own_parameters_chunk_alone_rebuilds_the_run():
 
 @pytest.mark.parametrize("change, message", [
     (("Steps: 4, ", ""), "gives no Steps"),
-    (("Size: 64x96", "Size: 65x96"), "Size: '65x96' must be WIDTHxHEIGHT in positive multiples of 8"),
+    (("Size: 64x96", "Size: 7x7"), "width: must be an integer of at least 8 pixels but is 7"),
+    (("Size: 64x96", "Size: 100000x100000"), "size: 100000x100000 is more than 16777216 pixels; pass --max-pixels"),
+    (("Steps: 4", "Steps: 1e8"), "Steps: '1e8' must be a positive integer"),
+    (("Steps: 4", "Steps: 100000000"), "steps: 100000000 is more than 1000; pass --max-steps"),
+    (("Model: tiny", "Model: runwayml/stable-diffusion-v1-5"), "Hugging Face Hub id; a PNG cannot make the tracker fetch"),
+    (("Model: tiny", "Model: tiny, Dtype: int8"), "dtype: must be one of float32, float16, bfloat16 but is 'int8'"),
     (("Seed: 1", "Seed: x"), "Seed: 'x' must be an integer seed"),
-    (("Model: tiny", "Model: v1-5-pruned"), "Model: 'v1-5-pruned' is not a builtin model"),
+    (("Model: tiny", "Model: v1-5-pruned"), "model: 'v1-5-pruned' is not a builtin model"),
     (("CFG scale: 7", "CFG scale: lots"), "CFG scale: 'lots' must be a number"),
 ])
 def test_a1111_values_that_cannot_be_run_are_one_error(change, message):
@@ -93,8 +98,16 @@ def test_model_override_and_hub_ids():
     text = A1111.replace("Model: tiny", "Model: v1-5-pruned")
     run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text), model="tiny")
     assert run.settings.model == "tiny" and "Model: v1-5-pruned (replaced by --model tiny)" in notes
-    run, _ = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Model: tiny", "Model: runwayml/stable-diffusion-v1-5")))
+    hub = A1111.replace("Model: tiny", "Model: runwayml/stable-diffusion-v1-5")
+    run, _ = rp.run_from_a1111(pngmeta.parse_a1111(hub), model="runwayml/stable-diffusion-v1-5")  # --model: trusted
     assert run.settings.model == "runwayml/stable-diffusion-v1-5"
+
+
+def test_a_size_that_is_not_a_multiple_of_8_is_rounded_with_a_note():
+    """Issue 13, problem 7: diffusers needs multiples of 8; a foreign PNG's 513x771 is rounded, not fatal."""
+    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Size: 64x96", "Size: 65x99")))
+    assert (run.settings.width, run.settings.height) == (64, 96)
+    assert "Size: 65x99 rounded down to 64x96 (diffusers needs multiples of 8)" in notes
 
 
 def test_compare_counts_pixel_drift():

@@ -360,7 +360,7 @@ class Workspace:
     # -- reproducing
     def reproduce(self, target: str | PathLike, *, pipeline: Any = None, device: str | None = None,
                   model: str | None = None, save: PathLike | None = None,
-                  on_source: Callable[[Any], None] | None = None):
+                  on_source: Callable[[Any], None] | None = None, trust: Any = None):
         """Generate a run again (by key or unique prefix, or from a PNG) and compare the pixels with its image.
         A run made with your own pipeline object needs that object again: ``pipeline=pipe``. ``model``: use
         another model (e.g. for a PNG from another tool); ``on_source(source)`` is told what will be made."""
@@ -368,7 +368,7 @@ class Workspace:
         from tracker import userpipe
 
         if isinstance(target, os.PathLike) or rp.looks_like_path(str(target)):
-            source = rp.from_png(target, model=model)
+            source = rp.from_png(target, model=model, trust=trust)  # trust: what only the caller may decide
         else:
             with self._store() as store:
                 source = rp.from_store(store, str(target), model=model)

@@ -20,6 +20,6 @@ MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
 
 # PNG metadata and images (tracker/pngmeta.py, tracker/reproduce.py)
-MAX_TEXT_CHUNK_BYTES = 1_000_000  # one PNG text chunk, decompressed (a recipe is a few KB)
+MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)
 MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: images opened or generated from a PNG's recipe
 MAX_REPRODUCE_STEPS = 1_000  # steps a PNG may ask for; more only with --steps on the command line

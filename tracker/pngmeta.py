@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from tracker import limits
 from tracker.errors import NotFoundError, TrackerError
 from tracker.prompts import lora
 
@@ -80,9 +81,11 @@ def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[st
         cls = (recipe.get("scheduler_config") or {}).get("_class_name")
         if not cls:
             return None, None, options
-    name, schedule = schedulers.sampler_name(cls, options)
+    name, _ = schedulers.sampler_name(cls, options)
+    schedule = schedulers.a1111_schedule(cls, options)
     _, implied = schedulers.resolve(name)
-    rest = {k: v for k, v in options.items() if k != "use_karras_sigmas" and implied.get(k) != v}
+    said = set(schedulers.SCHEDULE_OPTIONS.values())  # the Schedule type says these
+    rest = {k: v for k, v in options.items() if k not in said and implied.get(k) != v}
     return name, schedule, rest
 
 
@@ -231,8 +234,12 @@ def parse_a1111(text: str) -> A1111Params:
     return A1111Params(prompt, negative, settings)
 
 
-def open_png(path: str | Path):
-    """Open an image file or raise a one-line TrackerError (missing, a folder, not an image)."""
+def open_png(path: str | Path, max_pixels: int | None = None):
+    """Open an image file or raise a one-line TrackerError (missing, a folder, not an image, too many pixels).
+
+    The header is read first: an image larger than ``max_pixels`` (default ``limits.MAX_IMAGE_PIXELS``) is
+    refused before its pixels are decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -240,10 +247,18 @@ def open_png(path: str | Path):
         raise NotFoundError(f"{path}: no such file")
     if p.is_dir():
         raise TrackerError(f"{path}: is a folder, not a PNG file")
+    limit = max_pixels or limits.MAX_IMAGE_PIXELS
     try:
         im = Image.open(p)
-        im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        try:
+            w, h = im.size
+            if w * h > limit:
+                raise TrackerError(f"{path}: is {w}x{h} pixels; at most {limit} pixels are read")
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise TrackerError(f"{path}: not a readable image ({e})") from None
     return im
 
@@ -254,13 +269,18 @@ def chunks(im) -> dict[str, str]:
     return {str(k): str(v) for k, v in (text if text is not None else im.info).items() if isinstance(v, str)}
 
 
-def read_png(path: str | Path) -> tuple[str | None, dict | None]:
+def read_png(path: str | Path, max_pixels: int | None = None) -> tuple[str | None, dict | None]:
     """``(parameters text, recipe dict)`` of a PNG; None for a chunk that is not there.
 
-    Raises a one-line TrackerError for a missing or unreadable file or a recipe chunk that is not JSON.
+    Raises a one-line TrackerError for a missing or unreadable file, a recipe chunk that is not JSON, a text
+    chunk over ``limits.MAX_TEXT_CHUNK_BYTES`` or an image over ``max_pixels``.
     """
-    with open_png(path) as im:
+    with open_png(path, max_pixels) as im:
         text = chunks(im)
+    for name in (PARAMETERS_CHUNK, RECIPE_CHUNK):
+        if len(text.get(name) or "") > limits.MAX_TEXT_CHUNK_BYTES:
+            raise TrackerError(f"{path}: its {name} text chunk holds {len(text[name])} characters; "
+                               f"at most {limits.MAX_TEXT_CHUNK_BYTES} are read")
     return text.get(PARAMETERS_CHUNK), _recipe(text.get(RECIPE_CHUNK), path)
 
 

@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tracker import models, pngmeta, schedulers
+from tracker import limits, models, pngmeta, schedulers, spec
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
 from tracker.prompts import lora, weighting
-from tracker.spec import DEVICE_RE, DTYPES, SETTING_NAMES, SIZE_RE, Settings, lora_settings
+from tracker.spec import SETTING_NAMES, SIZE_RE, Settings, lora_settings
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -78,23 +78,135 @@ class Drift:
                 "differing": self.differing, "pixels": self.pixels, "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class Trust:
+    """What only the command line may decide: a PNG is data from anywhere and never switches safety off
+    (pickle weights, fetching from the Hub) nor asks for unbounded work."""
+
+    model: str | None = None  # --model: replaces the PNG's model (and may be a hub id)
+    vae: str | None = None  # --vae
+    allow_pickle: bool = False  # --allow-pickle
+    max_steps: int = limits.MAX_REPRODUCE_STEPS  # --max-steps
+    max_pixels: int = limits.MAX_IMAGE_PIXELS  # --max-pixels
+
+
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe") -> PlannedRun:
-    """Rebuild the PlannedRun a ``prompt-tracker`` recipe was made from."""
+def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes: list[str],
+                     base_dir: Path | None = None) -> Settings:
+    """Settings from a PNG, validated by the experiment file's own checks; safety and cost from ``trust``.
+
+    A size that is not a multiple of 8 is rounded down (with a note), as diffusers' pipelines need it.
+    """
+    values = dict(values)
+    out: dict[str, Any] = {}
+
+    def err(field: str) -> Callable[[str], None]:
+        def fail(message: str) -> None:
+            raise TrackerError(f"{where}: {field}: {message}")
+        return fail
+
+    for name in ("steps", "guidance_scale", "dtype", "generator_device", "scheduler_options", "attention_slicing",
+                 "vae_slicing", "vae_tiling", "cpu_offload", "batch_size", "prompt_syntax"):
+        if values.get(name) is not None:
+            v = values[name]
+            if name == "scheduler_options" and isinstance(v, (list, tuple)):
+                v = dict(v)
+            out[name] = spec.NORMALIZERS[name](v, err(name))
+    if values.get("scheduler") is not None:
+        out["scheduler"] = schedulers.resolve(spec.NORMALIZERS["scheduler"](values["scheduler"], err("scheduler")))[0]
+    width, height = values.get("width"), values.get("height")
+    if width is not None or height is not None:
+        out["width"], out["height"] = _rounded_size(width, height, where, notes)
+    _check_cost(out, where, trust)
+    if values.get("lora"):
+        out["lora"] = values["lora"]
+    if values.get("allow_pickle") and not trust.allow_pickle:
+        notes.append("allow_pickle: true in the PNG (ignored: only --allow-pickle loads pickle weights)")
+    out["allow_pickle"] = trust.allow_pickle
+    if values.get("device") not in (None, "auto"):
+        notes.append(f"device: {values['device']} (ignored: the device comes from --device)")
+    out["model"] = trust.model or _trusted_model(values.get("model"), where, "model", "--model", base_dir)
+    if trust.vae:
+        out["vae"] = trust.vae
+    elif values.get("vae") not in (None, "default"):
+        try:
+            out["vae"] = _trusted_model(values["vae"], where, "vae", "--vae", base_dir)
+        except TrackerError:
+            hub = models.resolve(str(values["vae"]), base_dir).kind == "hub"
+            why = f"a Hub id is fetched only with --vae {values['vae']}" if hub else "not a local folder"
+            notes.append(f"VAE: {values['vae']} ({why}; used the model's own VAE)")
+    return Settings(**out)
+
+
+def _rounded_size(width: Any, height: Any, where: str, notes: list[str]) -> tuple[int, int]:
+    dims = []
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 8:
+            raise TrackerError(f"{where}: {name}: must be an integer of at least 8 pixels but is {v!r}")
+        dims.append(v)
+    w, h = (d - d % 8 for d in dims)
+    if (w, h) != tuple(dims):
+        notes.append(f"Size: {dims[0]}x{dims[1]} rounded down to {w}x{h} (diffusers needs multiples of 8)")
+    return w, h
+
+
+def _check_cost(values: Mapping[str, Any], where: str, trust: Trust) -> None:
+    steps = values.get("steps")
+    if steps is not None and steps > trust.max_steps:
+        raise TrackerError(f"{where}: steps: {steps} is more than {trust.max_steps}; pass --max-steps {steps} "
+                           "to allow it")
+    w, h = values.get("width") or 0, values.get("height") or 0
+    if w * h > trust.max_pixels:
+        raise TrackerError(f"{where}: size: {w}x{h} is more than {trust.max_pixels} pixels; pass --max-pixels "
+                           f"{w * h} to allow it")
+
+
+def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Path | None) -> str:
+    """A built-in name or an existing local folder; a hub id only through the command line."""
+    if not isinstance(name, str) or not name.strip():
+        raise TrackerError(f"{where}: {field}: the PNG names none; pass {option} (a builtin name, a local folder "
+                           "or a hub id)")
+    ref = models.resolve(name, base_dir)
+    if ref.kind == "builtin":
+        return name
+    if ref.kind == "local" and Path(ref.location).is_dir():
+        return ref.location
+    if ref.kind == "hub" and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise TrackerError(f"{where}: {field}: {name!r} is a Hugging Face Hub id; a PNG cannot make the tracker "
+                           f"fetch from the Hub: pass {option} {name} to use it")
+    raise TrackerError(f"{where}: {field}: {name!r} is not a builtin model ({', '.join(models.BUILTIN)}), a local "
+                       f"folder or a hub id (org/name); pass {option}")
+
+
+def _checked_prompt(text: Any, where: str, field: str) -> str:
+    text = "" if text is None else str(text)
+    if len(text) > limits.MAX_PROMPT_CHARS:
+        raise TrackerError(f"{where}: {field}: is {len(text)} characters long; at most {limits.MAX_PROMPT_CHARS}")
+    return text
+
+
+def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe", trust: Trust | None = None,
+                    notes: list[str] | None = None, base_dir: Path | None = None) -> PlannedRun:
+    """Rebuild the PlannedRun a ``prompt-tracker`` recipe was made from, every field checked (``checked_settings``)."""
+    notes = [] if notes is None else notes
     try:
-        values = {f: recipe[f] for f in SETTING_NAMES if f in recipe}
-        values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
+        seed, _, _ = recipe["seed"], recipe["key"], recipe["experiment"]  # required: KeyError -> malformed
+        values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
         values["lora"] = lora_settings(values.get("lora"))
-        settings = Settings(**values)
+        settings = checked_settings(values, where, trust or Trust(), notes, base_dir)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= spec.MAX_SEED:
+            raise TrackerError(f"{where}: seed: must be an integer between 0 and 2**63-1 but is {seed!r}")
         return PlannedRun(
-            key=str(recipe["key"]), index=int(recipe.get("index") or 0), experiment=str(recipe["experiment"]),
+            key=str(recipe["key"])[:64], index=int(recipe.get("index") or 0),
+            experiment=str(recipe["experiment"])[:limits.MAX_NAME_LENGTH],
             axes=tuple((str(k), str(v)) for k, v in dict(recipe.get("axes") or {}).items()),
-            prompt=str(recipe["prompt"]), negative_prompt=str(recipe.get("negative_prompt") or ""),
+            prompt=_checked_prompt(recipe["prompt"], where, "prompt"),
+            negative_prompt=_checked_prompt(recipe.get("negative_prompt"), where, "negative_prompt"),
             prompt_template=str(recipe.get("prompt_template") or recipe["prompt"]),
             negative_template=str(recipe.get("negative_template") or recipe.get("negative_prompt") or ""),
-            seed=int(recipe["seed"]), settings=settings,
+            seed=seed, settings=settings,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise TrackerError(f"{where}: the {pngmeta.RECIPE_CHUNK} recipe is incomplete or malformed ({e!r})") from None
@@ -109,15 +221,22 @@ def _original(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def from_png(path: str | Path, model: str | None = None) -> Source:
-    """A PNG: its recipe when it has one, else its A1111 ``parameters`` chunk; compared with its own pixels."""
+def from_png(path: str | Path, model: str | None = None, trust: Trust | None = None) -> Source:
+    """A PNG: its recipe when it has one, else its A1111 ``parameters`` chunk; compared with its own pixels.
+
+    What the PNG says is checked like an experiment file; safety and cost come from ``trust`` (the command line).
+    """
+    from dataclasses import replace
+
     path = Path(path)
-    text, recipe = pngmeta.read_png(path)
+    trust = trust or Trust()
+    if model:
+        trust = replace(trust, model=model)
+    text, recipe = pngmeta.read_png(path, max_pixels=trust.max_pixels)
     if recipe is not None:
-        run = run_from_recipe(recipe, str(path))
-        if model:
-            run = _with_settings(run, model=model)
-        return Source(run, "recipe", path, _original(recipe))
+        notes: list[str] = []
+        run = run_from_recipe(recipe, str(path), trust, notes, base_dir=path.parent)
+        return Source(run, "recipe", path, _original(recipe), tuple(notes))
     if text is None:
         with pngmeta.open_png(path) as im:
             others = sorted(pngmeta.chunks(im))
@@ -125,7 +244,7 @@ def from_png(path: str | Path, model: str | None = None) -> Source:
         raise TrackerError(f"{path}: has no {pngmeta.RECIPE_CHUNK} or {pngmeta.PARAMETERS_CHUNK} metadata{comfy}; "
                            "nothing says how it was made")
     params = pngmeta.parse_a1111(text)
-    run, notes = run_from_a1111(params, where=str(path), model=model, base_dir=path.parent)
+    run, notes = run_from_a1111(params, where=str(path), base_dir=path.parent, trust=trust)
     return Source(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
 
 
@@ -149,8 +268,13 @@ def looks_like_path(target: str) -> bool:
 
 
 def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model: str | None = None,
-                   base_dir: Path | None = None) -> tuple[PlannedRun, list[str]]:
+                   base_dir: Path | None = None, trust: Trust | None = None) -> tuple[PlannedRun, list[str]]:
     """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped."""
+    from dataclasses import replace
+
+    trust = trust or Trust()
+    if model:
+        trust = replace(trust, model=model)
     s = dict(params.settings)
     notes: list[str] = []
     values: dict[str, Any] = {}
@@ -161,7 +285,7 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
     def number(key: str, cast: Callable, check: Callable[[Any], bool], message: str):
         try:
             v = cast(s[key])
-        except ValueError:
+        except (ValueError, OverflowError):
             raise bad(key, message) from None
         if not check(v):
             raise bad(key, message)
@@ -173,36 +297,28 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
     values["steps"] = number("Steps", int, lambda v: v >= 1, "must be a positive integer")
     seed = number("Seed", int, lambda v: 0 <= v < 2**63, "must be an integer seed >= 0")
     m = SIZE_RE.match(s["Size"])
-    if not m or int(m.group(1)) % 8 or int(m.group(2)) % 8 or not int(m.group(1)) or not int(m.group(2)):
-        raise bad("Size", "must be WIDTHxHEIGHT in positive multiples of 8")
+    if not m or len(m.group(1)) > 9 or len(m.group(2)) > 9:
+        raise bad("Size", "must be WIDTHxHEIGHT in pixels")
     values["width"], values["height"] = int(m.group(1)), int(m.group(2))
     if "CFG scale" in s:
-        values["guidance_scale"] = number("CFG scale", float, lambda v: v >= 0, "must be a number >= 0")
+        values["guidance_scale"] = number("CFG scale", float, lambda v: 0 <= v < 1e6, "must be a number >= 0")
 
-    values["model"] = model or _model(s.get("Model"), where, base_dir)
-    if model and s.get("Model") and s["Model"] != model:
-        notes.append(f"Model: {s['Model']} (replaced by --model {model})")
+    if trust.model and s.get("Model") and s["Model"] != trust.model:
+        notes.append(f"Model: {s['Model']} (replaced by --model {trust.model})")
+    values["model"] = s.get("Model")
     if s.get("VAE"):
-        vae = _model_name(s["VAE"], base_dir)
-        if vae is None:
-            notes.append(f"VAE: {s['VAE']} (not a local folder or hub id; used the model's own VAE)")
-        else:
-            values["vae"] = vae
+        values["vae"] = s["VAE"]
 
     cls, options = _scheduler(s, notes)
-    values["scheduler"], values["scheduler_options"] = cls, tuple(sorted(options.items()))
+    values["scheduler"], values["scheduler_options"] = cls, options
     if "Dtype" in s:
-        if s["Dtype"].lower() not in DTYPES:
-            raise bad("Dtype", "must be float32, float16 or bfloat16")
-        values["dtype"] = DTYPES[s["Dtype"].lower()]
+        values["dtype"] = s["Dtype"]
     if "Generator device" in s:
-        if not DEVICE_RE.match(s["Generator device"].lower()):
-            raise bad("Generator device", "must be cpu, cuda, cuda:N or mps")
         values["generator_device"] = s["Generator device"].lower()
 
     values["prompt_syntax"] = _prompt_syntax(s, where)
     prompt, values["lora"], lora_notes = lora.from_a1111(params.prompt, lora.folders_for(base_dir or Path(".")),
-                                                          values.get("allow_pickle", False))
+                                                          trust.allow_pickle)
     notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
     mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
               "Generator device", "Scheduler options", "Prompt syntax"}
@@ -210,16 +326,18 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
         notes.append(f"{key}: {value} (not supported, ignored)")
-    for text, label in ((prompt, "prompt"), (params.negative_prompt, "negative prompt")):
+    prompt = _checked_prompt(prompt, where, "prompt")
+    negative = _checked_prompt(params.negative_prompt, where, "negative prompt")
+    for text, label in ((prompt, "prompt"), (negative, "negative prompt")):
         notes += weighting.notes(text, values["prompt_syntax"], label)
         notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
 
-    settings = Settings(**values)
-    key = run_key(settings, seed, prompt, params.negative_prompt)
-    experiment = s.get("Tracker experiment") or FOREIGN_EXPERIMENT
+    settings = checked_settings(values, f"{where}: parameters", trust, notes, base_dir)
+    key = run_key(settings, seed, prompt, negative)
+    experiment = (s.get("Tracker experiment") or FOREIGN_EXPERIMENT)[:limits.MAX_NAME_LENGTH]
     run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=prompt,
-                     negative_prompt=params.negative_prompt, prompt_template=prompt,
-                     negative_template=params.negative_prompt, seed=seed, settings=settings)
+                     negative_prompt=negative, prompt_template=prompt,
+                     negative_template=negative, seed=seed, settings=settings)
     return run, notes
 
 
@@ -237,28 +355,6 @@ def _prompt_syntax(s: Mapping[str, str], where: str) -> str:
     if syntax not in weighting.SYNTAXES:
         raise TrackerError(f"{where}: parameters Prompt syntax: {syntax!r} must be one of {', '.join(weighting.SYNTAXES)}")
     return syntax
-
-
-def _model_name(name: str, base_dir: Path | None) -> str | None:
-    """A builtin name, an existing local folder, or something shaped like a hub id (org/name); else None."""
-    ref = models.resolve(name, base_dir)
-    if ref.kind == "builtin" or (ref.kind == "local" and Path(ref.location).is_dir()):
-        return name if ref.kind == "builtin" else ref.location
-    if ref.kind == "hub" and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        return name
-    return None
-
-
-def _model(name: str | None, where: str, base_dir: Path | None) -> str:
-    if not name:
-        raise TrackerError(f"{where}: the parameters chunk names no Model; pass --model (a builtin name, "
-                           f"a local folder or a hub id)")
-    found = _model_name(name, base_dir)
-    if found is None:
-        raise TrackerError(f"{where}: parameters Model: {name!r} is not a builtin model "
-                           f"({', '.join(models.BUILTIN)}), a local folder or a hub id (org/name); "
-                           f"pass --model")
-    return found
 
 
 def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, Any]]:
@@ -280,10 +376,15 @@ def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, A
     except SpecError:
         notes.append(f"Sampler: {sampler} (unknown, used the model's own scheduler)")
         return schedulers.DEFAULT, {}
-    if schedule == "Karras":
-        options["use_karras_sigmas"] = True
-    elif schedule not in (None, "", "Automatic", "Uniform"):
-        notes.append(f"Schedule type: {schedule} (not supported, ignored)")
+    if "Karras" in sampler and schedule in (None, "", "Automatic"):
+        return cls, options  # an old-style name ("DPM++ 2M Karras") already says its schedule
+    extra, note = schedulers.schedule_options(sampler, schedule)
+    if note:
+        notes.append(note)
+    else:
+        for opt in schedulers.SCHEDULE_OPTIONS.values():
+            options.pop(opt, None)
+        options.update(extra)
     return cls, options
 
 

@@ -93,15 +93,53 @@ def resolve(name: str, options: Mapping[str, Any] | None = None, *, path: str | 
     return cls, {**implied, **dict(options or {})}
 
 
+# AUTOMATIC1111's schedule types (modules/sd_schedulers.py) that diffusers' schedulers have as an option.
+# "Uniform" is A1111's name for the model's own evenly spaced sigmas, what diffusers does without an option.
+SCHEDULE_OPTIONS: dict[str, str] = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas",
+                                    "Beta": "use_beta_sigmas"}
+UNIFORM = "Uniform"
+# A1111 1.9+ writes and reads "Schedule type: Automatic" as each sampler's own default
+# (the 'scheduler' option of samplers_k_diffusion in modules/sd_samplers_kdiffusion.py); samplers not
+# listed default to the model's own sigmas (Uniform).
+A1111_AUTOMATIC: dict[str, str] = {
+    "DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras", "DPM2": "Karras", "DPM2 a": "Karras",
+    "DPM++ 2M SDE": "Exponential", "DPM++ 3M SDE": "Exponential",
+}
+
+
+def _schedule(options: Mapping[str, Any]) -> str | None:
+    return next((name for name, opt in SCHEDULE_OPTIONS.items() if options.get(opt)), None)
+
+
 def sampler_name(cls: str, options: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
-    """The A1111 sampler name and schedule type (``"Karras"`` or None) for a class and its options."""
+    """The A1111 sampler name and schedule type (``"Karras"``, ``"Exponential"``, ``"Beta"``; None for the
+    model's own sigmas) for a class and its options."""
     options = dict(options or {})
-    karras = bool(options.get("use_karras_sigmas"))
+    schedule = _schedule(options)
     sde = options.get("algorithm_type") == "sde-dpmsolver++"
     for alias, (target, implied) in ALIASES.items():
         if target != cls or "Karras" in alias:
             continue
         if (implied.get("algorithm_type") == "sde-dpmsolver++") != sde:
             continue
-        return alias, ("Karras" if karras else None)
-    return cls.removesuffix("Scheduler"), ("Karras" if karras else None)
+        return alias, schedule
+    return cls.removesuffix("Scheduler"), schedule
+
+
+def a1111_schedule(cls: str, options: Mapping[str, Any] | None = None) -> str:
+    """The ``Schedule type`` to write: always explicit, since A1111 1.9+ reads a missing one as "Automatic"
+    (Karras for DPM++ 2M); ``Uniform`` where diffusers uses the model's own sigmas."""
+    return sampler_name(cls, options)[1] or UNIFORM
+
+
+def schedule_options(sampler: str, schedule: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Options for an A1111 ``Schedule type`` read with ``sampler``: (options, None), or (None, note) when
+    diffusers has no such schedule. "Automatic" is the sampler's own default in A1111 1.9+; a missing
+    schedule type (infotext before 1.9) means the model's own sigmas."""
+    if schedule == "Automatic":
+        schedule = A1111_AUTOMATIC.get(sampler.replace(" Karras", ""), UNIFORM)
+    if schedule in (None, "", UNIFORM):
+        return {}, None
+    if schedule in SCHEDULE_OPTIONS:
+        return {SCHEDULE_OPTIONS[schedule]: True}, None
+    return None, f"Schedule type: {schedule} (not supported, ignored)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tracker import limits
 from tracker.cli import pass_workspace
 from tracker.workspace import Workspace
 
@@ -13,9 +14,16 @@ from tracker.workspace import Workspace
 @click.option("--device", metavar="DEVICE", help="Generate on this device (cpu, cuda, cuda:1, mps) instead of the recipe's.")
 @click.option("--model", metavar="MODEL",
               help="Use this model (builtin name, local folder or hub id), e.g. for a PNG from another tool.")
+@click.option("--vae", metavar="VAE", help="Use this VAE (local folder or hub id) instead of the PNG's.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights (a PNG never switches this on).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=limits.MAX_REPRODUCE_STEPS, show_default=True,
+              help="Refuse a PNG that asks for more steps.")
+@click.option("--max-pixels", type=click.IntRange(min=64), default=limits.MAX_IMAGE_PIXELS, show_default=True,
+              help="Refuse a PNG whose image or size has more pixels.")
 @click.option("--save", type=click.Path(dir_okay=False), metavar="PATH", help="Also write the regenerated image here.")
 @pass_workspace
-def reproduce(ws: Workspace, target: str, device: str | None, model: str | None, save: str | None) -> int:
+def reproduce(ws: Workspace, target: str, device: str | None, model: str | None, vae: str | None, allow_pickle: bool,
+              max_steps: int, max_pixels: int, save: str | None) -> int:
     """Generate an image again from its recipe and compare the pixels with the original.
 
     IMAGE.png: a PNG the tracker wrote (its prompt-tracker recipe), or one from another tool that carries
@@ -32,11 +40,12 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
         click.echo(f"reproducing run {source.run.key} of experiment {source.run.experiment} from {where}")
         click.echo(f"  {rp.describe_run(source.run)}")
         if source.notes:
-            click.echo("not mapped from the parameters chunk:")
+            click.echo("not taken from the PNG:" if source.origin != "store" else "notes:")
             for note in source.notes:
                 click.echo(f"  {note}")
 
-    result = Api(ws).reproduce(target, device=device, model=model, save=save, on_source=announce)
+    trust = rp.Trust(model=model, vae=vae, allow_pickle=allow_pickle, max_steps=max_steps, max_pixels=max_pixels)
+    result = Api(ws).reproduce(target, device=device, model=model, save=save, on_source=announce, trust=trust)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{result.drift.describe()} (regenerated on {result.device})")
