@@ -257,7 +257,7 @@ class Workspace:
 
         if not self._has_store():
             raise NotFoundError(f"no run store in {self.home}; run an experiment first (tracker.run(...))")
-        return Store.open(self.config.db_url)
+        return Store.open(self.config.db_url, create=False)
 
     def experiments(self) -> ExperimentList:
         """Every experiment in the store: runs per status and the last sweep."""

@@ -9,14 +9,13 @@ nothing is read from the network or the system's font folders.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 from tracker.errors import UsageError
+from tracker.fsutil import atomic_file
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_TILE = 8  # below this a tile shows nothing useful
@@ -266,13 +265,6 @@ def write(spec: GridSpec, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> G
     """Compose and write the grid as PNG (temp file renamed into place: never a half-written file)."""
     canvas, tile, native = compose(spec, max_pixels)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            canvas.save(fh, format="PNG", compress_level=1)  # big grids: speed over a few % of size
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        canvas.save(fh, format="PNG", compress_level=1)  # big grids: speed over a few % of size
     return GridImage(path, canvas.width, canvas.height, tile, native)

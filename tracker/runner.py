@@ -179,9 +179,8 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             if sink is not None and rank is not None:  # rank 0 logs the other ranks' runs too
                 for key in claims.unsynced_by_others(store, exp.name, worker):
                     sink.submit_key(exp.name, key)
-        except KeyboardInterrupt:
-            claims.finish(store, worker, "interrupted")  # the runs it holds go back to pending
-            _finish(store, sink, sweep_id, summary, started, "interrupted")
+        except BaseException:  # Ctrl-C, SIGTERM, a write that failed (disk full, read-only), a lost store
+            _interrupted(store, sink, sweep_id, exp.name, summary, started, worker)
             raise
         claims.finish(store, worker, "failed" if summary.failed else "done")
         _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
@@ -317,6 +316,7 @@ def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], sum
             i += len(chunk)
             continue
         _record(engine, writer, chunk, result, summary)
+        store.check_file()  # one stat per batch: a deleted tracker.db must not swallow the sweep
         i += len(chunk)
 
 
@@ -355,12 +355,31 @@ def _fail(store, run: PlannedRun, error: str, summary: SweepSummary, bar, **timi
 
 def _finish(store, sink, sweep_id, summary: SweepSummary, started: float, status: str) -> None:
     summary.seconds = time.perf_counter() - started
+    if status != "interrupted":
+        store.check_file()
     store.finish_sweep(sweep_id, {**summary.to_dict(), "status": status})
     if sink is not None:
         sink.finish_sweep({**summary.to_dict(), "status": status})
         result = sink.close()
         summary.mlflow_waiting = getattr(result, "waiting", 0)
         summary.mlflow_error = getattr(result, "error", None)
+
+
+def _interrupted(store, sink, sweep_id, experiment: str, summary: SweepSummary, started: float,
+                 worker=None) -> None:
+    """This sweep's unfinished runs become pending again and the sweep ends ``interrupted``. Best effort: when
+    the store itself is what failed, the next ``tracker run`` resets them (runs left running)."""
+    import logging
+
+    try:
+        if worker is not None:
+            claims.finish(store, worker, "interrupted")  # the runs it holds go back to pending
+        store.reset_stale(experiment, sweep_id=sweep_id)
+        _finish(store, sink, sweep_id, summary, started, "interrupted")
+    except Exception as e:  # the original error is the one to report
+        logging.getLogger("tracker").warning(f"could not record the interruption in the run store: {e}")
+        if sink is not None:
+            sink.close()
 
 
 class _NoBar:

@@ -300,6 +300,18 @@ def _plan_values(run: PlannedRun) -> dict[str, Any]:
     }
 
 
+def _file_identity(path: Path | None) -> tuple[Path, tuple[int, int]] | None:
+    import os
+
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path.resolve(), (st.st_dev, st.st_ino)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -326,18 +338,30 @@ class Store:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         self.url = db.display_url(engine)
+        self._file = _file_identity(db.sqlite_path(self.engine.url.render_as_string(hide_password=False)))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000) -> "Store":
+    def open(cls, url: str, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000, create: bool = True) -> "Store":
         """Open (and create or upgrade to the newest schema) the database at ``url``.
 
         ``busy_timeout``: seconds a write waits for another process's write transaction.
+        ``create=False`` (read commands): a store that does not exist yet is a StoreError, and nothing is
+        created (no folder, no file, no tables), so a mistyped ``--db`` cannot leave an empty store behind.
         """
+        if not create:
+            path = db.sqlite_path(url) if url.startswith("sqlite") else None
+            if path is not None and not path.is_file():
+                raise StoreError(f"no run store at {path} (from --db/TRACKER_DB_URL or --home); check the path, "
+                                 "or run an experiment first (tracker run FILE)")
         engine = db.make_engine(url, int(busy_timeout * 1000))
         try:
-            if db.current(engine) != db.HEAD:
+            revision = db.current(engine)
+            if revision is None and not create:
+                raise StoreError(f"no run store in {db.display_url(engine)}: it holds no prompt-tracker tables; "
+                                 "check --db, or run an experiment first (tracker run FILE)")
+            if revision != db.HEAD:
                 db.upgrade(engine)
         except BaseException:
             engine.dispose()
@@ -346,6 +370,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def check_file(self) -> None:
+        """Refuse to go on when the SQLite file was deleted or replaced under the open connection: every
+        write would go to a file nobody can open again (a sweep would end "done" with an empty store)."""
+        if self._file is None:
+            return
+        path, ident = self._file
+        now = _file_identity(path)
+        if now is None or now[1] != ident:
+            what = "deleted" if now is None else "replaced"
+            raise StoreError(f"the run store {path} was {what} while this command ran; what it recorded since is "
+                             "lost (images already written stay on disk): run the same command again")
 
     def __enter__(self) -> "Store":
         return self
@@ -556,14 +592,17 @@ class Store:
                              .values({c: sa.bindparam(c) for c in cols}), rows)
         return {r.key: stored[r.key]["status"] for r in runs}
 
-    def reset_stale(self, experiment: str) -> int:
-        """Runs left "running" by a killed process become pending again; returns how many."""
+    def reset_stale(self, experiment: str, sweep_id: int | None = None) -> int:
+        """Runs left "running" by a killed process (or only by sweep ``sweep_id``) become pending again;
+        returns how many."""
         with self._write() as conn:
             eid = self._experiment_id(conn, experiment)
             if eid is None:
                 return 0
-            return conn.execute(runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.status == "running")
-                                .values(status="pending", started_at=None)).rowcount
+            where = [runs_t.c.experiment_id == eid, runs_t.c.status == "running"]
+            if sweep_id is not None:
+                where.append(runs_t.c.sweep_id == sweep_id)
+            return conn.execute(runs_t.update().where(*where).values(status="pending", started_at=None)).rowcount
 
     def mark_running(self, experiment: str, keys: Iterable[str], sweep_id: int | None) -> None:
         self._set(experiment, list(keys), status="running", sweep_id=sweep_id, started_at=utcnow(),

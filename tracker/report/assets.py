@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
+
+from tracker.fsutil import atomic_file
 
 if TYPE_CHECKING:
     from tracker.store import RunRecord
@@ -145,9 +146,8 @@ def _thumbnail(src: Path, folder: Path, name: str) -> tuple[int, int, str]:
         small = im.convert("RGB")
     small.thumbnail((THUMB_SIZE, THUMB_SIZE))
     dst = folder / f"{name}.jpg"
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    small.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(tmp, dst)
+    with atomic_file(dst) as fh:
+        small.save(fh, format="JPEG", quality=JPEG_QUALITY)
     return (*size, f"{folder.name}/{dst.name}")
 
 
@@ -156,7 +156,5 @@ def workers() -> int:
 
 
 def write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_file(path, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.replace(tmp, path)

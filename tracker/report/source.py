@@ -90,7 +90,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     from tracker.store import Store
 
     _require_store(ws.db_url)
-    with Store.open(ws.db_url) as store:
+    with Store.open(ws.db_url, create=False) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
         sweeps = store.sweeps(experiment)
