@@ -170,9 +170,14 @@ def test_get_run_by_prefix(store):
     assert store.get_run(key[:6]).key == key
     assert store.get_run(key[:6], "cats").key == key
     planned(store, make_plan("twin"))  # same plan under another name: the same keys
-    with pytest.raises(NotFoundError, match=f"run key '{key[:6]}' is ambiguous: {key} \\(cats\\), {key} \\(twin\\)"):
-        store.get_run(key[:6])
-    assert store.get_run(key[:6], experiment="twin").experiment == "twin"
+    # issue 13, problem 7: one key in two experiments means one recipe: it resolves (the done one first)
+    store.mark_done("twin", key, image="/x.png", image_sha256="0" * 64)
+    assert store.get_run(key).experiment == "twin" and store.get_run(key[:6]).experiment == "twin"
+    assert store.get_run(key[:6], experiment="cats").experiment == "cats"
+    others = [r.key for r in p.runs if r.key != key]
+    a, b = next((a, b) for a in others for b in others if a < b and a[0] == b[0])
+    with pytest.raises(NotFoundError, match=f"run key '{a[0]}' is ambiguous: .*{a}.*{b}"):
+        store.get_run(a[0])
     for bad in ("zz", "%", "_", ""):
         with pytest.raises(NotFoundError):
             store.get_run(bad)

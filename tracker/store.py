@@ -312,6 +312,10 @@ def _file_identity(path: Path | None) -> tuple[Path, tuple[int, int]] | None:
     return path.resolve(), (st.st_dev, st.st_ino)
 
 
+def _stamp(t: datetime | None) -> float:
+    return _aware(t).timestamp() if t is not None else 0.0
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -695,8 +699,10 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(q.order_by(runs_t.c.key).limit(11)).mappings().all()
         exact = [r for r in rows if r["key"] == key]
-        if len(exact) == 1:
-            rows = exact
+        same = exact or (rows if len({r["key"] for r in rows}) == 1 else [])
+        if same:
+            # one key in several experiments: equal keys mean equal recipes, so the latest done one will do
+            rows = sorted(same, key=lambda r: (r["status"] != "done", -_stamp(r["finished_at"])))[:1]
         where = f" in experiment {experiment!r}" if experiment else ""
         if not rows:
             raise NotFoundError(f"no run with key {key!r}{where} in the run store {self.url}")
