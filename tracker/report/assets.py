@@ -22,6 +22,42 @@ from tracker.thumbs import JPEG_QUALITY, THUMB_SIZE, cached
 
 ASSET_DIRS = ("full", "thumbs", "grids")
 MANIFEST = "manifest.json"
+MARKER = ".prompt-tracker-report.json"  # says the folder is a report's and lists the files the tracker wrote
+
+
+# ---------------------------------------------------------------------------------------------
+# the report folder: written only when it is the tracker's, and only its own files removed
+
+
+def claim(out: Path, experiment: str, trusted: bool = False) -> set[str]:
+    """The files (relative paths) the tracker wrote into ``out`` before; refuses a folder it does not own.
+
+    A folder is the tracker's when it holds the marker file, is empty or new, or is ``trusted`` (the
+    workspace's own ``reports/EXPERIMENT``, made before markers existed). Anything else, e.g.
+    ``-o ~/Documents``, is a UsageError: nothing there is written, overwritten or removed.
+    """
+    from tracker.errors import UsageError
+
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            files = []
+        return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()}
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder; give -o a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not trusted:
+            raise UsageError(f"{out} is not empty and holds no report of the tracker ({MARKER}); give -o a new or "
+                             "empty folder (the tracker writes and removes files only in folders it owns)")
+        return {f"{d}/{p.name}" for d in ASSET_DIRS if (out / d).is_dir() for p in (out / d).iterdir()} \
+            | ({"index.html"} if (out / "index.html").is_file() else set())
+    return set()
+
+
+def write_marker(out: Path, experiment: str, files: Iterable[str]) -> None:
+    write_text(out / MARKER, json.dumps({"report": experiment, "files": sorted(files)}, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,8 +81,9 @@ class Assets:
     so a first build decodes no PNG either.
     """
 
-    def __init__(self, root: Path, cache: Path | None = None):
+    def __init__(self, root: Path, cache: Path | None = None, owned: Iterable[str] = ()):
         self.root, self.cache = root, cache
+        self.owned = set(owned)  # files the tracker wrote before (from the marker): the only ones prune removes
         self.used: set[str] = {MANIFEST}
         for d in ASSET_DIRS:
             (root / d).mkdir(parents=True, exist_ok=True)
@@ -94,14 +131,18 @@ class Assets:
     def add_used(self, rel: str) -> None:
         self.used.add(Path(rel).name)
 
+    def files(self) -> set[str]:
+        """The files this build uses (relative paths), for the marker."""
+        return {f"{d}/{p.name}" for d in ASSET_DIRS for p in (self.root / d).iterdir() if p.name in self.used}
+
     def prune(self) -> int:
-        """Remove files of runs no longer shown (their image changed or they left the plan)."""
+        """Remove files the tracker wrote before that no run shows any more; never a file it did not write."""
         n = 0
-        for d in ASSET_DIRS:
-            for p in (self.root / d).iterdir():
-                if p.name not in self.used:
-                    p.unlink(missing_ok=True)
-                    n += 1
+        for rel in sorted(self.owned - self.files() - {"index.html", MARKER}):
+            p = self.root / rel
+            if rel.split("/", 1)[0] in ASSET_DIRS and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                n += 1
         return n
 
 

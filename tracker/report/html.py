@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tracker.report.assets import Asset, Assets, write_text
+from tracker.report.assets import Asset, Assets, claim, write_marker, write_text
 from tracker.report.attach import mlflow_url
 from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
 from tracker.report.efficiency import efficiency
@@ -40,9 +40,12 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     """Build and write the report folder; returns the path of index.html and the report data."""
     source = load(ws, experiment)
     layout = choose_layout(source, rows, cols)
-    out = Path(out) if out is not None else safe_join(ws.reports_dir, experiment)
+    default = safe_join(ws.reports_dir, experiment)
+    out = Path(out) if out is not None else default
+    owned = claim(out, source.name, trusted=out.resolve() == default)
     out.mkdir(parents=True, exist_ok=True)
-    assets = Assets(out, ws.thumbs_dir)
+    write_marker(out, source.name, owned)  # claimed before anything else is written
+    assets = Assets(out, ws.thumbs_dir, owned)
     images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
     secs = sections(source, layout, source.entries)
     metric = primary(source.experiment.metrics if source.experiment else (), source.metric_names)
@@ -70,7 +73,9 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     )
     index = out / "index.html"
     write_text(index, render(report))
+    write_marker(out, source.name, owned | assets.files() | {"index.html"})
     assets.prune()
+    write_marker(out, source.name, assets.files() | {"index.html"})
     return index, report
 
 
