@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image
 
-from tracker import pngmeta
+from tracker import fsutil, pngmeta
 from tracker.errors import NotFoundError, TrackerError
 from tracker.plan import expand
 from tracker.spec import parse
@@ -209,9 +209,9 @@ def test_a_fault_in_the_write_leaves_no_file_and_no_temp(tmp_path, monkeypatch, 
                 self.f.write(data[: len(data) // 2])
                 boom()
 
-        monkeypatch.setattr(pngmeta.os, "fdopen", lambda fd, mode: Broken(real_fdopen(fd, mode)))
+        monkeypatch.setattr(fsutil.os, "fdopen", lambda fd, mode: Broken(real_fdopen(fd, mode)))
     else:
-        monkeypatch.setattr(pngmeta.os, fault, boom)
+        monkeypatch.setattr(fsutil.os, fault, boom)
     with pytest.raises(OSError, match="injected"):
         pngmeta.save_png(Image.new("RGB", (8, 8)), path, _recipe())
     assert os.listdir(tmp_path) == []
@@ -221,7 +221,7 @@ def test_a_fault_keeps_the_old_image_intact(tmp_path, monkeypatch):
     path = tmp_path / "k.png"
     pngmeta.save_png(Image.new("RGB", (8, 8), (1, 2, 3)), path, _recipe())
     before = path.read_bytes()
-    monkeypatch.setattr(pngmeta.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("injected")))
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("injected")))
     with pytest.raises(OSError):
         pngmeta.save_png(Image.new("RGB", (8, 8), (9, 9, 9)), path, _recipe())
     assert path.read_bytes() == before

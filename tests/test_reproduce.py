@@ -215,9 +215,9 @@ def test_verify_stores_its_result_and_finds_drift(ws):
     res = ws.call("verify", "small", "--sample", "3")
     assert res.code == 0, res.out + res.err
     header, rule, *rows, summary = res.out.strip().splitlines()
-    assert header.split() == ["key", "labels", "max", "mean", "identical"]
-    assert len(rows) == 3 and all(r.rstrip().endswith("yes") for r in rows)
-    assert "3 of 3 sampled runs identical (4 done)" in summary
+    assert header.split() == ["key", "labels", "max", "mean", "result"]
+    assert len(rows) == 3 and all(r.rstrip().endswith("identical") for r in rows)
+    assert "3 of 3 sampled runs identical, 0 differ (4 done; each regenerated in its original batch)" in summary
     with ws.store() as store:
         sweep = store.sweeps("small")[-1]
     v = sweep["verify"]

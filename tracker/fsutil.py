@@ -49,7 +49,7 @@ def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, **ope
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the target
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # name the target
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     if durable:

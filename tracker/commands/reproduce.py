@@ -72,7 +72,11 @@ def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> i
     result = Api(ws).verify(experiment, sample=sample, device=device)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
-    click.echo(rp.format_table(result.rows))
-    click.echo(f"{experiment}: {len(result.rows) - result.drifted} of {len(result.rows)} sampled runs identical "
-               f"({result.done} done); stored with sweep {result.sweep_id}")
+    click.echo(rp.format_table(result.rows, result.device))
+    identical = sum(r.drift.identical for r in result.rows)
+    within = len(result.rows) - identical - result.drifted
+    click.echo(f"{experiment}: {identical} of {len(result.rows)} sampled runs identical"
+               + (f", {within} within {rp.GPU_LEVELS} levels (GPU kernels)" if within else "")
+               + f", {result.drifted} differ ({result.done} done; each regenerated in its original batch); "
+               f"stored with sweep {result.sweep_id}")
     return 1 if result.drifted else 0
