@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "verify": "tracker.commands.reproduce:verify",
     "score": "tracker.commands.metrics_cmds:score",
     "effects": "tracker.commands.metrics_cmds:effects",
+    "check": "tracker.commands.check:check",
 }
 
 

@@ -7,6 +7,7 @@ umask gives (``tempfile.mkstemp`` alone makes every file 0600, which a web serve
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -54,6 +55,14 @@ def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, **ope
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

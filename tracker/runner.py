@@ -113,7 +113,10 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     ws.ensure()
     store = Store.open(ws.db_url)
     try:
-        status = {r.key: r.status for r in store.runs(exp.name)}
+        records = store.runs(exp.name)
+        status = {r.key: r.status for r in records}
+        lost = lost_images(records, {r.key for r in the_plan.runs})  # a stat per done run: cheap
+        status.update(dict.fromkeys(lost, "pending"))
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
         todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
 
@@ -141,6 +144,12 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             })
             summary.sweep_id = sweep_id
             status = store.plan_runs(sweep_id, the_plan.runs)
+            if lost:
+                import logging
+
+                logging.getLogger("tracker").warning(
+                    f"{len(lost)} done runs of {exp.name} lost their image; generating them again")
+                store.mark_pending(exp.name, lost)
             if options.retry_failed:
                 store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
             summary.skipped = len(the_plan.runs) - len(todo)
@@ -224,6 +233,12 @@ def _source_file(path: "str | Path | spec.Experiment", exp: spec.Experiment) -> 
 def worker_name() -> str | None:
     """``TRACKER_WORKER_NAME`` (set by ``--workers``), else the store's default host:pid."""
     return os.environ.get("TRACKER_WORKER_NAME") or None
+
+
+
+def lost_images(records, keys: set[str]) -> list[str]:
+    """Done runs (of ``keys``) whose image file is gone: they are generated again."""
+    return [r.key for r in records if r.status == "done" and r.key in keys and not (r.image and Path(r.image).is_file())]
 
 
 def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from tracker.fsutil import atomic_file
+from tracker.fsutil import atomic_file, sha256_file
 
 if TYPE_CHECKING:
     from tracker.store import RunRecord
@@ -98,7 +97,7 @@ class Assets:
             if src is None or not src.is_file():
                 out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
                 continue
-            todo[r.key] = (src, r.image_sha256 or _sha256(src), (r.width, r.height))
+            todo[r.key] = (src, r.image_sha256 or sha256_file(src), (r.width, r.height))
         with ThreadPoolExecutor(workers()) as pool:
             for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
                 out[key] = result
@@ -152,14 +151,6 @@ def _read_manifest(path: Path) -> dict[str, list]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
