@@ -146,10 +146,16 @@ def test_tracker_ui_serves_the_workspace_store_and_stops_on_ctrl_c(ws):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TRACKER_HOME": str(ws.home)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # started as a background job of a non-interactive shell would be: SIGINT ignored (issue 13, problem 7)
     proc = subprocess.Popen([sys.executable, "-m", "tracker", "ui", "--port", str(port)], cwd=ws.home.parent,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert mlflow_log.wait_for_health(url, START_TIMEOUT, lambda: proc.poll() is None), proc.communicate()
+        # the server runs without MLflow 3's job runner, and report links follow the UI's port
+        servers = [e for e in _children_environ(proc.pid) if b"mlflow" in e.get(b"_cmdline", b"")]
+        assert servers and all(e.get(b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == b"false" for e in servers)
+        assert (ws.home / "mlflow-ui.url").read_text().strip() == url
         exp = json.loads(_get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=chief")[1])["experiment"]
         runs = _post(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
         keys = {t["value"] for r in runs for t in r["data"].get("tags", []) if t["key"] == KEY_TAG}
@@ -173,3 +179,19 @@ def test_tracker_ui_serves_the_workspace_store_and_stops_on_ctrl_c(ws):
 def _run_id(runs: list[dict], key: str) -> str:
     return next(r["info"]["run_id"] for r in runs
                 if any(t["key"] == KEY_TAG and t["value"] == key for t in r["data"].get("tags", [])))
+
+
+def _children_environ(pid: int) -> list[dict]:
+    """The environment (and command line, as ``_cmdline``) of each direct child of ``pid``."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{pid}\n" not in status.read_text():
+                continue
+            raw = (status.parent / "environ").read_bytes()
+            env = dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+            env[b"_cmdline"] = (status.parent / "cmdline").read_bytes()
+            out.append(env)
+        except OSError:
+            continue
+    return out

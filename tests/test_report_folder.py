@@ -75,3 +75,19 @@ def test_read_only_output_folders_are_one_line(done, tmp_path, mounts):  # noqa:
     first = json.loads(key.out)[0]["key"]
     res = done("reproduce", first, "--save", ro / "again.png")
     assert_one_line_error(res, str(ro), "Read-only")
+
+
+def test_report_links_follow_the_ui_port_or_mlflow_ui_url(tmp_path):
+    """Issue 13, problem 7: the report's MLflow links were fixed to port 5000."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tracker.mlflow.ui import run_url
+    from tracker.workspace import Workspace
+
+    ws = Workspace.from_options(home=str(tmp_path))
+    rec = SimpleNamespace(mlflow_run_id="abc")
+    assert run_url(ws, rec) == "http://127.0.0.1:5000/#/runs/abc"
+    (tmp_path / "mlflow-ui.url").write_text("http://127.0.0.1:5123\n")  # what `tracker ui --port 5123` writes
+    assert run_url(ws, rec) == "http://127.0.0.1:5123/#/runs/abc"
+    assert run_url(replace(ws, mlflow_ui_url="https://mlflow.example/"), rec) == "https://mlflow.example/#/runs/abc"

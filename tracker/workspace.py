@@ -21,6 +21,7 @@ class Workspace:
     db_url: str
     mlflow_uri: str | None = None  # None: the workspace's own store; "" would mean off (see mlflow_enabled)
     mlflow_enabled: bool = True
+    mlflow_ui_url: str | None = None  # where report links point (default: where ``tracker ui`` serves)
 
     @classmethod
     def from_options(cls, home: str | None = None, db: str | None = None, mlflow_uri: str | None = None,

@@ -39,9 +39,12 @@ def _pixels(value: str) -> int:
               help="Pixel budget of each grid PNG the report links; larger grids get smaller tiles "
                    "(tracker grid makes full-size ones).")
 @click.option("--no-mlflow", is_flag=True, help="Do not attach the report to the sweep's MLflow run (nor link runs).")
+@click.option("--mlflow-ui-url", metavar="URL", envvar="TRACKER_MLFLOW_UI_URL",
+              help="Where the report's MLflow links point [default: where `tracker ui` last served, "
+                   "else http://127.0.0.1:5000].")
 @pass_workspace
 def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str,
-           no_mlflow: bool) -> None:
+           no_mlflow: bool, mlflow_ui_url: str | None) -> None:
     """Write an HTML report of EXPERIMENT: one seed-fixed grid per combination of the other axes,
     run details, and an efficiency view. The folder opens from disk, without a server or network.
 
@@ -49,6 +52,14 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
     """
     from tracker.api import Workspace as Api
 
+    if mlflow_ui_url:
+        from dataclasses import replace
+
+        from tracker.errors import UsageError
+
+        if not mlflow_ui_url.startswith(("http://", "https://")):
+            raise UsageError(f"--mlflow-ui-url must start with http:// or https:// but is {mlflow_ui_url!r}")
+        ws = replace(ws, mlflow_ui_url=mlflow_ui_url)
     index, data, warning = Api(ws).build_report(experiment, out, rows=rows, cols=cols, max_pixels=_pixels(max_pixels),
                                                 attach_mlflow=not no_mlflow)
     cells = sum(len(r.cells) for g in data.grids for r in g.rows)

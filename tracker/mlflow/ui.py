@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,13 +28,36 @@ def run_url(ws: Workspace, record: "RunRecord") -> str | None:
     if not ws.mlflow_enabled or not record.mlflow_run_id:
         return None
     uri = ws.mlflow_tracking_uri
-    if uri.startswith(("http://", "https://")):
+    if ws.mlflow_ui_url:
+        base = ws.mlflow_ui_url.rstrip("/")
+    elif uri.startswith(("http://", "https://")):
         base = uri.rstrip("/")
     elif is_local_store(uri):
-        base = UI_DEFAULT_URL
+        base = ui_url(ws.home)
     else:
         return None
     return f"{base}/#/runs/{record.mlflow_run_id}"
+
+
+UI_URL_FILE = "mlflow-ui.url"  # ``tracker ui`` writes the address it serves; report links default to it
+
+
+def ui_url(home: Path) -> str:
+    """The address ``tracker ui`` last served this workspace's store at (its --port), else the default."""
+    try:
+        st = (home / UI_URL_FILE).stat()
+    except OSError:
+        return UI_DEFAULT_URL
+    return _read_ui_url(str(home / UI_URL_FILE), st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _read_ui_url(path: str, mtime_ns: int) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return UI_DEFAULT_URL
+    return text if text.startswith(("http://", "https://")) and len(text) < 300 else UI_DEFAULT_URL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,15 +129,22 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
     ws.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     log_path = ws.home / "mlflow-ui.log"
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    # MLflow 3's job runner (six huey consumers, ~1.4 GB) serves nothing the UI needs
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(server_command(uri, ws.mlflow_artifacts_dir, host, port), stdout=log,
+        proc = subprocess.Popen(server_command(uri, ws.mlflow_artifacts_dir, host, port), stdout=log, env=env,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def on_term(signum, frame):
+    def on_signal(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # our own handlers for both: a background job of a non-interactive shell starts with SIGINT ignored
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        from tracker.fsutil import atomic_file
+
+        with atomic_file(ws.home / UI_URL_FILE, "w", encoding="utf-8") as fh:
+            fh.write(url + "\n")
         echo(f"MLflow UI: {url}  (store {uri}; starting, Ctrl-C to stop)")
         if host not in ("127.0.0.1", "localhost", "::1"):
             echo(f"warning: listening on {host}: anyone who can reach this machine can read and change the runs")
@@ -126,4 +157,5 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
         return 0
     finally:
         stop_process_group(proc)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
