@@ -149,6 +149,6 @@ def test_verify_table():
     rows = [rp.VerifyRow("k1", {"age": "old", "seed": "1"}, rp.Drift(True, 0, 0.0, 0, 16)),
             rp.VerifyRow("k2", {}, rp.Drift.failed("the original image /x.png is missing"))]
     lines = rp.format_table(rows).splitlines()
-    assert lines[0].split() == ["key", "labels", "max", "mean", "identical"]
-    assert lines[2].split() == ["k1", "age=old,", "seed=1", "0", "0.0000", "yes"]
-    assert lines[3].endswith("no: the original image /x.png is missing")
+    assert lines[0].split() == ["key", "labels", "max", "mean", "result"]
+    assert lines[2].split() == ["k1", "age=old,", "seed=1", "0", "0.0000", "identical"]
+    assert lines[3].endswith("differs: the original image /x.png is missing")
