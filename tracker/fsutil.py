@@ -79,6 +79,15 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Errors of the place, not of one file: every later write fails too, so a sweep stops (runs back to pending,
+# sweep interrupted) instead of failing each run.
+FATAL_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def is_fatal(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in FATAL_ERRNOS
+
+
 _ADVICE = {
     errno.EROFS: "the file system is read-only: use a writable folder (--home, -o) or remount it",
     errno.EACCES: "permission denied: use a folder you can write (--home, -o) or fix its permissions",

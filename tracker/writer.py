@@ -129,6 +129,10 @@ class Writer:
         try:
             sha = save_image(self.ws, image, target, recipe)
         except (OSError, ValueError) as e:
+            from tracker.fsutil import is_fatal
+
+            if is_fatal(e):  # read-only, disk full, no permission: the sweep stops (runs back to pending)
+                raise
             self._fail(run, f"could not write the image {target}: {e}", timing)
             return
         self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
