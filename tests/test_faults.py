@@ -123,7 +123,7 @@ def test_run_store_deleted_mid_sweep_is_not_a_clean_finish(cli, write_yaml, tmp_
 
     _generate_hook(monkeypatch, 2, delete)
     res = cli("run", write_yaml(SWEEP), "--no-mlflow", "-q")
-    assert_one_line_error(res, str(db), "was deleted while this command ran", "run the same command again")
+    assert_one_line_error(res, str(db), "while this command ran", "run the same command again")
     assert "done" not in res.out
 
 

@@ -188,8 +188,11 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             if sink is not None and rank is not None:  # rank 0 logs the other ranks' runs too
                 for key in claims.unsynced_by_others(store, exp.name, worker):
                     sink.submit_key(exp.name, key)
-        except BaseException:  # Ctrl-C, SIGTERM, a write that failed (disk full, read-only), a lost store
+        except BaseException as e:  # Ctrl-C, SIGTERM, a write that failed (disk full, read-only), a lost store
+            lost = _store_lost(store)
             _interrupted(store, sink, sweep_id, exp.name, summary, started, worker)
+            if lost is not None and not isinstance(e, KeyboardInterrupt):
+                raise lost from e  # "no such table" from a store deleted under us: say what happened
             raise
         claims.finish(store, worker, "failed" if summary.failed else "done")
         _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
@@ -384,17 +387,26 @@ def _interrupted(store, sink, sweep_id, experiment: str, summary: SweepSummary, 
                  worker=None) -> None:
     """This sweep's unfinished runs become pending again and the sweep ends ``interrupted``. Best effort: when
     the store itself is what failed, the next ``tracker run`` resets them (runs left running)."""
-    import logging
+    from tracker import claims
 
     try:
         if worker is not None:
             claims.finish(store, worker, "interrupted")  # the runs it holds go back to pending
         store.reset_stale(experiment, sweep_id=sweep_id)
         _finish(store, sink, sweep_id, summary, started, "interrupted")
-    except Exception as e:  # the original error is the one to report
-        logging.getLogger("tracker").warning(f"could not record the interruption in the run store: {e}")
+    except Exception:  # the original error is the one to report
         if sink is not None:
             sink.close()
+
+
+def _store_lost(store) -> Exception | None:
+    from tracker.errors import StoreError
+
+    try:
+        store.check_file()
+    except StoreError as e:
+        return e
+    return None
 
 
 class _NoBar:
