@@ -193,6 +193,11 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
             sa.select(runs_t.c.worker_id, sa.func.count()).where(runs_t.c.experiment_id == eid,
                                                                  runs_t.c.status == "running")
             .group_by(runs_t.c.worker_id)).all())
+        made = dict(conn.execute(  # the runs each worker made, from the runs themselves: exact even for a
+            # worker killed before it last reported its counts (its images are written in the background)
+            sa.select(runs_t.c.worker_id, sa.func.count()).where(runs_t.c.experiment_id == eid,
+                                                                 runs_t.c.status == "done")
+            .group_by(runs_t.c.worker_id)).all())
         stale = conn.execute(
             sa.select(runs_t.c.key, runs_t.c.worker_id, runs_t.c.lease_until, workers_t.c.name)
             .outerjoin(workers_t, workers_t.c.id == runs_t.c.worker_id)
@@ -204,9 +209,9 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
         alive = (w["last_seen"] - w["started_at"]).total_seconds()
         out_workers.append({
             "id": w["id"], "name": w["name"], "sweep_id": w["sweep_id"], "host": w["host"], "pid": w["pid"],
-            "device": w["device"], "status": w["status"], "runs_done": w["runs_done"], "runs_failed": w["runs_failed"],
+            "device": w["device"], "status": w["status"], "runs_done": made.get(w["id"], 0), "runs_failed": w["runs_failed"],
             "holding": holding.get(w["id"], 0),
-            "images_per_second": round(w["runs_done"] / alive, 4) if alive > 0 else None,
+            "images_per_second": round(made.get(w["id"], 0) / alive, 4) if alive > 0 else None,
             "busy_seconds": round(w["busy_seconds"], 3), "started_at": _aware(w["started_at"]),
             "last_seen": _aware(w["last_seen"]), "seen_seconds_ago": round((now - w["last_seen"]).total_seconds(), 1),
         })

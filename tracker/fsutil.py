@@ -7,6 +7,7 @@ umask gives (``tempfile.mkstemp`` alone makes every file 0600, which a web serve
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -29,13 +30,18 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, **open_kw) -> Iterator[IO]:
+def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, clear_stale: bool = False,
+                **open_kw) -> Iterator[IO]:
     """Write ``path`` through a temp file in the same folder renamed over it on success: a crash or an error
-    leaves the old file or none, never half a file, and the temp file never stays. The file gets
-    0666 minus the umask. ``durable``: fsync the file and the folder (a done run's image survives a power cut).
+    leaves the old file or none, never half a file, and the temp file never stays (a kill -9 can leave one:
+    ``clear_stale`` removes this target's own leftovers first, for callers that alone write ``path``, as a
+    claimed run's image). The file gets 0666 minus the umask. ``durable``: fsync the file and the folder (a
+    done run's image survives a power cut).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if clear_stale:
+        _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
@@ -55,6 +61,17 @@ def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, **ope
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files ``atomic_file`` made for ``path`` in an earlier process that was killed mid-write."""
+    prefix = f".{path.name}."
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if leftover.name.startswith(prefix) and leftover.is_file() and not leftover.is_symlink():
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def sha256_file(path: Path) -> str:

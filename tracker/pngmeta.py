@@ -162,7 +162,7 @@ def save_png(image, path: Path, recipe: Mapping[str, Any]) -> str:
     from tracker.fsutil import atomic_file
 
     data = png_bytes(image, recipe)
-    with atomic_file(path, durable=True) as f:
+    with atomic_file(path, durable=True, clear_stale=True) as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
 
