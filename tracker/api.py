@@ -248,15 +248,15 @@ class Workspace:
 
     # -- the store
     def _has_store(self) -> bool:
-        url = self.config.db_url
-        return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+        from tracker import db
+
+        path = db.sqlite_path(self.config.db_url)
+        return path is None or path.exists()
 
     def _store(self):
-        """The run store; reading never creates one (NotFoundError where there is none)."""
+        """The run store; reading never creates one (``Store.open`` names the missing store and the option)."""
         from tracker.store import Store
 
-        if not self._has_store():
-            raise NotFoundError(f"no run store in {self.home}; run an experiment first (tracker.run(...))")
         return Store.open(self.config.db_url, create=False)
 
     def experiments(self) -> ExperimentList:
