@@ -248,10 +248,7 @@ class Workspace:
 
     # -- the store
     def _has_store(self) -> bool:
-        from tracker import db
-
-        path = db.sqlite_path(self.config.db_url)
-        return path is None or path.exists()
+        return self.config.has_store()
 
     def _store(self):
         """The run store; reading never creates one (``Store.open`` names the missing store and the option)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tracker.batches import BatchHooks
 from tracker.errors import TrackerError
 
 RAY_EXTRA_HINT = "install the Ray extra: pip install 'prompt-tracker[ray]'"
@@ -70,23 +71,32 @@ class Generator:
     def generate(self, runs: Sequence) -> dict:
         """One batch (runs sharing their settings); a batch that fails is retried one run at a time.
         Returns the finished batches, the failures and what the engine knew of the settings."""
+        from tracker import batches
+
         runs = list(runs)
         settings = runs[0].settings
-        self.engine.prepare(settings)
-        done, failures = [], []
-        try:
-            done.append((runs, self.engine.generate(runs)))
-        except Exception:
-            for run in runs:
-                try:
-                    done.append(([run], self.engine.generate([run])))
-                except Exception as e:
-                    failures.append((run, f"{type(e).__name__}: {e}"))
+        made = _Made()
+        batches.execute(self.engine, runs, len(runs), made)  # the one batch executor, as a local sweep's
+        done, failures = made.batches, made.failures
         for _, result in done:  # the engine's images convert lazily under a lock: send plain ones
             result.images = [_Image(i) for i in result.images]
         return {"batches": done, "failures": failures, "facts": {
             "scheduler_config": self.engine.scheduler_config(), "model_revision": self.engine.model_revision(settings.model),
             "device": self.engine.device_for(settings), "environment": self.engine.environment()}}
+
+
+class _Made(BatchHooks):
+    """The batch executor's hooks on an actor: the finished batches and the runs that failed, sent back."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+        self.failures: list = []
+
+    def done(self, runs, result) -> None:
+        self.batches.append((list(runs), result))
+
+    def failed(self, run, error: str) -> None:
+        self.failures.append((run, error))
 
 
 class _Image:
@@ -174,7 +184,7 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
 
         # 2. The actors: each loads the pipelines once (a missing model fails here, naming the file).
         actors = _actors(ray, n, options.device, Path(path).resolve().parent)
-        groups = list(runner._ordered_groups(todo))
+        groups = list(runner.ordered_groups(todo))
         try:
             where = ray.get([a.info.remote() for a in actors])
             ray.get([a.prepare.remote([g[0].settings for g in groups]) for a in actors])
@@ -203,20 +213,21 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
         # 4. Drive the actors: claim for each idle one, record what comes back, give a dead one's runs back.
         workers = {a: claims.register(store, sweep_id, w["device"], name=f"ray:{w['host']}:{w['pid']}")
                    for a, w in zip(actors, where)}
-        began = time.perf_counter()
+        sweep = runner.Sweep(ws, store, facts, sink, sweep_id, summary, claimed=True)
         try:
             with runner._progress(len(todo), exp.name, options.progress) as bar:
-                writer = runner._writer(ws, store, sink, facts, exp.settings, summary, bar)
+                sweep.bar = bar
+                sweep.writer = runner._writer(ws, store, sink, facts, exp.settings, sweep)
                 try:
-                    _drive(ray, store, writer, summary, facts, workers, groups, work.lease_seconds())
+                    _drive(ray, store, sweep, facts, workers, groups, work.lease_seconds())
                 finally:
-                    writer.close()
+                    sweep.writer.close()
         except KeyboardInterrupt:
             for w in workers.values():
                 claims.finish(store, w, "interrupted")
-            runner._finish(store, sink, sweep_id, summary, began, "interrupted")
+            sweep.finish("interrupted")
             raise
-        runner._finish(store, sink, sweep_id, summary, began, "failed" if summary.failed else "done")
+        sweep.finish("failed" if summary.failed else "done")
     finally:
         store.close()
         if started:
@@ -224,8 +235,9 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
     return summary
 
 
-def _drive(ray, store, writer, summary, facts: _Facts, workers: dict, groups: list, lease: float) -> None:
-    from tracker import claims, runner, work
+def _drive(ray, store, sweep, facts: _Facts, workers: dict, groups: list, lease: float) -> None:
+    """``sweep``: the driver's ``runner.Sweep``, recording what the actors send back."""
+    from tracker import claims, work
     from tracker.runner import AUTO_BATCH_MAX
 
     exp = groups[0][0].experiment if groups else None
@@ -268,9 +280,9 @@ def _drive(ray, store, writer, summary, facts: _Facts, workers: dict, groups: li
                     continue
                 facts.facts = {**facts.facts, **out["facts"]}
                 for chunk, result in out["batches"]:
-                    runner._record(facts, writer, chunk, result, summary)
+                    sweep.record(chunk, result)
                 for run, error in out["failures"]:
-                    writer.fail(run, error)
+                    sweep.writer.fail(run, error)
                 made[actor] = made.get(actor, 0) + sum(len(c) for c, _ in out["batches"])
                 busy[actor] = busy.get(actor, 0.0) + time.perf_counter() - began
                 claims.progress(store, worker, done=made[actor], busy_seconds=busy[actor])

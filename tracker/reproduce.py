@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tracker import limits, models, pngmeta, schedulers, spec
+from tracker import batches, limits, models, pngmeta, schedulers, spec
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, run_key
 from tracker.prompts import lora, weighting
@@ -427,27 +427,45 @@ def environment_warnings(original: Mapping[str, Any], current: Mapping[str, Any]
 
 
 def regenerate(engine, runs: Sequence[PlannedRun], batch_sizes: Mapping[str, int | None] | None = None) -> dict:
-    """Generate ``runs`` again; returns key -> ImageResult.
+    """Generate ``runs`` again through the shared batch executor (``tracker.batches``); returns key -> ImageResult.
 
     A run first made in a batch of N is made again in a batch of N: batch size shifts float results by
     ~1e-6, which can flip an 8-bit pixel, while the companions in the batch do not matter (each image has
     its own generator). Runs sharing settings and batch size fill one batch; a short batch is padded by
-    repeating its first run.
+    repeating its first run. A run that cannot be generated comes back without an image, with its error.
     """
     batch_sizes = batch_sizes or {}
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         n = max(1, int(batch_sizes.get(run.key) or 1))
         groups.setdefault((run.settings, n), []).append(run)
-    out = {}
-    for (settings, n), group in groups.items():
-        engine.prepare(settings)
-        for i in range(0, len(group), n):
-            chunk = group[i:i + n]
-            result = engine.generate(chunk + [chunk[0]] * (n - len(chunk)))
-            for img in result.images[:len(chunk)]:
-                out.setdefault(img.key, img)
-    return out
+    collected = _Collected()
+    for (_, n), group in groups.items():
+        batches.execute(engine, group, n, collected, pad=True)
+    return collected.images
+
+
+@dataclass(frozen=True)
+class _NoImage:
+    """A run the executor could not generate: no image, and why."""
+
+    key: str
+    error: str
+    image: None = None
+
+
+class _Collected(batches.BatchHooks):
+    """The images of a regeneration by key (the first one of each run)."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Any] = {}
+
+    def done(self, runs: Sequence[PlannedRun], result) -> None:
+        for img in result.images:
+            self.images.setdefault(img.key, img)
+
+    def failed(self, run: PlannedRun, error: str) -> None:
+        self.images.setdefault(run.key, _NoImage(run.key, error))
 
 
 def _engine(device: str | None):
@@ -609,12 +627,11 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
                     "device_used": rec.device}
         warnings += [w for w in environment_warnings(original, current) if w not in warnings]
     present = [r for r in records if r.image and Path(r.image).is_file()]
-    images = {}
+    collected = _Collected()
     for batch in original_batches(done, present):  # same companions, same order: batching shifts pixels
         runs = [r.planned() for r in batch]
-        engine.prepare(runs[0].settings)
-        for img in engine.generate(runs).images:
-            images.setdefault(img.key, img)
+        batches.execute(engine, runs, len(runs), collected)
+    images = collected.images
     rows = []
     for rec in records:
         row = VerifyRow(rec.key, dict(rec.axes), _drift_of(rec, images.get(rec.key)))

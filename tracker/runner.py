@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from tracker import __version__, distributed, plan, spec
+from tracker import __version__, batches, distributed, plan, spec
+from tracker.batches import BatchHooks
 from tracker.errors import ModelError
 from tracker.plan import PlannedRun
 from tracker.workspace import Workspace
@@ -30,7 +31,6 @@ class RunOptions:
     max_runs: int | None = plan.DEFAULT_MAX_RUNS
     device: str | None = None  # overrides the file's device
     retry_failed: bool = False
-    dry_run: bool = False
     from_key: str | None = None
     progress: bool = True
     command: str | None = None  # what started the sweep, as recorded [default: the command line]
@@ -84,6 +84,25 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
     return exp
 
 
+@dataclass(frozen=True)
+class DryRun:
+    plan: plan.Plan
+    todo: tuple[PlannedRun, ...]  # the runs not done yet
+
+
+def dry_run(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions()) -> DryRun:
+    """What ``tracker run`` would do, reading the store only if it is there (nothing is written)."""
+    exp = load_experiment(path, options.from_key, ws.db_url)
+    the_plan = plan.expand(exp, max_runs=options.max_runs)
+    done: set[str] = set()
+    if ws.has_store():
+        from tracker.store import Store
+
+        with Store.open(ws.db_url) as store:
+            done = {r.key for r in store.runs(exp.name, status="done")}
+    return DryRun(the_plan, tuple(r for r in the_plan.runs if r.key not in done))
+
+
 def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions(),
                    pipeline=None, engine=None) -> SweepSummary:
     """Generate every planned run of the experiment file at ``path`` (or of a parsed Experiment) that is not
@@ -106,8 +125,6 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     the_plan = plan.expand(exp, max_runs=options.max_runs)
     summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
                            keys=tuple(r.key for r in the_plan.runs))
-    if options.dry_run:
-        return summary
 
     # 2. Find the work: runs not done yet (failed ones too with --retry-failed).
     ws.ensure()
@@ -128,7 +145,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
             engine = engine or _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
             try:
-                for group in _ordered_groups(todo):
+                for group in ordered_groups(todo):
                     engine.prepare(group[0].settings)
                 engine.check_prompts(todo)  # tokenizer checks now, not between batches
             except ModelError as e:
@@ -172,30 +189,29 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         #    batch-sized groups in the store (tracker.claims), so concurrent workers share the plan.
         worker = claims.register(store, sweep_id, engine.device_for(exp.settings),
                                  rank.name if rank else worker_name())
-        started = time.perf_counter()
+        sweep = Sweep(ws, store, engine, sink, sweep_id, summary, claimed=True)
         try:
             with _progress(len(todo), exp.name, options.progress) as bar:
-                writer = _writer(ws, store, sink, engine, exp.settings, summary, bar, _scorer(store, exp, engine))
+                sweep.bar = bar
+                sweep.writer = _writer(ws, store, sink, engine, exp.settings, sweep, _scorer(store, exp, engine))
                 try:
                     if todo:
-                        work.generate_claimed(
-                            store, list(_ordered_groups(todo)), worker, AUTO_BATCH_MAX,
-                            lambda chunk: _run_group(ws, store, engine, writer, sweep_id, chunk, summary, bar,
-                                                     claimed=True), summary)
+                        work.generate_claimed(store, list(ordered_groups(todo)), worker, AUTO_BATCH_MAX,
+                                              sweep.run_group, summary)
                 finally:
-                    writer.close()  # drains: what was generated is written, also on Ctrl-C
+                    sweep.writer.close()  # drains: what was generated is written, also on Ctrl-C
                     claims.progress(store, worker, done=summary.done, failed=summary.failed)
             if sink is not None and rank is not None:  # rank 0 logs the other ranks' runs too
                 for key in claims.unsynced_by_others(store, exp.name, worker):
                     sink.submit_key(exp.name, key)
         except BaseException as e:  # Ctrl-C, SIGTERM, a write that failed (disk full, read-only), a lost store
             lost = _store_lost(store)
-            _interrupted(store, sink, sweep_id, exp.name, summary, started, worker)
+            sweep.interrupted(worker)
             if lost is not None and not isinstance(e, KeyboardInterrupt):
                 raise lost from e  # "no such table" from a store deleted under us: say what happened
             raise
         claims.finish(store, worker, "failed" if summary.failed else "done")
-        _finish(store, sink, sweep_id, summary, started, "failed" if summary.failed else "done")
+        sweep.finish("failed" if summary.failed else "done")
     finally:
         if engine is not None:
             engine.close()  # a user's pipeline goes back as it came
@@ -268,22 +284,16 @@ def _scorer(store, exp: spec.Experiment, engine):
     return Scorer(store, exp.name, exp.metrics, exp.metric_options, engine.device_for(exp.settings))
 
 
-def _writer(ws, store, sink, engine, settings, summary: SweepSummary, bar, scorer=None):
+def _writer(ws, store, sink, engine, settings, sweep: "Sweep", scorer=None):
     """The writing stage; on a CPU sweep its threads run at a lower priority than generation's."""
     from tracker.writer import Writer
 
-    def done(run: PlannedRun) -> None:
-        summary.done += 1
-        bar.update(1)
-
-    def fail(run: PlannedRun, error: str, timing: dict) -> None:
-        _fail(store, run, error, summary, bar, **timing)
-
     cpu = engine.device_for(settings) == "cpu"
-    return Writer(ws, store, sink, done, fail, nice=10 if cpu else 0, scorer=scorer)
+    return Writer(ws, store, sink, sweep.written, lambda run, error, timing: sweep.fail(run, error, **timing),
+                  nice=10 if cpu else 0, scorer=scorer)
 
 
-def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
+def ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
     """Runs sharing every pipeline setting form one group; groups sorted so model, then VAE, then dtype switch least."""
     def order(r: PlannedRun) -> tuple:
         s = r.settings
@@ -291,112 +301,6 @@ def _ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
 
     for _, grp in groupby(sorted(runs, key=lambda r: (order(r), r.index)), key=order):
         yield list(grp)
-
-
-def _run_group(ws, store, engine, writer, sweep_id, group: list[PlannedRun], summary: SweepSummary, bar,
-               claimed: bool = False) -> None:
-    """Generate one group in batches; an out-of-memory error halves the batch and retries it.
-    ``claimed``: the runs are this worker's claims (running already, and they stay so while retried)."""
-    from tracker.engine import OutOfMemory
-
-    settings = group[0].settings
-    engine.prepare(settings)
-    exp = group[0].experiment
-    batch = min(len(group), AUTO_BATCH_MAX) if settings.batch_size == "auto" else settings.batch_size
-    i = 0
-    while i < len(group):
-        chunk = group[i:i + batch]
-        keys = [r.key for r in chunk]
-        if not claimed:
-            store.mark_running(exp, keys, sweep_id)
-        try:
-            result = engine.generate(chunk)
-        except OutOfMemory as e:
-            if not claimed:
-                store.mark_pending(exp, keys)
-            if batch == 1:
-                for r in chunk:
-                    writer.fail(r, f"out of memory at batch size 1: {e}")
-                i += len(chunk)
-                continue
-            store.add_event(sweep_id, "oom", f"out of memory at batch size {batch}; retrying at {batch // 2}",
-                            {"keys": keys, "batch_size": batch})
-            batch //= 2
-            continue
-        except Exception as e:  # one bad batch must not end the sweep: retry its runs one by one
-            if len(chunk) > 1:
-                if not claimed:
-                    store.mark_pending(exp, keys)
-                for r in chunk:
-                    _run_group_single(ws, store, engine, writer, sweep_id, r, summary, bar, claimed)
-            else:
-                writer.fail(chunk[0], f"{type(e).__name__}: {e}")
-            i += len(chunk)
-            continue
-        _record(engine, writer, chunk, result, summary)
-        store.check_file()  # one stat per batch: a deleted tracker.db must not swallow the sweep
-        i += len(chunk)
-
-
-def _run_group_single(ws, store, engine, writer, sweep_id, run: PlannedRun, summary, bar, claimed=False) -> None:
-    if not claimed:
-        store.mark_running(run.experiment, [run.key], sweep_id)
-    try:
-        result = engine.generate([run])
-    except Exception as e:
-        writer.fail(run, f"{type(e).__name__}: {e}")
-        return
-    _record(engine, writer, [run], result, summary)
-
-
-def _record(engine, writer, chunk: list[PlannedRun], result, summary) -> None:
-    """Hand a batch to the writing stage: it writes each image atomically, then marks its run done (a killed
-    process never leaves a done run without its image)."""
-    from tracker.writer import BatchFacts
-
-    summary.busy_seconds += result.seconds + result.warmup_seconds
-    summary.warmup_seconds += result.warmup_seconds
-    # the runs of a chunk share their settings: what the engine knows of them is the same for each
-    settings = chunk[0].settings
-    facts = BatchFacts(scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
-                       environment=engine.environment(), revision=engine.model_revision_later(settings.model),
-                       pipeline=engine.pipeline_info(settings.model))
-    writer.submit(chunk, result, facts)
-
-
-def _fail(store, run: PlannedRun, error: str, summary: SweepSummary, bar, **timing) -> None:
-    store.mark_failed(run.experiment, run.key, error, **timing)
-    summary.failed += 1
-    summary.failures.append((run.key, error))
-    bar.update(1)
-
-
-def _finish(store, sink, sweep_id, summary: SweepSummary, started: float, status: str) -> None:
-    summary.seconds = time.perf_counter() - started
-    if status != "interrupted":
-        store.check_file()
-    store.finish_sweep(sweep_id, {**summary.to_dict(), "status": status})
-    if sink is not None:
-        sink.finish_sweep({**summary.to_dict(), "status": status})
-        result = sink.close()
-        summary.mlflow_waiting = getattr(result, "waiting", 0)
-        summary.mlflow_error = getattr(result, "error", None)
-
-
-def _interrupted(store, sink, sweep_id, experiment: str, summary: SweepSummary, started: float,
-                 worker=None) -> None:
-    """This sweep's unfinished runs become pending again and the sweep ends ``interrupted``. Best effort: when
-    the store itself is what failed, the next ``tracker run`` resets them (runs left running)."""
-    from tracker import claims
-
-    try:
-        if worker is not None:
-            claims.finish(store, worker, "interrupted")  # the runs it holds go back to pending
-        store.reset_stale(experiment, sweep_id=sweep_id)
-        _finish(store, sink, sweep_id, summary, started, "interrupted")
-    except Exception:  # the original error is the one to report
-        if sink is not None:
-            sink.close()
 
 
 def _store_lost(store) -> Exception | None:
@@ -409,9 +313,115 @@ def _store_lost(store) -> Exception | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# One sweep: generate groups through the batch executor, hand batches to the writing stage
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+@dataclass(eq=False)
+class Sweep(BatchHooks):
+    """Everything one sweep's generation touches, with what it does: ``run_group`` (one group of runs sharing
+    their settings, through the batch executor ``tracker.batches``), ``record`` (a finished batch, handed to
+    the writing stage, ``tracker.writer``), ``written`` / ``fail`` (a run done or failed), ``finish`` and
+    ``interrupted``. Where the groups come from is the caller's (``run_experiment``: the groups this worker
+    claims, ``tracker.work``; ``tracker.raydist``: what the actors send back)."""
+
+    ws: Workspace
+    store: Any  # tracker.store.Store
+    engine: Any  # tracker.engine.Engine (raydist: what the actors knew of it)
+    sink: Any  # tracker.mlflow.MlflowSink | None
+    sweep_id: int
+    summary: SweepSummary
+    bar: Any = field(default_factory=_NoBar)  # progress: anything with update(n)
+    writer: Any = None  # tracker.writer.Writer: submit(runs, result, facts), fail(run, error), close()
+    began: float = field(default_factory=time.perf_counter)  # time.perf_counter() when generation began
+    claimed: bool = False  # the runs are this worker's claims: running already, and they stay so while retried
+
+    def run_group(self, group: Sequence[PlannedRun]) -> None:
+        """Generate one group in batches (``batch_size: auto`` starts at the group size, at most AUTO_BATCH_MAX);
+        an out-of-memory error halves the batch and retries it."""
+        settings = group[0].settings
+        batch = min(len(group), AUTO_BATCH_MAX) if settings.batch_size == "auto" else settings.batch_size
+        batches.execute(self.engine, list(group), batch, self)
+
+    # -- the batch executor's hooks ----------------------------------------------------------------
+
+    def started(self, runs: Sequence[PlannedRun]) -> None:
+        if not self.claimed:
+            self.store.mark_running(runs[0].experiment, [r.key for r in runs], self.sweep_id)
+
+    def given_back(self, runs: Sequence[PlannedRun]) -> None:
+        if not self.claimed:
+            self.store.mark_pending(runs[0].experiment, [r.key for r in runs])
+
+    def halved(self, runs: Sequence[PlannedRun], batch: int, error: BaseException) -> None:
+        self.store.add_event(self.sweep_id, "oom", f"out of memory at batch size {batch}; retrying at {batch // 2}",
+                             {"keys": [r.key for r in runs], "batch_size": batch})
+
+    def done(self, runs: Sequence[PlannedRun], result) -> None:
+        self.record(runs, result)
+        self.store.check_file()  # one stat per batch: a deleted tracker.db must not swallow the sweep
+
+    def failed(self, run: PlannedRun, error: str) -> None:
+        self.writer.fail(run, error)
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def record(self, chunk: Sequence[PlannedRun], result) -> None:
+        """Hand a batch to the writing stage: it writes each image atomically, then marks its run done (a
+        killed process never leaves a done run without its image)."""
+        from tracker.writer import BatchFacts
+
+        self.summary.busy_seconds += result.seconds + result.warmup_seconds
+        self.summary.warmup_seconds += result.warmup_seconds
+        # the runs of a chunk share their settings: what the engine knows of them is the same for each
+        engine, settings = self.engine, chunk[0].settings
+        facts = BatchFacts(scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
+                           environment=engine.environment(), revision=engine.model_revision_later(settings.model),
+                           pipeline=engine.pipeline_info(settings.model))
+        self.writer.submit(list(chunk), result, facts)
+
+    def written(self, run: PlannedRun) -> None:
+        """The writing stage marked the run done (its image is durable)."""
+        self.summary.done += 1
+        self.bar.update(1)
+
+    def fail(self, run: PlannedRun, error: str, **timing) -> None:
+        self.store.mark_failed(run.experiment, run.key, error, **timing)
+        self.summary.failed += 1
+        self.summary.failures.append((run.key, error))
+        self.bar.update(1)
+
+    def finish(self, status: str) -> None:
+        """Close the sweep in the store and MLflow."""
+        summary = self.summary
+        summary.seconds = time.perf_counter() - self.began
+        if status != "interrupted":
+            self.store.check_file()
+        self.store.finish_sweep(self.sweep_id, {**summary.to_dict(), "status": status})
+        if self.sink is not None:
+            self.sink.finish_sweep({**summary.to_dict(), "status": status})
+            result = self.sink.close()
+            summary.mlflow_waiting = getattr(result, "waiting", 0)
+            summary.mlflow_error = getattr(result, "error", None)
+
+    def interrupted(self, worker=None) -> None:
+        """This sweep's unfinished runs become pending again and the sweep ends ``interrupted``. Best effort:
+        when the store itself is what failed, the next ``tracker run`` resets them (runs left running)."""
+        from tracker import claims
+
+        try:
+            if worker is not None:
+                claims.finish(self.store, worker, "interrupted")  # the runs it holds go back to pending
+            self.store.reset_stale(self.summary.experiment, sweep_id=self.sweep_id)
+            self.finish("interrupted")
+        except Exception:  # the original error is the one to report
+            if self.sink is not None:
+                self.sink.close()
 
 
 @contextlib.contextmanager

@@ -55,6 +55,13 @@ class Workspace:
     def image_path(self, experiment: str, key: str) -> Path:
         return safe_join(self.images_dir, experiment, f"{key}.png")
 
+    def has_store(self) -> bool:
+        """Whether the run store is there: read-only commands (a report, a dry run) must not create one."""
+        from tracker import db
+
+        path = db.sqlite_path(self.db_url)
+        return path is None or path.exists()
+
     def ensure(self) -> "Workspace":
         self.home.mkdir(parents=True, exist_ok=True)
         return self

@@ -80,25 +80,10 @@ def _workers(value: str | None) -> int | None:
 
 
 def _dry_run(ws: Workspace, file: str, opts) -> None:
-    from tracker import plan, runner
+    from tracker import runner
     from tracker.commands.expand import render_plan
-    from tracker.store import Store
 
-    exp = runner.load_experiment(file, opts.from_key, ws.db_url)
-    p = plan.expand(exp, max_runs=opts.max_runs)
-    done: set[str] = set()
-    if _store_exists(ws.db_url):
-        with Store.open(ws.db_url) as store:
-            done = {r.key for r in store.runs(exp.name, status="done")}
-    todo = [r for r in p.runs if r.key not in done]
-    click.echo(render_plan(p, limit=50))
-    click.echo(f"dry run: {len(todo)} of {len(p.runs)} runs would be generated ({len(p.runs) - len(todo)} already done)")
-
-
-def _store_exists(url: str) -> bool:
-    """A dry run must not create a store: only read one that is there."""
-    from pathlib import Path
-
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).exists()
-    return True
+    dry = runner.dry_run(ws, file, opts)
+    total = len(dry.plan.runs)
+    click.echo(render_plan(dry.plan, limit=50))
+    click.echo(f"dry run: {len(dry.todo)} of {total} runs would be generated ({total - len(dry.todo)} already done)")

@@ -89,7 +89,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     """Read the experiment and its runs from the store. NotFoundError when there is nothing to show."""
     from tracker.store import Store
 
-    _require_store(ws.db_url)
+    _require_store(ws)
     with Store.open(ws.db_url, create=False) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
@@ -122,9 +122,10 @@ def _metrics(store, experiment: str):
     return storage.values(store, experiment), names, effects
 
 
-def _require_store(url: str) -> None:
+def _require_store(ws: Workspace) -> None:
     """A report only reads: it must not create an empty store where there is none."""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if not ws.has_store():
+        url = ws.db_url
         raise NotFoundError(f"no run store at {url.removeprefix('sqlite:///')}; generate images with "
                             f"`tracker run FILE` first (or point --home/--db at the workspace)")
 

@@ -1,0 +1,91 @@
+"""The one batch executor: how ``tracker run`` (through ``runner.Sweep``), ``verify`` and ``reproduce`` turn a
+group of runs that share every pipeline setting into images.
+
+A group is generated in batches of ``batch`` runs. An out-of-memory error gives the batch back and halves
+the batch size (at size 1 its runs fail); any other error in a batch of several retries its runs one by
+one, so one bad run never costs its companions. What happens around each step (marking runs running,
+recording images, counting failures) is the caller's, through ``BatchHooks``.
+
+``pad`` fills a short last batch by repeating its first run: ``reproduce`` makes a run again in a batch
+of the size it was first made in, because batch size can shift float results by one 8-bit level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from tracker.engine import BatchResult
+    from tracker.plan import PlannedRun
+
+
+class BatchHooks:
+    """What the executor tells its caller; every hook does nothing unless overridden."""
+
+    def started(self, runs: Sequence["PlannedRun"]) -> None:
+        """A batch is about to be generated."""
+
+    def given_back(self, runs: Sequence["PlannedRun"]) -> None:
+        """A started batch did not finish and will be tried again (smaller, or one run at a time)."""
+
+    def halved(self, runs: Sequence["PlannedRun"], batch: int, error: BaseException) -> None:
+        """Out of memory at ``batch``: the executor goes on at ``batch // 2``."""
+
+    def done(self, runs: Sequence["PlannedRun"], result: "BatchResult") -> None:
+        """A batch finished; ``result.images`` holds one image (or per-image error) per run, in order."""
+
+    def failed(self, run: "PlannedRun", error: str) -> None:
+        """A run could not be generated at all."""
+
+
+def execute(engine, group: Sequence["PlannedRun"], batch: int, hooks: BatchHooks, pad: bool = False) -> None:
+    """Generate ``group`` (runs sharing their settings) in batches of ``batch`` through ``engine``."""
+    from tracker.engine import OutOfMemory
+
+    engine.prepare(group[0].settings)
+    batch = max(1, batch)
+    i = 0
+    while i < len(group):
+        chunk = list(group[i:i + batch])
+        hooks.started(chunk)
+        try:
+            result = _generate(engine, chunk, batch if pad else len(chunk))
+        except OutOfMemory as e:
+            hooks.given_back(chunk)
+            if batch == 1:
+                for run in chunk:
+                    hooks.failed(run, f"out of memory at batch size 1: {e}")
+                i += len(chunk)
+                continue
+            hooks.halved(chunk, batch, e)
+            batch //= 2
+            continue
+        except Exception as e:  # one bad batch must not end the work: retry its runs one by one
+            if len(chunk) > 1:
+                hooks.given_back(chunk)
+                for run in chunk:
+                    _one(engine, run, hooks)
+            else:
+                hooks.failed(chunk[0], f"{type(e).__name__}: {e}")
+            i += len(chunk)
+            continue
+        hooks.done(chunk, result)
+        i += len(chunk)
+
+
+def _one(engine, run: "PlannedRun", hooks: BatchHooks) -> None:
+    hooks.started([run])
+    try:
+        result = _generate(engine, [run], 1)
+    except Exception as e:
+        hooks.failed(run, f"{type(e).__name__}: {e}")
+        return
+    hooks.done([run], result)
+
+
+def _generate(engine, chunk: list["PlannedRun"], size: int) -> "BatchResult":
+    """One engine call of ``size`` runs (the chunk, padded with its first run); the padding's images dropped."""
+    result = engine.generate(chunk + [chunk[0]] * (size - len(chunk)))
+    if len(result.images) > len(chunk):
+        result.images = result.images[:len(chunk)]
+    return result
