@@ -69,7 +69,7 @@ def build_workspace(home: Path, runs: int, size: int):
     ws = Workspace.from_options(home=str(home), no_mlflow=True).ensure()
     text = experiment_text(runs, size)
     plan = expand(parse(text, "scale.yaml")).runs[:runs]
-    with Store.open(ws.db_url) as store:
+    with Store.open(ws.db_url, home=ws.home) as store:
         store.save_experiment("scale", "scale.yaml", text)
         store.plan_runs(store.start_sweep("scale", {"command": "bench"}), plan)
         for i, run in enumerate(plan):
@@ -105,7 +105,7 @@ def main() -> None:
               f"{index.stat().st_size / 1e6:.1f} MB index.html)")
         second, second_cpu, _ = timed(lambda: report.build(ws, "scale"))
         print(f"second build: {second:6.2f} s wall, {second_cpu:6.2f} s CPU  (nothing changed: thumbnails and grid PNGs reused)")
-        with Store.open(ws.db_url) as store:
+        with Store.open(ws.db_url, home=ws.home) as store:
             for i, run in enumerate(plan[: args.changed]):
                 write_run_image(ws, store, run, i, args.size, salt=1)
         third, third_cpu, _ = timed(lambda: report.build(ws, "scale"))

@@ -40,3 +40,25 @@ def test_check_finds_missing_and_modified_images_and_run_regenerates_them(cli, w
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0 and "1 done, 3 skipped" in res.out
     assert cli("check").code == 0
+
+
+def test_a_moved_workspace_keeps_its_images(cli, write_yaml, tmp_path):
+    """Image paths are recorded relative to the workspace: the whole home folder moved elsewhere still has
+    every image (check finds nothing missing, a rerun skips everything, the report shows them)."""
+    path = write_yaml(SWEEP)
+    assert cli("run", path, "--no-mlflow", "-q").code == 0
+    moved = tmp_path / "somewhere" / "else"
+    moved.parent.mkdir()
+    (tmp_path / "home").rename(moved)
+
+    res = cli("--home", moved, "check", "checked")
+    assert res.code == 0 and "all 4 done runs have their image, unchanged" in res.out, res.out
+    runs = json.loads(cli("--home", moved, "runs", "checked", "--json").out)
+    assert all(Path(r["image"]).parent == moved / "images" / "checked" for r in runs)
+    res = cli("--home", moved, "run", path, "--no-mlflow", "-q")
+    assert res.code == 0 and "0 done, 4 skipped" in res.out and "lost" not in res.err
+    res = cli("--home", moved, "report", "checked", "--no-mlflow")
+    assert res.code == 0, res.err
+    page = (moved / "reports" / "checked" / "index.html").read_text()
+    assert "image missing" not in page
+    assert len(list((moved / "reports" / "checked" / "full").glob("*.png"))) == 4

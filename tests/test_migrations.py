@@ -16,7 +16,7 @@ from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
-             "0006_prompt_language", "0007_metrics"]
+             "0006_prompt_language", "0007_metrics", "0008_image_files"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -37,6 +37,7 @@ ADDED = {  # revision -> table -> columns it adds
     "0005_throughput": {"sweeps": {"idle_fraction", "warmup_seconds"}, "runs": {"compile"}},
     "0006_prompt_language": {"runs": {"prompt_syntax", "lora"}},
     "0007_metrics": {},
+    "0008_image_files": {"runs": {"image_size", "image_mtime_ns"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",
@@ -309,3 +310,48 @@ def test_without_the_transaction_recipe_the_same_failure_leaves_a_temp_table(tmp
             command.upgrade(cfg, "head")
     plain.dispose()
     assert "_alembic_tmp_runs" in table_names(path)
+
+
+# --- 0008: image paths relative to the workspace -------------------------------------------
+
+def _set_image_paths(url: str, paths: list[str | None]) -> None:
+    engine = sa.create_engine(url)
+    runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("image_path", sa.Text))
+    with engine.begin() as conn:
+        for i, p in enumerate(paths, start=1):
+            conn.execute(runs.update().where(runs.c.id == i).values(image_path=p))
+    engine.dispose()
+
+
+def test_0008_records_image_paths_under_the_workspace_relative_to_it(tmp_path):
+    """An old store (absolute paths) upgraded with its workspace: paths under the home become relative, one
+    outside stays absolute; the store hands out paths resolved against the home, so a moved home keeps its
+    images; a downgrade makes them absolute again."""
+    home = tmp_path / "home"
+    url = url_of(tmp_path / "elsewhere" / "t.db")  # --db outside the workspace: the home comes from Store.open
+    db.upgrade(url, "0001_initial")
+    _fill_0001(url)
+    db.upgrade(url, "0007_metrics")
+    inside, outside = str(home / "images" / "old" / "0.png"), "/ws/images/old/1.png"
+    _set_image_paths(url, [inside, outside, None])
+
+    with Store.open(url, home=home) as store:
+        assert [r.image for r in store.runs("old")] == [inside, outside, None]
+    assert [r["image_path"] for r in _rows(url)["runs"]] == ["images/old/0.png", outside, None]
+    moved = tmp_path / "moved"
+    with Store.open(url, home=moved) as store:
+        assert [r.image for r in store.runs("old")] == [str(moved / "images" / "old" / "0.png"), outside, None]
+
+    db.downgrade(url, "0007_metrics", home=home)
+    assert [r["image_path"] for r in _rows(url)["runs"]] == [inside, outside, None]
+
+
+def test_0008_without_a_home_takes_the_sqlite_files_folder(tmp_path):
+    home = tmp_path / "ws"
+    url = url_of(home / "tracker.db")  # the workspace layout: HOME/tracker.db
+    db.upgrade(url, "0001_initial")
+    _fill_0001(url)
+    db.upgrade(url, "0007_metrics")
+    _set_image_paths(url, [str(home / "images" / "old" / "0.png"), str(tmp_path / "other.png"), None])
+    db.upgrade(url)  # e.g. `tracker db upgrade` or the alembic command line
+    assert [r["image_path"] for r in _rows(url)["runs"]] == ["images/old/0.png", str(tmp_path / "other.png"), None]

@@ -94,3 +94,20 @@ def test_a_missing_driver_names_the_extra(cli, monkeypatch):
     res = cli("--db", "postgresql+psycopg://u@/x?host=/nowhere", "runs")
     assert res.code == 2 and res.err.count("\n") == 1
     assert "prompt-tracker[postgres]" in res.err and "Traceback" not in res.err
+
+
+def test_0008_image_paths_relative_to_the_workspace_on_postgresql(pg_url, tmp_path):
+    from test_migrations import _fill_0001, _rows, _set_image_paths
+
+    home = tmp_path / "home"
+    db.upgrade(pg_url, REVISIONS[0])
+    _fill_0001(pg_url)
+    db.upgrade(pg_url, "0007_metrics")
+    _set_image_paths(pg_url, [str(home / "images" / "old" / "0.png"), "/ws/images/old/1.png", None])
+    db.upgrade(pg_url, home=home)
+    assert [r["image_path"] for r in _rows(pg_url)["runs"]] == ["images/old/0.png", "/ws/images/old/1.png", None]
+    with Store.open(pg_url, home=tmp_path / "moved") as store:
+        assert store.runs("old")[0].image == str(tmp_path / "moved" / "images" / "old" / "0.png")
+    db.downgrade(pg_url, "0007_metrics", home=home)
+    assert _rows(pg_url)["runs"][0]["image_path"] == str(home / "images" / "old" / "0.png")
+    db.downgrade(pg_url, "base")

@@ -254,7 +254,7 @@ class Workspace:
         """The run store; reading never creates one (``Store.open`` names the missing store and the option)."""
         from tracker.store import Store
 
-        return Store.open(self.config.db_url, create=False)
+        return Store.open(self.config.db_url, create=False, home=self.config.home)
 
     def experiments(self) -> ExperimentList:
         """Every experiment in the store: runs per status and the last sweep."""

@@ -29,7 +29,7 @@ WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IM
 VERSION_TABLE = "alembic_version"
 # The newest revision in migrations/versions, so that opening an up-to-date store needs no Alembic
 # import (~0.5 s); tests/test_migrations.py keeps it equal to Alembic's head.
-HEAD = "0007_metrics"
+HEAD = "0008_image_files"
 
 
 def migrations_dir() -> Path:
@@ -50,6 +50,11 @@ def _sqlite_file(url) -> Path | None:
     if url.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
         return None
     return Path(db).expanduser()
+
+
+def default_home(sqlite_file: Path | None) -> Path | None:
+    """The workspace of a store opened without one: a SQLite file's folder (``HOME/tracker.db``); None else."""
+    return sqlite_file.resolve().parent if sqlite_file is not None else None
 
 
 def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
@@ -176,14 +181,17 @@ def check_known(engine: "Engine | str", revision: str | None, script_location: P
             "prompt-tracker or another program: upgrade prompt-tracker or use another --db") from None
 
 
-def upgrade(url_or_engine, revision: str = "head", script_location: Path | None = None) -> tuple[str | None, str | None]:
-    """Migrate the database to ``revision`` in one transaction. Returns (before, after)."""
-    return _migrate("upgrade", url_or_engine, revision, script_location)
+def upgrade(url_or_engine, revision: str = "head", script_location: Path | None = None,
+            home: Path | None = None) -> tuple[str | None, str | None]:
+    """Migrate the database to ``revision`` in one transaction. Returns (before, after). ``home``: the workspace
+    folder (0008 records image paths under it relative to it; default: a SQLite file's folder)."""
+    return _migrate("upgrade", url_or_engine, revision, script_location, home)
 
 
-def downgrade(url_or_engine, revision: str, script_location: Path | None = None) -> tuple[str | None, str | None]:
+def downgrade(url_or_engine, revision: str, script_location: Path | None = None,
+              home: Path | None = None) -> tuple[str | None, str | None]:
     """Migrate down to ``revision`` ("base" drops everything). For tests and rescue."""
-    return _migrate("downgrade", url_or_engine, revision, script_location)
+    return _migrate("downgrade", url_or_engine, revision, script_location, home)
 
 
 def stamp(url_or_engine, revision: str, script_location: Path | None = None) -> None:
@@ -200,7 +208,7 @@ def stamp(url_or_engine, revision: str, script_location: Path | None = None) -> 
             engine.dispose()
 
 
-def _migrate(direction: str, url_or_engine, revision: str, script_location: Path | None):
+def _migrate(direction: str, url_or_engine, revision: str, script_location: Path | None, home: Path | None = None):
     from alembic import command
     from sqlalchemy.exc import DBAPIError
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
@@ -213,6 +221,7 @@ def _migrate(direction: str, url_or_engine, revision: str, script_location: Path
             # earlier process committed, and a failure leaves the database as it was.
             with write(engine) as conn:
                 cfg.attributes["connection"] = conn
+                cfg.attributes["tracker_home"] = home or default_home(_sqlite_file(engine.url))
                 getattr(command, direction)(cfg, revision)
         except DBAPIError as e:
             raise StoreError(f"cannot migrate the run store {display_url(engine)} to {revision}: {reason(e)}") from e

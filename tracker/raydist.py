@@ -171,11 +171,11 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
 
     ray = import_ray()
     # 1. Parse and expand (a bad file fails before any cluster starts).
-    exp = runner.load_experiment(path, options.from_key, ws.db_url)
+    exp = runner.load_experiment(path, options.from_key, ws.db_url, ws.home)
     the_plan = plan.expand(exp, max_runs=options.max_runs)
     summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name)
     ws.ensure()
-    store = Store.open(ws.db_url)
+    store = Store.open(ws.db_url, home=ws.home)
     started = _start(ray, address)
     try:
         status = {r.key: r.status for r in store.runs(exp.name)}

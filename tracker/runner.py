@@ -70,7 +70,8 @@ class SweepSummary:
                 "warmup_seconds": round(self.warmup_seconds, 3) if self.warmup_seconds else None}
 
 
-def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, db_url: str) -> spec.Experiment:
+def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, db_url: str,
+                    home: Path | None = None) -> spec.Experiment:
     """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
     that run's seed and settings."""
     exp = path if isinstance(path, spec.Experiment) else spec.parse_file(path)
@@ -78,7 +79,7 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
     if key:
         from tracker.store import Store
 
-        with Store.open(db_url) as store:
+        with Store.open(db_url, home=home) as store:
             base = store.get_run(key)
         exp = spec.with_base_run(exp, base.seed, base.settings().to_dict())
     return exp
@@ -92,13 +93,13 @@ class DryRun:
 
 def dry_run(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions()) -> DryRun:
     """What ``tracker run`` would do, reading the store only if it is there (nothing is written)."""
-    exp = load_experiment(path, options.from_key, ws.db_url)
+    exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
     the_plan = plan.expand(exp, max_runs=options.max_runs)
     done: set[str] = set()
     if ws.has_store():
         from tracker.store import Store
 
-        with Store.open(ws.db_url) as store:
+        with Store.open(ws.db_url, home=ws.home) as store:
             done = {r.key for r in store.runs(exp.name, status="done")}
     return DryRun(the_plan, tuple(r for r in the_plan.runs if r.key not in done))
 
@@ -119,7 +120,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         rank = distributed.rank(options.device)
         options = replace(options, device=rank.device, progress=options.progress and rank.is_main)
         ws = replace(ws, mlflow_enabled=ws.mlflow_enabled and rank.is_main)
-    exp = load_experiment(path, options.from_key, ws.db_url)
+    exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
     file = _source_file(path, exp)
     where = exp.path or exp.name if isinstance(path, spec.Experiment) else str(path)  # what errors name
     the_plan = plan.expand(exp, max_runs=options.max_runs)
@@ -128,7 +129,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
 
     # 2. Find the work: runs not done yet (failed ones too with --retry-failed).
     ws.ensure()
-    store = Store.open(ws.db_url)
+    store = Store.open(ws.db_url, home=ws.home)
     try:
         records = store.runs(exp.name)
         status = {r.key: r.status for r in records}
@@ -272,7 +273,7 @@ def _mlflow_sink(ws: Workspace, experiment: str):
         return None
     from tracker.mlflow.worker import MlflowSink
 
-    return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
+    return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir, home=ws.home)
 
 
 def _scorer(store, exp: spec.Experiment, engine):

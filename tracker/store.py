@@ -22,6 +22,7 @@ from tracker import db
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import PlannedRun
 from tracker.spec import Settings, lora_settings
+from tracker.workspace import image_file, stored_image
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -114,6 +115,8 @@ runs_t = sa.Table(
     sa.Column("compile", sa.String(200)),  # 0005: None (older runs) is "off"
     sa.Column("prompt_syntax", sa.String(20)),  # 0006 (NULL: plain, as every run before it)
     sa.Column("lora", sa.JSON),  # 0006
+    sa.Column("image_size", sa.BigInteger),  # 0008: the image file's size and mtime when written
+    sa.Column("image_mtime_ns", sa.BigInteger),  # 0008 (image_path is relative to the workspace since 0008)
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
@@ -168,7 +171,8 @@ PLAN_COLUMNS = ("axes", "prompt", "negative_prompt", "prompt_template", "negativ
                 "plan_index") + tuple(Settings.__dataclass_fields__)
 # Run columns the runner reports when a run ends (mark_done / mark_failed ``**fields``).
 RESULT_COLUMNS = ("model_revision", "scheduler_config", "device", "batch_size_used", "seconds",
-                  "seconds_per_step", "peak_memory_bytes", "image_path", "image_sha256")
+                  "seconds_per_step", "peak_memory_bytes", "image_path", "image_sha256", "image_size",
+                  "image_mtime_ns")
 SWEEP_COLUMNS = tuple(c.name for c in sweeps_t.columns if c.name not in ("id", "experiment_id"))
 
 
@@ -227,7 +231,7 @@ class RunRecord:
     seconds: float | None
     seconds_per_step: float | None
     peak_memory_bytes: int | None
-    image: str | None  # absolute path of the PNG
+    image: str | None  # the PNG's path (the store resolves a stored relative path against the workspace home)
     image_sha256: str | None
     sweep_id: int | None
     mlflow_run_id: str | None
@@ -237,6 +241,8 @@ class RunRecord:
     compile: str | None = None  # the compile setting; None for runs recorded before it existed ("off")
     prompt_syntax: str | None = None  # None: plain
     lora: list[dict[str, Any]] | None = None
+    image_size: int | None = None  # the image file's size and mtime (ns) when written; None before 0008
+    image_mtime_ns: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
@@ -339,16 +345,24 @@ def _retry_on_conflict(method):
 class Store:
     """The run store. Open with ``Store.open(url)``; close when done (or use ``with``)."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, home: Path | None = None):
         self.engine = engine
         self.url = db.display_url(engine)
-        self._file = _file_identity(db.sqlite_path(self.engine.url.render_as_string(hide_password=False)))
+        sqlite_file = db.sqlite_path(self.engine.url.render_as_string(hide_password=False))
+        self._file = _file_identity(sqlite_file)
+        # the workspace folder image paths are recorded relative to (a SQLite store's own folder by default)
+        self.home = Path(home).resolve() if home is not None else db.default_home(sqlite_file)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000, create: bool = True) -> "Store":
+    def open(cls, url: str, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000, create: bool = True,
+             home: "str | Path | None" = None) -> "Store":
         """Open (and create or upgrade to the newest schema) the database at ``url``.
+
+        ``home``: the workspace folder; runs record their image paths relative to it and records hand them
+        out resolved against it (``tracker.workspace.image_file``). Default: a SQLite file's folder (the
+        workspace layout); other stores without it keep absolute paths.
 
         ``busy_timeout``: seconds a write waits for another process's write transaction.
         ``create=False`` (read commands): a store that does not exist yet is a StoreError, and nothing is
@@ -365,12 +379,13 @@ class Store:
             if revision is None and not create:
                 raise StoreError(f"no run store in {db.display_url(engine)}: it holds no prompt-tracker tables; "
                                  "check --db, or run an experiment first (tracker run FILE)")
+            store = cls(engine, home)
             if revision != db.HEAD:
-                db.upgrade(engine)
+                db.upgrade(engine, home=store.home)
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
@@ -613,7 +628,9 @@ class Store:
                   finished_at=None, error=None)
 
     def mark_done(self, experiment: str, key: str, **fields: Any) -> None:
-        """The run's image is written. ``fields``: image or image_path (made absolute), image_sha256, seconds, seconds_per_step,
+        """The run's image is written. ``fields``: image or image_path (recorded relative to the workspace home
+        when under it, else absolute), image_sha256, image_size and image_mtime_ns (the file's ``os.stat`` when
+        written: the report hashes only files whose stat changed), seconds, seconds_per_step,
         peak_memory_bytes, batch_size_used, model_revision, scheduler_config, device."""
         self._set(experiment, [key], status="done", error=None, finished_at=utcnow(), **self._results(fields))
 
@@ -624,13 +641,12 @@ class Store:
         """Queue runs again (``--retry-failed``); their error is cleared."""
         self._set(experiment, list(keys), status="pending", error=None, started_at=None, finished_at=None)
 
-    @staticmethod
-    def _results(fields: Mapping[str, Any]) -> dict[str, Any]:
+    def _results(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(fields)
         if "image" in out:
             out["image_path"] = out.pop("image")
         if out.get("image_path") is not None:
-            out["image_path"] = str(Path(out["image_path"]).resolve())
+            out["image_path"] = stored_image(self.home, out["image_path"])
         unknown = sorted(set(out) - set(RESULT_COLUMNS))
         if unknown:
             raise ValueError(f"unknown run result fields {unknown}; known: image, {', '.join(RESULT_COLUMNS)}")
@@ -656,6 +672,11 @@ class Store:
         return (sa.select(runs_t, experiments_t.c.name.label("experiment"))
                 .join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id))
 
+    def _record(self, row: Mapping[str, Any]) -> RunRecord:
+        """A RunRecord whose ``image`` is the file's path (a relative stored path resolved against the home)."""
+        image = image_file(self.home, row["image_path"])
+        return RunRecord.from_row({**row, "image_path": str(image) if image is not None else None})
+
     def runs(self, experiment: str | None = None, status: str | Iterable[str] | None = None,
              where: Mapping[str, str] | None = None, *, _also: Any = None) -> list[RunRecord]:
         """Runs in plan order (by experiment name, then plan position), filtered.
@@ -673,7 +694,7 @@ class Store:
         q = q.order_by(experiments_t.c.name, runs_t.c.plan_index, runs_t.c.id)
         with self._read() as conn:
             rows = conn.execute(q).mappings().all()
-        records = [RunRecord.from_row(r) for r in rows]
+        records = [self._record(r) for r in rows]
         if where:
             records = [r for r in records if all(r.axes.get(k) == str(v) for k, v in where.items())]
         return records
@@ -711,7 +732,7 @@ class Store:
             more = " ..." if len(rows) > 10 else ""
             raise NotFoundError(f"run key {key!r}{where} is ambiguous: {shown}{more}; give more characters"
                                 + ("" if experiment else " or the experiment"))
-        return RunRecord.from_row(rows[0])
+        return self._record(rows[0])
 
     # -- MLflow sync -------------------------------------------------------------------------
 

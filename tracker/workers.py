@@ -63,12 +63,12 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
     from tracker.store import Store
 
     # 1. Parse and expand here too: a bad file fails once, before any child starts.
-    exp = runner.load_experiment(path, from_key, ws.db_url)
+    exp = runner.load_experiment(path, from_key, ws.db_url, ws.home)
     the_plan = plan.expand(exp, max_runs=max_runs)
     keys = [r.key for r in the_plan.runs]
     devices = devices_for(n, device)
     ws.ensure()
-    store = Store.open(ws.db_url)  # creates or upgrades the store once, not in N children at once
+    store = Store.open(ws.db_url, home=ws.home)  # creates or upgrades the store once, not in N children at once
     try:
         if retry_failed:
             failed = [r.key for r in store.runs(exp.name, status="failed") if r.key in set(keys)]

@@ -62,9 +62,41 @@ class Workspace:
         path = db.sqlite_path(self.db_url)
         return path is None or path.exists()
 
+    def image_file(self, stored: "str | Path | None") -> Path | None:
+        """The file a stored image path names (``RunRecord.image``, a path in the store): see ``image_file``."""
+        return image_file(self.home, stored)
+
+    def stored_image(self, path: "str | Path") -> str:
+        """How the store records the image at ``path``: see ``stored_image``."""
+        return stored_image(self.home, path)
+
     def ensure(self) -> "Workspace":
         self.home.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def image_file(home: "Path | None", stored: "str | Path | None") -> Path | None:
+    """THE resolver of stored image paths (every reader goes through it, the store when it hands out a
+    RunRecord): a path relative to the workspace ``home`` (what a sweep records, so a moved or copied
+    workspace keeps its images) is joined to it; an absolute one (an image outside the workspace, or a store
+    written before 0008) is taken as it is. None when nothing is recorded (or a relative path and no home)."""
+    if stored is None or stored == "":
+        return None
+    p = Path(stored)
+    if p.is_absolute():
+        return p
+    return Path(home) / p if home is not None else None
+
+
+def stored_image(home: "Path | None", path: "str | Path") -> str:
+    """``path`` as the store records it: relative to ``home`` (POSIX separators) when it lies under it,
+    else absolute. A relative ``path`` is taken from the current folder, as a user gave it."""
+    p = Path(path).resolve()
+    if home is not None:
+        root = Path(home).resolve()
+        if root in p.parents:
+            return p.relative_to(root).as_posix()
+    return str(p)
 
 
 def safe_join(root: Path, *parts: str) -> Path:

@@ -22,7 +22,7 @@ def check(ws: Workspace, experiment: str | None, fix: bool) -> int:
     from tracker.errors import NotFoundError
     from tracker.store import Store
 
-    with Store.open(ws.db_url, create=False) as store:
+    with Store.open(ws.db_url, create=False, home=ws.home) as store:
         if experiment is not None and store.experiment(experiment) is None:
             raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
         checked, problems = chk.check(store, experiment)

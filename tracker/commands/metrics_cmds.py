@@ -16,7 +16,7 @@ from tracker.workspace import Workspace
 def _open(ws: Workspace):
     from tracker.store import Store
 
-    return Store.open(ws.db_url)
+    return Store.open(ws.db_url, home=ws.home)
 
 
 @click.command()

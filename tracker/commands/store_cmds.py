@@ -174,7 +174,7 @@ def db() -> None:
 def db_upgrade(ws: Workspace, revision: str) -> None:
     """Create the run store or migrate it to the newest schema."""
     from tracker import db as dbmod
-    before, after = dbmod.upgrade(ws.db_url, revision)
+    before, after = dbmod.upgrade(ws.db_url, revision, home=ws.home)
     where = dbmod.display_url(ws.db_url)
     if before == after:
         click.echo(f"{where}: already at {after}")

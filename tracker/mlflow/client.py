@@ -257,10 +257,10 @@ class ExperimentClient:
 
 
 @contextmanager
-def _open_store(db_url: str) -> Iterator["Store"]:
+def _open_store(db_url: str, home: Path | None = None) -> Iterator["Store"]:
     from tracker.store import Store
 
-    store = Store.open(db_url)
+    store = Store.open(db_url, home=home)
     try:
         yield store
     finally:
@@ -273,7 +273,7 @@ def _open_store(db_url: str) -> Iterator["Store"]:
 
 def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSummary:
     """Log every done run that has not reached MLflow (of one experiment, or all); safe to repeat."""
-    with _open_store(ws.db_url) as store:
+    with _open_store(ws.db_url, ws.home) as store:
         if experiment is not None and store.experiment(experiment) is None:
             raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
         todo = store.unsynced(experiment)
@@ -356,7 +356,7 @@ def attach_artifacts(ws: Workspace, experiment: str, paths: list[Path], artifact
     """
     if not ws.mlflow_enabled:
         return None
-    with _open_store(ws.db_url) as store:
+    with _open_store(ws.db_url, ws.home) as store:
         parents = [s["mlflow_run_id"] for s in reversed(store.sweeps(experiment)) if s.get("mlflow_run_id")]
         if not parents:
             return None

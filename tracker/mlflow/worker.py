@@ -38,7 +38,7 @@ class MlflowSink:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, db_url: str, artifacts_dir: Path | None,
-                 queue_size: int = 256):
+                 queue_size: int = 256, home: Path | None = None):
         self.uri, self.experiment, self.db_url, self.artifacts_dir = tracking_uri, experiment, db_url, artifacts_dir
         self.queue_size = queue_size
         self._lock = threading.Lock()
@@ -51,6 +51,7 @@ class MlflowSink:
         self._proc = self._reader = None
         try:
             self._proc = _start_worker({"uri": tracking_uri, "experiment": experiment, "db_url": db_url,
+                                        "home": str(home) if home is not None else None,
                                         "artifacts_dir": str(artifacts_dir) if artifacts_dir is not None else None})
         except OSError as e:
             self._fail(f"cannot start the MLflow worker: {e}")
@@ -246,7 +247,7 @@ class _Worker:
             from tracker.store import Store
 
             c = self.config
-            self.store = Store.open(c["db_url"])
+            self.store = Store.open(c["db_url"], home=c.get("home"))
             self.logger = ExperimentClient(c["uri"], c["experiment"], self.store,
                                   Path(c["artifacts_dir"]) if c["artifacts_dir"] else None)
         return self.logger

@@ -90,7 +90,7 @@ def load(ws: Workspace, experiment: str) -> Source:
     from tracker.store import Store
 
     _require_store(ws)
-    with Store.open(ws.db_url, create=False) as store:
+    with Store.open(ws.db_url, create=False, home=ws.home) as store:
         info = store.experiment(experiment)
         records = store.runs(experiment)
         sweeps = store.sweeps(experiment)
