@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import REPO
+from tracker.workspace import image_file
 
 SMALL = """\
 name: small
@@ -189,8 +190,9 @@ def test_kill_9_then_rerun_finishes_exactly_the_plan(write_yaml, tmp_path):
 def _check_done_images(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select image_path, image_sha256 from runs where status='done'").fetchall()
-    for image, sha in rows:
-        data = Path(image).read_bytes()
+    for stored, sha in rows:
+        image = image_file(db.parent, stored)  # recorded relative to the workspace (HOME/tracker.db)
+        data = image.read_bytes()
         assert hashlib.sha256(data).hexdigest() == sha
         Image.open(image).load()  # a complete, decodable PNG
 
