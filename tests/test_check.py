@@ -62,3 +62,43 @@ def test_a_moved_workspace_keeps_its_images(cli, write_yaml, tmp_path):
     page = (moved / "reports" / "checked" / "index.html").read_text()
     assert "image missing" not in page
     assert len(list((moved / "reports" / "checked" / "full").glob("*.png"))) == 4
+
+
+def test_the_report_notices_a_modified_image_by_itself(cli, write_yaml, tmp_path, monkeypatch):
+    """An image edited after the sweep (a real edit: a pixel changed, saved in place) is shown as modified,
+    never published under its recorded sha256; a deleted one as missing; only files whose stat changed are
+    hashed again."""
+    import hashlib
+
+    from PIL import Image
+
+    from tracker import check
+
+    path = write_yaml(SWEEP)
+    assert cli("run", path, "--no-mlflow", "-q").code == 0
+    out = tmp_path / "report"
+    res = cli("report", "checked", "--no-mlflow", "-o", out)
+    assert res.code == 0 and "not shown" not in res.err
+    runs = json.loads(cli("runs", "checked", "--json").out)
+    edited, gone = Path(runs[1]["image"]), Path(runs[2]["image"])
+    with Image.open(edited) as im:
+        im.load()
+        pixels = im.copy()
+    pixels.putpixel((0, 0), tuple(255 - v for v in pixels.getpixel((0, 0))))
+    pixels.save(edited)  # in place, as an image editor would
+    gone.unlink()
+
+    hashed = []
+    real = check.sha256_file
+    monkeypatch.setattr(check, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    res = cli("report", "checked", "--no-mlflow", "-o", out)
+    assert res.code == 0, res.err
+    assert "2 done runs not shown (images: 1 missing, 1 modified since they were made)" in res.err
+    assert hashed == [edited]  # unchanged images: one stat each, no hash
+    page = (out / "index.html").read_text()
+    assert 'class="cell-td state-modified"' in page and "image modified since it was made" in page
+    assert f"image missing: {gone.name}" in page and 'id="image-problems"' in page
+    published = list((out / "full").iterdir())
+    assert len(published) == 2
+    for f in published:  # every published image holds the bytes its name (sha256) says
+        assert hashlib.sha256(f.read_bytes()).hexdigest().startswith(f.stem)

@@ -7,11 +7,15 @@ them again.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tracker.fsutil import sha256_file
+
+MISSING, MODIFIED = "missing", "modified"
 
 
 @dataclass(frozen=True)
@@ -22,16 +26,35 @@ class Problem:
     kind: str  # "missing" | "modified"
 
 
+def image_state(record: Any, trust_stat: bool = True) -> str | None:
+    """None when the done run's image is there with the bytes it was made with, else MISSING or MODIFIED.
+
+    ``trust_stat`` (the report): a file whose size and mtime are still those recorded when the sweep wrote it
+    is taken as unchanged (one stat); any other file is hashed and compared with the recorded sha256. Without
+    it (``tracker check``) every file is hashed.
+    """
+    path = Path(record.image) if record.image else None
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return MISSING
+    if not record.image_sha256:
+        return None  # nothing recorded to compare with
+    if trust_stat and (record.image_size, record.image_mtime_ns) == (st.st_size, st.st_mtime_ns):
+        return None
+    return None if sha256_file(path) == record.image_sha256 else MODIFIED
+
+
 def check(store: Any, experiment: str | None = None) -> tuple[int, list[Problem]]:
-    """(done runs checked, problems) for one experiment or all."""
+    """(done runs checked, problems) for one experiment or all; every image is hashed."""
     done = store.runs(experiment, status="done")
     problems = []
     for r in done:
-        path = Path(r.image) if r.image else None
-        if path is None or not path.is_file():
-            problems.append(Problem(r.experiment, r.key, r.image, "missing"))
-        elif r.image_sha256 and sha256_file(path) != r.image_sha256:
-            problems.append(Problem(r.experiment, r.key, r.image, "modified"))
+        kind = image_state(r, trust_stat=False)
+        if kind is not None:
+            problems.append(Problem(r.experiment, r.key, r.image, kind))
     return len(done), problems
 
 

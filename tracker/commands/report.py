@@ -65,6 +65,8 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
     cells = sum(len(r.cells) for g in data.grids for r in g.rows)
     click.echo(f"report: {len(data.grids)} grid{'s' if len(data.grids) != 1 else ''}, {cells} cells "
                f"(rows: {data.rows_axis or '-'}, columns: {data.cols_axis or '-'})", err=True)
+    if data.image_problems:
+        click.echo(data.image_problem_line(), err=True)
     if warning:
         click.echo(warning, err=True)
     click.echo(index.as_uri())

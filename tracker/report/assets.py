@@ -21,7 +21,8 @@ from tracker.thumbs import JPEG_QUALITY, THUMB_SIZE, cached
 
 ASSET_DIRS = ("full", "thumbs", "grids")
 MANIFEST = "manifest.json"
-MARKER = ".prompt-tracker-report.json"  # says the folder is a report's and lists the files the tracker wrote
+MARKER = ".prompt-tracker-report.json"
+MODIFIED_NOTE = "image modified since it was made"  # a cell's note for an edited image (state "modified")  # says the folder is a report's and lists the files the tracker wrote
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,22 +90,31 @@ class Assets:
         self.manifest: dict[str, list] = _read_manifest(root / "thumbs" / MANIFEST)
 
     def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
-        """key -> Asset, or key -> the reason there is no image. Thumbnails are made in threads."""
-        todo: dict[str, tuple[Path, str, tuple[int, int]]] = {}
-        out: dict[str, Asset | str] = {}
-        for r in records:
-            src = Path(r.image) if r.image else None
-            if src is None or not src.is_file():
-                out[r.key] = f"image missing: {src.name if src else 'no file recorded'}"
-                continue
-            todo[r.key] = (src, r.image_sha256 or sha256_file(src), (r.width, r.height))
+        """key -> Asset, or key -> the reason there is no image (``problems``: key -> missing/modified).
+        Each image is checked against what the sweep recorded (``tracker.check.image_state``: one stat, a
+        hash only when the stat changed); a modified image is never published under its recorded sha256.
+        Checks and thumbnails run in threads."""
+        self.problems: dict[str, str] = {}
+        records = list(records)
         with ThreadPoolExecutor(workers()) as pool:
-            for key, result in zip(todo, pool.map(lambda a: self._one(*a), todo.values())):
-                out[key] = result
+            out = dict(zip((r.key for r in records), pool.map(self._one, records)))
         write_text(self.root / "thumbs" / MANIFEST, json.dumps(self.manifest, sort_keys=True))
         return out
 
-    def _one(self, src: Path, sha: str, size: tuple[int, int]) -> Asset | str:
+    def _one(self, r: "RunRecord") -> Asset | str:
+        from tracker.check import MISSING, image_state
+
+        problem = image_state(r)
+        if problem is not None:
+            self.problems[r.key] = problem
+            name = Path(r.image).name if r.image else "no file recorded"
+            if problem == MISSING:
+                return f"image missing: {name}"
+            return f"{MODIFIED_NOTE} (its sha256 differs): {name} is not shown"
+        src = Path(r.image)
+        return self._asset(src, r.image_sha256 or sha256_file(src), (r.width, r.height))
+
+    def _asset(self, src: Path, sha: str, size: tuple[int, int]) -> Asset | str:
         name = sha[:32]
         full = f"full/{name}{src.suffix.lower() or '.png'}"
         try:

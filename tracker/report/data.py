@@ -147,6 +147,17 @@ class Report:
     metric: str | None = None  # the metric on the grid badges and in the efficiency view
     metric_higher_is_better: bool = True
     effects: tuple = ()  # tracker.report.metrics_view.EffectsView per metric
+    image_problems: tuple[tuple[str, int], ...] = ()  # ("missing" | "modified", count): done runs not shown
+    check_command: str = ""  # the command that lists them (tracker check EXPERIMENT)
+
+    def image_problem_line(self) -> str:
+        """One line for the page and the terminal; "" when every done run's image is shown."""
+        if not self.image_problems:
+            return ""
+        n = sum(c for _, c in self.image_problems)
+        what = ", ".join(f"{c} {kind}" for kind, c in self.image_problems)
+        return (f"{n} done run{'s' if n != 1 else ''} not shown (images: {what} since they were made); "
+                f"`{self.check_command}` lists them, `--fix` then `tracker run` makes them again")
 
     def details_json(self) -> dict[str, Any]:
         """key -> the run's details as plain JSON values (the page script reads these)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from tracker import gridimage
+from tracker.check import image_state
 from tracker.errors import NotFoundError
 from tracker.report.assets import THUMB_SIZE, Asset, workers
 from tracker.report.data import Grid
@@ -91,10 +92,12 @@ def grid_specs(ws: Workspace, experiment: str, rows: str | None, cols: str | Non
     if not secs:
         raise NotFoundError(f"no runs of {experiment!r} match --where {' '.join(where)}")
     pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
-    files = {e.key: Path(e.record.image) for e in source.entries if e.record is not None and e.record.image}
+    # only images with the bytes they were made with (a stat each; an edited or missing one is a placeholder)
+    files = {e.key: Path(e.record.image) for e in source.entries
+             if e.record is not None and e.record.image and image_state(e.record) is None}
     out = []
     for sec in secs:
-        spec = grid_spec(sec, layout, lambda key: files[key] if key in files and files[key].is_file() else None)
+        spec = grid_spec(sec, layout, lambda key: files.get(key))
         title = " · ".join(t for t in (pinned_title, spec.title) if t)
         out.append((sec.combo, gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles)))
     return out

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tracker.report.assets import Asset, Assets, claim, write_marker, write_text
+from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, write_marker, write_text
 from tracker.report.attach import mlflow_url
 from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
 from tracker.report.efficiency import efficiency
@@ -70,6 +70,8 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
         verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
         metric=metric, metric_higher_is_better=better,
         effects=tuple(effects_view(fx) for fx in _ordered(source.effects, metric) if fx.axes),
+        image_problems=tuple(sorted(Counter(assets.problems.values()).items())),
+        check_command=f"tracker {home}check {shlex.quote(source.name)}",
     )
     index = out / "index.html"
     write_text(index, render(report))
@@ -125,7 +127,8 @@ def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[s
         return Cell(e.key, e.state, STATE_NOTES.get(e.state, e.state), prompt=prompt)
     asset = images.get(e.key)
     if not isinstance(asset, Asset):
-        return Cell(e.key, "noimage", asset or "image missing", prompt=prompt)
+        note = asset or "image missing"
+        return Cell(e.key, "modified" if note.startswith(MODIFIED_NOTE) else "noimage", note, prompt=prompt)
     return Cell(e.key, "done", "", asset.thumb, asset.image, asset.width, asset.height, prompt, marks.get(e.key))
 
 
