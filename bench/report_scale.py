@@ -6,7 +6,9 @@ its recipe, atomic and fsynced, plus the report thumbnail made from the image in
   1. the first report build (every image linked, the sweep's thumbnails linked, every grid PNG drawn;
      target <= 5 s for 2,000 runs at 512x512),
   2. a second build with nothing changed (thumbnails and grid PNGs reused by sha256),
-  3. a build after a few runs got new images (only those are redone).
+  3. a build after a few runs got new images (only those are redone),
+  4. a build after a few images were edited outside the tracker (each image is one stat against what the
+     sweep recorded; only those are hashed, and shown as modified instead of published).
 
     .venv/bin/python bench/report_scale.py [--runs 2000] [--size 512] [--changed 20] [--keep DIR]
 """
@@ -55,7 +57,9 @@ def write_run_image(ws, store, run, i: int, size: int, salt: int = 0) -> None:
 
     path = ws.image_path(run.experiment, run.key)
     sha = save_image(ws, synthetic(i, size, salt), path, pngmeta.recipe_for(run))
-    store.mark_done(run.experiment, run.key, image=path, image_sha256=sha,
+    from tracker.check import image_stat
+
+    store.mark_done(run.experiment, run.key, image=path, image_sha256=sha, **image_stat(path),
                     seconds=0.4 + (i % 7) / 10, seconds_per_step=0.02, peak_memory_bytes=(900 + i % 50) * 2**20,
                     batch_size_used=4, device="cpu")
 
@@ -111,6 +115,12 @@ def main() -> None:
         third, third_cpu, _ = timed(lambda: report.build(ws, "scale"))
         print(f"third build:  {third:6.2f} s wall, {third_cpu:6.2f} s CPU  ({args.changed} runs with new images: "
               f"their thumbnails and grid redone)")
+        for run in plan[args.changed: 2 * args.changed]:  # edited by hand: appended bytes, a new mtime
+            with open(ws.image_path(run.experiment, run.key), "ab") as fh:
+                fh.write(b"edited")
+        fourth, fourth_cpu, (_, rep4) = timed(lambda: report.build(ws, "scale"))
+        print(f"fourth build: {fourth:6.2f} s wall, {fourth_cpu:6.2f} s CPU  ({args.changed} images edited by hand: "
+              f"{dict(rep4.image_problems).get('modified', 0)} shown as modified)")
         print(f"ratio first/second: {first / second:.1f}x wall, {first_cpu / second_cpu:.1f}x CPU "
               f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     finally:

@@ -26,6 +26,12 @@ class Problem:
     kind: str  # "missing" | "modified"
 
 
+def image_stat(path: str | Path) -> dict[str, int]:
+    """What a sweep records of the image file it just wrote (``mark_done`` fields) for ``image_state``."""
+    st = os.stat(path)
+    return {"image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns}
+
+
 def image_state(record: Any, trust_stat: bool = True) -> str | None:
     """None when the done run's image is there with the bytes it was made with, else MISSING or MODIFIED.
 

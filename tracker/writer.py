@@ -135,9 +135,10 @@ class Writer:
                 raise
             self._fail(run, f"could not write the image {target}: {e}", timing)
             return
-        st = os.stat(target)  # the report hashes the file again only when this changes
+        from tracker.check import image_stat
+
         self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
-                             image_size=st.st_size, image_mtime_ns=st.st_mtime_ns,
+                             **image_stat(target),  # the report hashes the file again only when this changes
                              model_revision=revision, scheduler_config=facts.scheduler_config, device=facts.device,
                              **timing)
         if self.scorer is not None:  # scored after the PNG is durable, before MLflow reads the run
