@@ -37,7 +37,7 @@ ADDED = {  # revision -> table -> columns it adds
     "0005_throughput": {"sweeps": {"idle_fraction", "warmup_seconds"}, "runs": {"compile"}},
     "0006_prompt_language": {"runs": {"prompt_syntax", "lora"}},
     "0007_metrics": {},
-    "0008_image_files": {"runs": {"image_size", "image_mtime_ns"}},
+    "0008_image_files": {"runs": {"image_size", "image_mtime_ns", "deterministic"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",

@@ -1,4 +1,5 @@
-"""image files: image paths relative to the workspace home; each image file's size and mtime when written
+"""image files: image paths relative to the workspace home; each image file's size and mtime when written;
+the ``deterministic`` setting per run (NULL before it existed: off)
 
 Image paths under the workspace folder become relative to it (a moved or copied workspace keeps its images);
 paths outside it stay absolute. The home comes from ``tracker.db`` (``config.attributes["tracker_home"]``),
@@ -46,6 +47,7 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("image_size", sa.BigInteger))
         batch.add_column(sa.Column("image_mtime_ns", sa.BigInteger))
+        batch.add_column(sa.Column("deterministic", sa.Boolean))
     home = _home()
     if home is None:
         return
@@ -62,5 +64,6 @@ def downgrade() -> None:
     if home is not None:
         _rewrite(lambda path: None if Path(path).is_absolute() else str(home / PurePosixPath(path)))
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("deterministic")
         batch.drop_column("image_mtime_ns")
         batch.drop_column("image_size")
