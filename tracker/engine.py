@@ -43,7 +43,7 @@ import transformers  # noqa: E402
 from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
-from tracker import models, schedulers  # noqa: E402
+from tracker import models  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.plan import PlannedRun  # noqa: E402
 from tracker.spec import Settings  # noqa: E402
@@ -516,9 +516,8 @@ class Engine:
     @staticmethod
     def _scheduler(loaded: _Loaded, settings: Settings) -> Any:
         """A fresh scheduler (no state carried over) from the checkpoint's own config plus the options."""
-        cls_name, options = schedulers.resolve(settings.scheduler, settings.options())
-        if cls_name == schedulers.DEFAULT:
-            cls_name = loaded.scheduler_class
+        choice = settings.scheduler_choice.made_with({"_class_name": loaded.scheduler_class})
+        cls_name, options = choice.class_name, dict(choice.options)
         if cls_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
             raise ModelError("scheduler DPMSolverSDEScheduler (A1111 'DPM++ SDE') needs the package torchsde; "
                              "install it with `pip install torchsde`, or pick another scheduler")

@@ -71,20 +71,14 @@ def short_hash(h: Any) -> str | None:
 
 def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
     """(Sampler, Schedule type, scheduler options the sampler name does not already say)."""
-    from tracker import schedulers
+    from tracker.schedulers import DEFAULT, SchedulerChoice
 
-    cls = recipe.get("scheduler") or schedulers.DEFAULT
-    options = dict(recipe.get("scheduler_options") or {})
-    if cls == schedulers.DEFAULT:
-        cls = (recipe.get("scheduler_config") or {}).get("_class_name")
-        if not cls:
-            return None, None, options
-    name, _ = schedulers.sampler_name(cls, options)
-    schedule = schedulers.a1111_schedule(cls, options)
-    _, implied = schedulers.resolve(name)
-    said = set(schedulers.SCHEDULE_OPTIONS.values())  # the Schedule type says these
-    rest = {k: v for k, v in options.items() if k not in said and implied.get(k) != v}
-    return name, schedule, rest
+    options = tuple(sorted(dict(recipe.get("scheduler_options") or {}).items()))
+    choice = SchedulerChoice(recipe.get("scheduler") or DEFAULT, options).made_with(recipe.get("scheduler_config"))
+    pair = choice.sampler()
+    if pair is None:
+        return None, None, dict(choice.options)
+    return pair[0], choice.schedule_type, choice.extra_options()
 
 
 def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:

@@ -521,9 +521,8 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
 
 def describe_run(run: PlannedRun) -> str:
     s = run.settings
-    name, schedule = schedulers.sampler_name(s.scheduler, s.options()) if s.scheduler != schedulers.DEFAULT \
-        else ("the model's scheduler", None)
-    return (f"seed {run.seed}, {name}{' ' + schedule if schedule else ''}, {s.steps} steps, CFG {s.guidance_scale:g}, "
+    scheduler = s.scheduler_choice.label("the model's scheduler")
+    return (f"seed {run.seed}, {scheduler}, {s.steps} steps, CFG {s.guidance_scale:g}, "
             f"{s.width}x{s.height}, model {s.model}, {s.dtype}")
 
 

@@ -1,12 +1,14 @@
 """Scheduler names: diffusers class names and the sampler names people know from AUTOMATIC1111.
 
 Pure: no diffusers import. ``resolve`` turns what a user wrote into a canonical class name plus the
-options the alias implies; ``sampler_name`` goes back the other way for PNG metadata.
+options the alias implies; ``sampler_name`` goes back the other way for PNG metadata. ``SchedulerChoice``
+(class name and options) is a run's scheduler as one object: every display is formatted from it.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from tracker.errors import SpecError
@@ -143,3 +145,68 @@ def schedule_options(sampler: str, schedule: str | None) -> tuple[dict[str, Any]
     if schedule in SCHEDULE_OPTIONS:
         return {SCHEDULE_OPTIONS[schedule]: True}, None
     return None, f"Schedule type: {schedule} (not supported, ignored)"
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """A scheduler as a run uses it: the diffusers class name (or ``DEFAULT``, the checkpoint's own) and its
+    options, with every way the tracker shows it. The one place "default" is special-cased."""
+
+    class_name: str = DEFAULT
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, name: str, options: Mapping[str, Any] | None = None) -> "SchedulerChoice":
+        """From what a user wrote (class name, short name, A1111 alias or "default") and explicit options."""
+        class_name, merged = resolve(name, options)
+        return cls(class_name, tuple(sorted(merged.items())))
+
+    @property
+    def is_default(self) -> bool:
+        return self.class_name == DEFAULT
+
+    @property
+    def short(self) -> str:
+        """``PNDM`` for ``PNDMScheduler``; ``default`` stays."""
+        return self.class_name.removesuffix("Scheduler")
+
+    def made_with(self, scheduler_config: Mapping[str, Any] | None) -> "SchedulerChoice":
+        """The class that actually ran: "default" resolved through the scheduler config the engine recorded."""
+        if self.is_default and scheduler_config and scheduler_config.get("_class_name"):
+            return SchedulerChoice(str(scheduler_config["_class_name"]), self.options)
+        return self
+
+    def sampler(self) -> tuple[str, str | None] | None:
+        """A1111's (Sampler, Schedule type or None for the model's own sigmas); None for "default"."""
+        return None if self.is_default else sampler_name(self.class_name, dict(self.options))
+
+    @property
+    def schedule_type(self) -> str | None:
+        """The ``Schedule type`` to write (explicit ``Uniform`` for the model's own sigmas); None for "default"."""
+        pair = self.sampler()
+        return None if pair is None else (pair[1] or UNIFORM)
+
+    @property
+    def a1111(self) -> str:
+        """One string: ``DPM++ 2M Karras``; ``default`` for the checkpoint's own."""
+        return self.label()
+
+    def label(self, default: str = DEFAULT) -> str:
+        """The A1111 sampler and schedule type as one string, or ``default`` (the caller's words) for "default"."""
+        pair = self.sampler()
+        if pair is None:
+            return default
+        return f"{pair[0]} {pair[1]}" if pair[1] else pair[0]
+
+    def extra_options(self) -> dict[str, Any]:
+        """The options the A1111 sampler name and schedule type do not already say."""
+        pair = self.sampler()
+        if pair is None:
+            return dict(self.options)
+        _, implied = resolve(pair[0])
+        said = set(SCHEDULE_OPTIONS.values())  # the Schedule type says these
+        return {k: v for k, v in self.options if k not in said and implied.get(k) != v}
+
+    def describe(self, default: str = DEFAULT) -> str:
+        """``DPMSolverMultistepScheduler (DPM++ 2M Karras)``; ``default`` (or the caller's words) for "default"."""
+        return default if self.is_default else f"{self.class_name} ({self.a1111})"

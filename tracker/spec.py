@@ -59,6 +59,11 @@ class Settings:
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
 
+    @property
+    def scheduler_choice(self) -> schedulers.SchedulerChoice:
+        """The scheduler as one object (class name and options; every display is formatted from it)."""
+        return schedulers.SchedulerChoice.of(self.scheduler, self.scheduler_options)
+
     def pipeline_key(self) -> tuple:
         """Runs with equal pipeline keys can share one batch."""
         return tuple(getattr(self, f) for f in self.__dataclass_fields__)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from tracker import db
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import PlannedRun
+from tracker.schedulers import SchedulerChoice
 from tracker.spec import Settings, lora_settings
 from tracker.workspace import image_file, stored_image
 
@@ -268,6 +269,11 @@ class RunRecord:
         out["batch_size_planned"] = self.batch_size
         out["batch_size"] = self.batch_size_used
         return out
+
+    @property
+    def scheduler_choice(self) -> SchedulerChoice:
+        """The scheduler as planned; ``.made_with(self.scheduler_config)`` is the class that actually ran."""
+        return SchedulerChoice(self.scheduler, tuple(sorted(self.scheduler_options.items())))
 
     def settings(self) -> Settings:
         return Settings(

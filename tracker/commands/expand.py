@@ -42,7 +42,7 @@ def render_plan(p: Plan, limit: int | None = None) -> str:
         s = r.settings
         labels = r.labels
         rows.append([str(r.index), r.key, *(short(labels[a], 18) for a in axes), str(r.seed),
-                     s.scheduler.removesuffix("Scheduler"), str(s.steps), f"{s.guidance_scale:g}",
+                     s.scheduler_choice.short, str(s.steps), f"{s.guidance_scale:g}",
                      f"{s.width}x{s.height}", s.dtype, _prompt_cell(r.prompt, r.negative_prompt)])
     lines.append(table(header, rows, fit_last=True))
     if limit and len(p.runs) > limit:

@@ -99,7 +99,7 @@ def render_runs(records: list["RunRecord"], show_experiment: bool = False, metri
     header = (["experiment"] if show_experiment else []) + ["key", "status", *axes, *fixed, "seconds", *names, "image"]
     rows = []
     for r, m in zip(records, metrics):
-        values = {"seed": str(r.seed), "scheduler": r.scheduler.removesuffix("Scheduler"), "steps": str(r.steps)}
+        values = {"seed": str(r.seed), "scheduler": r.scheduler_choice.short, "steps": str(r.steps)}
         rows.append(([r.experiment] if show_experiment else []) + [
             r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), _num(r.seconds),
             *(_num(m.get(n), "{:.3f}") for n in names), r.image or (f"error: {r.error}" if r.error else "-")])

@@ -33,20 +33,14 @@ def __getattr__(name: str) -> int:
 
 def scheduler_class(rec: "RunRecord") -> str:
     """The scheduler class that made the image ("default" resolved through the stored scheduler config)."""
-    if rec.scheduler == "default" and rec.scheduler_config:
-        return str(rec.scheduler_config.get("_class_name") or rec.scheduler)
-    return rec.scheduler
+    return rec.scheduler_choice.made_with(rec.scheduler_config).class_name
 
 
 def child_params(rec: "RunRecord") -> dict[str, str]:
     """Params people filter on in the MLflow UI; the scheduler as its short name ('PNDM')."""
-    from tracker import schedulers
-
-    cls = scheduler_class(rec)
-    sampler, schedule = schedulers.sampler_name(cls, rec.scheduler_options)
+    choice = rec.scheduler_choice.made_with(rec.scheduler_config)
     params: dict[str, Any] = {
-        "seed": rec.seed, "model": rec.model, "scheduler": cls.removesuffix("Scheduler"),
-        "sampler": f"{sampler} {schedule}" if schedule else sampler,
+        "seed": rec.seed, "model": rec.model, "scheduler": choice.short, "sampler": choice.a1111,
         "steps": rec.steps, "guidance_scale": rec.guidance_scale, "width": rec.width, "height": rec.height,
         "vae": rec.vae, "dtype": rec.dtype, "batch_size": rec.batch_size, "batch_size_used": rec.batch_size_used,
         "attention_slicing": rec.attention_slicing, "vae_slicing": rec.vae_slicing, "vae_tiling": rec.vae_tiling,

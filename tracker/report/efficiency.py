@@ -23,7 +23,7 @@ def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
     memory = [n for n, on in (("attention slicing", r.attention_slicing), ("VAE slicing", r.vae_slicing),
                               ("VAE tiling", r.vae_tiling), ("CPU offload", r.cpu_offload)) if on]
     batch = r.batch_size_used if r.batch_size_used is not None else r.batch_size
-    values = (r.scheduler.removesuffix("Scheduler"), str(r.steps), r.dtype,
+    values = (r.scheduler_choice.short, str(r.steps), r.dtype,
               str(batch) if isinstance(batch, int) else None, ", ".join(memory) or "none",
               _compile_label(r.compile), r.device if r.device not in (None, "auto") else None,
               r.model, f"{r.width}x{r.height}")

@@ -156,18 +156,15 @@ def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: st
 
 def recipe(run) -> tuple[tuple[str, str], ...]:
     """The full recipe of a stored (RunRecord) or planned (PlannedRun) run, as label/value pairs."""
-    from tracker.schedulers import sampler_name
-
     s = run.settings() if callable(getattr(run, "settings", None)) else run.settings
     options = dict(s.scheduler_options)
-    sampler, schedule = sampler_name(s.scheduler, options) if s.scheduler != "default" else ("default", None)
     memory = [n for n, on in (("attention slicing", s.attention_slicing), ("VAE slicing", s.vae_slicing),
                               ("VAE tiling", s.vae_tiling), ("CPU offload", s.cpu_offload)) if on]
     revision = getattr(run, "model_revision", None)
     rows = [
         ("prompt", run.prompt), ("negative prompt", run.negative_prompt or "(none)"), ("seed", str(run.seed)),
         ("model", s.model + (f" @ {revision}" if revision else "")),
-        ("scheduler", s.scheduler + (f" ({sampler}{' ' + schedule if schedule else ''})" if s.scheduler != "default" else "")),
+        ("scheduler", s.scheduler_choice.describe()),
         ("scheduler options", ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "(none)"),
         ("steps", str(s.steps)), ("guidance scale", f"{s.guidance_scale:g}"), ("size", f"{s.width}x{s.height}"),
         ("VAE", s.vae), ("dtype", s.dtype), ("device", getattr(run, "device", None) or s.device),
