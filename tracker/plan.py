@@ -12,16 +12,17 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from tracker import models, schedulers, templating
+from tracker import limits, models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
 from tracker.prompts import lora
-from tracker.spec import (PERF_SETTINGS, Axis, AxisValue, Experiment, Settings, apply_setting, lora_settings,
-                          setting_fields, setting_label)
+from tracker.spec import (MAX_SEED, PERF_SETTINGS, SETTING_NAMES, Axis, AxisValue, Experiment, Settings,
+                          apply_setting, lora_settings, setting_fields, setting_label)
 
 DEFAULT_MAX_RUNS = 10_000
 KEY_VERSION = 1
+RECIPE_FORMAT = "prompt-tracker/1"  # the recipe's "format" (PNG chunk, MLflow's recipe.json, reproduce)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,55 @@ class PlannedRun:
             "prompt_template": self.prompt_template, "negative_template": self.negative_template,
             "axes": dict(self.axes), "seed": self.seed, **s,
         }
+
+    def to_recipe(self, **result: Any) -> dict[str, Any]:
+        """The run's recipe: the one shape the PNG chunk, MLflow's ``recipe.json``, the API and ``reproduce`` share.
+
+        ``result`` adds what the engine knew when it made the image (left out where None): ``model_revision``,
+        ``scheduler_config``, ``environment``, ``device_used`` (``device`` stays the run's *setting*, e.g.
+        "auto", so ``from_recipe`` rebuilds the same Settings), ``pipeline``, timings and ``batch_size_used``.
+        """
+        from tracker import __version__
+
+        recipe = {"format": RECIPE_FORMAT, **self.to_dict(), "tracker_version": __version__}
+        recipe.update({k: v for k, v in result.items() if v is not None})
+        return recipe
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], where: str = "recipe",
+                    settings: Callable[[dict[str, Any]], Settings] | None = None) -> "PlannedRun":
+        """The run a recipe (``to_recipe``) was made from; a one-line TrackerError naming ``where`` when it is
+        malformed. ``settings`` builds the Settings from the recipe's setting values (``reproduce`` checks each
+        like an experiment file); by default they are taken as they are."""
+        try:
+            seed, _, _ = recipe["seed"], recipe["key"], recipe["experiment"]  # required: KeyError -> malformed
+            values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
+            values["lora"] = lora_settings(values.get("lora"))
+            if settings is None:
+                values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
+            built = settings(values) if settings is not None else Settings(**values)
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise TrackerError(f"{where}: seed: must be an integer between 0 and 2**63-1 but is {seed!r}")
+            return cls(
+                key=str(recipe["key"])[:64], index=int(recipe.get("index") or 0),
+                experiment=str(recipe["experiment"])[:limits.MAX_NAME_LENGTH],
+                axes=tuple((str(k), str(v)) for k, v in dict(recipe.get("axes") or {}).items()),
+                prompt=checked_prompt(recipe["prompt"], where, "prompt"),
+                negative_prompt=checked_prompt(recipe.get("negative_prompt"), where, "negative_prompt"),
+                prompt_template=str(recipe.get("prompt_template") or recipe["prompt"]),
+                negative_template=str(recipe.get("negative_template") or recipe.get("negative_prompt") or ""),
+                seed=seed, settings=built,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise TrackerError(f"{where}: the prompt-tracker recipe is incomplete or malformed ({e!r})") from None
+
+
+def checked_prompt(text: Any, where: str, field: str) -> str:
+    """A prompt read from a recipe or a PNG: text, at most ``limits.MAX_PROMPT_CHARS`` characters."""
+    text = "" if text is None else str(text)
+    if len(text) > limits.MAX_PROMPT_CHARS:
+        raise TrackerError(f"{where}: {field}: is {len(text)} characters long; at most {limits.MAX_PROMPT_CHARS}")
+    return text
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from typing import Any, Mapping
 
 from tracker import limits
 from tracker.errors import NotFoundError, TrackerError
+from tracker.plan import RECIPE_FORMAT  # noqa: F401 -- PlannedRun.to_recipe writes it; the test reads it here
 from tracker.prompts import lora
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "prompt-tracker"
-RECIPE_FORMAT = "prompt-tracker/1"
 
 # A1111: modules/infotext_utils.py ``re_param_code``
 A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -117,18 +117,8 @@ def a1111_parameters(recipe: Mapping[str, Any]) -> str:
 
 
 def recipe_for(run: Any, **extra: Any) -> dict[str, Any]:
-    """The one place a recipe is built: a PlannedRun's fields plus what the engine knew when it made the image.
-
-    ``extra`` carries e.g. ``model_revision``, ``vae_revision``, ``scheduler_config``, ``environment`` (from
-    ``Engine.environment()``), ``device_used`` (the device the image was made on). ``device`` stays the
-    run's *setting* (e.g. "auto"), so the recipe rebuilds the same Settings.
-    """
-    from tracker import __version__
-
-    base = run.to_dict() if hasattr(run, "to_dict") else dict(run)
-    recipe = {"format": RECIPE_FORMAT, **base, "tracker_version": __version__}
-    recipe.update({k: v for k, v in extra.items() if v is not None})
-    return recipe
+    """``run.to_recipe(**extra)``: ``PlannedRun.to_recipe`` is the one place a recipe is built."""
+    return run.to_recipe(**extra)
 
 
 def pnginfo(recipe: Mapping[str, Any]):

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tracker import batches, limits, models, pngmeta, schedulers, spec
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
-from tracker.plan import PlannedRun, run_key
+from tracker.plan import PlannedRun, checked_prompt, run_key
 from tracker.prompts import lora, weighting
-from tracker.spec import SETTING_NAMES, SIZE_RE, Settings, lora_settings
+from tracker.spec import SIZE_RE, Settings
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -180,36 +180,13 @@ def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Pat
                        f"folder or a hub id (org/name); pass {option}")
 
 
-def _checked_prompt(text: Any, where: str, field: str) -> str:
-    text = "" if text is None else str(text)
-    if len(text) > limits.MAX_PROMPT_CHARS:
-        raise TrackerError(f"{where}: {field}: is {len(text)} characters long; at most {limits.MAX_PROMPT_CHARS}")
-    return text
-
-
 def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe", trust: Trust | None = None,
                     notes: list[str] | None = None, base_dir: Path | None = None) -> PlannedRun:
-    """Rebuild the PlannedRun a ``prompt-tracker`` recipe was made from, every field checked (``checked_settings``)."""
+    """Rebuild the PlannedRun a ``prompt-tracker`` recipe was made from (``PlannedRun.from_recipe``), every
+    setting checked like an experiment file (``checked_settings``)."""
     notes = [] if notes is None else notes
-    try:
-        seed, _, _ = recipe["seed"], recipe["key"], recipe["experiment"]  # required: KeyError -> malformed
-        values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
-        values["lora"] = lora_settings(values.get("lora"))
-        settings = checked_settings(values, where, trust or Trust(), notes, base_dir)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= spec.MAX_SEED:
-            raise TrackerError(f"{where}: seed: must be an integer between 0 and 2**63-1 but is {seed!r}")
-        return PlannedRun(
-            key=str(recipe["key"])[:64], index=int(recipe.get("index") or 0),
-            experiment=str(recipe["experiment"])[:limits.MAX_NAME_LENGTH],
-            axes=tuple((str(k), str(v)) for k, v in dict(recipe.get("axes") or {}).items()),
-            prompt=_checked_prompt(recipe["prompt"], where, "prompt"),
-            negative_prompt=_checked_prompt(recipe.get("negative_prompt"), where, "negative_prompt"),
-            prompt_template=str(recipe.get("prompt_template") or recipe["prompt"]),
-            negative_template=str(recipe.get("negative_template") or recipe.get("negative_prompt") or ""),
-            seed=seed, settings=settings,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise TrackerError(f"{where}: the {pngmeta.RECIPE_CHUNK} recipe is incomplete or malformed ({e!r})") from None
+    return PlannedRun.from_recipe(recipe, where,
+                                  lambda values: checked_settings(values, where, trust or Trust(), notes, base_dir))
 
 
 def _original(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,13 +231,10 @@ def from_store(store, key: str, model: str | None = None) -> Source:
     if rec.status != "done" or not rec.image:
         raise TrackerError(f"run {rec.key} of experiment {rec.experiment!r} is {rec.status} and has no image; "
                            f"run the experiment first (tracker run)")
-    environment = {}
-    if rec.sweep_id is not None:
-        environment = store.sweep(rec.sweep_id).get("environment") or {}
-    original = {"environment": environment, "model_revision": rec.model_revision, "device_used": rec.device,
-                "batch_size_used": rec.batch_size_used}
-    run = _with_settings(rec.planned(), model=model) if model else rec.planned()
-    return Source(run, "store", Path(rec.image), original)
+    environment = store.sweep(rec.sweep_id).get("environment") if rec.sweep_id is not None else None
+    recipe = rec.to_recipe(environment=environment)
+    run = rec.planned()  # the stored run as planned (PlannedRun.from_recipe(recipe) reads the same back)
+    return Source(_with_settings(run, model=model) if model else run, "store", Path(rec.image), _original(recipe))
 
 
 def looks_like_path(target: str) -> bool:
@@ -326,8 +300,8 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
         notes.append(f"{key}: {value} (not supported, ignored)")
-    prompt = _checked_prompt(prompt, where, "prompt")
-    negative = _checked_prompt(params.negative_prompt, where, "negative prompt")
+    prompt = checked_prompt(prompt, where, "prompt")
+    negative = checked_prompt(params.negative_prompt, where, "negative prompt")
     for text, label in ((prompt, "prompt"), (negative, "negative prompt")):
         notes += weighting.notes(text, values["prompt_syntax"], label)
         notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
@@ -510,9 +484,8 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
         drift = Drift.failed(f"no image was generated: {result.error}")
         return Reproduction(source, drift, tuple(warnings), current["device_used"], result.error)
     if save is not None:
-        recipe = pngmeta.recipe_for(run, model_revision=current["model_revision"],
-                                    scheduler_config=engine.scheduler_config(), environment=current["environment"],
-                                    device_used=current["device_used"])
+        recipe = run.to_recipe(model_revision=current["model_revision"], scheduler_config=engine.scheduler_config(),
+                               environment=current["environment"], device_used=current["device_used"])
         pngmeta.save_png(result.image, save, recipe)
     with reference:
         drift = compare(reference, result.image)
@@ -622,8 +595,7 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     for rec in records:
         current = _current(engine, rec.planned())
         device_used = current["device_used"]
-        original = {"environment": environments.get(rec.sweep_id, {}), "model_revision": rec.model_revision,
-                    "device_used": rec.device}
+        original = _original(rec.to_recipe(environment=environments.get(rec.sweep_id)))
         warnings += [w for w in environment_warnings(original, current) if w not in warnings]
     present = [r for r in records if r.image and Path(r.image).is_file()]
     collected = _Collected()

@@ -142,9 +142,7 @@ class Run:
             _, recipe = pngmeta.read_png(self.image_path)
             if recipe is not None:
                 return recipe
-        r = self.record
-        return pngmeta.recipe_for(r.planned(), model_revision=r.model_revision, scheduler_config=r.scheduler_config,
-                                  device_used=r.device)
+        return self.record.to_recipe()
 
     def to_dict(self) -> dict[str, Any]:
         """One flat row: key, status, one column per axis label, settings, timings, metrics, image path."""

@@ -10,8 +10,6 @@ that safe). Times are stored as naive UTC and handed out as aware UTC datetimes.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -21,8 +19,8 @@ import sqlalchemy as sa
 from tracker import db
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import PlannedRun
-from tracker.schedulers import SchedulerChoice
-from tracker.spec import Settings, lora_settings
+from tracker.records import RunRecord, aware_utc as _aware
+from tracker.spec import Settings
 from tracker.workspace import image_file, stored_image
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -182,125 +180,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
-
-
 def _naive(t: datetime | None) -> datetime | None:
     return t.astimezone(timezone.utc).replace(tzinfo=None) if t is not None and t.tzinfo is not None else t
-
-
-def _jsonable(v: Any) -> Any:
-    return v.isoformat() if isinstance(v, datetime) else v
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of the runs table, with its experiment's name."""
-
-    key: str
-    experiment: str
-    status: str
-    prompt: str
-    negative_prompt: str
-    prompt_template: str | None
-    negative_template: str | None
-    axes: dict[str, str]
-    seed: int
-    model: str
-    model_revision: str | None
-    vae: str
-    scheduler: str
-    scheduler_options: dict[str, Any]
-    scheduler_config: dict[str, Any] | None
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    dtype: str
-    device: str | None
-    generator_device: str | None
-    attention_slicing: bool
-    vae_slicing: bool
-    vae_tiling: bool
-    cpu_offload: bool
-    batch_size: int | str  # the planned setting: a number or "auto"
-    batch_size_used: int | None
-    allow_pickle: bool
-    error: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    seconds: float | None
-    seconds_per_step: float | None
-    peak_memory_bytes: int | None
-    image: str | None  # the PNG's path (the store resolves a stored relative path against the workspace home)
-    image_sha256: str | None
-    sweep_id: int | None
-    mlflow_run_id: str | None
-    mlflow_synced: bool
-    mlflow_synced_at: datetime | None = None
-    plan_index: int | None = None
-    compile: str | None = None  # the compile setting; None for runs recorded before it existed ("off")
-    prompt_syntax: str | None = None  # None: plain
-    lora: list[dict[str, Any]] | None = None
-    image_size: int | None = None  # the image file's size and mtime (ns) when written; None before 0008
-    image_mtime_ns: int | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
-        row = dict(row)
-        values = {name: row[name] for name in _record_columns() if name in row}
-        bs = row["batch_size"]
-        values.update(
-            experiment=row["experiment"], axes=dict(row["axes"] or {}),
-            scheduler_options=dict(row["scheduler_options"] or {}),
-            batch_size=int(bs) if isinstance(bs, str) and bs.isdigit() else bs,
-            image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
-            started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]),
-            mlflow_synced_at=_aware(row["mlflow_synced_at"]),
-        )
-        for b in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
-            values[b] = bool(values[b])
-        return cls(**values)
-
-    def to_json(self) -> dict[str, Any]:
-        """Every field, JSON-ready. ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
-        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
-        out["batch_size_planned"] = self.batch_size
-        out["batch_size"] = self.batch_size_used
-        return out
-
-    @property
-    def scheduler_choice(self) -> SchedulerChoice:
-        """The scheduler as planned; ``.made_with(self.scheduler_config)`` is the class that actually ran."""
-        return SchedulerChoice(self.scheduler, tuple(sorted(self.scheduler_options.items())))
-
-    def settings(self) -> Settings:
-        return Settings(
-            model=self.model, vae=self.vae, scheduler=self.scheduler,
-            scheduler_options=tuple(sorted(self.scheduler_options.items())), steps=self.steps,
-            guidance_scale=self.guidance_scale, width=self.width, height=self.height, dtype=self.dtype,
-            device=self.device or "auto", generator_device=self.generator_device or "cpu",
-            attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
-            cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
-            compile=self.compile or "off", prompt_syntax=self.prompt_syntax or "plain",
-            lora=lora_settings(self.lora),
-        )
-
-    def planned(self) -> PlannedRun:
-        return PlannedRun(
-            key=self.key, index=self.plan_index or 0, experiment=self.experiment, axes=tuple(self.axes.items()),
-            prompt=self.prompt, negative_prompt=self.negative_prompt,
-            prompt_template=self.prompt_template if self.prompt_template is not None else self.prompt,
-            negative_template=self.negative_template if self.negative_template is not None else self.negative_prompt,
-            seed=self.seed, settings=self.settings(),
-        )
-
-
-@lru_cache(maxsize=1)
-def _record_columns() -> tuple[str, ...]:
-    """RunRecord fields that are runs columns of the same name."""
-    return tuple(f.name for f in fields(RunRecord) if f.name in runs_t.c)
 
 
 def _plan_values(run: PlannedRun) -> dict[str, Any]:

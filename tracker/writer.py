@@ -115,16 +115,14 @@ class Writer:
                 self.busy_seconds += time.perf_counter() - start
 
     def _write(self, run, img, timing: dict, facts: BatchFacts) -> None:
-        from tracker import pngmeta
-
         image = img.image  # the conversion from the pipeline's array happens here
         if image is None:
             self._fail(run, img.error or "no image", timing)
             return
         revision = facts.revision()
-        recipe = pngmeta.recipe_for(run, model_revision=revision, scheduler_config=facts.scheduler_config,
-                                    environment=facts.environment, device_used=facts.device,
-                                    pipeline=facts.pipeline, **timing)
+        recipe = run.to_recipe(model_revision=revision, scheduler_config=facts.scheduler_config,
+                               environment=facts.environment, device_used=facts.device, pipeline=facts.pipeline,
+                               **timing)
         target = self.ws.image_path(run.experiment, run.key)
         try:
             sha = save_image(self.ws, image, target, recipe)

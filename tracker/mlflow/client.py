@@ -102,6 +102,7 @@ class ExperimentClient:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.uri, self.experiment, self.store = tracking_uri, experiment, store
+        self._environments: dict[int, dict | None] = {}  # sweep id -> its environment (for recipe.json)
         self.artifacts_dir = artifacts_dir if artifacts_dir is not None and is_local_store(tracking_uri) else None
         self._experiment_id: str | None = None
         self.parents: dict[int | None, str] = {}  # sweep id -> parent run id
@@ -229,11 +230,19 @@ class ExperimentClient:
                         timestamp=_ms(rec.finished_at))
         if rec.image and Path(rec.image).is_file():
             self.client.log_artifact(rid, rec.image)
-        self.client.log_dict(rid, rec.to_json(), "recipe.json")
+        self.client.log_dict(rid, rec.to_recipe(environment=self._environment(rec.sweep_id)), "recipe.json")
         self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
         self.store.mark_synced(rec.experiment, rec.key, rid)
         metric_storage.mark_synced(self.store, score_ids)
         return rid
+
+    def _environment(self, sweep_id: int | None) -> dict | None:
+        """The sweep's environment (for the recipe), read once per sweep."""
+        if sweep_id is None:
+            return None
+        if sweep_id not in self._environments:
+            self._environments[sweep_id] = self.store.sweep(sweep_id).get("environment")
+        return self._environments[sweep_id]
 
     def log_scores(self, run_id: str, scores: Mapping[str, float], ids: list[int]) -> None:
         """Metric values scored again after the run reached MLflow (``tracker score``): logged, then marked."""
