@@ -27,8 +27,8 @@ from tracker.cli import main
 delay = float(sys.argv[1])
 save_png = pngmeta.save_png
 
-def slow_save_png(image, path, recipe):
-    sha = save_png(image, path, recipe)
+def slow_save_png(image, path, recipe, **kw):
+    sha = save_png(image, path, recipe, **kw)
     time.sleep(delay)
     return sha
 

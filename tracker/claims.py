@@ -55,13 +55,16 @@ def _claimable(now):
 
 
 def claim(store: Store, experiment: str, worker: Worker, groups: Sequence[tuple[Sequence[str], int]],
-          lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[str]:
+          lease_seconds: float = DEFAULT_LEASE_SECONDS, counts: dict | None = None) -> list[str]:
     """Claim up to ``limit`` claimable runs of the first group (keys in order, limit) that has any.
+    ``counts``: the worker's progress (``progress``'s keyword arguments), set in the same transaction.
 
     Returns the claimed keys in the group's order ([] when nothing of ``groups`` is claimable now).
     """
     now = utcnow()
     with store._write() as conn:
+        if counts is not None:
+            _set_progress(conn, worker, now, **counts)
         eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
         if eid is None:
             return []
@@ -97,8 +100,9 @@ def _lock_some(conn, eid: int, candidates: list[str], limit: int, now) -> dict[s
     return got
 
 
-def remaining(store: Store, experiment: str, keys: Sequence[str]) -> dict[str, int]:
-    """Of ``keys``: how many are ``pending``, ``running`` (by anyone), ``done`` and ``failed``."""
+def remaining(store: Store, experiment: str, keys: Sequence[str], other_than: Worker | None = None) -> dict[str, int]:
+    """Of ``keys``: how many are ``pending``, ``running`` (by anyone, or by anyone but ``other_than``: a
+    worker's own running runs are its writing stage's, finished when it closes), ``done`` and ``failed``."""
     out = {"pending": 0, "running": 0, "done": 0, "failed": 0}
     with store._read() as conn:
         eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
@@ -106,10 +110,12 @@ def remaining(store: Store, experiment: str, keys: Sequence[str]) -> dict[str, i
             return out
         keys = list(keys)
         for i in range(0, len(keys), 500):
-            for status, n in conn.execute(
-                    sa.select(runs_t.c.status, sa.func.count()).where(
-                        runs_t.c.experiment_id == eid, runs_t.c.key.in_(keys[i:i + 500]))
-                    .group_by(runs_t.c.status)).all():
+            q = sa.select(runs_t.c.status, sa.func.count()).where(
+                runs_t.c.experiment_id == eid, runs_t.c.key.in_(keys[i:i + 500]))
+            if other_than is not None:
+                q = q.where(sa.or_(runs_t.c.status != "running", runs_t.c.worker_id.is_(None),
+                                   runs_t.c.worker_id != other_than.id))
+            for status, n in conn.execute(q.group_by(runs_t.c.status)).all():
                 out[status] = out.get(status, 0) + n
     return out
 
@@ -135,10 +141,15 @@ def release(store: Store, worker_id: int, keys: Sequence[str] | None = None) -> 
 def progress(store: Store, worker: Worker, done: int | None = None, failed: int | None = None,
              busy_seconds: float | None = None) -> None:
     """Set the worker's counts so far (runs it made, runs that failed, seconds spent generating)."""
+    with store._write() as conn:
+        _set_progress(conn, worker, utcnow(), done, failed, busy_seconds)
+
+
+def _set_progress(conn, worker: Worker, now, done: int | None = None, failed: int | None = None,
+                  busy_seconds: float | None = None) -> None:
     values = {k: v for k, v in (("runs_done", done), ("runs_failed", failed), ("busy_seconds", busy_seconds))
               if v is not None}
-    with store._write() as conn:
-        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(last_seen=utcnow(), **values))
+    conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(last_seen=now, **values))
 
 
 def finish(store: Store, worker: Worker, status: str = "done", release_claims: bool = True) -> None:

@@ -31,12 +31,13 @@ def current_umask() -> int:
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, clear_stale: bool = False,
-                **open_kw) -> Iterator[IO]:
+                fsync_folder: bool = True, **open_kw) -> Iterator[IO]:
     """Write ``path`` through a temp file in the same folder renamed over it on success: a crash or an error
     leaves the old file or none, never half a file, and the temp file never stays (a kill -9 can leave one:
     ``clear_stale`` removes this target's own leftovers first, for callers that alone write ``path``, as a
     claimed run's image). The file gets 0666 minus the umask. ``durable``: fsync the file and the folder (a
-    done run's image survives a power cut).
+    done run's image survives a power cut); ``fsync_folder=False``: the file only, for a caller that fsyncs
+    the folder once after several files (``fsync_dir``) before it relies on them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def atomic_file(path: str | Path, mode: str = "wb", durable: bool = False, clear
         if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # name the target
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
-    if durable:
+    if durable and fsync_folder:
         fsync_dir(path.parent)
 
 

@@ -34,6 +34,10 @@ RECIPE_CHUNK = "prompt-tracker"
 # A1111: modules/infotext_utils.py ``re_param_code``
 A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE_PREFIX = "Negative prompt:"
+# zlib level of the images a sweep writes. Measured at 512x512 on three photos (bench/png_level.py): level 1
+# encodes ~3x faster than Pillow's default 6 (31 vs 94 ms per image on a 2-core CPU) for files 6-15% larger;
+# the pixels are the same. The writing stage must keep up with the accelerator, so speed wins.
+PNG_COMPRESS_LEVEL = 1
 
 @dataclass(frozen=True)
 class A1111Params:
@@ -133,20 +137,22 @@ def pnginfo(recipe: Mapping[str, Any]):
 
 def png_bytes(image, recipe: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=pnginfo(recipe))
+    image.save(buf, format="PNG", pnginfo=pnginfo(recipe), compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
-def save_png(image, path: Path, recipe: Mapping[str, Any]) -> str:
+def save_png(image, path: Path, recipe: Mapping[str, Any], fsync_folder: bool = True) -> str:
     """Write ``image`` with both chunks to ``path`` atomically; return the sha256 of the file written.
 
     Atomic: the bytes go to a temp file in the same folder, are fsynced, then ``os.replace``d over ``path``,
     so a crash leaves either the old file or the new one, never half a PNG; the temp file never stays.
+    Durable once the folder is fsynced too: here, unless ``fsync_folder=False`` (the caller does it once
+    for a batch of images, before it records them).
     """
     from tracker.fsutil import atomic_file
 
     data = png_bytes(image, recipe)
-    with atomic_file(path, durable=True, clear_stale=True) as f:
+    with atomic_file(path, durable=True, clear_stale=True, fsync_folder=fsync_folder) as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
 

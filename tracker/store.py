@@ -520,7 +520,21 @@ class Store:
         when under it, else absolute), image_sha256, image_size and image_mtime_ns (the file's ``os.stat`` when
         written: the report hashes only files whose stat changed), seconds, seconds_per_step,
         peak_memory_bytes, batch_size_used, model_revision, scheduler_config, device."""
-        self._set(experiment, [key], status="done", error=None, finished_at=utcnow(), **self._results(fields))
+        self.mark_done_many(experiment, [(key, fields)])
+
+    def mark_done_many(self, experiment: str, results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """``mark_done`` of several runs in one transaction (a sweep's batch): ``(key, fields)`` each."""
+        if not results:
+            return
+        now = utcnow()
+        values = [(key, self._results(fields)) for key, fields in results]
+        with self._write() as conn:
+            eid = self._require_experiment(conn, experiment)
+            missing = [key for key, v in values if not conn.execute(
+                runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.key == key)
+                .values(status="done", error=None, finished_at=now, **v)).rowcount]
+            if missing:
+                raise NotFoundError(f"experiment {experiment!r} has no run {', '.join(missing[:5])}")
 
     def mark_failed(self, experiment: str, key: str, error: str, **fields: Any) -> None:
         self._set(experiment, [key], status="failed", error=error, finished_at=utcnow(), **self._results(fields))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from tracker import claims
@@ -37,23 +38,36 @@ def batch_of(group: Sequence[PlannedRun], auto_max: int) -> int:
 def generate_claimed(store, groups: Sequence[Sequence[PlannedRun]], worker: "claims.Worker", auto_max: int,
                      run_chunk: Callable[[list[PlannedRun]], None], summary, lease: float | None = None) -> None:
     """Claim batch-sized pieces of ``groups`` and hand each to ``run_chunk`` (generate and record it) until
-    none of their runs is left to do. ``summary``: the sweep's counts (done, failed), copied to the worker."""
+    none of their runs is left to do. ``summary``: the sweep's counts (done, failed), copied to the worker.
+
+    The next piece is claimed (one store transaction, carrying the worker's progress so far) in a helper
+    thread while ``run_chunk`` generates the current one, so no store commit waits between two pipeline
+    calls. When nothing is claimable, only other workers' running runs are waited for: this worker's own
+    are in its writing stage, which the caller drains."""
     exp = groups[0][0].experiment
     lease = lease or lease_seconds()
     by_key = {r.key: r for g in groups for r in g}
     wanted = [([r.key for r in g], batch_of(g, auto_max)) for g in groups]
     busy = 0.0
+
+    def counts() -> dict:
+        return {"done": summary.done, "failed": summary.failed, "busy_seconds": busy}
+
     claims.reap_local(store)  # a killed earlier run on this machine: its runs are claimable now
-    with claims.Heartbeat(store, worker, lease):
+    # leaving the executor waits for a claim in flight, so the caller's release (Ctrl-C, errors) covers it
+    with claims.Heartbeat(store, worker, lease), ThreadPoolExecutor(1, thread_name_prefix="tracker-claim") as ahead:
+        keys = claims.claim(store, exp, worker, wanted, lease)
         while True:
-            keys = claims.claim(store, exp, worker, wanted, lease)
             if keys:
+                following = ahead.submit(claims.claim, store, exp, worker, wanted, lease, counts())
                 began = time.perf_counter()
                 run_chunk([by_key[k] for k in keys])
                 busy += time.perf_counter() - began
-                claims.progress(store, worker, done=summary.done, failed=summary.failed, busy_seconds=busy)
+                keys = following.result()
                 continue
-            left = claims.remaining(store, exp, list(by_key))
+            left = claims.remaining(store, exp, list(by_key), other_than=worker)
             if left["pending"] + left["running"] == 0:
+                claims.progress(store, worker, **counts())
                 return
             time.sleep(POLL_SECONDS)
+            keys = claims.claim(store, exp, worker, wanted, lease, counts())

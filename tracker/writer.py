@@ -3,12 +3,13 @@
 For each image, in a small pool of threads (zlib, hashing and file I/O release the GIL): the pipeline's
 array becomes an 8-bit image (NaN check), the recipe is built, the PNG is encoded with its metadata,
 hashed, written atomically and fsynced (``pngmeta.save_png``), the report thumbnail is written from the
-image in memory (``thumbs``), the run is marked done in the store, scored with the experiment's metrics
-(``tracker.metrics.scoring``) and handed to MLflow.
+image in memory (``thumbs``). The thread that writes a batch's last image then makes the batch durable and
+recorded at once: one fsync of the image folder (the renames), one store transaction marking the batch's
+runs done, the experiment's metrics on the batch (``tracker.metrics.scoring``), and each run to MLflow.
 
-Crash safety is the runner's as before: a run is ``done`` only after its PNG is durable; until then it is
-``running`` and a later sweep redoes it (same key, same file name), so a kill -9 at any moment loses and
-duplicates nothing. The queue is bounded (``depth`` images): when writing falls behind, ``submit`` waits,
+Crash safety is the runner's as before: a run is ``done`` only after its PNG is durable (file and folder
+fsynced before the transaction); until then it is ``running`` and a later sweep redoes it (same key, same
+file name), so a kill -9 at any moment loses and duplicates nothing. The queue is bounded (``depth`` images): when writing falls behind, ``submit`` waits,
 so memory stays bounded. An error writing one image fails that run with the reason; an error the stage
 cannot record (the store itself failing) stops the sweep at the next ``submit`` or at ``close``.
 """
@@ -21,6 +22,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("tracker")
@@ -37,6 +39,15 @@ class BatchFacts:
     environment: dict
     revision: Callable[[], str | None]  # may wait for a background hash: called in the writing stage only
     pipeline: dict | None = None  # what the recipe records of a user's pipeline object (Engine.pipeline_info)
+
+
+class _Batch:
+    """A submitted batch in the writing stage: its images are written in parallel; the thread that writes the
+    last one records them all (``Writer._record``)."""
+
+    def __init__(self, facts: BatchFacts, size: int):
+        self.facts, self.left = facts, size
+        self.written: list[tuple[Any, Any, dict]] = []  # (run, image, store fields), in the order written
 
 
 def default_threads() -> int:
@@ -70,9 +81,11 @@ class Writer:
         """Queue a batch's images (waits while the queue is full); raises what the stage could not record."""
         self._raise_fatal()
         timing = {"peak_memory_bytes": result.peak_memory_bytes, "batch_size_used": result.batch_size}
-        for run, img in zip(runs, result.images):
+        pairs = list(zip(runs, result.images))
+        batch = _Batch(facts, len(pairs))
+        for run, img in pairs:
             self._queue.put((run, img, {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
-                                        **timing}, facts))
+                                        **timing}, batch))
 
     def fail(self, run, error: str, timing: dict | None = None) -> None:
         """Record a run that produced no image (the runner's failures go through the same lock)."""
@@ -104,59 +117,84 @@ class Writer:
             job = self._queue.get()
             if job is _STOP:
                 return
-            if self._fatal is not None:
-                continue  # the store is failing: leave the rest 'running' (a later sweep redoes them)
-            start = time.perf_counter()
+            run, img, timing, batch = job
+            start, written = time.perf_counter(), None
             try:
-                self._write(*job)
+                if self._fatal is None:  # after it (the store or the disk failing) nothing more is written:
+                    written = self._write(run, img, timing, batch.facts)  # those runs stay 'running'
             except BaseException as e:  # noqa: BLE001 - recorded, raised in the runner's thread
+                self._fatal = self._fatal or e
+            try:
+                with self._lock:
+                    if written is not None:
+                        batch.written.append(written)
+                    batch.left -= 1
+                    last = batch.left == 0
+                if last and batch.written:  # also after a fatal error: what is on disk gets recorded
+                    self._record(batch)
+            except BaseException as e:  # noqa: BLE001
                 self._fatal = self._fatal or e
             with self._lock:
                 self.busy_seconds += time.perf_counter() - start
 
-    def _write(self, run, img, timing: dict, facts: BatchFacts) -> None:
+    def _write(self, run, img, timing: dict, facts: BatchFacts) -> tuple | None:
+        """Write one image (its PNG fsynced, not yet its folder): ``(run, image, store fields)``, or None when
+        the run failed (recorded here)."""
         image = img.image  # the conversion from the pipeline's array happens here
         if image is None:
             self._fail(run, img.error or "no image", timing)
-            return
+            return None
         revision = facts.revision()
         recipe = run.to_recipe(model_revision=revision, scheduler_config=facts.scheduler_config,
                                environment=facts.environment, device_used=facts.device, pipeline=facts.pipeline,
                                **timing)
         target = self.ws.image_path(run.experiment, run.key)
         try:
-            sha = save_image(self.ws, image, target, recipe)
+            sha = save_image(self.ws, image, target, recipe, fsync_folder=False)
         except (OSError, ValueError) as e:
             from tracker.fsutil import is_fatal
 
             if is_fatal(e):  # read-only, disk full, no permission: the sweep stops (runs back to pending)
                 raise
             self._fail(run, f"could not write the image {target}: {e}", timing)
-            return
+            return None
         from tracker.check import image_stat
 
-        self.store.mark_done(run.experiment, run.key, image_path=str(target), image_sha256=sha,
-                             **image_stat(target),  # the report hashes the file again only when this changes
-                             model_revision=revision, scheduler_config=facts.scheduler_config, device=facts.device,
-                             **timing)
-        if self.scorer is not None:  # scored after the PNG is durable, before MLflow reads the run
-            self.scorer.add([run], [image], facts.device)
+        return run, image, {"image_path": str(target), "image_sha256": sha,
+                            **image_stat(target),  # the report hashes the file again only when this changes
+                            "model_revision": revision, "scheduler_config": facts.scheduler_config,
+                            "device": facts.device, **timing}
+
+    def _record(self, batch: _Batch) -> None:
+        """The batch's written images become durable (one fsync per folder), then their runs done (one
+        transaction), scored and sent to MLflow."""
+        from tracker.fsutil import fsync_dir
+
+        runs = [run for run, _, _ in batch.written]
+        for folder in dict.fromkeys(Path(fields["image_path"]).parent for _, _, fields in batch.written):
+            fsync_dir(folder)
+        self.store.mark_done_many(runs[0].experiment, [(run.key, fields) for run, _, fields in batch.written])
+        if self.scorer is not None:  # scored after the PNGs are durable, before MLflow reads the runs
+            self.scorer.add(runs, [image for _, image, _ in batch.written], batch.facts.device)
         if self.sink is not None:
-            self.sink.submit_key(run.experiment, run.key)
+            for run in runs:
+                self.sink.submit_key(run.experiment, run.key)
         with self._lock:
-            self._on_done(run)
+            for run in runs:
+                self._on_done(run)
 
     def _fail(self, run, error: str, timing: dict) -> None:
         with self._lock:
             self._on_fail(run, error, timing)
 
 
-def save_image(ws, image, target, recipe: dict) -> str:
+def save_image(ws, image, target, recipe: dict, fsync_folder: bool = True) -> str:
     """One image as a sweep writes it: the PNG with its recipe (atomic, fsynced; ``pngmeta.save_png``) and its
-    report thumbnail from the image in memory (``thumbs``). Returns the PNG's sha256."""
+    report thumbnail from the image in memory (``thumbs``). Returns the PNG's sha256. ``fsync_folder=False``:
+    the caller fsyncs the image folder before it relies on the file (once per batch)."""
     from tracker import pngmeta, thumbs
 
-    sha = pngmeta.save_png(image, target, recipe)
+    sha = pngmeta.save_png(image, target, recipe, fsync_folder=fsync_folder)
     try:
         thumbs.write_cached(image, ws.thumbs_dir, sha)
     except (OSError, ValueError) as e:  # a cache: the report makes the thumbnail itself then
