@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tracker import cpu
+from tracker import cpu, determinism
 
 cpu.before_torch()  # OpenMP reads its wait policy when torch loads
 
@@ -157,6 +157,7 @@ class BatchResult:
     peak_memory_bytes: int
     step_seconds: list[float]  # one per denoising-loop iteration (UNet call), first UNet call to last step end
     warmup_seconds: float = 0.0  # compile warm-up before this batch (not in ``seconds``)
+    deterministic: bool = False  # torch reported its deterministic algorithms on during the call (the setting)
 
 
 @dataclass
@@ -667,21 +668,23 @@ class Engine:
         denoiser = getattr(pipe, "unet", None)
         hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
         try:
-            warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
-            marks.clear()  # the warm-up call's UNet calls are not this batch's steps
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            with _PeakRss() as rss:
-                start = time.perf_counter()
-                out = pipe(
-                    **self._text_inputs(pipe, runs, settings.prompt_syntax),
-                    num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                    width=settings.width or None, height=settings.height or None, generator=generators, output_type="np",
-                    callback_on_step_end=step_end,
-                )
+            with determinism.mode(settings.deterministic):  # torch's flags around this call only
+                deterministic = determinism.enabled()
+                warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
+                marks.clear()  # the warm-up call's UNet calls are not this batch's steps
                 if cuda:
-                    torch.cuda.synchronize(device)
-                wall = time.perf_counter() - start
+                    torch.cuda.reset_peak_memory_stats(device)
+                with _PeakRss() as rss:
+                    start = time.perf_counter()
+                    out = pipe(
+                        **self._text_inputs(pipe, runs, settings.prompt_syntax),
+                        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                        width=settings.width or None, height=settings.height or None, generator=generators,
+                        output_type="np", callback_on_step_end=step_end,
+                    )
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    wall = time.perf_counter() - start
             peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
@@ -702,7 +705,7 @@ class Engine:
         for r, arr in zip(runs, np.asarray(out.images)):
             images.append(ImageResult(r.key, arr, wall / n, per_step))
         return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps,
-                           warmup_seconds=warmup)
+                           warmup_seconds=warmup, deterministic=deterministic)
 
     def _warm_up(self, pipe: Any, runs: Sequence[PlannedRun], settings: Settings, gen_device: str, cuda: bool,
                  device: str) -> float:

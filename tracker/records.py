@@ -75,6 +75,7 @@ class RunRecord:
     lora: list[dict[str, Any]] | None = None
     image_size: int | None = None  # the image file's size and mtime (ns) when written; None before 0008
     image_mtime_ns: int | None = None
+    deterministic: bool | None = None  # the setting; None for runs recorded before it existed (off)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
@@ -122,7 +123,7 @@ class RunRecord:
             attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
             cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
             compile=self.compile or "off", prompt_syntax=self.prompt_syntax or "plain",
-            lora=lora_settings(self.lora),
+            lora=lora_settings(self.lora), deterministic=bool(self.deterministic),
         )
 
     def planned(self) -> PlannedRun:

@@ -108,7 +108,7 @@ def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes:
         return fail
 
     for name in ("steps", "guidance_scale", "dtype", "generator_device", "scheduler_options", "attention_slicing",
-                 "vae_slicing", "vae_tiling", "cpu_offload", "batch_size", "prompt_syntax"):
+                 "vae_slicing", "vae_tiling", "cpu_offload", "batch_size", "prompt_syntax", "deterministic"):
         if values.get(name) is not None:
             v = values[name]
             if name == "scheduler_options" and isinstance(v, (list, tuple)):
@@ -507,6 +507,7 @@ class VerifyRow:
     key: str
     labels: dict[str, str]
     drift: Drift
+    deterministic: bool = False  # made (and regenerated) with torch's deterministic algorithms
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,7 @@ class Verification:
     @property
     def drifted(self) -> int:
         """Runs that differ (drift within GPU kernel noise on CUDA is reported, not counted)."""
-        return sum(verdict(r.drift, self.device) == "differs" for r in self.rows)
+        return sum(verdict(r.drift, self.device, r.deterministic) == "differs" for r in self.rows)
 
     def to_json(self) -> dict[str, Any]:
         """What ``Store.update_sweep(sweep_id, verify=...)`` stores and the report shows."""
@@ -531,7 +532,8 @@ class Verification:
             "drifted": self.drifted, "device": self.device,
             "max_abs": max((r.drift.max_abs for r in self.rows), default=0),
             "warnings": list(self.warnings),
-            "runs": [{"key": r.key, "labels": r.labels, **r.drift.to_json()} for r in self.rows],
+            "runs": [{"key": r.key, "labels": r.labels, **r.drift.to_json(), "deterministic": r.deterministic}
+                     for r in self.rows],
         }
 
 
@@ -566,11 +568,13 @@ def original_batches(done: Sequence[Any], sampled: Sequence[Any]) -> list[list[A
     return out
 
 
-def verdict(drift: Drift, device: str | None) -> str:
-    """"identical", "within N levels (GPU kernels)" (CUDA only) or "differs"."""
+def verdict(drift: Drift, device: str | None, deterministic: bool = False) -> str:
+    """"identical", "within N levels (GPU kernels)" (CUDA only) or "differs". A run made with the
+    ``deterministic`` setting gets no such allowance: torch's deterministic algorithms make the same batch on
+    the same GPU and software bit-exact, so any difference is drift."""
     if drift.identical:
         return "identical"
-    if not drift.reason and (device or "").startswith("cuda") and drift.max_abs <= GPU_LEVELS:
+    if not drift.reason and not deterministic and (device or "").startswith("cuda") and drift.max_abs <= GPU_LEVELS:
         return f"within {drift.max_abs} levels (GPU kernels)"
     return "differs"
 
@@ -605,7 +609,7 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     images = collected.images
     rows = []
     for rec in records:
-        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(rec, images.get(rec.key)))
+        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(rec, images.get(rec.key)), bool(rec.deterministic))
         rows.append(row)
         if progress:
             progress(row)
@@ -631,6 +635,6 @@ def format_table(rows: Iterable[VerifyRow], device: str | None = None) -> str:
     header = ("key", "labels", "max", "mean", "result")
     lines = [(r.key, ", ".join(f"{k}={v}" for k, v in r.labels.items()) or "-",
               str(r.drift.max_abs), f"{r.drift.mean_abs:.4f}",
-              verdict(r.drift, device) + (": " + r.drift.reason if r.drift.reason else ""))
+              verdict(r.drift, device, r.deterministic) + (": " + r.drift.reason if r.drift.reason else ""))
              for r in rows]
     return table(header, lines, rule=True)

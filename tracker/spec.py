@@ -25,7 +25,8 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 # Settings that change speed or memory but not the image; they join a run key only when varied on an axis.
-PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile")
+PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile",
+                 "deterministic")
 COMPILE_OFF = "off"
 COMPILE_OPTIONS = {"mode": str, "fullgraph": bool, "dynamic": bool}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -55,6 +56,7 @@ class Settings:
     compile: str = COMPILE_OFF  # "off", or torch.compile options as "mode=default[,fullgraph=true][,dynamic=false]"
     prompt_syntax: str = "plain"  # plain | a1111 | compel (tracker.prompts.weighting)
     lora: tuple[tuple[tuple[str, Any], ...], ...] = ()  # adapters, each sorted (field, value) pairs (tracker.prompts.lora)
+    deterministic: bool = False  # torch's deterministic algorithms around each pipeline call (tracker.determinism)
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -263,7 +265,7 @@ NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
     "batch_size": _batch, "allow_pickle": _bool, "compile": _compile,
-    "prompt_syntax": _prompt_syntax,
+    "prompt_syntax": _prompt_syntax, "deterministic": _bool,
 }
 
 
