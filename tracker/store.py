@@ -536,6 +536,16 @@ class Store:
             if missing:
                 raise NotFoundError(f"experiment {experiment!r} has no run {', '.join(missing[:5])}")
 
+    def restamp_images(self, stamps: Sequence[tuple[str, str, str, int, int]]) -> None:
+        """Record the size and mtime of images verified by their sha256 (``tracker check``): one transaction of
+        ``(experiment, key, sha256, size, mtime_ns)``; a run whose image changed meanwhile is left alone."""
+        with self._write() as conn:
+            for experiment, key, sha, size, mtime_ns in stamps:
+                eid = self._experiment_id(conn, experiment)
+                conn.execute(runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.key == key,
+                                                   runs_t.c.image_sha256 == sha)
+                             .values(image_size=size, image_mtime_ns=mtime_ns))
+
     def mark_failed(self, experiment: str, key: str, error: str, **fields: Any) -> None:
         self._set(experiment, [key], status="failed", error=error, finished_at=utcnow(), **self._results(fields))
 

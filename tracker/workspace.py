@@ -66,10 +66,6 @@ class Workspace:
         """The file a stored image path names (``RunRecord.image``, a path in the store): see ``image_file``."""
         return image_file(self.home, stored)
 
-    def stored_image(self, path: "str | Path") -> str:
-        """How the store records the image at ``path``: see ``stored_image``."""
-        return stored_image(self.home, path)
-
     def ensure(self) -> "Workspace":
         self.home.mkdir(parents=True, exist_ok=True)
         return self
