@@ -26,7 +26,7 @@ deterministic: true
 """
 
 
-def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only():
+def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(monkeypatch):
     import torch
 
     from tracker.engine import Engine
@@ -35,6 +35,7 @@ def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(
     from test_engine import runs_for
 
     base = Settings(model="tiny", steps=1, width=64, height=64, device="cpu")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # restored after the test
     engine = Engine(device="cpu")
     try:
         before = torch.are_deterministic_algorithms_enabled()
@@ -49,7 +50,8 @@ def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(
         engine.close()
 
 
-def test_deterministic_is_recorded_per_run_and_verified_strictly(cli, write_yaml):
+def test_deterministic_is_recorded_per_run_and_verified_strictly(cli, write_yaml, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # the sweep sets it; restored after the test
     res = cli("run", write_yaml(SWEEP), "--no-mlflow", "-q")
     assert res.code == 0, res.err
     runs = json.loads(cli("runs", "det", "--json").out)

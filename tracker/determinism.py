@@ -3,8 +3,8 @@
 On: ``torch.use_deterministic_algorithms(True)`` (an op without a deterministic implementation raises, and
 the run fails with torch's message, rather than making an image that only looks reproducible),
 ``cudnn.deterministic`` on and ``cudnn.benchmark`` off, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS
-needs a fixed workspace to be deterministic; it is read when the process first uses cuBLAS: a sweep loads
-every pipeline before it generates, so this is set in time; a value the user set is kept). What torch had
+needs a fixed workspace to be deterministic; it is read when the process first uses cuBLAS: a sweep prepares
+every pipeline before it generates, and ``Engine.prepare`` sets it then; a value the user set is kept). What torch had
 before is restored after the call, so the setting is per run (an axis may vary it) and nothing leaks into
 the rest of the process. Off: nothing is touched. torch is imported only inside the functions.
 """
@@ -17,6 +17,14 @@ from typing import Iterator
 
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the two values torch accepts as deterministic
+
+
+def cublas_env() -> None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` (unless the user set a deterministic value): torch reads it when the
+    process first uses cuBLAS, so ``Engine.prepare`` calls this for a deterministic setting before a sweep
+    generates anything (a sweep prepares every pipeline first)."""
+    if os.environ.get(CUBLAS_ENV) not in CUBLAS_DETERMINISTIC:
+        os.environ[CUBLAS_ENV] = CUBLAS_DETERMINISTIC[0]
 
 
 def _state() -> tuple[bool, bool, bool, bool]:
@@ -40,8 +48,7 @@ def mode(deterministic: bool) -> Iterator[None]:
     if not deterministic:
         yield
         return
-    if os.environ.get(CUBLAS_ENV) not in CUBLAS_DETERMINISTIC:
-        os.environ[CUBLAS_ENV] = CUBLAS_DETERMINISTIC[0]
+    cublas_env()
     before = _state()
     _set(True, False, True, False)
     try:

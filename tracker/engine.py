@@ -561,6 +561,8 @@ class Engine:
         device = self.device_for(settings)
         self._generator_device(settings, device)
         self._check_dtype(device, settings.dtype)
+        if settings.deterministic:
+            determinism.cublas_env()  # before the process's first cuBLAS call (a sweep prepares first)
         if settings.cpu_offload and not device.startswith("cuda"):
             raise ModelError(f"cpu_offload needs a CUDA GPU (it moves each model to the GPU only while it runs), "
                              f"but the device is {device!r}; set cpu_offload: false")
