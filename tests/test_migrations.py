@@ -16,7 +16,7 @@ from tracker.errors import StoreError
 from tracker.store import Store, metadata
 
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
-             "0006_prompt_language", "0007_metrics", "0008_image_files"]
+             "0006_prompt_language", "0007_metrics", "0008_image_files", "0009_attention"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -38,6 +38,7 @@ ADDED = {  # revision -> table -> columns it adds
     "0006_prompt_language": {"runs": {"prompt_syntax", "lora"}},
     "0007_metrics": {},
     "0008_image_files": {"runs": {"image_size", "image_mtime_ns", "deterministic"}},
+    "0009_attention": {"runs": {"attention"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",

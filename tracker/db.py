@@ -29,7 +29,7 @@ WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IM
 VERSION_TABLE = "alembic_version"
 # The newest revision in migrations/versions, so that opening an up-to-date store needs no Alembic
 # import (~0.5 s); tests/test_migrations.py keeps it equal to Alembic's head.
-HEAD = "0008_image_files"
+HEAD = "0009_attention"
 
 
 def migrations_dir() -> Path:

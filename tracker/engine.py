@@ -173,6 +173,7 @@ class _Loaded:
     saved: Any = None  # a user's pipeline (tracker.userpipe.Saved): its state as handed over, restored by close()
     sliced: bool = False  # attention slicing on (changing it resets the attention processors)
     compiled: Any = None  # tracker.speed.Compiled while the compile setting is on
+    attention: Any = None  # tracker.attention.Applied while the attention setting is not "default"
     schedulers: dict = field(default_factory=dict)  # (class, options) -> a never-used scheduler, copied for use
 
 
@@ -471,8 +472,12 @@ class Engine:
 
     def close(self) -> None:
         """Give a user's pipeline back as it came: its scheduler, VAE, device and attention processors."""
+        from tracker import attention
+
         for loaded in self._pipes.values():
             if loaded.saved is not None:
+                attention.undo(loaded.pipe, loaded.attention)  # diffusers' process-wide backend too
+                loaded.attention = None
                 loaded.saved.restore(loaded.pipe, loaded.offloaded)
                 loaded.offloaded, loaded.device, loaded.sliced = False, loaded.saved.device, False
         self._active, self._settings = None, None
@@ -602,7 +607,16 @@ class Engine:
         if settings.lora or "_tracker_lora" in pipe.__dict__:
             self._lora(pipe, settings)
         self._compile(loaded, settings, device)
+        self._attention(loaded, settings, device)
         self._active, self._settings = loaded, settings
+
+    @staticmethod
+    def _attention(loaded: _Loaded, settings: Settings, device: str) -> None:
+        """The ``attention`` backend (see ``tracker.attention``), proven to run here before it is set."""
+        from tracker import attention
+
+        attention.check(loaded.pipe, settings.attention, device, DTYPES[settings.dtype], settings.model)
+        loaded.attention = attention.apply(loaded.pipe, settings.attention, loaded.attention)
 
     def _compile(self, loaded: _Loaded, settings: Settings, device: str) -> None:
         """torch.compile, channels_last and fused QKV per the ``compile`` setting (see ``tracker.speed``)."""
@@ -670,7 +684,10 @@ class Engine:
         denoiser = getattr(pipe, "unet", None)
         hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
         try:
-            with determinism.mode(settings.deterministic):  # torch's flags around this call only
+            from tracker import attention
+
+            with determinism.mode(settings.deterministic), attention.kernels(self._active.attention):
+                # torch's flags and attention kernels around this call only
                 deterministic = determinism.enabled()
                 warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
                 marks.clear()  # the warm-up call's UNet calls are not this batch's steps

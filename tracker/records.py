@@ -76,6 +76,7 @@ class RunRecord:
     image_size: int | None = None  # the image file's size and mtime (ns) when written; None before 0008
     image_mtime_ns: int | None = None
     deterministic: bool | None = None  # the setting; None for runs recorded before it existed (off)
+    attention: str | None = None  # the attention setting; None for runs recorded before it existed ("default")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
@@ -123,7 +124,7 @@ class RunRecord:
             attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
             cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
             compile=self.compile or "off", prompt_syntax=self.prompt_syntax or "plain",
-            lora=lora_settings(self.lora), deterministic=bool(self.deterministic),
+            lora=lora_settings(self.lora), deterministic=bool(self.deterministic), attention=self.attention or "default",
         )
 
     def planned(self) -> PlannedRun:

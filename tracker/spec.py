@@ -26,8 +26,10 @@ SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 # Settings that change speed or memory but not the image; they join a run key only when varied on an axis.
 PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile",
-                 "deterministic")
+                 "deterministic", "attention")
 COMPILE_OFF = "off"
+ATTENTION_DEFAULT = "default"  # the attention backend the model was loaded with (tracker.attention)
+ATTENTION_RE = re.compile(r"^[a-z0-9_]+$")
 COMPILE_OPTIONS = {"mode": str, "fullgraph": bool, "dynamic": bool}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -57,6 +59,7 @@ class Settings:
     prompt_syntax: str = "plain"  # plain | a1111 | compel (tracker.prompts.weighting)
     lora: tuple[tuple[tuple[str, Any], ...], ...] = ()  # adapters, each sorted (field, value) pairs (tracker.prompts.lora)
     deterministic: bool = False  # torch's deterministic algorithms around each pipeline call (tracker.determinism)
+    attention: str = ATTENTION_DEFAULT  # "default", or a diffusers attention backend name (tracker.attention)
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -212,6 +215,15 @@ def _compile(v: Any, err: Callable) -> str:
     return ",".join(f"{k}={str(x).lower() if isinstance(x, bool) else x}" for k, x in sorted(options.items()))
 
 
+def _attention(v: Any, err: Callable) -> str:
+    """A backend name, lower case; whether diffusers knows it and it runs here is the engine's check."""
+    name = v.strip().lower() if isinstance(v, str) else None
+    if not name or not ATTENTION_RE.match(name):
+        err(f"must be default or a diffusers attention backend name (native, flash, sage, flex, xformers, "
+            f"_native_math, ...) but is {v!r}")
+    return name
+
+
 def compile_options(value: str) -> dict[str, Any]:
     """The keyword arguments of torch.compile for a canonical ``compile`` setting ({} when off)."""
     if value == COMPILE_OFF:
@@ -264,7 +276,7 @@ NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
-    "batch_size": _batch, "allow_pickle": _bool, "compile": _compile,
+    "batch_size": _batch, "allow_pickle": _bool, "compile": _compile, "attention": _attention,
     "prompt_syntax": _prompt_syntax, "deterministic": _bool,
 }
 

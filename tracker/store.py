@@ -117,6 +117,7 @@ runs_t = sa.Table(
     sa.Column("image_size", sa.BigInteger),  # 0008: the image file's size and mtime when written
     sa.Column("image_mtime_ns", sa.BigInteger),  # 0008 (image_path is relative to the workspace since 0008)
     sa.Column("deterministic", sa.Boolean),  # 0008: torch's deterministic algorithms (NULL: off, older runs)
+    sa.Column("attention", sa.String(40)),  # 0009: the attention backend setting (NULL: default, older runs)
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),

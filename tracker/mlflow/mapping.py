@@ -45,7 +45,7 @@ def child_params(rec: "RunRecord") -> dict[str, str]:
         "vae": rec.vae, "dtype": rec.dtype, "batch_size": rec.batch_size, "batch_size_used": rec.batch_size_used,
         "attention_slicing": rec.attention_slicing, "vae_slicing": rec.vae_slicing, "vae_tiling": rec.vae_tiling,
         "cpu_offload": rec.cpu_offload, "device": rec.device, "generator_device": rec.generator_device,
-        "compile": rec.compile, "deterministic": bool(rec.deterministic),
+        "compile": rec.compile, "deterministic": bool(rec.deterministic), "attention": rec.attention,
     }
     if rec.scheduler_options:
         params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)

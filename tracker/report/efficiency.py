@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # efficiency
 
 
-EFFICIENCY_FIELDS = ("scheduler", "steps", "dtype", "batch", "memory options", "compile", "device", "model", "size")
+EFFICIENCY_FIELDS = ("scheduler", "steps", "dtype", "batch", "memory options", "compile", "attention", "device", "model",
+                     "size")
 
 
 def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
@@ -25,7 +26,7 @@ def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
     batch = r.batch_size_used if r.batch_size_used is not None else r.batch_size
     values = (r.scheduler_choice.short, str(r.steps), r.dtype,
               str(batch) if isinstance(batch, int) else None, ", ".join(memory) or "none",
-              _compile_label(r.compile), r.device if r.device not in (None, "auto") else None,
+              _compile_label(r.compile), r.attention or "default", r.device if r.device not in (None, "auto") else None,
               r.model, f"{r.width}x{r.height}")
     return tuple(zip(EFFICIENCY_FIELDS, values))
 
@@ -82,7 +83,7 @@ def _efficiency_row(config: tuple, runs: Sequence["RunRecord"], differ: Sequence
     done = [r for r in runs if r.status == "done" and r.seconds is not None]
     spi = sum(r.seconds for r in done) / len(done) if done else None
     peaks = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes]
-    parts = [f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch", "compile") else config[i][1]
+    parts = [f"{config[i][0]} {config[i][1]}" if config[i][0] in ("steps", "batch", "compile", "attention") else config[i][1]
              for i in differ if config[i][1] != "none"]
     label = " · ".join(parts) or "all runs"
     scores = [metric[r.key] for r in runs if metric.get(r.key) is not None]

@@ -170,7 +170,7 @@ def recipe(run) -> tuple[tuple[str, str], ...]:
         ("VAE", s.vae), ("dtype", s.dtype), ("device", getattr(run, "device", None) or s.device),
         ("generator device", s.generator_device), ("batch size (setting)", str(s.batch_size)),
         ("memory options", ", ".join(memory) or "(none)"),
-        ("deterministic algorithms", "on" if s.deterministic else "off"),
+        ("deterministic algorithms", "on" if s.deterministic else "off"), ("attention backend", s.attention),
     ]
     return tuple(rows)
 
