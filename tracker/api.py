@@ -367,8 +367,10 @@ class Workspace:
         if isinstance(target, os.PathLike) or rp.looks_like_path(str(target)):
             source = rp.from_png(target, model=model, trust=trust)  # trust: what only the caller may decide
         else:
+            from tracker.mlflow.fetch import Images
+
             with self._store() as store:
-                source = rp.from_store(store, str(target), model=model)
+                source = rp.from_store(store, str(target), model=model, images=Images(self.config))
         if on_source is not None:
             on_source(source)
         engine = None
@@ -390,8 +392,10 @@ class Workspace:
         """Regenerate a seeded sample of done runs and store the pixel drift with the latest sweep."""
         from tracker import reproduce as rp
 
+        from tracker.mlflow.fetch import Images
+
         with self._store() as store:
-            return rp.verify(store, experiment, sample=sample, device=device)
+            return rp.verify(store, experiment, sample=sample, device=device, images=Images(self.config))
 
 
 def _where_items(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:

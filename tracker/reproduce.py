@@ -225,16 +225,26 @@ def from_png(path: str | Path, model: str | None = None, trust: Trust | None = N
     return Source(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
 
 
-def from_store(store, key: str, model: str | None = None) -> Source:
-    """A run of the store by key (or unique prefix); compared with its stored image."""
+def from_store(store, key: str, model: str | None = None, images=None) -> Source:
+    """A run of the store by key (or unique prefix); compared with its stored image, found by ``images``
+    (``tracker.mlflow.fetch.Images``: the workspace, else MLflow's artifact store) when given."""
     rec = store.get_run(key)
     if rec.status != "done" or not rec.image:
         raise TrackerError(f"run {rec.key} of experiment {rec.experiment!r} is {rec.status} and has no image; "
                            f"run the experiment first (tracker run)")
+    reference, notes = Path(rec.image), ()
+    if images is not None:
+        found = images.locate(rec)
+        if found.path is None:
+            raise TrackerError(f"run {rec.key}: {found.problem}; nothing to compare with")
+        reference = found.path
+        if found.origin == "mlflow":
+            notes = (f"the original image was read from MLflow run {rec.mlflow_run_id} at {images.uri} "
+                     "(its sha256 matches the run store's)",)
     environment = store.sweep(rec.sweep_id).get("environment") if rec.sweep_id is not None else None
     recipe = rec.to_recipe(environment=environment)
     run = rec.planned()  # the stored run as planned (PlannedRun.from_recipe(recipe) reads the same back)
-    return Source(_with_settings(run, model=model) if model else run, "store", Path(rec.image), _original(recipe))
+    return Source(_with_settings(run, model=model) if model else run, "store", reference, _original(recipe), notes)
 
 
 def looks_like_path(target: str) -> bool:
@@ -580,8 +590,9 @@ def verdict(drift: Drift, device: str | None, deterministic: bool = False) -> st
 
 
 def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | None = None, engine=None,
-           progress: Callable[[VerifyRow], None] | None = None) -> Verification:
-    """Regenerate a seeded sample of the experiment's done runs; store the result with its latest sweep."""
+           progress: Callable[[VerifyRow], None] | None = None, images=None) -> Verification:
+    """Regenerate a seeded sample of the experiment's done runs; store the result with its latest sweep.
+    ``images`` (``tracker.mlflow.fetch.Images``) finds the stored images; without it, the recorded paths."""
     if sample < 1:
         raise TrackerError(f"--sample must be at least 1 but is {sample}")
     if store.experiment(experiment) is None:
@@ -601,15 +612,18 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
         device_used = current["device_used"]
         original = _original(rec.to_recipe(environment=environments.get(rec.sweep_id)))
         warnings += [w for w in environment_warnings(original, current) if w not in warnings]
-    present = [r for r in records if r.image and Path(r.image).is_file()]
+    from tracker.mlflow.fetch import in_workspace
+
+    found = {r.key: images.locate(r) if images is not None else in_workspace(r) for r in records}
+    present = [r for r in records if found[r.key].path is not None]
     collected = _Collected()
     for batch in original_batches(done, present):  # same companions, same order: batching shifts pixels
         runs = [r.planned() for r in batch]
         batches.execute(engine, runs, len(runs), collected)
-    images = collected.images
+    made = collected.images
     rows = []
     for rec in records:
-        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(rec, images.get(rec.key)), bool(rec.deterministic))
+        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(found[rec.key], made.get(rec.key)), bool(rec.deterministic))
         rows.append(row)
         if progress:
             progress(row)
@@ -618,13 +632,16 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     return result
 
 
-def _drift_of(rec, image) -> Drift:
+def _drift_of(original, image) -> Drift:
+    """``original``: where the stored image was found (``fetch.Found``); ``image``: the regenerated one."""
+    if original.path is None:
+        return Drift.failed(original.problem or "the original image is missing")
     if image is None:
-        return Drift.failed(f"the original image {rec.image} is missing")
+        return Drift.failed("no image was generated")
     if image.image is None:
         return Drift.failed(f"no image was generated: {image.error}")
     try:
-        with pngmeta.open_png(rec.image) as ref:
+        with pngmeta.open_png(original.path) as ref:
             return compare(ref, image.image)
     except TrackerError as e:
         return Drift.failed(str(e))

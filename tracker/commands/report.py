@@ -67,6 +67,8 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
                f"(rows: {data.rows_axis or '-'}, columns: {data.cols_axis or '-'})", err=True)
     if data.image_problems:
         click.echo(data.image_problem_line(), err=True)
+    if data.images_note:
+        click.echo(data.images_note, err=True)
     if warning:
         click.echo(warning, err=True)
     click.echo(index.as_uri())

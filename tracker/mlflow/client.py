@@ -27,6 +27,7 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per downloaded image otherwise
 }
 # MLflow error codes that blame one request (a bad value), not the server: the next run may still log.
 _BAD_REQUEST_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
@@ -84,6 +85,19 @@ def is_local_store(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
 
 
+def connect(tracking_uri: str):
+    """An ``MlflowClient`` for ``tracking_uri`` with short HTTP retries and MLflow's chatter off."""
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    import logging
+
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 # ---------------------------------------------------------------------------------------------
 # One MLflow connection for one experiment: create parents, log children, mark them synced
 
@@ -92,15 +106,7 @@ class ExperimentClient:
     """Does the MLflow work for one tracker experiment; used by the sink's child process and by ``sync``."""
 
     def __init__(self, tracking_uri: str, experiment: str, store: "Store", artifacts_dir: Path | None):
-        for k, v in HTTP_ENV.items():
-            os.environ.setdefault(k, v)
-        import logging
-
-        from mlflow import MlflowClient
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = connect(tracking_uri)
         self.uri, self.experiment, self.store = tracking_uri, experiment, store
         self._environments: dict[int, dict | None] = {}  # sweep id -> its environment (for recipe.json)
         self.artifacts_dir = artifacts_dir if artifacts_dir is not None and is_local_store(tracking_uri) else None

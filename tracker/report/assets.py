@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 from tracker.fsutil import atomic_file, sha256_file
 
 if TYPE_CHECKING:
+    from tracker.mlflow.fetch import Images
     from tracker.store import RunRecord
 
 
@@ -89,30 +90,29 @@ class Assets:
             (root / d).mkdir(parents=True, exist_ok=True)
         self.manifest: dict[str, list] = _read_manifest(root / "thumbs" / MANIFEST)
 
-    def prepare(self, records: Iterable["RunRecord"]) -> dict[str, Asset | str]:
+    def prepare(self, records: Iterable["RunRecord"], images: "Images") -> dict[str, Asset | str]:
         """key -> Asset, or key -> the reason there is no image (``problems``: key -> missing/modified).
-        Each image is checked against what the sweep recorded (``tracker.check.image_state``: one stat, a
-        hash only when the stat changed); a modified image is never published under its recorded sha256.
+        ``images`` finds each run's file: the workspace's when it has the bytes the sweep recorded
+        (``tracker.check.image_state``: one stat, a hash only when the stat changed), else a checked copy
+        from MLflow's artifact store; a modified image is never published under its recorded sha256.
         Checks and thumbnails run in threads."""
         self.problems: dict[str, str] = {}
         records = list(records)
         with ThreadPoolExecutor(workers()) as pool:
-            out = dict(zip((r.key for r in records), pool.map(self._one, records)))
+            out = dict(zip((r.key for r in records), pool.map(lambda r: self._one(r, images), records)))
         write_text(self.root / "thumbs" / MANIFEST, json.dumps(self.manifest, sort_keys=True))
         return out
 
-    def _one(self, r: "RunRecord") -> Asset | str:
-        from tracker.check import MISSING, image_state
+    def _one(self, r: "RunRecord", images: "Images") -> Asset | str:
+        from tracker.check import MODIFIED
 
-        problem = image_state(r)
-        if problem is not None:
-            self.problems[r.key] = problem
-            name = Path(r.image).name if r.image else "no file recorded"
-            if problem == MISSING:
-                return f"image missing: {name}"
-            return f"{MODIFIED_NOTE} (its sha256 differs): {name} is not shown"
-        src = Path(r.image)
-        return self._asset(src, r.image_sha256 or sha256_file(src), (r.width, r.height))
+        found = images.locate(r)
+        if found.path is None:
+            self.problems[r.key] = found.state
+            if found.state == MODIFIED:
+                return f"{MODIFIED_NOTE} (its sha256 differs): {Path(r.image).name} is not shown"
+            return found.problem
+        return self._asset(found.path, r.image_sha256 or sha256_file(found.path), (r.width, r.height))
 
     def _asset(self, src: Path, sha: str, size: tuple[int, int]) -> Asset | str:
         name = sha[:32]

@@ -149,6 +149,7 @@ class Report:
     effects: tuple = ()  # tracker.report.metrics_view.EffectsView per metric
     image_problems: tuple[tuple[str, int], ...] = ()  # ("missing" | "modified", count): done runs not shown
     check_command: str = ""  # the command that lists them (tracker check EXPERIMENT)
+    images_note: str | None = None  # images read from MLflow's artifact store, or not used (sha256 mismatch)
 
     def image_problem_line(self) -> str:
         """One line for the page and the terminal; "" when every done run's image is shown."""

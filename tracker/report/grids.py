@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from tracker import gridimage
-from tracker.check import image_state
 from tracker.errors import NotFoundError
+from tracker.mlflow.fetch import Images
 from tracker.report.assets import THUMB_SIZE, Asset, workers
 from tracker.report.data import Grid
 from tracker.report.layout import Layout, Section, choose_layout, parse_where, sections, select
@@ -92,12 +92,12 @@ def grid_specs(ws: Workspace, experiment: str, rows: str | None, cols: str | Non
     if not secs:
         raise NotFoundError(f"no runs of {experiment!r} match --where {' '.join(where)}")
     pinned_title = " · ".join(f"{k}: {v}" for k, v in pinned.items())
-    # only images with the bytes they were made with (a stat each; an edited or missing one is a placeholder)
-    files = {e.key: Path(e.record.image) for e in source.entries
-             if e.record is not None and e.record.image and image_state(e.record) is None}
+    # only images with the bytes they were made with (a stat each), else MLflow's checked copy; else a placeholder
+    images = Images(ws)
+    records = {e.key: e.record for e in source.entries if e.record is not None and e.state == "done"}
     out = []
     for sec in secs:
-        spec = grid_spec(sec, layout, lambda key: files.get(key))
+        spec = grid_spec(sec, layout, lambda key: images.locate(records[key]).path if key in records else None)
         title = " · ".join(t for t in (pinned_title, spec.title) if t)
         out.append((sec.combo, gridimage.GridSpec(title, spec.row_labels, spec.col_labels, spec.tiles)))
     return out

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from tracker.mlflow.fetch import Images
 from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, write_marker, write_text
 from tracker.report.attach import mlflow_url
 from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
@@ -46,7 +47,8 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, source.name, owned)  # claimed before anything else is written
     assets = Assets(out, ws.thumbs_dir, owned)
-    images = assets.prepare(e.record for e in source.entries if e.record is not None and e.state == "done")
+    found = Images(ws)  # the workspace's files, else MLflow's copies (checked against the store's sha256)
+    images = assets.prepare((e.record for e in source.entries if e.record is not None and e.state == "done"), found)
     secs = sections(source, layout, source.entries)
     metric = primary(source.experiment.metrics if source.experiment else (), source.metric_names)
     better = bool(source.metric_names[metric]["higher_is_better"]) if metric else True
@@ -66,7 +68,7 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
                                    for e in source.entries),
         efficiency=efficiency([e.record for e in source.entries if e.record is not None],
                               {k: v.get(metric) for k, v in source.metric_values.items()} if metric else None),
-        notes=source.notes, verify=_mark_shown(source.verify, {e.key for e in source.entries}),
+        notes=source.notes + ((found.note(),) if found.note() else ()), images_note=found.note(), verify=_mark_shown(source.verify, {e.key for e in source.entries}),
         verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
         metric=metric, metric_higher_is_better=better,
         effects=tuple(effects_view(fx) for fx in _ordered(source.effects, metric) if fx.axes),
