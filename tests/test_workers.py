@@ -162,3 +162,56 @@ def test_two_tracker_runs_of_one_experiment_share_the_work(write_yaml, tmp_path)
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     _check_every_run_done_once({"TRACKER_HOME": env["TRACKER_HOME"]}, 12)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(write_yaml, tmp_path):
+    """--workers with MLflow on (the workspace's own store): the parent logs done runs as the workers
+    finish them, not once they are all done; one MLflow parent for the pool; no run logged twice."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from tracker.mlflow import KEY_TAG, PARENT_TAG
+    from tracker.store import Store
+
+    home = tmp_path / "home"
+    env = {"TRACKER_HOME": str(home), "TRACKER_LEASE_SECONDS": "5"}
+    path = _plan(write_yaml, steps=15)  # batches long enough for the parent to log between them
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "-q"],
+                            env={k: v for k, v in {**os.environ, **env}.items() if k != "MLFLOW_TRACKING_URI"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = []  # (done, logged to MLflow) while the pool runs
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                with sqlite3.connect(f"file:{home / 'tracker.db'}?mode=ro", uri=True, timeout=5) as db:
+                    samples.append(db.execute("SELECT sum(status = 'done'), sum(mlflow_synced_at IS NOT NULL) "
+                                              "FROM runs").fetchone())
+            except sqlite3.Error:
+                continue  # not created yet, or busy
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "12 done" in out and "logged 12 runs to MLflow" in out, out + err
+    # live: some runs were in MLflow while others were still being generated
+    assert any(logged and done is not None and done < 12 for done, logged in samples), samples
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("shared")
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tracker.kind") == "sweep"]
+    children = [r for r in runs if KEY_TAG in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["tracker.workers"] == "2"
+    assert parents[0].data.metrics["images"] == 12 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags[KEY_TAG] for r in children) == sorted(r["key"] for r in _runs(env))  # once each
+    assert {r.data.tags[PARENT_TAG] for r in children} == {parents[0].info.run_id}
+    with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
+        sweeps = store.sweeps("shared")
+    assert len(sweeps) == 2 and {s["mlflow_run_id"] for s in sweeps} == {parents[0].info.run_id}
+    res = run_tracker("sync", "shared", env=env)
+    assert res.code == 0 and res.out.startswith("nothing to sync"), res.out + res.err

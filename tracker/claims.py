@@ -244,6 +244,25 @@ def unsynced_by_others(store: Store, experiment: str, worker: Worker) -> list[st
             .order_by(runs_t.c.plan_index)).scalars())
 
 
+def unsynced_done(store: Store, experiment: str) -> list[tuple[str, int | None]]:
+    """(key, sweep id) of the experiment's done runs not yet in MLflow, in plan order (a light query)."""
+    with store._read() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(runs_t.c.key, runs_t.c.sweep_id).join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id)
+            .where(experiments_t.c.name == experiment, runs_t.c.status == "done", runs_t.c.mlflow_synced_at.is_(None))
+            .order_by(runs_t.c.plan_index))]
+
+
+def local_sweeps(store: Store, pids: Sequence[int]) -> dict[int, int]:
+    """pid -> sweep id of this host's workers with those pids (the newest worker of each pid)."""
+    if not pids:
+        return {}
+    with store._read() as conn:
+        rows = conn.execute(sa.select(workers_t.c.pid, workers_t.c.sweep_id).where(
+            workers_t.c.host == socket.gethostname(), workers_t.c.pid.in_(list(pids))).order_by(workers_t.c.id)).all()
+    return {pid: sweep for pid, sweep in rows}
+
+
 def reap_local(store: Store) -> int:
     """Workers of this host whose process is gone (killed, crashed) give their claims back now instead
     of when their leases end, so that rerunning a killed sweep starts at once. Returns runs released."""

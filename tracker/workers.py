@@ -6,7 +6,8 @@ Each worker is a plain ``tracker run FILE`` child process (``--no-mlflow -q``) p
 run store's claims (``tracker.work``), so nothing is generated twice. This parent process does not
 generate: it watches the children, gives the claims of a child that died back at once (other
 workers redo them; without this they would wait for the lease to end), and logs the finished runs
-to MLflow when the workers are done.
+to MLflow while they work: one MLflow parent run for the pool, each child's sweep adopted under it,
+and each done run logged once (``LiveMlflow``).
 """
 
 from __future__ import annotations
@@ -79,30 +80,115 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
         procs = [_spawn(ws, path, dev, threads, i, max_runs, from_key) for i, dev in enumerate(devices)]
         summary = PoolSummary(exp.name, len(keys), len(procs), images_dir=ws.images_dir / exp.name)
 
-        # 3. Watch them: a child that dies gives its claims back now.
+        # 3. Watch them: a child that dies gives its claims back now; finished runs go to MLflow meanwhile.
+        live = LiveMlflow(ws, exp.name, str(Path(path).resolve()), keys, [p.pid for p in procs]) \
+            if ws.mlflow_enabled else None
         began = time.perf_counter()
-        with runner._progress(len(keys), exp.name, progress) as bar:
-            seen = 0
-            while procs:
-                time.sleep(0.5)
-                for p in [p for p in procs if p.poll() is not None]:
-                    procs.remove(p)
-                    if p.returncode not in (0, 1):  # 1: some runs failed, the worker itself finished
-                        summary.died += 1
-                        _release_dead(store, p.pid)
-                done = claims.remaining(store, exp.name, keys)["done"]
-                bar.update(done - seen)
-                seen = done
-        summary.seconds = time.perf_counter() - began
-        left = claims.remaining(store, exp.name, keys)
-        summary.done, summary.failed, summary.pending = left["done"], left["failed"], left["pending"] + left["running"]
+        status = "interrupted"
+        try:
+            with runner._progress(len(keys), exp.name, progress) as bar:
+                seen = 0
+                while procs:
+                    time.sleep(0.5)
+                    for p in [p for p in procs if p.poll() is not None]:
+                        procs.remove(p)
+                        if p.returncode not in (0, 1):  # 1: some runs failed, the worker itself finished
+                            summary.died += 1
+                            _release_dead(store, p.pid)
+                    done = claims.remaining(store, exp.name, keys)["done"]
+                    bar.update(done - seen)
+                    seen = done
+                    if live is not None:
+                        live.tick(store)
+            summary.seconds = time.perf_counter() - began
+            left = claims.remaining(store, exp.name, keys)
+            summary.done, summary.failed, summary.pending = left["done"], left["failed"], left["pending"] + left["running"]
+            status = "failed" if summary.failed else "done"
+        finally:
+            # 4. MLflow: what is left (also runs an earlier outage left unsynced), then the parent's summary.
+            if live is not None:
+                summary.mlflow_note = live.close(store, summary, status)
     finally:
         store.close()
-
-    # 4. MLflow: the runs the workers finished, logged once they are done (as `tracker sync` does).
-    if ws.mlflow_enabled:
-        summary.mlflow_note = _sync(ws, exp.name)
     return summary
+
+
+class LiveMlflow:
+    """The pool's MLflow logging, from the parent while the workers run: one parent MLflow run for the
+    pool, the workers' sweeps adopted under it (their ``mlflow_run_id`` is the pool's parent, so a later
+    ``tracker sync`` and report attachments find it), and each done run submitted once, as soon as the
+    store says it is done. ``MlflowSink`` logs from its own process, so watching never waits for MLflow;
+    at most the sink's free room is submitted per tick, the rest on a later one."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, ws: Workspace, experiment: str, spec_path: str, keys: list[str], pids: list[int]):
+        from tracker.mlflow.worker import MlflowSink
+
+        self.experiment, self.spec_path, self.keys, self.pids = experiment, spec_path, set(keys), list(pids)
+        self.sink = MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
+        self.opened = False
+        self.adopted: set[int] = set()
+        self.submitted: set[str] = set()
+        self._last = 0.0
+
+    def tick(self, store, force: bool = False) -> int:
+        """Adopt new worker sweeps and submit newly done runs; returns how many runs were submitted."""
+        from tracker import claims
+
+        if not force and time.monotonic() - self._last < self.EVERY_S:
+            return 0
+        self._last = time.monotonic()
+        for sweep_id in sorted(set(claims.local_sweeps(store, self.pids).values()) - self.adopted):
+            if not self.opened:
+                self._open(store, sweep_id)
+            self.sink.adopt(sweep_id)
+            self.adopted.add(sweep_id)
+        todo = [k for k, sweep_id in claims.unsynced_done(store, self.experiment)
+                if sweep_id in self.adopted and k in self.keys and k not in self.submitted]
+        return self._submit(todo)
+
+    def _open(self, store, sweep_id: int) -> None:
+        """The pool's parent run, tagged like a sweep's (the first worker's environment) plus the pool size."""
+        from tracker.mlflow.mapping import environment_tags
+
+        environment = store.sweep(sweep_id).get("environment") or {}
+        self.sink.start_sweep(None, self.spec_path, {**environment_tags(environment),
+                                                     "tracker.workers": str(len(self.pids))})
+        self.opened = True
+
+    def _submit(self, keys: list[str]) -> int:
+        keys = keys[:self.sink.room()]
+        for key in keys:
+            self.sink.submit_key(self.experiment, key)
+            self.submitted.add(key)
+        return len(keys)
+
+    def close(self, store, summary: "PoolSummary", status: str) -> str:
+        """Submit what is left (the workers' last runs, and done runs of the plan an earlier outage left
+        unsynced, under their own sweeps' parents), end the parent with the pool's figures; one line."""
+        from tracker import claims
+
+        try:
+            while True:
+                self.tick(store, force=True)
+                rest = [k for k, _ in claims.unsynced_done(store, self.experiment)
+                        if k in self.keys and k not in self.submitted]
+                if not rest:
+                    break
+                if self.sink.down:  # counted as waiting for `tracker sync`, not sent
+                    for key in rest:
+                        self.sink.submit_key(self.experiment, key)
+                    break
+                if not self._submit(rest):
+                    time.sleep(0.2)  # the sink is full: wait for room
+            if self.opened:
+                self.sink.finish_sweep({"planned": summary.planned, "done": summary.done, "failed": summary.failed,
+                                        "seconds": round(summary.seconds, 3),
+                                        "images_per_second": round(summary.images_per_second, 4), "status": status})
+        finally:
+            result = self.sink.close()
+        return result.message(self.experiment)
 
 
 def _spawn(ws: Workspace, path: str, device: str, threads: int, index: int, max_runs, from_key) -> subprocess.Popen:
@@ -132,16 +218,6 @@ def _release_dead(store, pid: int) -> None:
         claims.release(store, wid)
         with store._write() as conn:
             conn.execute(workers_t.update().where(workers_t.c.id == wid).values(status="died"))
-
-
-def _sync(ws: Workspace, experiment: str) -> str | None:
-    from tracker.mlflow import sync
-
-    try:
-        result = sync(ws.db_url, ws.mlflow_tracking_uri, experiment, ws.mlflow_artifacts_dir)
-    except Exception as e:  # MLflow down: the runs stay unsynced for a later `tracker sync`
-        return f"MLflow: {type(e).__name__}: {e}; run `tracker sync {experiment}` later"
-    return getattr(result, "summary", None) if not isinstance(result, str) else result
 
 
 def format_pool(s: PoolSummary) -> str:

@@ -65,6 +65,21 @@ class MlflowSink:
         """Create the sweep's parent run (with the experiment file and ``tags``) in the background."""
         self._send({"op": "sweep", "sweep_id": sweep_id, "spec_path": spec_path, "tags": dict(tags)})
 
+    def adopt(self, sweep_id: int) -> None:
+        """Log the runs of another sweep (a worker process's) under this sink's parent run, and record that
+        parent as the sweep's MLflow run (``tracker run --workers``: one parent for the whole pool)."""
+        self._send({"op": "adopt", "sweep_id": sweep_id})
+
+    @property
+    def down(self) -> bool:
+        """MLflow failed during this sweep: nothing more is sent."""
+        return self._down.is_set()
+
+    def room(self) -> int:
+        """How many more runs ``submit`` would send now (0 once MLflow is down)."""
+        with self._lock:
+            return 0 if self._down.is_set() or self._proc is None else max(0, self.queue_size - self._in_flight)
+
     def submit(self, record: "RunRecord") -> None:
         """Log one finished run in the background; when MLflow is down or too far behind it waits for sync."""
         self.submit_key(record.experiment, record.key)
@@ -218,6 +233,11 @@ class _Worker:
             logger = self._logger()
             if op == "sweep":
                 logger.open_sweep(item["sweep_id"], item["spec_path"], item["tags"])
+            elif op == "adopt":
+                rid = logger.parents.get(self.sweep_id)
+                if rid is not None:
+                    logger.parents[item["sweep_id"]] = rid
+                    self.store.update_sweep(item["sweep_id"], mlflow_run_id=rid)
             elif op == "run":
                 logger.log_run(self.store.get_run(item["key"], item["experiment"]))
                 self.reply({"logged": item["key"]})
