@@ -66,7 +66,7 @@ def test_a_copy_in_mlflow_that_does_not_match_the_store_is_reported_not_used(ws,
     art.write_bytes(art.read_bytes() + b"tampered")
     images = Images(ws)
     found = images.locate(bad)
-    assert found.path is None and "image not used" in found.problem and "sha256" in found.problem
+    assert found.path is None and found.state == "missing" and "was not used: its sha256" in found.problem
     assert images.mismatched == [bad.key] and "did not match the run store's sha256" in images.note()
     assert not list((ws.home / "cache" / "mlflow-images").glob("*.png"))  # nothing kept, no temp folder either
     assert not list((ws.home / "cache" / "mlflow-images").iterdir())
@@ -78,10 +78,10 @@ def test_a_copy_in_mlflow_that_does_not_match_the_store_is_reported_not_used(ws,
     shown = {_sha(p) for p in (out / "full").iterdir()}
     assert shown == {r.image_sha256 for r in records if r.key != bad.key}
     assert _sha(art) not in shown
-    assert "image not used" in (out / "index.html").read_text()
+    assert "was not used: its sha256" in (out / "index.html").read_text()
 
     res = cli("reproduce", bad.key)
-    assert res.code == 2 and "image not used" in res.err and res.err.count("\n") == 1
+    assert res.code == 2 and "was not used: its sha256" in res.err and res.err.count("\n") == 1
 
 
 def test_the_cache_is_bounded_least_recently_used_first(ws, monkeypatch):
@@ -99,12 +99,12 @@ def test_the_cache_is_bounded_least_recently_used_first(ws, monkeypatch):
 
 def test_names_from_the_store_never_leave_the_cache_and_mlflow_off_fetches_nothing(ws):
     records = _logged_without_images(ws)
-    evil = replace(records[0], image="/elsewhere/../../etc/passwd", image_sha256="../../" + "0" * 58)
+    evil = replace(records[0], image=str(ws.home / "nowhere" / "x.png"), image_sha256="../../" + "0" * 58)
     found = Images(ws).locate(evil)
-    assert found.path is None and "no sha256" in found.problem
+    assert found.path is None and found.state == "missing"
     off = Images(replace(ws, mlflow_enabled=False))
     found = off.locate(records[0])
-    assert found.path is None and "MLflow is off" in found.problem
+    assert found.path is None and found.state == "missing" and off.fetched == 0
     assert not (ws.home / "cache").exists()
 
 
@@ -168,7 +168,7 @@ def test_home_b_reports_and_reproduces_from_the_server_s_artifact_store(tmp_path
         assert res.code == 1, res.out + res.err
         rows = {line.split()[0]: line for line in res.out.splitlines() if line.split() and line.split()[0] in
                 {r["key"] for r in runs}}
-        assert "image not used" in rows[runs[1]["key"]]
+        assert "was not used: its sha256" in rows[runs[1]["key"]]
         assert sum("identical" in line for line in rows.values()) == 3
     finally:
         server.stop()

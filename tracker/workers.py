@@ -126,7 +126,7 @@ class LiveMlflow:
         from tracker.mlflow.worker import MlflowSink
 
         self.experiment, self.spec_path, self.keys, self.pids = experiment, spec_path, set(keys), list(pids)
-        self.sink = MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir)
+        self.sink = MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir, home=ws.home)
         self.opened = False
         self.adopted: set[int] = set()
         self.submitted: set[str] = set()
