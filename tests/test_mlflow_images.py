@@ -144,10 +144,9 @@ def test_home_b_reports_and_reproduces_from_the_server_s_artifact_store(tmp_path
         assert res.code == 0, res.err
         shutil.rmtree(home_a)  # machine A and its images are gone; the store and the server remain
 
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         runs = json.loads(cli("--home", home_b, "--db", db, "runs", "team", "--json").out)
         assert len(runs) == 4 and all(r["status"] == "done" and r["mlflow_run_id"] for r in runs)
-        res = cli("--home", home_b, "--db", db, "report", "team")
+        res = cli("--home", home_b, "--db", db, "report", "team", "--mlflow-uri", server.url)
         assert res.code == 0, res.err
         assert f"read 4 images from MLflow at {server.url}" in res.err
         full = home_b / "reports" / "team" / "full"
@@ -155,8 +154,13 @@ def test_home_b_reports_and_reproduces_from_the_server_s_artifact_store(tmp_path
         cache = home_b / "cache" / "mlflow-images"
         assert sorted(p.name for p in cache.iterdir()) == sorted(f"{r['image_sha256']}.png" for r in runs)
 
+        # a sweep on home B makes nothing again: the images are in MLflow, not lost
+        res = cli("--home", home_b, "--db", db, "run", path, "--no-mlflow", "-q")
+        assert res.code == 0 and "0 done, 4 skipped" in res.out, res.out + res.err
+        assert not (home_b / "images").exists()
+
         key = runs[0]["key"]
-        res = cli("--home", home_b, "--db", db, "reproduce", key)
+        res = cli("--home", home_b, "--db", db, "reproduce", key, "--mlflow-uri", server.url)
         assert res.code == 0, res.out + res.err
         assert "read from MLflow run" in res.out and "identical" in res.out
 
@@ -164,6 +168,7 @@ def test_home_b_reports_and_reproduces_from_the_server_s_artifact_store(tmp_path
         shutil.rmtree(cache)
         [art] = list((tmp_path / "artifacts").rglob(f"{runs[1]['key']}.png"))
         art.write_bytes(art.read_bytes() + b"tampered")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # the environment works as the option does
         res = cli("--home", home_b, "--db", db, "verify", "team", "--sample", "4")
         assert res.code == 1, res.out + res.err
         rows = {line.split()[0]: line for line in res.out.splitlines() if line.split() and line.split()[0] in

@@ -96,6 +96,42 @@ def test_a_killed_actor_s_runs_are_redone_by_the_other(ray_cluster, cli, write_y
     assert sorted(w["status"] for w in st["workers"]) == ["died", "done"]
 
 
+@pytest.mark.slow
+def test_an_actor_out_of_memory_halves_its_batch_like_a_local_sweep(ray_cluster, cli, write_yaml, monkeypatch):
+    """A stand-in for a GPU that holds 2 images: batches of 4 run out of memory on the actor; the shared batch
+    executor halves them to 2 (not one run at a time) and the driver records the "oom" events."""
+    from tracker import raydist
+    from tracker.store import Store
+
+    class TwoImagesFit(raydist.Generator):  # defined here, so Ray ships the class itself to the actor processes
+        def __init__(self, *args):
+            super().__init__(*args)
+            real = self.engine.generate
+
+            def generate(runs, *a, **kw):
+                if len(runs) > 2:
+                    from tracker.engine import OutOfMemory
+
+                    raise OutOfMemory(f"stand-in: CUDA out of memory at batch size {len(runs)}")
+                return real(runs, *a, **kw)
+
+            self.engine.generate = generate
+
+    monkeypatch.setattr(raydist, "Generator", TwoImagesFit)
+    path = write_yaml(PLAN.replace("STEPS", "2").replace("batch_size: 2", "batch_size: 4"))
+    res = cli("run", path, "--ray", "--no-mlflow", "-q")
+    assert res.code == 0, res.err
+    assert "12 done, 0 skipped" in res.out and "0 failed" in res.out
+    _every_run_done_once(cli, 12)
+    assert {r["batch_size"] for r in _runs(cli)} == {2}  # halved once, not retried one run at a time
+    home = Path(os.environ["TRACKER_HOME"])
+    with Store.open(f"sqlite:///{home / 'tracker.db'}", home=home) as store:
+        [sweep] = store.sweeps("rayed")
+        events = [e for e in store.events(sweep["id"]) if e["kind"] == "oom"]
+    assert len(events) == 3 and {e["data"]["batch_size"] for e in events} == {4}  # one per claimed batch of 4
+    assert all("retrying at 2" in e["message"] for e in events)
+
+
 def test_without_ray_the_error_names_the_extra(cli, write_yaml, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
     path = write_yaml(PLAN.replace("STEPS", "2"))

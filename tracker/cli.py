@@ -83,6 +83,19 @@ def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
 pass_workspace = click.make_pass_decorator(Workspace)
 
 
+def mlflow_uri_option(f):
+    """``--mlflow-uri URI`` for commands that read MLflow (images of runs made elsewhere): sets the workspace's."""
+    def set_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            from dataclasses import replace
+
+            ctx.obj = replace(ctx.find_object(Workspace), mlflow_uri=value)
+
+    return click.option("--mlflow-uri", metavar="URI", expose_value=False, callback=set_uri,
+                        help="MLflow tracking URI, where images not in this workspace are read from "
+                             "[default: MLFLOW_TRACKING_URI, else the workspace's store].")(f)
+
+
 def _setup_logging() -> None:
     """Domain code logs warnings on the "tracker" logger; the CLI prints them as one ``warning:`` line each."""
     import logging

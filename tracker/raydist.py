@@ -69,8 +69,9 @@ class Generator:
             self.engine.prepare(s)
 
     def generate(self, runs: Sequence) -> dict:
-        """One batch (runs sharing their settings); a batch that fails is retried one run at a time.
-        Returns the finished batches, the failures and what the engine knew of the settings."""
+        """One batch (runs sharing their settings) through the shared batch executor: out of memory halves
+        the batch, another error retries its runs one at a time. Returns the finished batches, the failures,
+        the halvings (recorded by the driver as a local sweep records them) and what the engine knew."""
         from tracker import batches
 
         runs = list(runs)
@@ -80,7 +81,7 @@ class Generator:
         done, failures = made.batches, made.failures
         for _, result in done:  # the engine's images convert lazily under a lock: send plain ones
             result.images = [_Image(i) for i in result.images]
-        return {"batches": done, "failures": failures, "facts": {
+        return {"batches": done, "failures": failures, "halved": made.halved_at, "facts": {
             "scheduler_config": self.engine.scheduler_config(), "model_revision": self.engine.model_revision(settings.model),
             "device": self.engine.device_for(settings), "environment": self.engine.environment()}}
 
@@ -91,6 +92,10 @@ class _Made(BatchHooks):
     def __init__(self) -> None:
         self.batches: list = []
         self.failures: list = []
+        self.halved_at: list = []  # (runs, batch size that ran out of memory, error text)
+
+    def halved(self, runs, batch: int, error: BaseException) -> None:
+        self.halved_at.append((list(runs), batch, f"{type(error).__name__}: {error}"))
 
     def done(self, runs, result) -> None:
         self.batches.append((list(runs), result))
@@ -279,6 +284,8 @@ def _drive(ray, store, sweep, facts: _Facts, workers: dict, groups: list, lease:
                     del workers[actor]
                     continue
                 facts.facts = {**facts.facts, **out["facts"]}
+                for halved_runs, batch, error in out["halved"]:
+                    sweep.halved(halved_runs, batch, error)  # an "oom" event, as a local sweep records it
                 for chunk, result in out["batches"]:
                     sweep.record(chunk, result)
                 for run, error in out["failures"]:

@@ -257,8 +257,11 @@ def worker_name() -> str | None:
 
 
 def lost_images(records, keys: set[str]) -> list[str]:
-    """Done runs (of ``keys``) whose image file is gone: they are generated again."""
-    return [r.key for r in records if r.status == "done" and r.key in keys and not (r.image and Path(r.image).is_file())]
+    """Done runs (of ``keys``) whose image file is gone: they are generated again. Not a run logged to MLflow
+    (``mlflow_run_id``): its PNG is in MLflow's artifact store, where report and reproduce read it (team mode:
+    another machine made it); ``tracker check --fix`` queues such a run again."""
+    return [r.key for r in records if r.status == "done" and r.key in keys and not r.mlflow_run_id
+            and not (r.image and Path(r.image).is_file())]
 
 
 def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tracker.cli import pass_workspace
+from tracker.cli import mlflow_uri_option, pass_workspace
 
 DEFAULT_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS (not imported: keep --help light)
 REPORT_MAX_PIXELS = 16_000_000  # = tracker.report.REPORT_MAX_PIXELS
@@ -42,6 +42,7 @@ def _pixels(value: str) -> int:
 @click.option("--mlflow-ui-url", metavar="URL", envvar="TRACKER_MLFLOW_UI_URL",
               help="Where the report's MLflow links point [default: where `tracker ui` last served, "
                    "else http://127.0.0.1:5000].")
+@mlflow_uri_option
 @pass_workspace
 def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | None, max_pixels: str,
            no_mlflow: bool, mlflow_ui_url: str | None) -> None:
@@ -85,6 +86,7 @@ def report(ws, experiment: str, out: Path | None, rows: str | None, cols: str | 
 @click.option("--max-pixels", default=str(DEFAULT_MAX_PIXELS), show_default=True, metavar="N",
               help="Pixel budget (64000000 or 64M); past it tiles are scaled down, never refused.")
 @click.option("--no-mlflow", is_flag=True, help="Do not attach the PNGs to the sweep's MLflow run.")
+@mlflow_uri_option
 @pass_workspace
 def grid(ws, experiment: str, rows: str | None, cols: str | None, where: tuple[str, ...], out: Path | None,
          max_pixels: str, no_mlflow: bool) -> None:

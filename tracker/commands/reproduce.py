@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tracker import limits
-from tracker.cli import pass_workspace
+from tracker.cli import mlflow_uri_option, pass_workspace
 from tracker.workspace import Workspace
 
 
@@ -21,6 +21,7 @@ from tracker.workspace import Workspace
 @click.option("--max-pixels", type=click.IntRange(min=64), default=limits.MAX_IMAGE_PIXELS, show_default=True,
               help="Refuse a PNG whose image or size has more pixels.")
 @click.option("--save", type=click.Path(dir_okay=False), metavar="PATH", help="Also write the regenerated image here.")
+@mlflow_uri_option
 @pass_workspace
 def reproduce(ws: Workspace, target: str, device: str | None, model: str | None, vae: str | None, allow_pickle: bool,
               max_steps: int, max_pixels: int, save: str | None) -> int:
@@ -59,6 +60,7 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
 @click.option("--sample", "-n", type=click.IntRange(min=1), default=8, show_default=True,
               help="How many done runs to regenerate (the same seeded choice every time).")
 @click.option("--device", metavar="DEVICE", help="Generate on this device instead of each run's.")
+@mlflow_uri_option
 @pass_workspace
 def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> int:
     """Regenerate a sample of EXPERIMENT's done runs and show the pixel drift of each.
