@@ -234,7 +234,7 @@ def from_store(store, key: str, model: str | None = None, images=None) -> Source
                            f"run the experiment first (tracker run)")
     reference, notes = Path(rec.image), ()
     if images is not None:
-        found = images.locate(rec)
+        found = images.locate(rec, modified_ok=True)  # an edited original: the comparison says how far it moved
         if found.path is None:
             raise TrackerError(f"run {rec.key}: {found.problem}; nothing to compare with")
         reference = found.path
@@ -614,7 +614,8 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
         warnings += [w for w in environment_warnings(original, current) if w not in warnings]
     from tracker.mlflow.fetch import in_workspace
 
-    found = {r.key: images.locate(r) if images is not None else in_workspace(r) for r in records}
+    found = {r.key: images.locate(r, modified_ok=True) if images is not None else in_workspace(r, modified_ok=True)
+             for r in records}
     present = [r for r in records if found[r.key].path is not None]
     collected = _Collected()
     for batch in original_batches(done, present):  # same companions, same order: batching shifts pixels

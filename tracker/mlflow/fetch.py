@@ -63,13 +63,14 @@ def cache_bytes() -> int:
     return max(0, int(mb * 1024 * 1024))
 
 
-def in_workspace(rec: "RunRecord") -> Found:
+def in_workspace(rec: "RunRecord", modified_ok: bool = False) -> Found:
     """The run's image file here when it has the bytes the sweep recorded (``tracker.check.image_state``: one
-    stat, a hash only when the stat changed), else why not (state "missing" or "modified")."""
+    stat, a hash only when the stat changed), else why not (state "missing" or "modified"). ``modified_ok``:
+    an edited file is handed back too (verify and reproduce measure how far its pixels moved)."""
     from tracker.check import MODIFIED, image_state
 
     state = image_state(rec)
-    if state is None:
+    if state is None or state == MODIFIED and modified_ok:
         return Found(Path(rec.image), "workspace")
     name = Path(rec.image).name if rec.image else "no file recorded"
     what = "image modified since it was made" if state == MODIFIED else "image missing"
@@ -95,13 +96,14 @@ class Images:
 
     # -- the one entry point
 
-    def locate(self, rec: "RunRecord") -> Found:
+    def locate(self, rec: "RunRecord", modified_ok: bool = False) -> Found:
         """The image of a done run: its workspace file when it has the bytes the sweep recorded (one stat, a
         hash only when the stat changed), else (the file is missing) a checked copy from MLflow, else why not.
-        A record's ``image`` is the resolved path (``Store.open(url, home=...)``)."""
+        A record's ``image`` is the resolved path (``Store.open(url, home=...)``); ``modified_ok``: as in
+        ``in_workspace``."""
         from tracker.check import MISSING
 
-        here = in_workspace(rec)
+        here = in_workspace(rec, modified_ok)
         if here.state != MISSING:  # there, or edited here: neither shown nor replaced behind the user's back
             return here
         missing = here.problem
