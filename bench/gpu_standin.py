@@ -9,7 +9,9 @@ with metadata and fsync, MLflow off and on (a real local MLflow store).
 
 Printed: the stand-in's own rate (its call in a plain loop, nothing saved), the sweep rate as the sweep
 reports it (images / sweep seconds), their ratio (target >= 0.97) and the idle fraction, the share of
-sweep wall time outside pipeline calls (target <= 3%).
+sweep wall time outside pipeline calls (target <= 3%); then where that idle time is: the gaps between two
+pipeline calls (the steady state) apart from the time before the first call and after the last one (start-up,
+writing the last batch, closing the sweep), which a longer sweep spreads over more images.
 
     .venv/bin/python bench/gpu_standin.py [--images 64] [--batch 4] [--call 0.66] [--size 512] [--keep DIR]
 """
@@ -62,6 +64,7 @@ class StandInPipeline:
         self.pictures = [picture(size, i) for i in range(16)]  # made once: the call itself only waits
         self.calls = 0
         self.busy = 0.0  # seconds inside calls
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each call: the gaps between them
         self._lock = threading.Lock()
 
     def __call__(self, prompt, negative_prompt=None, num_inference_steps=20, generator=None,
@@ -80,8 +83,10 @@ class StandInPipeline:
             if callback_on_step_end is not None:
                 callback_on_step_end(self, step, step, {})
         with self._lock:
+            end = time.perf_counter()
             self.calls += 1
-            self.busy += time.perf_counter() - start
+            self.busy += end - start
+            self.spans.append((start, end))
         return SimpleNamespace(images=images)
 
     def to(self, *args, **kwargs):
@@ -154,7 +159,7 @@ def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float
         raise SystemExit(f"{name}: {summary.done} of {images} images done, {summary.failed} failed: "
                          f"{summary.failures[:3]}")
     pipe = next(iter(engine._pipes.values())).pipe
-    return summary, pipe.busy
+    return summary, pipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,17 +192,24 @@ def _bench(work: Path, images: int, batch: int, size: int, call: float) -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"stand-in's own rate (plain loop, nothing saved): {ceiling:.3f} images/s")
     print(f"{'sweep':14} {'images':>6} {'seconds':>8} {'images/s':>9} {'ratio':>6} {'idle':>6}")
-    ok = True
+    ok, splits = True, []
     for label, mlflow in (("--no-mlflow", False), ("mlflow", True)):
-        summary, busy = sweep(work, label.strip("-"), images, batch, size, call, mlflow)
+        summary, pipe = sweep(work, label.strip("-"), images, batch, size, call, mlflow)
         ratio = summary.images_per_second / ceiling
         idle = getattr(summary, "idle_fraction", None)
-        idle = 1 - busy / summary.seconds if idle is None else idle
+        idle = 1 - pipe.busy / summary.seconds if idle is None else idle
         ok = ok and ratio >= 0.97 and idle <= 0.03
         print(f"{label:14} {summary.done:6d} {summary.seconds:8.2f} {summary.images_per_second:9.3f} "
               f"{ratio:6.3f} {idle:6.1%}" + (f"  ({summary.mlflow_waiting} waiting for MLflow)"
                                              if summary.mlflow_waiting else ""))
+        splits.append((label, summary.seconds - pipe.busy, [b[0] - a[1] for a, b in zip(pipe.spans, pipe.spans[1:])]))
     print(f"targets: ratio >= 0.97, idle <= 3%: {'met' if ok else 'NOT met'}")
+    print("where the idle time is (ms): between pipeline calls (sum / mean / max) | before the first call + after the "
+          "last one (sweep start-up, the last batch's writing, closing the sweep)")
+    for label, outside, gaps in splits:
+        between = sum(gaps)
+        print(f"  {label:12} {1000 * between:7.1f} / {1000 * between / max(1, len(gaps)):5.1f} / "
+              f"{1000 * max(gaps, default=0):5.1f} | {1000 * (outside - between):7.1f}")
     return 0
 
 
