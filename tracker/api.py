@@ -24,12 +24,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tracker import plan, spec
 from tracker.errors import NotFoundError, SpecError, UsageError
+from tracker.gridimage import DEFAULT_MAX_PIXELS as GRID_MAX_PIXELS, REPORT_MAX_PIXELS
 from tracker.results import ExperimentInfo, ExperimentList, Run, RunList, SweepResult, grid_image
 from tracker.workspace import Workspace as WorkspaceConfig
 
 PathLike = str | os.PathLike
-REPORT_MAX_PIXELS = 16_000_000  # = tracker.report.REPORT_MAX_PIXELS
-GRID_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS
 GRID_GAP = 16  # pixels between stacked grids
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from tracker.errors import ModelError
-from tracker.spec import ATTENTION_DEFAULT
+from tracker.settings import ATTENTION_DEFAULT
 
 # diffusers' names for torch's own SDPA kernels -> torch.nn.attention.SDPBackend members (None: torch chooses)
 SDPA_KERNELS = {"native": None, "_native_flash": "FLASH_ATTENTION", "_native_efficient": "EFFICIENT_ATTENTION",

@@ -47,7 +47,7 @@ from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 from tracker import models  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.plan import PlannedRun  # noqa: E402
-from tracker.spec import Settings  # noqa: E402
+from tracker.settings import Settings  # noqa: E402
 
 log = logging.getLogger("tracker")
 

@@ -18,6 +18,8 @@ from tracker.errors import UsageError
 from tracker.fsutil import atomic_file
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# The report's grid PNGs are for sharing a whole sweep at a glance; `tracker grid` makes bigger ones.
+REPORT_MAX_PIXELS = 16_000_000
 MIN_TILE = 8  # below this a tile shows nothing useful
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)

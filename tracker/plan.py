@@ -17,12 +17,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from tracker import limits, models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
 from tracker.prompts import lora
-from tracker.spec import (MAX_SEED, PERF_SETTINGS, SETTING_NAMES, Axis, AxisValue, Experiment, Settings,
-                          apply_setting, lora_settings, setting_fields, setting_label)
+from tracker.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
+                              setting_label)
+from tracker.spec import MAX_SEED, Axis, AxisValue, Experiment
 
 DEFAULT_MAX_RUNS = 10_000
 KEY_VERSION = 1
 RECIPE_FORMAT = "prompt-tracker/1"  # the recipe's "format" (PNG chunk, MLflow's recipe.json, reproduce)
+STATUSES = ("pending", "running", "done", "failed")  # a planned run's states in the run store
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from tracker.plan import PlannedRun
 from tracker.schedulers import SchedulerChoice
-from tracker.spec import Settings, lora_settings
+from tracker.settings import Settings, lora_settings
 
 
 def aware_utc(t: datetime | None) -> datetime | None:

@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tracker import batches, limits, models, pngmeta, schedulers, spec
+from tracker import batches, limits, models, pngmeta, schedulers
 from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
 from tracker.plan import PlannedRun, checked_prompt, run_key
 from tracker.prompts import lora, weighting
-from tracker.spec import SIZE_RE, Settings
+from tracker.settings import NORMALIZERS, SIZE_RE, Settings
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -113,9 +113,9 @@ def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes:
             v = values[name]
             if name == "scheduler_options" and isinstance(v, (list, tuple)):
                 v = dict(v)
-            out[name] = spec.NORMALIZERS[name](v, err(name))
+            out[name] = NORMALIZERS[name](v, err(name))
     if values.get("scheduler") is not None:
-        out["scheduler"] = schedulers.resolve(spec.NORMALIZERS["scheduler"](values["scheduler"], err("scheduler")))[0]
+        out["scheduler"] = schedulers.resolve(NORMALIZERS["scheduler"](values["scheduler"], err("scheduler")))[0]
     width, height = values.get("width"), values.get("height")
     if width is not None or height is not None:
         out["width"], out["height"] = _rounded_size(width, height, where, notes)
@@ -590,7 +590,7 @@ def verdict(drift: Drift, device: str | None, deterministic: bool = False) -> st
 
 
 def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | None = None, engine=None,
-           progress: Callable[[VerifyRow], None] | None = None, images=None) -> Verification:
+           images=None) -> Verification:
     """Regenerate a seeded sample of the experiment's done runs; store the result with its latest sweep.
     ``images`` (``tracker.mlflow.fetch.Images``) finds the stored images; without it, the recorded paths."""
     if sample < 1:
@@ -624,10 +624,8 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     made = collected.images
     rows = []
     for rec in records:
-        row = VerifyRow(rec.key, dict(rec.axes), _drift_of(found[rec.key], made.get(rec.key)), bool(rec.deterministic))
-        rows.append(row)
-        if progress:
-            progress(row)
+        rows.append(VerifyRow(rec.key, dict(rec.axes), _drift_of(found[rec.key], made.get(rec.key)),
+                              bool(rec.deterministic)))
     result = Verification(experiment, sweeps[-1]["id"], len(done), tuple(rows), tuple(warnings), device_used)
     store.update_sweep(result.sweep_id, verify=result.to_json())
     return result

@@ -1,93 +1,29 @@
 """The experiment file: YAML in, a frozen ``Experiment`` out. Pure: no torch, no diffusers.
 
 Every field is validated here and an error names the file, the field (with its line) and the value.
+``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
+normalizers and ``Settings`` live in ``tracker.settings`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tracker import limits, models, schedulers, templating
+from tracker import limits, models, templating  # noqa: F401 -- tests read spec.models
 from tracker.errors import SpecError
+from tracker.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
+                              COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
+                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
+                              setting_fields, setting_label, suggest)
 from tracker.yamlfile import LinedYaml, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_SEED = 2**63 - 1
-DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
-          "float16": "float16", "fp16": "float16", "half": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16"}
-DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
-# Settings that change speed or memory but not the image; they join a run key only when varied on an axis.
-PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile",
-                 "deterministic", "attention")
-COMPILE_OFF = "off"
-ATTENTION_DEFAULT = "default"  # the attention backend the model was loaded with (tracker.attention)
-ATTENTION_RE = re.compile(r"^[a-z0-9_]+$")
-COMPILE_OPTIONS = {"mode": str, "fullgraph": bool, "dynamic": bool}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every pipeline setting of one run, normalized."""
-
-    model: str = models.DEFAULT_MODEL
-    vae: str = "default"
-    scheduler: str = schedulers.DEFAULT  # canonical class name, or "default" (the checkpoint's own)
-    scheduler_options: tuple[tuple[str, Any], ...] = ()
-    steps: int = 50
-    guidance_scale: float = 7.5
-    width: int = 0  # 0: the run's model's native size, resolved per run when the plan expands
-    height: int = 0
-    dtype: str = "float32"
-    device: str = "auto"
-    generator_device: str = "cpu"
-    attention_slicing: bool = False
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    cpu_offload: bool = False
-    batch_size: int | str = "auto"
-    allow_pickle: bool = False
-    compile: str = COMPILE_OFF  # "off", or torch.compile options as "mode=default[,fullgraph=true][,dynamic=false]"
-    prompt_syntax: str = "plain"  # plain | a1111 | compel (tracker.prompts.weighting)
-    lora: tuple[tuple[tuple[str, Any], ...], ...] = ()  # adapters, each sorted (field, value) pairs (tracker.prompts.lora)
-    deterministic: bool = False  # torch's deterministic algorithms around each pipeline call (tracker.determinism)
-    attention: str = ATTENTION_DEFAULT  # "default", or a diffusers attention backend name (tracker.attention)
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.scheduler_options)
-
-    @property
-    def scheduler_choice(self) -> schedulers.SchedulerChoice:
-        """The scheduler as one object (class name and options; every display is formatted from it)."""
-        return schedulers.SchedulerChoice.of(self.scheduler, self.scheduler_options)
-
-    def pipeline_key(self) -> tuple:
-        """Runs with equal pipeline keys can share one batch."""
-        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        d["scheduler_options"] = dict(self.scheduler_options)
-        d["lora"] = [dict(a) for a in self.lora]
-        return d
-
-
-SETTING_NAMES = tuple(Settings.__dataclass_fields__)
-
-
-def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
-    """``Settings.lora`` from its JSON form (a list of adapter mappings, as recipes and the store keep it)."""
-    return tuple(tuple(sorted(dict(a).items())) for a in raw or ())
-# Names an experiment file may use for settings: the Settings fields plus ``size``.
-SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height", "lora")) + ("size", "width", "height")
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
@@ -133,177 +69,9 @@ class Experiment:
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
     base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
 
-    def axis(self, name: str) -> Axis | None:
-        return next((a for a in self.axes if a.name == name), None)
-
     @property
     def axis_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.axes)
-
-
-# ---------------------------------------------------------------------------------------------
-# setting normalizers: (value, err) -> normalized value; ``err(message)`` raises a SpecError
-
-
-def _bool(v: Any, err: Callable) -> bool:
-    if isinstance(v, bool):
-        return v
-    err(f"must be true or false but is {v!r}")
-
-
-def _pos_int(v: Any, err: Callable) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        err(f"must be a positive integer but is {v!r}")
-    return v
-
-
-def _guidance(v: Any, err: Callable) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-        err(f"must be a number >= 0 but is {v!r}")
-    return float(v)
-
-
-def _text(v: Any, err: Callable) -> str:
-    if not isinstance(v, str) or not v.strip():
-        err(f"must be a non-empty string but is {v!r}")
-    return v.strip()
-
-
-def _dtype(v: Any, err: Callable) -> str:
-    if not isinstance(v, str) or v.lower() not in DTYPES:
-        err(f"must be one of float32, float16, bfloat16 but is {v!r}")
-    return DTYPES[v.lower()]
-
-
-def _device(v: Any, err: Callable) -> str:
-    if not isinstance(v, str) or not DEVICE_RE.match(v.lower()):
-        err(f"must be auto, cpu, cuda, cuda:N or mps but is {v!r}")
-    return v.lower()
-
-
-def _batch(v: Any, err: Callable) -> int | str:
-    if v == "auto":
-        return "auto"
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        err(f"must be a positive integer or auto but is {v!r}")
-    return v
-
-
-def _scheduler(v: Any, err: Callable) -> str:
-    try:
-        cls, _ = schedulers.resolve(v)
-    except SpecError as e:
-        err(e.detail)
-    return v if cls == schedulers.DEFAULT else v.strip()
-
-
-def _compile(v: Any, err: Callable) -> str:
-    """false | true | {mode, fullgraph, dynamic} -> "off" | "mode=default,..." (canonical, sorted)."""
-    if v is False or v is None or v == COMPILE_OFF:
-        return COMPILE_OFF
-    if v is True:
-        v = {}
-    if not isinstance(v, dict):
-        err(f"must be true, false or a mapping with mode, fullgraph, dynamic but is {v!r}")
-    for k, x in v.items():
-        if k not in COMPILE_OPTIONS:
-            err(f"unknown option {k!r}{_suggest(k, list(COMPILE_OPTIONS))}; known: {', '.join(COMPILE_OPTIONS)}")
-        if not isinstance(x, COMPILE_OPTIONS[k]) or (k == "mode" and x not in COMPILE_MODES):
-            want = ", ".join(COMPILE_MODES) if k == "mode" else "true or false"
-            err(f"{k} must be one of {want} but is {x!r}")
-    options = {"mode": "default", **v}
-    return ",".join(f"{k}={str(x).lower() if isinstance(x, bool) else x}" for k, x in sorted(options.items()))
-
-
-def _attention(v: Any, err: Callable) -> str:
-    """A backend name, lower case; whether diffusers knows it and it runs here is the engine's check."""
-    name = v.strip().lower() if isinstance(v, str) else None
-    if not name or not ATTENTION_RE.match(name):
-        err(f"must be default or a diffusers attention backend name (native, flash, sage, flex, xformers, "
-            f"_native_math, ...) but is {v!r}")
-    return name
-
-
-def compile_options(value: str) -> dict[str, Any]:
-    """The keyword arguments of torch.compile for a canonical ``compile`` setting ({} when off)."""
-    if value == COMPILE_OFF:
-        return {}
-    out: dict[str, Any] = {}
-    for part in value.split(","):
-        k, _, x = part.partition("=")
-        out[k] = (x == "true") if COMPILE_OPTIONS.get(k) is bool else x
-    return out
-
-
-def _scheduler_options(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
-    if not isinstance(v, dict):
-        err(f"must be a mapping of option -> value but is {v!r}")
-    for k, x in v.items():
-        if not isinstance(k, str) or not isinstance(x, (str, int, float, bool, type(None))):
-            err(f"option {k!r} must map a name to a plain value but is {x!r}")
-    return tuple(sorted(v.items()))
-
-
-def _dim(v: Any, err: Callable) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % 8:
-        err(f"must be a positive multiple of 8 but is {v!r}")
-    return v
-
-
-def _size(v: Any, err: Callable) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        w = h = v
-    else:
-        m = SIZE_RE.match(v) if isinstance(v, str) else None
-        if not m:
-            err(f"must be WIDTHxHEIGHT (e.g. 512x512) but is {v!r}")
-        w, h = int(m.group(1)), int(m.group(2))
-    if w <= 0 or h <= 0 or w % 8 or h % 8:
-        err(f"width and height must be positive multiples of 8 but are {w}x{h}")
-    return w, h
-
-
-def _prompt_syntax(v: Any, err: Callable) -> str:
-    from tracker.prompts.weighting import SYNTAXES
-
-    if not isinstance(v, str) or v.strip().lower() not in SYNTAXES:
-        err(f"must be one of {', '.join(SYNTAXES)} but is {v!r}")
-    return v.strip().lower()
-
-
-NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
-    "model": _text, "vae": _text, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
-    "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
-    "dtype": _dtype, "device": _device, "generator_device": _device,
-    "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
-    "batch_size": _batch, "allow_pickle": _bool, "compile": _compile, "attention": _attention,
-    "prompt_syntax": _prompt_syntax, "deterministic": _bool,
-}
-
-
-def setting_label(name: str, value: Any) -> str:
-    """How a setting value reads as an axis label."""
-    if name == "size":
-        return f"{value[0]}x{value[1]}"
-    if name == "scheduler_options":
-        return ",".join(f"{k}={v}" for k, v in value) or "(none)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if name == "compile" and value == "mode=default":
-        return "on"
-    return str(value)
-
-
-def apply_setting(settings: dict[str, Any], name: str, value: Any) -> None:
-    """Put one normalized setting into a dict of Settings fields (``size`` sets width and height)."""
-    if name == "size":
-        settings["width"], settings["height"] = value
-    else:
-        settings[name] = value
-
-
-def setting_fields(name: str) -> tuple[str, ...]:
-    return ("width", "height") if name == "size" else (name,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,11 +90,6 @@ class _Parser:
 
     def setting(self, name: str, value: Any, field: str, *at: Any) -> Any:
         return NORMALIZERS[name](value, self.errf(field, *at))
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _label(value: Any) -> str:
@@ -352,19 +115,62 @@ def parse_file(path: str | Path) -> Experiment:
 
 def parse(text: str, path: str = "<experiment>", default_name: str | None = None,
           base_dir: Path | None = None) -> Experiment:
+    """Parse an experiment file's text; a SpecError names the file, the field (with its line) and the value."""
     doc = load(text, path)
     P = _Parser(doc, path)
-    data = doc.data
+    data = _fields(P, doc.data)
+
+    # 1. name and description
+    name, description = _name(P, data, default_name)
+    # 2. settings: a scalar sets a base value, a list makes an axis (lora: a mapping makes one)
+    settings, explicit, setting_axes = _settings(P, data, base_dir)
+    # 3. prompts: a string is a template, a mapping label -> template is an axis
+    templates, prompt_axes = _prompts(P, data)
+    # 4. named axes (a setting is set in one place: an axis bundle or the file's own list)
+    user_axes = _named_axes(P, data, setting_axes)
+    # 5. seeds
+    seeds, seeds_from = _seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
+    seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
+    # 6. templates: every variable must be an axis; the sandbox is checked when they render
+    var_axes = user_axes + setting_axes + [seed_axis]
+    _check_templates(P, templates, prompt_axes, var_axes)
+    # 7. Dynamic Prompts variants of the rendered templates become axes
+    variants, variant_axes = _variants(P, data, templates, prompt_axes, var_axes, base_dir)
+    axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
+    names = [a.name for a in axes]
+    # 8. zip groups and exclusions
+    zip_groups = _zip(P, data.get("zip"), axes)
+    exclude = _exclude(P, data.get("exclude"), names)
+    # 9. grid layout
+    grid = _grid(P, data, names)
+    # 10. metrics scored per image
+    metrics, metric_options = _metrics(P, data)
+
+    lines = {k: doc.line(k) for k in data if doc.line(k)}
+    return Experiment(
+        name=name, path=path, source=text, prompt=templates.get("prompt"),
+        negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
+        settings=settings, explicit=explicit, grid=grid, seeds_from=seeds_from,
+        description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
+        metric_options=metric_options,
+    )
+
+
+def _fields(P: _Parser, data: Any) -> dict:
+    """The file is a mapping of known fields."""
     if data is None:
         P.err("", "is empty; an experiment needs at least a prompt")
     if not isinstance(data, dict):
         P.err("", f"must be a mapping of fields but is {type(data).__name__}")
     for key in data:
         if key not in TOP_LEVEL:
-            P.err(str(key), f"unknown field {str(key)!r}{_suggest(key, list(TOP_LEVEL))}", key)
+            P.err(str(key), f"unknown field {str(key)!r}{suggest(key, list(TOP_LEVEL))}", key)
+    return data
 
-    # 1. name
-    name = data.get("name", default_name if default_name is not None else Path(path).stem)
+
+def _name(P: _Parser, data: dict, default_name: str | None) -> tuple[str, str]:
+    """``name`` (a folder name; the file's stem by default) and ``description``."""
+    name = data.get("name", default_name if default_name is not None else Path(P.path).stem)
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         P.err("name", f"must match [A-Za-z0-9._-]+ (and not be . or ..) but is {name!r}", "name")
     if len(name) > limits.MAX_NAME_LENGTH:
@@ -373,8 +179,11 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     description = data.get("description", "")
     if not isinstance(description, str):
         P.err("description", f"must be a string but is {description!r}", "description")
+    return name, description
 
-    # 2. settings: a scalar sets a base value, a list makes an axis
+
+def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, frozenset[str], list[Axis]]:
+    """The base Settings, the settings the file set itself, and the setting axes (lists, and a lora mapping)."""
     base: dict[str, Any] = {}
     explicit: set[str] = set()
     setting_axes: list[Axis] = []
@@ -400,9 +209,11 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         else:
             apply_setting(base, key, P.setting(key, raw, key, key))
     setting_axes += _lora(P, data, base, base_dir)
-    settings = Settings(**base)
+    return Settings(**base), frozenset(explicit), setting_axes
 
-    # 3. prompts: a string is a template, a mapping label -> template is an axis
+
+def _prompts(P: _Parser, data: dict) -> tuple[dict[str, str | None], list[Axis]]:
+    """``prompt`` / ``negative_prompt``: the fixed templates, and the prompt axes."""
     if "prompt" not in data:
         P.err("prompt", "is missing; an experiment needs a prompt template")
     prompt_axes: list[Axis] = []
@@ -427,8 +238,11 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
             templates[key] = None
         else:
             P.err(key, f"must be a string template or a mapping label -> template but is {raw!r}", key)
+    return templates, prompt_axes
 
-    # 4. named axes
+
+def _named_axes(P: _Parser, data: dict, setting_axes: list[Axis]) -> list[Axis]:
+    """``axes:``: variable axes (label -> value) and bundles (label -> settings)."""
     user_axes: list[Axis] = []
     axes_raw = data.get("axes", {}) or {}
     if not isinstance(axes_raw, dict):
@@ -459,7 +273,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
                 sets = []
                 for sk, sv in v.items():
                     if sk not in SETTING_KEYS:
-                        P.err(f"{fi}.{sk}", f"unknown setting {str(sk)!r}{_suggest(sk, list(SETTING_KEYS))}", *at, sk)
+                        P.err(f"{fi}.{sk}", f"unknown setting {str(sk)!r}{suggest(sk, list(SETTING_KEYS))}", *at, sk)
                     for fld in setting_fields(sk):
                         owner = bundle_sets.setdefault(fld, aname)
                         if owner != aname:
@@ -481,53 +295,32 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         for fld in setting_fields(sa.name):
             if fld in bundle_sets:
                 P.err(sa.name, f"is a list here and also set by axis {bundle_sets[fld]!r}; set it in one place", sa.name)
+    return user_axes
 
-    # 5. seeds
-    seeds, seeds_from = _seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
-    seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
 
-    # 6. templates: every variable must be an axis; the sandbox is checked when they render
-    var_axes = user_axes + setting_axes + [seed_axis]
+def _check_templates(P: _Parser, templates: dict[str, str | None], prompt_axes: list[Axis],
+                     var_axes: list[Axis]) -> None:
+    """Every template variable names an axis."""
     variables = [a.name for a in var_axes]
     for key in ("prompt", "negative_prompt"):
         if templates.get(key) is not None:
-            templating.check(templates[key], variables, path, key, doc.line(key))
+            templating.check(templates[key], variables, P.path, key, P.doc.line(key))
     for a in prompt_axes:
         for v in a.values:
-            templating.check(v.template, variables, path, f"{a.name}.{v.label}", doc.line(a.name, v.label))
+            templating.check(v.template, variables, P.path, f"{a.name}.{v.label}", P.doc.line(a.name, v.label))
 
-    # 7. Dynamic Prompts variants of the rendered templates become axes
-    variants, variant_axes = _variants(P, data, templates, prompt_axes, var_axes, base_dir)
 
-    axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
-    names = [a.name for a in axes]
-
-    # 8. zip groups and exclusions
-    zip_groups = _zip(P, data.get("zip"), axes)
-    exclude = _exclude(P, data.get("exclude"), names)
-
-    # 9. grid layout
-    grid = None
-    if "grid" in data:
-        g = data["grid"]
-        if not isinstance(g, dict) or set(g) - {"rows", "cols"} or not g:
-            P.err("grid", f"must be a mapping with rows and cols (axis names) but is {g!r}", "grid")
-        for k, v in g.items():
-            if v not in names:
-                P.err(f"grid.{k}", f"unknown axis {v!r}; known axes: {', '.join(names)}", "grid", k)
-        grid = (g.get("rows"), g.get("cols"))
-
-    # 9. metrics scored per image
-    metrics, metric_options = _metrics(P, data)
-
-    lines = {k: doc.line(k) for k in data if doc.line(k)}
-    return Experiment(
-        name=name, path=path, source=text, prompt=templates.get("prompt"),
-        negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
-        settings=settings, explicit=frozenset(explicit), grid=grid, seeds_from=seeds_from,
-        description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
-        metric_options=metric_options,
-    )
+def _grid(P: _Parser, data: dict, names: list[str]) -> tuple[str, str] | None:
+    """``grid: {rows, cols}``: axis names for the report's layout."""
+    if "grid" not in data:
+        return None
+    g = data["grid"]
+    if not isinstance(g, dict) or set(g) - {"rows", "cols"} or not g:
+        P.err("grid", f"must be a mapping with rows and cols (axis names) but is {g!r}", "grid")
+    for k, v in g.items():
+        if v not in names:
+            P.err(f"grid.{k}", f"unknown axis {v!r}; known axes: {', '.join(names)}", "grid", k)
+    return (g.get("rows"), g.get("cols"))
 
 
 def _lora(P: _Parser, data: dict, base: dict[str, Any], base_dir: Path | None) -> list[Axis]:
@@ -581,7 +374,7 @@ def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict
     names: list[str] = []
     for i, m in enumerate(raw):
         if not isinstance(m, str) or m not in known:
-            P.err(f"metrics[{i}]", f"unknown metric {m!r}{_suggest(str(m), list(known))}; known: {', '.join(sorted(known))}",
+            P.err(f"metrics[{i}]", f"unknown metric {m!r}{suggest(str(m), list(known))}; known: {', '.join(sorted(known))}",
                   "metrics", i)
         if m in names:
             P.err(f"metrics[{i}]", f"metric {m!r} appears twice", "metrics", i)
@@ -591,7 +384,7 @@ def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict
         P.err("metric_options", f"must be a mapping metric -> options but is {options!r}", "metric_options")
     for m, opts in options.items():
         if m not in known:
-            P.err(f"metric_options.{m}", f"unknown metric {m!r}{_suggest(str(m), list(known))}", "metric_options", m)
+            P.err(f"metric_options.{m}", f"unknown metric {m!r}{suggest(str(m), list(known))}", "metric_options", m)
         if not isinstance(opts, dict):
             P.err(f"metric_options.{m}", f"must be a mapping of options but is {opts!r}", "metric_options", m)
     return tuple(names), {m: dict(o) for m, o in options.items()}
@@ -690,7 +483,7 @@ def _exclude(P: _Parser, raw: Any, names: list[str]) -> tuple[tuple[tuple[str, A
         items = []
         for k, v in rule.items():
             if k not in names and k not in SETTING_KEYS:
-                P.err(f"{f}.{k}", f"unknown axis or setting {str(k)!r}{_suggest(k, known)}; known: {', '.join(names)}", "exclude", i)
+                P.err(f"{f}.{k}", f"unknown axis or setting {str(k)!r}{suggest(k, known)}; known: {', '.join(names)}", "exclude", i)
             if k in SETTING_KEYS:
                 v = P.setting(k, v, f"{f}.{k}", "exclude", i)
             items.append((k, v))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tracker.errors import ModelError
-from tracker.spec import COMPILE_OFF, compile_options
+from tracker.settings import COMPILE_OFF, compile_options
 
 WARMUP_STEPS = 2
 

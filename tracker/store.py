@@ -18,12 +18,11 @@ import sqlalchemy as sa
 
 from tracker import db
 from tracker.errors import NotFoundError, StoreError
-from tracker.plan import PlannedRun
+from tracker.plan import STATUSES, PlannedRun
 from tracker.records import RunRecord, aware_utc as _aware
-from tracker.spec import Settings
+from tracker.settings import Settings
 from tracker.workspace import image_file, stored_image
 
-STATUSES = ("pending", "running", "done", "failed")
 
 metadata = sa.MetaData()
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import click
 
 from tracker.cli import mlflow_uri_option, pass_workspace
+from tracker.gridimage import DEFAULT_MAX_PIXELS, REPORT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 64_000_000  # = tracker.gridimage.DEFAULT_MAX_PIXELS (not imported: keep --help light)
-REPORT_MAX_PIXELS = 16_000_000  # = tracker.report.REPORT_MAX_PIXELS
 
 
 def _pixels(value: str) -> int:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tracker.cli import pass_workspace
+from tracker.plan import STATUSES
 from tracker.textfmt import table
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
     from tracker.store import RunRecord
 
-STATUSES = ("pending", "running", "done", "failed")  # tracker.store.STATUSES, without importing SQLAlchemy
 
 
 def _when(t: datetime | None) -> str:

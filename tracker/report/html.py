@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from tracker.gridimage import REPORT_MAX_PIXELS
 from tracker.mlflow.fetch import Images
 from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, write_marker, write_text
 from tracker.report.attach import mlflow_url
@@ -26,10 +27,6 @@ from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
 
 if TYPE_CHECKING:
     from tracker.store import RunRecord
-
-
-# The report's grid PNGs are for sharing a whole sweep at a glance; `tracker grid` makes bigger ones.
-REPORT_MAX_PIXELS = 16_000_000
 
 
 # ---------------------------------------------------------------------------------------------
