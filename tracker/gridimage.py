@@ -239,6 +239,7 @@ def _paste_tile(canvas, draw, tile: Tile, x: int, y: int, geo: _Geometry) -> Non
     if tile.image is not None:
         try:
             with Image.open(_source(tile, geo)) as im:
+                im.draft("RGB", (geo.tile_w, geo.tile_h))  # a JPEG preview decodes at 1/2, 1/4 ... scale when that is enough
                 img = ImageOps.contain(im.convert("RGB"), (geo.tile_w, geo.tile_h))
         except (OSError, ValueError) as e:
             note = f"image unreadable: {e}"
@@ -265,8 +266,11 @@ def _source(tile: Tile, geo: _Geometry) -> Path:
 
 def write(spec: GridSpec, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> GridImage:
     """Compose and write the grid as PNG (temp file renamed into place: never a half-written file)."""
+    from tracker.pngmeta import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE
+
     canvas, tile, native = compose(spec, max_pixels)
     path = Path(path)
     with atomic_file(path) as fh:
-        canvas.save(fh, format="PNG", compress_level=1)  # big grids: speed over a few % of size
+        # big grids: speed over a few % of size (as the sweep's images: tracker.pngmeta)
+        canvas.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE)
     return GridImage(path, canvas.width, canvas.height, tile, native)
