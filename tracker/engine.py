@@ -15,19 +15,13 @@ resident set size of the whole process during the batch, sampled every few milli
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
-import hashlib
 import importlib.util
 import inspect
 import json
 import logging
-import os
-import platform
 import threading
 import time
-import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +40,11 @@ from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
 from tracker import models  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
+from tracker.loadhelp import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
+                              _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
+                              _safetensors_refused)
+from tracker.machine import (_environment, _folder_hash, _hub_revision, _in_background, _PeakRss,  # noqa: E402,F401
+                             _rss_bytes, _stat_signature)
 from tracker.plan import PlannedRun  # noqa: E402
 from tracker.settings import Settings  # noqa: E402
 
@@ -53,57 +52,6 @@ log = logging.getLogger("tracker")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NAN_ERROR = "NaN in output"
-RSS_SAMPLE_SECONDS = 0.005
-
-
-class _DropTorchvisionNotice(logging.Filter):
-    """transformers 5 warns once per image-processor class that torchvision is missing; SD never needs it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision (not installed)" not in record.getMessage()
-
-
-class _DropRepeatedNoise(logging.Filter):
-    """Library warnings repeated for every image or every pipeline move; the engine says each once instead.
-
-    CLIP reads 77 tokens: transformers and diffusers log the dropped tokens for every image of every batch
-    (``_warn_truncated`` says it once per prompt)."""
-
-    NOISE = ("The following part of your input was truncated", "Token indices sequence length is longer",
-             # diffusers repeats this on every move of a half-precision pipeline to the CPU, where it does run
-             # (``_check_dtype`` proved it); the engine says once that it is slow instead
-             "Pipelines loaded with `dtype=torch.float16` cannot run with `cpu` device",
-             "Pipelines loaded with `dtype=torch.bfloat16` cannot run with `cpu` device")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.NOISE)
-
-
-class _DropLoadNoise(logging.Filter):
-    """diffusers logs an *error* when a safetensors file is missing even where it then falls back to
-    pickle on purpose (allow_pickle) or where we turn the failure into our own one-line ModelError."""
-
-    NOISE = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.NOISE)
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Silence the known noise of one from_pretrained call; other warnings still show."""
-    handlers = logging.getLogger("diffusers").handlers
-    noise = _DropLoadNoise()
-    for h in handlers:
-        h.addFilter(noise)
-    try:
-        with warnings.catch_warnings():
-            # diffusers passes a deprecated argument to huggingface_hub, which warns on every hub load
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            yield
-    finally:
-        for h in handlers:
-            h.removeFilter(noise)
 
 
 def _quiet_libraries() -> None:
@@ -181,62 +129,6 @@ class _Loaded:
 # small helpers
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _download_hint(repo: str) -> str:
-    return f"run `hf download {repo}` (or `huggingface-cli download {repo}`) while online, or give a local folder"
-
-
-def _describe(ref: models.ModelRef) -> str:
-    if ref.kind == "builtin":
-        return f"built-in model {ref.name!r} ({ref.location})"
-    if ref.kind == "local":
-        return f"local folder {ref.location}"
-    return f"Hugging Face Hub id {ref.location!r}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _missing_error(what: str, ref: models.ModelRef, e: BaseException | None = None) -> ModelError:
-    """One line: what was tried and how to fix it."""
-    if ref.kind == "builtin":
-        return ModelError(f"{what} {ref.name!r}: the built-in model folder {ref.location} is missing or incomplete; "
-                          f"reinstall prompt-tracker (or rebuild it with tools/build_tiny_model.py)")
-    if ref.kind == "local":
-        reason = f" ({_first_line(e)})" if e is not None else ""
-        return ModelError(f"{what} {ref.name!r}: no diffusers model in local folder {ref.location}{reason}; "
-                          f"give a folder saved with save_pretrained, or a Hugging Face Hub id")
-    if _offline():
-        return ModelError(f"{what} {ref.name!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                          f"{_download_hint(ref.location)}")
-    reason = f": {_first_line(e)}" if e is not None else ""
-    return ModelError(f"{what} {ref.name!r}: cannot be loaded from the Hugging Face Hub{reason}; "
-                      f"check the id and your network, or give a local folder")
-
-
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-
-
-def _pickle_only(folder: Path) -> str | None:
-    """The first component folder (or the folder itself) whose weights exist only in pickle formats."""
-    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
-        files = [f for f in d.iterdir() if f.is_file()]
-        if any(f.suffix in PICKLE_SUFFIXES for f in files) and not any(f.suffix == ".safetensors" for f in files):
-            return d.name if d != folder else "."
-    return None
-
-
-def _pickle_error(what: str, ref: models.ModelRef, part: str | None = None) -> ModelError:
-    where = f" ({part}/)" if part and part != "." else ""
-    return ModelError(f"{what} {ref.name!r}: {_describe(ref)}{where} has only pickle (.bin/.ckpt) weights, which can "
-                      f"run code when loaded; convert it to safetensors, or set allow_pickle: true if you trust it")
-
-
 def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
     kw: dict[str, Any] = {"dtype": dtype}
     if not allow_pickle:
@@ -244,111 +136,6 @@ def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
     if _offline():
         kw["local_files_only"] = True
     return kw
-
-
-def _is_missing(e: BaseException) -> bool:
-    """from_pretrained reports a missing model as OSError/EnvironmentError (hub errors subclass it)."""
-    return isinstance(e, (OSError, FileNotFoundError)) or type(e).__name__ in (
-        "RepositoryNotFoundError", "LocalEntryNotFoundError", "EntryNotFoundError", "HfHubHTTPError",
-        "RevisionNotFoundError", "GatedRepoError")
-
-
-def _safetensors_refused(e: BaseException) -> bool:
-    text = str(e).lower()
-    return "safetensors" in text and ("use_safetensors" in text or "not found" in text or "could not find" in text)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-
-def _vm_hwm_bytes() -> int | None:
-    """Linux's peak resident set size of this process (VmHWM), or None where /proc has no such line."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _reset_vm_hwm() -> bool:
-    """Writing "5" to /proc/self/clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm_hwm_bytes() is not None
-    except OSError:
-        return False
-
-
-class _PeakRss:
-    """The process's peak resident set size while a batch runs (``peak``).
-
-    On Linux the kernel tracks it: VmHWM, reset before the batch. Elsewhere a thread samples the RSS every
-    few ms. No thread where the kernel can do it: on a CPU a sampling thread wakes up against torch's
-    OpenMP threads, which then wait for it at their barriers (measured ~10% slower at 2 threads on 2 cores).
-    """
-
-    def __init__(self, interval: float = RSS_SAMPLE_SECONDS):
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "_PeakRss":
-        self.peak = _rss_bytes()
-        if not _reset_vm_hwm():
-            self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        self.peak = max(self.peak, _rss_bytes(), _vm_hwm_bytes() or 0)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _folder_hash(folder: Path) -> str:
-    """sha256 over the relative paths and contents of every file under ``folder`` (hidden ones skipped)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        h.update(str(rel.as_posix()).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return "sha256:" + h.hexdigest()
-
-
-def _stat_signature(folder: Path) -> tuple:
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -828,51 +615,3 @@ class Engine:
     def pipeline_info(self, model: str) -> dict | None:
         """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
         return self.user.description if self.user is not None and model == self.user.model else None
-
-
-def _hub_revision(repo: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(repo, "model_index.json")
-    except Exception:  # noqa: BLE001 - a malformed id has no revision
-        return None
-    return Path(path).parent.name if isinstance(path, str) else None
-
-
-def _in_background(fn: Callable, *args: Any) -> Future:
-    """``fn(*args)`` in a daemon thread (an exiting process never waits for it); its result as a Future."""
-    fut: Future = Future()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the result
-            fut.set_exception(e)
-
-    threading.Thread(target=run, name="tracker-model-hash", daemon=True).start()
-    return fut
-
-
-@functools.lru_cache(maxsize=None)
-def _environment(device: str) -> dict:
-    """Static per process and device, so the runner may ask for it once per image."""
-    import accelerate
-
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(device))
-    elif device == "mps":
-        name = "Apple MPS"
-    else:
-        name = _cpu_name()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "device": device,
-        "device_name": name,
-        "cuda": torch.version.cuda,
-    }
