@@ -128,7 +128,8 @@ def test_an_actor_out_of_memory_halves_its_batch_like_a_local_sweep(ray_cluster,
     with Store.open(f"sqlite:///{home / 'tracker.db'}", home=home) as store:
         [sweep] = store.sweeps("rayed")
         events = [e for e in store.events(sweep["id"]) if e["kind"] == "oom"]
-    assert len(events) == 3 and {e["data"]["batch_size"] for e in events} == {4}  # one per claimed batch of 4
+    # each actor remembers the size that fitted: at most one out-of-memory per actor, not one per claimed batch
+    assert 1 <= len(events) <= 2 and {e["data"]["batch_size"] for e in events} == {4}
     assert all("retrying at 2" in e["message"] for e in events)
 
 

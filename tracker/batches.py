@@ -8,6 +8,10 @@ recording images, counting failures) is the caller's, through ``BatchHooks``.
 
 ``pad`` fills a short last batch by repeating its first run: ``reproduce`` makes a run again in a batch
 of the size it was first made in, because batch size can shift float results by one 8-bit level.
+
+``fits`` remembers, across calls, the batch size that fitted after an out-of-memory error, per pipeline
+settings: a sweep (or a Ray actor) that takes its work in batch-sized claims pays one out-of-memory error
+per settings, not one per claim.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ class BatchHooks:
         """A run could not be generated at all."""
 
 
-def execute(engine, group: Sequence["PlannedRun"], batch: int, hooks: BatchHooks, pad: bool = False) -> None:
-    """Generate ``group`` (runs sharing their settings) in batches of ``batch`` through ``engine``."""
+def execute(engine, group: Sequence["PlannedRun"], batch: int, hooks: BatchHooks, pad: bool = False,
+            fits: dict | None = None) -> None:
+    """Generate ``group`` (runs sharing their settings) in batches of ``batch`` through ``engine``; ``fits``
+    (settings -> the batch size that fitted) is read and updated when given."""
     from tracker.engine import OutOfMemory
 
     engine.prepare(group[0].settings)
-    batch = max(1, batch)
+    settings = repr(group[0].settings)  # dataclass repr: every pipeline setting, hashable
+    batch = max(1, min(batch, fits.get(settings, batch)) if fits is not None else batch)
     i = 0
     while i < len(group):
         chunk = list(group[i:i + batch])
@@ -59,6 +66,8 @@ def execute(engine, group: Sequence["PlannedRun"], batch: int, hooks: BatchHooks
                 continue
             hooks.halved(chunk, batch, e)
             batch //= 2
+            if fits is not None:
+                fits[settings] = batch
             continue
         except Exception as e:  # one bad batch must not end the work: retry its runs one by one
             if len(chunk) > 1:

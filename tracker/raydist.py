@@ -55,6 +55,7 @@ class Generator:
 
         self.engine = Engine(device=device, base_dir=Path(base_dir))
         self.device = device
+        self.fits: dict = {}  # settings -> batch size that fitted after out of memory, kept across batches
         self.where = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
 
     def info(self) -> dict:
@@ -77,7 +78,7 @@ class Generator:
         runs = list(runs)
         settings = runs[0].settings
         made = _Made()
-        batches.execute(self.engine, runs, len(runs), made)  # the one batch executor, as a local sweep's
+        batches.execute(self.engine, runs, len(runs), made, fits=self.fits)  # the one batch executor, as a local sweep's
         done, failures = made.batches, made.failures
         for _, result in done:  # the engine's images convert lazily under a lock: send plain ones
             result.images = [_Image(i) for i in result.images]

@@ -344,13 +344,14 @@ class Sweep(BatchHooks):
     writer: Any = None  # tracker.writer.Writer: submit(runs, result, facts), fail(run, error), close()
     began: float = field(default_factory=time.perf_counter)  # time.perf_counter() when generation began
     claimed: bool = False  # the runs are this worker's claims: running already, and they stay so while retried
+    fits: dict = field(default_factory=dict)  # settings -> batch size that fitted after out of memory (batches)
 
     def run_group(self, group: Sequence[PlannedRun]) -> None:
         """Generate one group in batches (``batch_size: auto`` starts at the group size, at most AUTO_BATCH_MAX);
-        an out-of-memory error halves the batch and retries it."""
+        an out-of-memory error halves the batch and retries it; later groups with those settings start there."""
         settings = group[0].settings
         batch = min(len(group), AUTO_BATCH_MAX) if settings.batch_size == "auto" else settings.batch_size
-        batches.execute(self.engine, list(group), batch, self)
+        batches.execute(self.engine, list(group), batch, self, fits=self.fits)
 
     # -- the batch executor's hooks ----------------------------------------------------------------
 
