@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tracker import limits, models, schedulers, templating
 from tracker.errors import TrackerError, UsageError
-from tracker.prompts import lora
 from tracker.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
                               setting_label)
 from tracker.spec import MAX_SEED, Axis, AxisValue, Experiment
@@ -120,17 +119,8 @@ class Plan:
 
 def run_key(settings: Settings, seed: int, prompt: str, negative_prompt: str, perf: dict[str, Any] | None = None) -> str:
     """A stable hash of everything that changes the image (plus performance settings varied on an axis)."""
-    material = {
-        "v": KEY_VERSION, "model": settings.model, "vae": settings.vae, "scheduler": settings.scheduler,
-        "scheduler_options": dict(settings.scheduler_options), "steps": settings.steps,
-        "guidance_scale": float(settings.guidance_scale), "width": settings.width, "height": settings.height,
-        "dtype": settings.dtype, "seed": seed, "prompt": prompt, "negative_prompt": negative_prompt,
-        "generator_device": settings.generator_device,
-    }
-    if settings.prompt_syntax != "plain":  # the weighted form is what the key hashes (plain keys stay as they were)
-        material["prompt_syntax"] = settings.prompt_syntax
-    if settings.lora:
-        material["lora"] = lora.key_material(settings.lora)
+    material = {"v": KEY_VERSION, **settings.key_material(), "seed": seed, "prompt": prompt,
+                "negative_prompt": negative_prompt}
     if perf:
         material["perf"] = perf
     blob = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

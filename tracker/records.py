@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from tracker.plan import PlannedRun
 from tracker.schedulers import SchedulerChoice
-from tracker.settings import Settings, lora_settings
+from tracker.settings import SETTING_NAMES, Settings, lora_settings
 
 
 def aware_utc(t: datetime | None) -> datetime | None:
@@ -91,8 +91,9 @@ class RunRecord:
             started_at=aware_utc(row["started_at"]), finished_at=aware_utc(row["finished_at"]),
             mlflow_synced_at=aware_utc(row["mlflow_synced_at"]),
         )
-        for b in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
-            values[b] = bool(values[b])
+        for name, f in Settings.__dataclass_fields__.items():  # on/off settings come back from SQL as 0/1
+            if isinstance(f.default, bool) and values.get(name) is not None:
+                values[name] = bool(values[name])
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
@@ -116,16 +117,11 @@ class RunRecord:
         return SchedulerChoice(self.scheduler, tuple(sorted(self.scheduler_options.items())))
 
     def settings(self) -> Settings:
-        return Settings(
-            model=self.model, vae=self.vae, scheduler=self.scheduler,
-            scheduler_options=tuple(sorted(self.scheduler_options.items())), steps=self.steps,
-            guidance_scale=self.guidance_scale, width=self.width, height=self.height, dtype=self.dtype,
-            device=self.device or "auto", generator_device=self.generator_device or "cpu",
-            attention_slicing=self.attention_slicing, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling,
-            cpu_offload=self.cpu_offload, batch_size=self.batch_size, allow_pickle=self.allow_pickle,
-            compile=self.compile or "off", prompt_syntax=self.prompt_syntax or "plain",
-            lora=lora_settings(self.lora), deterministic=bool(self.deterministic), attention=self.attention or "default",
-        )
+        # the Settings fields, as stored; a setting the run was recorded without (an older run) takes its default
+        values = {name: v for name in SETTING_NAMES if (v := getattr(self, name)) not in (None, "")}
+        values.update(scheduler_options=tuple(sorted(self.scheduler_options.items())), lora=lora_settings(self.lora),
+                      device=self.device or "auto", generator_device=self.generator_device or "cpu")
+        return Settings(**values)
 
     def planned(self) -> PlannedRun:
         return PlannedRun(

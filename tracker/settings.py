@@ -25,6 +25,10 @@ SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 # Settings that change speed or memory but not the image; they join a run key only when varied on an axis.
 PERF_SETTINGS = ("batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "device", "compile",
                  "deterministic", "attention")
+# Settings in every run key since key version 1; a setting added later joins a key only away from its default.
+KEY_SETTINGS = ("model", "vae", "scheduler", "scheduler_options", "steps", "guidance_scale", "width", "height",
+                "dtype", "generator_device")
+NOT_IN_KEY = PERF_SETTINGS + ("allow_pickle",)  # speed, memory, safety: never the image
 COMPILE_OFF = "off"
 ATTENTION_DEFAULT = "default"  # the attention backend the model was loaded with (tracker.attention)
 ATTENTION_RE = re.compile(r"^[a-z0-9_]+$")
@@ -70,6 +74,22 @@ class Settings:
     def pipeline_key(self) -> tuple:
         """Runs with equal pipeline keys can share one batch."""
         return tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def key_material(self) -> dict[str, Any]:
+        """What of these settings a run key hashes: every setting that can change the image (``KEY_SETTINGS``
+        always; one added since, only when away from its default, so adding a setting changes no key)."""
+        out: dict[str, Any] = {}
+        for name, f in self.__dataclass_fields__.items():
+            value = getattr(self, name)
+            if name in NOT_IN_KEY or (name not in KEY_SETTINGS and value == f.default):
+                continue
+            out[name] = dict(value) if name == "scheduler_options" else value
+        out["guidance_scale"] = float(self.guidance_scale)
+        if self.lora:
+            from tracker.prompts import lora
+
+            out["lora"] = lora.key_material(self.lora)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}

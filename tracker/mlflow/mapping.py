@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Mapping
 
+from tracker.settings import SETTING_NAMES
+
 if TYPE_CHECKING:
     from tracker.store import RunRecord
 
@@ -15,6 +17,7 @@ KEY_TAG = "tracker.key"
 _MLFLOW_LIMITS = {"MAX_PARAM_LENGTH": "MAX_PARAM_VAL_LENGTH", "MAX_TAG_LENGTH": "MAX_TAG_VAL_LENGTH",
                   "MAX_PER_BATCH": "MAX_PARAMS_TAGS_PER_BATCH"}
 PARENT_TAG = "mlflow.parentRunId"
+_NOT_PARAMS = ("scheduler", "scheduler_options", "lora", "allow_pickle")  # formatted below; a safety switch
 
 
 def limit(name: str) -> int:
@@ -39,17 +42,12 @@ def scheduler_class(rec: "RunRecord") -> str:
 def child_params(rec: "RunRecord") -> dict[str, str]:
     """Params people filter on in the MLflow UI; the scheduler as its short name ('PNDM')."""
     choice = rec.scheduler_choice.made_with(rec.scheduler_config)
-    params: dict[str, Any] = {
-        "seed": rec.seed, "model": rec.model, "scheduler": choice.short, "sampler": choice.a1111,
-        "steps": rec.steps, "guidance_scale": rec.guidance_scale, "width": rec.width, "height": rec.height,
-        "vae": rec.vae, "dtype": rec.dtype, "batch_size": rec.batch_size, "batch_size_used": rec.batch_size_used,
-        "attention_slicing": rec.attention_slicing, "vae_slicing": rec.vae_slicing, "vae_tiling": rec.vae_tiling,
-        "cpu_offload": rec.cpu_offload, "device": rec.device, "generator_device": rec.generator_device,
-        "compile": rec.compile, "deterministic": bool(rec.deterministic), "attention": rec.attention,
-    }
+    # every setting as recorded (a new one becomes a param by itself), then the ones shown another way
+    params: dict[str, Any] = {name: getattr(rec, name) for name in SETTING_NAMES if name not in _NOT_PARAMS}
+    params.update(seed=rec.seed, scheduler=choice.short, sampler=choice.a1111, batch_size_used=rec.batch_size_used,
+                  deterministic=bool(rec.deterministic), prompt_syntax=rec.prompt_syntax or "plain")
     if rec.scheduler_options:
         params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)
-    params["prompt_syntax"] = rec.prompt_syntax or "plain"
     if rec.lora:  # A1111's style: "name:scale" per adapter
         params["lora"] = ", ".join(f"{a['name']}:{a['scale']:g}" for a in rec.lora)
     params.update({f"axis.{name}": label for name, label in rec.axes.items()})

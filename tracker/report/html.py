@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tracker.gridimage import REPORT_MAX_PIXELS
+from tracker.settings import SETTING_NAMES, setting_label
 from tracker.mlflow.fetch import Images
 from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, write_marker, write_text
 from tracker.report.attach import mlflow_url
@@ -171,7 +172,22 @@ def recipe(run) -> tuple[tuple[str, str], ...]:
         ("memory options", ", ".join(memory) or "(none)"),
         ("deterministic algorithms", "on" if s.deterministic else "off"), ("attention backend", s.attention),
     ]
+    # any other setting (compile, prompt syntax, LoRA, one added later) as its axis label reads
+    rows += [(name.replace("_", " "), _setting_text(name, getattr(s, name))) for name in SETTING_NAMES
+             if name not in _SHOWN]
     return tuple(rows)
+
+
+# Settings the rows above show (allow_pickle is a safety switch, not part of the recipe).
+_SHOWN = {"model", "scheduler", "scheduler_options", "steps", "guidance_scale", "width", "height", "vae", "dtype",
+          "device", "generator_device", "batch_size", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload",
+          "allow_pickle", "deterministic", "attention"}
+
+
+def _setting_text(name: str, value) -> str:
+    if name == "lora":
+        return ", ".join(f"{dict(a)['name']}:{dict(a)['scale']:g}" for a in value) or "(none)"
+    return setting_label(name, value)
 
 
 def timings(r: "RunRecord") -> tuple[tuple[str, str], ...]:
