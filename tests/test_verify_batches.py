@@ -33,6 +33,28 @@ def test_a_clean_sweep_verifies_identical_with_its_original_companions(cli, writ
         assert f"{sample} of {sample} sampled runs identical, 0 differ" in res.out
 
 
+def test_an_edited_original_is_compared_and_named(cli, write_yaml):
+    """An original image edited after the sweep: verify and reproduce still compare with it (how far it moved)
+    and say the original was modified since it was made, so the difference is not taken for drift."""
+    from PIL import Image
+
+    assert cli("run", write_yaml(SWEEP), "--no-mlflow", "-q").code == 0
+    runs = json.loads(cli("runs", "batches", "--json").out)
+    edited = runs[0]
+    with Image.open(edited["image"]) as im:
+        im = im.convert("RGB")
+    im.putpixel((0, 0), tuple(255 - v for v in im.getpixel((0, 0))))
+    im.save(edited["image"])
+    res = cli("verify", "batches", "--sample", "16")
+    assert res.code == 1, res.out + res.err
+    assert "15 of 16 sampled runs identical, 1 differ" in res.out
+    assert f"run {edited['key']}: its original image" in res.out + res.err and "modified since it was made" in res.out + res.err
+    res = cli("reproduce", edited["key"])
+    assert f"run {edited['key']}: its original image" in res.out + res.err and "modified since it was made" in res.out + res.err
+    res = cli("reproduce", runs[1]["key"])
+    assert res.code == 0 and "modified since it was made" not in res.out + res.err
+
+
 def test_original_batches_are_found_from_the_store(cli, write_yaml):
     from tracker.store import Store
     from tracker.workspace import Workspace

@@ -241,6 +241,8 @@ def from_store(store, key: str, model: str | None = None, images=None) -> Source
         if found.origin == "mlflow":
             notes = (f"the original image was read from MLflow run {rec.mlflow_run_id} at {images.uri} "
                      "(its sha256 matches the run store's)",)
+        elif found.state is not None:  # edited since it was made: compared all the same, and said so
+            notes = (edited_note(rec),)
     environment = store.sweep(rec.sweep_id).get("environment") if rec.sweep_id is not None else None
     recipe = rec.to_recipe(environment=environment)
     run = rec.planned()  # the stored run as planned (PlannedRun.from_recipe(recipe) reads the same back)
@@ -617,6 +619,7 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     found = {r.key: images.locate(r, modified_ok=True) if images is not None else in_workspace(r, modified_ok=True)
              for r in records}
     present = [r for r in records if found[r.key].path is not None]
+    warnings += [edited_note(r) for r in present if found[r.key].state is not None]
     collected = _Collected()
     for batch in original_batches(done, present):  # same companions, same order: batching shifts pixels
         runs = [r.planned() for r in batch]
@@ -629,6 +632,12 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     result = Verification(experiment, sweeps[-1]["id"], len(done), tuple(rows), tuple(warnings), device_used)
     store.update_sweep(result.sweep_id, verify=result.to_json())
     return result
+
+
+def edited_note(rec) -> str:
+    """An original image edited after its sweep wrote it: a difference may be that edit, not drift."""
+    return (f"run {rec.key}: its original image {Path(rec.image).name} was modified since it was made (its sha256 "
+            f"differs from the run store's): a difference may be that edit, not drift; tracker check lists such images")
 
 
 def _drift_of(original, image) -> Drift:

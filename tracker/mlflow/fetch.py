@@ -45,7 +45,8 @@ class Found:
     path: Path | None
     origin: str = ""
     problem: str | None = None
-    state: str | None = None  # when there is no path: tracker.check's "missing" or "modified" (the local file)
+    state: str | None = None  # tracker.check's "missing" or "modified" (the local file); "modified" with a path:
+    # an edited original handed back on purpose (``modified_ok``)
 
     def __bool__(self) -> bool:
         return self.path is not None
@@ -71,7 +72,7 @@ def in_workspace(rec: "RunRecord", modified_ok: bool = False) -> Found:
 
     state = image_state(rec)
     if state is None or state == MODIFIED and modified_ok:
-        return Found(Path(rec.image), "workspace")
+        return Found(Path(rec.image), "workspace", state=state)
     name = Path(rec.image).name if rec.image else "no file recorded"
     what = "image modified since it was made" if state == MODIFIED else "image missing"
     return Found(None, problem=f"{what}: {name}", state=state)
