@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -102,13 +103,18 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
     assert (s.done, s.failed, s.skipped) == (1, 0, 5)
 
 
-def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, monkeypatch):
+@pytest.mark.parametrize("seeds, calls", [
+    ("[0, 1, 2, 3]", [8, 4, 2, 2, 2, 2]),  # 8 runs, auto starts at 8: halved twice
+    # 16 runs are claimed 8 at a time: the second claim starts at the size that fitted, not at 8 again
+    ("[0, 1, 2, 3, 4, 5, 6, 7]", [8, 4] + [2] * 8),
+])
+def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, monkeypatch, seeds, calls):
     from tracker import engine as engine_mod, runner
     from tracker.store import Store
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
-    path = write_yaml(SMALL.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3]"))  # auto starts at 8
+    path = write_yaml(SMALL.replace("seeds: [0, 1, 2]", f"seeds: {seeds}"))
     real = engine_mod.Engine.generate
     seen = []
 
@@ -120,36 +126,8 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, 
 
     monkeypatch.setattr(engine_mod.Engine, "generate", small_gpu)
     s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
-    assert (s.done, s.failed) == (8, 0)
-    assert seen[:3] == [8, 4, 2]
-    with Store.open(ws.db_url) as store:
-        events = store.events(s.sweep_id)
-        assert [e["kind"] for e in events] == ["oom", "oom"]
-        assert {r.batch_size_used for r in store.runs("small")} == {2}
-
-
-def test_a_halved_batch_size_is_kept_for_the_next_claimed_batch(write_yaml, tmp_path, monkeypatch):
-    """Runs are claimed a batch at a time: after one out-of-memory error the sweep starts the next claimed batch
-    of the same settings at the size that fitted, instead of running out of memory again for every claim."""
-    from tracker import engine as engine_mod, runner
-    from tracker.store import Store
-    from tracker.workspace import Workspace
-
-    ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
-    path = write_yaml(SMALL.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3, 4, 5, 6, 7]"))  # 16 runs: 2 claims of 8
-    real = engine_mod.Engine.generate
-    seen = []
-
-    def small_gpu(self, runs):
-        seen.append(len(runs))
-        if len(runs) > 2:
-            raise engine_mod.OutOfMemory("injected: CUDA out of memory")
-        return real(self, runs)
-
-    monkeypatch.setattr(engine_mod.Engine, "generate", small_gpu)
-    s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
-    assert (s.done, s.failed) == (16, 0)
-    assert seen == [8, 4] + [2] * 8
+    assert (s.done, s.failed) == (sum(calls[2:]), 0)
+    assert seen == calls
     with Store.open(ws.db_url) as store:
         assert [e["kind"] for e in store.events(s.sweep_id)] == ["oom", "oom"]
         assert {r.batch_size_used for r in store.runs("small")} == {2}
