@@ -389,12 +389,11 @@ class Workspace:
 
     def verify(self, experiment: str, sample: int = 8, device: str | None = None):
         """Regenerate a seeded sample of done runs and store the pixel drift with the latest sweep."""
-        from tracker import reproduce as rp
-
+        from tracker import verify as vf
         from tracker.mlflow.fetch import Images
 
         with self._store() as store:
-            return rp.verify(store, experiment, sample=sample, device=device, images=Images(self.config))
+            return vf.verify(store, experiment, sample=sample, device=device, images=Images(self.config))
 
 
 def _where_items(where: Mapping[str, Any] | Iterable[str] | None) -> list[str]:

@@ -68,17 +68,17 @@ def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> i
     The result is stored with the experiment's latest sweep (shown in the report).
     Exit status 1 when any image drifted.
     """
-    from tracker import reproduce as rp
+    from tracker import verify as vf
     from tracker.api import Workspace as Api
 
     result = Api(ws).verify(experiment, sample=sample, device=device)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
-    click.echo(rp.format_table(result.rows, result.device))
+    click.echo(vf.format_table(result.rows, result.device))
     identical = sum(r.drift.identical for r in result.rows)
     within = len(result.rows) - identical - result.drifted
     click.echo(f"{experiment}: {identical} of {len(result.rows)} sampled runs identical"
-               + (f", {within} within {rp.GPU_LEVELS} levels (GPU kernels)" if within else "")
+               + (f", {within} within {vf.GPU_LEVELS} levels (GPU kernels)" if within else "")
                + f", {result.drifted} differ ({result.done} done; each regenerated in its original batch); "
                f"stored with sweep {result.sweep_id}")
     return 1 if result.drifted else 0

@@ -114,7 +114,7 @@ class VerifiedRun:
 
 @dataclass(frozen=True)
 class VerifyView:
-    """The latest stored ``tracker verify`` result (``reproduce.Verification.to_json``), as shown."""
+    """The latest stored ``tracker verify`` result (``verify.Verification.to_json``), as shown."""
 
     sweep_id: int
     at: str
