@@ -96,7 +96,7 @@ def check(pipe: Any, name: str, device: str, dtype: torch.dtype, model: str) -> 
 
 
 def first_line(e: BaseException) -> str:
-    from tracker.engine import _first_line
+    from tracker.loadhelp import _first_line
 
     return _first_line(e)
 

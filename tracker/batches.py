@@ -12,15 +12,66 @@ of the size it was first made in, because batch size can shift float results by 
 ``fits`` remembers, across calls, the batch size that fitted after an out-of-memory error, per pipeline
 settings: a sweep (or a Ray actor) that takes its work in batch-sized claims pays one out-of-memory error
 per settings, not one per claim.
+
+What a batch gives back lives here too (``BatchResult``, ``ImageResult``, ``OutOfMemory``), so the executor
+and its callers need no torch; ``tracker.engine`` makes them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from tracker.engine import BatchResult
     from tracker.plan import PlannedRun
+
+NAN_ERROR = "NaN in output"
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during a batch; the caller may retry with a smaller batch."""
+
+
+class ImageResult:
+    """One image of a batch. The pipeline's float array is converted (NaN check, 8-bit PIL image) on first
+    use of ``error`` or ``image``, so a sweep does it in its writing stage, off the accelerator's path."""
+
+    def __init__(self, key: str, array: Any, seconds: float, seconds_per_step: float):
+        self.key = key
+        self.seconds = seconds  # this image's share of the batch's wall time
+        self.seconds_per_step = seconds_per_step  # this image's share of the denoising time / settings.steps
+        self._array = array  # (H, W, 3) float in [0, 1], as diffusers' output_type="np" gives it
+        self._image: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def error(self) -> str | None:
+        """Why there is no image (e.g. "NaN in output"), else None."""
+        return None if self.image is not None else NAN_ERROR
+
+    @property
+    def image(self) -> Any:
+        """The PIL image (diffusers' ``numpy_to_pil`` conversion), or None when the output has NaN/inf."""
+        with self._lock:
+            if self._array is not None:
+                arr, self._array = self._array, None
+                import numpy as np
+                from diffusers.image_processor import VaeImageProcessor
+
+                self._image = VaeImageProcessor.numpy_to_pil(arr[None])[0] if np.isfinite(arr).all() else None
+            return self._image
+
+
+@dataclass
+class BatchResult:
+    images: list[ImageResult]
+    seconds: float
+    batch_size: int
+    peak_memory_bytes: int
+    step_seconds: list[float]  # one per denoising-loop iteration (UNet call), first UNet call to last step end
+    warmup_seconds: float = 0.0  # compile warm-up before this batch (not in ``seconds``)
+    deterministic: bool = False  # torch reported its deterministic algorithms on during the call (the setting)
 
 
 class BatchHooks:
@@ -46,8 +97,6 @@ def execute(engine, group: Sequence["PlannedRun"], batch: int, hooks: BatchHooks
             fits: dict | None = None) -> None:
     """Generate ``group`` (runs sharing their settings) in batches of ``batch`` through ``engine``; ``fits``
     (settings -> the batch size that fitted) is read and updated when given."""
-    from tracker.engine import OutOfMemory
-
     engine.prepare(group[0].settings)
     settings = repr(group[0].settings)  # dataclass repr: every pipeline setting, hashable
     batch = max(1, min(batch, fits.get(settings, batch)) if fits is not None else batch)

@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
-from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
 from tracker import models  # noqa: E402
+from tracker.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
 from tracker.errors import ModelError  # noqa: E402
 from tracker.loadhelp import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
                               _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
@@ -51,7 +51,6 @@ from tracker.settings import Settings  # noqa: E402
 log = logging.getLogger("tracker")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-NAN_ERROR = "NaN in output"
 
 
 def _quiet_libraries() -> None:
@@ -64,48 +63,6 @@ def _quiet_libraries() -> None:
 
 
 _quiet_libraries()
-
-
-class OutOfMemory(Exception):
-    """The device ran out of memory during a batch; the caller may retry with a smaller batch."""
-
-
-class ImageResult:
-    """One image of a batch. The pipeline's float array is converted (NaN check, 8-bit PIL image) on first
-    use of ``error`` or ``image``, so a sweep does it in its writing stage, off the accelerator's path."""
-
-    def __init__(self, key: str, array: Any, seconds: float, seconds_per_step: float):
-        self.key = key
-        self.seconds = seconds  # this image's share of the batch's wall time
-        self.seconds_per_step = seconds_per_step  # this image's share of the denoising time / settings.steps
-        self._array = array  # (H, W, 3) float in [0, 1], as diffusers' output_type="np" gives it
-        self._image: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def error(self) -> str | None:
-        """Why there is no image (e.g. "NaN in output"), else None."""
-        return None if self.image is not None else NAN_ERROR
-
-    @property
-    def image(self) -> Any:
-        """The PIL image (diffusers' ``numpy_to_pil`` conversion), or None when the output has NaN/inf."""
-        with self._lock:
-            if self._array is not None:
-                arr, self._array = self._array, None
-                self._image = VaeImageProcessor.numpy_to_pil(arr[None])[0] if np.isfinite(arr).all() else None
-            return self._image
-
-
-@dataclass
-class BatchResult:
-    images: list[ImageResult]
-    seconds: float
-    batch_size: int
-    peak_memory_bytes: int
-    step_seconds: list[float]  # one per denoising-loop iteration (UNet call), first UNet call to last step end
-    warmup_seconds: float = 0.0  # compile warm-up before this batch (not in ``seconds``)
-    deterministic: bool = False  # torch reported its deterministic algorithms on during the call (the setting)
 
 
 @dataclass
