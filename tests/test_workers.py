@@ -178,7 +178,8 @@ def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(wri
 
     home = tmp_path / "home"
     env = {"TRACKER_HOME": str(home), "TRACKER_LEASE_SECONDS": "5"}
-    path = _plan(write_yaml, steps=15)  # batches long enough for the parent to log between them
+    path = _plan(write_yaml, steps=80)  # batches long enough for the parent to log between them (its MLflow
+    # start-up takes seconds; at 15 steps a fast sweep was all done before the first run was logged)
     proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "-q"],
                             env={k: v for k, v in {**os.environ, **env}.items() if k != "MLFLOW_TRACKING_URI"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
