@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_tracker
+from conftest import REPO, run_tracker
 
 PLAN = """\
 name: shared
@@ -164,43 +164,67 @@ def test_two_tracker_runs_of_one_experiment_share_the_work(write_yaml, tmp_path)
     _check_every_run_done_once({"TRACKER_HOME": env["TRACKER_HOME"]}, 12)
 
 
+# Fault injection for the live-MLflow test, loaded by every process of the pool (the parent and its workers)
+# through PYTHONPATH: a worker makes one batch, then waits (at most GATE_S) until the parent has logged some
+# done run to MLflow, and writes down what it saw. Without live logging the gate times out while runs are
+# still pending; the test then fails on what the gate recorded, whatever the machine's speed.
+GATE = """\
+import os, sqlite3, time
+if os.environ.get("TRACKER_WORKER_NAME") and os.environ.get("GATE_FILE"):
+    from tracker import engine as _engine
+    _real, _made = _engine.Engine.generate, []
+
+    def _gated(self, runs, *a, **kw):
+        if _made:
+            deadline, seen = time.monotonic() + float(os.environ["GATE_S"]), None
+            while time.monotonic() < deadline:
+                try:
+                    with sqlite3.connect(os.environ["GATE_DB"], timeout=5) as db:
+                        seen = db.execute("SELECT sum(status = 'done'), sum(mlflow_synced_at IS NOT NULL) "
+                                          "FROM runs").fetchone()
+                except sqlite3.Error:
+                    seen = None
+                if seen and seen[1]:
+                    break
+                time.sleep(0.1)
+            with open(os.environ["GATE_FILE"], "a") as f:
+                f.write(f"{seen[0] if seen else None} {seen[1] if seen else None}\\n")
+        _made.append(len(runs))
+        return _real(self, runs, *a, **kw)
+
+    _engine.Engine.generate = _gated
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(write_yaml, tmp_path):
     """--workers with MLflow on (the workspace's own store): the parent logs done runs as the workers
     finish them, not once they are all done; one MLflow parent for the pool; no run logged twice."""
-    import sqlite3
-
     from mlflow import MlflowClient
 
     from tracker.mlflow import KEY_TAG, PARENT_TAG
     from tracker.store import Store
 
     home = tmp_path / "home"
-    env = {"TRACKER_HOME": str(home), "TRACKER_LEASE_SECONDS": "5"}
-    path = _plan(write_yaml, steps=80)  # batches long enough for the parent to log between them (its MLflow
-    # start-up takes seconds; at 15 steps a fast sweep was all done before the first run was logged)
-    proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "-q"],
-                            env={k: v for k, v in {**os.environ, **env}.items() if k != "MLFLOW_TRACKING_URI"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    samples = []  # (done, logged to MLflow) while the pool runs
-    try:
-        while proc.poll() is None:
-            time.sleep(0.2)
-            try:
-                with sqlite3.connect(f"file:{home / 'tracker.db'}?mode=ro", uri=True, timeout=5) as db:
-                    samples.append(db.execute("SELECT sum(status = 'done'), sum(mlflow_synced_at IS NOT NULL) "
-                                              "FROM runs").fetchone())
-            except sqlite3.Error:
-                continue  # not created yet, or busy
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(GATE)
+    gate = tmp_path / "gate.txt"
+    env = {"TRACKER_HOME": str(home), "TRACKER_LEASE_SECONDS": "30", "GATE_FILE": str(gate), "GATE_S": "60",
+           "GATE_DB": str(home / "tracker.db"),
+           "PYTHONPATH": os.pathsep.join([str(inject), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = _plan(write_yaml)
+    proc = subprocess.run([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "-q"],
+                          env={k: v for k, v in {**os.environ, **env}.items() if k != "MLFLOW_TRACKING_URI"},
+                          capture_output=True, text=True, timeout=600)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err
     assert "12 done" in out and "logged 12 runs to MLflow" in out, out + err
-    # live: some runs were in MLflow while others were still being generated
-    assert any(logged and done is not None and done < 12 for done, logged in samples), samples
+    # live: each worker, after its first batch, waited for the parent to log a done run, and saw one logged
+    # while runs were still to be made
+    seen = [line.split() for line in gate.read_text().splitlines()]
+    assert seen and all(logged not in ("None", "0") and int(done) < 12 for done, logged in seen), seen
 
     c = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     exp = c.get_experiment_by_name("shared")
