@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from tracker import cpu, determinism
 
@@ -39,12 +39,12 @@ from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
 
 from tracker import models  # noqa: E402
 from tracker.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
+from tracker.engine_facts import RecordFacts  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.loadhelp import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
                               _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
                               _safetensors_refused)
-from tracker.machine import (_environment, _folder_hash, _hub_revision, _in_background, _PeakRss,  # noqa: E402,F401
-                             _rss_bytes, _stat_signature)
+from tracker.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
 from tracker.plan import PlannedRun  # noqa: E402
 from tracker.settings import Settings  # noqa: E402
 
@@ -98,7 +98,7 @@ def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-class Engine:
+class Engine(RecordFacts):
     """Loads and caches pipelines; ``prepare`` applies a run's settings, ``generate`` makes a batch."""
 
     def __init__(self, device: str | None = None, base_dir: Path | None = None, pipeline: Any = None):
@@ -499,76 +499,3 @@ class Engine:
 
         with torch.no_grad():
             return weighting.conditioning(pipe, prompts, negatives, syntax)
-
-    # -- facts for the record ----------------------------------------------------------------------
-
-    def check_prompts(self, runs: Sequence[PlannedRun]) -> None:
-        """The truncation check of every prompt up front, batched per model (a sweep calls it before it
-        starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
-        by_model: dict[tuple, list[PlannedRun]] = {}
-        for r in runs:
-            if r.settings.prompt_syntax != "plain":
-                continue  # compel encodes long prompts in chunks: nothing is cut
-            by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
-        for group in by_model.values():
-            self._warn_truncated(self._load_pipeline(group[0].settings).pipe, group)
-
-    def _warn_truncated(self, pipe: Any, runs: Sequence[PlannedRun]) -> None:
-        """Say once per prompt when the text encoder will not read all of it."""
-        tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
-            return
-        texts = [t for t in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt))
-                 if t not in self._truncated]
-        if not texts:
-            return
-        self._truncated.update(texts)
-        limit = tokenizer.model_max_length
-        for text, ids in zip(texts, tokenizer(texts, truncation=False).input_ids):
-            if len(ids) > limit:
-                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...",
-                            len(ids), limit, text)
-
-    def scheduler_config(self) -> dict:
-        """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""
-        if self._active is None:
-            raise RuntimeError("scheduler_config() before prepare()")
-        return json.loads(self._active.pipe.scheduler.to_json_string())
-
-    def model_revision(self, model: str) -> str | None:
-        """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
-        return self.model_revision_later(model)()
-
-    def model_revision_later(self, model: str) -> Callable[[], str | None]:
-        """``model_revision`` without waiting for it: a local folder is hashed in a background thread (once per
-        content: path, sizes and mtimes), so hashing gigabytes never delays the first image. Call the result
-        (in the writing stage) to get the value."""
-        if self.user is not None and model == self.user.model:
-            fingerprint = self.user.fingerprint
-            return lambda: fingerprint
-        ref = self._ref(model)
-        folder = Path(ref.location)
-        if ref.kind == "hub" or not folder.is_dir():
-            value = _hub_revision(ref.location) if ref.kind == "hub" else None
-            return lambda: value
-        signature = _stat_signature(folder)
-        with self._hash_lock:
-            cached = self._hashes.get(ref.location)
-            if cached is None or cached[0] != signature:
-                cached = self._hashes[ref.location] = (signature, _in_background(_folder_hash, folder))
-        return cached[1].result
-
-    def environment(self) -> dict:
-        """Versions and hardware that produced the images (of the device of the current settings)."""
-        if self._settings is not None:
-            device = self.device_for(self._settings)
-        else:
-            device = self._resolve_device((self.device_override or "auto").lower(), "device")
-        env = {**_environment(device), "torch_threads": torch.get_num_threads()}
-        if self.user is not None:
-            env["pipeline"] = self.user.description
-        return env
-
-    def pipeline_info(self, model: str) -> dict | None:
-        """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
-        return self.user.description if self.user is not None and model == self.user.model else None
