@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -165,8 +166,11 @@ def _actors(ray, n: int | None, device: str | None, base_dir: Path):
         count = n or max(1, int(resources.get("CPU", 1)))
         opts, dev, threads = {"num_cpus": 1}, device or "cpu", 1
     cls = ray.remote(**opts)(Generator)
-    # named (tracker:<driver pid>:<i>) so that `ray list actors` shows whose they are
-    return [cls.options(name=f"tracker:{os.getpid()}:{i}").remote(str(base_dir), dev, threads) for i in range(count)]
+    # named tracker:<driver pid>:<sweep token>:<i>, so that `ray list actors` shows whose they are; the token keeps
+    # two sweeps of one driver process (a notebook, the tests) apart while the first one's actors are still going away
+    token = uuid.uuid4().hex[:8]
+    return [cls.options(name=f"tracker:{os.getpid()}:{token}:{i}").remote(str(base_dir), dev, threads)
+            for i in range(count)]
 
 
 def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
@@ -183,6 +187,7 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)
     started = _start(ray, address)
+    actors: list = []
     try:
         status = {r.key: r.status for r in store.runs(exp.name)}
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
@@ -236,6 +241,8 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
         sweep.finish("failed" if summary.failed else "done")
     finally:
         store.close()
+        for actor in actors:  # this sweep's actors end with it, also on a cluster it only joined
+            ray.kill(actor)
         if started:
             ray.shutdown()
     return summary
