@@ -54,6 +54,7 @@ def test_a_backend_that_cannot_run_here_is_one_line_naming_file_field_and_value(
     if db.exists():  # checked before anything is recorded
         with sqlite3.connect(db) as conn:
             assert conn.execute("select count(*) from runs").fetchone() == (0,)
+    assert not (tmp_path / "home" / "cache").exists()  # inductor's cache folder only for a sweep that compiles
 
 
 def test_runs_record_the_backend_shown_in_efficiency_and_mlflow_params(cli, write_yaml, tmp_path):

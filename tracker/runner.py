@@ -20,6 +20,7 @@ from tracker import __version__, batches, distributed, plan, spec
 from tracker.batches import BatchHooks
 from tracker.errors import ModelError
 from tracker.plan import PlannedRun
+from tracker.settings import COMPILE_OFF
 from tracker.workspace import Workspace
 
 AUTO_BATCH_MAX = 8  # batch_size: auto starts here (or at the group size) and halves on out-of-memory
@@ -143,7 +144,8 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         try:
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
-            speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
+            if any(r.settings.compile != COMPILE_OFF for r in todo):
+                speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
             engine = engine or _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
             try:
                 for group in ordered_groups(todo):
