@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from tracker import models, schedulers
@@ -36,6 +36,11 @@ COMPILE_OPTIONS = {"mode": str, "fullgraph": bool, "dynamic": bool}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def column(type_name: str, *args: Any) -> dict[str, Any]:
+    """A setting's field metadata: its runs column, as a SQLAlchemy type name and arguments (``"String", 40``)."""
+    return {"column": (type_name, *args)}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every pipeline setting of one run, normalized."""
@@ -57,11 +62,18 @@ class Settings:
     cpu_offload: bool = False
     batch_size: int | str = "auto"
     allow_pickle: bool = False
-    compile: str = COMPILE_OFF  # "off", or torch.compile options as "mode=default[,fullgraph=true][,dynamic=false]"
-    prompt_syntax: str = "plain"  # plain | a1111 | compel (tracker.prompts.weighting)
-    lora: tuple[tuple[tuple[str, Any], ...], ...] = ()  # adapters, each sorted (field, value) pairs (tracker.prompts.lora)
-    deterministic: bool = False  # torch's deterministic algorithms around each pipeline call (tracker.determinism)
-    attention: str = ATTENTION_DEFAULT  # "default", or a diffusers attention backend name (tracker.attention)
+    # Settings added since: each names its runs column type (``tracker.tables`` makes the column from it; its
+    # migration adds the same). NULL in the store: a run recorded before the setting existed (its default).
+    # torch.compile: "off", or its options as "mode=default[,fullgraph=true][,dynamic=false]"
+    compile: str = field(default=COMPILE_OFF, metadata=column("String", 200))  # 0005
+    # plain | a1111 | compel (tracker.prompts.weighting)
+    prompt_syntax: str = field(default="plain", metadata=column("String", 20))  # 0006
+    # adapters, each sorted (field, value) pairs (tracker.prompts.lora); stored as a JSON list of mappings
+    lora: tuple[tuple[tuple[str, Any], ...], ...] = field(default=(), metadata=column("JSON"))  # 0006
+    # torch's deterministic algorithms around each pipeline call (tracker.determinism)
+    deterministic: bool = field(default=False, metadata=column("Boolean"))  # 0008
+    # "default", or a diffusers attention backend name (tracker.attention)
+    attention: str = field(default=ATTENTION_DEFAULT, metadata=column("String", 40))  # 0009
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -99,6 +111,8 @@ class Settings:
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+# Settings whose runs column ``tracker.tables`` generates from the field: name -> (type name, *arguments).
+SETTING_COLUMNS = {f.name: f.metadata["column"] for f in fields(Settings) if "column" in f.metadata}
 
 
 def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:

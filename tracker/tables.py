@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from tracker.settings import Settings
+from tracker.settings import SETTING_COLUMNS, Settings
 
 metadata = sa.MetaData()
+
+
+def setting_columns() -> list[sa.Column]:
+    """The runs columns of the settings added since the first schema, from their ``Settings`` field metadata
+    (``settings.SETTING_COLUMNS``): nullable, NULL for a run recorded before the setting existed."""
+    return [sa.Column(name, getattr(sa, type_name)(*args)) for name, (type_name, *args) in SETTING_COLUMNS.items()]
+
 
 experiments_t = sa.Table(
     "experiments", metadata,
@@ -95,13 +102,9 @@ runs_t = sa.Table(
     sa.Column("mlflow_synced_at", sa.DateTime),  # 0002
     sa.Column("worker_id", sa.Integer, sa.ForeignKey("workers.id", name="fk_runs_worker")),  # 0004
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
-    sa.Column("compile", sa.String(200)),  # 0005: None (older runs) is "off"
-    sa.Column("prompt_syntax", sa.String(20)),  # 0006 (NULL: plain, as every run before it)
-    sa.Column("lora", sa.JSON),  # 0006
     sa.Column("image_size", sa.BigInteger),  # 0008: the image file's size and mtime when written
     sa.Column("image_mtime_ns", sa.BigInteger),  # 0008 (image_path is relative to the workspace since 0008)
-    sa.Column("deterministic", sa.Boolean),  # 0008: torch's deterministic algorithms (NULL: off, older runs)
-    sa.Column("attention", sa.String(40)),  # 0009: the attention backend setting (NULL: default, older runs)
+    *setting_columns(),  # compile (0005), prompt_syntax, lora (0006), deterministic (0008), attention (0009), ...
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),
