@@ -1,9 +1,9 @@
 """Reproduce an image from its recipe, and check a sample of an experiment for drift.
 
 A run is rebuilt from one of three sources: the ``prompt-tracker`` recipe chunk of a PNG the tracker
-wrote, the run store (by key), or an AUTOMATIC1111 ``parameters`` chunk from another tool (as far as
-it describes a pipeline the tracker can run). It is generated again with ``tracker.engine.Engine``
-and its pixels are compared with the original image's.
+wrote, the run store (by key), or an AUTOMATIC1111 ``parameters`` chunk from another tool (mapped by
+``tracker.a1111``). What a PNG says is checked by ``tracker.trust``. The run is generated again through the
+shared batch executor and its pixels are compared with the original image's.
 
 torch/diffusers load only in ``regenerate`` (through ``tracker.engine``), so the mapping and comparison
 code stays importable and testable without them.
@@ -11,26 +11,15 @@ code stays importable and testable without them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from tracker import batches, limits, models, pngmeta, schedulers
-from tracker.errors import ModelError, NotFoundError, SpecError, TrackerError
-from tracker.plan import PlannedRun, checked_prompt, run_key
-from tracker.prompts import lora, weighting
-from tracker.settings import NORMALIZERS, SIZE_RE, Settings
-
-FOREIGN_EXPERIMENT = "reproduce"
-
-# A1111 keys that name no pipeline setting and need no note.
-INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment", "Lora hashes"}
-# A1111 settings at the value that means "what diffusers does anyway".
-NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
-# A1111 extra networks in a prompt; <lora:...> maps to a file of a loras: folder (tracker.prompts.lora)
-A1111_NETWORK = re.compile(r"<(lyco|hypernet):[^>]*>", re.I)
-
+from tracker import batches, pngmeta
+from tracker.a1111 import run_from_a1111
+from tracker.errors import ModelError, TrackerError
+from tracker.plan import PlannedRun
+from tracker.trust import Trust, checked_settings
 
 
 @dataclass(frozen=True)
@@ -74,106 +63,9 @@ class Drift:
                 "differing": self.differing, "pixels": self.pixels, "reason": self.reason}
 
 
-@dataclass(frozen=True)
-class Trust:
-    """What only the command line may decide: a PNG is data from anywhere and never switches safety off
-    (pickle weights, fetching from the Hub) nor asks for unbounded work."""
-
-    model: str | None = None  # --model: replaces the PNG's model (and may be a hub id)
-    vae: str | None = None  # --vae
-    allow_pickle: bool = False  # --allow-pickle
-    max_steps: int = limits.MAX_REPRODUCE_STEPS  # --max-steps
-    max_pixels: int = limits.MAX_IMAGE_PIXELS  # --max-pixels
-
 
 # ---------------------------------------------------------------------------------------------- sources
 
-
-def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes: list[str],
-                     base_dir: Path | None = None) -> Settings:
-    """Settings from a PNG, validated by the experiment file's own checks; safety and cost from ``trust``.
-
-    A size that is not a multiple of 8 is rounded down (with a note), as diffusers' pipelines need it.
-    """
-    values = dict(values)
-    out: dict[str, Any] = {}
-
-    def err(field: str) -> Callable[[str], None]:
-        def fail(message: str) -> None:
-            raise TrackerError(f"{where}: {field}: {message}")
-        return fail
-
-    for name in ("steps", "guidance_scale", "dtype", "generator_device", "scheduler_options", "attention_slicing",
-                 "vae_slicing", "vae_tiling", "cpu_offload", "batch_size", "prompt_syntax", "deterministic"):
-        if values.get(name) is not None:
-            v = values[name]
-            if name == "scheduler_options" and isinstance(v, (list, tuple)):
-                v = dict(v)
-            out[name] = NORMALIZERS[name](v, err(name))
-    if values.get("scheduler") is not None:
-        out["scheduler"] = schedulers.resolve(NORMALIZERS["scheduler"](values["scheduler"], err("scheduler")))[0]
-    width, height = values.get("width"), values.get("height")
-    if width is not None or height is not None:
-        out["width"], out["height"] = _rounded_size(width, height, where, notes)
-    _check_cost(out, where, trust)
-    if values.get("lora"):
-        out["lora"] = values["lora"]
-    if values.get("allow_pickle") and not trust.allow_pickle:
-        notes.append("allow_pickle: true in the PNG (ignored: only --allow-pickle loads pickle weights)")
-    out["allow_pickle"] = trust.allow_pickle
-    if values.get("device") not in (None, "auto"):
-        notes.append(f"device: {values['device']} (ignored: the device comes from --device)")
-    out["model"] = trust.model or _trusted_model(values.get("model"), where, "model", "--model", base_dir)
-    if trust.vae:
-        out["vae"] = trust.vae
-    elif values.get("vae") not in (None, "default"):
-        try:
-            out["vae"] = _trusted_model(values["vae"], where, "vae", "--vae", base_dir)
-        except TrackerError:
-            hub = models.resolve(str(values["vae"]), base_dir).kind == "hub"
-            why = f"a Hub id is fetched only with --vae {values['vae']}" if hub else "not a local folder"
-            notes.append(f"VAE: {values['vae']} ({why}; used the model's own VAE)")
-    return Settings(**out)
-
-
-def _rounded_size(width: Any, height: Any, where: str, notes: list[str]) -> tuple[int, int]:
-    dims = []
-    for name, v in (("width", width), ("height", height)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 8:
-            raise TrackerError(f"{where}: {name}: must be an integer of at least 8 pixels but is {v!r}")
-        dims.append(v)
-    w, h = (d - d % 8 for d in dims)
-    if (w, h) != tuple(dims):
-        notes.append(f"Size: {dims[0]}x{dims[1]} rounded down to {w}x{h} (diffusers needs multiples of 8)")
-    return w, h
-
-
-def _check_cost(values: Mapping[str, Any], where: str, trust: Trust) -> None:
-    steps = values.get("steps")
-    if steps is not None and steps > trust.max_steps:
-        raise TrackerError(f"{where}: steps: {steps} is more than {trust.max_steps}; pass --max-steps {steps} "
-                           "to allow it")
-    w, h = values.get("width") or 0, values.get("height") or 0
-    if w * h > trust.max_pixels:
-        raise TrackerError(f"{where}: size: {w}x{h} is more than {trust.max_pixels} pixels; pass --max-pixels "
-                           f"{w * h} to allow it")
-
-
-def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Path | None) -> str:
-    """A built-in name or an existing local folder; a hub id only through the command line."""
-    if not isinstance(name, str) or not name.strip():
-        raise TrackerError(f"{where}: {field}: the PNG names none; pass {option} (a builtin name, a local folder "
-                           "or a hub id)")
-    ref = models.resolve(name, base_dir)
-    if ref.kind == "builtin":
-        return name
-    if ref.kind == "local" and Path(ref.location).is_dir():
-        return ref.location
-    if ref.kind == "hub" and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise TrackerError(f"{where}: {field}: {name!r} is a Hugging Face Hub id; a PNG cannot make the tracker "
-                           f"fetch from the Hub: pass {option} {name} to use it")
-    raise TrackerError(f"{where}: {field}: {name!r} is not a builtin model ({', '.join(models.BUILTIN)}), a local "
-                       f"folder or a hub id (org/name); pass {option}")
 
 
 def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe", trust: Trust | None = None,
@@ -248,126 +140,6 @@ def from_store(store, key: str, model: str | None = None, images=None) -> Source
 def looks_like_path(target: str) -> bool:
     return target.lower().endswith(".png") or "/" in target or "\\" in target or Path(target).exists()
 
-
-def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model: str | None = None,
-                   base_dir: Path | None = None, trust: Trust | None = None) -> tuple[PlannedRun, list[str]]:
-    """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped."""
-    from dataclasses import replace
-
-    trust = trust or Trust()
-    if model:
-        trust = replace(trust, model=model)
-    s = dict(params.settings)
-    notes: list[str] = []
-    values: dict[str, Any] = {}
-
-    def bad(key: str, message: str) -> TrackerError:
-        return TrackerError(f"{where}: parameters {key}: {s.get(key)!r} {message}")
-
-    def number(key: str, cast: Callable, check: Callable[[Any], bool], message: str):
-        try:
-            v = cast(s[key])
-        except (ValueError, OverflowError):
-            raise bad(key, message) from None
-        if not check(v):
-            raise bad(key, message)
-        return v
-
-    for key in ("Steps", "Seed", "Size"):
-        if key not in s:
-            raise TrackerError(f"{where}: the parameters chunk gives no {key}; cannot rebuild the run")
-    values["steps"] = number("Steps", int, lambda v: v >= 1, "must be a positive integer")
-    seed = number("Seed", int, lambda v: 0 <= v < 2**63, "must be an integer seed >= 0")
-    m = SIZE_RE.match(s["Size"])
-    if not m or len(m.group(1)) > 9 or len(m.group(2)) > 9:
-        raise bad("Size", "must be WIDTHxHEIGHT in pixels")
-    values["width"], values["height"] = int(m.group(1)), int(m.group(2))
-    if "CFG scale" in s:
-        values["guidance_scale"] = number("CFG scale", float, lambda v: 0 <= v < 1e6, "must be a number >= 0")
-
-    if trust.model and s.get("Model") and s["Model"] != trust.model:
-        notes.append(f"Model: {s['Model']} (replaced by --model {trust.model})")
-    values["model"] = s.get("Model")
-    if s.get("VAE"):
-        values["vae"] = s["VAE"]
-
-    cls, options = _scheduler(s, notes)
-    values["scheduler"], values["scheduler_options"] = cls, options
-    if "Dtype" in s:
-        values["dtype"] = s["Dtype"]
-    if "Generator device" in s:
-        values["generator_device"] = s["Generator device"].lower()
-
-    values["prompt_syntax"] = _prompt_syntax(s, where)
-    prompt, values["lora"], lora_notes = lora.from_a1111(params.prompt, lora.folders_for(base_dir or Path(".")),
-                                                          trust.allow_pickle)
-    notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
-    mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
-              "Generator device", "Scheduler options", "Prompt syntax"}
-    for key, value in s.items():
-        if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
-            continue
-        notes.append(f"{key}: {value} (not supported, ignored)")
-    prompt = checked_prompt(prompt, where, "prompt")
-    negative = checked_prompt(params.negative_prompt, where, "negative prompt")
-    for text, label in ((prompt, "prompt"), (negative, "negative prompt")):
-        notes += weighting.notes(text, values["prompt_syntax"], label)
-        notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
-
-    settings = checked_settings(values, f"{where}: parameters", trust, notes, base_dir)
-    key = run_key(settings, seed, prompt, negative)
-    experiment = (s.get("Tracker experiment") or FOREIGN_EXPERIMENT)[:limits.MAX_NAME_LENGTH]
-    run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=prompt,
-                     negative_prompt=negative, prompt_template=prompt,
-                     negative_template=negative, seed=seed, settings=settings)
-    return run, notes
-
-
-def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
-    """A note per LoRA whose file here is not the one the PNG's ``Lora hashes`` names."""
-    want = dict(part.split(":", 1) for part in (hashes or "").split(",") if ":" in part)
-    want = {k.strip(): v.strip() for k, v in want.items()}
-    return [f"LoRA {a['name']}: the file found has hash {a['sha256'][:12]}, the PNG names {want[a['name']]}"
-            for a in map(dict, adapters) if a["name"] in want and not a["sha256"].startswith(want[a["name"]])]
-
-
-def _prompt_syntax(s: Mapping[str, str], where: str) -> str:
-    """The PNG's own ``Prompt syntax``; else plain for a PNG the tracker wrote, a1111 for one from elsewhere."""
-    syntax = s.get("Prompt syntax") or ("plain" if "Tracker key" in s else "a1111")
-    if syntax not in weighting.SYNTAXES:
-        raise TrackerError(f"{where}: parameters Prompt syntax: {syntax!r} must be one of {', '.join(weighting.SYNTAXES)}")
-    return syntax
-
-
-def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, Any]]:
-    """Sampler + Schedule type (+ prompt-tracker's Scheduler options) -> (class name, options)."""
-    import json
-
-    options: dict[str, Any] = {}
-    if s.get("Scheduler options"):
-        try:
-            options = dict(json.loads(s["Scheduler options"]))
-        except (ValueError, TypeError):
-            notes.append(f"Scheduler options: {s['Scheduler options']} (not a JSON object, ignored)")
-    sampler = s.get("Sampler")
-    if not sampler:
-        return schedulers.DEFAULT, options
-    schedule = s.get("Schedule type")
-    try:
-        cls, options = schedulers.resolve(sampler, options)
-    except SpecError:
-        notes.append(f"Sampler: {sampler} (unknown, used the model's own scheduler)")
-        return schedulers.DEFAULT, {}
-    if "Karras" in sampler and schedule in (None, "", "Automatic"):
-        return cls, options  # an old-style name ("DPM++ 2M Karras") already says its schedule
-    extra, note = schedulers.schedule_options(sampler, schedule)
-    if note:
-        notes.append(note)
-    else:
-        for opt in schedulers.SCHEDULE_OPTIONS.values():
-            options.pop(opt, None)
-        options.update(extra)
-    return cls, options
 
 
 def _with_settings(run: PlannedRun, **changes: Any) -> PlannedRun:

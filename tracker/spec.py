@@ -2,7 +2,8 @@
 
 Every field is validated here and an error names the file, the field (with its line) and the value.
 ``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
-normalizers and ``Settings`` live in ``tracker.settings`` (re-exported here).
+normalizers and ``Settings`` live in ``tracker.settings`` (re-exported here); the seeds, zip groups and
+exclusions (which points of the axes' product run) in ``tracker.spec_product``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tracker import limits, models, templating  # noqa: F401 -- tests read spec.models
+from tracker import limits, models, spec_product, templating  # noqa: F401 -- tests read spec.models
 from tracker.errors import SpecError
 from tracker.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
                               COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
                               SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
                               setting_fields, setting_label, suggest)
+from tracker.spec_product import MAX_SEED  # noqa: F401 -- read as spec.MAX_SEED
 from tracker.yamlfile import LinedYaml, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_SEED = 2**63 - 1
 
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
@@ -129,7 +130,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     # 4. named axes (a setting is set in one place: an axis bundle or the file's own list)
     user_axes = _named_axes(P, data, setting_axes)
     # 5. seeds
-    seeds, seeds_from = _seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
+    seeds, seeds_from = spec_product.seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
     seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
     # 6. templates: every variable must be an axis; the sandbox is checked when they render
     var_axes = user_axes + setting_axes + [seed_axis]
@@ -139,8 +140,8 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
     names = [a.name for a in axes]
     # 8. zip groups and exclusions
-    zip_groups = _zip(P, data.get("zip"), axes)
-    exclude = _exclude(P, data.get("exclude"), names)
+    zip_groups = spec_product.zip_groups(P, data.get("zip"), axes)
+    exclude = spec_product.exclusions(P, data.get("exclude"), names)
     # 9. grid layout
     grid = _grid(P, data, names)
     # 10. metrics scored per image
@@ -389,106 +390,6 @@ def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict
             P.err(f"metric_options.{m}", f"must be a mapping of options but is {opts!r}", "metric_options", m)
     return tuple(names), {m: dict(o) for m, o in options.items()}
 
-
-def _seed(P: _Parser, v: Any, field: str, *at: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        P.err(field, f"must be an integer but is {v!r}", *at)
-    if not 0 <= v <= MAX_SEED:
-        P.err(field, f"must be between 0 and 2**63-1 but is {v}", *at)
-    return v
-
-
-def _seeds(P: _Parser, raw: Any) -> tuple[list[int], str | None]:
-    if isinstance(raw, dict):
-        if set(raw) == {"from"}:
-            if isinstance(raw["from"], int) and not isinstance(raw["from"], bool):
-                raw = {"from": str(raw["from"])}  # an all-digit key prefix that YAML read as a number
-            if not isinstance(raw["from"], str) or not raw["from"].strip():
-                P.err("seeds.from", f"must be a run key but is {raw['from']!r}", "seeds", "from")
-            return [0], raw["from"].strip()
-        if set(raw) - {"start", "count"} or "count" not in raw:
-            P.err("seeds", f"must be a list, a range 'A-B', {{start, count}} or {{from: KEY}} but is {raw!r}", "seeds")
-        start = _seed(P, raw.get("start", 0), "seeds.start", "seeds", "start")
-        count = raw["count"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            P.err("seeds.count", f"must be a positive integer but is {count!r}", "seeds", "count")
-        if count > limits.MAX_SEEDS:
-            P.err("seeds.count", f"asks for {count} seeds; at most {limits.MAX_SEEDS}", "seeds", "count")
-        _seed(P, start + count - 1, "seeds", "seeds")
-        return list(range(start, start + count)), None
-    if isinstance(raw, str):
-        m = re.match(r"^\s*(\d+)\s*-\s*(\d+)\s*$", raw)
-        if not m:
-            P.err("seeds", f"must be a list, a range 'A-B', {{start, count}} or {{from: KEY}} but is {raw!r}", "seeds")
-        a, b = int(m.group(1)), int(m.group(2))
-        _seed(P, a, "seeds", "seeds")
-        _seed(P, b, "seeds", "seeds")
-        if b < a:
-            P.err("seeds", f"range {raw!r} ends before it starts", "seeds")
-        if b - a >= limits.MAX_SEEDS:
-            P.err("seeds", f"range {raw!r} holds {b - a + 1} seeds; at most {limits.MAX_SEEDS}", "seeds")
-        return list(range(a, b + 1)), None
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        P.err("seeds", f"must be a non-empty list, a range 'A-B', {{start, count}} or {{from: KEY}} but is {raw!r}", "seeds")
-    out, seen = [], set()
-    for i, v in enumerate(raw):
-        s = _seed(P, v, f"seeds[{i}]", "seeds", i)
-        if s in seen:
-            P.err(f"seeds[{i}]", f"seed {s} is listed twice", "seeds", i)
-        seen.add(s)
-        out.append(s)
-    return out, None
-
-
-def _zip(P: _Parser, raw: Any, axes: tuple[Axis, ...]) -> tuple[tuple[str, ...], ...]:
-    if raw is None:
-        return ()
-    by_name = {a.name: a for a in axes}
-    if not isinstance(raw, list) or not all(isinstance(g, list) for g in raw):
-        P.err("zip", f"must be a list of lists of axis names but is {raw!r}", "zip")
-    groups, used = [], set()
-    for i, g in enumerate(raw):
-        f = f"zip[{i}]"
-        if len(g) < 2:
-            P.err(f, f"a zip group pairs two or more axes but has {len(g)}", "zip", i)
-        for n in g:
-            if n not in by_name:
-                P.err(f, f"unknown axis {n!r}; known axes: {', '.join(by_name)}", "zip", i)
-            if n in used:
-                P.err(f, f"axis {n!r} is in more than one zip group", "zip", i)
-            used.add(n)
-        sizes = {n: len(by_name[n].values) for n in g}
-        if len(set(sizes.values())) > 1:
-            desc = ", ".join(f"{n} has {k}" for n, k in sizes.items())
-            P.err(f, f"zipped axes must have equal lengths: {desc}", "zip", i)
-        groups.append(tuple(g))
-    return tuple(groups)
-
-
-def _exclude(P: _Parser, raw: Any, names: list[str]) -> tuple[tuple[tuple[str, Any], ...], ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, dict):
-        raw = [raw]
-    if not isinstance(raw, list):
-        P.err("exclude", f"must be a list of mappings axis -> value but is {raw!r}", "exclude")
-    out = []
-    known = sorted(set(names) | set(SETTING_KEYS))
-    for i, rule in enumerate(raw):
-        f = f"exclude[{i}]"
-        if not isinstance(rule, dict) or not rule:
-            P.err(f, f"must be a mapping axis -> value but is {rule!r}", "exclude", i)
-        items = []
-        for k, v in rule.items():
-            if k not in names and k not in SETTING_KEYS:
-                P.err(f"{f}.{k}", f"unknown axis or setting {str(k)!r}{suggest(k, known)}; known: {', '.join(names)}", "exclude", i)
-            if k in SETTING_KEYS:
-                v = P.setting(k, v, f"{f}.{k}", "exclude", i)
-            items.append((k, v))
-        out.append(tuple(items))
-    return tuple(out)
 
 
 def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Experiment:
