@@ -132,3 +132,30 @@ def test_compose_wraps_long_labels_inside_the_band():
     assert all(gridimage.font(12).getlength(line) <= 80 for line in lines)
     capped = gridimage.wrap("word " * 200, 80, 12, max_lines=3)
     assert len(capped) == 3 and capped[-1].endswith("…")
+
+
+def test_report_grids_are_jpegs_drawn_from_the_thumbnails(tmp_path, monkeypatch):
+    """The report's grid images are JPEGs (their tiles are JPEG thumbnails already), and a tile no larger
+    than a thumbnail is drawn from it: no full-size image is opened, not even for its size (the store
+    has it). Each tile shows its run's image."""
+    from tracker import gridimage
+    from tracker.report import build
+
+    ws, _ = make_workspace(tmp_path / "home", {**EXP, "name": "big"}, size=(320, 320))
+    build(ws, "big", rows="age", cols="seed", out=tmp_path / "r")  # makes the thumbnails
+    drawn, opened = [], []
+    write, open_ = gridimage.write, Image.open
+    monkeypatch.setattr(gridimage, "write", lambda *a: drawn.append(write(*a)) or drawn[-1])
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(Path(fp)) or open_(fp, *a, **k))
+    _, rep = build(ws, "big", rows="age", cols="seed", out=tmp_path / "r", max_pixels=120_000)  # new budget: redrawn
+    assert len(drawn) == len(rep.grids) == 2 and all(g.png.endswith(".jpg") for g in rep.grids)
+    assert opened and all(p.parent.name == "thumbs" and p.suffix == ".jpg" for p in opened)
+    plain = next(d for d in drawn if d.path.name == Path(rep.grids[0].png).name)
+    im = Image.open(plain.path)
+    assert im.format == "JPEG" and im.width * im.height <= 120_000
+    (tw, th), rows, cols = plain.tile, 3, 2
+    assert tw < 320 * 0.8  # drawn smaller than the thumbnail (256 of 320)
+    for r in range(rows):
+        for c in range(cols):  # run index age * 4 + style * 2 + seed; style plain = 0
+            x, y = im.width - (cols - c) * tw + tw // 2, im.height - (rows - r) * th + th * 3 // 4
+            assert max(abs(a - b) for a, b in zip(im.getpixel((x, y)), colour(r * 4 + c))) <= 12

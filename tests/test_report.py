@@ -429,7 +429,7 @@ def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
     new = set(after) - set(thumbs)
     assert len(new) == 1 and len(set(thumbs) - set(after)) == 1
     assert all(after[n] == thumbs[n] for n in after if n in thumbs)
-    assert len(list((out / "grids").glob("*.png"))) == len(rep.grids) == 2
+    assert len(list((out / "grids").glob("*.jpg"))) == len(rep.grids) == 2
 
 
 def test_runs_of_an_earlier_plan_are_left_out_and_counted(tmp_path):

@@ -35,7 +35,7 @@ def _pixels(value: str) -> int:
 @click.option("--rows", metavar="AXIS", help="Axis down the grids [default: the file's grid:, else the prompt axis with the most labels].")
 @click.option("--cols", metavar="AXIS", help="Axis across the grids [default: the file's grid:, else seed].")
 @click.option("--max-pixels", default=str(REPORT_MAX_PIXELS), show_default=True, metavar="N",
-              help="Pixel budget of each grid PNG the report links; larger grids get smaller tiles "
+              help="Pixel budget of each grid image the report links; larger grids get smaller tiles "
                    "(tracker grid makes full-size ones).")
 @click.option("--no-mlflow", is_flag=True, help="Do not attach the report to the sweep's MLflow run (nor link runs).")
 @click.option("--mlflow-ui-url", metavar="URL", envvar="TRACKER_MLFLOW_UI_URL",

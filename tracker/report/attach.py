@@ -55,7 +55,7 @@ def attach_to_mlflow(ws: Workspace, experiment: str, files: Sequence[tuple[Path,
 
 
 def mlflow_files(index: Path) -> list[tuple[Path, str]]:
-    """What of a report goes to MLflow: the page, thumbnails and grid PNGs, not the full images
+    """What of a report goes to MLflow: the page, thumbnails and grid images, not the full images
     (each child run holds its own image; the page falls back to the thumbnail)."""
     root = index.parent
     return [(index, "report"), (root / "thumbs", "report/thumbs"), (root / "grids", "report/grids")]

@@ -1,10 +1,10 @@
-"""Labelled PNG grids: the report's (one per grid, drawn only when changed) and ``tracker grid``'s."""
+"""Labelled grid images: the report's (a JPEG per grid, drawn only when changed) and ``tracker grid``'s PNGs."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -12,29 +12,34 @@ from typing import Callable, Iterable, Mapping, Sequence
 from tracker import gridimage
 from tracker.errors import NotFoundError
 from tracker.mlflow.fetch import Images
-from tracker.report.assets import THUMB_SIZE, Asset, workers
+from tracker.report.assets import THUMB_SIZE, Asset
 from tracker.report.data import Grid
 from tracker.report.layout import Layout, Section, choose_layout, parse_where, sections, select
 from tracker.report.source import STATE_NOTES, Entry, load
 from tracker.workspace import Workspace
 
 
-def grid_pngs(grids: Sequence[Grid], secs: Sequence[Section], layout: Layout, images: Mapping[str, Asset | str],
-               out: Path, max_pixels: int) -> tuple[Grid, ...]:
-    """Each grid's labelled PNG, named by a hash of its images and labels: drawn only when that changed.
-    Drawn in threads (Pillow decodes and compresses without holding the GIL)."""
+def grid_images(grids: Sequence[Grid], secs: Sequence[Section], layout: Layout, images: Mapping[str, Asset | str],
+                out: Path, max_pixels: int) -> tuple[tuple[Grid, ...], list[tuple[gridimage.GridSpec, Path]]]:
+    """Each grid's labelled image (a JPEG: its tiles are JPEG thumbnails already), named by a hash of its
+    images and labels, so it is drawn only when that changed: the grids with their file names, and the
+    (spec, path) of each image still to draw (``draw``)."""
     jobs, named = [], []
     for grid, sec in zip(grids, secs):
         spec = grid_spec(sec, layout, lambda key: _tile_for(images, out, key), with_title=True,
                          preview_of=lambda key: _preview_for(images, out, key))
         digest = hashlib.sha256(repr((spec, max_pixels)).encode()).hexdigest()[:12]
-        rel = f"grids/{grid.id}-{digest}.png"
+        rel = f"grids/{grid.id}-{digest}.jpg"
         named.append(replace(grid, png=rel))
         if not (out / rel).exists():
             jobs.append((spec, out / rel))
-    with ThreadPoolExecutor(workers()) as pool:
-        list(pool.map(lambda job: gridimage.write(job[0], job[1], max_pixels), jobs))
-    return tuple(named)
+    return tuple(named), jobs
+
+
+def draw(pool: Executor, jobs: Sequence[tuple[gridimage.GridSpec, Path]], max_pixels: int) -> list[Future]:
+    """Start drawing the grid images in ``pool``'s threads (Pillow decodes, resizes and compresses without
+    holding the GIL, so the caller's own work goes on meanwhile); wait on the futures."""
+    return [pool.submit(gridimage.write, spec, path, max_pixels) for spec, path in jobs]
 
 
 def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | None:
@@ -42,24 +47,25 @@ def _tile_for(images: Mapping[str, Asset | str], out: Path, key: str) -> Path | 
     return out / asset.image if isinstance(asset, Asset) else None
 
 
-def _preview_for(images: Mapping[str, Asset | str], out: Path, key: str) -> tuple[Path | None, float]:
+def _preview_for(images: Mapping[str, Asset | str], out: Path, key: str) -> tuple[Path | None, float, tuple | None]:
     asset = images.get(key)
     if not isinstance(asset, Asset):
-        return None, 0.0
-    return out / asset.thumb, min(1.0, THUMB_SIZE / max(asset.width, asset.height))
+        return None, 0.0, None
+    size = (asset.width, asset.height) if asset.width and asset.height else None
+    return out / asset.thumb, min(1.0, THUMB_SIZE / max(asset.width, asset.height)), size
 
 
 def grid_spec(sec: Section, layout: Layout, image_of: Callable[[str], Path | None], with_title: bool = True,
-              preview_of: Callable[[str], tuple[Path | None, float]] | None = None) -> gridimage.GridSpec:
-    """A section as a labelled PNG grid: ``image_of(key)`` gives the file of a done run, ``preview_of(key)``
-    a smaller copy and its scale (report thumbnails)."""
+              preview_of: Callable[[str], tuple[Path | None, float, tuple | None]] | None = None) -> gridimage.GridSpec:
+    """A section as a labelled grid image: ``image_of(key)`` gives the file of a done run, ``preview_of(key)``
+    a smaller copy, its scale and the image's size (report thumbnails)."""
     tiles = []
     for rl in sec.row_labels:
         row = []
         for cl in sec.col_labels:
             e = sec.cells.get((rl, cl))
             path = image_of(e.key) if e is not None and e.state == "done" else None
-            preview = preview_of(e.key) if path is not None and preview_of is not None else (None, 0.0)
+            preview = preview_of(e.key) if path is not None and preview_of is not None else (None, 0.0, None)
             row.append(gridimage.Tile(path, "" if path else _tile_note(e), *preview))
         tiles.append(tuple(row))
     rows = tuple(f"{layout.rows}: {lab}" if layout.rows == "seed" else lab for lab in sec.row_labels)

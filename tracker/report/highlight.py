@@ -17,13 +17,27 @@ def highlight(prompt: str, template: str | None, others: Sequence[str] = (),
               variables: Iterable[tuple[str, Any]] | None = None) -> tuple[Span, ...]:
     """Split ``prompt`` into spans, marking what its template's expressions produced: exactly when the
     template's ``variables`` are known, else by lining the template's text up with the prompt; when
-    neither works (control blocks), mark what differs from the ``others`` prompts."""
+    neither works (control blocks), mark what differs from the ``others`` prompts. Remembered per
+    arguments: a report highlights the same prompt for every seed of it."""
+    args = (prompt, template, tuple(others), None if variables is None else tuple(variables))
+    try:
+        hash(args)
+    except TypeError:  # a variable holds a list or mapping (from the experiment file): not remembered
+        return _highlight(*args)
+    return _remembered(*args)
+
+
+def _highlight(prompt: str, template: str | None, others: tuple[str, ...],
+               variables: tuple[tuple[str, Any], ...] | None) -> tuple[Span, ...]:
     spans = None
     if template and variables is not None:
         spans = _rendered_spans(prompt, template, dict(variables))
     if template and spans is None:
         spans = _template_spans(prompt, template)
     return spans if spans is not None else _diff_spans(prompt, [o for o in others if o != prompt])
+
+
+_remembered = lru_cache(maxsize=4096)(_highlight)
 
 
 def _template_parts(template: str) -> tuple[list[str], list[str]] | None:

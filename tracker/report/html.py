@@ -6,6 +6,7 @@ import base64
 import hashlib
 import shlex
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from tracker.gridimage import REPORT_MAX_PIXELS
 from tracker.settings import SETTING_NAMES, setting_label
 from tracker.mlflow.fetch import Images
-from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, write_marker, write_text
+from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, workers, write_marker, write_text
 from tracker.report.attach import mlflow_url
 from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
 from tracker.report.efficiency import efficiency
-from tracker.report.grids import grid_pngs
+from tracker.report.grids import draw, grid_images
 from tracker.report.highlight import highlight
 from tracker.report.layout import Layout, Section, choose_layout, sections
 from tracker.report.metrics_view import Badge, badges, effects_view, primary
@@ -52,11 +53,28 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     better = bool(source.metric_names[metric]["higher_is_better"]) if metric else True
     marks = badges(source.metric_values, metric, better) if metric else {}
     grids = tuple(_grid(source, layout, s, i, images, marks) for i, s in enumerate(secs, 1))
-    grids = grid_pngs(grids, secs, layout, images, out, max_pixels)
+    grids, jobs = grid_images(grids, secs, layout, images, out, max_pixels)
     for g in grids:
         assets.add_used(g.png)
+    with ThreadPoolExecutor(workers()) as pool:
+        drawing = draw(pool, jobs, max_pixels)  # the grid images, in threads while the page is made here
+        report = _report(ws, source, layout, grids, images, assets.problems, found, metric, better)
+        page = render(report)
+        for f in drawing:
+            f.result()
+    index = out / "index.html"
+    write_text(index, page)
+    write_marker(out, source.name, owned | assets.files() | {"index.html"})
+    assets.prune()
+    write_marker(out, source.name, assets.files() | {"index.html"})
+    return index, report
+
+
+def _report(ws: Workspace, source: Source, layout: Layout, grids: tuple[Grid, ...], images: Mapping[str, Asset | str],
+            problems: Mapping[str, str], found: Images, metric: str | None, better: bool) -> Report:
+    """The page's data: the grids, every run's details, the efficiency and metric views."""
     home = _home_option(ws)
-    report = Report(
+    return Report(
         experiment=source.name, description=source.description,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=tuple(Counter(e.state for e in source.entries).most_common()),
@@ -70,15 +88,9 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
         verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
         metric=metric, metric_higher_is_better=better,
         effects=tuple(effects_view(fx) for fx in _ordered(source.effects, metric) if fx.axes),
-        image_problems=tuple(sorted(Counter(assets.problems.values()).items())),
+        image_problems=tuple(sorted(Counter(problems.values()).items())),
         check_command=f"tracker {home}check {shlex.quote(source.name)}",
     )
-    index = out / "index.html"
-    write_text(index, render(report))
-    write_marker(out, source.name, owned | assets.files() | {"index.html"})
-    assets.prune()
-    write_marker(out, source.name, assets.files() | {"index.html"})
-    return index, report
 
 
 def _mark_shown(view: VerifyView | None, keys: set[str]) -> VerifyView | None:
