@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from tracker import limits, models, schedulers, templating
+from tracker import limits, models, templating
 from tracker.errors import TrackerError, UsageError
 from tracker.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
                               setting_label)
@@ -165,8 +165,8 @@ def _matches(name: str, want: Any, picked: dict[str, AxisValue], settings: dict[
     fields = setting_fields(name)
     if all(f in settings for f in fields):
         have = (settings["width"], settings["height"]) if name == "size" else settings[name]
-        if name == "scheduler":
-            return schedulers.resolve(have)[0] == schedulers.resolve(want)[0]
+        if name == "scheduler":  # SchedulerChoices, resolved when parsed: the same class is the same scheduler
+            return have.class_name == want.class_name
         return have == want
     if name in picked:
         return picked[name].value == want
@@ -185,7 +185,8 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
     perf_axes = {f for a in exp.axes if a.kind in ("setting", "bundle") for v in a.values for k, _ in v.settings
                  for f in setting_fields(k) if f in PERF_SETTINGS}
     base = exp.settings.to_dict()
-    base["scheduler_options"] = dict(exp.settings.scheduler_options)
+    base["scheduler"] = exp.scheduler  # a SchedulerChoice; an axis value's choice replaces it with its own options
+    base["scheduler_options"] = dict(exp.settings.scheduler_options)  # the user's own
     runs: list[PlannedRun] = []
     seen: set[str] = set()
     combos = 0
@@ -229,8 +230,10 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
 
 
 def _settings(values: dict[str, Any], base_dir) -> Settings:
-    cls, options = schedulers.resolve(values["scheduler"], values["scheduler_options"])
-    values = {**values, "scheduler": cls, "scheduler_options": tuple(sorted(options.items())),
+    """A run's Settings: its scheduler's class name, and the options its name implies under the user's own."""
+    choice = values["scheduler"]
+    options = {**dict(choice.options), **values["scheduler_options"]}
+    values = {**values, "scheduler": choice.class_name, "scheduler_options": tuple(sorted(options.items())),
               "lora": lora_settings(values["lora"])}
     if not values["width"] or not values["height"]:  # not given: this run's model's native size
         native_w, native_h = models.native_size(values["model"], base_dir)

@@ -2,7 +2,10 @@
 
 Pure: no diffusers import. ``resolve`` turns what a user wrote into a canonical class name plus the
 options the alias implies; ``sampler_name`` goes back the other way for PNG metadata. ``SchedulerChoice``
-(class name and options) is a run's scheduler as one object: every display is formatted from it.
+(class name and options) is a run's scheduler as one object: every display is formatted from it. An
+experiment's scheduler names are resolved once, when the file is parsed (``settings``' normalizer makes the
+``SchedulerChoice``); ``plan`` puts the user's ``scheduler_options`` over the alias's; ``Settings.scheduler_choice``
+reads it back from the run's two fields without resolving again.
 """
 
 from __future__ import annotations
@@ -210,3 +213,5 @@ class SchedulerChoice:
     def describe(self, default: str = DEFAULT) -> str:
         """``DPMSolverMultistepScheduler (DPM++ 2M Karras)``; ``default`` (or the caller's words) for "default"."""
         return default if self.is_default else f"{self.class_name} ({self.a1111})"
+
+    __str__ = describe  # a scheduler axis value or bundle shown in full (the report's axis headers)

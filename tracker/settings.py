@@ -80,8 +80,9 @@ class Settings:
 
     @property
     def scheduler_choice(self) -> schedulers.SchedulerChoice:
-        """The scheduler as one object (class name and options; every display is formatted from it)."""
-        return schedulers.SchedulerChoice.of(self.scheduler, self.scheduler_options)
+        """The scheduler as one object (class name and options; every display is formatted from it). Nothing is
+        resolved here: ``spec`` resolved the name once when it parsed the file and ``plan`` merged the options."""
+        return schedulers.SchedulerChoice(self.scheduler, self.scheduler_options)
 
     def pipeline_key(self) -> tuple:
         """Runs with equal pipeline keys can share one batch."""
@@ -170,12 +171,13 @@ def _batch(v: Any, err: Callable) -> int | str:
     return v
 
 
-def _scheduler(v: Any, err: Callable) -> str:
+def _scheduler(v: Any, err: Callable) -> schedulers.SchedulerChoice:
+    """The one place a scheduler name is resolved: the class name and the options an A1111 alias implies
+    ("DPM++ 2M Karras": use_karras_sigmas); the plan puts the user's ``scheduler_options`` over them."""
     try:
-        cls, _ = schedulers.resolve(v)
+        return schedulers.SchedulerChoice.of(v)
     except SpecError as e:
         err(e.detail)
-    return v if cls == schedulers.DEFAULT else v.strip()
 
 
 def _compile(v: Any, err: Callable) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from tracker import limits, models, spec_product, templating  # noqa: F401 -- tests read spec.models
 from tracker.errors import SpecError
+from tracker.schedulers import SchedulerChoice
 from tracker.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
                               COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
                               SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
@@ -60,6 +61,8 @@ class Experiment:
     zip_groups: tuple[tuple[str, ...], ...]
     exclude: tuple[tuple[tuple[str, Any], ...], ...]
     settings: Settings  # base values; axes override them
+    scheduler: SchedulerChoice  # the base scheduler, resolved when parsed: settings.scheduler is its class name and
+    #                             settings.scheduler_options the user's own (the plan puts them over its options)
     explicit: frozenset[str]  # settings the file set itself (``seeds: {from: KEY}`` keeps the others)
     grid: tuple[str, str] | None
     seeds_from: str | None
@@ -124,7 +127,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     # 1. name and description
     name, description = _name(P, data, default_name)
     # 2. settings: a scalar sets a base value, a list makes an axis (lora: a mapping makes one)
-    settings, explicit, setting_axes = _settings(P, data, base_dir)
+    settings, scheduler, explicit, setting_axes = _settings(P, data, base_dir)
     # 3. prompts: a string is a template, a mapping label -> template is an axis
     templates, prompt_axes = _prompts(P, data)
     # 4. named axes (a setting is set in one place: an axis bundle or the file's own list)
@@ -151,7 +154,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     return Experiment(
         name=name, path=path, source=text, prompt=templates.get("prompt"),
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
-        settings=settings, explicit=explicit, grid=grid, seeds_from=seeds_from,
+        settings=settings, scheduler=scheduler, explicit=explicit, grid=grid, seeds_from=seeds_from,
         description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
         metric_options=metric_options,
     )
@@ -183,8 +186,11 @@ def _name(P: _Parser, data: dict, default_name: str | None) -> tuple[str, str]:
     return name, description
 
 
-def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, frozenset[str], list[Axis]]:
-    """The base Settings, the settings the file set itself, and the setting axes (lists, and a lora mapping)."""
+def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, SchedulerChoice, frozenset[str],
+                                                                      list[Axis]]:
+    """The base Settings, the base scheduler as resolved (its class name is the Settings' ``scheduler``), the
+    settings the file set itself, and the setting axes (lists, and a lora mapping). A scheduler name is resolved
+    here, once, into a ``SchedulerChoice``; an axis of schedulers keeps what the user typed as its labels."""
     base: dict[str, Any] = {}
     explicit: set[str] = set()
     setting_axes: list[Axis] = []
@@ -201,7 +207,7 @@ def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, 
             values, seen = [], set()
             for i, item in enumerate(raw):
                 v = P.setting(key, item, f"{key}[{i}]", key, i)
-                lab = setting_label(key, v)
+                lab = item.strip() if key == "scheduler" else setting_label(key, v)
                 if lab in seen:
                     P.err(f"{key}[{i}]", f"lists {item!r} twice", key, i)
                 seen.add(lab)
@@ -210,7 +216,8 @@ def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, 
         else:
             apply_setting(base, key, P.setting(key, raw, key, key))
     setting_axes += _lora(P, data, base, base_dir)
-    return Settings(**base), frozenset(explicit), setting_axes
+    scheduler = base.pop("scheduler", SchedulerChoice())
+    return Settings(**base, scheduler=scheduler.class_name), scheduler, frozenset(explicit), setting_axes
 
 
 def _prompts(P: _Parser, data: dict) -> tuple[dict[str, str | None], list[Axis]]:
@@ -398,5 +405,7 @@ def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Ex
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
         merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
     new_settings = replace(exp.settings, **merged)
+    # the stored run's scheduler is a class name and its options are all in scheduler_options: nothing to resolve
+    scheduler = SchedulerChoice(merged["scheduler"]) if "scheduler" in merged else exp.scheduler
     axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
-    return replace(exp, settings=new_settings, axes=axes, seeds_from=None)
+    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None)

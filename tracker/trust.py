@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tracker import limits, models, schedulers
+from tracker import limits, models
 from tracker.errors import TrackerError
 from tracker.settings import NORMALIZERS, Settings
 
@@ -51,8 +51,10 @@ def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes:
             if name == "scheduler_options" and isinstance(v, (list, tuple)):
                 v = dict(v)
             out[name] = NORMALIZERS[name](v, err(name))
-    if values.get("scheduler") is not None:
-        out["scheduler"] = schedulers.resolve(NORMALIZERS["scheduler"](values["scheduler"], err("scheduler")))[0]
+    if values.get("scheduler") is not None:  # resolved like a file's: the options a name implies, the PNG's over them
+        choice = NORMALIZERS["scheduler"](values["scheduler"], err("scheduler"))
+        options = {**dict(choice.options), **dict(out.get("scheduler_options", ()))}
+        out["scheduler"], out["scheduler_options"] = choice.class_name, tuple(sorted(options.items()))
     width, height = values.get("width"), values.get("height")
     if width is not None or height is not None:
         out["width"], out["height"] = _rounded_size(width, height, where, notes)
