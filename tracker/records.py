@@ -1,7 +1,12 @@
-"""A stored run: the planned run (``tracker.plan.PlannedRun``) plus its result, as the run store hands it out.
+"""A stored run: the planned run (``tracker.plan.PlannedRun``, with its ``Settings``) plus its result, as the run
+store hands it out.
 
-``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``); ``planned`` and
-``settings`` give back what was planned. Pure: no SQLAlchemy (``tracker.store`` reads and writes the rows).
+``RunRecord.run`` is the planned run; the record adds what happened (status, timings, image, MLflow ids ...).
+Every planned value reads on the record as well (``record.steps``, ``record.prompt``, ``record.axes`` as a
+dict ...): one property per ``PlannedRun`` and ``Settings`` field, made from the field lists, so a new setting
+needs no edit here. ``stored_values`` is the planned run as the runs table holds it and ``RunRecord.from_row``
+reads it back. ``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``).
+Pure: no SQLAlchemy (``tracker.store`` reads and writes the rows).
 """
 
 from __future__ import annotations
@@ -14,6 +19,13 @@ from tracker.plan import PlannedRun
 from tracker.schedulers import SchedulerChoice
 from tracker.settings import SETTING_NAMES, Settings, lora_settings
 
+# the planned run's values outside its Settings, as the record and the runs table name them
+RUN_NAMES = ("key", "experiment", "axes", "prompt", "negative_prompt", "prompt_template", "negative_template",
+             "seed", "plan_index")
+# stored values that read back as given when NULL (an older run recorded no value): None on the record, the
+# default (or the prompt, for a template) in ``run``; axes and scheduler options read as {} instead
+_MAY_BE_UNRECORDED = tuple(n for n in RUN_NAMES + SETTING_NAMES if n not in ("axes", "scheduler_options"))
+
 
 def aware_utc(t: datetime | None) -> datetime | None:
     """A naive UTC time from the database as an aware one."""
@@ -24,89 +36,109 @@ def _jsonable(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of the runs table, with its experiment's name."""
+def stored_values(run: PlannedRun) -> dict[str, Any]:
+    """The planned run's runs-table values (``tables.PLAN_COLUMNS``: every Settings field, its JSON form for
+    scheduler options and LoRA adapters, plus the prompts, axes, seed and plan position)."""
+    return {"axes": dict(run.axes), "prompt": run.prompt, "negative_prompt": run.negative_prompt,
+            "prompt_template": run.prompt_template, "negative_template": run.negative_template, "seed": run.seed,
+            "plan_index": run.index, **run.settings.to_dict()}
 
-    key: str
-    experiment: str
+
+def _planned(values: Mapping[str, Any]) -> tuple[PlannedRun, frozenset[str]]:
+    """The planned run from its stored values (``stored_values`` plus key and experiment), and the names the
+    values left unrecorded (None). A setting the run was recorded without takes its default."""
+    unrecorded = frozenset(n for n in _MAY_BE_UNRECORDED if values.get(n) is None)
+    settings = {n: v for n in SETTING_NAMES if (v := values.get(n)) not in (None, "")}
+    for name, f in Settings.__dataclass_fields__.items():  # on/off settings come back from SQL as 0/1
+        if isinstance(f.default, bool) and name in settings:
+            settings[name] = bool(settings[name])
+    bs = settings.get("batch_size")
+    if isinstance(bs, str) and bs.isdigit():
+        settings["batch_size"] = int(bs)
+    settings.update(scheduler_options=tuple(sorted(dict(values.get("scheduler_options") or {}).items())),
+                    lora=lora_settings(values.get("lora")))
+    prompt, negative = values.get("prompt"), values.get("negative_prompt")
+    template, negative_template = values.get("prompt_template"), values.get("negative_template")
+    run = PlannedRun(
+        key=values.get("key"), index=values.get("plan_index") or 0, experiment=values.get("experiment"),
+        axes=tuple(dict(values.get("axes") or {}).items()), prompt=prompt, negative_prompt=negative,
+        prompt_template=template if template is not None else prompt,
+        negative_template=negative_template if negative_template is not None else negative,
+        seed=values.get("seed"), settings=Settings(**settings))
+    return run, unrecorded
+
+
+@dataclass(frozen=True, init=False)
+class RunRecord:
+    """One row of the runs table, with its experiment's name: the planned run plus its result.
+
+    Made from a ``run`` or, as before, from the planned values one by one (``RunRecord(key=..., steps=...)``);
+    ``dataclasses.replace(record, steps=4)`` gives the record of a run planned with that value.
+    """
+
+    run: PlannedRun
     status: str
-    prompt: str
-    negative_prompt: str
-    prompt_template: str | None
-    negative_template: str | None
-    axes: dict[str, str]
-    seed: int
-    model: str
-    model_revision: str | None
-    vae: str
-    scheduler: str
-    scheduler_options: dict[str, Any]
-    scheduler_config: dict[str, Any] | None
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    dtype: str
-    device: str | None
-    generator_device: str | None
-    attention_slicing: bool
-    vae_slicing: bool
-    vae_tiling: bool
-    cpu_offload: bool
-    batch_size: int | str  # the planned setting: a number or "auto"
-    batch_size_used: int | None
-    allow_pickle: bool
-    error: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    seconds: float | None
-    seconds_per_step: float | None
-    peak_memory_bytes: int | None
-    image: str | None  # the PNG's path (the store resolves a stored relative path against the workspace home)
-    image_sha256: str | None
-    sweep_id: int | None
-    mlflow_run_id: str | None
-    mlflow_synced: bool
-    mlflow_synced_at: datetime | None = None
-    plan_index: int | None = None
-    compile: str | None = None  # the compile setting; None for runs recorded before it existed ("off")
-    prompt_syntax: str | None = None  # None: plain
-    lora: list[dict[str, Any]] | None = None
+    error: str | None = None
+    model_revision: str | None = None
+    scheduler_config: dict[str, Any] | None = None
+    device: str | None = None  # the device the run used; the setting (e.g. "auto") until it ran
+    batch_size_used: int | None = None  # ``batch_size`` is the setting: a number or "auto"
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seconds: float | None = None
+    seconds_per_step: float | None = None
+    peak_memory_bytes: int | None = None
+    image: str | None = None  # the PNG's path (the store resolves a stored relative path against the workspace home)
+    image_sha256: str | None = None
     image_size: int | None = None  # the image file's size and mtime (ns) when written; None before 0008
     image_mtime_ns: int | None = None
-    deterministic: bool | None = None  # the setting; None for runs recorded before it existed (off)
-    attention: str | None = None  # the attention setting; None for runs recorded before it existed ("default")
+    sweep_id: int | None = None
+    mlflow_run_id: str | None = None
+    mlflow_synced: bool = False
+    mlflow_synced_at: datetime | None = None
+    unrecorded: frozenset[str] = frozenset()  # planned values the row holds none for (an older run): read as None
+
+    def __init__(self, run: PlannedRun | None = None, status: str = "pending", *,
+                 unrecorded: frozenset[str] | None = None, **values: Any) -> None:
+        result = {name: values.pop(name, f.default) for name, f in _RESULT_FIELDS.items()}
+        unknown = sorted(set(values) - set(RUN_NAMES) - set(SETTING_NAMES))
+        if unknown:
+            raise TypeError(f"RunRecord() got unexpected keyword arguments {unknown}")
+        if run is None or values:  # the planned run from its values (over the given run's, when both are given)
+            given = self._values(run, unrecorded or frozenset()) if run is not None else {}
+            run, unrecorded = _planned({**given, **values, "device": result["device"]})
+        for name, value in (("run", run), ("status", status), *result.items(),
+                            ("unrecorded", frozenset(unrecorded or ()))):
+            object.__setattr__(self, name, value)
+
+    @staticmethod
+    def _values(run: PlannedRun, unrecorded: frozenset[str]) -> dict[str, Any]:
+        values = {"key": run.key, "experiment": run.experiment, **stored_values(run)}
+        return {n: None if n in unrecorded else v for n, v in values.items()}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
         row = dict(row)
-        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}  # the runs columns of the same name
-        bs = row["batch_size"]
-        values.update(
-            experiment=row["experiment"], axes=dict(row["axes"] or {}),
-            scheduler_options=dict(row["scheduler_options"] or {}),
-            batch_size=int(bs) if isinstance(bs, str) and bs.isdigit() else bs,
-            image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
-            started_at=aware_utc(row["started_at"]), finished_at=aware_utc(row["finished_at"]),
-            mlflow_synced_at=aware_utc(row["mlflow_synced_at"]),
-        )
-        for name, f in Settings.__dataclass_fields__.items():  # on/off settings come back from SQL as 0/1
-            if isinstance(f.default, bool) and values.get(name) is not None:
-                values[name] = bool(values[name])
-        return cls(**values)
+        result = {name: row[name] for name in _RESULT_FIELDS if name in row}
+        result.update(image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
+                      started_at=aware_utc(row["started_at"]), finished_at=aware_utc(row["finished_at"]),
+                      mlflow_synced_at=aware_utc(row["mlflow_synced_at"]))
+        planned = {n: row.get(n) for n in RUN_NAMES + SETTING_NAMES if n != "device"}
+        return cls(status=row["status"], **result, **planned)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field, JSON-ready. ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
-        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
-        out["batch_size_planned"] = self.batch_size
-        out["batch_size"] = self.batch_size_used
+        """Every value, JSON-ready: the planned ones (None where unrecorded), the result, ``run`` (the planned run,
+        ``PlannedRun.to_dict``). ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
+        out = {**self._values(self.run, self.unrecorded), "status": self.status}
+        out.update({name: _jsonable(getattr(self, name)) for name in _RESULT_FIELDS})
+        out.update(batch_size_planned=out["batch_size"], batch_size=self.batch_size_used,
+                   run=self.run.to_dict(), unrecorded=sorted(self.unrecorded))
         return out
 
     def to_recipe(self, environment: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The run's recipe (``PlannedRun.to_recipe``) with what the store knows of its result: the same shape as
         the PNG's chunk, so ``PlannedRun.from_recipe`` reads either. ``environment``: its sweep's."""
-        return self.planned().to_recipe(
+        return self.run.to_recipe(
             model_revision=self.model_revision, scheduler_config=self.scheduler_config, environment=environment,
             device_used=self.device, batch_size_used=self.batch_size_used, seconds=self.seconds,
             seconds_per_step=self.seconds_per_step, peak_memory_bytes=self.peak_memory_bytes)
@@ -117,17 +149,32 @@ class RunRecord:
         return SchedulerChoice(self.scheduler, tuple(sorted(self.scheduler_options.items())))
 
     def settings(self) -> Settings:
-        # the Settings fields, as stored; a setting the run was recorded without (an older run) takes its default
-        values = {name: v for name in SETTING_NAMES if (v := getattr(self, name)) not in (None, "")}
-        values.update(scheduler_options=tuple(sorted(self.scheduler_options.items())), lora=lora_settings(self.lora),
-                      device=self.device or "auto", generator_device=self.generator_device or "cpu")
-        return Settings(**values)
+        """The run's Settings as stored; a setting the run was recorded without (an older run) has its default."""
+        return self.run.settings
 
     def planned(self) -> PlannedRun:
-        return PlannedRun(
-            key=self.key, index=self.plan_index or 0, experiment=self.experiment, axes=tuple(self.axes.items()),
-            prompt=self.prompt, negative_prompt=self.negative_prompt,
-            prompt_template=self.prompt_template if self.prompt_template is not None else self.prompt,
-            negative_template=self.negative_template if self.negative_template is not None else self.negative_prompt,
-            seed=self.seed, settings=self.settings(),
-        )
+        return self.run
+
+
+def _reader(name: str) -> property:
+    """``record.<name>``: the planned run's value as the store holds it (None where unrecorded)."""
+    if name == "axes":
+        return property(lambda self: dict(self.run.axes), doc="axis name -> label")
+    of_run = name in RUN_NAMES
+    attr = "index" if name == "plan_index" else name
+
+    def read(self: RunRecord) -> Any:
+        if name in self.unrecorded:
+            return None
+        value = getattr(self.run if of_run else self.run.settings, attr)
+        if name == "scheduler_options":
+            return dict(value)
+        return [dict(a) for a in value] if name == "lora" else value
+    return property(read, doc=f"the planned {name}")
+
+
+# the result's fields (between ``run``, ``status`` and ``unrecorded``)
+_RESULT_FIELDS = {f.name: f for f in fields(RunRecord) if f.name not in ("run", "status", "unrecorded")}
+for _name in RUN_NAMES + SETTING_NAMES:
+    if _name not in RunRecord.__dataclass_fields__:
+        setattr(RunRecord, _name, _reader(_name))

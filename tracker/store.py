@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from tracker import db
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import STATUSES, PlannedRun
-from tracker.records import RunRecord, aware_utc as _aware
+from tracker.records import RunRecord, aware_utc as _aware, stored_values
 from tracker.tables import (PLAN_COLUMNS, RESULT_COLUMNS, SWEEP_COLUMNS, events_t,  # noqa: F401
                             experiments_t, metadata, metrics_t, runs_t, sweeps_t, workers_t)
 from tracker.workspace import image_file, stored_image
@@ -31,16 +31,6 @@ def utcnow() -> datetime:
 
 def _naive(t: datetime | None) -> datetime | None:
     return t.astimezone(timezone.utc).replace(tzinfo=None) if t is not None and t.tzinfo is not None else t
-
-
-def _plan_values(run: PlannedRun) -> dict[str, Any]:
-    s = run.settings.to_dict()
-    s["batch_size"] = str(s["batch_size"])
-    return {
-        **s, "axes": dict(run.axes), "prompt": run.prompt, "negative_prompt": run.negative_prompt,
-        "prompt_template": run.prompt_template, "negative_template": run.negative_template,
-        "seed": run.seed, "plan_index": run.index,
-    }
 
 
 def _file_identity(path: Path | None) -> tuple[Path, tuple[int, int]] | None:
@@ -331,7 +321,7 @@ class Store:
             new: list[dict] = []
             changes: dict[tuple[str, ...], list[dict]] = {}  # changed columns -> rows (one executemany each)
             for run in runs:
-                values = _plan_values(run)
+                values = {**stored_values(run), "batch_size": str(run.settings.batch_size)}  # a number or "auto"
                 row = stored.get(run.key)
                 if row is None:
                     new.append({**values, "experiment_id": eid, "key": run.key, "status": "pending"})
