@@ -3,8 +3,9 @@ store hands it out.
 
 ``RunRecord.run`` is the planned run; the record adds what happened (status, timings, image, MLflow ids ...).
 Every planned value reads on the record as well (``record.steps``, ``record.prompt``, ``record.axes`` as a
-dict ...): one property per ``PlannedRun`` and ``Settings`` field, made from the field lists, so a new setting
-needs no edit here. ``stored_values`` is the planned run as the runs table holds it and ``RunRecord.from_row``
+dict ...): one attribute per ``PlannedRun`` and ``Settings`` field, made from the field lists, so a new setting
+needs no edit here; an older run's row may hold no value for a later setting or a template: it reads as None
+on the record (``unrecorded``) and as its default in ``run``. ``stored_values`` is the planned run as the runs table holds it and ``RunRecord.from_row``
 reads it back. ``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``).
 Pure: no SQLAlchemy (``tracker.store`` reads and writes the rows).
 """
@@ -25,6 +26,8 @@ RUN_NAMES = ("key", "experiment", "axes", "prompt", "negative_prompt", "prompt_t
 # stored values that read back as given when NULL (an older run recorded no value): None on the record, the
 # default (or the prompt, for a template) in ``run``; axes and scheduler options read as {} instead
 _MAY_BE_UNRECORDED = tuple(n for n in RUN_NAMES + SETTING_NAMES if n not in ("axes", "scheduler_options"))
+_PLANNED_NAMES = frozenset(RUN_NAMES + SETTING_NAMES)
+_ON_OFF = tuple(name for name, f in Settings.__dataclass_fields__.items() if isinstance(f.default, bool))
 
 
 def aware_utc(t: datetime | None) -> datetime | None:
@@ -47,10 +50,11 @@ def stored_values(run: PlannedRun) -> dict[str, Any]:
 def _planned(values: Mapping[str, Any]) -> tuple[PlannedRun, frozenset[str]]:
     """The planned run from its stored values (``stored_values`` plus key and experiment), and the names the
     values left unrecorded (None). A setting the run was recorded without takes its default."""
-    unrecorded = frozenset(n for n in _MAY_BE_UNRECORDED if values.get(n) is None)
-    settings = {n: v for n in SETTING_NAMES if (v := values.get(n)) not in (None, "")}
-    for name, f in Settings.__dataclass_fields__.items():  # on/off settings come back from SQL as 0/1
-        if isinstance(f.default, bool) and name in settings:
+    get = values.get
+    unrecorded = frozenset([n for n in _MAY_BE_UNRECORDED if get(n) is None])
+    settings = {n: v for n in SETTING_NAMES if (v := get(n)) is not None and v != ""}
+    for name in _ON_OFF:  # on/off settings come back from SQL as 0/1
+        if name in settings:
             settings[name] = bool(settings[name])
     bs = settings.get("batch_size")
     if isinstance(bs, str) and bs.isdigit():
@@ -101,15 +105,13 @@ class RunRecord:
     def __init__(self, run: PlannedRun | None = None, status: str = "pending", *,
                  unrecorded: frozenset[str] | None = None, **values: Any) -> None:
         result = {name: values.pop(name, f.default) for name, f in _RESULT_FIELDS.items()}
-        unknown = sorted(set(values) - set(RUN_NAMES) - set(SETTING_NAMES))
+        unknown = sorted(values.keys() - _PLANNED_NAMES)
         if unknown:
             raise TypeError(f"RunRecord() got unexpected keyword arguments {unknown}")
         if run is None or values:  # the planned run from its values (over the given run's, when both are given)
             given = self._values(run, unrecorded or frozenset()) if run is not None else {}
             run, unrecorded = _planned({**given, **values, "device": result["device"]})
-        for name, value in (("run", run), ("status", status), *result.items(),
-                            ("unrecorded", frozenset(unrecorded or ()))):
-            object.__setattr__(self, name, value)
+        self.__dict__.update(run=run, status=status, **result, unrecorded=frozenset(unrecorded or ()))
 
     @staticmethod
     def _values(run: PlannedRun, unrecorded: frozenset[str]) -> dict[str, Any]:
@@ -119,12 +121,15 @@ class RunRecord:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunRecord":
         row = dict(row)
-        result = {name: row[name] for name in _RESULT_FIELDS if name in row}
-        result.update(image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
+        run, unrecorded = _planned(row)
+        values = {"run": run, "status": row["status"], **{name: row.get(name) for name in _RESULT_FIELDS},
+                  "unrecorded": unrecorded}
+        values.update(image=row["image_path"], mlflow_synced=row["mlflow_synced_at"] is not None,
                       started_at=aware_utc(row["started_at"]), finished_at=aware_utc(row["finished_at"]),
                       mlflow_synced_at=aware_utc(row["mlflow_synced_at"]))
-        planned = {n: row.get(n) for n in RUN_NAMES + SETTING_NAMES if n != "device"}
-        return cls(status=row["status"], **result, **planned)
+        record = cls.__new__(cls)
+        record.__dict__.update(values)  # the fields as __init__ sets them, without rebuilding the run
+        return record
 
     def to_json(self) -> dict[str, Any]:
         """Every value, JSON-ready: the planned ones (None where unrecorded), the result, ``run`` (the planned run,
@@ -156,25 +161,38 @@ class RunRecord:
         return self.run
 
 
-def _reader(name: str) -> property:
-    """``record.<name>``: the planned run's value as the store holds it (None where unrecorded)."""
-    if name == "axes":
-        return property(lambda self: dict(self.run.axes), doc="axis name -> label")
-    of_run = name in RUN_NAMES
-    attr = "index" if name == "plan_index" else name
+class _Planned:
+    """``record.<name>``: the planned run's value as the store holds it (None where unrecorded): axes, scheduler
+    options and LoRA adapters in their JSON form (dicts, a list). Read once per record, then kept."""
 
-    def read(self: RunRecord) -> Any:
-        if name in self.unrecorded:
-            return None
-        value = getattr(self.run if of_run else self.run.settings, attr)
-        if name == "scheduler_options":
-            return dict(value)
-        return [dict(a) for a in value] if name == "lora" else value
-    return property(read, doc=f"the planned {name}")
+    def __init__(self, name: str):
+        self.name = name
+        self.__doc__ = f"the planned {name}"
+
+    def __get__(self, record: "RunRecord | None", owner: type | None = None) -> Any:
+        if record is None:
+            return self
+        name, run = self.name, record.run
+        if name in record.unrecorded:
+            value = None
+        elif name == "axes":
+            value = dict(run.axes)
+        elif name == "plan_index":
+            value = run.index
+        elif name in RUN_NAMES:
+            value = getattr(run, name)
+        elif name == "scheduler_options":
+            value = dict(run.settings.scheduler_options)
+        elif name == "lora":
+            value = [dict(a) for a in run.settings.lora]
+        else:
+            value = getattr(run.settings, name)
+        record.__dict__[name] = value  # a frozen record's run never changes: later reads are plain lookups
+        return value
 
 
 # the result's fields (between ``run``, ``status`` and ``unrecorded``)
 _RESULT_FIELDS = {f.name: f for f in fields(RunRecord) if f.name not in ("run", "status", "unrecorded")}
 for _name in RUN_NAMES + SETTING_NAMES:
     if _name not in RunRecord.__dataclass_fields__:
-        setattr(RunRecord, _name, _reader(_name))
+        setattr(RunRecord, _name, _Planned(_name))
