@@ -107,6 +107,34 @@ def test_prompt_mapping_becomes_an_axis_and_aliases_share_keys():
                                                                            "a photo of a blue cat, detailed"}
 
 
+
+def test_scheduler_is_resolved_when_parsed_and_its_alias_options_stay_with_it():
+    text = """
+    prompt: a cat
+    scheduler: DPM++ 2M Karras
+    scheduler_options: {solver_order: 3}
+    axes:
+      s:
+        euler: {scheduler: Euler}
+        same: {steps: 4}
+        mine: {scheduler: DPM++ 2M, scheduler_options: {use_karras_sigmas: false}}
+    """
+    exp = spec.parse(text, "x.yaml")
+    # resolved once, by the file's parser: the class name and what the A1111 name implies
+    assert (exp.scheduler.class_name, exp.scheduler.options) == ("DPMSolverMultistepScheduler",
+                                                                 (("use_karras_sigmas", True),))
+    assert exp.settings.scheduler == "DPMSolverMultistepScheduler"
+    bundles = {v.label: dict(v.settings) for v in exp.axes[0].values}
+    assert bundles["euler"]["scheduler"].class_name == "EulerDiscreteScheduler"
+    by = {r.labels["s"]: r.settings for r in expand(exp).runs}
+    # the base name's Karras option does not follow the base into another scheduler; the user's options do
+    assert (by["euler"].scheduler, by["euler"].options()) == ("EulerDiscreteScheduler", {"solver_order": 3})
+    assert by["same"].options() == {"solver_order": 3, "use_karras_sigmas": True}
+    assert by["same"].scheduler_choice.label() == "DPM++ 2M Karras"
+    # the user's own options win over the ones a name implies
+    assert by["mine"].options() == {"solver_order": 3, "use_karras_sigmas": False}
+    assert by["mine"].scheduler_choice.label() == "DPM++ 2M"
+
 def test_seed_forms():
     def seeds(value):
         return [r.seed for r in expand(spec.parse(f"prompt: hi\nseeds: {value}\n", "x.yaml")).runs]

@@ -163,7 +163,7 @@ class Run:
         s = self.record
         took = f", {s.seconds:.2f} s" if s.seconds is not None else ""
         err = f", error: {s.error}" if s.error else ""
-        return (f"<Run {self.key} {self.status} [{labels}] {s.scheduler.removesuffix('Scheduler')} {s.steps} steps, "
+        return (f"<Run {self.key} {self.status} [{labels}] {s.scheduler_choice.short} {s.steps} steps, "
                 f"{s.width}x{s.height}{took}{err}>")
 
     def _repr_html_(self) -> str:

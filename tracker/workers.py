@@ -22,25 +22,19 @@ from pathlib import Path
 
 from tracker import plan
 from tracker.errors import UsageError
+from tracker.runner import SweepSummary
 from tracker.workspace import Workspace
 
 
 @dataclass
-class PoolSummary:
-    experiment: str
-    planned: int
-    workers: int
-    done: int = 0
-    failed: int = 0
-    pending: int = 0
-    seconds: float = 0.0
-    died: int = 0
-    images_dir: Path | None = None
-    mlflow_note: str | None = None
+class PoolSummary(SweepSummary):
+    """A sweep's figures (``runner.SweepSummary``) for a pool: the workers, the runs left not done, the workers
+    that died, and what the parent's MLflow logging says."""
 
-    @property
-    def images_per_second(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+    workers: int = 0
+    pending: int = 0
+    died: int = 0
+    mlflow_note: str | None = None
 
 
 def devices_for(n: int | None, device: str | None) -> list[str]:
@@ -78,7 +72,7 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
         # 2. Start the workers, each with its share of the CPU threads.
         threads = max(1, (os.cpu_count() or 1) // len(devices))
         procs = [_spawn(ws, path, dev, threads, i, max_runs, from_key) for i, dev in enumerate(devices)]
-        summary = PoolSummary(exp.name, len(keys), len(procs), images_dir=ws.images_dir / exp.name)
+        summary = PoolSummary(exp.name, len(keys), workers=len(procs), images_dir=ws.images_dir / exp.name)
 
         # 3. Watch them: a child that dies gives its claims back now; finished runs go to MLflow meanwhile.
         live = LiveMlflow(ws, exp.name, str(Path(path).resolve()), keys, [p.pid for p in procs]) \
@@ -183,9 +177,7 @@ class LiveMlflow:
                 if not self._submit(rest):
                     time.sleep(0.2)  # the sink is full: wait for room
             if self.opened:
-                self.sink.finish_sweep({"planned": summary.planned, "done": summary.done, "failed": summary.failed,
-                                        "seconds": round(summary.seconds, 3),
-                                        "images_per_second": round(summary.images_per_second, 4), "status": status})
+                self.sink.finish_sweep({**summary.to_dict(), "status": status})
         finally:
             result = self.sink.close()
         return result.message(self.experiment)
