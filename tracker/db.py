@@ -14,6 +14,7 @@ The migrations live in the repository's ``migrations/`` folder; an installed whe
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -27,9 +28,23 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 30_000
 WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IMMEDIATE on SQLite
 VERSION_TABLE = "alembic_version"
-# The newest revision in migrations/versions, so that opening an up-to-date store needs no Alembic
-# import (~0.5 s); tests/test_migrations.py keeps it equal to Alembic's head.
-HEAD = "0009_attention"
+
+
+def __getattr__(name: str) -> str:
+    if name == "HEAD":  # db.HEAD: the newest revision (read once from the scripts' file names)
+        return newest_revision()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def newest_revision() -> str:
+    """The newest revision in migrations/versions, from the file names (a revision id is its file's name,
+    ``NNNN_slug``), so that opening an up-to-date store needs no Alembic import (~0.5 s) and a new migration
+    needs no edit here; tests/test_migrations.py keeps it equal to Alembic's head."""
+    names = sorted(p.stem for p in (migrations_dir() / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    if not names:
+        raise StoreError(f"no migrations in {migrations_dir() / 'versions'}: the installation is incomplete")
+    return names[-1]
 
 
 def migrations_dir() -> Path:
