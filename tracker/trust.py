@@ -17,6 +17,13 @@ from tracker.errors import TrackerError
 from tracker.settings import NORMALIZERS, Settings
 
 
+# What a PNG decides as an experiment file would, each value checked by its normalizer: every setting (a new one
+# too) but those decided in ``checked_settings`` by name and those only the command line or file decides.
+_DECIDED_BY_NAME = ("model", "vae", "scheduler", "size", "width", "height", "lora", "allow_pickle", "device")
+_NOT_FROM_A_PNG = ("compile", "attention")  # how it runs here (compile time, a backend this machine may lack)
+PNG_SETTINGS = tuple(n for n in NORMALIZERS if n not in _DECIDED_BY_NAME + _NOT_FROM_A_PNG)
+
+
 @dataclass(frozen=True)
 class Trust:
     """What only the command line may decide: a PNG is data from anywhere and never switches safety off
@@ -44,8 +51,7 @@ def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes:
             raise TrackerError(f"{where}: {field}: {message}")
         return fail
 
-    for name in ("steps", "guidance_scale", "dtype", "generator_device", "scheduler_options", "attention_slicing",
-                 "vae_slicing", "vae_tiling", "cpu_offload", "batch_size", "prompt_syntax", "deterministic"):
+    for name in PNG_SETTINGS:
         if values.get(name) is not None:
             v = values[name]
             if name == "scheduler_options" and isinstance(v, (list, tuple)):
