@@ -292,6 +292,7 @@ def _drive(ray, store, sweep, facts: _Facts, workers: dict, groups: list, lease:
                     del workers[actor]
                     continue
                 facts.facts = {**facts.facts, **out["facts"]}
+                sweep.facts = None  # this actor's facts: the sweep reads them again for its batches
                 for halved_runs, batch, error in out["halved"]:
                     sweep.halved(halved_runs, batch, error)  # an "oom" event, as a local sweep records it
                 for chunk, result in out["batches"]:

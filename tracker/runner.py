@@ -347,6 +347,7 @@ class Sweep(BatchHooks):
     began: float = field(default_factory=time.perf_counter)  # time.perf_counter() when generation began
     claimed: bool = False  # the runs are this worker's claims: running already, and they stay so while retried
     fits: dict = field(default_factory=dict)  # settings -> batch size that fitted after out of memory (batches)
+    facts: Any = None  # (settings, BatchFacts) of the last batch recorded; None: read them again
 
     def run_group(self, group: Sequence[PlannedRun]) -> None:
         """Generate one group in batches (``batch_size: auto`` starts at the group size, at most AUTO_BATCH_MAX);
@@ -385,12 +386,15 @@ class Sweep(BatchHooks):
 
         self.summary.busy_seconds += result.seconds + result.warmup_seconds
         self.summary.warmup_seconds += result.warmup_seconds
-        # the runs of a chunk share their settings: what the engine knows of them is the same for each
+        # the runs of a chunk share their settings: what the engine knows of them is the same for each, and
+        # for each batch of those settings (read once: it would take ~2 ms between two pipeline calls)
         engine, settings = self.engine, chunk[0].settings
-        facts = BatchFacts(scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
-                           environment=engine.environment(), revision=engine.model_revision_later(settings.model),
-                           pipeline=engine.pipeline_info(settings.model))
-        self.writer.submit(list(chunk), result, facts)
+        if self.facts is None or self.facts[0] != settings:
+            self.facts = (settings, BatchFacts(
+                scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
+                environment=engine.environment(), revision=engine.model_revision_later(settings.model),
+                pipeline=engine.pipeline_info(settings.model)))
+        self.writer.submit(list(chunk), result, self.facts[1])
 
     def written(self, run: PlannedRun) -> None:
         """The writing stage marked the run done (its image is durable)."""

@@ -488,7 +488,20 @@ class Store:
     # -- MLflow sync -------------------------------------------------------------------------
 
     def mark_synced(self, experiment: str, key: str, mlflow_run_id: str) -> None:
-        self._set(experiment, [key], mlflow_run_id=mlflow_run_id, mlflow_synced_at=utcnow())
+        self.mark_synced_many(experiment, [(key, mlflow_run_id)])
+
+    def mark_synced_many(self, experiment: str, synced: Sequence[tuple[str, str]]) -> None:
+        """Runs logged to MLflow, ``(key, mlflow_run_id)`` each, marked in one transaction (a sweep's batch)."""
+        if not synced:
+            return
+        now = utcnow()
+        with self._write() as conn:
+            eid = self._require_experiment(conn, experiment)
+            missing = [key for key, rid in synced if not conn.execute(
+                runs_t.update().where(runs_t.c.experiment_id == eid, runs_t.c.key == key)
+                .values(mlflow_run_id=rid, mlflow_synced_at=now)).rowcount]
+            if missing:
+                raise NotFoundError(f"experiment {experiment!r} has no run {', '.join(missing[:5])}")
 
     def unsynced(self, experiment: str | None = None) -> list[RunRecord]:
         """Done runs not yet logged to MLflow, in plan order."""

@@ -177,8 +177,7 @@ class Writer:
         if self.scorer is not None:  # scored after the PNGs are durable, before MLflow reads the runs
             self.scorer.add(runs, [image for _, image, _ in batch.written], batch.facts.device)
         if self.sink is not None:
-            for run in runs:
-                self.sink.submit_key(run.experiment, run.key)
+            self.sink.submit_keys(runs[0].experiment, [run.key for run in runs])
         with self._lock:
             for run in runs:
                 self._on_done(run)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from tracker.errors import NotFoundError
 from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics, child_params, child_tags,
@@ -215,6 +215,14 @@ class ExperimentClient:
 
     def log_run(self, rec: "RunRecord", parent_id: str | None = None) -> str:
         """Log one image run (reusing the MLflow run its key already has) and mark it synced in the store."""
+        logged = self.log_unmarked(rec, parent_id)
+        self.mark_synced(rec.experiment, [logged])
+        return logged[1]
+
+    def log_unmarked(self, rec: "RunRecord", parent_id: str | None = None) -> tuple[str, str, list[int]]:
+        """``log_run`` without marking the run synced: ``(key, MLflow run id, metric value ids)`` for
+        ``mark_synced``, which marks several runs in one store transaction. Logging a run again is safe (its
+        MLflow run is found by its key), so a run logged but not yet marked is at worst logged twice."""
         parent_id = parent_id or self.parent_for(rec)
         existing = self.client.search_runs([self.experiment_id], f"tags.`{KEY_TAG}` = '{rec.key}'", max_results=1)
         params = child_params(rec)
@@ -238,9 +246,16 @@ class ExperimentClient:
             self.client.log_artifact(rid, rec.image)
         self.client.log_dict(rid, rec.to_recipe(environment=self._environment(rec.sweep_id)), "recipe.json")
         self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
-        self.store.mark_synced(rec.experiment, rec.key, rid)
-        metric_storage.mark_synced(self.store, score_ids)
-        return rid
+        return rec.key, rid, list(score_ids)
+
+    def mark_synced(self, experiment: str, logged: Sequence[tuple[str, str, list[int]]]) -> None:
+        """Mark runs ``log_unmarked`` logged as synced: one transaction (and one for their metric values)."""
+        from tracker.metrics import storage as metric_storage
+
+        self.store.mark_synced_many(experiment, [(key, rid) for key, rid, _ in logged])
+        score_ids = [i for _, _, ids in logged for i in ids]
+        if score_ids:
+            metric_storage.mark_synced(self.store, score_ids)
 
     def _environment(self, sweep_id: int | None) -> dict | None:
         """The sweep's environment (for the recipe), read once per sweep."""

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from tracker.mlflow.client import HTTP_ENV, ExperimentClient, SyncSummary, is_outage, progress_bar, short_error, warn
 
@@ -86,16 +86,22 @@ class MlflowSink:
 
     def submit_key(self, experiment: str, key: str) -> None:
         """``submit`` by key: the child reads the run from the store, so the caller need not."""
+        self.submit_keys(experiment, [key])
+
+    def submit_keys(self, experiment: str, keys: Sequence[str]) -> None:
+        """``submit_key`` of several runs (a batch) in one message: the child logs each, then marks them all
+        synced in one store transaction (fewer commits beside the sweep's own)."""
         with self._lock:
-            full = self._in_flight >= self.queue_size
-            if self._down.is_set() or full or self._proc is None:
-                self._waiting += 1
+            if self._down.is_set() or self._proc is None:
+                self._waiting += len(keys)
                 return
-            self._in_flight += 1
-        if not self._send({"op": "run", "experiment": experiment, "key": key}):
+            send = list(keys[:max(0, self.queue_size - self._in_flight)])
+            self._waiting += len(keys) - len(send)
+            self._in_flight += len(send)
+        if send and not self._send({"op": "runs", "experiment": experiment, "keys": send}):
             with self._lock:
-                self._in_flight -= 1
-                self._waiting += 1
+                self._in_flight -= len(send)
+                self._waiting += len(send)
 
     def finish_sweep(self, summary: dict) -> None:
         """Remember the sweep's summary (images, images_per_second, failed, seconds); logged at close."""
@@ -225,6 +231,9 @@ class _Worker:
 
     def handle(self, item: dict) -> None:
         op = item["op"]
+        if op == "runs":
+            self._runs(item["experiment"], item["keys"])
+            return
         if op == "sweep":
             self.sweep_id = item["sweep_id"]
         try:
@@ -238,20 +247,39 @@ class _Worker:
                 if rid is not None:
                     logger.parents[item["sweep_id"]] = rid
                     self.store.update_sweep(item["sweep_id"], mlflow_run_id=rid)
-            elif op == "run":
-                logger.log_run(self.store.get_run(item["key"], item["experiment"]))
-                self.reply({"logged": item["key"]})
             elif op == "finish":
                 logger.close_created_parents()
                 summary = item["summary"]
                 logger.close_sweep(self.sweep_id, summary, "KILLED" if summary.get("status") == "interrupted" else "FINISHED")
         except _Skipped:
-            if op == "run":
-                self.reply({"waiting": item["key"]})
-        except Exception as e:  # noqa: BLE001 -- any failure leaves the run for `tracker sync`
-            outage = is_outage(e)
-            self.down = self.down or outage
-            self.reply({**({"waiting": item["key"]} if op == "run" else {}), "error": short_error(e), "down": outage})
+            pass
+        except Exception as e:  # noqa: BLE001 -- any failure leaves the runs for `tracker sync`
+            self._failed(e)
+
+    def _runs(self, experiment: str, keys: list[str]) -> None:
+        """A batch's runs: each logged to MLflow (one reply each), then all marked synced in one transaction.
+        A run that fails waits for `tracker sync`; one logged but not marked is found by its key next time."""
+        logged = []
+        for key in keys:
+            try:
+                if self.down:
+                    raise _Skipped()
+                logged.append(self._logger().log_unmarked(self.store.get_run(key, experiment)))
+                self.reply({"logged": key})
+            except _Skipped:
+                self.reply({"waiting": key})
+            except Exception as e:  # noqa: BLE001
+                self._failed(e, key)
+        if logged:
+            try:
+                self.logger.mark_synced(experiment, logged)
+            except Exception as e:  # noqa: BLE001 -- logged, not marked: the next sync finds them by key
+                self._failed(e)
+
+    def _failed(self, e: Exception, key: str | None = None) -> None:
+        outage = is_outage(e)
+        self.down = self.down or outage
+        self.reply({**({"waiting": key} if key is not None else {}), "error": short_error(e), "down": outage})
 
     def warm_up(self) -> None:
         """Pay the fixed costs before the first run arrives: importing mlflow (~1.5 s) and the tracking
