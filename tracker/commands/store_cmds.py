@@ -127,6 +127,10 @@ def render_run(record: "RunRecord", scores: dict | None = None) -> str:
     width = max(len(k) for k in data)
     lines = []
     for name, value in data.items():
+        if name == "run":  # the planned run: its values are the lines above, once is enough
+            value = f"{record.experiment} #{record.run.index} (planned: the values above)"
+        elif name == "unrecorded":
+            value = ", ".join(value) or None
         if isinstance(value, dict):
             text = json.dumps(value, ensure_ascii=False, sort_keys=name != "axes") if value else "{}"
         elif value is None:
