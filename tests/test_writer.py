@@ -132,3 +132,33 @@ def test_ctrl_c_drains_the_writing_stage(write_yaml, tmp_path):
     assert {p.stem for p in written} <= done  # what was being written when Ctrl-C came was finished
     _check_done_images(db)
     assert not [p for p in (home / "images").rglob("*") if p.suffix != ".png" and p.is_file()]
+
+
+def test_a_batch_is_written_once_the_next_call_denoises(write_yaml, tmp_path, monkeypatch):
+    """Between two pipeline calls the generating thread's work comes first: a batch's images are written
+    (and the next claim made) once the next call reaches its denoiser, the last batch once none is next.
+    The bounded wait is made unbounded here, so an image written on time proves the gate was opened."""
+    from tracker import runner, work, writer
+    from tracker.workspace import Workspace
+
+    monkeypatch.setattr(writer, "GATE_WAIT_S", 600)
+    monkeypatch.setattr(work, "GATE_WAIT_S", 600)
+    seen, sweeps = [], []
+    write_one = writer.Writer._write
+
+    def watched(self, run, *args):
+        seen.append((run.key, self._gate.is_set()))
+        return write_one(self, run, *args)
+
+    monkeypatch.setattr(writer.Writer, "_write", watched)
+    handed, submit = [], writer.Writer.submit
+    monkeypatch.setattr(writer.Writer, "submit", lambda self, *a: (handed.append(self._gate.is_set()), submit(self, *a))[1])
+    init = runner.Sweep.__post_init__
+    monkeypatch.setattr(runner.Sweep, "__post_init__", lambda self: (sweeps.append(self), init(self))[1])
+    path = write_yaml(SWEEP + "batch_size: 2\n")
+    ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
+    summary = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    assert summary.done == 6 and summary.failed == 0
+    assert handed == [False] * 3  # handed over while the generating thread works between calls ...
+    assert len(seen) == 6 and all(open_ for _, open_ in seen)  # ... written once the gate opened
+    assert sweeps[0].engine.denoising is sweeps[0].calling  # the engine opens the gate at its first UNet call

@@ -131,11 +131,15 @@ def renew(store: Store, worker: Worker, lease_seconds: float = DEFAULT_LEASE_SEC
 
 def release(store: Store, worker_id: int, keys: Sequence[str] | None = None) -> int:
     """Give the worker's running runs (or those of ``keys``) back as pending; returns how many."""
+    with store._write() as conn:
+        return _release(conn, worker_id, keys)
+
+
+def _release(conn, worker_id: int, keys: Sequence[str] | None = None) -> int:
     q = runs_t.update().where(runs_t.c.worker_id == worker_id, runs_t.c.status == "running")
     if keys is not None:
         q = q.where(runs_t.c.key.in_(list(keys)))
-    with store._write() as conn:
-        return conn.execute(q.values(status="pending", lease_until=None, started_at=None)).rowcount
+    return conn.execute(q.values(status="pending", lease_until=None, started_at=None)).rowcount
 
 
 def progress(store: Store, worker: Worker, done: int | None = None, failed: int | None = None,
@@ -152,12 +156,15 @@ def _set_progress(conn, worker: Worker, now, done: int | None = None, failed: in
     conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(last_seen=now, **values))
 
 
-def finish(store: Store, worker: Worker, status: str = "done", release_claims: bool = True) -> None:
-    """The worker stops: its unfinished claims go back to pending (unless told otherwise)."""
-    if release_claims:
-        release(store, worker.id)
+def finish(store: Store, worker: Worker, status: str = "done", release_claims: bool = True,
+           done: int | None = None, failed: int | None = None) -> None:
+    """The worker stops, with its final counts when given: its unfinished claims go back to pending (unless
+    told otherwise). One transaction."""
     with store._write() as conn:
-        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(status=status, last_seen=utcnow()))
+        if release_claims:
+            _release(conn, worker.id)
+        _set_progress(conn, worker, utcnow(), done, failed)
+        conn.execute(workers_t.update().where(workers_t.c.id == worker.id).values(status=status))
 
 
 class Heartbeat:

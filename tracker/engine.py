@@ -62,6 +62,7 @@ class Engine(Loading, RecordFacts):
         self._settings: Settings | None = None
         self._truncated: set[str] = set()
         self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
+        self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
 
     # -- devices -----------------------------------------------------------------------------------
 
@@ -244,6 +245,8 @@ class Engine(Loading, RecordFacts):
         def first_unet_call(module: Any, args: Any) -> None:
             if not marks:
                 marks.append(time.perf_counter())
+                if self.denoising is not None:
+                    self.denoising.set()
 
         def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
             marks.append(time.perf_counter())

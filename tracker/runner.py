@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from itertools import groupby
@@ -200,10 +201,9 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
                 try:
                     if todo:
                         work.generate_claimed(store, list(ordered_groups(todo)), worker, AUTO_BATCH_MAX,
-                                              sweep.run_group, summary)
+                                              sweep.run_group, summary, gate=sweep.calling)
                 finally:
                     sweep.writer.close()  # drains: what was generated is written, also on Ctrl-C
-                    claims.progress(store, worker, done=summary.done, failed=summary.failed)
             if sink is not None and rank is not None:  # rank 0 logs the other ranks' runs too
                 for key in claims.unsynced_by_others(store, exp.name, worker):
                     sink.submit_key(exp.name, key)
@@ -213,7 +213,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             if lost is not None and not isinstance(e, KeyboardInterrupt):
                 raise lost from e  # "no such table" from a store deleted under us: say what happened
             raise
-        claims.finish(store, worker, "failed" if summary.failed else "done")
+        claims.finish(store, worker, "failed" if summary.failed else "done", done=summary.done, failed=summary.failed)
         sweep.finish("failed" if summary.failed else "done")
     finally:
         if engine is not None:
@@ -296,7 +296,7 @@ def _writer(ws, store, sink, engine, settings, sweep: "Sweep", scorer=None):
 
     cpu = engine.device_for(settings) == "cpu"
     return Writer(ws, store, sink, sweep.written, lambda run, error, timing: sweep.fail(run, error, **timing),
-                  nice=10 if cpu else 0, scorer=scorer)
+                  nice=10 if cpu else 0, scorer=scorer, gate=sweep.calling)
 
 
 def ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
@@ -321,6 +321,12 @@ def _store_lost(store) -> Exception | None:
 
 # ---------------------------------------------------------------------------------------------
 # One sweep: generate groups through the batch executor, hand batches to the writing stage
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 class _NoBar:
@@ -348,6 +354,14 @@ class Sweep(BatchHooks):
     claimed: bool = False  # the runs are this worker's claims: running already, and they stay so while retried
     fits: dict = field(default_factory=dict)  # settings -> batch size that fitted after out of memory (batches)
     facts: Any = None  # (settings, BatchFacts) of the last batch recorded; None: read them again
+    # set from the first denoiser call of a batch (the engine's ``denoising``) until the batch is done, and when
+    # no call is next: the writing stage and the next claim wait for it (briefly), so their Python does not
+    # take the GIL from the generating thread's work between two calls
+    calling: threading.Event = field(default_factory=_set_event)
+
+    def __post_init__(self) -> None:
+        if hasattr(self.engine, "denoising"):
+            self.engine.denoising = self.calling
 
     def run_group(self, group: Sequence[PlannedRun]) -> None:
         """Generate one group in batches (``batch_size: auto`` starts at the group size, at most AUTO_BATCH_MAX);
@@ -371,6 +385,7 @@ class Sweep(BatchHooks):
                              {"keys": [r.key for r in runs], "batch_size": batch})
 
     def done(self, runs: Sequence[PlannedRun], result) -> None:
+        self.calling.clear()  # until the next call denoises, the generating thread's work comes first
         self.record(runs, result)
         self.store.check_file()  # one stat per batch: a deleted tracker.db must not swallow the sweep
 
@@ -427,7 +442,8 @@ class Sweep(BatchHooks):
 
         try:
             if worker is not None:
-                claims.finish(self.store, worker, "interrupted")  # the runs it holds go back to pending
+                claims.finish(self.store, worker, "interrupted", done=self.summary.done,  # the runs it holds go
+                              failed=self.summary.failed)  # back to pending
             self.store.reset_stale(self.summary.experiment, sweep_id=self.sweep_id)
             self.finish("interrupted")
         except Exception:  # the original error is the one to report

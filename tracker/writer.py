@@ -28,6 +28,7 @@ from typing import Any, Callable
 log = logging.getLogger("tracker")
 
 _STOP = object()
+GATE_WAIT_S = 0.05  # the longest a batch waits for the next pipeline call to begin (``Writer(gate=)``)
 
 
 @dataclass
@@ -60,8 +61,12 @@ class Writer:
     """A bounded background stage; ``on_done(run)`` and ``on_fail(run, error, timing)`` run under its lock."""
 
     def __init__(self, ws, store, sink, on_done: Callable, on_fail: Callable, threads: int | None = None,
-                 depth: int = 16, nice: int = 0, scorer=None):
+                 depth: int = 16, nice: int = 0, scorer=None, gate: threading.Event | None = None):
         self.ws, self.store, self.sink = ws, store, sink
+        # ``Sweep.calling``: a batch handed over between two pipeline calls is started once the next call
+        # denoises (at most GATE_WAIT_S later), so its Python does not take the GIL from the generating
+        # thread's work between the calls
+        self._gate = gate
         self.scorer = scorer  # tracker.metrics.scoring.Scorer: the experiment's metrics, or None
         self._on_done, self._on_fail = on_done, on_fail
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
@@ -84,8 +89,13 @@ class Writer:
         pairs = list(zip(runs, result.images))
         batch = _Batch(facts, len(pairs))
         for run, img in pairs:
-            self._queue.put((run, img, {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step,
-                                        **timing}, batch))
+            job = (run, img, {"seconds": img.seconds, "seconds_per_step": img.seconds_per_step, **timing}, batch)
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:  # writing is behind: the caller waits for it, so nothing is held back
+                if self._gate is not None:
+                    self._gate.set()
+                self._queue.put(job)
 
     def fail(self, run, error: str, timing: dict | None = None) -> None:
         """Record a run that produced no image (the runner's failures go through the same lock)."""
@@ -93,6 +103,8 @@ class Writer:
 
     def close(self) -> None:
         """Write everything queued, stop the threads, then raise what the stage could not record."""
+        if self._gate is not None:
+            self._gate.set()  # no more calls: write now
         for _ in self._threads:
             self._queue.put(_STOP)
         for t in self._threads:
@@ -117,6 +129,8 @@ class Writer:
             job = self._queue.get()
             if job is _STOP:
                 return
+            if self._gate is not None:
+                self._gate.wait(GATE_WAIT_S)
             run, img, timing, batch = job
             start, written = time.perf_counter(), None
             try:
