@@ -3,9 +3,9 @@
 Builds a workspace of N runs (default 2,000: 10 age labels x 5 styles x 40 seeds) in a real run
 store, with synthetic PNGs drawn by PIL and written the way a sweep's writing stage writes them (PNG with
 its recipe, atomic and fsynced, plus the report thumbnail made from the image in memory), then times:
-  1. the first report build (every image linked, the sweep's thumbnails linked, every grid PNG drawn;
+  1. the first report build (every image linked, the sweep's thumbnails linked, every grid image drawn;
      target <= 5 s for 2,000 runs at 512x512),
-  2. a second build with nothing changed (thumbnails and grid PNGs reused by sha256),
+  2. a second build with nothing changed (thumbnails and grid images reused by sha256),
   3. a build after a few runs got new images (only those are redone),
   4. a build after a few images were edited outside the tracker (each image is one stat against what the
      sweep recorded; only those are hashed, and shown as modified instead of published).
@@ -108,7 +108,7 @@ def main() -> None:
         print(f"first build:  {first:6.2f} s wall, {first_cpu:6.2f} s CPU  ({len(rep.grids)} grids, {cells} cells, "
               f"{index.stat().st_size / 1e6:.1f} MB index.html)")
         second, second_cpu, _ = timed(lambda: report.build(ws, "scale"))
-        print(f"second build: {second:6.2f} s wall, {second_cpu:6.2f} s CPU  (nothing changed: thumbnails and grid PNGs reused)")
+        print(f"second build: {second:6.2f} s wall, {second_cpu:6.2f} s CPU  (nothing changed: thumbnails and grid images reused)")
         with Store.open(ws.db_url, home=ws.home) as store:
             for i, run in enumerate(plan[: args.changed]):
                 write_run_image(ws, store, run, i, args.size, salt=1)
