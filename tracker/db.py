@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -244,3 +245,29 @@ def _migrate(direction: str, url_or_engine, revision: str, script_location: Path
     finally:
         if isinstance(url_or_engine, str):
             engine.dispose()
+
+
+def utcnow() -> "datetime":
+    """Now, as the store keeps times: naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def naive(t: "datetime | None") -> "datetime | None":
+    """An aware time as the store keeps it (naive UTC)."""
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t is not None and t.tzinfo is not None else t
+
+
+def retry_on_conflict(method):
+    """Run a write again when a concurrent writer inserted the same row first (a unique key race between
+    two workers on PostgreSQL, whose transactions run side by side): the retry sees the committed row."""
+    import sqlalchemy as sa
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        for attempt in range(3):
+            try:
+                return method(*args, **kwargs)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+    return wrapper

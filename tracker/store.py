@@ -17,20 +17,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 
 from tracker import db
+from tracker.db import naive as _naive, retry_on_conflict as _retry_on_conflict, utcnow  # noqa: F401
 from tracker.errors import NotFoundError, StoreError
 from tracker.plan import STATUSES, PlannedRun
 from tracker.records import RunRecord, aware_utc as _aware, stored_values
 from tracker.tables import (PLAN_COLUMNS, RESULT_COLUMNS, SWEEP_COLUMNS, events_t,  # noqa: F401
                             experiments_t, metadata, metrics_t, runs_t, sweeps_t, workers_t)
 from tracker.workspace import image_file, stored_image
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _naive(t: datetime | None) -> datetime | None:
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t is not None and t.tzinfo is not None else t
 
 
 def _file_identity(path: Path | None) -> tuple[Path, tuple[int, int]] | None:
@@ -51,22 +44,6 @@ def _stamp(t: datetime | None) -> float:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _retry_on_conflict(method):
-    """Run a write again when a concurrent writer inserted the same row first (a unique key race between
-    two workers on PostgreSQL, whose transactions run side by side): the retry sees the committed row."""
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        for attempt in range(3):
-            try:
-                return method(*args, **kwargs)
-            except sa.exc.IntegrityError:
-                if attempt == 2:
-                    raise
-    return wrapper
 
 
 class Store:
