@@ -420,3 +420,21 @@ def test_cli_refuses_a_store_from_the_future(cli, filled, tmp_path):
 def test_open_refuses_a_bad_url():
     with pytest.raises(StoreError, match="not a database URL"):
         Store.open("not a url")
+
+
+def test_a_new_store_opens_while_another_connection_holds_it_before_it_is_in_wal_mode(tmp_path):
+    """Two sweeps started together both open a new store: the second one's switch to WAL meets the first one's
+    lock, and SQLite answers that switch with "database is locked" at once (no busy wait). Here a plain SQLite
+    connection holds a write lock on a fresh rollback-journal file for 0.5 s: opening the store waits for it."""
+    import threading
+
+    path = tmp_path / "tracker.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")  # a reserved lock: SQLite refuses the switch to WAL at once, not after waiting
+    threading.Timer(0.5, holder.execute, ("COMMIT",)).start()
+    with Store.open(f"sqlite:///{path}") as store:
+        assert store.experiments() == []
+    holder.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -104,7 +104,7 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if path is not None:
-                cur.execute("PRAGMA journal_mode = WAL")
+                _wal(cur, busy_timeout_ms / 1000)
         finally:
             cur.close()
 
@@ -113,6 +113,25 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
+
+
+def _wal(cur, timeout_s: float) -> None:
+    """Put a SQLite file in WAL mode (it stays so: a later connection finds it set). SQLite answers the switch with
+    "database is locked" at once, without waiting on the busy timeout, while another process opening a new store
+    switches it too (two sweeps started together): retried until the busy timeout."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextmanager
