@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tracker.work import GATE_WAIT_S  # the longest a batch waits for the next pipeline call to begin
+
 log = logging.getLogger("tracker")
 
 _STOP = object()
-GATE_WAIT_S = 0.05  # the longest a batch waits for the next pipeline call to begin (``Writer(gate=)``)
 
 
 @dataclass
