@@ -78,13 +78,14 @@ def test_an_ended_lease_makes_runs_claimable_and_renewing_keeps_them(url):
     with Store.open(url) as store:
         a = claims.register(store, sweep, "cpu", name="a")
         b = claims.register(store, sweep, "cpu", name="b")
-        first = claims.claim(store, "claimed", a, [(keys[:4], 4)], lease_seconds=0.5)
+        # leases long enough that a busy 2-core machine cannot end one between two store calls by accident
+        first = claims.claim(store, "claimed", a, [(keys[:4], 4)], lease_seconds=2)
         assert first == keys[:4]
         assert claims.claim(store, "claimed", b, [(keys[:4], 4)]) == []  # held by a
         assert claims.claim(store, "claimed", b, [(keys[:4], 4), (keys[4:], 2)]) == keys[4:6]  # next group
         assert claims.remaining(store, "claimed", keys)["running"] == 6
         claims.renew(store, a, lease_seconds=30)
-        time.sleep(0.7)
+        time.sleep(2.2)  # past the first lease
         assert claims.claim(store, "claimed", b, [(keys[:4], 4)]) == []  # renewed: still a's
         claims.renew(store, a, lease_seconds=0.2)  # a stops renewing (as if killed)
         time.sleep(0.4)
@@ -105,11 +106,11 @@ def test_heartbeat_renews_while_the_worker_lives(tmp_path):
     with Store.open(url) as store:
         a = claims.register(store, sweep, "cpu", name="a")
         b = claims.register(store, sweep, "cpu", name="b")
-        with claims.Heartbeat(store, a, lease_seconds=0.6):
-            assert claims.claim(store, "claimed", a, [(keys, 2)], lease_seconds=0.6) == keys[:2]
-            time.sleep(1.5)
+        with claims.Heartbeat(store, a, lease_seconds=1.5):  # a beat every 0.5 s
+            assert claims.claim(store, "claimed", a, [(keys, 2)], lease_seconds=1.5) == keys[:2]
+            time.sleep(3.5)  # past two leases: only the beats keep the claims
             assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == []
-        time.sleep(0.8)  # no more beats: the lease ends
+        time.sleep(1.8)  # no more beats: the lease ends
         assert claims.claim(store, "claimed", b, [(keys[:2], 2)]) == keys[:2]
 
 
