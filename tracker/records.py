@@ -5,8 +5,8 @@ store hands it out.
 Every planned value reads on the record as well (``record.steps``, ``record.prompt``, ``record.axes`` as a
 dict ...): one attribute per ``PlannedRun`` and ``Settings`` field, made from the field lists, so a new setting
 needs no edit here; an older run's row may hold no value for a later setting or a template: it reads as None
-on the record (``unrecorded``) and as its default in ``run``. ``stored_values`` is the planned run as the runs table holds it and ``RunRecord.from_row``
-reads it back. ``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``).
+on the record (``unrecorded``) and as its default in ``run``. ``stored_values`` is the planned run as the runs
+table holds it and ``RunRecord.from_row`` reads it back. ``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``).
 Pure: no SQLAlchemy (``tracker.store`` reads and writes the rows).
 """
 
@@ -151,7 +151,7 @@ class RunRecord:
     @property
     def scheduler_choice(self) -> SchedulerChoice:
         """The scheduler as planned; ``.made_with(self.scheduler_config)`` is the class that actually ran."""
-        return SchedulerChoice(self.scheduler, tuple(sorted(self.scheduler_options.items())))
+        return self.run.settings.scheduler_choice
 
     def settings(self) -> Settings:
         """The run's Settings as stored; a setting the run was recorded without (an older run) has its default."""
