@@ -111,3 +111,26 @@ def test_0008_image_paths_relative_to_the_workspace_on_postgresql(pg_url, tmp_pa
     db.downgrade(pg_url, "0007_metrics", home=home)
     assert _rows(pg_url)["runs"][0]["image_path"] == str(home / "images" / "old" / "0.png")
     db.downgrade(pg_url, "base")
+
+
+
+def test_processes_opening_one_new_postgresql_store_at_once_migrate_it_once(pg_url):
+    """Workers on several machines start together against a fresh database: each opens the store, which
+    migrates it. One migrates, the others wait for it and find the store at head (they used to fail with
+    'duplicate key value violates unique constraint' from two concurrent CREATE TABLEs)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    start = time.time() + 8  # after every process has imported what it needs
+    code = ("import sys, time; from tracker.store import Store; time.sleep(max(0, float(sys.argv[2]) - time.time())); "
+            "Store.open(sys.argv[1]).close()")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url, str(start)], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert db.current(pg_url) == REVISIONS[-1]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 30_000
 WRITE = "tracker_write"  # execution option: this transaction writes -> BEGIN IMMEDIATE on SQLite
 VERSION_TABLE = "alembic_version"
+MIGRATION_LOCK_KEY = 0x7072_6F6D_7074  # "prompt": the PostgreSQL advisory lock taken around migrations
 
 
 def __getattr__(name: str) -> str:
@@ -255,6 +256,7 @@ def _migrate(direction: str, url_or_engine, revision: str, script_location: Path
             # One transaction for the whole migration: the version check inside it sees what an
             # earlier process committed, and a failure leaves the database as it was.
             with write(engine) as conn:
+                _serialize_migrations(conn)
                 cfg.attributes["connection"] = conn
                 cfg.attributes["tracker_home"] = home or default_home(_sqlite_file(engine.url))
                 getattr(command, direction)(cfg, revision)
@@ -264,6 +266,16 @@ def _migrate(direction: str, url_or_engine, revision: str, script_location: Path
     finally:
         if isinstance(url_or_engine, str):
             engine.dispose()
+
+
+def _serialize_migrations(conn: "Connection") -> None:
+    """One migration at a time per database. SQLite: the write transaction's ``BEGIN IMMEDIATE`` already is.
+    PostgreSQL: an advisory lock held until the transaction ends, so processes opening one new store at once
+    (workers on several machines) wait for the first to migrate it, then find it at head, instead of failing
+    on two concurrent ``CREATE TABLE``s."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy import text
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def utcnow() -> "datetime":
