@@ -8,7 +8,8 @@ to exit (imports and model loading included, as a user waits for them):
 Two rates are printed for each: the whole command (what a user waits for) and the generation phase (from
 the first sweep's start of generation, after imports and model loading, to the last sweep's end, read from
 the sweeps the run store recorded: on a short plan the whole command is mostly start-up, which two workers pay
-in parallel but after their parent's own). Both must finish every run; the pixels of the workers are checked against a single-thread process
+in parallel, once, like the single process). The start-up of each variant and the most the whole command could
+gain over it (a perfect 2x generation phase, the same start-up) are printed too. Both must finish every run; the pixels of the workers are checked against a single-thread process
 (identical). The variants alternate over ``--repeat`` rounds; medians are reported, with images/s of
 each and the ratio workers/single.
 
@@ -136,6 +137,14 @@ def main() -> int:
             print(f"{name}: {r:.2f} images/s in the generation phase (median of {len(generation[name])})")
         ratio = gen["2 workers x 1 thread"] / gen["1 process x 2 threads"]
         print(f"ratio workers/single, generation phase: {ratio:.2f}x (target >= 1.4x)")
+        # Amdahl: start-up (imports, model loading) is paid once per variant, in series, whatever the workers do
+        startup = {name: statistics.median(t) - statistics.median(generation[name]) for name, t in times.items()}
+        for name, s in startup.items():
+            print(f"{name}: start-up {s:.1f} s (whole command minus generation phase)")
+        single = "1 process x 2 threads"
+        bound = statistics.median(times[single]) / (startup[single] + statistics.median(generation[single]) / 2)
+        print(f"the most the whole command could gain with a perfect 2x generation phase and the single process's "
+              f"start-up: {bound:.2f}x")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1

@@ -240,3 +240,13 @@ def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(wri
     assert len(sweeps) == 2 and {s["mlflow_run_id"] for s in sweeps} == {parents[0].info.run_id}
     res = run_tracker("sync", "shared", env=env)
     assert res.code == 0 and res.out.startswith("nothing to sync"), res.out + res.err
+
+
+@pytest.mark.parametrize("visible", ["", "-1"])
+def test_a_pool_without_cuda_devices_is_planned_without_importing_torch(visible):
+    """The parent of ``--workers`` only watches: where CUDA surely has no device it does not pay torch's import
+    (~2 s, in series before the workers start, each of which imports torch again)."""
+    code = "import sys; from tracker.workers import devices_for; print(devices_for(2, None), 'torch' in sys.modules)"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['cpu', 'cpu'] False"

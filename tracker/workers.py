@@ -40,7 +40,7 @@ class PoolSummary(SweepSummary):
 def devices_for(n: int | None, device: str | None) -> list[str]:
     """One device per worker: every CUDA device when there are several (n defaults to their number),
     else ``device`` (or cpu) for each of the n workers."""
-    if device is None or device == "cuda":
+    if (device is None or device == "cuda") and _cuda_may_exist():
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -50,6 +50,22 @@ def devices_for(n: int | None, device: str | None) -> list[str]:
     if not n:
         raise UsageError("--workers auto needs several CUDA devices; on a CPU give a number, e.g. --workers 2")
     return [device or "cpu"] * n
+
+
+def _cuda_may_exist() -> bool:
+    """False only where CUDA surely has no device, told without importing torch (~2 s that every worker pays
+    again): CUDA_VISIBLE_DEVICES empty or -1, or a Linux machine with neither NVIDIA's kernel driver
+    (/proc/driver/nvidia) nor ROCm's (/dev/kfd)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    return not sys.platform.startswith("linux") or Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()
+
+
+def _wait_any(procs: list[subprocess.Popen], seconds: float) -> None:
+    """Return when one of ``procs`` has ended or after ``seconds``, whichever comes first."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
 
 
 def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None = None, max_runs: int | None = None,
@@ -83,7 +99,7 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
             with runner._progress(len(keys), exp.name, progress) as bar:
                 seen = 0
                 while procs:
-                    time.sleep(0.5)
+                    _wait_any(procs, 0.5)
                     for p in [p for p in procs if p.poll() is not None]:
                         procs.remove(p)
                         if p.returncode not in (0, 1):  # 1: some runs failed, the worker itself finished
