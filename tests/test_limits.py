@@ -66,3 +66,42 @@ def test_bounded_templates_still_render_ordinary_prompts(cli, write_yaml):
         "seeds: [7]\n"))
     assert res.code == 0, res.err
     assert "7 ababab 007 012" in res.out
+
+
+def _doubled(step: str) -> str:
+    return "{% set a = 'x' * 20000 %}" + step * 12 + "{{ a|length }}"
+
+
+@pytest.mark.parametrize("template", [
+    pytest.param(_doubled("{% set a = a ~ a %}"), id="tilde-doubling"),
+    pytest.param(_doubled("{% set a %}{{ a }}{{ a }}{% endset %}"), id="set-block-doubling"),
+    pytest.param("{% macro m(s) %}{{ s }}{{ s }}{{ s }}{% endmacro %}{{ m(m(m('x' * 20000))) }}", id="macro-output"),
+    pytest.param("{% set a = 'x' * 20000 %}{% for i in range(5000) %}{{ a }}{% endfor %}", id="prompt-output"),
+])
+def test_output_is_bounded_while_it_grows(template):
+    """``~``, set blocks, macros and the prompt itself build no string past the limit (a 12-fold doubling is
+    80 MB; 30 would be terabytes): the render stops at the first piece that crosses it."""
+    import tracemalloc
+
+    from tracker import templating
+    from tracker.errors import SpecError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecError, match="exceeds a limit: the template builds text of"):
+            templating.render(template, {}, "exp.yaml", "prompt", 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak  # the limit is 20,000 characters; without the bound 80-100 MB
+
+
+def test_lipsum_is_bounded_before_it_generates():
+    from tracker import templating
+    from tracker.errors import SpecError
+
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=r"lipsum\(3000, max=100\) asks for more than"):
+        templating.render("{{ lipsum(3000) }}", {}, "exp.yaml", "prompt", 3)
+    assert time.monotonic() - started < 1
+    assert templating.render("{{ lipsum(1, False, 3, 4)|length > 0 }}", {}, "exp.yaml", "prompt", 3) == "True"

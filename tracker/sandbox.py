@@ -3,9 +3,11 @@
 Jinja2's sandbox stops a template from reaching Python internals but not from being expensive:
 ``{{ '{0:>1000000000}'.format(1) }}`` or ``{{ 'x' * 10**9 }}`` allocate a gigabyte in one call and nested
 ``range`` loops run for hours. This sandbox refuses, before the allocation, any format width, repeat
-count or padding larger than the prompt limit; checks every string a call, filter or operator returns;
-counts loop iterations over ``range``; and stops a render that runs past its time budget (a trace
-function on the template's own frames, so it works in any thread).
+count or padding larger than the prompt limit; checks every string a call, filter or operator returns,
+and the output while it grows (``~``, ``{% set %}`` blocks, macros and the prompt itself: doubling a
+string 30 times builds no gigabyte); counts loop iterations over ``range``; bounds ``lipsum``; and stops
+a render that runs past its time budget (a trace function on the template's own frames, so it works in
+any thread).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from functools import update_wrapper
 from string import Formatter
 from typing import Any, Callable
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, safe_range
+from jinja2.utils import generate_lorem_ipsum
 
 from tracker import limits
 
@@ -75,6 +79,50 @@ def _check_sizing_args(name: str, args: tuple, kwargs: dict) -> None:
             raise TemplateLimit(f"{name}({v}) asks for more than {limits.MAX_PROMPT_CHARS} characters")
 
 
+class _BoundedBuffer(list):
+    """The output of a block (``{% set x %}...{% endset %}``, a macro, a filter block), bounded as it grows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+
+    def _grow(self, item: Any) -> None:
+        if isinstance(item, str):
+            self.chars += len(item)
+            _check_result_length(self.chars)
+
+    def append(self, item: Any) -> None:
+        self._grow(item)
+        super().append(item)
+
+    def extend(self, items: Any) -> None:
+        items = tuple(items)
+        for item in items:
+            self._grow(item)
+        super().extend(items)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja2's compiler, but block buffers are ``_BoundedBuffer`` and ``a ~ b`` checks its length."""
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.bounded_buffer()")
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 (Jinja's names)
+    if isinstance(n, int) and isinstance(max, int) and abs(n) * abs(max) > limits.MAX_PROMPT_CHARS:
+        raise TemplateLimit(f"lipsum({n}, max={max}) asks for more than {limits.MAX_PROMPT_CHARS} words")
+    return generate_lorem_ipsum(n, html, min, max)
+
+
 class _BoundedFormatter(SandboxedFormatter):
     def format_field(self, value: Any, format_spec: str) -> Any:
         _check_width(format_spec, "the format spec")
@@ -92,11 +140,13 @@ class _Budget:
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
+    code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(undefined=StrictUndefined, **kwargs)
         self._local = threading.local()  # the budget of the render running in this thread
         self.globals["range"] = self._range
+        self.globals["lipsum"] = _lipsum
         self.filters = {name: self._bounded_filter(name, f) for name, f in self.filters.items()}
 
     # -- what a template may build ------------------------------------------------------------
@@ -147,6 +197,16 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
         return update_wrapper(bounded, f)
 
+    @staticmethod
+    def bounded_buffer() -> _BoundedBuffer:
+        return _BoundedBuffer()
+
+    @staticmethod
+    def bounded_concat(parts: tuple) -> str:
+        strings = [str(p) for p in parts]
+        _check_result_length(sum(map(len, strings)))
+        return "".join(strings)
+
     def _range(self, *args: int):
         rng = safe_range(*args)
         budget = getattr(self._local, "budget", None)
@@ -175,7 +235,12 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
         sys.settrace(tracer)
         try:
-            out = template.render(**variables)
+            pieces, chars = [], 0
+            for piece in template.generate(**variables):  # the prompt is bounded while it grows
+                chars += len(piece)
+                _check_result_length(chars)
+                pieces.append(piece)
+            out = "".join(pieces)
         finally:
             sys.settrace(previous)
             self._local.budget = None
