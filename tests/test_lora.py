@@ -133,3 +133,11 @@ def test_lora_changes_the_image_scale_0_is_none_and_switching_never_reloads(expe
     assert np.abs(ink1 - none).max() > 0 and np.abs(both - ink1).max() > 0
     assert np.array_equal(images["none"][1], none) and np.array_equal(images["ink@1.0"][1], ink1)
     assert loads == {"pipeline": 1, "lora": 2}  # the base model once; ink and soft once each
+
+
+def test_a_lora_runs_png_reproduces_identically(experiment, cli, tmp_path):
+    """The PNG's adapters pass trust's checks (a local .safetensors file, its own sha256) and give the same image."""
+    assert cli("run", experiment, "--no-mlflow", "-q").code == 0
+    runs = {r["axes"]["lora"]: r for r in json.loads(cli("runs", "ink", "--json").out)}
+    res = cli("reproduce", runs["ink@1.0+soft@0.5"]["image"])
+    assert res.code == 0 and "identical" in res.out, res.out + res.err

@@ -101,3 +101,26 @@ def test_a_huge_text_chunk_is_refused_before_parsing(cli, tmp_path):
     res = cli("reproduce", png)
     assert_one_line_error(res, "big.png", "parameters text chunk", "at most")
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("adapter, needles", [
+    pytest.param({"name": "ink", "scale": 1.0, "sha256": "0" * 64, "source": "someorg/some-lora",
+                  "weight_name": "ink.safetensors"}, ["lora[0]", "someorg/some-lora", "not in the Hugging Face cache"],
+                 id="hub-adapter"),
+    pytest.param({"name": "ink", "scale": 1.0, "sha256": "0" * 64, "source": "/nonexistent/ink.safetensors"},
+                 ["lora[0].path", "no such LoRA file"], id="missing-file"),
+    pytest.param({"scale": 1.0}, ["lora[0].source", "None"], id="malformed"),
+])
+def test_lora_adapters_in_a_png_are_checked_like_a_file(cli, tmp_path, adapter, needles):
+    """An adapter in a PNG is a local file (or one already in the Hugging Face cache): never fetched, never
+    taken unchecked (a malformed one was a KeyError traceback from the engine)."""
+    import json
+
+    png = _png(tmp_path / "l.png", _recipe())
+    with Image.open(png) as im:  # the recipe chunk as a hostile file has it (the tracker's writer would refuse it)
+        image, text = im.copy(), dict(im.text)
+    info = PngInfo()
+    info.add_text("parameters", text["parameters"])
+    info.add_text("prompt-tracker", json.dumps({**json.loads(text["prompt-tracker"]), "lora": [adapter]}))
+    image.save(png, pnginfo=info)
+    assert_one_line_error(cli("reproduce", png), "l.png", *needles)

@@ -66,7 +66,7 @@ def checked_settings(values: Mapping[str, Any], where: str, trust: Trust, notes:
         out["width"], out["height"] = _rounded_size(width, height, where, notes)
     _check_cost(out, where, trust)
     if values.get("lora"):
-        out["lora"] = values["lora"]
+        out["lora"] = _trusted_lora(values["lora"], where, trust, base_dir, notes)
     if values.get("allow_pickle") and not trust.allow_pickle:
         notes.append("allow_pickle: true in the PNG (ignored: only --allow-pickle loads pickle weights)")
     out["allow_pickle"] = trust.allow_pickle
@@ -106,6 +106,38 @@ def _check_cost(values: Mapping[str, Any], where: str, trust: Trust) -> None:
     if w * h > trust.max_pixels:
         raise TrackerError(f"{where}: size: {w}x{h} is more than {trust.max_pixels} pixels; pass --max-pixels "
                            f"{w * h} to allow it")
+
+
+def _trusted_lora(raw: Any, where: str, trust: Trust, base_dir: Path | None, notes: list[str]) -> tuple:
+    """A PNG's adapters through the experiment file's checks: each a local .safetensors file (pickle only with
+    --allow-pickle), or a Hub adapter only from the local Hugging Face cache and loaded from there (a PNG never
+    makes the tracker fetch). Its sha256 is the file's own; a differing one in the PNG is noted."""
+    from tracker.prompts import lora
+
+    def fail(field: str, message: str) -> None:
+        raise TrackerError(f"{where}: {field}: {message}")
+
+    if not isinstance(raw, (list, tuple)):
+        fail("lora", f"must be a list of adapters but is {raw!r}")
+    adapters = []
+    for i, a in enumerate(raw):
+        field = f"lora[{i}]"
+        try:
+            a = dict(a)
+        except (TypeError, ValueError):
+            fail(field, f"must be a mapping with name, scale, sha256 and source but is {a!r}")
+        source, weight_name = a.get("source"), a.get("weight_name")
+        if not isinstance(source, str) or not source.strip():
+            fail(f"{field}.source", f"must be the adapter's file (or Hub id) but is {source!r}")
+        if weight_name:  # a Hub adapter: its file in the local cache, or nothing
+            source = str(lora._cached(source, str(weight_name), field, fail))
+        adapter = lora._adapter({"path": source, **{k: a[k] for k in ("name", "scale") if k in a}}, field, base_dir,
+                                trust.allow_pickle, fail)
+        if a.get("sha256") not in (None, dict(adapter)["sha256"]):
+            notes.append(f"LoRA {dict(adapter)['name']}: {source} is not the file the image was made with "
+                         f"(sha256 {str(a['sha256'])[:12]}...); used it all the same")
+        adapters.append(adapter)
+    return tuple(adapters)
 
 
 def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Path | None) -> str:
