@@ -153,3 +153,13 @@ def test_files_honour_the_umask(cli, write_yaml, tmp_path):
     assert images
     for p in [*images, tmp_path / "grid.png"]:
         assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))
+
+
+def test_a_store_on_a_read_only_file_system_says_what_to_do(cli, tmp_path, mounts):
+    """SQLite's own reason ("unable to open database file": WAL mode writes -shm beside the store even to read)
+    comes with what to do, as an OSError's does."""
+    home = tmp_path / "ro-store"
+    assert cli("--home", home, "db", "upgrade").code == 0
+    mounts("ro", home)
+    assert_one_line_error(cli("--home", home, "runs"), str(home / "tracker.db"), "unable to open database file",
+                          "writable")

@@ -197,9 +197,25 @@ def _current(engine: "Engine") -> str | None:
     return rows[0] if rows else None
 
 
+# SQLite's terse reasons for a store its file system fails under, and what to do (as tracker.fsutil says for files)
+_SQLITE_ADVICE = {
+    "disk I/O error": "the disk holding it may be full or failing, or a file size limit (ulimit -f) was reached: "
+                      "free space or raise the limit, then run the same command again (finished work is kept)",
+    "database or disk is full": "the disk is full: free some space, then run the same command again (finished work "
+                                "is kept)",
+    "attempt to write a readonly database": "it is read-only: use a writable workspace (--home, --db) or fix its "
+                                            "permissions",
+    "unable to open database file": "check that its folder exists and is writable (SQLite writes its -wal and -shm "
+                                    "files beside it, even to read)",
+}
+
+
 def reason(e: Exception) -> str:
+    """The database's own first line, with what to do where SQLite's reason is only a symptom."""
     orig = getattr(e, "orig", None)
-    return str(orig if orig is not None else e).strip().splitlines()[0]
+    text = str(orig if orig is not None else e).strip().splitlines()[0]
+    advice = _SQLITE_ADVICE.get(text)
+    return f"{text}; {advice}" if advice else text
 
 
 def check_known(engine: "Engine | str", revision: str | None, script_location: Path | None = None) -> None:
