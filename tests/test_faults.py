@@ -130,8 +130,11 @@ def test_run_store_deleted_mid_sweep_is_not_a_clean_finish(cli, write_yaml, tmp_
 def test_read_commands_never_create_a_store(cli, tmp_path):
     """Issue 13, problem 7: a mistyped --db must not create folders and an empty store."""
     missing = tmp_path / "nonexistent" / "x.db"
+    (tmp_path / "exp.yaml").write_text("prompt: hi\nmodel: tiny\n")
     for args in (["runs"], ["experiments"], ["show", "abc"], ["runs", "exp", "--json"], ["report", "exp"],
-                 ["verify", "exp"], ["reproduce", "abc"]):
+                 ["verify", "exp"], ["reproduce", "abc"], ["status", "exp"], ["sync"], ["score", "exp"],
+                 ["effects", "exp", "--metric", "shapes"],
+                 ["run", str(tmp_path / "exp.yaml"), "--from", "abc", "--dry-run"]):
         res = cli("--db", f"sqlite:///{missing}", *args)
         assert res.code in (0, 2) and "Traceback" not in res.err, (args, res.err)
         if args != ["experiments"]:  # an empty listing there

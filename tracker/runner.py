@@ -81,7 +81,7 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
     if key:
         from tracker.store import Store
 
-        with Store.open(db_url, home=home) as store:
+        with Store.open(db_url, create=False, home=home) as store:  # the run must be there: create nothing
             base = store.get_run(key)
         exp = spec.with_base_run(exp, base.seed, base.settings().to_dict())
     return exp

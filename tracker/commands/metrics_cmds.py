@@ -16,7 +16,7 @@ from tracker.workspace import Workspace
 def _open(ws: Workspace):
     from tracker.store import Store
 
-    return Store.open(ws.db_url, home=ws.home)
+    return Store.open(ws.db_url, create=False, home=ws.home)  # score and effects read stored runs: never create a store
 
 
 @click.command()

@@ -21,7 +21,7 @@ def status(ws: Workspace, experiment: str, as_json: bool) -> None:
     from tracker import claims
     from tracker.store import Store
 
-    with Store.open(ws.db_url, home=ws.home) as store:
+    with Store.open(ws.db_url, create=False, home=ws.home) as store:
         st = claims.status(store, experiment)
     if as_json:
         _dump(st)

@@ -290,7 +290,7 @@ class ExperimentClient:
 def _open_store(db_url: str, home: Path | None = None) -> Iterator["Store"]:
     from tracker.store import Store
 
-    store = Store.open(db_url, home=home)
+    store = Store.open(db_url, create=False, home=home)  # sync and attach read the store; a mistyped --db creates none
     try:
         yield store
     finally:
