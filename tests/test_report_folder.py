@@ -91,3 +91,23 @@ def test_report_links_follow_the_ui_port_or_mlflow_ui_url(tmp_path):
     (tmp_path / "mlflow-ui.url").write_text("http://127.0.0.1:5123\n")  # what `tracker ui --port 5123` writes
     assert run_url(ws, rec) == "http://127.0.0.1:5123/#/runs/abc"
     assert run_url(replace(ws, mlflow_ui_url="https://mlflow.example/"), rec) == "https://mlflow.example/#/runs/abc"
+
+
+def test_a_linked_asset_folder_is_refused_and_nothing_behind_it_touched(done, tmp_path):
+    """A link planted in a report folder (``full -> elsewhere``) sent the report's writes there and removed a
+    file there that a forged marker listed."""
+    folder = tmp_path / "report"
+    assert done("report", "owned", "-o", folder, "--no-mlflow").code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.png").write_text("mine")
+    for p in (folder / "full").iterdir():
+        p.unlink()
+    (folder / "full").rmdir()
+    (folder / "full").symlink_to(elsewhere)
+    marker = json.loads((folder / ".prompt-tracker-report.json").read_text())
+    marker["files"].append("full/precious.png")
+    (folder / ".prompt-tracker-report.json").write_text(json.dumps(marker))
+    res = done("report", "owned", "-o", folder, "--no-mlflow")
+    assert_one_line_error(res, str(folder / "full"), "is a link", str(elsewhere))
+    assert [p.name for p in elsewhere.iterdir()] == ["precious.png"]

@@ -39,6 +39,11 @@ def claim(out: Path, experiment: str, trusted: bool = False) -> set[str]:
     """
     from tracker.errors import UsageError
 
+    for link in (out / d for d in ASSET_DIRS):  # a planted link would send writes and removals elsewhere
+        if link.is_symlink():
+            raise UsageError(f"{link} is a link (to {os.readlink(link)}), not a folder of the report; the tracker "
+                             "writes and removes files only in folders it owns: remove the link or give -o another "
+                             "folder")
     marker = out / MARKER
     if marker.is_file():
         try:
