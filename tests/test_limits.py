@@ -105,3 +105,13 @@ def test_lipsum_is_bounded_before_it_generates():
         templating.render("{{ lipsum(3000) }}", {}, "exp.yaml", "prompt", 3)
     assert time.monotonic() - started < 1
     assert templating.render("{{ lipsum(1, False, 3, 4)|length > 0 }}", {}, "exp.yaml", "prompt", 3) == "True"
+
+
+def test_a_templates_axis_product_is_refused_before_rendering_it(cli, write_yaml):
+    """A prompt using three 1000-value axes was rendered 10**9 times at parse time (to find its variants),
+    hours before the plan's size limit could say anything."""
+    values = "[" + ", ".join(f"v{i}" for i in range(1000)) + "]"
+    text = f"prompt: \"{{{{ a }}}} {{{{ b }}}} {{{{ c }}}}\"\naxes:\n  a: {values}\n  b: {values}\n  c: {values}\n"
+    res, seconds = _expand(cli, write_yaml, text)
+    assert_one_line_error(res, "exp.yaml: prompt", "a, b, c make 1000000000 combinations", "at most 1000000")
+    assert seconds < 30

@@ -18,6 +18,7 @@ MAX_NAME_LENGTH = 100  # experiment names become folder names (most file systems
 MAX_PROMPT_CHARS = 20_000  # a rendered prompt (CLIP reads 77 tokens; long-prompt tools a few hundred)
 MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
+MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is rendered with to find its variants
 
 # PNG metadata and images (tracker/pngmeta.py, tracker/reproduce.py)
 MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)

@@ -12,6 +12,7 @@ Pure (no torch); dynamicprompts is imported only when a template may hold its sy
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from tracker import templating
+from tracker import limits, templating
 from tracker.spec import Axis, AxisValue
 
 DEFAULT_AXIS = "variant"
@@ -229,6 +230,11 @@ def axes_for(opts: VariantOptions | None, templates: Iterable[Template], var_axe
     for t in templates:
         if not (_maybe_syntax(t.source) or any(_maybe_syntax(str(v.value)) for a in var_axes for v in a.values)):
             continue  # fast path: neither the template nor any value it could take holds variant syntax
+        used = [a for a in var_axes if a.name in templating.variables(t.source)]
+        combinations = math.prod(len(a.values) for a in used)
+        if combinations > limits.MAX_TEMPLATE_RENDERINGS:  # checked before the plan's size: renders cost time
+            error(t.name, f"its axes {', '.join(a.name for a in used)} make {combinations} combinations to render; "
+                          f"at most {limits.MAX_TEMPLATE_RENDERINGS}: narrow the axes", t.line)
         for rendered in _renderings(t, var_axes, path):
             try:
                 expanded = expand_text(rendered, opts)
