@@ -42,6 +42,23 @@ def test_check_finds_missing_and_modified_images_and_run_regenerates_them(cli, w
     assert cli("check").code == 0
 
 
+def test_a_run_logged_to_mlflow_whose_image_is_gone_here_is_named_not_made_again(cli, write_yaml):
+    """Team mode: a done run logged to MLflow may have been made on another machine; its PNG is read from MLflow,
+    so ``run`` does not make it again, but says so in one line with the command that does."""
+    path = write_yaml(SWEEP)
+    assert cli("run", path, "-q").code == 0  # MLflow on: the workspace's own store
+    runs = json.loads(cli("runs", "checked", "--json").out)
+    assert all(r["mlflow_run_id"] for r in runs)
+    Path(runs[0]["image"]).unlink()
+    res = cli("run", path, "-q")
+    assert res.code == 0 and "0 done, 4 skipped" in res.out
+    assert "1 done runs of checked have no image in this workspace but were logged to MLflow" in res.err
+    assert "`tracker check --fix checked` then `tracker run` makes them here" in res.err
+    assert cli("check", "--fix").code == 0
+    res = cli("run", path, "-q")
+    assert res.code == 0 and "1 done, 3 skipped" in res.out and Path(runs[0]["image"]).is_file()
+
+
 def test_a_moved_workspace_keeps_its_images(cli, write_yaml, tmp_path):
     """Image paths are recorded relative to the workspace: the whole home folder moved elsewhere still has
     every image (check finds nothing missing, a rerun skips everything, the report shows them)."""

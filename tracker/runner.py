@@ -135,7 +135,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     try:
         records = store.runs(exp.name)
         status = {r.key: r.status for r in records}
-        lost = lost_images(records, {r.key for r in the_plan.runs})  # a stat per done run: cheap
+        lost, in_mlflow = lost_images(records, {r.key for r in the_plan.runs})  # a stat per done run: cheap
         status.update(dict.fromkeys(lost, "pending"))
         redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
         todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
@@ -165,12 +165,17 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
             })
             summary.sweep_id = sweep_id
             status = store.plan_runs(sweep_id, the_plan.runs)
-            if lost:
+            if lost or in_mlflow:
                 import logging
 
-                logging.getLogger("tracker").warning(
-                    f"{len(lost)} done runs of {exp.name} lost their image; generating them again")
-                store.mark_pending(exp.name, lost)
+                log = logging.getLogger("tracker")
+                if lost:
+                    log.warning(f"{len(lost)} done runs of {exp.name} lost their image; generating them again")
+                    store.mark_pending(exp.name, lost)
+                if in_mlflow:
+                    log.warning(f"{len(in_mlflow)} done runs of {exp.name} have no image in this workspace but were "
+                                f"logged to MLflow, where report, grid and reproduce read it; not made again "
+                                f"(`tracker check --fix {exp.name}` then `tracker run` makes them here)")
             if options.retry_failed:
                 store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
             summary.skipped = len(the_plan.runs) - len(todo)
@@ -258,12 +263,13 @@ def worker_name() -> str | None:
 
 
 
-def lost_images(records, keys: set[str]) -> list[str]:
-    """Done runs (of ``keys``) whose image file is gone: they are generated again. Not a run logged to MLflow
-    (``mlflow_run_id``): its PNG is in MLflow's artifact store, where report and reproduce read it (team mode:
-    another machine made it); ``tracker check --fix`` queues such a run again."""
-    return [r.key for r in records if r.status == "done" and r.key in keys and not r.mlflow_run_id
-            and not (r.image and Path(r.image).is_file())]
+def lost_images(records, keys: set[str]) -> tuple[list[str], list[str]]:
+    """Done runs (of ``keys``) whose image file is not in this workspace (one stat each), as (lost, in MLflow).
+    Lost ones are generated again. Not a run logged to MLflow (``mlflow_run_id``): its PNG is in MLflow's
+    artifact store, where report, grid and reproduce read it (team mode: another machine made it); the sweep
+    says so in one line, and ``tracker check --fix`` queues such runs when they should be made here."""
+    gone = [r for r in records if r.status == "done" and r.key in keys and not (r.image and Path(r.image).is_file())]
+    return [r.key for r in gone if not r.mlflow_run_id], [r.key for r in gone if r.mlflow_run_id]
 
 
 def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
