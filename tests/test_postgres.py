@@ -121,16 +121,19 @@ def test_processes_opening_one_new_postgresql_store_at_once_migrate_it_once(pg_u
     import os
     import subprocess
     import sys
-    import time
 
     from conftest import REPO
 
-    start = time.time() + 8  # after every process has imported what it needs
-    code = ("import sys, time; from tracker.store import Store; time.sleep(max(0, float(sys.argv[2]) - time.time())); "
-            "Store.open(sys.argv[1]).close()")
+    # each process imports what it needs, says so, then opens the store when the test says go (all at once)
+    code = ("import sys, alembic.command, psycopg; from tracker.store import Store; print('ready', flush=True); "
+            "sys.stdin.readline(); Store.open(sys.argv[1]).close()")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url, str(start)], env=env, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert db.current(pg_url) == REVISIONS[-1]
