@@ -61,7 +61,7 @@ def test_compile_without_a_cpp_compiler_is_one_line(cli, write_yaml, monkeypatch
 @pytest.mark.slow
 def _one_block_model(folder):
     """The built-in ``tiny`` pipeline with a one-block UNet and a one-block VAE (random weights): inductor on
-    this CPU compiles it in about half the time of ``tiny`` (~50 s instead of ~90 s on 2 cores)."""
+    this CPU compiles it in about half the time of ``tiny`` (41 s instead of 71-82 s in this suite on 2 cores)."""
     import shutil
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
