@@ -109,9 +109,9 @@ def _check_cost(values: Mapping[str, Any], where: str, trust: Trust) -> None:
 
 
 def _trusted_lora(raw: Any, where: str, trust: Trust, base_dir: Path | None, notes: list[str]) -> tuple:
-    """A PNG's adapters through the experiment file's checks: each a local .safetensors file (pickle only with
-    --allow-pickle), or a Hub adapter only from the local Hugging Face cache and loaded from there (a PNG never
-    makes the tracker fetch). Its sha256 is the file's own; a differing one in the PNG is noted."""
+    """A PNG's adapters through the experiment file's own parser (``lora.parse``): each a local .safetensors file
+    (pickle only with --allow-pickle), or a Hub adapter only from the local Hugging Face cache (a PNG never makes
+    the tracker fetch). Its sha256 is the file's own; a differing one in the PNG is noted."""
     from tracker.prompts import lora
 
     def fail(field: str, message: str) -> None:
@@ -119,25 +119,25 @@ def _trusted_lora(raw: Any, where: str, trust: Trust, base_dir: Path | None, not
 
     if not isinstance(raw, (list, tuple)):
         fail("lora", f"must be a list of adapters but is {raw!r}")
-    adapters = []
+    recorded, as_written = [], []  # the recipe's form (source, weight_name), and as an experiment file has it
     for i, a in enumerate(raw):
-        field = f"lora[{i}]"
         try:
-            a = dict(a)
+            a = dict(a)  # a mapping, or the (field, value) pairs of a recipe read back
         except (TypeError, ValueError):
-            fail(field, f"must be a mapping with name, scale, sha256 and source but is {a!r}")
-        source, weight_name = a.get("source"), a.get("weight_name")
+            fail(f"lora[{i}]", f"must be a mapping with name, scale, sha256 and source but is {a!r}")
+        recorded.append(a)
+        source = a.get("source")
         if not isinstance(source, str) or not source.strip():
-            fail(f"{field}.source", f"must be the adapter's file (or Hub id) but is {source!r}")
-        if weight_name:  # a Hub adapter: its file in the local cache, or nothing
-            source = str(lora._cached(source, str(weight_name), field, fail))
-        adapter = lora._adapter({"path": source, **{k: a[k] for k in ("name", "scale") if k in a}}, field, base_dir,
-                                trust.allow_pickle, fail)
-        if a.get("sha256") not in (None, dict(adapter)["sha256"]):
-            notes.append(f"LoRA {dict(adapter)['name']}: {source} is not the file the image was made with "
+            fail(f"lora[{i}].source", f"must be the adapter's file (or Hub id) but is {source!r}")
+        where_from = {"hub": source, "weight_name": a["weight_name"]} if a.get("weight_name") else {"path": source}
+        as_written.append({**where_from, **{k: a[k] for k in ("name", "scale") if k in a}})
+    adapters = lora.parse(as_written, base_dir, trust.allow_pickle, fail)
+    for a, adapter in zip(recorded, adapters):
+        made = dict(adapter)
+        if a.get("sha256") not in (None, made["sha256"]):
+            notes.append(f"LoRA {made['name']}: {made['source']} is not the file the image was made with "
                          f"(sha256 {str(a['sha256'])[:12]}...); used it all the same")
-        adapters.append(adapter)
-    return tuple(adapters)
+    return adapters
 
 
 def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Path | None) -> str:
