@@ -14,12 +14,14 @@ The migrations live in the repository's ``migrations/`` folder; an installed whe
 
 from __future__ import annotations
 
+import errno
 import functools
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from tracker import fsutil
 from tracker.errors import StoreError
 
 if TYPE_CHECKING:
@@ -197,12 +199,12 @@ def _current(engine: "Engine") -> str | None:
     return rows[0] if rows else None
 
 
-# SQLite's terse reasons for a store its file system fails under, and what to do (as tracker.fsutil says for files)
+# SQLite's terse reasons for a store its file system fails under, and what to do (tracker.fsutil's advice where
+# the reason is an errno's)
 _SQLITE_ADVICE = {
     "disk I/O error": "the disk holding it may be full or failing, or a file size limit (ulimit -f) was reached: "
                       "free space or raise the limit, then run the same command again (finished work is kept)",
-    "database or disk is full": "the disk is full: free some space, then run the same command again (finished work "
-                                "is kept)",
+    "database or disk is full": fsutil.advice(errno.ENOSPC),
     "attempt to write a readonly database": "it is read-only: use a writable workspace (--home, --db) or fix its "
                                             "permissions",
     "unable to open database file": "check that its folder exists and is writable (SQLite writes its -wal and -shm "

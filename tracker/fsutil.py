@@ -120,9 +120,14 @@ _ADVICE = {
 }
 
 
+def advice(code: int) -> str | None:
+    """What to do about an error of this errno (the store's SQLite reasons use it too: ``db.reason``)."""
+    return _ADVICE.get(code)
+
+
 def os_error_message(e: OSError) -> str:
     """One line: the path (or paths), the system's reason and what to do."""
     where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None) or "a file"
     reason = e.strerror or str(e)
-    advice = _ADVICE.get(e.errno)
-    return f"{where}: {reason}" + (f"; {advice}" if advice and advice != reason.lower() else "")
+    what_to_do = advice(e.errno)
+    return f"{where}: {reason}" + (f"; {what_to_do}" if what_to_do and what_to_do != reason.lower() else "")
