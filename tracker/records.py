@@ -6,7 +6,8 @@ Every planned value reads on the record as well (``record.steps``, ``record.prom
 dict ...): one attribute per ``PlannedRun`` and ``Settings`` field, made from the field lists, so a new setting
 needs no edit here; an older run's row may hold no value for a later setting or a template: it reads as None
 on the record (``unrecorded``) and as its default in ``run``. ``stored_values`` is the planned run as the runs
-table holds it and ``RunRecord.from_row`` reads it back. ``to_recipe`` gives the same recipe shape as the PNG chunk (``PlannedRun.to_recipe``).
+table holds it and ``RunRecord.from_row`` reads it back. ``to_recipe`` gives the same recipe shape as the PNG
+chunk (``PlannedRun.to_recipe``).
 Pure: no SQLAlchemy (``tracker.store`` reads and writes the rows).
 """
 

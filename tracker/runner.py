@@ -174,7 +174,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
                     store.mark_pending(exp.name, lost)
                 if in_mlflow:
                     log.warning(f"{len(in_mlflow)} done runs of {exp.name} have no image in this workspace but were "
-                                f"logged to MLflow, where report, grid and reproduce read it; not made again "
+                                f"logged to MLflow, where report, grid and reproduce read them; not made again "
                                 f"(`tracker check --fix {exp.name}` then `tracker run` makes them here)")
             if options.retry_failed:
                 store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])

@@ -103,7 +103,9 @@ class _BoundedBuffer(list):
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja2's compiler, but block buffers are ``_BoundedBuffer`` and ``a ~ b`` checks its length."""
+    """Jinja2's compiler, but block buffers are ``_BoundedBuffer`` and ``a ~ b`` checks its length. ``~`` joins
+    with ``str`` as Jinja's own ``str_join`` does: prompts are plain text (``autoescape=False``, tracker.templating),
+    so its Markup-aware join is never needed here."""
 
     def buffer(self, frame: Frame) -> None:
         frame.buffer = self.temporary_identifier()
@@ -119,7 +121,8 @@ class _BoundedCodeGenerator(CodeGenerator):
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 (Jinja's names)
     if isinstance(n, int) and isinstance(max, int) and abs(n) * abs(max) > limits.MAX_PROMPT_CHARS:
-        raise TemplateLimit(f"lipsum({n}, max={max}) asks for more than {limits.MAX_PROMPT_CHARS} words")
+        raise TemplateLimit(f"lipsum({n}, max={max}) asks for more than {limits.MAX_PROMPT_CHARS} words, past the "
+                            f"{limits.MAX_PROMPT_CHARS}-character prompt limit")
     return generate_lorem_ipsum(n, html, min, max)
 
 
