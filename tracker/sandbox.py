@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from functools import update_wrapper
-from string import Formatter
 from typing import Any, Callable
 
 from jinja2 import StrictUndefined, nodes

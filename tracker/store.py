@@ -10,7 +10,7 @@ that safe). Times are stored as naive UTC and handed out as aware UTC datetimes.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
