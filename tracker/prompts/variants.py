@@ -230,12 +230,13 @@ def axes_for(opts: VariantOptions | None, templates: Iterable[Template], var_axe
     for t in templates:
         if not (_maybe_syntax(t.source) or any(_maybe_syntax(str(v.value)) for a in var_axes for v in a.values)):
             continue  # fast path: neither the template nor any value it could take holds variant syntax
-        used = [a for a in var_axes if a.name in templating.variables(t.source)]
+        names = templating.variables(t.source)
+        used = [a for a in var_axes if a.name in names]  # the axes this template renders with
         combinations = math.prod(len(a.values) for a in used)
         if combinations > limits.MAX_TEMPLATE_RENDERINGS:  # checked before the plan's size: renders cost time
             error(t.name, f"its axes {', '.join(a.name for a in used)} make {combinations} combinations to render; "
                           f"at most {limits.MAX_TEMPLATE_RENDERINGS}: narrow the axes", t.line)
-        for rendered in _renderings(t, var_axes, path):
+        for rendered in _renderings(t, used, path):
             try:
                 expanded = expand_text(rendered, opts)
             except VariantError as e:
@@ -252,9 +253,8 @@ def axes_for(opts: VariantOptions | None, templates: Iterable[Template], var_axe
     return axes
 
 
-def _renderings(t: Template, var_axes: Sequence[Axis], path: str | None) -> Iterable[str]:
-    used = templating.variables(t.source)
-    axes = [a for a in var_axes if a.name in used]
+def _renderings(t: Template, axes: Sequence[Axis], path: str | None) -> Iterable[str]:
+    """``t`` rendered with every combination of the ``axes`` it uses, each distinct text once."""
     seen: set[str] = set()
     for values in itertools.product(*(a.values for a in axes)):
         variables = {a.name: v.value for a, v in zip(axes, values)}
