@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -113,9 +114,31 @@ def build_pipeline():
     )
 
 
+# Stamps of the library versions that wrote a file: a rebuild with a newer transformers or diffusers writes
+# other values there, while the model is the same.
+VERSION_STAMPS = ("transformers_version", "_diffusers_version")
+
+
+def _content(path: Path) -> bytes:
+    """What makes a file the same model: JSON without version stamps (keys sorted), the tensors of a
+    safetensors file (name, dtype, shape, bytes; not its header's metadata), other files' bytes."""
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in VERSION_STAMPS}
+        return json.dumps(data, sort_keys=True).encode()
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        return b"".join(f"{name}:{t.dtype}:{t.shape};".encode() + t.tobytes() for name, t in sorted(tensors.items()))
+    return path.read_bytes()
+
+
 def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (relative path -> hex), to check that rebuilds are identical."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of what every file under ``folder`` holds (relative path -> hex; see ``_content``), to check that
+    rebuilds give the same model whatever library versions wrote it."""
+    return {str(p.relative_to(folder)): hashlib.sha256(_content(p)).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
