@@ -36,9 +36,9 @@ def main() -> None:
 
     import torch
 
-    from tracker import plan
-    from tracker.engine import Engine
-    from tracker.spec import Settings
+    from tracker.experiment import plan
+    from tracker.engine.core import Engine
+    from tracker.experiment.parse import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)

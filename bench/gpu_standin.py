@@ -107,8 +107,8 @@ def standin_engine(call_seconds: float, batch: int, size: int):
     from diffusers import PNDMScheduler
     from transformers import CLIPTokenizer
 
-    from tracker import models
-    from tracker.engine import Engine, _Loaded
+    from tracker.experiment import model_refs as models
+    from tracker.engine.core import Engine, _Loaded
 
     class StandInEngine(Engine):
         def _load_pipeline(self, settings):
@@ -144,7 +144,7 @@ def standin_rate(engine, images: int, batch: int) -> float:
 
 
 def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float, mlflow: bool):
-    from tracker import runner
+    from tracker.sweep import runner
     from tracker.workspace import Workspace
 
     home = work / name

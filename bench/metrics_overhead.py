@@ -47,7 +47,7 @@ def sweep(path: Path, home: Path) -> tuple[float, dict[str, bytes]]:
     """One ``tracker run`` in a fresh workspace: its sweep seconds and its images' pixels by run key."""
     from PIL import Image
 
-    from tracker import runner
+    from tracker.sweep import runner
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(home), no_mlflow=True)
@@ -65,7 +65,7 @@ def scoring_alone(home: Path, repeat: int = 5) -> tuple[float, int]:
     from PIL import Image
 
     from tracker import metrics
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
         runs = store.runs(status="done")

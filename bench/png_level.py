@@ -6,7 +6,7 @@ ship with installed packages when they are there (matplotlib's and scikit-learn'
 square and resized), and the stand-in pictures of bench/gpu_standin.py. Prints per level and zlib strategy
 (Pillow's ``compress_type``: default, or Z_RLE) the best of ``--repeat`` rounds: ms per image and size
 relative to Pillow's default (level 6, default strategy). The tracker's choice is
-``tracker.pngmeta.PNG_COMPRESS_LEVEL`` / ``PNG_COMPRESS_TYPE``.
+``tracker.images.pngmeta.PNG_COMPRESS_LEVEL`` / ``PNG_COMPRESS_TYPE``.
 
     .venv/bin/python bench/png_level.py [--size 512] [--repeat 3]
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    from tracker.pngmeta import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE
+    from tracker.images.pngmeta import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE
 
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; the tracker writes level {PNG_COMPRESS_LEVEL}, "
           f"strategy {PNG_COMPRESS_TYPE} (3: Z_RLE)")

@@ -52,12 +52,12 @@ def synthetic(i: int, size: int, salt: int = 0):
 
 def write_run_image(ws, store, run, i: int, size: int, salt: int = 0) -> None:
     """As a sweep's writing stage does it: PNG with its recipe, and the report thumbnail from memory."""
-    from tracker import pngmeta
-    from tracker.writer import save_image
+    from tracker.images import pngmeta
+    from tracker.sweep.writer import save_image
 
     path = ws.image_path(run.experiment, run.key)
     sha = save_image(ws, synthetic(i, size, salt), path, pngmeta.recipe_for(run))
-    from tracker.check import image_stat
+    from tracker.images.check import image_stat
 
     store.mark_done(run.experiment, run.key, image=path, image_sha256=sha, **image_stat(path),
                     seconds=0.4 + (i % 7) / 10, seconds_per_step=0.02, peak_memory_bytes=(900 + i % 50) * 2**20,
@@ -65,9 +65,9 @@ def write_run_image(ws, store, run, i: int, size: int, salt: int = 0) -> None:
 
 
 def build_workspace(home: Path, runs: int, size: int):
-    from tracker.plan import expand
-    from tracker.spec import parse
-    from tracker.store import Store
+    from tracker.experiment.plan import expand
+    from tracker.experiment.parse import parse
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(home), no_mlflow=True).ensure()
@@ -97,7 +97,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tracker import report
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="report-scale-"))
     try:

@@ -64,7 +64,7 @@ def generation_seconds(home: Path) -> float:
     """From the earliest start of generation to the latest end over the plan's sweeps (one per worker); a
     sweep's ``seconds`` are its generation time, counted from after its model loaded to its end."""
     sys.path.insert(0, str(ROOT))
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(f"sqlite:///{home / 'tracker.db'}", home=home) as store:
         sweeps = [s for s in store.sweeps("bench-workers") if s["ended_at"] and s["seconds"]]

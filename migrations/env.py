@@ -8,7 +8,7 @@ transaction (``config.attributes["connection"]``); the ``alembic`` command line 
 from alembic import context
 
 config = context.config
-target_metadata = None  # migrations are hand-written snapshots; tests compare them to tracker.store
+target_metadata = None  # migrations are hand-written snapshots; tests compare them to tracker.store.runstore
 
 
 def run_migrations_offline() -> None:
@@ -39,7 +39,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from tracker.db import make_engine, write
+    from tracker.store.db import make_engine, write
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:
         with write(engine) as conn:

@@ -10,7 +10,7 @@ import torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
 import tracker
-from tracker import models
+from tracker.experiment import model_refs as models
 from tracker.errors import TrackerError
 
 PLAN = """\

@@ -1,4 +1,4 @@
-"""The ``attention`` setting (tracker/attention.py): parsing, performance-only keys, one-line errors for a name
+"""The ``attention`` setting (tracker/engine/attention.py): parsing, performance-only keys, one-line errors for a name
 diffusers does not know or a backend this machine cannot run, and real runs of the tiny model on this CPU."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from tracker import plan, spec
+from tracker.experiment import plan, parse as spec
 
 from test_speed import BASE as SPEED_BASE
 
@@ -60,7 +60,7 @@ def test_a_backend_that_cannot_run_here_is_one_line_naming_file_field_and_value(
 def test_runs_record_the_backend_shown_in_efficiency_and_mlflow_params(cli, write_yaml, tmp_path):
     from tracker.mlflow.mapping import child_params
     from tracker.report.efficiency import efficiency
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     text = BASE + "attention: [default, native, _native_math]\n"
     res = cli("run", write_yaml(text), "--no-mlflow", "-q")

@@ -89,7 +89,7 @@ def test_the_report_notices_a_modified_image_by_itself(cli, write_yaml, tmp_path
 
     from PIL import Image
 
-    from tracker import check
+    from tracker.images import check
 
     path = write_yaml(SWEEP)
     assert cli("run", path, "--no-mlflow", "-q").code == 0

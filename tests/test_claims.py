@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tracker import claims, plan, spec
-from tracker.store import Store
+from tracker.sweep import claims
+from tracker.experiment import plan, parse as spec
+from tracker.store.runstore import Store
 
 EXP = """\
 name: claimed

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from tracker import pngmeta
-from tracker import reproduce as rp
-from tracker.reproduce import Drift
+from tracker.images import pngmeta
+from tracker.reproduce import regenerate as rp
+from tracker.reproduce.regenerate import Drift
 
 SWEEP = """\
 name: det
@@ -29,8 +29,8 @@ deterministic: true
 def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(monkeypatch):
     import torch
 
-    from tracker.engine import Engine
-    from tracker.spec import Settings
+    from tracker.engine.core import Engine
+    from tracker.experiment.parse import Settings
 
     from test_engine import runs_for
 

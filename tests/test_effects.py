@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from tracker import effects as fx
-from tracker import plan, spec
+from tracker.metrics import effects as fx
+from tracker.experiment import plan, parse as spec
 from tracker.metrics import Scores, storage
-from tracker.store import Store
+from tracker.store.runstore import Store
 
 SPEC = """
 name: planted

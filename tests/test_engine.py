@@ -20,11 +20,11 @@ import pytest
 
 import torch  # noqa: E402 -- a required dependency: a missing torch must fail, not skip
 
-from tracker import plan, schedulers, spec  # noqa: E402
-from tracker.engine import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
+from tracker.experiment import plan, schedulers, parse as spec# noqa: E402
+from tracker.engine.core import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
-from tracker.models import builtin_path, native_size  # noqa: E402
-from tracker.spec import Settings  # noqa: E402
+from tracker.experiment.model_refs import builtin_path, native_size  # noqa: E402
+from tracker.experiment.parse import Settings  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 
@@ -349,8 +349,8 @@ import hashlib, json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 from dataclasses import replace
-from tracker.engine import Engine
-from tracker.spec import Settings
+from tracker.engine.core import Engine
+from tracker.experiment.parse import Settings
 sys.path.insert(0, sys.argv[1])
 from test_engine import BASE, one
 e = Engine()
@@ -377,7 +377,7 @@ def test_plain_pipeline_gives_the_engines_pixels(engine):
     """The engine adds nothing to the pixels: plain diffusers, loaded by itself, makes the same image."""
     from diffusers import DiffusionPipeline
 
-    from tracker.models import builtin_path
+    from tracker.experiment.model_refs import builtin_path
 
     settings = replace(BASE, scheduler="default", steps=3)
     pipe = DiffusionPipeline.from_pretrained(str(builtin_path("tiny")), local_files_only=True)
@@ -390,7 +390,7 @@ def test_plain_pipeline_gives_the_engines_pixels(engine):
 
 def test_peak_memory_sees_a_transient_allocation_inside_the_batch():
     """The peak is the batch's own: memory taken and freed inside the window counts, earlier peaks don't."""
-    from tracker.engine import _PeakRss, _rss_bytes
+    from tracker.engine.core import _PeakRss, _rss_bytes
 
     big = bytearray(256 * 1024 * 1024)  # an earlier peak, freed before the window opens
     del big

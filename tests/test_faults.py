@@ -65,7 +65,7 @@ def _state(db: Path) -> tuple[dict[str, int], list[str]]:
 
 def _generate_hook(monkeypatch, on_call: int, action) -> None:
     """Fault injection: run ``action`` just before the engine's ``on_call``-th batch."""
-    from tracker import engine as engine_mod
+    from tracker.engine import core as engine_mod
 
     real = engine_mod.Engine.generate
     calls = {"n": 0}

@@ -125,7 +125,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, ws, tmp_path, args, message):
 
 
 def test_compose_wraps_long_labels_inside_the_band():
-    from tracker import gridimage
+    from tracker.images import grid as gridimage
 
     lines = gridimage.wrap("a-rather-long-label-that-has-to-wrap-in-the-band and more words", 80, 12)
     assert len(lines) > 1
@@ -138,7 +138,7 @@ def test_report_grids_are_jpegs_drawn_from_the_thumbnails(tmp_path, monkeypatch)
     """The report's grid images are JPEGs (their tiles are JPEG thumbnails already), and a tile no larger
     than a thumbnail is drawn from it: no full-size image is opened, not even for its size (the store
     has it). Each tile shows its run's image."""
-    from tracker import gridimage
+    from tracker.images import grid as gridimage
     from tracker.report import build
 
     ws, _ = make_workspace(tmp_path / "home", {**EXP, "name": "big"}, size=(320, 320))

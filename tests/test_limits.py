@@ -83,7 +83,7 @@ def test_output_is_bounded_while_it_grows(template):
     80 MB; 30 would be terabytes): the render stops at the first piece that crosses it."""
     import tracemalloc
 
-    from tracker import templating
+    from tracker.prompts import templating
     from tracker.errors import SpecError
 
     tracemalloc.start()
@@ -97,7 +97,7 @@ def test_output_is_bounded_while_it_grows(template):
 
 
 def test_lipsum_is_bounded_before_it_generates():
-    from tracker import templating
+    from tracker.prompts import templating
     from tracker.errors import SpecError
 
     started = time.monotonic()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from test_spec_errors import assert_one_line_error
-from tracker import pngmeta
-from tracker.plan import expand
+from tracker.images import pngmeta
+from tracker.experiment.plan import expand
 from tracker.prompts import lora
-from tracker.spec import parse_file
+from tracker.experiment.parse import parse_file
 
 FILE = """\
 name: ink
@@ -56,7 +56,7 @@ def _make_lora(pipe, folder: Path, name: str, seed: int) -> Path:
 def experiment(tmp_path_factory):
     from diffusers import DiffusionPipeline
 
-    from tracker import models
+    from tracker.experiment import model_refs as models
 
     root = tmp_path_factory.mktemp("lora")
     pipe = DiffusionPipeline.from_pretrained(models.resolve("tiny").location)
@@ -106,7 +106,7 @@ def test_bad_lora_entries_are_one_line(cli, tmp_path, name, text, needles):
 def test_lora_changes_the_image_scale_0_is_none_and_switching_never_reloads(experiment, monkeypatch):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    from tracker.engine import Engine
+    from tracker.engine.core import Engine
 
     loads = {"pipeline": 0, "lora": 0}
     real_from_pretrained = DiffusionPipeline.from_pretrained.__func__

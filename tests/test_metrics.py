@@ -126,8 +126,8 @@ def test_shapes_metric_parts_and_prompt_parsing():
 @pytest.mark.slow
 def test_shapes_metric_on_the_demo_model_ranks_the_prompted_colour_first(tmp_path):
     """The shapes model's images for all 4 colours x 3 shapes on white, 4 seeds (48 images)."""
-    from tracker import plan, spec
-    from tracker.engine import Engine
+    from tracker.experiment import plan, parse as spec
+    from tracker.engine.core import Engine
 
     demo_file = REPO / "examples" / "shapes.yaml"
     exp = spec.parse(demo_file.read_text(), str(demo_file))

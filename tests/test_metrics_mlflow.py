@@ -9,7 +9,7 @@ import pytest
 
 from test_mlflow import EXPERIMENT, log_sweep, make_sweep, mlflow_template, runs_by_key, store_records, ws  # noqa: F401
 from tracker.metrics import Scores, storage
-from tracker.store import Store
+from tracker.store.runstore import Store
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 

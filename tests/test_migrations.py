@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tracker import db
+from tracker.store import db
 from tracker.errors import StoreError
-from tracker.store import Store, metadata
+from tracker.store.runstore import Store, metadata
 
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
              "0006_prompt_language", "0007_metrics", "0008_image_files", "0009_attention"]
@@ -92,7 +92,7 @@ def test_empty_database_migrates_to_head_with_the_full_schema(tmp_path):
 
 
 def test_store_tables_match_the_migrated_schema(tmp_path):
-    """tracker.store's tables mirror the migrations' head: Alembic's autogenerate finds no difference."""
+    """tracker.store.runstore's tables mirror the migrations' head: Alembic's autogenerate finds no difference."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 

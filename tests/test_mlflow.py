@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tracker import mlflow as mlflow_log
-from tracker import plan, spec
+from tracker.experiment import plan, parse as spec
 from tracker.mlflow import KEY_TAG, PARENT_TAG, MlflowSink
 from tracker.workspace import Workspace
 
@@ -67,7 +67,7 @@ def ws(tmp_path, mlflow_template, monkeypatch) -> Workspace:
 
 def make_sweep(ws: Workspace, name: str = "chief", prompt_suffix: str = "") -> tuple[int, Path, list]:
     """A finished sweep in a real run store: 4 done runs, each with a real PNG. Returns (sweep, file, records)."""
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     path = ws.home.parent / f"{name}.yaml"
     path.write_text(EXPERIMENT.format(name=name).replace("warrior chief", "warrior chief" + prompt_suffix))
@@ -118,7 +118,7 @@ def runs_by_key(ws: Workspace, name: str) -> dict[str, list]:
 
 
 def store_records(ws: Workspace, name: str) -> list:
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(ws.db_url) as store:
         return store.runs(name)
@@ -175,7 +175,7 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
     # the store knows each run reached MLflow, and which MLflow run is the sweep's parent
     for rec in store_records(ws, "chief"):
         assert rec.mlflow_synced and rec.mlflow_run_id == children[rec.key][0].info.run_id
-    from tracker.store import Store
+    from tracker.store.runstore import Store
     with Store.open(ws.db_url) as store:
         assert store.sweep(sweep)["mlflow_run_id"] == parent.info.run_id
         assert store.unsynced("chief") == []

@@ -83,8 +83,8 @@ def _children_by_key(url: str, name: str) -> dict[str, list]:
 def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, write_yaml, monkeypatch, capsys):
     from dataclasses import replace
 
-    from tracker import runner
-    from tracker.store import Store
+    from tracker.sweep import runner
+    from tracker.store.runstore import Store
 
     text = EXPERIMENT.format(name="outage").replace("seeds: [1, 2]", "seeds: [1, 2, 3, 4]")
     path = write_yaml(text, "outage.yaml")

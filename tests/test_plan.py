@@ -11,8 +11,8 @@ import sys
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from tracker import plan, spec
-from tracker.plan import expand
+from tracker.experiment import plan, parse as spec
+from tracker.experiment.plan import expand
 
 from conftest import EXAMPLES, REPO
 

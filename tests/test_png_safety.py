@@ -13,9 +13,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tests.test_spec_errors import assert_one_line_error
-from tracker import pngmeta
-from tracker.plan import expand
-from tracker.spec import parse
+from tracker.images import pngmeta
+from tracker.experiment.plan import expand
+from tracker.experiment.parse import parse
 
 
 def _recipe(**settings) -> dict:
@@ -35,7 +35,7 @@ def _pickle_only_tiny(folder: Path) -> Path:
     """The built-in tiny pipeline saved with pickle (.bin) weights only."""
     from diffusers import DiffusionPipeline
 
-    from tracker.models import builtin_path
+    from tracker.experiment.model_refs import builtin_path
 
     pipe = DiffusionPipeline.from_pretrained(builtin_path("tiny"), local_files_only=True)
     pipe.save_pretrained(folder, safe_serialization=False)

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image
 
-from tracker import fsutil, pngmeta
+from tracker import fsutil
+from tracker.images import pngmeta
 from tracker.errors import NotFoundError, TrackerError
-from tracker.plan import expand
-from tracker.spec import parse
+from tracker.experiment.plan import expand
+from tracker.experiment.parse import parse
 
 # --- A1111's own code (modules/infotext_utils.py), transcribed as the oracle --------------------------
 re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -253,13 +254,13 @@ def test_read_png_errors_are_one_line(tmp_path):
 ])
 def test_schedule_type_is_always_written_so_a1111_never_reads_automatic(scheduler, options, schedule):
     """Issue 13, problem 7: A1111 1.9+ reads a missing Schedule type as Automatic (= Karras for DPM++ 2M)."""
-    from tracker import reproduce as rp
+    from tracker.reproduce import regenerate as rp
 
     text = pngmeta.a1111_parameters(_recipe(scheduler=scheduler, scheduler_options=options))
     s = pngmeta.parse_a1111(text).settings
     assert s["Schedule type"] == schedule
     run, _ = rp.run_from_a1111(pngmeta.parse_a1111(text))  # and it reads back as the same scheduler
-    from tracker import schedulers
+    from tracker.experiment import schedulers
 
     cls, implied = schedulers.resolve(scheduler, options)
     assert (run.settings.scheduler, run.settings.options()) == (cls, implied)
@@ -271,7 +272,7 @@ def test_schedule_type_is_always_written_so_a1111_never_reads_automatic(schedule
     ("DPM2 a", {"use_karras_sigmas": True}), ("LMS", {}),
 ])
 def test_automatic_schedule_reads_as_a1111s_default_for_the_sampler(sampler, options):
-    from tracker import reproduce as rp
+    from tracker.reproduce import regenerate as rp
 
     text = f"a cat\nSteps: 4, Sampler: {sampler}, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 64x64, Model: tiny"
     run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text))

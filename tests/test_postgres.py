@@ -8,8 +8,8 @@ import json
 
 import sqlalchemy as sa
 
-from tracker import db
-from tracker.store import Store, metadata
+from tracker.store import db
+from tracker.store.runstore import Store, metadata
 
 from test_migrations import REVISIONS, columns, expected_at
 
@@ -52,7 +52,7 @@ def test_store_tables_match_the_migrated_schema_on_postgresql(pg_url):
 
 
 def test_big_seeds_and_json_round_trip(pg_url):
-    from tracker import plan, spec
+    from tracker.experiment import plan, parse as spec
 
     exp = spec.parse(SMALL.replace("seeds: [0, 1]", f"seeds: [{2**63 - 1}]"), "x.yaml")
     runs = plan.expand(exp).runs
@@ -125,7 +125,7 @@ def test_processes_opening_one_new_postgresql_store_at_once_migrate_it_once(pg_u
     from conftest import REPO
 
     # each process imports what it needs, says so, then opens the store when the test says go (all at once)
-    code = ("import sys, alembic.command, psycopg; from tracker.store import Store; print('ready', flush=True); "
+    code = ("import sys, alembic.command, psycopg; from tracker.store.runstore import Store; print('ready', flush=True); "
             "sys.stdin.readline(); Store.open(sys.argv[1]).close()")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], env=env, stdin=subprocess.PIPE,

@@ -63,7 +63,7 @@ def test_a_killed_actor_s_runs_are_redone_by_the_other(ray_cluster, cli, write_y
 
     def kill_one_mid_batch():
         """Wait until an actor holds claims, then kill it (Ray's own ray.kill: the process goes away)."""
-        from tracker.store import Store
+        from tracker.store.runstore import Store
 
         home = Path(os.environ["TRACKER_HOME"])
         deadline = time.monotonic() + 300
@@ -72,7 +72,7 @@ def test_a_killed_actor_s_runs_are_redone_by_the_other(ray_cluster, cli, write_y
             if not (home / "tracker.db").exists():
                 continue
             try:
-                from tracker import claims
+                from tracker.sweep import claims
 
                 with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
                     st = claims.status(store, "rayed")
@@ -100,8 +100,8 @@ def test_a_killed_actor_s_runs_are_redone_by_the_other(ray_cluster, cli, write_y
 def test_an_actor_out_of_memory_halves_its_batch_like_a_local_sweep(ray_cluster, cli, write_yaml, monkeypatch):
     """A stand-in for a GPU that holds 2 images: batches of 4 run out of memory on the actor; the shared batch
     executor halves them to 2 (not one run at a time) and the driver records the "oom" events."""
-    from tracker import raydist
-    from tracker.store import Store
+    from tracker.sweep import ray_cluster as raydist
+    from tracker.store.runstore import Store
 
     class TwoImagesFit(raydist.Generator):  # defined here, so Ray ships the class itself to the actor processes
         def __init__(self, *args):
@@ -110,7 +110,7 @@ def test_an_actor_out_of_memory_halves_its_batch_like_a_local_sweep(ray_cluster,
 
             def generate(runs, *a, **kw):
                 if len(runs) > 2:
-                    from tracker.engine import OutOfMemory
+                    from tracker.engine.core import OutOfMemory
 
                     raise OutOfMemory(f"stand-in: CUDA out of memory at batch size {len(runs)}")
                 return real(runs, *a, **kw)

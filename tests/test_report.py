@@ -51,9 +51,9 @@ def make_workspace(home: Path, experiment: dict, *, failed: dict[int, str] | Non
     """Plan ``experiment`` into a real store under ``home`` and write a real PNG for each run, except
     runs listed in ``failed`` (index -> error, marked failed) or ``pending`` (left not run).
     Returns (workspace, plan runs)."""
-    from tracker.plan import expand
-    from tracker.spec import parse
-    from tracker.store import Store
+    from tracker.experiment.plan import expand
+    from tracker.experiment.parse import parse
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     text = yaml.safe_dump(experiment, sort_keys=False, allow_unicode=True)
@@ -320,8 +320,8 @@ def test_never_verified_shows_the_hint(page, probe):
 def store_verification(ws, experiment: str, rows, *, done: int, device: str = "cpu", warnings=()) -> None:
     """Store a verify result on the experiment's latest sweep exactly as ``tracker verify`` writes it
     (reproduce.Verification.to_json), without generating images."""
-    from tracker.reproduce import Verification, VerifyRow
-    from tracker.store import Store
+    from tracker.reproduce.regenerate import Verification, VerifyRow
+    from tracker.store.runstore import Store
 
     with Store.open(ws.db_url) as store:
         sweep = store.sweeps(experiment)[-1]["id"]
@@ -334,8 +334,8 @@ def test_verified_experiment_shows_each_sampled_run(browser, tmp_path):
     """The latest sweep that has a verify result is shown: counts, device, warnings, one row per
     sampled run with the drifted ones marked; labels (user text) stay text; a key opens the run."""
     from tracker.report import build
-    from tracker.reproduce import Drift
-    from tracker.store import Store
+    from tracker.reproduce.regenerate import Drift
+    from tracker.store.runstore import Store
 
     ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "verified"})
     labels = lambda run: dict(run.axes)  # noqa: E731
@@ -411,7 +411,7 @@ def test_rows_and_cols_options_swap_the_layout(probe):
 
 def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
     from tracker.report import build
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "cache"}, size=(320, 320))
     out = tmp_path / "report"
@@ -434,7 +434,7 @@ def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
 
 def test_runs_of_an_earlier_plan_are_left_out_and_counted(tmp_path):
     from tracker.report import build
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     exp = {**PROBE, "name": "edited", "prompt": "photo of {{ age }}", "axes": {"age": {"old": "a old", "young": "a young"}},
            "seeds": [1, 2, 3]}
@@ -473,9 +473,9 @@ def test_unknown_axis_is_one_line_and_exit_2(cli, probe):
 
 
 def test_unknown_experiment_and_no_runs_yet(cli, tmp_path):
-    from tracker.plan import expand
-    from tracker.spec import parse
-    from tracker.store import Store
+    from tracker.experiment.plan import expand
+    from tracker.experiment.parse import parse
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(tmp_path / "empty")).ensure()
@@ -553,7 +553,7 @@ def test_run_then_report_end_to_end(cli, write_yaml, browser, tmp_path):
         pg.close()
     # the report is attached to the sweep's parent MLflow run
     import mlflow
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     home = tmp_path / "home"
     with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
@@ -581,7 +581,7 @@ def run_data(index: Path) -> dict:
 
 
 def runs_key(home: Path) -> str:
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(f"sqlite:///{home / 'tracker.db'}") as store:
         return store.runs("e2e")[0].key
@@ -603,8 +603,8 @@ def test_efficiency_reads_the_tutorial_story(tmp_path):
         return {"seconds": seconds[(labels["setup"], labels["memory"])], "batch_size_used": batch,
                 "peak_memory_bytes": (6 if run.settings.dtype == "float32" else 3) * 2**30 + batch * 2**28, "device": "cuda"}
 
-    from tracker.plan import expand
-    from tracker.spec import parse
+    from tracker.experiment.plan import expand
+    from tracker.experiment.parse import parse
 
     runs = expand(parse(yaml.safe_dump(exp))).runs
     oom = {i: "out of memory (batch of 4)" for i, r in enumerate(runs) if r.labels["memory"] == "batch4"}
@@ -635,7 +635,7 @@ def test_highlight_always_reassembles_the_prompt():
     from hypothesis import given, settings, strategies as st
 
     from tracker.report import highlight
-    from tracker.templating import render
+    from tracker.prompts.templating import render
 
     text = st.text(alphabet=st.sampled_from(list("ab ,.<>&\"'-")), max_size=6)
 

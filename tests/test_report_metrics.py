@@ -11,7 +11,7 @@ import pytest
 
 from test_report import Page, browser, make_workspace  # noqa: F401 - browser is a fixture
 from tracker.metrics import Scores, storage
-from tracker.store import Store
+from tracker.store.runstore import Store
 
 EXP = {
     "name": "scored",

@@ -19,7 +19,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from conftest import Result
-from tracker import pngmeta
+from tracker.images import pngmeta
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ class Home:
         return json.loads(res.out)
 
     def store(self):
-        from tracker.store import Store
+        from tracker.store.runstore import Store
 
         return Store.open(f"sqlite:///{self.home / 'tracker.db'}")
 

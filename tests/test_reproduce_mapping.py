@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tracker import pngmeta
-from tracker import reproduce as rp
+from tracker.images import pngmeta
+from tracker.reproduce import regenerate as rp
 from tracker.errors import TrackerError
-from tracker.plan import expand
-from tracker.spec import parse
+from tracker.experiment.plan import expand
+from tracker.experiment.parse import parse
 
 A1111 = ("a castle, (golden hour:1.2)\nNegative prompt: text\n"
          "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x96, Model: tiny")

@@ -80,7 +80,8 @@ def test_batch_and_single_give_the_same_image(cli, write_yaml):
 
 def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, monkeypatch):
     """A fault injected into one image: that run fails with its error, the others finish, --retry-failed redoes it."""
-    from tracker import engine as engine_mod, runner
+    from tracker.engine import core as engine_mod
+    from tracker.sweep import runner
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
@@ -109,8 +110,9 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
     ("[0, 1, 2, 3, 4, 5, 6, 7]", [8, 4] + [2] * 8),
 ])
 def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, monkeypatch, seeds, calls):
-    from tracker import engine as engine_mod, runner
-    from tracker.store import Store
+    from tracker.engine import core as engine_mod
+    from tracker.sweep import runner
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)

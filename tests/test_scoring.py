@@ -36,7 +36,7 @@ def write(write_yaml, name: str, extra: str = "") -> str:
 
 @pytest.mark.slow
 def test_sweep_scores_stores_and_rescores_without_regenerating(cli, write_yaml):
-    from tracker import pngmeta
+    from tracker.images import pngmeta
 
     path = write(write_yaml, "scored", "metrics: [shapes]")
     r = cli("run", path, "--no-mlflow", "-q")
@@ -110,7 +110,7 @@ def test_unknown_metric_in_the_file_is_one_line(cli, write_yaml):
 
 
 def test_score_without_metrics_says_how(cli, write_yaml, tmp_path):
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(f"sqlite:///{tmp_path / 'home' / 'tracker.db'}") as store:
         store.save_experiment("bare", None, FILE.format(name="bare", extra=""))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tracker import models
+from tracker.experiment import model_refs as models
 from tracker.demo import shapes as S
 
 FOLDER = models.builtin_path("shapes")
@@ -151,11 +151,11 @@ def test_same_seed_same_image_and_background_follows_prompt(pipe):
 
 
 def test_example_file_through_the_engine_follows_the_colour_axis():
-    """examples/shapes.yaml -> plan -> tracker.engine: the colour axis shows in the images."""
+    """examples/shapes.yaml -> plan -> tracker.engine.core: the colour axis shows in the images."""
     from pathlib import Path
 
-    from tracker import plan, spec
-    from tracker.engine import Engine
+    from tracker.experiment import plan, parse as spec
+    from tracker.engine.core import Engine
 
     exp = spec.parse_file(str(Path(__file__).resolve().parents[1] / "examples" / "shapes.yaml"))
     planned = plan.expand(exp).runs

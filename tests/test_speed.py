@@ -1,4 +1,4 @@
-"""The ``compile`` setting (tracker/speed.py): parsing, performance-only keys, clear errors, and a real
+"""The ``compile`` setting (tracker/engine/speed.py): parsing, performance-only keys, clear errors, and a real
 torch.compile (inductor on this CPU) of the tiny model with warm-up timed apart."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from tracker import plan, spec
+from tracker.experiment import plan, parse as spec
 
 BASE = """\
 name: fast
@@ -66,7 +66,7 @@ def _one_block_model(folder):
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from tracker.models import builtin_path
+    from tracker.experiment.model_refs import builtin_path
 
     shutil.copytree(builtin_path("tiny"), folder)
     unet = dict(UNet2DConditionModel.load_config(folder / "unet"), block_out_channels=[32], mid_block_type=None,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tracker import db, plan, spec
+from tracker.store import db
+from tracker.experiment import plan, parse as spec
 from tracker.errors import NotFoundError, StoreError
-from tracker.store import RunRecord, Store
+from tracker.store.runstore import RunRecord, Store
 
 BIG_SEED = 2**63 - 1
 YAML = """
@@ -255,8 +256,8 @@ def test_unsynced_and_mark_synced(store):
 
 WORKER = textwrap.dedent("""
     import sys
-    from tracker import plan, spec
-    from tracker.store import Store
+    from tracker.experiment import plan, parse as spec
+    from tracker.store.runstore import Store
     url, yaml, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     exp = spec.parse(yaml)
     runs = plan.expand(exp).runs

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import REPO
 from test_spec_errors import assert_one_line_error
-from tracker import plan, spec
+from tracker.experiment import plan, parse as spec
 
 AGES = "portrait photo of {the oldest|a old|a|a young} warrior chief"
 
@@ -167,7 +167,7 @@ def test_same_keys_in_another_process_with_another_hash_seed(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("prompt: 'a {old|young} chief, __paint__ paint'\nwildcards: wild\n"
                     "variants: {sample: 4, seed: 9}\nseeds: [0, 1]\n")
-    code = ("import json,sys; from tracker import plan, spec; "
+    code = ("import json,sys; from tracker.experiment import plan; from tracker.experiment import parse as spec; "
             "print(json.dumps([[r.key, r.axes] for r in plan.expand(spec.parse_file(sys.argv[1])).runs]))")
     outs = []
     for hash_seed in ("1", "2"):
@@ -187,7 +187,7 @@ def test_a_variant_sweep_runs_and_is_queried_by_its_labels(cli, tmp_path):
     assert res.code == 0, res.err
     runs = json.loads(res.out)
     assert [(r["axes"]["variant"], r["prompt"]) for r in runs] == [("blue", "a chief with blue paint")]
-    from tracker.store import Store
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     with Store.open(Workspace.from_options(home=str(tmp_path / "home")).db_url) as store:

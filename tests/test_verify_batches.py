@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from tracker import reproduce as rp
-from tracker.reproduce import Drift
+from tracker.reproduce import regenerate as rp
+from tracker.reproduce.regenerate import Drift
 
 SWEEP = """\
 name: batches
@@ -56,7 +56,7 @@ def test_an_edited_original_is_compared_and_named(cli, write_yaml):
 
 
 def test_original_batches_are_found_from_the_store(cli, write_yaml):
-    from tracker.store import Store
+    from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
     assert cli("run", write_yaml(SWEEP), "--no-mlflow", "-q").code == 0

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from test_reproduce import _rewrite
-from tracker import pngmeta
-from tracker.plan import expand
+from tracker.images import pngmeta
+from tracker.experiment.plan import expand
 from tracker.prompts import weighting
-from tracker.spec import parse
+from tracker.experiment.parse import parse
 
 
 def _fragments(compel_text: str) -> list[tuple[str, float]]:
@@ -109,7 +109,7 @@ batch_size: 1
 
 @pytest.fixture(scope="module")
 def engine():
-    from tracker.engine import Engine
+    from tracker.engine.core import Engine
 
     return Engine()
 
@@ -165,7 +165,7 @@ def test_an_a1111_png_with_weights_reproduces_through_compel(cli, tmp_path):
 
 def test_mlflow_params_record_the_syntax():
     from tracker import mlflow as tracker_mlflow
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
     run = expand(parse("prompt: 'a (red:1.5) circle'\nprompt_syntax: a1111\nseeds: [0]\n", "t.yaml")).runs[0]
     fields = {f: None for f in RunRecord.__dataclass_fields__}

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tracker.plan import expand
-from tracker.spec import parse
+from tracker.experiment.plan import expand
+from tracker.experiment.parse import parse
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def sdxl_folder(tmp_path_factory):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from tracker import models
+    from tracker.experiment import model_refs as models
 
     torch.manual_seed(0)
     tiny = models.resolve("tiny").location
@@ -47,7 +47,7 @@ def sdxl_folder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sdxl_prompts_go_through_both_encoders(sdxl_folder):
-    from tracker.engine import Engine
+    from tracker.engine.core import Engine
 
     engine = Engine()
 

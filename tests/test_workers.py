@@ -171,7 +171,7 @@ def test_two_tracker_runs_of_one_experiment_share_the_work(write_yaml, tmp_path)
 GATE = """\
 import os, sqlite3, time
 if os.environ.get("TRACKER_WORKER_NAME") and os.environ.get("GATE_FILE"):
-    from tracker import engine as _engine
+    from tracker.engine import core as _engine
     _real, _made = _engine.Engine.generate, []
 
     def _gated(self, runs, *a, **kw):
@@ -204,7 +204,7 @@ def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(wri
     from mlflow import MlflowClient
 
     from tracker.mlflow import KEY_TAG, PARENT_TAG
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     home = tmp_path / "home"
     inject = tmp_path / "inject"
@@ -246,7 +246,7 @@ def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(wri
 def test_a_pool_without_cuda_devices_is_planned_without_importing_torch(visible):
     """The parent of ``--workers`` only watches: where CUDA surely has no device it does not pay torch's import
     (~2 s, in series before the workers start, each of which imports torch again)."""
-    code = "import sys; from tracker.workers import devices_for; print(devices_for(2, None), 'torch' in sys.modules)"
+    code = "import sys; from tracker.sweep.pool import devices_for; print(devices_for(2, None), 'torch' in sys.modules)"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['cpu', 'cpu'] False"

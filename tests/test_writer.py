@@ -1,4 +1,4 @@
-"""The sweep's writing stage (tracker/writer.py): overlapped with generation, crash safe, errors recorded."""
+"""The sweep's writing stage (tracker/sweep/writer.py): overlapped with generation, crash safe, errors recorded."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from test_run import _check_done_images
 # DELAY seconds after its PNG is durable and before its run is marked done, so a kill lands mid-batch.
 SLOW_WRITER = """\
 import sys, time
-from tracker import pngmeta
+from tracker.images import pngmeta
 from tracker.cli import main
 
 delay = float(sys.argv[1])
@@ -138,7 +138,7 @@ def test_a_batch_is_written_once_the_next_call_denoises(write_yaml, tmp_path, mo
     """Between two pipeline calls the generating thread's work comes first: a batch's images are written
     (and the next claim made) once the next call reaches its denoiser, the last batch once none is next.
     The bounded wait is made unbounded here, so an image written on time proves the gate was opened."""
-    from tracker import runner, work, writer
+    from tracker.sweep import runner, claim_loop as work, writer
     from tracker.workspace import Workspace
 
     monkeypatch.setattr(writer, "GATE_WAIT_S", 600)

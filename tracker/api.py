@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tracker import plan, spec
+from tracker.experiment import plan, parse as spec
 from tracker.errors import NotFoundError, SpecError, UsageError
-from tracker.gridimage import DEFAULT_MAX_PIXELS as GRID_MAX_PIXELS, REPORT_MAX_PIXELS
+from tracker.images.grid import DEFAULT_MAX_PIXELS as GRID_MAX_PIXELS, REPORT_MAX_PIXELS
 from tracker.results import ExperimentInfo, ExperimentList, Run, RunList, SweepResult, grid_image
 from tracker.workspace import Workspace as WorkspaceConfig
 
@@ -106,7 +106,7 @@ class Experiment:
         return {a.name: a.labels for a in self.spec.axes}
 
     def to_dict(self) -> dict[str, Any]:
-        from tracker.yamlfile import load
+        from tracker.experiment.yamlfile import load
 
         return dict(load(self.spec.source, self.spec.path or self.name).data or {})
 
@@ -127,7 +127,7 @@ class Experiment:
 
     # -- with a user's pipeline object
     def for_pipeline(self, user) -> spec.Experiment:
-        """This experiment on a user's pipeline (``tracker.userpipe.UserPipeline``): its model becomes the
+        """This experiment on a user's pipeline (``tracker.engine.userpipe.UserPipeline``): its model becomes the
         pipeline's fingerprint name, its dtype the pipeline's; size and device default to the pipeline's own."""
         for a in self.spec.axes:
             varied = {k for v in a.values for k, _ in v.settings} & {"model", "dtype"}
@@ -182,7 +182,8 @@ def run(experiment: "Experiment | Mapping | PathLike", *, pipeline: Any = None, 
     pipeline (``reproduce`` then needs the same object again). ``mlflow``: True (the workspace's store or
     ``MLFLOW_TRACKING_URI``), False, or a tracking URI. ``progress``: a progress bar (a widget in Jupyter).
     """
-    from tracker import runner, userpipe
+    from tracker.sweep import runner
+    from tracker.engine import userpipe
 
     ws = _workspace(home, db=db, mlflow=mlflow)
     exp = _experiment(experiment)
@@ -251,7 +252,7 @@ class Workspace:
 
     def _store(self):
         """The run store; reading never creates one (``Store.open`` names the missing store and the option)."""
-        from tracker.store import Store
+        from tracker.store.runstore import Store
 
         return Store.open(self.config.db_url, create=False, home=self.config.home)
 
@@ -312,7 +313,8 @@ class Workspace:
         inline thumbnails and the same labels."""
         from PIL import Image
 
-        from tracker import gridimage, report
+        from tracker.images import grid as gridimage
+        from tracker import report
 
         specs = [spec for _, spec in report.grid_specs(self.config, experiment, rows, cols, _where_items(where))]
         images = [gridimage.compose(s, max_pixels)[0] for s in specs]
@@ -360,8 +362,8 @@ class Workspace:
         """Generate a run again (by key or unique prefix, or from a PNG) and compare the pixels with its image.
         A run made with your own pipeline object needs that object again: ``pipeline=pipe``. ``model``: use
         another model (e.g. for a PNG from another tool); ``on_source(source)`` is told what will be made."""
-        from tracker import reproduce as rp
-        from tracker import userpipe
+        from tracker.reproduce import regenerate as rp
+        from tracker.engine import userpipe
 
         if isinstance(target, os.PathLike) or rp.looks_like_path(str(target)):
             source = rp.from_png(target, model=model, trust=trust)  # trust: what only the caller may decide
@@ -374,7 +376,7 @@ class Workspace:
             on_source(source)
         engine = None
         if pipeline is not None:
-            from tracker.engine import Engine
+            from tracker.engine.core import Engine
 
             user = userpipe.wrap(pipeline)
             if user.model != source.run.settings.model:
@@ -389,7 +391,7 @@ class Workspace:
 
     def verify(self, experiment: str, sample: int = 8, device: str | None = None):
         """Regenerate a seeded sample of done runs and store the pixel drift with the latest sweep."""
-        from tracker import verify as vf
+        from tracker.reproduce import verify as vf
         from tracker.mlflow.fetch import Images
 
         with self._store() as store:

@@ -7,20 +7,20 @@ what a real experiment or image needs; crossing one is a one-line error naming t
 
 from __future__ import annotations
 
-# Experiment files (tracker/yamlfile.py, tracker/spec.py)
+# Experiment files (tracker/experiment/yamlfile.py, tracker/experiment/parse.py)
 YAML_MAX_BYTES = 1_000_000  # an experiment file larger than this is refused before parsing
 YAML_MAX_DEPTH = 64  # nesting of mappings and lists
 YAML_MAX_NODES = 200_000  # values after expanding aliases (a "billion laughs" file expands to 10**9)
 MAX_SEEDS = 1_000_000  # seeds in one experiment, whatever form (list, "A-B", {start, count})
 MAX_NAME_LENGTH = 100  # experiment names become folder names (most file systems allow 255 bytes)
 
-# Prompt templates (tracker/sandbox.py)
+# Prompt templates (tracker/prompts/sandbox.py)
 MAX_PROMPT_CHARS = 20_000  # a rendered prompt (CLIP reads 77 tokens; long-prompt tools a few hundred)
 MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
 MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is rendered with to find its variants
 
-# PNG metadata and images (tracker/pngmeta.py, tracker/reproduce.py)
+# PNG metadata and images (tracker/images/pngmeta.py, tracker/reproduce/regenerate.py)
 MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)
 MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: images opened or generated from a PNG's recipe
 MAX_REPRODUCE_STEPS = 1_000  # steps a PNG may ask for; more only with --steps on the command line

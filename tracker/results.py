@@ -16,10 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, overload
 
-from tracker import pngmeta
+from tracker.images import pngmeta
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 THUMB_PX = 96  # thumbnails in run lists
 GRID_THUMB_PX = 160  # tiles in a grid's HTML
@@ -111,7 +111,7 @@ class Run:
 
     @property
     def made_with_user_pipeline(self) -> bool:
-        from tracker.models import is_user_pipeline
+        from tracker.experiment.model_refs import is_user_pipeline
 
         return is_user_pipeline(self.record.model)
 
@@ -392,7 +392,7 @@ def grid_image(image, specs: Sequence[Any]):
 
         class GridImage(Image.Image):
             """A labelled grid: a PIL image (save, show, resize ...) that Jupyter shows as an HTML table of
-            inline thumbnails with the grid's labels. ``specs``: the grids it holds (tracker.gridimage.GridSpec)."""
+            inline thumbnails with the grid's labels. ``specs``: the grids it holds (tracker.images.grid.GridSpec)."""
 
             specs: tuple = ()
 

@@ -37,7 +37,7 @@ class Workspace:
 
     @property
     def thumbs_dir(self) -> Path:
-        """Report thumbnails the sweep wrote while each image was in memory (see ``tracker.thumbs``)."""
+        """Report thumbnails the sweep wrote while each image was in memory (see ``tracker.images.thumbs``)."""
         return self.home / "thumbs"
 
     @property
@@ -57,7 +57,7 @@ class Workspace:
 
     def has_store(self) -> bool:
         """Whether the run store is there: read-only commands (a report, a dry run) must not create one."""
-        from tracker import db
+        from tracker.store import db
 
         path = db.sqlite_path(self.db_url)
         return path is None or path.exists()

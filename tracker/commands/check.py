@@ -18,9 +18,9 @@ def check(ws: Workspace, experiment: str | None, fix: bool) -> int:
     Missing or modified images are listed (exit status 1); --fix marks those runs pending so the next
     `tracker run` of the experiment regenerates them.
     """
-    from tracker import check as chk
+    from tracker.images import check as chk
     from tracker.errors import NotFoundError
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     with Store.open(ws.db_url, create=False, home=ws.home) as store:
         if experiment is not None and store.experiment(experiment) is None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tracker.plan import DEFAULT_MAX_RUNS, Plan
+from tracker.experiment.plan import DEFAULT_MAX_RUNS, Plan
 from tracker.textfmt import short, table
 
 

@@ -1,6 +1,6 @@
 """``tracker score`` (score stored runs again, no regeneration) and ``tracker effects`` (paired axis effects).
 
-Thin: options in, ``tracker.metrics`` and ``tracker.effects`` do the work; nothing heavy at module level.
+Thin: options in, ``tracker.metrics`` and ``tracker.metrics.effects`` do the work; nothing heavy at module level.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tracker.workspace import Workspace
 
 
 def _open(ws: Workspace):
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     return Store.open(ws.db_url, create=False, home=ws.home)  # score and effects read stored runs: never create a store
 
@@ -64,7 +64,7 @@ def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], 
     Pairs are runs that share the seed and every other axis value; the interval is a seeded bootstrap
     95% interval of the mean difference. `*` marks intervals that exclude 0.
     """
-    from tracker import effects as fx
+    from tracker.metrics import effects as fx
     from tracker.metrics import storage
 
     with _open(ws) as store:

@@ -1,6 +1,6 @@
 """``tracker models``: the built-in models, where they live and what they are for.
 
-Pure listing from ``tracker.models``: no torch or diffusers import, so it answers instantly.
+Pure listing from ``tracker.experiment.model_refs``: no torch or diffusers import, so it answers instantly.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import click
 
 def builtin_models() -> list[dict]:
     """One dict per built-in model: name, folder, description, native size, whether the folder is there."""
-    from tracker import models
+    from tracker.experiment import model_refs as models
 
     out = []
     for name, description in models.BUILTIN.items():

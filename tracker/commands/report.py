@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tracker.cli import mlflow_uri_option, pass_workspace
-from tracker.gridimage import DEFAULT_MAX_PIXELS, REPORT_MAX_PIXELS
+from tracker.images.grid import DEFAULT_MAX_PIXELS, REPORT_MAX_PIXELS
 
 
 

@@ -31,7 +31,7 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
     an AUTOMATIC1111 "parameters" chunk. KEY: a run key (or unique prefix) in the run store.
     Exit status 0 when the pixels are identical, 1 when they differ.
     """
-    from tracker import reproduce as rp
+    from tracker.reproduce import regenerate as rp
     from tracker.api import Workspace as Api
 
     def announce(source) -> None:
@@ -68,7 +68,7 @@ def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> i
     The result is stored with the experiment's latest sweep (shown in the report).
     Exit status 1 when any image drifted.
     """
-    from tracker import verify as vf
+    from tracker.reproduce import verify as vf
     from tracker.api import Workspace as Api
 
     result = Api(ws).verify(experiment, sample=sample, device=device)

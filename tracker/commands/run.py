@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.plan import DEFAULT_MAX_RUNS
+from tracker.experiment.plan import DEFAULT_MAX_RUNS
 from tracker.workspace import Workspace
 
 
@@ -35,7 +35,8 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     Each image is a run stored with its seed, settings, timings and memory; the sweep is logged to
     MLflow in the background. Exit status 1 when any run failed.
     """
-    from tracker import api, runner
+    from tracker import api
+    from tracker.sweep import runner
 
     if dry_run:
         _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key))
@@ -44,7 +45,7 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     if ray_address is not None:
         from dataclasses import replace
 
-        from tracker import raydist
+        from tracker.sweep import ray_cluster as raydist
 
         if mlflow_uri or no_mlflow:
             ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
@@ -56,7 +57,7 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     if workers is not None:
         from dataclasses import replace
 
-        from tracker import workers as pool
+        from tracker.sweep import pool as pool
 
         if mlflow_uri or no_mlflow:
             ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
@@ -80,7 +81,7 @@ def _workers(value: str | None) -> int | None:
 
 
 def _dry_run(ws: Workspace, file: str, opts) -> None:
-    from tracker import runner
+    from tracker.sweep import runner
     from tracker.commands.expand import render_plan
 
     dry = runner.dry_run(ws, file, opts)

@@ -18,8 +18,8 @@ from tracker.workspace import Workspace
 def status(ws: Workspace, experiment: str, as_json: bool) -> None:
     """Runs planned, done, running, pending and failed; each worker (host, device, runs done, images/s,
     last seen); claims held past their lease (a worker that died: they are claimed again by others)."""
-    from tracker import claims
-    from tracker.store import Store
+    from tracker.sweep import claims
+    from tracker.store.runstore import Store
 
     with Store.open(ws.db_url, create=False, home=ws.home) as store:
         st = claims.status(store, experiment)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tracker.cli import pass_workspace
-from tracker.plan import STATUSES
+from tracker.experiment.plan import STATUSES
 from tracker.textfmt import table
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 
 
@@ -177,7 +177,7 @@ def db() -> None:
 @pass_workspace
 def db_upgrade(ws: Workspace, revision: str) -> None:
     """Create the run store or migrate it to the newest schema."""
-    from tracker import db as dbmod
+    from tracker.store import db as dbmod
     before, after = dbmod.upgrade(ws.db_url, revision, home=ws.home)
     where = dbmod.display_url(ws.db_url)
     if before == after:
@@ -190,7 +190,7 @@ def db_upgrade(ws: Workspace, revision: str) -> None:
 @pass_workspace
 def db_current(ws: Workspace) -> None:
     """Print the run store's schema revision and the newest this version knows."""
-    from tracker import db as dbmod
+    from tracker.store import db as dbmod
     where = dbmod.display_url(ws.db_url)
     path = dbmod.sqlite_path(ws.db_url)
     rev = None if path is not None and not path.exists() else dbmod.current(ws.db_url)

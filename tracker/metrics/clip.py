@@ -105,7 +105,7 @@ def _revision(model_id: str, model) -> str | None:
     """The hub commit hash of the weights, or ``sha256:...`` over a local folder's files."""
     folder = Path(model_id).expanduser()
     if folder.is_dir():
-        from tracker.machine import _folder_hash
+        from tracker.engine.machine import _folder_hash
 
         return _folder_hash(folder)
     return getattr(model.config, "_commit_hash", None)

@@ -68,7 +68,7 @@ class Scorer:
 
 def experiment_metrics(store, experiment: str) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
     """The ``metrics`` and ``metric_options`` of the experiment file as last run (from the store)."""
-    from tracker import spec
+    from tracker.experiment import parse as spec
     from tracker.errors import NotFoundError
 
     exp = store.experiment(experiment)

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 from tracker.metrics import Scores
-from tracker.store import Store, experiments_t, metrics_t, runs_t, utcnow
+from tracker.store.runstore import Store, experiments_t, metrics_t, runs_t, utcnow
 
 
 def _run_ids(conn, experiment: str, keys: Sequence[str]) -> dict[str, int]:
@@ -113,8 +113,8 @@ def mark_synced(store: Store, ids: Iterable[int]) -> None:
 
 def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | None = None,
             baseline: str | None = None, seed: int = 0):
-    """``tracker.effects.analyze`` over the experiment's done runs and their stored ``metric`` values."""
-    from tracker import effects as fx
+    """``tracker.metrics.effects.analyze`` over the experiment's done runs and their stored ``metric`` values."""
+    from tracker.metrics import effects as fx
     from tracker.errors import NotFoundError, UsageError
 
     if store.experiment(experiment) is None:

@@ -19,7 +19,7 @@ from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics,
 from tracker.workspace import Workspace, safe_join
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord, Store
+    from tracker.store.runstore import RunRecord, Store
 
 
 HTTP_ENV = {
@@ -288,7 +288,7 @@ class ExperimentClient:
 
 @contextmanager
 def _open_store(db_url: str, home: Path | None = None) -> Iterator["Store"]:
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     store = Store.open(db_url, create=False, home=home)  # sync and attach read the store; a mistyped --db creates none
     try:

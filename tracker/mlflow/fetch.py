@@ -31,7 +31,7 @@ from tracker.fsutil import sha256_file
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 CACHE_ENV = "TRACKER_IMAGE_CACHE_MB"
 DEFAULT_CACHE_MB = 1024
@@ -45,7 +45,7 @@ class Found:
     path: Path | None
     origin: str = ""
     problem: str | None = None
-    state: str | None = None  # tracker.check's "missing" or "modified" (the local file); "modified" with a path:
+    state: str | None = None  # tracker.images.check's "missing" or "modified" (the local file); "modified" with a path:
     # an edited original handed back on purpose (``modified_ok``)
 
     def __bool__(self) -> bool:
@@ -65,10 +65,10 @@ def cache_bytes() -> int:
 
 
 def in_workspace(rec: "RunRecord", modified_ok: bool = False) -> Found:
-    """The run's image file here when it has the bytes the sweep recorded (``tracker.check.image_state``: one
+    """The run's image file here when it has the bytes the sweep recorded (``tracker.images.check.image_state``: one
     stat, a hash only when the stat changed), else why not (state "missing" or "modified"). ``modified_ok``:
     an edited file is handed back too (verify and reproduce measure how far its pixels moved)."""
-    from tracker.check import MODIFIED, image_state
+    from tracker.images.check import MODIFIED, image_state
 
     state = image_state(rec)
     if state is None or state == MODIFIED and modified_ok:
@@ -102,7 +102,7 @@ class Images:
         hash only when the stat changed), else (the file is missing) a checked copy from MLflow, else why not.
         A record's ``image`` is the resolved path (``Store.open(url, home=...)``); ``modified_ok``: as in
         ``in_workspace``."""
-        from tracker.check import MISSING
+        from tracker.images.check import MISSING
 
         here = in_workspace(rec, modified_ok)
         if here.state != MISSING:  # there, or edited here: neither shown nor replaced behind the user's back
@@ -183,7 +183,7 @@ class Images:
             return self._client
 
     def _fetch(self, rec: "RunRecord", missing: str) -> Found:
-        from tracker.check import MISSING
+        from tracker.images.check import MISSING
         from tracker.mlflow.client import is_outage, short_error
 
         name = Path(rec.image).name if rec.image else f"{rec.key}.png"  # the sink logs the PNG under its file name

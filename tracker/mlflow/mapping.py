@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Mapping
 
-from tracker.settings import SETTING_NAMES
+from tracker.experiment.settings import SETTING_NAMES
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 
 KEY_TAG = "tracker.key"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 from tracker.mlflow.client import HTTP_ENV, ExperimentClient, SyncSummary, is_outage, progress_bar, short_error, warn
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord, Store
+    from tracker.store.runstore import RunRecord, Store
 
 
 DRAIN_BAR_AFTER_S = 1.0  # close() shows a "syncing to MLflow" bar when draining takes longer than this
@@ -198,7 +198,7 @@ def _worker_main() -> None:
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from tracker.cpu import background_process
+    from tracker.engine.cpu import background_process
 
     background_process()  # logging may wait; generation must not (torch's threads stall when this takes a core)
     replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -292,7 +292,7 @@ class _Worker:
 
     def _logger(self) -> ExperimentClient:
         if self.logger is None:
-            from tracker.store import Store
+            from tracker.store.runstore import Store
 
             c = self.config
             self.store = Store.open(c["db_url"], home=c.get("home"))

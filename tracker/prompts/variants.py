@@ -20,8 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from tracker import limits, templating
-from tracker.spec import Axis, AxisValue
+from tracker import limits
+from tracker.prompts import templating
+from tracker.experiment.parse import Axis, AxisValue
 
 DEFAULT_AXIS = "variant"
 NEGATIVE_AXIS = "negative_variant"

@@ -14,10 +14,10 @@ from tracker.fsutil import atomic_file, sha256_file
 
 if TYPE_CHECKING:
     from tracker.mlflow.fetch import Images
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 
-from tracker.thumbs import JPEG_QUALITY, THUMB_SIZE, cached
+from tracker.images.thumbs import JPEG_QUALITY, THUMB_SIZE, cached
 
 
 ASSET_DIRS = ("full", "thumbs", "grids")
@@ -98,7 +98,7 @@ class Assets:
     def prepare(self, records: Iterable["RunRecord"], images: "Images") -> dict[str, Asset | str]:
         """key -> Asset, or key -> the reason there is no image (``problems``: key -> missing/modified).
         ``images`` finds each run's file: the workspace's when it has the bytes the sweep recorded
-        (``tracker.check.image_state``: one stat, a hash only when the stat changed), else a checked copy
+        (``tracker.images.check.image_state``: one stat, a hash only when the stat changed), else a checked copy
         from MLflow's artifact store; a modified image is never published under its recorded sha256.
         Checks and thumbnails run in threads."""
         self.problems: dict[str, str] = {}
@@ -109,7 +109,7 @@ class Assets:
         return out
 
     def _one(self, r: "RunRecord", images: "Images") -> Asset | str:
-        from tracker.check import MODIFIED
+        from tracker.images.check import MODIFIED
 
         found = images.locate(r)
         if found.path is None:

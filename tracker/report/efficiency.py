@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 from tracker.report.data import EfficiencyRow
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def _config(r: "RunRecord") -> tuple[tuple[str, str | None], ...]:
 
 def _compile_label(value: str | None) -> str:
     """"off", "on" (torch.compile defaults) or the options, as in an axis label."""
-    from tracker.settings import setting_label
+    from tracker.experiment.settings import setting_label
 
     return setting_label("compile", value or "off")
 

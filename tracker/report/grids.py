@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from tracker import gridimage
+from tracker.images import grid as gridimage
 from tracker.errors import NotFoundError
 from tracker.mlflow.fetch import Images
 from tracker.report.assets import THUMB_SIZE, Asset

@@ -59,7 +59,7 @@ def _template_parts(template: str) -> tuple[list[str], list[str]] | None:
 
 
 def _rendered_spans(prompt: str, template: str, variables: Mapping[str, Any]) -> tuple[Span, ...] | None:
-    from tracker.templating import render
+    from tracker.prompts.templating import render
 
     split = _template_parts(template)
     if split is None:

@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tracker.gridimage import REPORT_MAX_PIXELS
-from tracker.settings import SETTING_NAMES, setting_label
+from tracker.images.grid import REPORT_MAX_PIXELS
+from tracker.experiment.settings import SETTING_NAMES, setting_label
 from tracker.mlflow.fetch import Images
 from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, workers, write_marker, write_text
 from tracker.report.attach import mlflow_url
@@ -28,7 +28,7 @@ from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load
 from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
 
 if TYPE_CHECKING:
-    from tracker.store import RunRecord
+    from tracker.store.runstore import RunRecord
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _default_cols(axes: Sequence[AxisInfo], exclude: set) -> str | None:
 
 def parse_where(source: Source, items: Iterable[str]) -> dict[str, str]:
     """``axis=label`` pairs; an unknown axis or label is a UsageError naming the known ones."""
-    from tracker.plan import parse_where as parse
+    from tracker.experiment.plan import parse_where as parse
 
     return parse(items, {a.name: a.labels for a in source.axes})
 

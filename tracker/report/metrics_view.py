@@ -1,5 +1,5 @@
 """The report's metric views: a badge per grid cell on a colour scale, and the "effects" section (one
-table and one inline SVG forest plot per axis, numbers from ``tracker.effects``, as ``tracker effects``)."""
+table and one inline SVG forest plot per axis, numbers from ``tracker.metrics.effects``, as ``tracker effects``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from tracker.effects import Effects
+    from tracker.metrics.effects import Effects
 
 BUCKETS = 10  # colour classes badge-q0 (worst) .. badge-q9 (best)
 PLOT_W, LABEL_W, ROW_H, TOP = 360, 140, 22, 26

@@ -17,9 +17,9 @@ from tracker.report.data import SweepFigures, VerifiedRun, VerifyView
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.plan import PlannedRun
-    from tracker.spec import Experiment
-    from tracker.store import RunRecord
+    from tracker.experiment.plan import PlannedRun
+    from tracker.experiment.parse import Experiment
+    from tracker.store.runstore import RunRecord
 
 
 STATE_NOTES = {"pending": "not run yet", "missing": "not run yet", "running": "running (not finished)",
@@ -75,7 +75,7 @@ class Source:
     sweeps: tuple[SweepFigures, ...] = ()
     metric_values: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # key -> metric -> value
     metric_names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tracker.metrics.storage.names
-    effects: tuple = ()  # tracker.effects.Effects per stored metric (its parts, e.g. shapes.colour, left out)
+    effects: tuple = ()  # tracker.metrics.effects.Effects per stored metric (its parts, e.g. shapes.colour, left out)
 
     def axis(self, name: str) -> AxisInfo:
         return next(a for a in self.axes if a.name == name)
@@ -87,7 +87,7 @@ class Source:
 
 def load(ws: Workspace, experiment: str) -> Source:
     """Read the experiment and its runs from the store. NotFoundError when there is nothing to show."""
-    from tracker.store import Store
+    from tracker.store.runstore import Store
 
     _require_store(ws)
     with Store.open(ws.db_url, create=False, home=ws.home) as store:
@@ -131,7 +131,7 @@ def _require_store(ws: Workspace) -> None:
 
 
 def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[str]]:
-    from tracker.spec import parse
+    from tracker.experiment.parse import parse
 
     text, path = info.get("source_text"), info.get("source_path")
     if not text:
@@ -144,7 +144,7 @@ def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[st
 
 
 def _expand(exp: "Experiment | None", notes: list[str]) -> "tuple[PlannedRun, ...] | None":
-    from tracker.plan import expand
+    from tracker.experiment.plan import expand
 
     if exp is None or exp.seeds_from:
         return None

@@ -1,0 +1,1 @@
+"""The diffusers side: loading and caching pipelines, applying a run's settings, generating a batch, and the facts each record needs. Only ``engine.core`` and ``engine.loading`` import torch and diffusers at module level; this package's ``__init__`` imports nothing."""

@@ -1,0 +1,329 @@
+"""The diffusers side of prompt-tracker: load a pipeline once, set it up for a run's settings, generate.
+
+This module and ``tracker.engine.loading`` (imported only here) are the only ones in ``tracker`` that import torch
+and diffusers at module level; everything else imports the engine lazily, so the CLI stays fast.
+
+One ``Engine`` per process keeps every pipeline it has loaded (per model, dtype and allow_pickle) and
+every extra VAE, so sweeping schedulers, VAEs, sizes or memory options never reloads weights:
+``prepare(settings)`` swaps components in place and reverts what the previous settings turned on.
+Building the components (pipelines, VAEs, schedulers) is ``tracker.engine.loading``; the facts each record
+needs (scheduler config, model revision, environment) are ``tracker.engine.facts``.
+
+Peak memory (``BatchResult.peak_memory_bytes``): on CUDA ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats`` (tensor memory of the batch, weights included); elsewhere the peak
+resident set size of the whole process during the batch, sampled every few milliseconds from
+``/proc/self/statm`` (psutil where there is no /proc), so it includes the weights and Python itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Sequence
+
+from tracker.engine import cpu, determinism
+
+cpu.before_torch()  # OpenMP reads its wait policy when torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
+from tracker.engine.facts import RecordFacts  # noqa: E402
+from tracker.engine.loading import DTYPES, Loading, _Loaded  # noqa: E402
+from tracker.errors import ModelError  # noqa: E402
+from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
+from tracker.engine.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
+from tracker.experiment.plan import PlannedRun  # noqa: E402
+from tracker.experiment.settings import Settings  # noqa: E402
+
+log = logging.getLogger("tracker")
+
+
+class Engine(Loading, RecordFacts):
+    """Loads and caches pipelines; ``prepare`` applies a run's settings, ``generate`` makes a batch."""
+
+    def __init__(self, device: str | None = None, base_dir: Path | None = None, pipeline: Any = None):
+        """``pipeline``: a ``tracker.engine.userpipe.UserPipeline``, used for runs whose model is its ``model`` name;
+        its own scheduler, VAE, device and attention processors come back on ``close()``."""
+        self.device_override = device
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.user = pipeline
+        self._pipes: dict[tuple, _Loaded] = {}
+        self._vaes: dict[tuple, Any] = {}
+        self._checked: set[tuple[str, str]] = set()
+        self._hashes: dict[str, tuple[tuple, Future]] = {}  # location -> (stat signature, its hash)
+        self._hash_lock = threading.Lock()
+        self._active: _Loaded | None = None
+        self._settings: Settings | None = None
+        self._truncated: set[str] = set()
+        self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
+        self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
+
+    # -- devices -----------------------------------------------------------------------------------
+
+    def device_for(self, settings: Settings) -> str:
+        """The device a run uses: the Engine's override, else the setting; ``auto`` picks cuda when present."""
+        want = (self.device_override or settings.device or "auto").lower()
+        return self._resolve_device(want, "device")
+
+    @staticmethod
+    def _resolve_device(want: str, what: str) -> str:
+        if want == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if want.startswith("cuda"):
+            if not torch.cuda.is_available():
+                build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build but sees no GPU"
+                raise ModelError(f"{what} {want!r} is not available: torch {torch.__version__} is {build}; "
+                                 f"use cpu (or auto)")
+            index = int(want.split(":", 1)[1]) if ":" in want else 0
+            if index >= torch.cuda.device_count():
+                raise ModelError(f"{what} {want!r} is not available: this machine has {torch.cuda.device_count()} "
+                                 f"CUDA device(s)")
+        elif want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"{what} 'mps' is not available on this machine; use cpu (or auto)")
+        return want
+
+    def _generator_device(self, settings: Settings, device: str) -> str:
+        want = (settings.generator_device or "cpu").lower()
+        return device if want == "auto" else self._resolve_device(want, "generator_device")
+
+    def _check_dtype(self, device: str, dtype_name: str) -> None:
+        """Run one small matmul: some devices cannot compute in some dtypes at all (they raise)."""
+        if (device, dtype_name) in self._checked:
+            return
+        dtype = DTYPES[dtype_name]
+        try:
+            a = torch.ones((4, 4), dtype=dtype, device=device)
+            float((a @ a).float().sum())
+            float(torch.nn.functional.conv2d(a[None, None], a[None, None, :3, :3]).float().sum())
+        except (RuntimeError, TypeError, NotImplementedError) as e:
+            raise ModelError(f"dtype {dtype_name} cannot run on device {device!r} ({_first_line(e)}); "
+                             f"use dtype: float32") from None
+        self._checked.add((device, dtype_name))
+        if device == "cpu" and dtype_name != "float32":
+            log.warning("%s runs on this CPU, but typically ~10x slower than float32 (no native half precision)",
+                        dtype_name)
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give a user's pipeline back as it came: its scheduler, VAE, device and attention processors."""
+        from tracker.engine import attention
+
+        for loaded in self._pipes.values():
+            if loaded.saved is not None:
+                attention.undo(loaded.pipe, loaded.attention)  # diffusers' process-wide backend too
+                loaded.attention = None
+                loaded.saved.restore(loaded.pipe, loaded.offloaded)
+                loaded.offloaded, loaded.device, loaded.sliced = False, loaded.saved.device, False
+        self._active, self._settings = None, None
+
+
+    # -- prepare -----------------------------------------------------------------------------------
+
+    def prepare(self, settings: Settings) -> None:
+        """Make the pipeline match ``settings``: model, VAE, scheduler, device, dtype and memory options.
+        Prepared already for these settings: only a fresh scheduler (a sweep prepares before every batch,
+        between two pipeline calls, where moving and checking the modules again would idle the accelerator)."""
+        if self._active is not None and settings == self._settings:
+            self._active.pipe.scheduler = self._scheduler(self._active, settings)
+            return
+        device = self.device_for(settings)
+        self._generator_device(settings, device)
+        self._check_dtype(device, settings.dtype)
+        if settings.deterministic:
+            determinism.cublas_env()  # before the process's first cuBLAS call (a sweep prepares first)
+        if settings.cpu_offload and not device.startswith("cuda"):
+            raise ModelError(f"cpu_offload needs a CUDA GPU (it moves each model to the GPU only while it runs), "
+                             f"but the device is {device!r}; set cpu_offload: false")
+        if settings.cpu_offload and importlib.util.find_spec("accelerate") is None:
+            raise ModelError("cpu_offload needs the package accelerate; install it with `pip install accelerate`")
+        self._settings = None  # until this prepare succeeds, generate() must prepare again
+        loaded = self._load_pipeline(settings)
+        vae = loaded.vae if settings.vae == "default" else self._load_vae(settings)
+        scheduler = self._scheduler(loaded, settings)
+        if self._active is not None and self._active is not loaded:
+            self._park(self._active)
+        pipe = loaded.pipe
+        if loaded.offloaded and (not settings.cpu_offload or pipe.vae is not vae):
+            pipe.remove_all_hooks()
+            loaded.offloaded, loaded.device = False, None
+        if pipe.vae is not vae:
+            pipe.vae.to("cpu")  # the swapped-out VAE stays cached but leaves the accelerator
+        pipe.vae = vae
+        pipe.scheduler = scheduler
+        if settings.cpu_offload:
+            if not loaded.offloaded:
+                pipe.enable_model_cpu_offload(device=device)
+                loaded.offloaded, loaded.device = True, None
+        else:
+            pipe.to(device)  # a no-op for modules already there; moves a newly swapped VAE
+            loaded.device = device
+        if settings.attention_slicing != loaded.sliced:
+            if settings.attention_slicing:
+                pipe.enable_attention_slicing()
+            elif loaded.saved is not None:  # a user's pipeline keeps its own attention processors (IP-Adapter, ...)
+                loaded.saved.restore_attention(pipe)
+            else:
+                pipe.disable_attention_slicing()
+            loaded.sliced = settings.attention_slicing
+        (vae.enable_slicing if settings.vae_slicing else vae.disable_slicing)()
+        (vae.enable_tiling if settings.vae_tiling else vae.disable_tiling)()
+        if settings.lora or "_tracker_lora" in pipe.__dict__:
+            self._lora(pipe, settings)
+        self._compile(loaded, settings, device)
+        self._attention(loaded, settings, device)
+        self._active, self._settings = loaded, settings
+
+    @staticmethod
+    def _attention(loaded: _Loaded, settings: Settings, device: str) -> None:
+        """The ``attention`` backend (see ``tracker.engine.attention``), proven to run here before it is set."""
+        from tracker.engine import attention
+
+        attention.check(loaded.pipe, settings.attention, device, DTYPES[settings.dtype], settings.model)
+        loaded.attention = attention.apply(loaded.pipe, settings.attention, loaded.attention)
+
+    def _compile(self, loaded: _Loaded, settings: Settings, device: str) -> None:
+        """torch.compile, channels_last and fused QKV per the ``compile`` setting (see ``tracker.engine.speed``)."""
+        from tracker.engine import speed
+
+        speed.check(loaded.pipe, settings.compile, device, settings.model)
+        before = loaded.compiled
+        loaded.compiled = speed.apply(loaded.pipe, settings.compile, loaded.compiled)
+        if loaded.compiled is not None and loaded.compiled is not before:
+            log.info("compile: torch.compile of the %s and the VAE decoder (%s); each new batch shape first pays "
+                     "a warm-up, recorded apart from per-image times", speed.denoiser_name(loaded.pipe),
+                     speed.describe(settings.compile))
+
+    @staticmethod
+    def _lora(pipe: Any, settings: Settings) -> None:
+        """Switch the pipeline's LoRA adapters (each loaded once, never the base model again)."""
+        from tracker.prompts import lora
+
+        try:
+            lora.apply(pipe, settings.lora, settings.allow_pickle, _offline())
+        except Exception as e:  # noqa: BLE001 - diffusers/peft raise many types for a bad adapter file
+            if importlib.util.find_spec("peft") is None:
+                raise ModelError("lora: loading LoRA adapters needs the package peft; `pip install peft`") from None
+            names = ", ".join(dict(a)["name"] for a in settings.lora) or "(none)"
+            raise ModelError(f"lora {names}: cannot be applied to model {settings.model!r}: {_first_line(e)}") from None
+
+    @staticmethod
+    def _park(loaded: _Loaded) -> None:
+        """Move a pipeline that is no longer in use off the accelerator, keeping it loaded."""
+        if loaded.offloaded:
+            loaded.pipe.remove_all_hooks()
+            loaded.offloaded, loaded.device = False, None  # hooks leave the last-used model on the GPU
+        if loaded.device != "cpu":
+            loaded.pipe.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        loaded.device = "cpu"
+
+    # -- generate ----------------------------------------------------------------------------------
+
+    def generate(self, runs: Sequence[PlannedRun]) -> BatchResult:
+        """Generate one image per run in one pipeline call; each image gets its own seeded generator."""
+        if not runs:
+            raise ValueError("generate() needs at least one run")
+        settings = runs[0].settings
+        if any(r.settings != settings for r in runs[1:]):
+            raise ValueError("all runs of a batch must share their settings")
+        if self._settings != settings or self._active is None:
+            self.prepare(settings)
+        device = self.device_for(settings)
+        gen_device = self._generator_device(settings, device)
+        pipe = self._active.pipe
+        generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
+        marks: list[float] = []
+
+        def first_unet_call(module: Any, args: Any) -> None:
+            if not marks:
+                marks.append(time.perf_counter())
+                if self.denoising is not None:
+                    self.denoising.set()
+
+        def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            marks.append(time.perf_counter())
+            return kwargs
+
+        cuda = device.startswith("cuda")
+        denoiser = getattr(pipe, "unet", None)
+        hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
+        try:
+            from tracker.engine import attention
+
+            with determinism.mode(settings.deterministic), attention.kernels(self._active.attention):
+                # torch's flags and attention kernels around this call only
+                deterministic = determinism.enabled()
+                warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
+                marks.clear()  # the warm-up call's UNet calls are not this batch's steps
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                with _PeakRss() as rss:
+                    start = time.perf_counter()
+                    out = pipe(
+                        **self._text_inputs(pipe, runs, settings.prompt_syntax),
+                        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                        width=settings.width or None, height=settings.height or None, generator=generators,
+                        output_type="np", callback_on_step_end=step_end,
+                    )
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    wall = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise OutOfMemory(_first_line(e)) from None
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
+                if cuda:
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(_first_line(e)) from None
+            raise
+        finally:
+            hook.remove()
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        n = len(runs)
+        # per *requested* step: second-order schedulers (Heun, KDPM2) run 2*steps-1 loop iterations
+        per_step = sum(steps) / settings.steps / n
+        images = []  # converted lazily (ImageResult.image): in a sweep by its writing stage
+        for r, arr in zip(runs, np.asarray(out.images)):
+            images.append(ImageResult(r.key, arr, wall / n, per_step))
+        return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps,
+                           warmup_seconds=warmup, deterministic=deterministic)
+
+    def _warm_up(self, pipe: Any, runs: Sequence[PlannedRun], settings: Settings, gen_device: str, cuda: bool,
+                 device: str) -> float:
+        """With compile on: a short call (2 steps) in the batch's shapes compiles before the timed call, so
+        compilation is timed apart (seconds) and per-image times stay steady. 0.0 when nothing to warm."""
+        from tracker.engine import speed
+
+        shape = (settings.compile, len(runs), settings.width, settings.height, settings.guidance_scale > 1)
+        if settings.compile == "off" or shape in self._warm:
+            return 0.0
+        start = time.perf_counter()
+        pipe(**self._text_inputs(pipe, runs, settings.prompt_syntax),
+             num_inference_steps=min(speed.WARMUP_STEPS, settings.steps), guidance_scale=settings.guidance_scale,
+             width=settings.width or None, height=settings.height or None,
+             generator=[torch.Generator(gen_device).manual_seed(r.seed) for r in runs], output_type="np")
+        if cuda:
+            torch.cuda.synchronize(device)
+        self._warm.add(shape)
+        return time.perf_counter() - start
+
+    def _text_inputs(self, pipe: Any, runs: Sequence[PlannedRun], syntax: str) -> dict[str, Any]:
+        """Prompts as text (plain), or as compel's embeddings of the weighted prompts (a1111, compel)."""
+        prompts, negatives = [r.prompt for r in runs], [r.negative_prompt for r in runs]
+        if syntax == "plain":
+            self._warn_truncated(pipe, runs)
+            return {"prompt": prompts, "negative_prompt": negatives}
+        from tracker.prompts import weighting
+
+        with torch.no_grad():
+            return weighting.conditioning(pipe, prompts, negatives, syntax)

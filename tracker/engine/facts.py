@@ -1,0 +1,96 @@
+"""The facts an ``Engine`` gives for each run's record: the prompts' truncation check, the scheduler's full
+config, the model's revision (a local folder hashed in the background), the environment and a user
+pipeline's description. A mixin of ``tracker.engine.core.Engine`` (it reads the engine's loaded pipelines,
+settings and caches); no torch at import."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from tracker.engine.machine import _environment, _folder_hash, _hub_revision, _in_background, _stat_signature
+
+if TYPE_CHECKING:
+    from tracker.experiment.plan import PlannedRun
+
+log = logging.getLogger("tracker")
+
+
+class RecordFacts:
+    """What the record of a run needs from the engine (see the module's docstring)."""
+
+
+    def check_prompts(self, runs: Sequence["PlannedRun"]) -> None:
+        """The truncation check of every prompt up front, batched per model (a sweep calls it before it
+        starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
+        by_model: dict[tuple, list[PlannedRun]] = {}
+        for r in runs:
+            if r.settings.prompt_syntax != "plain":
+                continue  # compel encodes long prompts in chunks: nothing is cut
+            by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
+        for group in by_model.values():
+            self._warn_truncated(self._load_pipeline(group[0].settings).pipe, group)
+
+    def _warn_truncated(self, pipe: Any, runs: Sequence["PlannedRun"]) -> None:
+        """Say once per prompt when the text encoder will not read all of it."""
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is None:
+            return
+        texts = [t for t in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt))
+                 if t not in self._truncated]
+        if not texts:
+            return
+        self._truncated.update(texts)
+        limit = tokenizer.model_max_length
+        for text, ids in zip(texts, tokenizer(texts, truncation=False).input_ids):
+            if len(ids) > limit:
+                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...",
+                            len(ids), limit, text)
+
+    def scheduler_config(self) -> dict:
+        """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""
+        if self._active is None:
+            raise RuntimeError("scheduler_config() before prepare()")
+        return json.loads(self._active.pipe.scheduler.to_json_string())
+
+    def model_revision(self, model: str) -> str | None:
+        """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
+        return self.model_revision_later(model)()
+
+    def model_revision_later(self, model: str) -> Callable[[], str | None]:
+        """``model_revision`` without waiting for it: a local folder is hashed in a background thread (once per
+        content: path, sizes and mtimes), so hashing gigabytes never delays the first image. Call the result
+        (in the writing stage) to get the value."""
+        if self.user is not None and model == self.user.model:
+            fingerprint = self.user.fingerprint
+            return lambda: fingerprint
+        ref = self._ref(model)
+        folder = Path(ref.location)
+        if ref.kind == "hub" or not folder.is_dir():
+            value = _hub_revision(ref.location) if ref.kind == "hub" else None
+            return lambda: value
+        signature = _stat_signature(folder)
+        with self._hash_lock:
+            cached = self._hashes.get(ref.location)
+            if cached is None or cached[0] != signature:
+                cached = self._hashes[ref.location] = (signature, _in_background(_folder_hash, folder))
+        return cached[1].result
+
+    def environment(self) -> dict:
+        """Versions and hardware that produced the images (of the device of the current settings)."""
+        if self._settings is not None:
+            device = self.device_for(self._settings)
+        else:
+            device = self._resolve_device((self.device_override or "auto").lower(), "device")
+        import torch
+
+        env = {**_environment(device), "torch_threads": torch.get_num_threads()}
+        if self.user is not None:
+            env["pipeline"] = self.user.description
+        return env
+
+    def pipeline_info(self, model: str) -> dict | None:
+        """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
+        return self.user.description if self.user is not None and model == self.user.model else None

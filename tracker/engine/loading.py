@@ -1,0 +1,207 @@
+"""What an ``Engine`` builds once and keeps: pipelines (per model, dtype and allow_pickle; a user's own pipeline
+object as handed over), extra VAEs and schedulers (per class and options, from the checkpoint's own config).
+A mixin of ``tracker.engine.core.Engine``; model-loading errors become one line (``tracker.engine.load_errors``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracker.engine import cpu
+
+cpu.before_torch()  # OpenMP reads its wait policy when torch loads
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
+
+from tracker.experiment import model_refs as models# noqa: E402
+from tracker.errors import ModelError  # noqa: E402
+from tracker.engine.load_errors import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
+                              _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
+                              _safetensors_refused)
+from tracker.experiment.settings import Settings  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _quiet_libraries() -> None:
+    """Loading progress bars and import notices would drown the tracker's own progress output."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionNotice())
+    for handler in (*logging.getLogger("diffusers").handlers, *logging.getLogger("transformers").handlers):
+        handler.addFilter(_DropRepeatedNoise())
+
+
+_quiet_libraries()
+
+
+@dataclass
+class _Loaded:
+    """One loaded pipeline and what it came with, so every swap can be undone."""
+
+    pipe: Any
+    vae: Any  # the checkpoint's own VAE
+    scheduler_config: dict  # the checkpoint's scheduler config
+    scheduler_class: str
+    device: str | None = None  # where the weights are now (None: offloaded by accelerate hooks)
+    offloaded: bool = False
+    saved: Any = None  # a user's pipeline (tracker.engine.userpipe.Saved): its state as handed over, restored by close()
+    sliced: bool = False  # attention slicing on (changing it resets the attention processors)
+    compiled: Any = None  # tracker.engine.speed.Compiled while the compile setting is on
+    attention: Any = None  # tracker.engine.attention.Applied while the attention setting is not "default"
+    schedulers: dict = field(default_factory=dict)  # (class, options) -> a never-used scheduler, copied for use
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dtype": dtype}
+    if not allow_pickle:
+        kw["use_safetensors"] = True
+    if _offline():
+        kw["local_files_only"] = True
+    return kw
+
+
+
+class Loading:
+    """Building and caching the engine's components (see the module's docstring)."""
+
+    base_dir: Path | None
+    user: Any
+    _pipes: dict[tuple, _Loaded]
+    _vaes: dict[tuple, Any]
+
+    def _ref(self, name: str) -> models.ModelRef:
+        return models.resolve(name, self.base_dir)
+
+    def _load_pipeline(self, settings: Settings) -> _Loaded:
+        if models.is_user_pipeline(settings.model):
+            return self._user_pipeline(settings)
+        key = (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        if key in self._pipes:
+            return self._pipes[key]
+        ref = self._ref(settings.model)
+        if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
+            raise _missing_error("model", ref)
+        if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
+            raise _pickle_error("model", ref, _pickle_only(Path(ref.location)))
+        try:
+            with _quiet_loading():
+                pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
+                                                                                       settings.allow_pickle))
+        except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
+            if not settings.allow_pickle and _safetensors_refused(e):
+                raise _pickle_error("model", ref) from None
+            if _is_missing(e):
+                raise _missing_error("model", ref, e) from None
+            raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
+                from None
+        pipe.set_progress_bar_config(disable=True)
+        self.model_revision_later(settings.model)  # hashing starts now, beside the rest of the set-up
+        sched = pipe.scheduler
+        loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
+                         scheduler_class=type(sched).__name__, device="cpu")
+        self._pipes[key] = loaded
+        return loaded
+
+    def _user_pipeline(self, settings: Settings) -> _Loaded:
+        """The user's own pipeline object: never loaded, never cast; its state is saved to be restored."""
+        from tracker.engine.userpipe import Saved
+
+        if self.user is None or settings.model != self.user.model:
+            raise ModelError(f"model {settings.model!r}: made with a pipeline object passed to tracker.run(pipeline=...), "
+                             f"which the tracker cannot rebuild; in Python pass that same pipeline again "
+                             f"(tracker.open(home).reproduce(key, pipeline=pipe))")
+        key = ("user", settings.model)
+        if key not in self._pipes:
+            pipe = self.user.pipe
+            saved = Saved.take(pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
+                                       scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
+        return self._pipes[key]
+
+    def _load_vae(self, settings: Settings) -> Any:
+        ref = self._ref(settings.vae)
+        key = (ref.location, settings.dtype, settings.allow_pickle)
+        if key in self._vaes:
+            return self._vaes[key]
+        subfolders: list[str | None] = [None, "vae"]
+        if ref.kind != "hub":
+            folder = Path(ref.location)
+            subfolders = [s for s in subfolders if (folder / (s or "") / "config.json").is_file()]
+            if not subfolders:
+                raise ModelError(f"vae {settings.vae!r}: no AutoencoderKL in {_describe(ref)} (looked for config.json "
+                                 f"and vae/config.json); give a VAE folder or hub id, or vae: default")
+            sub = subfolders[0] or ""
+            if not settings.allow_pickle and _pickle_only(folder / sub) in (".",):
+                raise _pickle_error("vae", ref, sub or ".")
+        error: BaseException | None = None
+        for sub in subfolders:
+            kw = _load_kwargs(DTYPES[settings.dtype], settings.allow_pickle)
+            if sub:
+                kw["subfolder"] = sub
+            try:
+                with _quiet_loading():
+                    vae = AutoencoderKL.from_pretrained(ref.location, **kw)
+                break
+            except Exception as e:  # noqa: BLE001 - try the next layout, report the first failure
+                error = error or e
+        else:
+            assert error is not None
+            if not settings.allow_pickle and _safetensors_refused(error):
+                raise _pickle_error("vae", ref)
+            if _is_missing(error):
+                raise _missing_error("vae", ref, error)
+            raise ModelError(f"vae {settings.vae!r}: {_describe(ref)} could not be loaded: {_first_line(error)}")
+        vae.eval()
+        self._vaes[key] = vae
+        return vae
+
+    # -- schedulers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _scheduler(loaded: _Loaded, settings: Settings) -> Any:
+        """A fresh scheduler (no state carried over) from the checkpoint's own config plus the options: a copy
+        of one built once per class and options (``from_config`` inspects signatures: ~1.5-30 ms each time)."""
+        choice = settings.scheduler_choice.made_with({"_class_name": loaded.scheduler_class})
+        cls_name, options = choice.class_name, dict(choice.options)
+        key = (cls_name, json.dumps(options, sort_keys=True, default=repr))
+        if key not in loaded.schedulers:
+            loaded.schedulers[key] = Loading._new_scheduler(loaded, cls_name, options)
+        return copy.deepcopy(loaded.schedulers[key])
+
+    @staticmethod
+    def _new_scheduler(loaded: _Loaded, cls_name: str, options: dict) -> Any:
+        if cls_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
+            raise ModelError("scheduler DPMSolverSDEScheduler (A1111 'DPM++ SDE') needs the package torchsde; "
+                             "install it with `pip install torchsde`, or pick another scheduler")
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise ModelError(f"scheduler {cls_name!r} is not a diffusers scheduler class in diffusers "
+                             f"{diffusers.__version__}")
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            accepted = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+            unknown = [k for k in options if k not in accepted]
+            if unknown:
+                raise ModelError(f"scheduler_options: {cls_name} does not accept {', '.join(map(repr, unknown))}; "
+                                 f"it accepts: {', '.join(accepted)}")
+        try:
+            sched = cls.from_config(loaded.scheduler_config, **options)
+        except Exception as e:  # noqa: BLE001 - a bad option value raises ValueError/NotImplementedError/...
+            raise ModelError(f"scheduler {cls_name} with options {options}: {_first_line(e)}") from None
+        return sched

@@ -1,0 +1,413 @@
+"""The experiment file: YAML in, a frozen ``Experiment`` out. Pure: no torch, no diffusers.
+
+Every field is validated here and an error names the file, the field (with its line) and the value.
+``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
+normalizers and ``Settings`` live in ``tracker.experiment.settings`` (re-exported here); the seeds, zip groups and
+exclusions (which points of the axes' product run) in ``tracker.experiment.product``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tracker import limits
+from tracker.experiment import model_refs as models, product as spec_product
+from tracker.prompts import templating# noqa: F401 -- tests read spec.models
+from tracker.errors import SpecError
+from tracker.experiment.schedulers import SchedulerChoice
+from tracker.experiment.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
+                              COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
+                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
+                              setting_fields, setting_label, suggest)
+from tracker.experiment.product import MAX_SEED  # noqa: F401 -- read as spec.MAX_SEED
+from tracker.experiment.yamlfile import LinedYaml, load
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
+             "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
+RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    label: str
+    value: Any = None  # template variable value (str/number) for "var" axes; the setting value for "setting" axes
+    settings: tuple[tuple[str, Any], ...] = ()  # for bundle and setting axes: what this value sets
+    template: str | None = None  # for prompt / negative_prompt axes
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    kind: str  # "var" | "bundle" | "setting" | "prompt" | "seed"
+    values: tuple[AxisValue, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(v.label for v in self.values)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: str | None
+    source: str
+    prompt: str | None  # the template, when prompt is not an axis
+    negative_prompt: str | None
+    axes: tuple[Axis, ...]  # product order: the last varies fastest
+    zip_groups: tuple[tuple[str, ...], ...]
+    exclude: tuple[tuple[tuple[str, Any], ...], ...]
+    settings: Settings  # base values; axes override them
+    scheduler: SchedulerChoice  # the base scheduler, resolved when parsed: settings.scheduler is its class name and
+    #                             settings.scheduler_options the user's own (the plan puts them over its options)
+    explicit: frozenset[str]  # settings the file set itself (``seeds: {from: KEY}`` keeps the others)
+    grid: tuple[str, str] | None
+    seeds_from: str | None
+    description: str = ""
+    variants: Any = None  # tracker.prompts.variants.VariantOptions, or None: no Dynamic Prompts expansion
+    metrics: tuple[str, ...] = ()  # per-image metrics scored after each image is written (tracker.metrics)
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+    base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.axes)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, doc: LinedYaml, path: str):
+        self.doc, self.path = doc, path
+
+    def err(self, field: str, message: str, *at: Any) -> None:
+        parts = tuple(str(p) if not isinstance(p, int) or isinstance(p, bool) else p for p in at)
+        raise SpecError(self.path, field, message, self.doc.line(*parts))
+
+    def errf(self, field: str, *at: Any) -> Callable[[str], None]:
+        return lambda message: self.err(field, message, *at)
+
+    def setting(self, name: str, value: Any, field: str, *at: Any) -> Any:
+        return NORMALIZERS[name](value, self.errf(field, *at))
+
+
+def _label(value: Any) -> str:
+    text = str(value)
+    return text if text.strip() else "(empty)"
+
+
+def parse_file(path: str | Path) -> Experiment:
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size > limits.YAML_MAX_BYTES:
+            raise SpecError(str(path), None, f"is {p.stat().st_size} bytes; an experiment file may hold at most "
+                                             f"{limits.YAML_MAX_BYTES}")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), None, "no such file") from None
+    except IsADirectoryError:
+        raise SpecError(str(path), None, "is a folder, not an experiment file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), None, f"cannot be read: {e}") from None
+    return parse(text, str(path), default_name=p.stem, base_dir=p.resolve().parent)
+
+
+def parse(text: str, path: str = "<experiment>", default_name: str | None = None,
+          base_dir: Path | None = None) -> Experiment:
+    """Parse an experiment file's text; a SpecError names the file, the field (with its line) and the value."""
+    doc = load(text, path)
+    P = _Parser(doc, path)
+    data = _fields(P, doc.data)
+
+    # 1. name and description
+    name, description = _name(P, data, default_name)
+    # 2. settings: a scalar sets a base value, a list makes an axis (lora: a mapping makes one)
+    settings, scheduler, explicit, setting_axes = _settings(P, data, base_dir)
+    # 3. prompts: a string is a template, a mapping label -> template is an axis
+    templates, prompt_axes = _prompts(P, data)
+    # 4. named axes (a setting is set in one place: an axis bundle or the file's own list)
+    user_axes = _named_axes(P, data, setting_axes)
+    # 5. seeds
+    seeds, seeds_from = spec_product.seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
+    seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
+    # 6. templates: every variable must be an axis; the sandbox is checked when they render
+    var_axes = user_axes + setting_axes + [seed_axis]
+    _check_templates(P, templates, prompt_axes, var_axes)
+    # 7. Dynamic Prompts variants of the rendered templates become axes
+    variants, variant_axes = _variants(P, data, templates, prompt_axes, var_axes, base_dir)
+    axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
+    names = [a.name for a in axes]
+    # 8. zip groups and exclusions
+    zip_groups = spec_product.zip_groups(P, data.get("zip"), axes)
+    exclude = spec_product.exclusions(P, data.get("exclude"), names)
+    # 9. grid layout
+    grid = _grid(P, data, names)
+    # 10. metrics scored per image
+    metrics, metric_options = _metrics(P, data)
+
+    lines = {k: doc.line(k) for k in data if doc.line(k)}
+    return Experiment(
+        name=name, path=path, source=text, prompt=templates.get("prompt"),
+        negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
+        settings=settings, scheduler=scheduler, explicit=explicit, grid=grid, seeds_from=seeds_from,
+        description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
+        metric_options=metric_options,
+    )
+
+
+def _fields(P: _Parser, data: Any) -> dict:
+    """The file is a mapping of known fields."""
+    if data is None:
+        P.err("", "is empty; an experiment needs at least a prompt")
+    if not isinstance(data, dict):
+        P.err("", f"must be a mapping of fields but is {type(data).__name__}")
+    for key in data:
+        if key not in TOP_LEVEL:
+            P.err(str(key), f"unknown field {str(key)!r}{suggest(key, list(TOP_LEVEL))}", key)
+    return data
+
+
+def _name(P: _Parser, data: dict, default_name: str | None) -> tuple[str, str]:
+    """``name`` (a folder name; the file's stem by default) and ``description``."""
+    name = data.get("name", default_name if default_name is not None else Path(P.path).stem)
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        P.err("name", f"must match [A-Za-z0-9._-]+ (and not be . or ..) but is {name!r}", "name")
+    if len(name) > limits.MAX_NAME_LENGTH:
+        P.err("name", f"is {len(name)} characters long; at most {limits.MAX_NAME_LENGTH} (it becomes a folder name): "
+                      f"{name[:40]!r}...", "name")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        P.err("description", f"must be a string but is {description!r}", "description")
+    return name, description
+
+
+def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, SchedulerChoice, frozenset[str],
+                                                                      list[Axis]]:
+    """The base Settings, the base scheduler as resolved (its class name is the Settings' ``scheduler``), the
+    settings the file set itself, and the setting axes (lists, and a lora mapping). A scheduler name is resolved
+    here, once, into a ``SchedulerChoice``; an axis of schedulers keeps what the user typed as its labels."""
+    base: dict[str, Any] = {}
+    explicit: set[str] = set()
+    setting_axes: list[Axis] = []
+    if "size" in data and ("width" in data or "height" in data):
+        P.err("size", "give either size or width/height, not both", "size")
+    for key in SETTING_KEYS:
+        if key not in data:
+            continue
+        raw = data[key]
+        explicit.update(setting_fields(key))
+        if isinstance(raw, list):
+            if not raw:
+                P.err(key, "is an empty list; give at least one value", key)
+            values, seen = [], set()
+            for i, item in enumerate(raw):
+                v = P.setting(key, item, f"{key}[{i}]", key, i)
+                lab = item.strip() if key == "scheduler" else setting_label(key, v)
+                if lab in seen:
+                    P.err(f"{key}[{i}]", f"lists {item!r} twice", key, i)
+                seen.add(lab)
+                values.append(AxisValue(lab, value=item if key == "scheduler" else v, settings=((key, v),)))
+            setting_axes.append(Axis(key, "setting", tuple(values)))
+        else:
+            apply_setting(base, key, P.setting(key, raw, key, key))
+    setting_axes += _lora(P, data, base, base_dir)
+    scheduler = base.pop("scheduler", SchedulerChoice())
+    return Settings(**base, scheduler=scheduler.class_name), scheduler, frozenset(explicit), setting_axes
+
+
+def _prompts(P: _Parser, data: dict) -> tuple[dict[str, str | None], list[Axis]]:
+    """``prompt`` / ``negative_prompt``: the fixed templates, and the prompt axes."""
+    if "prompt" not in data:
+        P.err("prompt", "is missing; an experiment needs a prompt template")
+    prompt_axes: list[Axis] = []
+    templates: dict[str, str | None] = {}
+    for key in ("prompt", "negative_prompt"):
+        raw = data.get(key)
+        if raw is None:
+            if key == "prompt":
+                P.err(key, "must be a string template", key)
+            templates[key] = None
+        elif isinstance(raw, str):
+            templates[key] = raw
+        elif isinstance(raw, dict):
+            if not raw:
+                P.err(key, "is an empty mapping; give at least one template", key)
+            vals = []
+            for lab, tpl in raw.items():
+                if not isinstance(tpl, str):
+                    P.err(f"{key}.{lab}", f"must be a string template but is {tpl!r}", key, lab)
+                vals.append(AxisValue(str(lab), value=tpl, template=tpl))
+            prompt_axes.append(Axis(key, "prompt", tuple(vals)))
+            templates[key] = None
+        else:
+            P.err(key, f"must be a string template or a mapping label -> template but is {raw!r}", key)
+    return templates, prompt_axes
+
+
+def _named_axes(P: _Parser, data: dict, setting_axes: list[Axis]) -> list[Axis]:
+    """``axes:``: variable axes (label -> value) and bundles (label -> settings)."""
+    user_axes: list[Axis] = []
+    axes_raw = data.get("axes", {}) or {}
+    if not isinstance(axes_raw, dict):
+        P.err("axes", f"must be a mapping of axis name -> values but is {axes_raw!r}", "axes")
+    bundle_sets: dict[str, str] = {}
+    for aname, raw in axes_raw.items():
+        f = f"axes.{aname}"
+        if not isinstance(aname, str) or not AXIS_NAME_RE.match(aname):
+            P.err(f, f"axis name must be an identifier ([A-Za-z_][A-Za-z0-9_]*) but is {aname!r}", "axes", aname)
+        if aname in RESERVED_AXES:
+            P.err(f, f"axis name {aname!r} collides with the setting or field of that name; rename the axis", "axes", aname)
+        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            raw = [raw]
+        if not isinstance(raw, (list, dict)):
+            P.err(f, f"must be a list of values or a mapping label -> value but is {raw!r}", "axes", aname)
+        if not raw:
+            P.err(f, "is empty; an axis needs at least one value", "axes", aname)
+        items = list(raw.items()) if isinstance(raw, dict) else [(None, v) for v in raw]
+        vals, seen, kinds = [], set(), set()
+        for i, (lab, v) in enumerate(items):
+            at = ("axes", aname, lab if lab is not None else i)
+            fi = f"{f}.{lab}" if lab is not None else f"{f}[{i}]"
+            if isinstance(v, dict):
+                if lab is None:
+                    P.err(fi, "a bundle of settings needs a label: write the axis as a mapping label -> settings", *at)
+                if not v:
+                    P.err(fi, "is an empty bundle of settings", *at)
+                sets = []
+                for sk, sv in v.items():
+                    if sk not in SETTING_KEYS:
+                        P.err(f"{fi}.{sk}", f"unknown setting {str(sk)!r}{suggest(sk, list(SETTING_KEYS))}", *at, sk)
+                    for fld in setting_fields(sk):
+                        owner = bundle_sets.setdefault(fld, aname)
+                        if owner != aname:
+                            P.err(f"{fi}.{sk}", f"setting {sk!r} is already set by axis {owner!r}", *at, sk)
+                    sets.append((sk, P.setting(sk, sv, f"{fi}.{sk}", *at, sk)))
+                kinds.add("bundle")
+                vals.append(AxisValue(str(lab), value=str(lab), settings=tuple(sets)))
+            elif isinstance(v, (str, int, float, bool)) or v is None:
+                v = "" if v is None else v
+                kinds.add("var")
+                vals.append(AxisValue(str(lab) if lab is not None else _label(v), value=v))
+            else:
+                P.err(fi, f"must be a text or number value, or a mapping of settings, but is {v!r}", *at)
+            if vals[-1].label in seen:
+                P.err(fi, f"label {vals[-1].label!r} appears twice", *at)
+            seen.add(vals[-1].label)
+        user_axes.append(Axis(aname, "bundle" if "bundle" in kinds else "var", tuple(vals)))
+    for sa in setting_axes:
+        for fld in setting_fields(sa.name):
+            if fld in bundle_sets:
+                P.err(sa.name, f"is a list here and also set by axis {bundle_sets[fld]!r}; set it in one place", sa.name)
+    return user_axes
+
+
+def _check_templates(P: _Parser, templates: dict[str, str | None], prompt_axes: list[Axis],
+                     var_axes: list[Axis]) -> None:
+    """Every template variable names an axis."""
+    variables = [a.name for a in var_axes]
+    for key in ("prompt", "negative_prompt"):
+        if templates.get(key) is not None:
+            templating.check(templates[key], variables, P.path, key, P.doc.line(key))
+    for a in prompt_axes:
+        for v in a.values:
+            templating.check(v.template, variables, P.path, f"{a.name}.{v.label}", P.doc.line(a.name, v.label))
+
+
+def _grid(P: _Parser, data: dict, names: list[str]) -> tuple[str, str] | None:
+    """``grid: {rows, cols}``: axis names for the report's layout."""
+    if "grid" not in data:
+        return None
+    g = data["grid"]
+    if not isinstance(g, dict) or set(g) - {"rows", "cols"} or not g:
+        P.err("grid", f"must be a mapping with rows and cols (axis names) but is {g!r}", "grid")
+    for k, v in g.items():
+        if v not in names:
+            P.err(f"grid.{k}", f"unknown axis {v!r}; known axes: {', '.join(names)}", "grid", k)
+    return (g.get("rows"), g.get("cols"))
+
+
+def _lora(P: _Parser, data: dict, base: dict[str, Any], base_dir: Path | None) -> list[Axis]:
+    """``lora:``: a list of adapters sets them for every run; a mapping label -> adapters is the axis ``lora``."""
+    if "lora" not in data:
+        return []
+    from tracker.prompts import lora
+
+    parsed = lora.parse(data["lora"], base_dir, bool(base.get("allow_pickle")), lambda f, m: P.err(f, m, "lora"))
+    if isinstance(parsed, tuple):
+        base["lora"] = parsed
+        return []
+    return [Axis("lora", "setting", tuple(AxisValue(label, value=label, settings=(("lora", adapters),))
+                                          for label, adapters in parsed))]
+
+
+def _variants(P: _Parser, data: dict, templates: dict[str, str | None], prompt_axes: list[Axis],
+              var_axes: list[Axis], base_dir: Path | None) -> tuple[Any, list[Axis]]:
+    """``variants:`` / ``wildcards:`` and the variant axes of the prompt templates (tracker.prompts.variants)."""
+    from tracker.prompts import variants
+
+    opts = variants.options(data.get("variants"), data.get("wildcards"), base_dir,
+                            lambda f, m: P.err(f, m, *f.split(".")[:1]))
+    found = [variants.Template(k, k, P.doc.line(k), t) for k, t in templates.items() if t is not None]
+    found += [variants.Template(a.name, f"{a.name}.{v.label}", P.doc.line(a.name, v.label), v.template)
+              for a in prompt_axes for v in a.values]
+    axes = variants.axes_for(opts, found, var_axes, P.path, lambda f, m, line: _raise(P.path, f, m, line))
+    for a in axes:
+        if a.name in RESERVED_AXES:
+            P.err("variants.axis", f"axis name {a.name!r} collides with the setting or field of that name", "variants")
+        if any(u.name == a.name for u in var_axes):
+            P.err(f"axes.{a.name}", f"axis name {a.name!r} is taken by the variants of the prompt; rename the axis "
+                  f"or name the variants axis with variants: {{axis: NAME}}", "axes", a.name)
+    return (opts if axes else None), axes
+
+
+def _raise(path: str, field: str, message: str, line: int | None) -> None:
+    raise SpecError(path, field, message, line)
+
+
+def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """``metrics: [clip_score, shapes]`` (names in tracker.metrics' registry) and ``metric_options: {name: {...}}``."""
+    from tracker.metrics import available
+
+    known = available()
+    raw = data.get("metrics", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        P.err("metrics", f"must be a list of metric names but is {raw!r}", "metrics")
+    names: list[str] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, str) or m not in known:
+            P.err(f"metrics[{i}]", f"unknown metric {m!r}{suggest(str(m), list(known))}; known: {', '.join(sorted(known))}",
+                  "metrics", i)
+        if m in names:
+            P.err(f"metrics[{i}]", f"metric {m!r} appears twice", "metrics", i)
+        names.append(m)
+    options = data.get("metric_options", {}) or {}
+    if not isinstance(options, dict):
+        P.err("metric_options", f"must be a mapping metric -> options but is {options!r}", "metric_options")
+    for m, opts in options.items():
+        if m not in known:
+            P.err(f"metric_options.{m}", f"unknown metric {m!r}{suggest(str(m), list(known))}", "metric_options", m)
+        if not isinstance(opts, dict):
+            P.err(f"metric_options.{m}", f"must be a mapping of options but is {opts!r}", "metric_options", m)
+    return tuple(names), {m: dict(o) for m, o in options.items()}
+
+
+
+def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Experiment:
+    """``seeds: {from: KEY}``: take that run's seed, and its settings where the file does not set them."""
+    merged = {k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit}
+    if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
+        merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
+    new_settings = replace(exp.settings, **merged)
+    # the stored run's scheduler is a class name and its options are all in scheduler_options: nothing to resolve
+    scheduler = SchedulerChoice(merged["scheduler"]) if "scheduler" in merged else exp.scheduler
+    axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
+    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None)

@@ -1,0 +1,150 @@
+"""An AUTOMATIC1111 ``parameters`` chunk (from the tracker or another tool) mapped onto a ``PlannedRun``, as far
+as it describes a pipeline the tracker can run, with one note per item it cannot map.
+
+Pure: no torch. The settings it reads are checked like a recipe's (``tracker.reproduce.trust.checked_settings``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tracker import limits
+from tracker.images import pngmeta
+from tracker.experiment import schedulers
+from tracker.errors import SpecError, TrackerError
+from tracker.experiment.plan import PlannedRun, checked_prompt, run_key
+from tracker.prompts import lora, weighting
+from tracker.experiment.settings import SIZE_RE
+from tracker.reproduce.trust import Trust, checked_settings
+
+FOREIGN_EXPERIMENT = "reproduce"
+
+# A1111 keys that name no pipeline setting and need no note.
+INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment", "Lora hashes"}
+# A1111 settings at the value that means "what diffusers does anyway".
+NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
+# A1111 extra networks in a prompt; <lora:...> maps to a file of a loras: folder (tracker.prompts.lora)
+A1111_NETWORK = re.compile(r"<(lyco|hypernet):[^>]*>", re.I)
+
+
+def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model: str | None = None,
+                   base_dir: Path | None = None, trust: Trust | None = None) -> tuple[PlannedRun, list[str]]:
+    """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped."""
+    from dataclasses import replace
+
+    trust = trust or Trust()
+    if model:
+        trust = replace(trust, model=model)
+    s = dict(params.settings)
+    notes: list[str] = []
+    values: dict[str, Any] = {}
+
+    def bad(key: str, message: str) -> TrackerError:
+        return TrackerError(f"{where}: parameters {key}: {s.get(key)!r} {message}")
+
+    def number(key: str, cast: Callable, check: Callable[[Any], bool], message: str):
+        try:
+            v = cast(s[key])
+        except (ValueError, OverflowError):
+            raise bad(key, message) from None
+        if not check(v):
+            raise bad(key, message)
+        return v
+
+    for key in ("Steps", "Seed", "Size"):
+        if key not in s:
+            raise TrackerError(f"{where}: the parameters chunk gives no {key}; cannot rebuild the run")
+    values["steps"] = number("Steps", int, lambda v: v >= 1, "must be a positive integer")
+    seed = number("Seed", int, lambda v: 0 <= v < 2**63, "must be an integer seed >= 0")
+    m = SIZE_RE.match(s["Size"])
+    if not m or len(m.group(1)) > 9 or len(m.group(2)) > 9:
+        raise bad("Size", "must be WIDTHxHEIGHT in pixels")
+    values["width"], values["height"] = int(m.group(1)), int(m.group(2))
+    if "CFG scale" in s:
+        values["guidance_scale"] = number("CFG scale", float, lambda v: 0 <= v < 1e6, "must be a number >= 0")
+
+    if trust.model and s.get("Model") and s["Model"] != trust.model:
+        notes.append(f"Model: {s['Model']} (replaced by --model {trust.model})")
+    values["model"] = s.get("Model")
+    if s.get("VAE"):
+        values["vae"] = s["VAE"]
+
+    cls, options = _scheduler(s, notes)
+    values["scheduler"], values["scheduler_options"] = cls, options
+    if "Dtype" in s:
+        values["dtype"] = s["Dtype"]
+    if "Generator device" in s:
+        values["generator_device"] = s["Generator device"].lower()
+
+    values["prompt_syntax"] = _prompt_syntax(s, where)
+    prompt, values["lora"], lora_notes = lora.from_a1111(params.prompt, lora.folders_for(base_dir or Path(".")),
+                                                          trust.allow_pickle)
+    notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
+    mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
+              "Generator device", "Scheduler options", "Prompt syntax"}
+    for key, value in s.items():
+        if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
+            continue
+        notes.append(f"{key}: {value} (not supported, ignored)")
+    prompt = checked_prompt(prompt, where, "prompt")
+    negative = checked_prompt(params.negative_prompt, where, "negative prompt")
+    for text, label in ((prompt, "prompt"), (negative, "negative prompt")):
+        notes += weighting.notes(text, values["prompt_syntax"], label)
+        notes += [f"{label}: {m.group(0)} (not supported, ignored)" for m in A1111_NETWORK.finditer(text)]
+
+    settings = checked_settings(values, f"{where}: parameters", trust, notes, base_dir)
+    key = run_key(settings, seed, prompt, negative)
+    experiment = (s.get("Tracker experiment") or FOREIGN_EXPERIMENT)[:limits.MAX_NAME_LENGTH]
+    run = PlannedRun(key=key, index=0, experiment=experiment, axes=(("seed", str(seed)),), prompt=prompt,
+                     negative_prompt=negative, prompt_template=prompt,
+                     negative_template=negative, seed=seed, settings=settings)
+    return run, notes
+
+
+def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
+    """A note per LoRA whose file here is not the one the PNG's ``Lora hashes`` names."""
+    want = dict(part.split(":", 1) for part in (hashes or "").split(",") if ":" in part)
+    want = {k.strip(): v.strip() for k, v in want.items()}
+    return [f"LoRA {a['name']}: the file found has hash {a['sha256'][:12]}, the PNG names {want[a['name']]}"
+            for a in map(dict, adapters) if a["name"] in want and not a["sha256"].startswith(want[a["name"]])]
+
+
+def _prompt_syntax(s: Mapping[str, str], where: str) -> str:
+    """The PNG's own ``Prompt syntax``; else plain for a PNG the tracker wrote, a1111 for one from elsewhere."""
+    syntax = s.get("Prompt syntax") or ("plain" if "Tracker key" in s else "a1111")
+    if syntax not in weighting.SYNTAXES:
+        raise TrackerError(f"{where}: parameters Prompt syntax: {syntax!r} must be one of {', '.join(weighting.SYNTAXES)}")
+    return syntax
+
+
+def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, Any]]:
+    """Sampler + Schedule type (+ prompt-tracker's Scheduler options) -> (class name, options)."""
+    import json
+
+    options: dict[str, Any] = {}
+    if s.get("Scheduler options"):
+        try:
+            options = dict(json.loads(s["Scheduler options"]))
+        except (ValueError, TypeError):
+            notes.append(f"Scheduler options: {s['Scheduler options']} (not a JSON object, ignored)")
+    sampler = s.get("Sampler")
+    if not sampler:
+        return schedulers.DEFAULT, options
+    schedule = s.get("Schedule type")
+    try:
+        cls, options = schedulers.resolve(sampler, options)
+    except SpecError:
+        notes.append(f"Sampler: {sampler} (unknown, used the model's own scheduler)")
+        return schedulers.DEFAULT, {}
+    if "Karras" in sampler and schedule in (None, "", "Automatic"):
+        return cls, options  # an old-style name ("DPM++ 2M Karras") already says its schedule
+    extra, note = schedulers.schedule_options(sampler, schedule)
+    if note:
+        notes.append(note)
+    else:
+        for opt in schedulers.SCHEDULE_OPTIONS.values():
+            options.pop(opt, None)
+        options.update(extra)
+    return cls, options
