@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "score": "tracker.commands.metrics_cmds:score",
     "effects": "tracker.commands.metrics_cmds:effects",
     "check": "tracker.commands.check:check",
+    "studio": "tracker.commands.studio:studio",
+    "ratings": "tracker.commands.studio:ratings",
 }
 
 

@@ -154,6 +154,21 @@ metrics_t = sa.Table(
     sa.Index("ix_metrics_name", "name"),
 )
 
+# 0012: a person's judgements (tracker.store.ratings): a 1-5 score or thumbs (1 up, 0 down) of one run's image, or
+# which of two images is better (``pair``: 1 the run's, 0 the other's, 0.5 a tie).
+ratings_t = sa.Table(
+    "ratings", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", name="fk_ratings_run"), nullable=False),
+    sa.Column("other_run_id", sa.Integer, sa.ForeignKey("runs.id", name="fk_ratings_other_run")),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("rater", sa.String(100), nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_ratings_run", "run_id"),
+)
+
 # Run columns that come from the plan (Settings fields plus the prompts).
 PLAN_COLUMNS = ("axes", "prompt", "negative_prompt", "prompt_template", "negative_template", "seed",
                 "plan_index") + tuple(Settings.__dataclass_fields__)
