@@ -85,8 +85,8 @@
     // Live: images appear as a sweep writes them.
     const strip = document.getElementById("live-strip");
     const source = new EventSource(`/events/${encodeURIComponent(exp)}`);
-    let greeted = false;
-    source.addEventListener("hello", () => { greeted = true; body.dataset.live = "on"; });
+    const filters = JSON.parse(body.dataset.filters || "{}");
+    source.addEventListener("hello", () => { body.dataset.live = "on"; });
     source.addEventListener("run", (ev) => {
       const d = JSON.parse(ev.data);
       const fig = document.querySelector(`figure.thumb[data-key="${CSS.escape(d.key)}"]`);
@@ -96,7 +96,7 @@
           img.src = d.src; img.classList.remove("pending"); fig.classList.remove("pending", "running");
           fig.classList.add("done", "arrived");
         }
-      } else if (greeted) {
+      } else if (!d.initial && Object.entries(filters).every(([a, v]) => d.labels[a] === v)) {
         const img = document.createElement("img");
         img.src = d.src; img.alt = d.key; img.dataset.key = d.key;
         strip.prepend(img);

@@ -201,14 +201,15 @@ def create_app(ws: Workspace, token: str, allowed_hosts: set[str], rater: str | 
             while loop.time() < end:
                 if await request.is_disconnected():
                     return
-                done = await asyncio.to_thread(views.done_keys, store, experiment)
-                new = [k for k in done if k not in seen]
-                seen.update(new)
+                done = await asyncio.to_thread(views.done_runs, store, experiment)
+                new = [(k, labels) for k, labels in done if k not in seen]
+                seen.update(k for k, _ in new)
+                for k, labels in new:  # the first poll's are marked initial: the page was rendered with them
+                    data = {"key": k, "src": f"/img/{experiment}/{k}", "labels": labels, "initial": first}
+                    yield f"event: run\ndata: {json.dumps(data)}\n\n"
                 if first:
                     yield f"event: hello\ndata: {json.dumps({'done': len(done)})}\n\n"
                     first = False
-                for k in new:
-                    yield f"event: run\ndata: {json.dumps({'key': k, 'src': f'/img/{experiment}/{k}'})}\n\n"
                 await asyncio.sleep(SSE_POLL_SECONDS)
 
         return StreamingResponse(stream(), media_type="text/event-stream")

@@ -232,8 +232,10 @@ def difference_png(store, ws, a: str, b: str) -> bytes:
     return buf.getvalue()
 
 
-def done_keys(store, experiment: str) -> list[str]:
+def done_runs(store, experiment: str) -> list[tuple[str, dict[str, str]]]:
+    """Each done run's key and labels (the seed's included), for the live view."""
     try:
-        return [r.key for r in store.runs(experiment, status="done")]
+        return [(r.key, {**{k: str(v) for k, v in r.axes.items()}, SEED: str(r.seed)})
+                for r in store.runs(experiment, status="done")]
     except NotFoundError:
         return []
