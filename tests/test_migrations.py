@@ -16,7 +16,8 @@ from tracker.errors import StoreError
 from tracker.store.runstore import Store, metadata
 
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
-             "0006_prompt_language", "0007_metrics", "0008_image_files", "0009_attention"]
+             "0006_prompt_language", "0007_metrics", "0008_image_files", "0009_attention",
+             "0012_ratings"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -39,12 +40,14 @@ ADDED = {  # revision -> table -> columns it adds
     "0007_metrics": {},
     "0008_image_files": {"runs": {"image_size", "image_mtime_ns", "deterministic"}},
     "0009_attention": {"runs": {"attention"}},
+    "0012_ratings": {},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",
                                 "runs_done", "runs_failed", "busy_seconds", "status"}},
     "0007_metrics": {"metrics": {"id", "run_id", "name", "value", "version", "higher_is_better", "scored_at",
                                  "mlflow_synced_at"}},
+    "0012_ratings": {"ratings": {"id", "run_id", "other_run_id", "kind", "value", "rater", "comment", "created_at"}},
 }
 BIG_SEED = 2**63 - 1
 

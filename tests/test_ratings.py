@@ -143,3 +143,22 @@ def test_scores_thumbs_and_pairs_are_stored_exported_and_feed_effects_and_mlflow
     logged = {r.data.tags.get("tracker.key"): r.data.metrics for r in client.search_runs([exp.experiment_id])}
     assert logged[runs[("green", 0)].key]["rating"] == 4.5
     assert logged[runs[("blue", 0)].key]["thumbs"] == 1.0
+
+
+@pytest.mark.slow
+def test_ratings_on_postgresql(cli, write_yaml, pg_url):
+    path = write_yaml(EXP.replace("seeds: [0, 1, 2]", "seeds: [0]").replace("steps: 6", "steps: 2"))
+    res = cli("--db", pg_url, "run", path, "--no-mlflow", "-q")
+    assert res.code == 0, res.err
+    with Store.open(pg_url, create=False) as store:
+        runs = {r.axes["colour"]: r for r in store.runs("rated")}
+        ratings.add(store, "rated", runs["red"].key, "score", 5, "ann", "<b>ok</b>")
+        ratings.add(store, "rated", runs["blue"].key, "pair", 0.5, "ann", other_key=runs["red"].key)
+        rows = ratings.list_ratings(store, "rated")
+        from tracker.metrics import storage
+
+        assert storage.values(store, "rated")[runs["red"].key]["rating"] == 5.0
+    assert [(r.kind, r.value, r.comment) for r in rows] == [("score", 5.0, "<b>ok</b>"), ("pair", 0.5, None)]
+    assert rows[1].other_key == runs["red"].key
+    res = cli("--db", pg_url, "ratings", "rated", "--json")
+    assert res.code == 0 and len(json.loads(res.out)["ratings"]) == 2
