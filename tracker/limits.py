@@ -20,6 +20,10 @@ MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
 MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is rendered with to find its variants
 
+# Worker processes (tracker/sweep/pool.py): ``--workers N`` starts at most min(N, MAX_WORKERS, the plan's runs,
+# the CUDA devices or else the CPU cores); each worker imports torch and loads the model (~1-2 GB of memory)
+MAX_WORKERS = 64
+
 # PNG metadata and images (tracker/images/pngmeta.py, tracker/reproduce/regenerate.py)
 MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)
 MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: images opened or generated from a PNG's recipe
