@@ -20,6 +20,9 @@ MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
 MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is rendered with to find its variants
 
+# Dynamic Prompts variants and wildcards (tracker/prompts/variants.py)
+MAX_VARIANTS = 10_000  # expansions of one template: every combination, or variants: {sample: N} (the plan limit)
+
 # Worker processes (tracker/sweep/pool.py): ``--workers N`` starts at most min(N, MAX_WORKERS, the plan's runs,
 # the CUDA devices or else the CPU cores); each worker imports torch and loads the model (~1-2 GB of memory)
 MAX_WORKERS = 64

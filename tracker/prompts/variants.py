@@ -26,7 +26,7 @@ from tracker.experiment.parse import Axis, AxisValue
 
 DEFAULT_AXIS = "variant"
 NEGATIVE_AXIS = "negative_variant"
-MAX_PROMPTS = 10_000  # the plan limit: more expansions than this can never become a plan
+MAX_PROMPTS = limits.MAX_VARIANTS  # the plan limit: more expansions than this can never become a plan
 NO_VARIANT = "(none)"  # the label of a text without variant syntax, next to texts with it
 WILDCARDS_ENV = "TRACKER_WILDCARDS"
 SAMPLE_TRIES = 20  # rounds of draws for ``sample: N`` before settling for fewer distinct texts
@@ -66,6 +66,9 @@ def options(raw: Any, wildcards: Any, base_dir: Path | None, err: Callable[[str,
     sample, seed, axis = raw.get("sample"), raw.get("seed", 0), raw.get("axis", DEFAULT_AXIS)
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
         err("variants.sample", f"must be a positive integer but is {sample!r}")
+    if sample is not None and sample > limits.MAX_VARIANTS:
+        err("variants.sample", f"is {sample}; at most {limits.MAX_VARIANTS} variants of a template are drawn "
+                               f"(the plan limit)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         err("variants.seed", f"must be an integer >= 0 but is {seed!r}")
     if "seed" in raw and sample is None:
@@ -159,11 +162,13 @@ def _generate(text: str, opts: VariantOptions) -> list[str]:
             if len(texts) > MAX_PROMPTS:
                 raise VariantError(f"{text!r} expands to more than {MAX_PROMPTS} prompts; "
                                    f"sample some with variants: {{sample: N, seed: S}}")
-        else:  # seeded draws until N distinct texts (the generator's stream goes on across calls)
+        else:  # seeded draws until N distinct texts (the generator's stream goes on across calls), or until every
+            # text the template can make is drawn: a template with fewer combinations than N stops there
+            every = len(CombinatorialPromptGenerator(manager).generate(text, max_prompts=opts.sample))
             generator, texts = RandomPromptGenerator(manager, seed=opts.seed), []
             for _ in range(SAMPLE_TRIES):
                 texts = list(dict.fromkeys(texts + generator.generate(text, opts.sample - len(texts))))
-                if len(texts) >= opts.sample:
+                if len(texts) >= min(opts.sample, every):
                     break
     except _Missing as e:
         raise VariantError(_missing_message(text, str(e), opts)) from None
@@ -272,4 +277,10 @@ def choose(opts: VariantOptions, label: str | None, text: str) -> str | None:
         return text if label in (None, NO_VARIANT) else None
     if label is None:
         return None
-    return dict(expanded).get(label)
+    return _by_label(text, opts).get(label)
+
+
+@lru_cache(maxsize=64)
+def _by_label(text: str, opts: VariantOptions) -> dict[str, str]:
+    """``expand_text`` as a mapping (built once: a plan looks up each of up to MAX_PROMPTS labels)."""
+    return dict(expand_text(text, opts) or ())
