@@ -22,6 +22,9 @@ MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is re
 
 # Dynamic Prompts variants and wildcards (tracker/prompts/variants.py)
 MAX_VARIANTS = 10_000  # expansions of one template: every combination, or variants: {sample: N} (the plan limit)
+MAX_WILDCARD_ENTRIES = 100_000  # files and folders visited in a wildcards folder (links inside it included)
+MAX_WILDCARD_DEPTH = 16  # folders nested in a wildcards folder
+MAX_WILDCARD_FILE_BYTES = 10_000_000  # one wildcard file (.txt, .json, .yaml)
 
 # Worker processes (tracker/sweep/pool.py): ``--workers N`` starts at most min(N, MAX_WORKERS, the plan's runs,
 # the CUDA devices or else the CPU cores); each worker imports torch and loads the model (~1-2 GB of memory)
