@@ -115,11 +115,17 @@ def test_wildcard_files_nested_wildcards_and_the_environment_folder(tmp_path, mo
     ("bad-sample", "prompt: 'a {b|c}'\nvariants: {sample: 0}\n", ["exp.yaml: variants.sample", "positive integer"]),
     ("axis-taken", "prompt: '{{ variant }} {b|c}'\naxes:\n  variant: [x]\n", ["axes.variant", "taken by the variants"]),
     ("too-many", "prompt: '" + "{a|b|c|d|e|f|g|h|i|j}" * 5 + "'\n", ["exp.yaml: prompt", "more than 10000"]),
+    ("dot-dot", "prompt: 'a __../secret/s__ car'\nwildcards: wild\n",
+     ["exp.yaml: prompt (line 1)", "wildcard __../secret/s__", "outside the wildcards folder"]),
+    ("negative-axis", "prompt: 'a {red|blue} car'\nvariants: {axis: negative_variant}\n",
+     ["exp.yaml: variants.axis", "'negative_variant'", "negative prompt"]),
 ])
 def test_bad_variants_are_one_line_exit_2(cli, tmp_path, monkeypatch, name, text, needles):
     monkeypatch.delenv("TRACKER_WILDCARDS", raising=False)
     (tmp_path / "wild").mkdir()
     (tmp_path / "wild" / "outer.txt").write_text("__inner__\n")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "s.txt").write_text("hidden\n")
     (tmp_path / "exp.yaml").write_text(text)
     res = cli("expand", tmp_path / "exp.yaml")
     assert_one_line_error(res, *needles)

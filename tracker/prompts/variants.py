@@ -75,6 +75,8 @@ def options(raw: Any, wildcards: Any, base_dir: Path | None, err: Callable[[str,
         err("variants.seed", "seeds the sampling; give sample: N too (without it every combination is used)")
     if not isinstance(axis, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", axis):
         err("variants.axis", f"must be an identifier ([A-Za-z_][A-Za-z0-9_]*) but is {axis!r}")
+    if axis == NEGATIVE_AXIS:
+        err("variants.axis", f"{axis!r} is the axis of the negative prompt's variants; name the prompt's another way")
     return VariantOptions(sample=sample, seed=seed, axis=axis, wildcards=folder, explicit=True)
 
 
@@ -105,7 +107,8 @@ def _wildcard_manager(folder: str | None):
     class StrictWildcards(WildcardManager):
         """The wildcards of ``folder`` as ``_walk`` reads them (within the folder, bounded), instead of the
         library's own walk (``os.walk(followlinks=True)``: a link to the folder itself never ends, a link out of
-        it is read). A missing wildcard is an error (the library leaves it in the text with a log warning)."""
+        it is read). A missing wildcard is an error (the library leaves it in the text with a log warning), and
+        so is a name with ``..`` or ``\\`` (the library logs two tracebacks for those, then finds nothing)."""
 
         def __init__(self):
             super().__init__(None)
@@ -118,6 +121,9 @@ def _wildcard_manager(folder: str | None):
             return self._walked
 
         def get_values(self, wildcard: str):
+            name = wildcard.removeprefix(self.wildcard_wrap).removesuffix(self.wildcard_wrap)
+            if ".." in name or "\\" in name:
+                raise _Unsafe(name)
             values = super().get_values(wildcard)
             if not values:
                 raise _Missing(wildcard)
@@ -127,6 +133,10 @@ def _wildcard_manager(folder: str | None):
 
 
 class _Missing(Exception):
+    pass
+
+
+class _Unsafe(Exception):
     pass
 
 
@@ -296,6 +306,9 @@ def _generate(text: str, opts: VariantOptions) -> list[str]:
                     break
     except _Missing as e:
         raise VariantError(_missing_message(text, str(e), opts)) from None
+    except _Unsafe as e:
+        raise VariantError(f"wildcard __{e}__ names a file outside the wildcards folder ('..' and '\\' are not "
+                           f"allowed in wildcard names)") from None
     except _BadWildcards as e:
         raise VariantError(str(e)) from None
     except RecursionError:
