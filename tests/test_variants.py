@@ -281,3 +281,42 @@ def test_structured_wildcard_files_are_read_by_the_library_after_the_checks(cli,
     (tmp_path / "other" / "bad.json").write_text('{"x": [1,')
     (tmp_path / "bad.yaml").write_text("prompt: 'a __x__'\nwildcards: other\n")
     assert_one_line_error(cli("expand", tmp_path / "bad.yaml"), "wildcard file", "bad.json", "malformed JSON")
+
+
+def test_a_prompt_longer_than_the_limit_is_refused_where_it_is_made(cli, tmp_path):
+    """A 300,000-character wildcard line was planned and generated, then `tracker reproduce` refused the PNG."""
+    from tracker import limits
+
+    _wild(tmp_path, **{"long.txt": "short\n" + "x" * 300_000 + "\n"})
+    (tmp_path / "exp.yaml").write_text("name: long\nprompt: 'a __long__ car'\nwildcards: wild\n")
+    res = cli("expand", tmp_path / "exp.yaml")
+    assert_one_line_error(res, "exp.yaml: prompt (line 2)", "300006 characters long", "variant=",
+                          f"at most {limits.MAX_PROMPT_CHARS}")
+    (tmp_path / "neg.yaml").write_text("name: neg\nprompt: a car\nnegative_prompt: '__long__'\nwildcards: wild\n")
+    assert_one_line_error(cli("expand", tmp_path / "neg.yaml"), "neg.yaml: negative_prompt (line 3)",
+                          "300000 characters long", "negative_variant=")
+
+
+def test_the_longest_prompts_a_plan_may_hold_read_back_from_their_png(tmp_path):
+    """At the limit, with 4-byte characters in prompt, negative prompt and both templates: the PNG's recipe
+    is read back whole (tracker reproduce's reader and checks), so a plan never holds a prompt reproduce refuses."""
+    from PIL import Image
+
+    from tracker import limits
+    from tracker.experiment.plan import PlannedRun
+    from tracker.images import pngmeta
+
+    n = limits.MAX_PROMPT_CHARS - 2
+    (tmp_path / "wild").mkdir()
+    (tmp_path / "wild" / "p.txt").write_text("🦉" * n + "\n", encoding="utf-8")
+    (tmp_path / "wild" / "n.txt").write_text("🦊" * n + "\n", encoding="utf-8")
+    pad = "{# " + "🐢" * (limits.MAX_PROMPT_CHARS - 20) + " #}"
+    (tmp_path / "exp.yaml").write_text(f"prompt: '{pad}a __p__'\nnegative_prompt: '{pad}a __n__'\nwildcards: wild\n",
+                                       encoding="utf-8")
+    run = plan.expand(spec.parse_file(tmp_path / "exp.yaml")).runs[0]
+    assert len(run.prompt) == limits.MAX_PROMPT_CHARS and len(run.negative_template) <= limits.MAX_PROMPT_CHARS
+    png = tmp_path / "x.png"
+    pngmeta.save_png(Image.new("RGB", (8, 8)), png, pngmeta.recipe_for(run))
+    _, recipe = pngmeta.read_png(png)
+    back = PlannedRun.from_recipe(recipe, str(png))
+    assert (back.prompt, back.negative_prompt, back.key) == (run.prompt, run.negative_prompt, run.key)
