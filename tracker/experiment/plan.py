@@ -219,6 +219,8 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
             _check_length(exp, field, text, picked, template)
         combos += 1
         settings = _settings(values, exp.base_dir)
+        if settings.prompt_syntax == "a1111":
+            _check_weights(exp, settings.prompt_syntax, prompt, negative)
         seed = picked["seed"].value
         perf = {f: values[f] for f in sorted(perf_axes)}
         key = run_key(settings, seed, prompt, negative, perf)
@@ -246,6 +248,17 @@ def _check_length(exp: Experiment, field: str, text: str, picked: dict[str, Axis
     raise SpecError(exp.path, field, f"{what} is {len(text)} characters long{f' ({label})' if label else ''}; "
                                      f"at most {limits.MAX_PROMPT_CHARS} (tracker.limits.MAX_PROMPT_CHARS)",
                     exp.lines.get(field))
+
+
+def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> None:
+    """A prompt whose weights cannot be translated for compel is refused now, not by every run later."""
+    from tracker.prompts import weighting
+
+    for field, text in (("prompt", prompt), ("negative_prompt", negative)):
+        try:
+            weighting.check(text, syntax)
+        except weighting.WeightError as e:
+            raise SpecError(exp.path, field, f"prompt_syntax {syntax}: {e}", exp.lines.get(field)) from None
 
 
 def _settings(values: dict[str, Any], base_dir) -> Settings:
