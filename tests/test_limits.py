@@ -33,6 +33,8 @@ def _expand(cli, write_yaml, text: str):
     pytest.param("prompt: \"{{ ('ab' * 100).replace('a', 'x' * 10000) }}\"\n", ["exp.yaml: prompt", "characters"],
                  id="replace-growth"),
     pytest.param("name: " + "n" * 300 + "\nprompt: hi\n", ["exp.yaml: name", "300 characters", "at most 100"], id="long-name"),
+    pytest.param("prompt: 'a {red|green} car'\nvariants: {sample: 100000000}\n",
+                 ["exp.yaml: variants.sample", "100000000", f"at most {limits.MAX_VARIANTS}"], id="variant-sample"),
 ])
 def test_costly_input_is_one_line_and_fast(cli, write_yaml, text, needles):
     res, seconds = _expand(cli, write_yaml, text)

@@ -439,3 +439,35 @@ def test_a_new_store_opens_while_another_connection_holds_it_before_it_is_in_wal
     holder.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_tilde_in_a_sqlite_url_is_expanded_the_same_way_everywhere(tmp_path, monkeypatch):
+    """--db 'sqlite:///~/x.db': the workspace's URL (what every command and child process gets), Store.open
+    given the URL itself, and the read commands' existence check all mean $HOME/x.db, never ./~/x.db."""
+    from tracker.workspace import Workspace
+
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.from_options(home=str(tmp_path / "ws"), db="sqlite:///~/x.db")
+    assert ws.db_url == f"sqlite:///{tmp_path / 'h' / 'x.db'}"
+    with Store.open("sqlite:///~/x.db") as st:  # the Python API, given the URL as the user wrote it
+        planned(st, plan.expand(spec.parse("name: t\nprompt: a\nseeds: [0]\n", "t.yaml")))
+    assert (tmp_path / "h" / "x.db").is_file() and not (tmp_path / "~").exists()
+    with Store.open(ws.db_url, create=False) as st:
+        assert [r.status for r in st.runs("t")] == ["pending"]
+
+
+@pytest.mark.slow
+def test_run_and_runs_open_the_same_store_for_a_tilde_url(tmp_path):
+    """Real processes: `tracker --db sqlite:///~/x.db run` then `runs`: the run is found (run wrote ./~/x.db
+    or failed, while runs looked in $HOME)."""
+    from conftest import run_tracker
+
+    env = {"HOME": str(tmp_path / "h"), "TRACKER_HOME": str(tmp_path / "ws")}
+    (tmp_path / "h").mkdir()
+    (tmp_path / "e.yaml").write_text("name: t\nmodel: tiny\nprompt: a\nseeds: [0]\nsteps: 1\n")
+    res = run_tracker("--db", "sqlite:///~/x.db", "run", tmp_path / "e.yaml", "--no-mlflow", "-q", env=env, cwd=tmp_path)
+    assert res.code == 0 and "1 done" in res.out, res.err
+    res = run_tracker("--db", "sqlite:///~/x.db", "runs", "t", "--json", env=env, cwd=tmp_path)
+    assert res.code == 0 and [r["status"] for r in json.loads(res.out)] == ["done"], res.err
+    assert (tmp_path / "h" / "x.db").is_file() and not (tmp_path / "~").exists()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
+from conftest import REPO, run_tracker
 from test_spec_errors import assert_one_line_error
 from tracker.experiment import plan, parse as spec
 
@@ -115,11 +115,17 @@ def test_wildcard_files_nested_wildcards_and_the_environment_folder(tmp_path, mo
     ("bad-sample", "prompt: 'a {b|c}'\nvariants: {sample: 0}\n", ["exp.yaml: variants.sample", "positive integer"]),
     ("axis-taken", "prompt: '{{ variant }} {b|c}'\naxes:\n  variant: [x]\n", ["axes.variant", "taken by the variants"]),
     ("too-many", "prompt: '" + "{a|b|c|d|e|f|g|h|i|j}" * 5 + "'\n", ["exp.yaml: prompt", "more than 10000"]),
+    ("dot-dot", "prompt: 'a __../secret/s__ car'\nwildcards: wild\n",
+     ["exp.yaml: prompt (line 1)", "wildcard __../secret/s__", "outside the wildcards folder"]),
+    ("negative-axis", "prompt: 'a {red|blue} car'\nvariants: {axis: negative_variant}\n",
+     ["exp.yaml: variants.axis", "'negative_variant'", "negative prompt"]),
 ])
 def test_bad_variants_are_one_line_exit_2(cli, tmp_path, monkeypatch, name, text, needles):
     monkeypatch.delenv("TRACKER_WILDCARDS", raising=False)
     (tmp_path / "wild").mkdir()
     (tmp_path / "wild" / "outer.txt").write_text("__inner__\n")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "s.txt").write_text("hidden\n")
     (tmp_path / "exp.yaml").write_text(text)
     res = cli("expand", tmp_path / "exp.yaml")
     assert_one_line_error(res, *needles)
@@ -201,3 +207,116 @@ def test_the_warrior_chief_variants_example():
     p = plan.expand(spec.parse_file(REPO / "examples" / "warrior-chief-variants.yaml"))
     assert list(p.labels_per_axis()["age"]) == ["the oldest", "a old", "a", "a young"] and len(p.runs) == 48
     assert {r.settings.prompt_syntax for r in p.runs} == {"a1111"}
+
+
+def _wild(tmp_path, **files: "str | bytes"):
+    folder = tmp_path / "wild"
+    folder.mkdir(exist_ok=True)
+    for name, data in files.items():
+        path = folder / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return folder
+
+
+def test_a_wildcards_folder_linking_to_itself_is_walked_once(tmp_path):
+    """Real symlinks: three links to the folder itself and one from a subfolder back up (the library's
+    os.walk(followlinks=True) walks 3**40 paths: `tracker expand` never ended). Run in a process of its own,
+    with a bound on how long it may take so that a hang fails the test instead of stalling the suite."""
+    folder = _wild(tmp_path, **{"colours.txt": "red\nblue\n", "people__chief.txt": "old chief\n",
+                                "people__.hidden__x.txt": "never\n"})
+    for name in ("self", "again", "more"):
+        (folder / name).symlink_to(".", target_is_directory=True)
+    (folder / "people" / "up").symlink_to("..", target_is_directory=True)
+    (folder / "people" / "hues.txt").symlink_to("../colours.txt")  # a link to a file inside: read
+    (tmp_path / "exp.yaml").write_text("prompt: 'a __people/chief__ in __people/hues__, __colours__'\nwildcards: wild\n")
+    res = run_tracker("expand", tmp_path / "exp.yaml", "--json", timeout=120)
+    assert res.code == 0, res.err
+    prompts = sorted(r["prompt"] for r in json.loads(res.out))
+    assert prompts == sorted(f"a old chief in {h}, {c}" for h in ("red", "blue") for c in ("red", "blue"))
+
+
+def test_a_link_out_of_the_wildcards_folder_is_refused_in_one_line(cli, tmp_path):
+    (tmp_path / "secret.txt").write_text("hidden\n")
+    folder = _wild(tmp_path, **{"colours.txt": "red\n"})
+    (folder / "stolen.txt").symlink_to(tmp_path / "secret.txt")
+    (tmp_path / "exp.yaml").write_text("prompt: 'a __stolen__ car'\nwildcards: wild\n")
+    res = cli("expand", tmp_path / "exp.yaml")
+    assert_one_line_error(res, "exp.yaml: prompt (line 1)", "stolen.txt is a link to", "outside the folder")
+    assert "hidden" not in res.out + res.err
+
+
+def test_the_wildcards_folder_walk_is_bounded(cli, tmp_path, monkeypatch):
+    from tracker import limits
+
+    folder = _wild(tmp_path, **{f"w{i}.txt": "x\n" for i in range(30)})
+    (tmp_path / "exp.yaml").write_text("prompt: 'a __w1__ car'\nwildcards: wild\n")
+    monkeypatch.setattr(limits, "MAX_WILDCARD_ENTRIES", 20)
+    assert_one_line_error(cli("expand", tmp_path / "exp.yaml"), "more than 20 files and folders")
+    deep = folder / "/".join("d" * 5)
+    deep.mkdir(parents=True)
+    (tmp_path / "deep.yaml").write_text("prompt: 'a __w2__ car'\nwildcards: wild\n")
+    monkeypatch.setattr(limits, "MAX_WILDCARD_ENTRIES", 1000)
+    monkeypatch.setattr(limits, "MAX_WILDCARD_DEPTH", 3)
+    assert_one_line_error(cli("expand", tmp_path / "deep.yaml"), "more than 3 folders deep")
+
+
+def test_wildcard_files_are_utf8_or_refused_naming_the_file_and_line(cli, tmp_path):
+    _wild(tmp_path, **{"drinks.txt": "café au lait\nthé\n", "latin.txt": "red\n# note\ncafé\n".encode("latin-1")})
+    (tmp_path / "exp.yaml").write_text("prompt: 'a __drinks__'\nwildcards: wild\n")
+    assert sorted(r.prompt for r in plan.expand(spec.parse_file(tmp_path / "exp.yaml")).runs) == [
+        "a café au lait", "a thé"]
+    (tmp_path / "latin.yaml").write_text("prompt: 'a __latin__'\nwildcards: wild\n")
+    res = cli("expand", tmp_path / "latin.yaml")
+    assert_one_line_error(res, "wildcard file", "latin.txt", "line 3 is not UTF-8")
+
+
+def test_structured_wildcard_files_are_read_by_the_library_after_the_checks(cli, tmp_path):
+    _wild(tmp_path, **{"pantry.yaml": "animals:\n  cats: [tabby, siamese]\n",
+                       "more__things.json": '{"tools": ["saw", "2::hammer"]}'})
+    (tmp_path / "exp.yaml").write_text("prompt: 'a __animals/cats__ with a __more/tools__'\nwildcards: wild\n")
+    assert sorted(r.prompt for r in plan.expand(spec.parse_file(tmp_path / "exp.yaml")).runs) == [
+        "a siamese with a hammer", "a siamese with a saw", "a tabby with a hammer", "a tabby with a saw"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bad.json").write_text('{"x": [1,')
+    (tmp_path / "bad.yaml").write_text("prompt: 'a __x__'\nwildcards: other\n")
+    assert_one_line_error(cli("expand", tmp_path / "bad.yaml"), "wildcard file", "bad.json", "malformed JSON")
+
+
+def test_a_prompt_longer_than_the_limit_is_refused_where_it_is_made(cli, tmp_path):
+    """A 300,000-character wildcard line was planned and generated, then `tracker reproduce` refused the PNG."""
+    from tracker import limits
+
+    _wild(tmp_path, **{"long.txt": "short\n" + "x" * 300_000 + "\n"})
+    (tmp_path / "exp.yaml").write_text("name: long\nprompt: 'a __long__ car'\nwildcards: wild\n")
+    res = cli("expand", tmp_path / "exp.yaml")
+    assert_one_line_error(res, "exp.yaml: prompt (line 2)", "300006 characters long", "variant=",
+                          f"at most {limits.MAX_PROMPT_CHARS}")
+    (tmp_path / "neg.yaml").write_text("name: neg\nprompt: a car\nnegative_prompt: '__long__'\nwildcards: wild\n")
+    assert_one_line_error(cli("expand", tmp_path / "neg.yaml"), "neg.yaml: negative_prompt (line 3)",
+                          "300000 characters long", "negative_variant=")
+
+
+def test_the_longest_prompts_a_plan_may_hold_read_back_from_their_png(tmp_path):
+    """At the limit, with 4-byte characters in prompt, negative prompt and both templates: the PNG's recipe
+    is read back whole (tracker reproduce's reader and checks), so a plan never holds a prompt reproduce refuses."""
+    from PIL import Image
+
+    from tracker import limits
+    from tracker.experiment.plan import PlannedRun
+    from tracker.images import pngmeta
+
+    n = limits.MAX_PROMPT_CHARS - 2
+    (tmp_path / "wild").mkdir()
+    (tmp_path / "wild" / "p.txt").write_text("🦉" * n + "\n", encoding="utf-8")
+    (tmp_path / "wild" / "n.txt").write_text("🦊" * n + "\n", encoding="utf-8")
+    pad = "{# " + "🐢" * (limits.MAX_PROMPT_CHARS - 20) + " #}"
+    (tmp_path / "exp.yaml").write_text(f"prompt: '{pad}a __p__'\nnegative_prompt: '{pad}a __n__'\nwildcards: wild\n",
+                                       encoding="utf-8")
+    run = plan.expand(spec.parse_file(tmp_path / "exp.yaml")).runs[0]
+    assert len(run.prompt) == limits.MAX_PROMPT_CHARS and len(run.negative_template) <= limits.MAX_PROMPT_CHARS
+    png = tmp_path / "x.png"
+    pngmeta.save_png(Image.new("RGB", (8, 8)), png, pngmeta.recipe_for(run))
+    _, recipe = pngmeta.read_png(png)
+    back = PlannedRun.from_recipe(recipe, str(png))
+    assert (back.prompt, back.negative_prompt, back.key) == (run.prompt, run.negative_prompt, run.key)

@@ -173,3 +173,31 @@ def test_mlflow_params_record_the_syntax():
                   negative_prompt="", axes=dict(run.axes), seed=0, mlflow_synced=False)
     params = tracker_mlflow.child_params(RunRecord(**fields))
     assert params["prompt_syntax"] == "a1111" and "lora" not in params
+
+
+@pytest.mark.parametrize("a1111, compel_text, fragments", [
+    ("a (old:1000000) man", "a (old)1000000 man", [("a", 1.0), ("old", 1000000.0), ("man", 1.0)]),
+    ("(old:0.00001) man", "(old)0 man", [("old", 0.0), ("man", 1.0)]),
+    ("(((((old))))) man", "(old)1.6105 man", [("old", 1.6105), ("man", 1.0)]),
+])
+def test_weights_compel_reads_as_numbers_are_written_without_exponents(a1111, compel_text, fragments):
+    """``(x:1000000)`` became ``(x)1e+06``, which compel reads as x at 1, then the text 'e+06'."""
+    assert weighting.a1111_to_compel(a1111) == compel_text
+    assert _fragments(compel_text) == fragments
+
+
+@pytest.mark.parametrize("prompt, needles", [
+    ("a (x:1.2.3) car", ["prompt_syntax a1111", "the weight '1.2.3' is not a number"]),
+    ("a (x:-0.5) car", ["'x' has the negative weight -0.5", "no negative weights"]),
+    ("(a BREAK b:1.3)", ["BREAK inside brackets", "outside the brackets"]),
+    ("(x:" + "9" * 400 + ")", ["is not a finite number"]),
+])
+def test_weights_compel_cannot_carry_are_refused_at_expand_in_one_line(cli, tmp_path, prompt, needles):
+    """They passed `expand`; then every run failed with a bare ValueError, or compel read literal text
+    ('0.5', 'BREAK', '1.3(b)1.3') into the prompt."""
+    from test_spec_errors import assert_one_line_error
+
+    (tmp_path / "exp.yaml").write_text(f"prompt: a cat\nnegative_prompt: '{prompt}'\nprompt_syntax: a1111\n")
+    assert_one_line_error(cli("expand", tmp_path / "exp.yaml"), "exp.yaml: negative_prompt (line 2)", *needles)
+    (tmp_path / "plain.yaml").write_text(f"prompt: '{prompt}'\n")  # plain syntax: brackets are text
+    assert cli("expand", tmp_path / "plain.yaml").code == 0

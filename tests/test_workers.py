@@ -250,3 +250,37 @@ def test_a_pool_without_cuda_devices_is_planned_without_importing_torch(visible)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['cpu', 'cpu'] False"
+
+
+def test_cap_workers_to_the_runs_the_devices_and_the_cores(monkeypatch):
+    from tracker import limits
+    from tracker.sweep import pool
+
+    monkeypatch.setattr(pool, "_cores", lambda: 8)
+    assert pool.cap_workers(["cpu"] * 1000, 4, 1000) == (["cpu"] * 4, "--workers 1000: starting 4 workers "
+                                                                      "(the plan has 4 runs)")
+    assert pool.cap_workers(["cpu"] * 20, 100, 20) == (["cpu"] * 8, "--workers 20: starting 8 workers "
+                                                                   "(this machine has 8 CPU cores)")
+    cuda = [f"cuda:{i % 2}" for i in range(6)]
+    assert pool.cap_workers(cuda, 100, 6) == (["cuda:0", "cuda:1"], "--workers 6: starting 2 workers (2 CUDA devices)")
+    assert pool.cap_workers(["cpu"] * 3, 100, 3) == (["cpu"] * 3, None)  # within every bound: as asked
+    monkeypatch.setattr(pool, "_cores", lambda: 10_000)
+    kept, line = pool.cap_workers(["cpu"] * 5000, 10_000, 5000)
+    assert len(kept) == limits.MAX_WORKERS and "tracker.limits.MAX_WORKERS" in line
+
+
+@pytest.mark.slow
+def test_a_thousand_workers_on_a_four_run_plan_cap_and_say_so(write_yaml, env):
+    """--workers 1000 on a 4-run plan: real processes; no more start than runs and cores allow, said in one line."""
+    path = write_yaml(PLAN.replace("STEPS", "2").replace("[cat, dog, owl]", "[cat, dog]").replace("[0, 1, 2, 3]", "[0, 1]"))
+    cores = len(os.sched_getaffinity(0))
+    want = min(4, cores)
+    res = run_tracker("run", path, "--workers", "1000", "--no-mlflow", "-q", env=env, timeout=300)
+    assert res.code == 0, res.err
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert lines == [f"--workers 1000: starting {want} worker{'s' if want > 1 else ''} ("
+                     + ("the plan has 4 runs)" if want == 4 else f"this machine has {cores} CPU core"
+                        + ("s)" if cores > 1 else ")"))], res.err
+    assert f"4 done, 0 failed, 0 not done of 4 planned by {want} workers" in res.out
+    assert 1 <= len(_status(env)["workers"]) <= want  # the processes that registered with the store
+    _check_every_run_done_once(env, 4)

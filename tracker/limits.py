@@ -20,6 +20,16 @@ MAX_RENDER_SECONDS = 2.0  # one template render
 MAX_LOOP_ITERATIONS = 1_000_000  # range() iterations in one render, all loops together
 MAX_TEMPLATE_RENDERINGS = 1_000_000  # combinations of its axes a template is rendered with to find its variants
 
+# Dynamic Prompts variants and wildcards (tracker/prompts/variants.py)
+MAX_VARIANTS = 10_000  # expansions of one template: every combination, or variants: {sample: N} (the plan limit)
+MAX_WILDCARD_ENTRIES = 100_000  # files and folders visited in a wildcards folder (links inside it included)
+MAX_WILDCARD_DEPTH = 16  # folders nested in a wildcards folder
+MAX_WILDCARD_FILE_BYTES = 10_000_000  # one wildcard file (.txt, .json, .yaml)
+
+# Worker processes (tracker/sweep/pool.py): ``--workers N`` starts at most min(N, MAX_WORKERS, the plan's runs,
+# the CUDA devices or else the CPU cores); each worker imports torch and loads the model (~1-2 GB of memory)
+MAX_WORKERS = 64
+
 # PNG metadata and images (tracker/images/pngmeta.py, tracker/reproduce/regenerate.py)
 MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)
 MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: images opened or generated from a PNG's recipe

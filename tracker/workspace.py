@@ -27,7 +27,9 @@ class Workspace:
     def from_options(cls, home: str | None = None, db: str | None = None, mlflow_uri: str | None = None,
                      no_mlflow: bool = False) -> "Workspace":
         root = Path(home or os.environ.get("TRACKER_HOME") or DEFAULT_HOME).expanduser().resolve()
-        url = db or os.environ.get("TRACKER_DB_URL") or f"sqlite:///{root / 'tracker.db'}"
+        from tracker.store.db import normalized_url
+
+        url = normalized_url(db or os.environ.get("TRACKER_DB_URL") or f"sqlite:///{root / 'tracker.db'}")
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
         return cls(home=root, db_url=url, mlflow_uri=uri, mlflow_enabled=not no_mlflow)
 

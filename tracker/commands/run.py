@@ -62,7 +62,8 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
         if mlflow_uri or no_mlflow:
             ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
         result = pool.run_workers(ws, file, n, device=device, max_runs=max_runs, from_key=from_key,
-                                  retry_failed=retry_failed, progress=not quiet)
+                                  retry_failed=retry_failed, progress=not quiet,
+                                  note=lambda line: click.echo(line, err=True))
         click.echo(pool.format_pool(result))
         return 1 if result.failed or result.pending else 0
     result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from tracker import limits
 from tracker.experiment import model_refs as models
 from tracker.prompts import templating
-from tracker.errors import TrackerError, UsageError
+from tracker.errors import SpecError, TrackerError, UsageError
 from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
                               setting_label)
 from tracker.experiment.parse import MAX_SEED, Axis, AxisValue, Experiment
@@ -214,8 +214,13 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
             prompt, negative = _variant(exp, picked, prompt, negative)
             if prompt is None or negative is None:
                 continue  # this rendering of the template has no such variant
+        for field, text, template in (("prompt", prompt_tpl, True), ("negative_prompt", neg_tpl, True),
+                                      ("prompt", prompt, False), ("negative_prompt", negative, False)):
+            _check_length(exp, field, text, picked, template)
         combos += 1
         settings = _settings(values, exp.base_dir)
+        if settings.prompt_syntax == "a1111":
+            _check_weights(exp, settings.prompt_syntax, prompt, negative)
         seed = picked["seed"].value
         perf = {f: values[f] for f in sorted(perf_axes)}
         key = run_key(settings, seed, prompt, negative, perf)
@@ -229,6 +234,31 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
             seed=seed, settings=settings,
         ))
     return Plan(exp, tuple(runs), combos)
+
+
+def _check_length(exp: Experiment, field: str, text: str, picked: dict[str, AxisValue], template: bool) -> None:
+    """THE prompt limit where a prompt is made: a prompt (after Jinja and Dynamic Prompts, e.g. a long wildcard
+    line) or its template longer than ``limits.MAX_PROMPT_CHARS`` is refused, so that no plan holds a prompt that
+    ``checked_prompt`` (tracker reproduce, A1111 PNGs) would refuse to read back."""
+    if len(text) <= limits.MAX_PROMPT_CHARS:
+        return
+    what = "its template" if template else "the prompt" + (" (after its variants and wildcards)"
+                                                           if exp.variants is not None else "")
+    label = ", ".join(f"{k}={v.label}" for k, v in picked.items() if k != "seed")
+    raise SpecError(exp.path, field, f"{what} is {len(text)} characters long{f' ({label})' if label else ''}; "
+                                     f"at most {limits.MAX_PROMPT_CHARS} (tracker.limits.MAX_PROMPT_CHARS)",
+                    exp.lines.get(field))
+
+
+def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> None:
+    """A prompt whose weights cannot be translated for compel is refused now, not by every run later."""
+    from tracker.prompts import weighting
+
+    for field, text in (("prompt", prompt), ("negative_prompt", negative)):
+        try:
+            weighting.check(text, syntax)
+        except weighting.WeightError as e:
+            raise SpecError(exp.path, field, f"prompt_syntax {syntax}: {e}", exp.lines.get(field)) from None
 
 
 def _settings(values: dict[str, Any], base_dir) -> Settings:

@@ -26,7 +26,7 @@ from tracker.experiment.parse import Axis, AxisValue
 
 DEFAULT_AXIS = "variant"
 NEGATIVE_AXIS = "negative_variant"
-MAX_PROMPTS = 10_000  # the plan limit: more expansions than this can never become a plan
+MAX_PROMPTS = limits.MAX_VARIANTS  # the plan limit: more expansions than this can never become a plan
 NO_VARIANT = "(none)"  # the label of a text without variant syntax, next to texts with it
 WILDCARDS_ENV = "TRACKER_WILDCARDS"
 SAMPLE_TRIES = 20  # rounds of draws for ``sample: N`` before settling for fewer distinct texts
@@ -66,12 +66,17 @@ def options(raw: Any, wildcards: Any, base_dir: Path | None, err: Callable[[str,
     sample, seed, axis = raw.get("sample"), raw.get("seed", 0), raw.get("axis", DEFAULT_AXIS)
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
         err("variants.sample", f"must be a positive integer but is {sample!r}")
+    if sample is not None and sample > limits.MAX_VARIANTS:
+        err("variants.sample", f"is {sample}; at most {limits.MAX_VARIANTS} variants of a template are drawn "
+                               f"(the plan limit)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         err("variants.seed", f"must be an integer >= 0 but is {seed!r}")
     if "seed" in raw and sample is None:
         err("variants.seed", "seeds the sampling; give sample: N too (without it every combination is used)")
     if not isinstance(axis, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", axis):
         err("variants.axis", f"must be an identifier ([A-Za-z_][A-Za-z0-9_]*) but is {axis!r}")
+    if axis == NEGATIVE_AXIS:
+        err("variants.axis", f"{axis!r} is the axis of the negative prompt's variants; name the prompt's another way")
     return VariantOptions(sample=sample, seed=seed, axis=axis, wildcards=folder, explicit=True)
 
 
@@ -97,21 +102,153 @@ def _wildcards_folder(raw: Any, base_dir: Path | None, err: Callable[[str, str],
 @lru_cache(maxsize=8)
 def _wildcard_manager(folder: str | None):
     from dynamicprompts.wildcards import WildcardManager
+    from dynamicprompts.wildcards.tree import WildcardTree
 
     class StrictWildcards(WildcardManager):
-        """dynamicprompts leaves a missing wildcard in the text (with a log warning); here it is an error."""
+        """The wildcards of ``folder`` as ``_walk`` reads them (within the folder, bounded), instead of the
+        library's own walk (``os.walk(followlinks=True)``: a link to the folder itself never ends, a link out of
+        it is read). A missing wildcard is an error (the library leaves it in the text with a log warning), and
+        so is a name with ``..`` or ``\\`` (the library logs two tracebacks for those, then finds nothing)."""
+
+        def __init__(self):
+            super().__init__(None)
+            self._walked = None
+
+        @property
+        def tree(self):
+            if self._walked is None:
+                self._walked = WildcardTree.from_map(_walk(folder) if folder is not None else {})
+            return self._walked
 
         def get_values(self, wildcard: str):
+            name = wildcard.removeprefix(self.wildcard_wrap).removesuffix(self.wildcard_wrap)
+            if ".." in name or "\\" in name:
+                raise _Unsafe(name)
             values = super().get_values(wildcard)
             if not values:
                 raise _Missing(wildcard)
             return values
 
-    return StrictWildcards(folder)
+    return StrictWildcards()
 
 
 class _Missing(Exception):
     pass
+
+
+class _Unsafe(Exception):
+    pass
+
+
+class _BadWildcards(Exception):
+    """A wildcard file or folder that cannot be read as it is; ``str()``: the whole message."""
+
+
+_WILDCARD_SUFFIXES = (".txt", ".json", ".yaml")
+
+
+def _walk(folder: str) -> dict[str, Any]:
+    """The wildcard collections under ``folder`` by name (``colours``, ``people/chiefs``), as the library names
+    them: every .txt, .json and .yaml file, hidden folders skipped, links followed only where they lead to a
+    place inside the folder (a link leading out of it is an error; one leading back to a folder it is in is a
+    loop, not followed). At most ``limits.MAX_WILDCARD_ENTRIES`` entries, ``MAX_WILDCARD_DEPTH`` folders deep.
+    Text files are read when first used (``_text_collection``); structured ones now, for their names."""
+    root = Path(folder).resolve()
+    found: dict[str, Any] = {}
+    seen = 0
+
+    def visit(real: Path, shown: Path, prefix: str, ancestors: tuple[Path, ...]) -> None:
+        nonlocal seen
+        if len(ancestors) > limits.MAX_WILDCARD_DEPTH:
+            raise _BadWildcards(f"wildcards folder {root}: {shown} is more than {limits.MAX_WILDCARD_DEPTH} folders "
+                                f"deep (tracker.limits.MAX_WILDCARD_DEPTH)")
+        try:
+            entries = sorted(os.scandir(real), key=lambda e: e.name)
+        except OSError as e:
+            raise _BadWildcards(f"wildcards folder {root}: cannot read {shown}: {e.strerror or e}") from None
+        for entry in entries:
+            seen += 1
+            if seen > limits.MAX_WILDCARD_ENTRIES:
+                raise _BadWildcards(f"wildcards folder {root}: more than {limits.MAX_WILDCARD_ENTRIES} files and "
+                                    f"folders, links followed (tracker.limits.MAX_WILDCARD_ENTRIES)")
+            path = shown / entry.name
+            target = (real / entry.name).resolve()
+            if target != root and root not in target.parents:
+                raise _BadWildcards(f"wildcards folder {root}: {path.relative_to(root)} is a link to {target}, "
+                                    f"outside the folder; wildcard files are read only inside it")
+            if target.is_dir():
+                if entry.name.startswith(".") or target in ancestors:  # hidden (as the library), or a loop
+                    continue
+                visit(target, path, f"{prefix}{entry.name}/", ancestors + (target,))
+            elif target.is_file() and target.suffix in _WILDCARD_SUFFIXES:
+                stem = entry.name[:-len(target.suffix)] if entry.name.endswith(target.suffix) else entry.name
+                if target.suffix == ".txt":
+                    found[prefix + stem] = _text_collection()(target, path)
+                else:
+                    found.update((prefix + name, c) for name, c in _structured(target, path))
+
+    visit(root, root, "", (root,))
+    return found
+
+
+def _read_text(real: Path, shown: Path) -> str:
+    """A wildcard file's text: UTF-8 (a byte-order mark allowed), at most ``limits.MAX_WILDCARD_FILE_BYTES``."""
+    try:
+        with open(real, "rb") as f:
+            data = f.read(limits.MAX_WILDCARD_FILE_BYTES + 1)
+    except OSError as e:
+        raise _BadWildcards(f"wildcard file {shown}: cannot be read: {e.strerror or e}") from None
+    if len(data) > limits.MAX_WILDCARD_FILE_BYTES:
+        raise _BadWildcards(f"wildcard file {shown}: is larger than {limits.MAX_WILDCARD_FILE_BYTES} bytes "
+                            f"(tracker.limits.MAX_WILDCARD_FILE_BYTES)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise _BadWildcards(f"wildcard file {shown}: line {line} is not UTF-8 (byte {data[e.start]:#04x}); "
+                            f"save the file as UTF-8") from None
+
+
+@lru_cache(maxsize=1)
+def _text_collection():
+    from dynamicprompts.utils import is_empty_line
+    from dynamicprompts.wildcards.collection import WildcardCollection
+
+    class TextFile(WildcardCollection):
+        """A .txt wildcard file read when first used, as the library reads one (a value per line, stripped;
+        blank lines and ``#`` comments skipped), except that its text must be UTF-8 (the library drops what
+        does not decode: ``café`` read as ``caf``)."""
+
+        def __init__(self, real: Path, shown: Path):
+            self.real, self.shown, self._values = real, shown, None
+
+        def get_values(self) -> list[str]:
+            if self._values is None:
+                text = _read_text(self.real, self.shown)
+                self._values = [ln.strip() for ln in text.splitlines() if not is_empty_line(ln)]
+            return self._values
+
+    return TextFile
+
+
+def _structured(real: Path, shown: Path):
+    """The collections of a .json or .yaml wildcard file (the library's reader, after this module's checks:
+    UTF-8, size, and for YAML the experiment files' bounds on nesting and aliases)."""
+    from dynamicprompts.wildcards.collection.structured import parse_structured_file
+
+    text = _read_text(real, shown)
+    try:
+        if real.suffix == ".yaml":
+            from tracker.experiment import yamlfile
+
+            yamlfile.load(text, str(shown))
+        else:
+            import json
+
+            json.loads(text)
+    except ValueError as e:
+        raise _BadWildcards(f"wildcard file {shown}: malformed JSON: {e}") from None
+    return list(parse_structured_file(real))
 
 
 def _maybe_syntax(text: str) -> bool:
@@ -159,14 +296,21 @@ def _generate(text: str, opts: VariantOptions) -> list[str]:
             if len(texts) > MAX_PROMPTS:
                 raise VariantError(f"{text!r} expands to more than {MAX_PROMPTS} prompts; "
                                    f"sample some with variants: {{sample: N, seed: S}}")
-        else:  # seeded draws until N distinct texts (the generator's stream goes on across calls)
+        else:  # seeded draws until N distinct texts (the generator's stream goes on across calls), or until every
+            # text the template can make is drawn: a template with fewer combinations than N stops there
+            every = len(CombinatorialPromptGenerator(manager).generate(text, max_prompts=opts.sample))
             generator, texts = RandomPromptGenerator(manager, seed=opts.seed), []
             for _ in range(SAMPLE_TRIES):
                 texts = list(dict.fromkeys(texts + generator.generate(text, opts.sample - len(texts))))
-                if len(texts) >= opts.sample:
+                if len(texts) >= min(opts.sample, every):
                     break
     except _Missing as e:
         raise VariantError(_missing_message(text, str(e), opts)) from None
+    except _Unsafe as e:
+        raise VariantError(f"wildcard __{e}__ names a file outside the wildcards folder ('..' and '\\' are not "
+                           f"allowed in wildcard names)") from None
+    except _BadWildcards as e:
+        raise VariantError(str(e)) from None
     except RecursionError:
         raise VariantError(f"wildcards in {text!r} refer to each other in a loop") from None
     return list(dict.fromkeys(texts))
@@ -272,4 +416,10 @@ def choose(opts: VariantOptions, label: str | None, text: str) -> str | None:
         return text if label in (None, NO_VARIANT) else None
     if label is None:
         return None
-    return dict(expanded).get(label)
+    return _by_label(text, opts).get(label)
+
+
+@lru_cache(maxsize=64)
+def _by_label(text: str, opts: VariantOptions) -> dict[str, str]:
+    """``expand_text`` as a mapping (built once: a plan looks up each of up to MAX_PROMPTS labels)."""
+    return dict(expand_text(text, opts) or ())

@@ -33,6 +33,10 @@ _ALTERNATION = re.compile(r"\[[^\[\]|]*(\|[^\[\]|]*)+\]")
 _EXTRA_NETWORK = re.compile(r"<(lora|lyco|hypernet):[^>]*>", re.I)
 
 
+class WeightError(ValueError):
+    """An A1111 prompt whose weights compel's syntax cannot carry faithfully; ``str()``: the reason, one line."""
+
+
 def a1111_weights(text: str) -> list[tuple[str, float]]:
     """(text, weight) pieces of an A1111 prompt, as A1111's ``parse_prompt_attention`` gives them;
     ``("BREAK", -1)`` between chunks."""
@@ -53,7 +57,7 @@ def a1111_weights(text: str) -> list[tuple[str, float]]:
         elif token == "[":
             square_open.append(len(res))
         elif weight is not None and round_open:
-            multiply(round_open.pop(), float(weight))
+            multiply(round_open.pop(), _number(weight, token))
         elif token == ")" and round_open:
             multiply(round_open.pop(), _UP)
         elif token == "]" and square_open:
@@ -76,12 +80,30 @@ def a1111_weights(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged]
 
 
+def _number(weight: str, token: str) -> float:
+    """An ``(x:W)`` weight: a finite number (A1111 itself fails on ``(x:1.2.3)`` with a bare ValueError)."""
+    import math
+
+    try:
+        value = float(weight)
+    except ValueError:
+        raise WeightError(f"the weight {_short(weight)!r} is not a number") from None
+    if not math.isfinite(value):
+        raise WeightError(f"the weight {_short(weight)!r} is not a finite number")
+    return value
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").replace('"', '\\"')
 
 
 def _weight(w: float) -> str:
-    return f"{round(w, 4):g}"
+    """A weight as compel's grammar reads it: plain decimals (``1e+06`` would be read as 1, then text)."""
+    return f"{round(w, 4):.4f}".rstrip("0").rstrip(".")
 
 
 def a1111_to_compel(text: str) -> str:
@@ -94,6 +116,12 @@ def a1111_to_compel(text: str) -> str:
     for piece, w in a1111_weights(text):
         if w == -1:
             chunks.append([])
+        elif piece == "BREAK" and w < 0:  # A1111 multiplies its BREAK marker by the brackets around it
+            raise WeightError("BREAK inside brackets: A1111 reads it as the word BREAK with a negative weight, "
+                              "not as a new chunk; put BREAK outside the brackets")
+        elif w < 0:
+            raise WeightError(f"{piece.strip()!r} has the negative weight {_weight(w)}; compel's syntax has no "
+                              f"negative weights (it reads '-' as a down-weight)")
         elif piece.strip():
             chunks[-1].append(_escape(piece) if abs(w - 1.0) < 1e-9 else f"({_escape(piece.strip())}){_weight(w)}"
                               + (" " if piece.endswith(" ") else ""))
@@ -103,6 +131,12 @@ def a1111_to_compel(text: str) -> str:
     if len(parts) == 1:
         return parts[0]
     return "(" + ", ".join('"' + p.replace('"', '\\"') + '"' for p in parts) + ").and()"
+
+
+def check(text: str, syntax: str) -> None:
+    """Raise WeightError when ``text`` under ``syntax`` cannot be handed to compel faithfully (before any run)."""
+    if syntax == "a1111":
+        a1111_to_compel(text)
 
 
 def translate(text: str, syntax: str) -> str:

@@ -71,6 +71,24 @@ def _sqlite_file(url) -> Path | None:
     return Path(db).expanduser()
 
 
+def normalized_url(url: str) -> str:
+    """``url`` as every command, process and library opens it: a SQLite file's ``~`` expanded
+    (``sqlite:///~/x.db``), so that no one opens a file named ``~`` in the current folder instead. Other URLs,
+    and ones that do not parse (``make_engine`` says what is wrong), are returned as they are."""
+    if "~" not in url or not url.startswith("sqlite"):
+        return url  # nothing to expand (and no SQLAlchemy import on the CLI's fast paths)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    path = _sqlite_file(parsed)
+    if path is None or str(path) == parsed.database:
+        return url
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
 def default_home(sqlite_file: Path | None) -> Path | None:
     """The workspace of a store opened without one: a SQLite file's folder (``HOME/tracker.db``); None else."""
     return sqlite_file.resolve().parent if sqlite_file is not None else None
@@ -94,6 +112,7 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
             raise StoreError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {e}{hint}") from None
     path = _sqlite_file(parsed)
     if path is not None:
+        parsed = parsed.set(database=str(path))  # "~" expanded, as normalized_url does
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Callable
+
+from tracker import limits
 from tracker.experiment import plan
 from tracker.errors import UsageError
 from tracker.sweep.runner import SweepSummary
@@ -52,6 +55,32 @@ def devices_for(n: int | None, device: str | None) -> list[str]:
     return [device or "cpu"] * n
 
 
+def cap_workers(devices: list[str], runs: int, asked: int | None) -> tuple[list[str], str | None]:
+    """``devices`` (one per worker) cut to what can work at once: at most ``limits.MAX_WORKERS``, one per run of
+    the plan, one per CUDA device (more would share a device, each loading the model again) and else one per
+    CPU core (each worker gets at least one thread). Returns the devices kept and, when cut, one line saying so."""
+    limits_ = [(limits.MAX_WORKERS, f"at most {limits.MAX_WORKERS} (tracker.limits.MAX_WORKERS)"),
+               (max(1, runs), f"the plan has {runs} run{'s' if runs != 1 else ''}")]
+    cuda = sorted({d for d in devices if d.startswith("cuda")})
+    if cuda:
+        limits_.append((len(cuda), f"{len(cuda)} CUDA device{'s' if len(cuda) != 1 else ''}"))
+    else:
+        cores = _cores()
+        limits_.append((cores, f"this machine has {cores} CPU core{'s' if cores != 1 else ''}"))
+    keep, why = min(limits_, key=lambda lw: lw[0])
+    if keep >= len(devices):
+        return devices, None
+    return devices[:keep], f"--workers {asked or len(devices)}: starting {keep} worker{'s' if keep != 1 else ''} ({why})"
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _cuda_may_exist() -> bool:
     """False only where CUDA surely has no device, told without importing torch (~2 s that every worker pays
     again): CUDA_VISIBLE_DEVICES empty or -1, or a Linux machine with neither NVIDIA's kernel driver
@@ -69,7 +98,10 @@ def _wait_any(procs: list[subprocess.Popen], seconds: float) -> None:
 
 
 def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None = None, max_runs: int | None = None,
-                from_key: str | None = None, retry_failed: bool = False, progress: bool = True) -> PoolSummary:
+                from_key: str | None = None, retry_failed: bool = False, progress: bool = True,
+                note: Callable[[str], None] | None = None) -> PoolSummary:
+    """Run the plan of ``path`` with ``n`` worker processes (None: one per CUDA device), at most as many as
+    ``cap_workers`` allows; ``note`` gets the one line saying the count was cut."""
     from tracker.sweep import claims, runner
     from tracker.store.runstore import Store
 
@@ -77,7 +109,9 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
     exp = runner.load_experiment(path, from_key, ws.db_url, ws.home)
     the_plan = plan.expand(exp, max_runs=max_runs)
     keys = [r.key for r in the_plan.runs]
-    devices = devices_for(n, device)
+    devices, cut = cap_workers(devices_for(n, device), len(keys), n)
+    if cut and note is not None:
+        note(cut)
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)  # creates or upgrades the store once, not in N children at once
     try:
