@@ -195,7 +195,10 @@ def apply(pipe: Any, adapters: tuple[Adapter, ...], allow_pickle: bool, local_on
                 where, weight_name = a["source"], a["weight_name"]
             else:
                 where, weight_name = str(Path(a["source"]).parent), Path(a["source"]).name
-            with warnings.catch_warnings():  # peft says so for every adapter after the first: that is the point
+            from tracker.engine import loadguard
+
+            with loadguard.loading(), warnings.catch_warnings():  # one load at a time (see loadguard)
+                # peft says so for every adapter after the first: that is the point
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=adapter,
                                        use_safetensors=not allow_pickle, local_files_only=local_only)
