@@ -205,3 +205,28 @@ def test_two_threads_running_at_once_on_one_workspace_both_succeed_and_leave_no_
     failed, ok = out["with_failure"]
     assert isinstance(failed, str) and "ModelError" in failed and ok == [2, 0], out
     assert out["after"] == [2, 0] and out["globals_unchanged"], out
+
+
+@pytest.mark.parametrize("changes, field, says", [
+    ({"steps": object()}, "steps", "must be text, a number, a list or a mapping but is a object"),
+    ({"axes": {"age": ["old", b"young"]}}, "axes.age[1]", "is a bytes"),
+    ({"seeds": {1, 2}}, "seeds", "a set (give a list"),
+    ({"scheduler_options": {("a", "b"): 1}}, "scheduler_options", "keys must be text"),
+    ({"guidance_scale": float("inf")}, "guidance_scale", "must be a finite number >= 0 but is inf"),
+    ({"guidance_scale": float("-inf")}, "guidance_scale", "finite number"),
+    ({"guidance_scale": [7.5, float("inf")]}, "guidance_scale", "finite number"),
+])
+def test_from_dict_wrong_types_and_infinite_numbers_are_one_spec_error(changes, field, says):
+    """A value YAML cannot write, or an infinite float setting, is one SpecError naming the field (never the YAML
+    library's RepresenterError, never a sweep with guidance_scale inf)."""
+    data = {"name": "t", "model": "tiny", "prompt": "a {{ age }} cat", "axes": {"age": ["old", "young"]}, **changes}
+    with pytest.raises(SpecError) as info:
+        tracker.Experiment.from_dict(data)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("<experiment t>: ") and field in msg and says in msg, msg
+
+
+def test_the_cli_refuses_an_infinite_guidance_scale_in_one_line(cli, write_yaml):
+    path = write_yaml("name: t\nmodel: tiny\nprompt: a cat\nguidance_scale: .inf\n")
+    res = cli("expand", path)
+    assert res.code == 2 and res.err.count("\n") == 1 and "guidance_scale" in res.err and "finite" in res.err, res.err
