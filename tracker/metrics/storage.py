@@ -126,10 +126,34 @@ def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | No
         have = ", ".join(stored) or "none yet (add metrics: to the file and run it, or tracker score)"
         raise UsageError(f"--metric {metric!r}: experiment {experiment!r} has no values for it; scored: {have}")
     vals = values(store, experiment)
-    obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in store.runs(experiment, status="done")
-           if vals.get(r.key, {}).get(metric) is not None]
+    runs = store.runs(experiment)
+    obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in runs
+           if r.status == "done" and vals.get(r.key, {}).get(metric) is not None]
     return fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
-                      baseline=baseline, axis_labels=store.axes(experiment), seed=seed)
+                      baseline=baseline, axis_labels=store.axes(experiment), seed=seed,
+                      unscored=_unscored(runs, vals, metric))
+
+
+def _unscored(runs, vals: dict, metric: str) -> dict[str, dict[str, str]]:
+    """Axis -> label -> why none of its runs has a value ("all 2 runs failed", "no scored runs (1 failed, 1
+    pending)"), for the labels effects would otherwise leave out without a word."""
+    from collections import Counter
+
+    counts: dict[tuple[str, str], Counter] = {}
+    for r in runs:
+        has = r.status == "done" and vals.get(r.key, {}).get(metric) is not None
+        state = "scored" if has else ("done, not scored" if r.status == "done" else r.status)
+        for axis, label in r.axes.items():
+            counts.setdefault((axis, label), Counter())[state] += 1
+    out: dict[str, dict[str, str]] = {}
+    for (axis, label), c in counts.items():
+        if c["scored"]:
+            continue
+        n = sum(c.values())
+        why = f"all {n} runs failed" if c["failed"] == n else \
+            "no scored runs (" + ", ".join(f"{k} {state}" for state, k in sorted(c.items())) + ")"
+        out.setdefault(axis, {})[label] = why
+    return out
 
 
 def for_run(store: Store, experiment: str, key: str) -> tuple[dict[str, float], list[int]]:

@@ -36,6 +36,7 @@ class ForestRow:
     x_diff: float | None = None
     x_low: float | None = None
     x_high: float | None = None
+    note: str | None = None  # why there is no interval (too few pairs) or no value (all runs failed)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _forest(ax) -> ForestAxis:
         rows.append(ForestRow(
             e.label, e.runs, e.mean, e.diff, e.low, e.high, e.pairs, base, e.excludes_zero, y,
             x(e.diff) if e.diff is not None else (x(0.0) if base else None),
-            x(e.low) if e.low is not None else None, x(e.high) if e.high is not None else None))
+            x(e.low) if e.low is not None else None, x(e.high) if e.high is not None else None, e.note))
     ticks = tuple((x(t), _tick(t)) for t in _nice_ticks(lo, hi))
     return ForestAxis(ax.axis, ax.baseline, tuple(rows), x(0.0), LABEL_W + PLOT_W + 20,
                       TOP + len(rows) * ROW_H + 24, ticks)
