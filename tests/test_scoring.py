@@ -118,3 +118,35 @@ def test_score_without_metrics_says_how(cli, write_yaml, tmp_path):
     assert r.code == 2 and "names no metrics" in r.err and "--metric NAME" in r.err
     r = cli("score", "nothing")
     assert r.code == 2 and "no experiment 'nothing'" in r.err
+
+
+@pytest.mark.slow
+def test_score_skips_swapped_and_deleted_images_and_effects_leave_their_values_out(cli, write_yaml):
+    """``tracker score`` does not rescore an image whose bytes differ from its recorded sha256 (swapped on disk:
+    the other picture's value would land on the run) nor a deleted one: it says so in a line, and drops their old
+    values. ``effects`` never uses a value whose image is missing or modified without saying so."""
+    import os
+    import shutil
+
+    path = write(write_yaml, "swapped", "metrics: [shapes]")
+    assert cli("run", path, "--no-mlflow", "-q").code == 0
+    rows = sorted(json.loads(cli("runs", "swapped", "--json").out), key=lambda r: r["key"])
+    before = {r["key"]: r["metrics"]["shapes.colour"] for r in rows}
+    red = next(r for r in rows if r["axes"]["colour"] == "red")
+    blue = next(r for r in rows if r["axes"]["colour"] == "blue")
+    shutil.copyfile(blue["image"], red["image"])  # a blue picture where the red run's image was
+    gone = next(r for r in rows if r["key"] not in (red["key"], blue["key"]))
+    os.remove(gone["image"])
+
+    fx = cli("effects", "swapped", "--metric", "shapes.colour")  # before any rescore: the two old values left out
+    assert fx.code == 0 and "2 value(s) left out: their images are missing or modified" in fx.out, fx.out
+    res = cli("score", "swapped", "-q")
+    assert res.code == 0, res.err
+    assert "shapes: 2 images scored" in res.out
+    assert "1 image(s) of swapped not scored: their bytes differ from the sha256 recorded" in res.err
+    assert "1 image(s) of swapped not scored: missing" in res.err and "tracker check --fix swapped" in res.err
+    after = {r["key"]: r["metrics"] for r in json.loads(cli("runs", "swapped", "--json").out)}
+    assert after[red["key"]] == {} and after[gone["key"]] == {}  # old values dropped, no wrong new one
+    assert all(after[k]["shapes.colour"] == before[k] for k in after if k not in (red["key"], gone["key"]))
+    fx = cli("effects", "swapped", "--metric", "shapes.colour", "--json")
+    assert json.loads(fx.out)["images_gone"] == 0  # nothing left to leave out: the values are gone

@@ -65,6 +65,12 @@ class Effects:
     resamples: int
     seed: int
     axes: tuple[AxisEffects, ...]
+    images_gone: int = 0  # values left out: their images are missing or modified since scored (tracker check)
+
+    @property
+    def images_gone_note(self) -> str | None:
+        return (f"{self.images_gone} value(s) left out: their images are missing or modified since they were "
+                f"generated (tracker check)") if self.images_gone else None
 
     def to_json(self) -> dict:
         return _clean(asdict(self))
@@ -198,7 +204,8 @@ def render(effects: Effects, digits: int = 3) -> str:
                          interval, str(e.pairs)])
         blocks.append(f"{ax.axis} (baseline {ax.baseline}; {effects.metric}, {better})\n"
                       + table(["label", "runs", "mean", "diff", f"{pct} interval", "pairs"], rows))
+    gone = f"\n{effects.images_gone_note}" if effects.images_gone else ""
     if not blocks:
-        return f"no axis with two labels and scored runs for {effects.metric}"
+        return f"no axis with two labels and scored runs for {effects.metric}" + gone
     return "\n\n".join(blocks) + f"\n\n* the {pct} interval excludes 0 (paired by seed and every other axis; " \
-                                 f"bootstrap, {effects.resamples} resamples)"
+                                 f"bootstrap, {effects.resamples} resamples)" + gone

@@ -57,6 +57,7 @@ class EffectsView:
     confidence: float
     resamples: int
     axes: tuple[ForestAxis, ...]
+    note: str | None = None  # values left out (images missing or modified)
 
 
 def primary(file_metrics: Sequence[str], stored: Mapping[str, Mapping]) -> str | None:
@@ -90,7 +91,7 @@ def _fmt(v: float) -> str:
 def effects_view(effects: "Effects") -> EffectsView:
     """Lay out one forest plot per axis: a row per label, the baseline at 0, intervals on a shared axis."""
     return EffectsView(effects.metric, effects.higher_is_better, effects.confidence, effects.resamples,
-                       tuple(_forest(ax) for ax in effects.axes))
+                       tuple(_forest(ax) for ax in effects.axes), effects.images_gone_note)
 
 
 def _forest(ax) -> ForestAxis:
