@@ -150,3 +150,40 @@ def test_score_skips_swapped_and_deleted_images_and_effects_leave_their_values_o
     assert all(after[k]["shapes.colour"] == before[k] for k in after if k not in (red["key"], gone["key"]))
     fx = cli("effects", "swapped", "--metric", "shapes.colour", "--json")
     assert json.loads(fx.out)["images_gone"] == 0  # nothing left to leave out: the values are gone
+
+
+@pytest.mark.slow
+def test_a_custom_metric_whose_constructor_raises_is_a_warning_and_the_sweep_goes_on(cli, write_yaml, tmp_path,
+                                                                                     monkeypatch):
+    """A metric from the entry point group whose __init__ raises: one warning line, every run done over several
+    batches, the other metrics scored (the README's promise); it used to end the sweep after one batch."""
+    import sys
+    import textwrap
+
+    site = tmp_path / "site"
+    (site / "exploding_metric").mkdir(parents=True)
+    (site / "exploding_metric" / "__init__.py").write_text(textwrap.dedent('''
+        class Exploding:
+            name, higher_is_better, version = "exploding", True, "1"
+
+            def __init__(self, options, device):
+                raise RuntimeError("no GPU driver found\\nsecond line")
+
+            def score(self, images, runs):
+                return [0.0 for _ in images]
+    '''))
+    dist = site / "exploding_metric-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: exploding-metric\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{metrics.ENTRY_POINT_GROUP}]\nexploding = exploding_metric:Exploding\n")
+    monkeypatch.syspath_prepend(str(site))
+    path = write(write_yaml, "explodes", "metrics: [exploding, shapes]\nbatch_size: 1")
+    r = cli("run", path, "--no-mlflow", "-q")
+    monkeypatch.delitem(sys.modules, "exploding_metric", raising=False)
+    assert r.code == 0, r.err
+    assert "4 done" in r.out and "Traceback" not in r.err
+    warned = [line for line in r.err.splitlines() if "exploding" in line]
+    assert len(warned) == 1 and "could not be built: RuntimeError: no GPU driver found" in warned[0], r.err
+    assert "goes on without it" in warned[0]
+    rows = json.loads(cli("runs", "explodes", "--json").out)
+    assert len(rows) == 4 and all("shapes" in row["metrics"] and "exploding" not in row["metrics"] for row in rows)
