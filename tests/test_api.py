@@ -114,3 +114,119 @@ def test_import_tracker_stays_light():
     assert "run" in dir(tracker) and callable(tracker.run) and tracker.Experiment.__module__ == "tracker.api"
     with pytest.raises(AttributeError):
         tracker.nothing_here
+
+
+THREADS_SCRIPT = r"""
+import contextlib, json, sys, threading
+import accelerate, torch
+import tracker
+
+home, broken = sys.argv[1], sys.argv[2]
+def globals_now():
+    return (torch.nn.Module.register_parameter, torch.nn.Module.register_buffer, torch.empty,
+            torch.nn.init.normal_, torch.get_default_dtype())
+original = globals_now()
+
+# The fault injected: make the two threads' model loads overlap for sure (where nothing serializes them), the
+# second one finishing last, as a notebook's two threads do some of the time. diffusers enters accelerate's
+# empty-weights context (which patches nn.Module.register_parameter) for each model it loads.
+real, mine = accelerate.init_empty_weights, threading.local()
+state = {"meet": threading.Barrier(2), "first_out": threading.Event(), "order": []}
+
+@contextlib.contextmanager
+def overlapping(*args, **kwargs):
+    overlapped = first = False
+    with real(*args, **kwargs):
+        if not getattr(mine, "waited", False):  # each thread's first model only
+            mine.waited = True
+            state["order"].append(threading.get_ident())
+            first = state["order"][0] == threading.get_ident()
+            try:
+                state["meet"].wait(timeout=2)  # both inside at once (never, where loads are serialized)
+                overlapped = True
+            except threading.BrokenBarrierError:
+                pass
+        yield
+        if overlapped and not first:
+            state["first_out"].wait(timeout=10)
+    if overlapped and first:
+        state["first_out"].set()
+
+accelerate.init_empty_weights = overlapping
+
+def exp(n, model="tiny"):
+    return tracker.Experiment("a {{ a }} cat", name=f"t{n}", model=model, axes={"a": ["red", "blue"]}, seeds=[0],
+                              steps=2, width=32, height=32)
+
+def both(models, first_name):
+    out, barrier = {}, threading.Barrier(len(models))
+    mine.waited = True  # the main thread loads nothing here
+    def go(n, model):
+        barrier.wait()  # both load their model at once
+        try:
+            r = tracker.run(exp(first_name + n, model), home=home, mlflow=False, progress=False)
+            out[n] = [r.done, r.failed]
+        except Exception as e:
+            out[n] = type(e).__name__ + ": " + str(e)[:300]
+    threads = [threading.Thread(target=go, args=(n, m)) for n, m in enumerate(models)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return [out[n] for n in range(len(models))]
+
+two = both(["tiny", "tiny"], 0)
+state.update(meet=threading.Barrier(2), first_out=threading.Event(), order=[])
+with_failure = both([broken, "tiny"], 10)  # one load fails while the other goes on
+after = tracker.run(exp(99), home=home, mlflow=False, progress=False)
+print(json.dumps({"two": two, "with_failure": with_failure, "after": [after.done, after.failed],
+                  "globals_unchanged": globals_now() == original}))
+"""
+
+
+@pytest.mark.slow
+def test_two_threads_running_at_once_on_one_workspace_both_succeed_and_leave_no_global_patch(tmp_path):
+    """``tracker.run()`` from two threads at once (a notebook's): loading a model patches library globals
+    (accelerate's empty-weights context swaps ``nn.Module.register_parameter``), so two loads at once used to
+    fail both ("Unsupported device type 'meta'") and leave the patch in place for every later run. Loads are
+    serialized and a failed load leaves nothing changed. Real threads in a fresh process."""
+    import json
+    import os
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(REPO / "tracker" / "models" / "tiny", broken)
+    unet = next((broken / "unet").glob("*.safetensors"))
+    unet.write_bytes(unet.read_bytes()[:4096])  # a truncated weights file: loading fails part-way
+    proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(tmp_path / "home"), str(broken)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["two"] == [[2, 0], [2, 0]], out
+    failed, ok = out["with_failure"]
+    assert isinstance(failed, str) and "ModelError" in failed and ok == [2, 0], out
+    assert out["after"] == [2, 0] and out["globals_unchanged"], out
+
+
+@pytest.mark.parametrize("changes, field, says", [
+    ({"steps": object()}, "steps", "must be text, a number, a list or a mapping but is a object"),
+    ({"axes": {"age": ["old", b"young"]}}, "axes.age[1]", "is a bytes"),
+    ({"seeds": {1, 2}}, "seeds", "a set (give a list"),
+    ({"scheduler_options": {("a", "b"): 1}}, "scheduler_options", "keys must be text"),
+    ({"guidance_scale": float("inf")}, "guidance_scale", "must be a finite number >= 0 but is inf"),
+    ({"guidance_scale": float("-inf")}, "guidance_scale", "finite number"),
+    ({"guidance_scale": [7.5, float("inf")]}, "guidance_scale", "finite number"),
+])
+def test_from_dict_wrong_types_and_infinite_numbers_are_one_spec_error(changes, field, says):
+    """A value YAML cannot write, or an infinite float setting, is one SpecError naming the field (never the YAML
+    library's RepresenterError, never a sweep with guidance_scale inf)."""
+    data = {"name": "t", "model": "tiny", "prompt": "a {{ age }} cat", "axes": {"age": ["old", "young"]}, **changes}
+    with pytest.raises(SpecError) as info:
+        tracker.Experiment.from_dict(data)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("<experiment t>: ") and field in msg and says in msg, msg
+
+
+def test_the_cli_refuses_an_infinite_guidance_scale_in_one_line(cli, write_yaml):
+    path = write_yaml("name: t\nmodel: tiny\nprompt: a cat\nguidance_scale: .inf\n")
+    res = cli("expand", path)
+    assert res.code == 2 and res.err.count("\n") == 1 and "guidance_scale" in res.err and "finite" in res.err, res.err

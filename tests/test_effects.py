@@ -154,3 +154,55 @@ def test_metrics_and_effects_on_postgresql(pg_url):
         assert storage.names(store, "planted")["quality"]["versions"] == ["1", "2"]
         bold = by_label(storage.effects(store, "planted", "quality", axes=["style"]), "style")["bold"]
     assert bold.low > 0
+
+
+ONE_SEED = """
+name: oneseed
+model: tiny
+prompt: "a {{ style }} cat"
+axes:
+  style: [plain, bold, broken]
+seeds: [0]
+"""
+
+
+def test_one_seed_gives_no_interval_and_a_label_whose_runs_all_failed_is_listed(tmp_path, cli):
+    """One seed: each label has one pair with the baseline, and a bootstrap over one difference is that difference
+    (an "interval" of zero width that excluded 0: "significant" from one pair). Below MIN_PAIRS pairs there is no
+    interval, and a note says why. A label whose runs all failed is listed with a note instead of vanishing."""
+    url = f"sqlite:///{tmp_path / 'home' / 'tracker.db'}"
+    runs = plan.expand(spec.parse(ONE_SEED, "oneseed.yaml")).runs
+    by_style = {dict(r.axes)["style"]: r for r in runs}
+    with Store.open(url) as store:
+        sweep = store.start_sweep("oneseed", {"planned": len(runs)})
+        store.save_experiment("oneseed", "oneseed.yaml", ONE_SEED)
+        store.plan_runs(sweep, runs)
+        for style in ("plain", "bold"):
+            store.mark_done("oneseed", by_style[style].key)
+        store.mark_failed("oneseed", by_style["broken"].key, "out of memory")
+        storage.save(store, "oneseed", [by_style["plain"].key, by_style["bold"].key],
+                     Scores("quality", "1", True, {"quality": [1.0, 9.0]}))
+        result = storage.effects(store, "oneseed", "quality")
+    style = by_label(result, "style")
+    bold = style["bold"]
+    assert bold.pairs == 1 and bold.diff == 8.0 and bold.low is None and not bold.excludes_zero
+    assert bold.note == "too few pairs (n=1) for an interval"
+    assert style["broken"].runs == 0 and style["broken"].note == "all 1 runs failed"
+    text = cli("effects", "oneseed", "--metric", "quality")
+    assert text.code == 0, text.err
+    assert "too few pairs (n=1) for an interval" in text.out and "*" not in text.out.split("\n\n")[0]
+    assert any(line.startswith("broken") and "all 1 runs failed" in line for line in text.out.splitlines())
+    assert fx.MIN_PAIRS >= 3
+    rep = cli("report", "oneseed", "-o", tmp_path / "rep")  # the report's effects say the same
+    assert rep.code == 0, rep.err
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "too few pairs (n=1) for an interval" in html and "all 1 runs failed" in html
+
+
+def test_an_interval_needs_min_pairs():
+    obs = [fx.Observation({"style": s, "seed": str(seed)}, 1.0 + (s == "b") + seed / 10) for s in "ab"
+           for seed in range(fx.MIN_PAIRS)]
+    enough = by_label(fx.analyze(obs, "m"), "style")["b"]
+    assert enough.pairs == fx.MIN_PAIRS and enough.low is not None and enough.note is None
+    fewer = by_label(fx.analyze([o for o in obs if o.axes["seed"] != "0"], "m"), "style")["b"]
+    assert fewer.pairs == fx.MIN_PAIRS - 1 and fewer.low is None and "too few pairs" in fewer.note

@@ -297,3 +297,34 @@ def test_tracker_run_logs_every_image(cli, ws, write_yaml):
     # a second run does nothing new and makes no second MLflow run
     assert cli("run", path, "-q").code == 0
     assert all(len(v) == 1 for v in runs_by_key(ws, "live").values())
+
+
+def test_the_mlflow_worker_gets_the_database_password_on_no_command_line_or_environment(pg_url, tmp_path):
+    """A team store's URL holds a password. The MLflow worker process gets its settings through its stdin pipe:
+    no process's command line (what ``ps`` shows every local user) and not the worker's environment hold it, and
+    the worker still logs (read from the real process listing, /proc/<pid>/cmdline and environ)."""
+    import uuid
+
+    from tracker.store.runstore import Store
+
+    secret = f"pw{uuid.uuid4().hex}"
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")  # the test cluster trusts any password
+    with Store.open(url) as store:
+        sweep = store.start_sweep("chief", {"planned": 0})
+    sink = MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}", "chief", url, tmp_path / "artifacts")
+    try:
+        proc = Path(f"/proc/{sink._proc.pid}")
+        assert b"_worker_main" in (proc / "cmdline").read_bytes()  # it is the worker, still running
+        assert secret.encode() not in (proc / "environ").read_bytes()
+        leaks = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if secret.encode() in cmdline.read_bytes():
+                    leaks.append(cmdline.read_bytes().replace(b"\0", b" ")[:200])
+            except OSError:
+                continue
+        assert leaks == []
+        sink.start_sweep(sweep, None, {})
+    finally:
+        result = sink.close()
+    assert result.error is None, result.error  # it read its settings and opened the store

@@ -41,10 +41,10 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = mlflow_log.server_command(f"sqlite:///{self.root / 'server.db'}", self.root / "artifacts",
-                                        "127.0.0.1", self.port)
+        cmd = mlflow_log.server_command(self.root / "artifacts", "127.0.0.1", self.port)
+        env = mlflow_log.server_env(f"sqlite:///{self.root / 'server.db'}")
         log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         if not mlflow_log.wait_for_health(self.url, START_TIMEOUT, lambda: self.proc.poll() is None):
             self.stop()
@@ -155,6 +155,11 @@ def test_tracker_ui_serves_the_workspace_store_and_stops_on_ctrl_c(ws):
         # the server runs without MLflow 3's job runner, and report links follow the UI's port
         servers = [e for e in _children_environ(proc.pid) if b"mlflow" in e.get(b"_cmdline", b"")]
         assert servers and all(e.get(b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == b"false" for e in servers)
+        # the store's URI (a database password, in team mode) is in no server's command line (ps shows those to
+        # every local user), only in its environment, which only its owner can read
+        store_uri = os.fsencode(ws.mlflow_tracking_uri)
+        assert all(store_uri not in e[b"_cmdline"] for e in servers)
+        assert all(e.get(b"MLFLOW_BACKEND_STORE_URI") == store_uri for e in servers)
         assert (ws.home / "mlflow-ui.url").read_text().strip() == url
         exp = json.loads(_get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=chief")[1])["experiment"]
         runs = _post(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]

@@ -137,3 +137,56 @@ def test_processes_opening_one_new_postgresql_store_at_once_migrate_it_once(pg_u
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert db.current(pg_url) == REVISIONS[-1]
+
+
+def test_a_scheduler_config_with_infinity_round_trips_on_postgresql(pg_url):
+    """DPMSolverMultistep's config holds ``lambda_min_clipped: -inf``; PostgreSQL's JSON type refuses the
+    ``-Infinity`` that Python's json writes. Every JSON column takes non-finite floats and gives the same floats back."""
+    import math
+
+    from tracker.experiment import plan, parse as spec
+
+    runs = plan.expand(spec.parse(SMALL, "x.yaml")).runs
+    odd = {"lambda_min_clipped": -math.inf, "top": math.inf, "nan": math.nan, "nested": [1.5, {"x": -math.inf}]}
+    with Store.open(pg_url) as store:
+        sweep = store.start_sweep("pgsmall", {"planned": len(runs), "versions": {"odd": math.inf}})
+        store.plan_runs(sweep, runs)
+        store.add_event(sweep, "note", "odd data", odd)
+        store.mark_done("pgsmall", store.runs("pgsmall")[0].key, scheduler_config=odd, seconds=1.0)
+        rec = next(r for r in store.runs("pgsmall") if r.status == "done")
+        got = rec.scheduler_config
+        assert got["lambda_min_clipped"] == -math.inf and got["top"] == math.inf and math.isnan(got["nan"])
+        assert got["nested"] == [1.5, {"x": -math.inf}]
+        assert store.sweep(sweep)["versions"] == {"odd": math.inf}
+        assert store.events(sweep)[-1]["data"]["nested"] == [1.5, {"x": -math.inf}]
+
+
+def test_every_scheduler_the_project_knows_sweeps_on_postgresql(cli, write_yaml, pg_url):
+    """One PostgreSQL sweep over every scheduler in ``schedulers.SCHEDULERS`` on the tiny model, each run done
+    (their configs hold non-finite floats: DPMSolverMultistep's ``lambda_min_clipped: -inf``). DPMSolverSDE needs
+    torchsde: where it is not installed, a plan naming it is refused before anything starts, in one line."""
+    import importlib.util
+
+    from tracker.experiment.schedulers import SCHEDULERS
+
+    has_sde = importlib.util.find_spec("torchsde") is not None
+    wanted = [s for s in SCHEDULERS if has_sde or s != "DPMSolverSDEScheduler"]
+    text = """\
+        name: pgsched
+        model: tiny
+        prompt: "a cat"
+        scheduler: [{names}]
+        seeds: [0]
+        steps: 2
+        width: 32
+        height: 32
+        """
+    if not has_sde:
+        res = cli("--db", pg_url, "run", write_yaml(text.format(names="DPMSolverSDE"), "sde.yaml"), "--no-mlflow")
+        assert res.code == 2 and res.err.count("\n") == 1 and "pip install torchsde" in res.err
+    path = write_yaml(text.format(names=", ".join(s.removesuffix("Scheduler") for s in wanted)))
+    res = cli("--db", pg_url, "run", path, "--no-mlflow", "-q")
+    assert res.code == 0, res.err
+    assert f"{len(wanted)} done" in res.out
+    runs = json.loads(cli("--db", pg_url, "runs", "pgsched", "--json").out)
+    assert sorted((r["scheduler"], r["status"]) for r in runs) == sorted((s, "done") for s in wanted)

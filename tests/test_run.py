@@ -99,7 +99,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
     assert "injected fault" in s.failures[0][1]
     monkeypatch.setattr(engine_mod.Engine, "generate", real)
     s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
-    assert (s.done, s.failed, s.skipped) == (0, 0, 6)  # failed runs wait for --retry-failed
+    assert (s.done, s.failed, s.skipped, s.failed_earlier) == (0, 0, 5, 1)  # failed runs wait for --retry-failed
     s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False, retry_failed=True))
     assert (s.done, s.failed, s.skipped) == (1, 0, 5)
 
@@ -219,3 +219,45 @@ def test_two_sweeps_write_one_database_at_once(write_yaml, tmp_path):
             "select e.name, count(*) from runs r join experiments e on e.id = r.experiment_id "
             "where r.status = 'done' group by e.name").fetchall())
     assert counts == {"first": 6, "second": 6}
+
+
+def test_a_rerun_with_one_done_and_one_failed_counts_each_and_dry_run_agrees(cli, write_yaml, monkeypatch):
+    """1 done + 1 failed, run again: "1 skipped (already done), 1 failed earlier (use --retry-failed)" (it said
+    "2 skipped (already done)"), and --dry-run says what the run does: 0 would run (it said 1); with
+    --retry-failed both say 1."""
+    from tracker.engine import core as engine_mod
+
+    path = write_yaml("""\
+        name: rerun
+        model: tiny
+        prompt: "a {{ colour }} cat"
+        axes:
+          colour: [red, blue]
+        seeds: [0]
+        steps: 2
+        size: 32x32
+        batch_size: 1
+        """)
+    real = engine_mod.Engine.generate
+
+    def flaky(self, runs):
+        if any("blue" in r.prompt for r in runs):
+            raise RuntimeError("injected fault")
+        return real(self, runs)
+
+    monkeypatch.setattr(engine_mod.Engine, "generate", flaky)
+    first = cli("run", path, "--no-mlflow", "-q")
+    assert first.code == 1 and "1 done, 0 skipped (already done), 1 failed of 2 planned" in first.out, first.out
+    monkeypatch.setattr(engine_mod.Engine, "generate", real)
+
+    dry = cli("run", path, "--no-mlflow", "--dry-run")
+    assert "dry run: 0 of 2 runs would be generated (1 already done, 1 failed earlier (use --retry-failed))" \
+        in dry.out, dry.out
+    again = cli("run", path, "--no-mlflow", "-q")
+    assert "0 done, 1 skipped (already done), 1 failed earlier (use --retry-failed), 0 failed of 2 planned" \
+        in again.out, again.out
+
+    dry = cli("run", path, "--no-mlflow", "--dry-run", "--retry-failed")
+    assert "dry run: 1 of 2 runs would be generated (1 already done)" in dry.out, dry.out
+    retried = cli("run", path, "--no-mlflow", "-q", "--retry-failed")
+    assert retried.code == 0 and "1 done, 1 skipped (already done), 0 failed of 2 planned" in retried.out, retried.out

@@ -118,3 +118,72 @@ def test_score_without_metrics_says_how(cli, write_yaml, tmp_path):
     assert r.code == 2 and "names no metrics" in r.err and "--metric NAME" in r.err
     r = cli("score", "nothing")
     assert r.code == 2 and "no experiment 'nothing'" in r.err
+
+
+@pytest.mark.slow
+def test_score_skips_swapped_and_deleted_images_and_effects_leave_their_values_out(cli, write_yaml):
+    """``tracker score`` does not rescore an image whose bytes differ from its recorded sha256 (swapped on disk:
+    the other picture's value would land on the run) nor a deleted one: it says so in a line, and drops their old
+    values. ``effects`` never uses a value whose image is missing or modified without saying so."""
+    import os
+    import shutil
+
+    path = write(write_yaml, "swapped", "metrics: [shapes]")
+    assert cli("run", path, "--no-mlflow", "-q").code == 0
+    rows = sorted(json.loads(cli("runs", "swapped", "--json").out), key=lambda r: r["key"])
+    before = {r["key"]: r["metrics"]["shapes.colour"] for r in rows}
+    red = next(r for r in rows if r["axes"]["colour"] == "red")
+    blue = next(r for r in rows if r["axes"]["colour"] == "blue")
+    shutil.copyfile(blue["image"], red["image"])  # a blue picture where the red run's image was
+    gone = next(r for r in rows if r["key"] not in (red["key"], blue["key"]))
+    os.remove(gone["image"])
+
+    fx = cli("effects", "swapped", "--metric", "shapes.colour")  # before any rescore: the two old values left out
+    assert fx.code == 0 and "2 value(s) left out: their images are missing or modified" in fx.out, fx.out
+    res = cli("score", "swapped", "-q")
+    assert res.code == 0, res.err
+    assert "shapes: 2 images scored" in res.out
+    assert "1 image(s) of swapped not scored: their bytes differ from the sha256 recorded" in res.err
+    assert "1 image(s) of swapped not scored: missing" in res.err and "tracker check --fix swapped" in res.err
+    after = {r["key"]: r["metrics"] for r in json.loads(cli("runs", "swapped", "--json").out)}
+    assert after[red["key"]] == {} and after[gone["key"]] == {}  # old values dropped, no wrong new one
+    assert all(after[k]["shapes.colour"] == before[k] for k in after if k not in (red["key"], gone["key"]))
+    fx = cli("effects", "swapped", "--metric", "shapes.colour", "--json")
+    assert json.loads(fx.out)["images_gone"] == 0  # nothing left to leave out: the values are gone
+
+
+@pytest.mark.slow
+def test_a_custom_metric_whose_constructor_raises_is_a_warning_and_the_sweep_goes_on(cli, write_yaml, tmp_path,
+                                                                                     monkeypatch):
+    """A metric from the entry point group whose __init__ raises: one warning line, every run done over several
+    batches, the other metrics scored (the README's promise); it used to end the sweep after one batch."""
+    import sys
+    import textwrap
+
+    site = tmp_path / "site"
+    (site / "exploding_metric").mkdir(parents=True)
+    (site / "exploding_metric" / "__init__.py").write_text(textwrap.dedent('''
+        class Exploding:
+            name, higher_is_better, version = "exploding", True, "1"
+
+            def __init__(self, options, device):
+                raise RuntimeError("no GPU driver found\\nsecond line")
+
+            def score(self, images, runs):
+                return [0.0 for _ in images]
+    '''))
+    dist = site / "exploding_metric-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: exploding-metric\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{metrics.ENTRY_POINT_GROUP}]\nexploding = exploding_metric:Exploding\n")
+    monkeypatch.syspath_prepend(str(site))
+    path = write(write_yaml, "explodes", "metrics: [exploding, shapes]\nbatch_size: 1")
+    r = cli("run", path, "--no-mlflow", "-q")
+    monkeypatch.delitem(sys.modules, "exploding_metric", raising=False)
+    assert r.code == 0, r.err
+    assert "4 done" in r.out and "Traceback" not in r.err
+    warned = [line for line in r.err.splitlines() if "exploding" in line]
+    assert len(warned) == 1 and "could not be built: RuntimeError: no GPU driver found" in warned[0], r.err
+    assert "goes on without it" in warned[0]
+    rows = json.loads(cli("runs", "explodes", "--json").out)
+    assert len(rows) == 4 and all("shapes" in row["metrics"] and "exploding" not in row["metrics"] for row in rows)

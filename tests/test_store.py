@@ -471,3 +471,25 @@ def test_run_and_runs_open_the_same_store_for_a_tilde_url(tmp_path):
     res = run_tracker("--db", "sqlite:///~/x.db", "runs", "t", "--json", env=env, cwd=tmp_path)
     assert res.code == 0 and [r["status"] for r in json.loads(res.out)] == ["done"], res.err
     assert (tmp_path / "h" / "x.db").is_file() and not (tmp_path / "~").exists()
+
+
+def test_non_finite_floats_in_json_columns_round_trip_as_strict_json(tmp_path):
+    """A scheduler config's ``-inf`` (and any inf/nan in any JSON column) is stored as strict JSON, which
+    PostgreSQL's json type also takes (tests/test_postgres.py), and read back as the same floats; a user's dict
+    that looks like the encoding comes back unchanged too."""
+    import math
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    p = make_plan()
+    odd = {"lambda_min_clipped": -math.inf, "n": [math.nan, math.inf], "$tracker.float": "inf"}
+    with Store.open(url) as store:
+        sweep = store.start_sweep("cats", {"planned": len(p.runs), "environment": {"x": {"$tracker.float": "nan"}}})
+        store.plan_runs(sweep, p.runs)
+        store.mark_done("cats", p.runs[0].key, scheduler_config=odd)
+        got = store.runs("cats", status="done")[0].scheduler_config
+        assert got["lambda_min_clipped"] == -math.inf and math.isnan(got["n"][0]) and got["n"][1] == math.inf
+        assert got["$tracker.float"] == "inf"
+        assert store.sweep(sweep)["environment"] == {"x": {"$tracker.float": "nan"}}
+    raw = sqlite3.connect(tmp_path / "t.db").execute("select scheduler_config from runs where status='done'").fetchone()[0]
+    assert "Infinity" not in raw and "NaN" not in raw
+    json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))

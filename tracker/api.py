@@ -83,7 +83,10 @@ class Experiment:
         if "name" not in data:
             raise SpecError(where, "name", "is required for an experiment built in Python (it names the experiment "
                                            "in the store and its image folder)")
-        text = yaml.safe_dump(_plain(dict(data)), sort_keys=False, allow_unicode=True, width=10_000)
+        try:
+            text = yaml.safe_dump(_plain(dict(data), where), sort_keys=False, allow_unicode=True, width=10_000)
+        except yaml.YAMLError as e:  # what _plain let through and YAML still cannot write
+            raise SpecError(where, None, f"cannot be written as an experiment file: {e}") from None
         base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
         try:
             return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base))
@@ -142,17 +145,32 @@ class Experiment:
         return Experiment.from_dict(data, base_dir=self.spec.base_dir, where=self.spec.path).spec
 
 
-def _plain(value: Any) -> Any:
-    """Python values as YAML-safe plain data: tuples, ranges and sets become lists, paths strings."""
+def _plain(value: Any, where: str, field: str | None = None) -> Any:
+    """Python values as YAML-safe plain data: tuples and ranges become lists, paths strings, numpy scalars numbers.
+    Anything else (an object, bytes, a set, whose order is not the user's) is a SpecError naming the field, never
+    the YAML library's exception."""
+    def sub(key: Any) -> str:
+        return f"{field}.{key}" if field else str(key)
+
     if isinstance(value, Mapping):
-        return {str(k) if isinstance(k, os.PathLike) else k: _plain(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            k = os.fspath(k) if isinstance(k, os.PathLike) else k
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise SpecError(where, field, f"keys must be text but one is {type(k).__name__} {k!r}")
+            out[k] = _plain(v, where, sub(k))
+        return out
     if isinstance(value, (list, tuple, range)):
-        return [_plain(v) for v in value]
+        return [_plain(v, where, f"{field}[{i}]" if field else f"[{i}]") for i, v in enumerate(value)]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        return value.item()
-    return value
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item") and callable(value.item) and type(value).__module__.startswith("numpy"):
+        return _plain(value.item(), where, field)  # numpy scalars
+    kind = "a set (give a list: its order is the order of the runs)" if isinstance(value, (set, frozenset)) \
+        else f"a {type(value).__name__}"
+    raise SpecError(where, field, f"must be text, a number, a list or a mapping but is {kind}: {value!r:.80}")
 
 
 def _experiment(experiment: "Experiment | spec.Experiment | Mapping | PathLike") -> Experiment:

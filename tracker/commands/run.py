@@ -39,7 +39,7 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     from tracker.sweep import runner
 
     if dry_run:
-        _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key))
+        _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key, retry_failed=retry_failed))
         return 0
     n = _workers(workers)
     if ray_address is not None:
@@ -88,4 +88,5 @@ def _dry_run(ws: Workspace, file: str, opts) -> None:
     dry = runner.dry_run(ws, file, opts)
     total = len(dry.plan.runs)
     click.echo(render_plan(dry.plan, limit=50))
-    click.echo(f"dry run: {len(dry.todo)} of {total} runs would be generated ({total - len(dry.todo)} already done)")
+    earlier = f", {dry.failed_earlier} failed earlier (use --retry-failed)" if dry.failed_earlier else ""
+    click.echo(f"dry run: {len(dry.todo)} of {total} runs would be generated ({dry.done} already done{earlier})")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracker.engine import cpu
+from tracker.engine import cpu, loadguard
 
 cpu.before_torch()  # OpenMP reads its wait policy when torch loads
 
@@ -99,7 +99,7 @@ class Loading:
         if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
             raise _pickle_error("model", ref, _pickle_only(Path(ref.location)))
         try:
-            with _quiet_loading():
+            with loadguard.loading(), _quiet_loading():
                 pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
                                                                                        settings.allow_pickle))
         except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
@@ -155,7 +155,7 @@ class Loading:
             if sub:
                 kw["subfolder"] = sub
             try:
-                with _quiet_loading():
+                with loadguard.loading(), _quiet_loading():
                     vae = AutoencoderKL.from_pretrained(ref.location, **kw)
                 break
             except Exception as e:  # noqa: BLE001 - try the next layout, report the first failure

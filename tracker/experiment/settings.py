@@ -8,6 +8,8 @@ README's "How it is built").
 
 from __future__ import annotations
 
+import math
+
 import difflib
 import re
 from dataclasses import dataclass, field, fields
@@ -140,8 +142,8 @@ def _pos_int(v: Any, err: Callable) -> int:
 
 
 def _guidance(v: Any, err: Callable) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-        err(f"must be a number >= 0 but is {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        err(f"must be a finite number >= 0 but is {v!r}")
     return float(v)
 
 

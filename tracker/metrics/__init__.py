@@ -114,6 +114,9 @@ def get(name: str, options: Mapping[str, Any] | None = None, device: str = "cpu"
                 raise
             except TypeError as e:
                 raise MetricError(f"metric {name!r}: bad options {options!r}: {e}") from None
+            except Exception as e:  # noqa: BLE001 -- a custom metric's constructor bug: one line, the sweep goes on
+                raise MetricError(f"metric {name!r} could not be built: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")) from None
             _check(name, metric)
             _cache[cache_key] = metric
     return metric

@@ -77,11 +77,14 @@ def _load(model_id: str, revision: str | None, allow_pickle: bool, device: str):
     """CLIPModel and a CLIPProcessor (tokenizer + PIL image processor) from a hub id or folder."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
+    from tracker.engine import loadguard
+
     kwargs = {"revision": revision} if revision else {}
     try:
-        model = CLIPModel.from_pretrained(model_id, use_safetensors=not allow_pickle or None, **kwargs)
-        processor = CLIPProcessor(image_processor=AutoImageProcessor.from_pretrained(model_id, backend="pil", **kwargs),
-                                  tokenizer=AutoTokenizer.from_pretrained(model_id, **kwargs))
+        with loadguard.loading():  # one model load at a time in the process (see loadguard)
+            model = CLIPModel.from_pretrained(model_id, use_safetensors=not allow_pickle or None, **kwargs)
+            processor = CLIPProcessor(image_processor=AutoImageProcessor.from_pretrained(model_id, backend="pil", **kwargs),
+                                      tokenizer=AutoTokenizer.from_pretrained(model_id, **kwargs))
     except (OSError, ValueError) as e:
         raise MetricError(_not_found(model_id, allow_pickle, e)) from None
     return model.to(device).eval(), processor

@@ -31,6 +31,7 @@ class Scorer:
     device: str = "cpu"
     scored: dict[str, int] = field(default_factory=dict)  # metric -> images scored
     errors: dict[str, str] = field(default_factory=dict)  # metric -> why it was left out
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # "missing"/"modified" -> run keys not scored
     goes_on: str = "the sweep goes on without it"
     _lock: Any = field(default_factory=threading.Lock, repr=False)  # the writing stage calls add() from threads
 
@@ -84,11 +85,31 @@ def experiment_metrics(store, experiment: str) -> tuple[tuple[str, ...], dict[st
 
 def rescore(store, experiment: str, names: Sequence[str], options: Mapping[str, Mapping[str, Any]],
             device: str = "auto", progress: bool = True) -> Scorer:
-    """Score every done run of ``experiment`` from its stored PNG, replacing earlier values."""
+    """Score every done run of ``experiment`` from its stored PNG, replacing earlier values.
+
+    An image that is missing, or whose bytes are no longer those its sha256 recorded (``tracker check``'s
+    "modified": swapped or edited on disk), is not scored: scoring it would put the other picture's value on
+    the run. Its earlier values of these metrics are dropped too (they would feed ``effects`` for an image that
+    is gone), and one warning line per kind says how many and what to do (``scorer.skipped``)."""
     from PIL import Image
 
+    from tracker.images.check import image_state
+    from tracker.metrics import storage
+
     scorer = Scorer(store, experiment, list(names), options, device, goes_on="other metrics are still scored")
-    runs = [r for r in store.runs(experiment, status="done") if r.image]
+    runs = []
+    for r in store.runs(experiment, status="done"):
+        kind = image_state(r) if r.image else "missing"
+        if kind is None:
+            runs.append(r)
+        else:
+            scorer.skipped.setdefault(kind, []).append(r.key)
+    for kind, keys in scorer.skipped.items():
+        dropped = storage.drop(store, experiment, keys, _stored_names(store, experiment, names))
+        log.warning("%d image(s) of %s not scored: %s since they were generated (e.g. run %s)%s; "
+                    "`tracker check --fix %s` regenerates them with the next run", len(keys), experiment,
+                    "missing" if kind == "missing" else "their bytes differ from the sha256 recorded",
+                    keys[0][:12], f"; their {dropped} earlier value(s) dropped" if dropped else "", experiment)
     with _bar(len(runs), f"scoring {experiment}", progress) as bar:
         for i in range(0, len(runs), BATCH):
             batch, images = [], []
@@ -104,6 +125,14 @@ def rescore(store, experiment: str, names: Sequence[str], options: Mapping[str, 
             if len(scorer.errors) == len(scorer.names):
                 break  # nothing left to score with
     return scorer
+
+
+def _stored_names(store, experiment: str, names: Sequence[str]) -> list[str]:
+    """The stored metric names of ``names``: each one and its parts (``shapes`` -> ``shapes.colour`` ...)."""
+    from tracker.metrics import storage
+
+    stored = storage.names(store, experiment)
+    return [n for n in stored if any(n == m or n.startswith(m + ".") for m in names)]
 
 
 class _NoBar:

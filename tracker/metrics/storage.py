@@ -8,6 +8,7 @@ its row and marks it for MLflow again (``tracker sync``). Works on any database 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
@@ -49,6 +50,20 @@ def save(store: Store, experiment: str, keys: Sequence[str], scores: Scores) -> 
                                                   metrics_t.c.name.in_(list(scores.values))))
         conn.execute(metrics_t.insert(), rows)
     return len(rows)
+
+
+def drop(store: Store, experiment: str, keys: Sequence[str], metric_names: Sequence[str]) -> int:
+    """Delete the stored values of ``metric_names`` for the runs ``keys`` (their image is gone or changed);
+    returns rows deleted."""
+    if not keys or not metric_names:
+        return 0
+    n = 0
+    with store._write() as conn:
+        ids = sorted(_run_ids(conn, experiment, list(keys)).values())
+        for i in range(0, len(ids), 500):
+            n += conn.execute(metrics_t.delete().where(metrics_t.c.run_id.in_(ids[i:i + 500]),
+                                                       metrics_t.c.name.in_(list(metric_names)))).rowcount
+    return n
 
 
 def _select(experiment: str | None):
@@ -125,11 +140,40 @@ def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | No
     if metric not in stored:
         have = ", ".join(stored) or "none yet (add metrics: to the file and run it, or tracker score)"
         raise UsageError(f"--metric {metric!r}: experiment {experiment!r} has no values for it; scored: {have}")
+    from tracker.images.check import image_state
+
     vals = values(store, experiment)
-    obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in store.runs(experiment, status="done")
-           if vals.get(r.key, {}).get(metric) is not None]
-    return fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
-                      baseline=baseline, axis_labels=store.axes(experiment), seed=seed)
+    runs = store.runs(experiment)
+    scored = [r for r in runs if r.status == "done" and vals.get(r.key, {}).get(metric) is not None]
+    # a value whose image is missing or was changed on disk describes a picture nobody can look at: left out, counted
+    gone = {r.key for r in scored if image_state(r) is not None}
+    obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in scored if r.key not in gone]
+    result = fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
+                        baseline=baseline, axis_labels=store.axes(experiment), seed=seed,
+                        unscored=_unscored(runs, {k: v for k, v in vals.items() if k not in gone}, metric))
+    return replace(result, images_gone=len(gone))
+
+
+def _unscored(runs, vals: dict, metric: str) -> dict[str, dict[str, str]]:
+    """Axis -> label -> why none of its runs has a value ("all 2 runs failed", "no scored runs (1 failed, 1
+    pending)"), for the labels effects would otherwise leave out without a word."""
+    from collections import Counter
+
+    counts: dict[tuple[str, str], Counter] = {}
+    for r in runs:
+        has = r.status == "done" and vals.get(r.key, {}).get(metric) is not None
+        state = "scored" if has else ("done, not scored" if r.status == "done" else r.status)
+        for axis, label in r.axes.items():
+            counts.setdefault((axis, label), Counter())[state] += 1
+    out: dict[str, dict[str, str]] = {}
+    for (axis, label), c in counts.items():
+        if c["scored"]:
+            continue
+        n = sum(c.values())
+        why = f"all {n} runs failed" if c["failed"] == n else \
+            "no scored runs (" + ", ".join(f"{k} {state}" for state, k in sorted(c.items())) + ")"
+        out.setdefault(axis, {})[label] = why
+    return out
 
 
 def for_run(store: Store, experiment: str, key: str) -> tuple[dict[str, float], list[int]]:

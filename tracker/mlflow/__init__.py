@@ -26,13 +26,13 @@ from __future__ import annotations
 from tracker.mlflow.client import HTTP_ENV, ExperimentClient, SyncSummary, attach_artifacts, sync
 from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, child_metrics, child_params, child_tags, environment_tags,
                                     limit, run_name, scheduler_class)
-from tracker.mlflow.ui import UI_DEFAULT_URL, run_url, serve_ui, server_command, stop_process_group, wait_for_health
+from tracker.mlflow.ui import UI_DEFAULT_URL, run_url, serve_ui, server_command, server_env, stop_process_group, wait_for_health
 from tracker.mlflow.worker import MlflowSink
 
 __all__ = [
     "HTTP_ENV", "ExperimentClient", "SyncSummary", "attach_artifacts", "sync", "KEY_TAG", "PARENT_TAG",
     "child_metrics", "child_params", "child_tags", "environment_tags", "limit", "run_name", "scheduler_class",
-    "UI_DEFAULT_URL", "run_url", "serve_ui", "server_command", "stop_process_group", "wait_for_health", "MlflowSink",
+    "UI_DEFAULT_URL", "run_url", "serve_ui", "server_command", "server_env", "stop_process_group", "wait_for_health", "MlflowSink",
 ]
 
 

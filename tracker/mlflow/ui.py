@@ -64,14 +64,24 @@ def _read_ui_url(path: str, mtime_ns: int) -> str:
 # tracker ui: the MLflow UI for the workspace's store
 
 
-def server_command(backend_uri: str, artifacts_dir: Path, host: str, port: int) -> list[str]:
+def server_command(artifacts_dir: Path, host: str, port: int) -> list[str]:
     """``mlflow server`` for a store: one worker (answers in ~10 s instead of ~22 s), bound to ``host``.
 
     Experiments the tracker creates keep their artifacts at a local path, which the server reads
-    directly; ``--artifacts-destination`` is where experiments made in the UI put theirs.
+    directly; ``--artifacts-destination`` is where experiments made in the UI put theirs. The store's URI
+    (which may hold a database password) is not on the command line, where every local user can read it:
+    ``server_env`` gives it to the server in its environment, which only its owner can read.
     """
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+    return [sys.executable, "-m", "mlflow", "server",
             "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def server_env(backend_uri: str, base: "dict[str, str] | None" = None) -> dict[str, str]:
+    """The ``mlflow server`` process's environment: ``base`` (this process's) with the backend store's URI
+    (``MLFLOW_BACKEND_STORE_URI``, what ``--backend-store-uri`` reads) and without MLflow 3's job runner (six huey
+    consumers, ~1.4 GB, serving nothing the UI needs)."""
+    return {**(os.environ if base is None else base), "MLFLOW_BACKEND_STORE_URI": backend_uri,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def wait_for_health(url: str, timeout: float, alive=lambda: True) -> bool:
@@ -129,10 +139,8 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
     ws.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     log_path = ws.home / "mlflow-ui.log"
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    # MLflow 3's job runner (six huey consumers, ~1.4 GB) serves nothing the UI needs
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(server_command(uri, ws.mlflow_artifacts_dir, host, port), stdout=log, env=env,
+        proc = subprocess.Popen(server_command(ws.mlflow_artifacts_dir, host, port), stdout=log, env=server_env(uri),
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def on_signal(signum, frame):

@@ -182,18 +182,30 @@ class MlflowSink:
 
 
 def _start_worker(config: dict):
-    """Start the logging child in its own session: Ctrl-C in the terminal must not cut a drain short."""
+    """Start the logging child in its own session: Ctrl-C in the terminal must not cut a drain short.
+
+    Its settings (the store's URL, which may hold a database password, and the tracking URI) go as the first
+    line of its stdin pipe, never on its command line (``ps`` shows that to every local user) nor in its
+    environment."""
     import subprocess
 
     root = str(Path(__file__).resolve().parents[2])
     env = {**HTTP_ENV, **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(
-        [sys.executable, "-c", "from tracker.mlflow.worker import _worker_main; _worker_main()", json.dumps(config)],
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from tracker.mlflow.worker import _worker_main; _worker_main()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env, start_new_session=True)
+    try:
+        proc.stdin.write(json.dumps(config) + "\n")
+        proc.stdin.flush()
+    except OSError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
 
 
 def _worker_main() -> None:
-    """The child: one item per stdin line until EOF; one reply line per run on the original stdout."""
+    """The child: its settings on the first stdin line, then one item per line until EOF; one reply line per run on the original stdout."""
     import signal
     import warnings
 
@@ -205,7 +217,7 @@ def _worker_main() -> None:
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the replies
     sys.stdout = sys.stderr
     warnings.simplefilter("ignore")
-    config = json.loads(sys.argv[1])
+    config = json.loads(sys.stdin.readline())  # the settings: the first line (see _start_worker)
     worker = _Worker(config, lambda msg: replies.write(json.dumps(msg) + "\n"))
     worker.warm_up()  # while the parent loads its models
     try:

@@ -14,6 +14,8 @@ Parsing is pure (hashlib and huggingface_hub's cache lookup); ``apply`` needs th
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import os
 import re
@@ -66,8 +68,8 @@ def _adapter(raw: Any, field: str, base_dir: Path | None, allow_pickle: bool,
             or ("path" in raw) == ("hub" in raw):
         err(field, f"must be {{path: FILE}} or {{hub: ORG/NAME}} with optional scale, name, weight_name but is {raw!r}")
     scale = raw.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
-        err(f"{field}.scale", f"must be a number but is {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        err(f"{field}.scale", f"must be a finite number but is {scale!r}")
     if "path" in raw:
         file = _local(raw["path"], field, base_dir, err)
         source, weight_name, default_name = str(file), None, file.stem
@@ -162,6 +164,8 @@ def from_a1111(prompt: str, folders: Iterable[Path], allow_pickle: bool = False)
             weight = float(scale) if scale not in (None, "") else 1.0
         except ValueError:
             weight = None
+        if weight is not None and not math.isfinite(weight):
+            weight = None
         if file is None or weight is None:
             where = ", ".join(map(str, folders)) or f"no loras folder (a loras/ folder beside the PNG, or {LORAS_ENV})"
             notes.append(f"LoRA {m.group(0).strip()}: " + (f"no {name}.safetensors in {where}; generated without it"
@@ -195,7 +199,10 @@ def apply(pipe: Any, adapters: tuple[Adapter, ...], allow_pickle: bool, local_on
                 where, weight_name = a["source"], a["weight_name"]
             else:
                 where, weight_name = str(Path(a["source"]).parent), Path(a["source"]).name
-            with warnings.catch_warnings():  # peft says so for every adapter after the first: that is the point
+            from tracker.engine import loadguard
+
+            with loadguard.loading(), warnings.catch_warnings():  # one load at a time (see loadguard)
+                # peft says so for every adapter after the first: that is the point
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=adapter,
                                        use_safetensors=not allow_pickle, local_files_only=local_only)

@@ -36,6 +36,7 @@ class ForestRow:
     x_diff: float | None = None
     x_low: float | None = None
     x_high: float | None = None
+    note: str | None = None  # why there is no interval (too few pairs) or no value (all runs failed)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class EffectsView:
     confidence: float
     resamples: int
     axes: tuple[ForestAxis, ...]
+    note: str | None = None  # values left out (images missing or modified)
 
 
 def primary(file_metrics: Sequence[str], stored: Mapping[str, Mapping]) -> str | None:
@@ -89,7 +91,7 @@ def _fmt(v: float) -> str:
 def effects_view(effects: "Effects") -> EffectsView:
     """Lay out one forest plot per axis: a row per label, the baseline at 0, intervals on a shared axis."""
     return EffectsView(effects.metric, effects.higher_is_better, effects.confidence, effects.resamples,
-                       tuple(_forest(ax) for ax in effects.axes))
+                       tuple(_forest(ax) for ax in effects.axes), effects.images_gone_note)
 
 
 def _forest(ax) -> ForestAxis:
@@ -108,7 +110,7 @@ def _forest(ax) -> ForestAxis:
         rows.append(ForestRow(
             e.label, e.runs, e.mean, e.diff, e.low, e.high, e.pairs, base, e.excludes_zero, y,
             x(e.diff) if e.diff is not None else (x(0.0) if base else None),
-            x(e.low) if e.low is not None else None, x(e.high) if e.high is not None else None))
+            x(e.low) if e.low is not None else None, x(e.high) if e.high is not None else None, e.note))
     ticks = tuple((x(t), _tick(t)) for t in _nice_ticks(lo, hi))
     return ForestAxis(ax.axis, ax.baseline, tuple(rows), x(0.0), LABEL_W + PLOT_W + 20,
                       TOP + len(rows) * ROW_H + 24, ticks)

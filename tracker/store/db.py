@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tracker import fsutil
 from tracker.errors import StoreError
@@ -103,9 +104,10 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
         parsed = make_url(url)
     except ArgumentError:
         raise StoreError(f"{url!r} is not a database URL; give a SQLAlchemy URL such as sqlite:///path/tracker.db") from None
+    json_args = {"json_serializer": json_dumps, "json_deserializer": json_loads}
     if parsed.get_backend_name() != "sqlite":
         try:
-            return create_engine(parsed, pool_pre_ping=True)
+            return create_engine(parsed, pool_pre_ping=True, **json_args)
         except Exception as e:  # a missing driver (psycopg, pymysql ...)
             hint = ("; install the PostgreSQL extra: pip install 'prompt-tracker[postgres]'"
                     if parsed.get_backend_name() == "postgresql" and isinstance(e, ImportError) else "")
@@ -117,7 +119,7 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the folder for the run store {path}: {e}") from None
-    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})
+    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000}, **json_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, connection_record):
@@ -135,6 +137,54 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> "Engine":
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
+
+
+# Non-finite floats in JSON columns (a scheduler config's ``lambda_min_clipped: -inf``): Python's json writes
+# ``-Infinity``, which is not JSON; SQLite's TEXT takes it, PostgreSQL's json type refuses it. Both stores get them
+# as a one-key object instead, and read them back as the same floats. (``-Infinity`` written by older SQLite stores
+# still reads back: json.loads accepts it.) A stored dict that happens to be exactly ``{FLOAT_KEY: ...}`` is escaped
+# under ``ESCAPE_KEY`` so that it too comes back as it went in.
+FLOAT_KEY = "$tracker.float"
+ESCAPE_KEY = "$tracker.dict"
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {FLOAT_KEY: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        out = {k: _encode(v) for k, v in value.items()}
+        return {ESCAPE_KEY: out} if len(out) == 1 and next(iter(out)) in (FLOAT_KEY, ESCAPE_KEY) else out
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            if FLOAT_KEY in value and value[FLOAT_KEY] in _NON_FINITE:
+                return _NON_FINITE[value[FLOAT_KEY]]
+            if ESCAPE_KEY in value and isinstance(value[ESCAPE_KEY], dict):
+                return {k: _decode(v) for k, v in value[ESCAPE_KEY].items()}
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: strict JSON on every database (no ``Infinity``/``NaN`` tokens)."""
+    import json
+
+    return json.dumps(_encode(value), allow_nan=False)
+
+
+def json_loads(text: "str | bytes") -> Any:
+    """The JSON columns' deserializer: ``json_dumps`` undone."""
+    import json
+
+    return _decode(json.loads(text))
 
 
 def _wal(cur, timeout_s: float) -> None:

@@ -190,9 +190,8 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
     started = _start(ray, address)
     actors: list = []
     try:
-        status = {r.key: r.status for r in store.runs(exp.name)}
-        redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
-        todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
+        found = runner.find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
+        todo, status = found.todo, found.status
 
         # 2. The actors: each loads the pipelines once (a missing model fails here, naming the file).
         actors = _actors(ray, n, options.device, Path(path).resolve().parent)
@@ -218,7 +217,9 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
         store.plan_runs(sweep_id, the_plan.runs)
         if options.retry_failed:
             store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-        summary.skipped = len(the_plan.runs) - len(todo)
+        if found.lost:
+            store.mark_pending(exp.name, found.lost)
+        summary.skipped, summary.failed_earlier = found.done, found.failed_earlier
         if sink is not None:
             sink.start_sweep(sweep_id, str(file), {})
 

@@ -46,8 +46,9 @@ class SweepSummary:
     experiment: str
     planned: int
     done: int = 0
-    skipped: int = 0
-    failed: int = 0
+    skipped: int = 0  # already done
+    failed: int = 0  # failed in this sweep
+    failed_earlier: int = 0  # failed in an earlier sweep and left so (not retried without --retry-failed)
     seconds: float = 0.0
     images_dir: Path | None = None
     sweep_id: int | None = None
@@ -93,20 +94,48 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
 @dataclass(frozen=True)
 class DryRun:
     plan: plan.Plan
-    todo: tuple[PlannedRun, ...]  # the runs not done yet
+    todo: tuple[PlannedRun, ...]  # the runs a run would generate
+    done: int = 0  # already done (skipped)
+    failed_earlier: int = 0  # failed before and not retried (without --retry-failed)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a sweep has to do: the one rule ``run`` and ``--dry-run`` share."""
+
+    todo: list[PlannedRun]
+    done: int  # planned runs already done, skipped
+    failed_earlier: int  # planned runs that failed before, left alone without --retry-failed
+    lost: list[str]  # done runs whose image is gone: made again
+    in_mlflow: list[str]  # done runs whose image is only in MLflow: not made again
+    status: dict[str, str]
+
+
+def find_work(records, runs: Sequence[PlannedRun], retry_failed: bool) -> Work:
+    """The planned ``runs`` to generate given the stored ``records``: pending or interrupted ones, done ones whose
+    image is lost, and failed ones with ``retry_failed``; the others are counted as done or failed earlier."""
+    status = {r.key: r.status for r in records}
+    lost, in_mlflow = lost_images(records, {r.key for r in runs})  # a stat per done run: cheap
+    status.update(dict.fromkeys(lost, "pending"))
+    redo = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+    todo = [r for r in runs if status.get(r.key, "pending") in redo]
+    failed_earlier = 0 if retry_failed else sum(status.get(r.key) == "failed" for r in runs)
+    return Work(todo, len(runs) - len(todo) - failed_earlier, failed_earlier, lost, in_mlflow, status)
 
 
 def dry_run(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions()) -> DryRun:
-    """What ``tracker run`` would do, reading the store only if it is there (nothing is written)."""
+    """What ``tracker run`` would do with the same options, reading the store only if it is there (nothing is
+    written): the same rule (``find_work``) as the run."""
     exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
     the_plan = plan.expand(exp, max_runs=options.max_runs)
-    done: set[str] = set()
+    records: list = []
     if ws.has_store():
         from tracker.store.runstore import Store
 
         with Store.open(ws.db_url, home=ws.home) as store:
-            done = {r.key for r in store.runs(exp.name, status="done")}
-    return DryRun(the_plan, tuple(r for r in the_plan.runs if r.key not in done))
+            records = store.runs(exp.name)
+    work = find_work(records, the_plan.runs, options.retry_failed)
+    return DryRun(the_plan, tuple(work.todo), work.done, work.failed_earlier)
 
 
 def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions(),
@@ -136,12 +165,8 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)
     try:
-        records = store.runs(exp.name)
-        status = {r.key: r.status for r in records}
-        lost, in_mlflow = lost_images(records, {r.key for r in the_plan.runs})  # a stat per done run: cheap
-        status.update(dict.fromkeys(lost, "pending"))
-        redo = ("pending", "running", "failed") if options.retry_failed else ("pending", "running")
-        todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
+        found = find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
+        todo, status, lost, in_mlflow = found.todo, found.status, found.lost, found.in_mlflow
 
         # 3. Start the MLflow worker now: its imports overlap the model loading below.
         sink = _mlflow_sink(ws, exp.name)
@@ -181,7 +206,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
                                 f"(`tracker check --fix {exp.name}` then `tracker run` makes them here)")
             if options.retry_failed:
                 store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-            summary.skipped = len(the_plan.runs) - len(todo)
+            summary.skipped, summary.failed_earlier = found.done, found.failed_earlier
         except BaseException:
             if sink is not None:
                 sink.close()
@@ -478,7 +503,8 @@ def _progress(total: int, name: str, enabled: bool):
 
 
 def format_summary(s: SweepSummary) -> str:
-    lines = [f"{s.experiment}: {s.done} done, {s.skipped} skipped (already done), {s.failed} failed "
+    earlier = f"{s.failed_earlier} failed earlier (use --retry-failed), " if s.failed_earlier else ""
+    lines = [f"{s.experiment}: {s.done} done, {s.skipped} skipped (already done), {earlier}{s.failed} failed "
              f"of {s.planned} planned in {s.seconds:.1f} s"
              + (f" ({s.images_per_second:.2f} images/s)" if s.done else "")
              + (f"; {s.idle_fraction:.1%} of it outside pipeline calls (idle)" if s.idle_fraction is not None else "")
