@@ -320,7 +320,7 @@ def test_never_verified_shows_the_hint(page, probe):
 def store_verification(ws, experiment: str, rows, *, done: int, device: str = "cpu", warnings=()) -> None:
     """Store a verify result on the experiment's latest sweep exactly as ``tracker verify`` writes it
     (reproduce.Verification.to_json), without generating images."""
-    from tracker.reproduce.regenerate import Verification, VerifyRow
+    from tracker.reproduce.verify import Verification, VerifyRow
     from tracker.store.runstore import Store
 
     with Store.open(ws.db_url) as store:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tracker.images import pngmeta
-from tracker.reproduce import regenerate as rp
+from tracker.reproduce import regenerate as rp, verify as vf
 from tracker.errors import TrackerError
 from tracker.experiment.plan import expand
 from tracker.experiment.parse import parse
@@ -139,16 +139,16 @@ def test_environment_warnings_name_what_changed():
 
 def test_the_verify_sample_is_the_same_every_time_and_in_plan_order():
     records = [SimpleNamespace(key=f"{i:04x}", i=i) for i in range(40)]
-    first = rp.sample_runs(records, 8)
+    first = vf.sample_runs(records, 8)
     assert len(first) == 8 and [r.i for r in first] == sorted(r.i for r in first)
-    assert rp.sample_runs(list(reversed(records)), 8)[::-1] == first
-    assert rp.sample_runs(records, 100) == records
+    assert vf.sample_runs(list(reversed(records)), 8)[::-1] == first
+    assert vf.sample_runs(records, 100) == records
 
 
 def test_verify_table():
-    rows = [rp.VerifyRow("k1", {"age": "old", "seed": "1"}, rp.Drift(True, 0, 0.0, 0, 16)),
-            rp.VerifyRow("k2", {}, rp.Drift.failed("the original image /x.png is missing"))]
-    lines = rp.format_table(rows).splitlines()
+    rows = [vf.VerifyRow("k1", {"age": "old", "seed": "1"}, rp.Drift(True, 0, 0.0, 0, 16)),
+            vf.VerifyRow("k2", {}, rp.Drift.failed("the original image /x.png is missing"))]
+    lines = vf.format_table(rows).splitlines()
     assert lines[0].split() == ["key", "labels", "max", "mean", "result"]
     assert lines[2].split() == ["k1", "age=old,", "seed=1", "0", "0.0000", "identical"]
     assert lines[3].endswith("differs: the original image /x.png is missing")

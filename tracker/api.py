@@ -68,7 +68,9 @@ class Experiment:
     @classmethod
     def from_yaml(cls, path: PathLike) -> "Experiment":
         """Read an experiment file; relative model folders resolve against its folder."""
-        return cls._of(spec.parse_file(path))
+        from tracker.metrics import available
+
+        return cls._of(spec.parse_file(path, metric_names=available()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: PathLike | None = None,
@@ -85,8 +87,11 @@ class Experiment:
                                            "in the store and its image folder)")
         text = yaml.safe_dump(_plain(dict(data)), sort_keys=False, allow_unicode=True, width=10_000)
         base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
+        from tracker.metrics import available
+
         try:
-            return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base))
+            return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base,
+                                      metric_names=available()))
         except SpecError as e:  # line numbers of the generated YAML mean nothing to the caller
             raise SpecError(e.path, e.field, e.detail) from None
 

@@ -17,7 +17,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tracker import __version__
+from tracker.version import __version__
 from tracker.engine import batches
 from tracker.sweep import accelerate_rank as distributed
 from tracker.experiment import plan, parse as spec
@@ -79,7 +79,9 @@ def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, 
                     home: Path | None = None) -> spec.Experiment:
     """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
     that run's seed and settings."""
-    exp = path if isinstance(path, spec.Experiment) else spec.parse_file(path)
+    from tracker.metrics import available
+
+    exp = path if isinstance(path, spec.Experiment) else spec.parse_file(path, metric_names=available())
     key = from_key or exp.seeds_from
     if key:
         from tracker.store.runstore import Store
