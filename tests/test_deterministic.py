@@ -30,7 +30,7 @@ def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(
     import torch
 
     from tracker.engine.core import Engine
-    from tracker.experiment.parse import Settings
+    from tracker.experiment.settings import Settings
 
     from test_engine import runs_for
 

@@ -2,8 +2,9 @@
 
 Every field is validated here and an error names the file, the field (with its line) and the value.
 ``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
-normalizers and ``Settings`` live in ``tracker.experiment.settings`` (re-exported here); the seeds, zip groups and
-exclusions (which points of the axes' product run) in ``tracker.experiment.product``.
+normalizers and ``Settings`` live in ``tracker.experiment.settings``; the seeds, zip groups and exclusions (which
+points of the axes' product run) in ``tracker.experiment.product``; the dataclasses it builds in
+``tracker.experiment.model``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
 from tracker import limits
-from tracker.experiment import model_refs as models, product as spec_product
-from tracker.prompts import templating# noqa: F401 -- tests read spec.models
 from tracker.errors import SpecError
+from tracker.experiment import product as spec_product
 from tracker.experiment.model import Axis, AxisValue, Experiment
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
-                              COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
-                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
-                              setting_fields, setting_label, suggest)
-from tracker.experiment.product import MAX_SEED  # noqa: F401 -- read as spec.MAX_SEED
+from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting,
+                                         setting_fields, setting_label, suggest)
+from tracker.prompts import templating
 from tracker.experiment.yamlfile import LinedYaml, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
