@@ -38,7 +38,7 @@ def main() -> None:
 
     from tracker.experiment import plan
     from tracker.engine.core import Engine
-    from tracker.experiment.parse import Settings
+    from tracker.experiment.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp folder)")
     args = ap.parse_args()
 
-    from tracker import report
+    from tracker.report import html as report
     from tracker.store.runstore import Store
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="report-scale-"))

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tracker.sweep import claims
+from tracker.store.tables import workers_t
 from tracker.experiment import plan, parse as spec
 from tracker.store.runstore import Store
 
@@ -156,7 +157,7 @@ def test_a_dead_local_worker_s_claims_are_released_at_once(tmp_path):
         w = claims.register(store, sweep, "cpu", name="gone")
         claims.claim(store, "claimed", w, [(keys, 4)], lease_seconds=600)
         with store._write() as conn:  # as if that (now finished) process had registered it
-            conn.execute(claims.workers_t.update().values(pid=int(dead.stdout)))
+            conn.execute(workers_t.update().values(pid=int(dead.stdout)))
         alive = claims.register(store, sweep, "cpu", name="me")
         claims.claim(store, "claimed", alive, [(keys[4:], 2)], lease_seconds=600)
         assert claims.reap_local(store) == 4

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from tracker.images import pngmeta
-from tracker.reproduce import regenerate as rp
+from tracker.reproduce import verify as vf
 from tracker.reproduce.regenerate import Drift
 
 SWEEP = """\
@@ -30,7 +30,7 @@ def test_the_setting_turns_torchs_deterministic_algorithms_on_for_the_call_only(
     import torch
 
     from tracker.engine.core import Engine
-    from tracker.experiment.parse import Settings
+    from tracker.experiment.settings import Settings
 
     from test_engine import runs_for
 
@@ -65,8 +65,8 @@ def test_deterministic_is_recorded_per_run_and_verified_strictly(cli, write_yaml
 
     # no "GPU kernels" allowance for a run made deterministic: any difference is drift
     noise = Drift(False, 1, 0.001, 2, 4096)
-    assert rp.verdict(noise, "cuda:0") == "within 1 levels (GPU kernels)"
-    assert rp.verdict(noise, "cuda:0", deterministic=True) == "differs"
+    assert vf.verdict(noise, "cuda:0") == "within 1 levels (GPU kernels)"
+    assert vf.verdict(noise, "cuda:0", deterministic=True) == "differs"
 
 
 @pytest.mark.parametrize("value", ["maybe", "1", "'true'"])

@@ -24,7 +24,7 @@ from tracker.experiment import plan, schedulers, parse as spec# noqa: E402
 from tracker.engine.core import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.experiment.model_refs import builtin_path, native_size  # noqa: E402
-from tracker.experiment.parse import Settings  # noqa: E402
+from tracker.experiment.settings import Settings  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 
@@ -350,7 +350,7 @@ import numpy as np, torch
 torch.set_num_threads(1)
 from dataclasses import replace
 from tracker.engine.core import Engine
-from tracker.experiment.parse import Settings
+from tracker.experiment.settings import Settings
 sys.path.insert(0, sys.argv[1])
 from test_engine import BASE, one
 e = Engine()

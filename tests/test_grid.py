@@ -139,7 +139,7 @@ def test_report_grids_are_jpegs_drawn_from_the_thumbnails(tmp_path, monkeypatch)
     than a thumbnail is drawn from it: no full-size image is opened, not even for its size (the store
     has it). Each tile shows its run's image."""
     from tracker.images import grid as gridimage
-    from tracker.report import build
+    from tracker.report.html import build
 
     ws, _ = make_workspace(tmp_path / "home", {**EXP, "name": "big"}, size=(320, 320))
     build(ws, "big", rows="age", cols="seed", out=tmp_path / "r")  # makes the thumbnails

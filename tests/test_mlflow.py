@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tracker import mlflow as mlflow_log
+from tracker.mlflow import client as mlflow_client, mapping, ui
 from tracker.experiment import plan, parse as spec
-from tracker.mlflow import KEY_TAG, PARENT_TAG, MlflowSink
+from tracker.mlflow.mapping import KEY_TAG, PARENT_TAG
+from tracker.mlflow.worker import MlflowSink
 from tracker.workspace import Workspace
 
 # mlflow 3.17's SQL store uses an ORM option SQLAlchemy 2.1 deprecates; not ours to fix
@@ -90,7 +91,7 @@ def make_sweep(ws: Workspace, name: str = "chief", prompt_suffix: str = "") -> t
         return sweep, path, store.runs(name)
 
 
-def log_sweep(ws: Workspace, sweep: int, path: Path, records: list, uri: str | None = None) -> mlflow_log.SyncSummary:
+def log_sweep(ws: Workspace, sweep: int, path: Path, records: list, uri: str | None = None) -> mlflow_client.SyncSummary:
     sink = MlflowSink(uri or ws.mlflow_tracking_uri, records[0].experiment, ws.db_url, ws.mlflow_artifacts_dir)
     sink.start_sweep(sweep, str(path), {"env.torch_version": "2.13", "env.device_name": "cpu"})
     for rec in records:
@@ -232,7 +233,7 @@ def test_a_full_queue_never_blocks_and_leaves_runs_for_sync(ws):
     result = sink.close()
     assert result.logged + result.waiting == 4 and result.waiting >= 2
     assert len([r for r in store_records(ws, "chief") if not r.mlflow_synced]) == result.waiting
-    assert mlflow_log.sync(ws, "chief", progress=False).logged == result.waiting
+    assert mlflow_client.sync(ws, "chief", progress=False).logged == result.waiting
     assert all(len(v) == 1 for v in runs_by_key(ws, "chief").values()) and len(runs_by_key(ws, "chief")) == 4
 
 
@@ -243,41 +244,41 @@ def test_attach_artifacts_to_the_latest_sweep(ws, tmp_path):
     (report / "grids").mkdir(parents=True)
     (report / "index.html").write_text("<html></html>")
     Image.new("RGB", (8, 8)).save(report / "grids" / "seed-1.png")
-    rid = mlflow_log.attach_artifacts(ws, "chief", [report], "report")
+    rid = mlflow_client.attach_artifacts(ws, "chief", [report], "report")
     [parent] = parents(ws, "chief")
     assert rid == parent.info.run_id
     c = client(ws)
     assert {a.path for a in c.list_artifacts(rid, "report")} == {"report/index.html", "report/grids"}
     assert [a.path for a in c.list_artifacts(rid, "report/grids")] == ["report/grids/seed-1.png"]
 
-    assert mlflow_log.attach_artifacts(replace(ws, mlflow_enabled=False), "chief", [report], "report") is None
+    assert mlflow_client.attach_artifacts(replace(ws, mlflow_enabled=False), "chief", [report], "report") is None
     down = replace(ws, mlflow_uri=f"http://127.0.0.1:{closed_port()}")
-    assert mlflow_log.attach_artifacts(down, "chief", [report], "report") is None
-    assert mlflow_log.attach_artifacts(ws, "no-such-experiment", [report], "report") is None
+    assert mlflow_client.attach_artifacts(down, "chief", [report], "report") is None
+    assert mlflow_client.attach_artifacts(ws, "no-such-experiment", [report], "report") is None
 
 
 def test_run_url_links_the_ui():
     ws = Workspace(home=Path("/tmp/x"), db_url="sqlite://")
     rec = type("R", (), {"mlflow_run_id": "abc"})()
-    assert mlflow_log.run_url(ws, rec) == "http://127.0.0.1:5000/#/runs/abc"
-    assert mlflow_log.run_url(replace(ws, mlflow_uri="http://mlf:8080/"), rec) == "http://mlf:8080/#/runs/abc"
-    assert mlflow_log.run_url(replace(ws, mlflow_enabled=False), rec) is None
-    assert mlflow_log.run_url(ws, type("R", (), {"mlflow_run_id": None})()) is None
+    assert ui.run_url(ws, rec) == "http://127.0.0.1:5000/#/runs/abc"
+    assert ui.run_url(replace(ws, mlflow_uri="http://mlf:8080/"), rec) == "http://mlf:8080/#/runs/abc"
+    assert ui.run_url(replace(ws, mlflow_enabled=False), rec) is None
+    assert ui.run_url(ws, type("R", (), {"mlflow_run_id": None})()) is None
 
 
 def test_long_prompts_fit_tags_and_params_stay_within_limits(ws):
     _, _, records = make_sweep(ws, prompt_suffix=", " + "very detailed " * 520)  # ~7300 characters
     rec = records[0]
-    assert len(rec.prompt) > mlflow_log.MAX_PARAM_LENGTH
-    assert mlflow_log.child_tags(rec)["tracker.prompt"] == rec.prompt  # tags hold it whole
+    assert len(rec.prompt) > mapping.limit("MAX_PARAM_LENGTH")
+    assert mapping.child_tags(rec)["tracker.prompt"] == rec.prompt  # tags hold it whole
     huge = replace(rec, prompt="x" * 9000, axes={**rec.axes, "style": "y" * 7000})
-    assert len(mlflow_log.child_tags(huge)["tracker.prompt"]) == mlflow_log.MAX_TAG_LENGTH
-    assert len(mlflow_log.child_params(huge)["axis.style"]) == mlflow_log.MAX_PARAM_LENGTH
+    assert len(mapping.child_tags(huge)["tracker.prompt"]) == mapping.limit("MAX_TAG_LENGTH")
+    assert len(mapping.child_params(huge)["axis.style"]) == mapping.limit("MAX_PARAM_LENGTH")
     # the scheduler the checkpoint ships with is named by its class
     default = replace(rec, scheduler="default", scheduler_config={"_class_name": "DPMSolverMultistepScheduler"})
-    assert mlflow_log.child_params(default)["scheduler"] == "DPMSolverMultistep"
+    assert mapping.child_params(default)["scheduler"] == "DPMSolverMultistep"
     karras = replace(default, scheduler="DPMSolverMultistepScheduler", scheduler_options={"use_karras_sigmas": True})
-    assert mlflow_log.child_params(karras)["sampler"] == "DPM++ 2M Karras"
+    assert mapping.child_params(karras)["sampler"] == "DPM++ 2M Karras"
 
 
 def test_tracker_run_logs_every_image(cli, ws, write_yaml):

@@ -19,7 +19,7 @@ import pytest
 
 from test_mlflow import (  # noqa: F401 -- mlflow_template and ws are fixtures
     EXPERIMENT, KEY_TAG, PARENT_TAG, log_sweep, make_sweep, mlflow_template, ws)
-from tracker import mlflow as mlflow_log
+from tracker.mlflow import ui, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 START_TIMEOUT = 240  # seconds for a server to answer /health on a loaded 2-core machine
@@ -41,18 +41,18 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = mlflow_log.server_command(self.root / "artifacts", "127.0.0.1", self.port)
-        env = mlflow_log.server_env(f"sqlite:///{self.root / 'server.db'}")
+        cmd = ui.server_command(self.root / "artifacts", "127.0.0.1", self.port)
+        env = ui.server_env(f"sqlite:///{self.root / 'server.db'}")
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
-        if not mlflow_log.wait_for_health(self.url, START_TIMEOUT, lambda: self.proc.poll() is None):
+        if not ui.wait_for_health(self.url, START_TIMEOUT, lambda: self.proc.poll() is None):
             self.stop()
             pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None:
-            mlflow_log.stop_process_group(self.proc)
+            ui.stop_process_group(self.proc)
             self.proc = None
 
 
@@ -89,7 +89,7 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
     text = EXPERIMENT.format(name="outage").replace("seeds: [1, 2]", "seeds: [1, 2, 3, 4]")
     path = write_yaml(text, "outage.yaml")
     submitted: list[str] = []
-    real_submit = mlflow_log.MlflowSink.submit_keys
+    real_submit = worker.MlflowSink.submit_keys
 
     def submit_then_kill_server(sink, experiment, keys):
         real_submit(sink, experiment, keys)
@@ -101,7 +101,7 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
                 time.sleep(0.2)
             server.stop()
 
-    monkeypatch.setattr(mlflow_log.MlflowSink, "submit_keys", submit_then_kill_server)
+    monkeypatch.setattr(worker.MlflowSink, "submit_keys", submit_then_kill_server)
     live = replace(ws, mlflow_uri=server.url)
     summary = runner.run_experiment(live, str(path), runner.RunOptions(progress=False))
 
@@ -151,7 +151,7 @@ def test_tracker_ui_serves_the_workspace_store_and_stops_on_ctrl_c(ws):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        assert mlflow_log.wait_for_health(url, START_TIMEOUT, lambda: proc.poll() is None), proc.communicate()
+        assert ui.wait_for_health(url, START_TIMEOUT, lambda: proc.poll() is None), proc.communicate()
         # the server runs without MLflow 3's job runner, and report links follow the UI's port
         servers = [e for e in _children_environ(proc.pid) if b"mlflow" in e.get(b"_cmdline", b"")]
         assert servers and all(e.get(b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == b"false" for e in servers)

@@ -11,7 +11,8 @@ import sys
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from tracker.experiment import plan, parse as spec
+from tracker.experiment import model_refs, plan, parse as spec
+from tracker.experiment.settings import Settings
 from tracker.experiment.plan import expand
 
 from conftest import EXAMPLES, REPO
@@ -33,7 +34,7 @@ def test_warrior_chief_plan_is_exact():
         s = r.settings
         assert (s.model, s.scheduler, s.steps, s.guidance_scale, s.dtype, s.vae) == (
             "tiny", "DPMSolverMultistepScheduler", 20, 7.5, "float32", "default")
-        assert (s.width, s.height) == spec.models.native_size("tiny")
+        assert (s.width, s.height) == model_refs.native_size("tiny")
     assert [r.index for r in p.runs] == list(range(32))
     assert len({r.key for r in p.runs}) == 32
     # keys are stable across machines and releases: pinned
@@ -147,7 +148,7 @@ def test_seed_forms():
 def test_from_key_takes_seed_and_unset_settings():
     exp = spec.parse("prompt: '{{ v }}'\naxes: {v: [a, b]}\nsteps: 9\nseeds: {from: abc}\n", "x.yaml")
     assert exp.seeds_from == "abc"
-    base = spec.Settings(model="tiny", scheduler="DDIMScheduler", steps=30, guidance_scale=3.0, width=32, height=32).to_dict()
+    base = Settings(model="tiny", scheduler="DDIMScheduler", steps=30, guidance_scale=3.0, width=32, height=32).to_dict()
     p = expand(spec.with_base_run(exp, 42, base))
     assert [r.seed for r in p.runs] == [42, 42]
     assert all((r.settings.scheduler, r.settings.steps, r.settings.guidance_scale, r.settings.width) ==
@@ -260,7 +261,7 @@ def test_native_size_follows_each_runs_model():
     """Without a size, every run takes its own model's native size, also when the model is an axis."""
     p = expand(spec.parse("prompt: hi\nmodel: [tiny, shapes]\n", "x.yaml"))
     sizes = {r.settings.model: (r.settings.width, r.settings.height) for r in p.runs}
-    assert sizes == {"tiny": spec.models.native_size("tiny"), "shapes": spec.models.native_size("shapes")}
+    assert sizes == {"tiny": model_refs.native_size("tiny"), "shapes": model_refs.native_size("shapes")}
     assert sizes["tiny"] != sizes["shapes"]
     p = expand(spec.parse("prompt: hi\nmodel: shapes\nwidth: 128\n", "x.yaml"))
-    assert (p.runs[0].settings.width, p.runs[0].settings.height) == (128, spec.models.native_size("shapes")[1])
+    assert (p.runs[0].settings.width, p.runs[0].settings.height) == (128, model_refs.native_size("shapes")[1])

@@ -17,6 +17,7 @@ from PIL import Image
 
 from tracker import fsutil
 from tracker.images import pngmeta
+from tracker.experiment.plan import RECIPE_FORMAT
 from tracker.errors import NotFoundError, TrackerError
 from tracker.experiment.plan import expand
 from tracker.experiment.parse import parse
@@ -172,7 +173,7 @@ def test_recipe_chunk_round_trips_through_a_png(tmp_path):
     pngmeta.save_png(Image.new("RGB", (8, 8), (10, 20, 30)), path, recipe)
     text, back = pngmeta.read_png(path)
     assert back == json.loads(json.dumps(recipe))
-    assert back["format"] == pngmeta.RECIPE_FORMAT and back["seed"] == 7 and back["prompt"] == TRICKY[3]
+    assert back["format"] == RECIPE_FORMAT and back["seed"] == 7 and back["prompt"] == TRICKY[3]
     assert text == pngmeta.a1111_parameters(recipe)
     with Image.open(path) as im:  # what A1111 itself reads
         assert im.info["parameters"] == text
@@ -254,12 +255,12 @@ def test_read_png_errors_are_one_line(tmp_path):
 ])
 def test_schedule_type_is_always_written_so_a1111_never_reads_automatic(scheduler, options, schedule):
     """Issue 13, problem 7: A1111 1.9+ reads a missing Schedule type as Automatic (= Karras for DPM++ 2M)."""
-    from tracker.reproduce import regenerate as rp
+    from tracker.reproduce import a1111
 
     text = pngmeta.a1111_parameters(_recipe(scheduler=scheduler, scheduler_options=options))
     s = pngmeta.parse_a1111(text).settings
     assert s["Schedule type"] == schedule
-    run, _ = rp.run_from_a1111(pngmeta.parse_a1111(text))  # and it reads back as the same scheduler
+    run, _ = a1111.run_from_a1111(pngmeta.parse_a1111(text))  # and it reads back as the same scheduler
     from tracker.experiment import schedulers
 
     cls, implied = schedulers.resolve(scheduler, options)
@@ -272,9 +273,9 @@ def test_schedule_type_is_always_written_so_a1111_never_reads_automatic(schedule
     ("DPM2 a", {"use_karras_sigmas": True}), ("LMS", {}),
 ])
 def test_automatic_schedule_reads_as_a1111s_default_for_the_sampler(sampler, options):
-    from tracker.reproduce import regenerate as rp
+    from tracker.reproduce import a1111
 
     text = f"a cat\nSteps: 4, Sampler: {sampler}, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 64x64, Model: tiny"
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(text))
     assert run.settings.options() == options
     assert not [n for n in notes if "Schedule" in n]

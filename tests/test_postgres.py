@@ -9,7 +9,8 @@ import json
 import sqlalchemy as sa
 
 from tracker.store import db
-from tracker.store.runstore import Store, metadata
+from tracker.store.runstore import Store
+from tracker.store.tables import metadata
 
 from test_migrations import REVISIONS, columns, expected_at
 

@@ -284,7 +284,7 @@ def test_copy_without_full_images_still_shows_every_run(browser, probe, tmp_path
     """The copy attached to MLflow leaves out full/: grids and details fall back to the thumbnails."""
     import shutil
 
-    from tracker.report import mlflow_files
+    from tracker.report.attach import mlflow_files
 
     index = probe[2]
     copy = tmp_path / "copy"
@@ -320,7 +320,7 @@ def test_never_verified_shows_the_hint(page, probe):
 def store_verification(ws, experiment: str, rows, *, done: int, device: str = "cpu", warnings=()) -> None:
     """Store a verify result on the experiment's latest sweep exactly as ``tracker verify`` writes it
     (reproduce.Verification.to_json), without generating images."""
-    from tracker.reproduce.regenerate import Verification, VerifyRow
+    from tracker.reproduce.verify import Verification, VerifyRow
     from tracker.store.runstore import Store
 
     with Store.open(ws.db_url) as store:
@@ -333,7 +333,7 @@ def store_verification(ws, experiment: str, rows, *, done: int, device: str = "c
 def test_verified_experiment_shows_each_sampled_run(browser, tmp_path):
     """The latest sweep that has a verify result is shown: counts, device, warnings, one row per
     sampled run with the drifted ones marked; labels (user text) stay text; a key opens the run."""
-    from tracker.report import build
+    from tracker.report.html import build
     from tracker.reproduce.regenerate import Drift
     from tracker.store.runstore import Store
 
@@ -388,7 +388,7 @@ def test_verified_experiment_shows_each_sampled_run(browser, tmp_path):
 
 
 def test_report_data_layout_and_counts(probe):
-    from tracker.report import build
+    from tracker.report.html import build
 
     ws, runs, _ = probe
     index, rep = build(ws, "probe", out=ws.home / "r-data")
@@ -399,7 +399,7 @@ def test_report_data_layout_and_counts(probe):
 
 
 def test_rows_and_cols_options_swap_the_layout(probe):
-    from tracker.report import build
+    from tracker.report.html import build
 
     ws, _, _ = probe
     _, rep = build(ws, "probe", rows="seed", cols="style", out=ws.home / "r-swap")
@@ -410,7 +410,7 @@ def test_rows_and_cols_options_swap_the_layout(probe):
 
 
 def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
-    from tracker.report import build
+    from tracker.report.html import build
     from tracker.store.runstore import Store
 
     ws, runs = make_workspace(tmp_path / "home", {**PROBE, "name": "cache"}, size=(320, 320))
@@ -433,7 +433,7 @@ def test_second_build_reuses_thumbnails_and_redoes_only_changed_runs(tmp_path):
 
 
 def test_runs_of_an_earlier_plan_are_left_out_and_counted(tmp_path):
-    from tracker.report import build
+    from tracker.report.html import build
     from tracker.store.runstore import Store
 
     exp = {**PROBE, "name": "edited", "prompt": "photo of {{ age }}", "axes": {"age": {"old": "a old", "young": "a young"}},
@@ -448,7 +448,7 @@ def test_runs_of_an_earlier_plan_are_left_out_and_counted(tmp_path):
 
 
 def test_highlight_template_and_diff():
-    from tracker.report import highlight
+    from tracker.report.highlight import highlight
 
     spans = highlight("photo of a old chief, 8k", "photo of {{ age }} chief{{ style }}")
     assert [(s.text, s.marked) for s in spans] == [("photo of ", False), ("a old", True), (" chief", False), (", 8k", True)]
@@ -590,7 +590,7 @@ def runs_key(home: Path) -> str:
 def test_efficiency_reads_the_tutorial_story(tmp_path):
     """examples/efficient-diffusion.yaml with the tutorial's T4 timings: fp32 -> fp16 -> DPMSolver 20
     steps -> batch 4 out of memory -> batch 8 with attention slicing, one line each, in that order."""
-    from tracker.report import build
+    from tracker.report.html import build
 
     exp = yaml.safe_load((REPO / "examples" / "efficient-diffusion.yaml").read_text())
     exp["size"] = "64x64"
@@ -634,7 +634,7 @@ def test_highlight_always_reassembles_the_prompt():
     template's own text or expressions touch."""
     from hypothesis import given, settings, strategies as st
 
-    from tracker.report import highlight
+    from tracker.report.highlight import highlight
     from tracker.prompts.templating import render
 
     text = st.text(alphabet=st.sampled_from(list("ab ,.<>&\"'-")), max_size=6)

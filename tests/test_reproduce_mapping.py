@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tracker.images import pngmeta
-from tracker.reproduce import regenerate as rp
+from tracker.reproduce import a1111, regenerate as rp, verify as vf
 from tracker.errors import TrackerError
 from tracker.experiment.plan import expand
 from tracker.experiment.parse import parse
@@ -43,7 +43,7 @@ def test_a_broken_recipe_is_one_error():
 
 
 def test_a1111_maps_onto_a_run_and_notes_the_rest():
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111 + ", Clip skip: 2, ENSD: 31337, Version: v1.7.0"))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(A1111 + ", Clip skip: 2, ENSD: 31337, Version: v1.7.0"))
     s = run.settings
     assert (run.seed, s.steps, s.guidance_scale, s.width, s.height, s.model) == (1, 4, 7.0, 64, 96, "tiny")
     assert (s.scheduler, s.options()) == ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})
@@ -54,16 +54,16 @@ def test_a1111_maps_onto_a_run_and_notes_the_rest():
 
 def test_a1111_old_style_sampler_names_and_neutral_values():
     text = A1111.replace("Sampler: DPM++ 2M, Schedule type: Karras", "Sampler: DPM++ 2M Karras") + ", Clip skip: 1"
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(text))
     assert run.settings.options() == {"use_karras_sigmas": True}
     assert notes == []
 
 
 def test_a1111_unknown_sampler_and_schedule_are_noted():
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Karras", "Align Your Steps")))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Karras", "Align Your Steps")))
     assert run.settings.scheduler == "DPMSolverMultistepScheduler" and run.settings.options() == {}
     assert "Schedule type: Align Your Steps (not supported, ignored)" in notes
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("DPM++ 2M", "Restart")))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(A1111.replace("DPM++ 2M", "Restart")))
     assert run.settings.scheduler == "default"
     assert "Sampler: Restart (unknown, used the model's own scheduler)" in notes
 
@@ -71,7 +71,7 @@ def test_a1111_unknown_sampler_and_schedule_are_noted():
 def test_our_own_parameters_chunk_alone_rebuilds_the_run():
     (run,) = _runs('prompt: "x, y: z"\nscheduler: DPM++ 2M SDE\nscheduler_options: {solver_order: 3}\n'
                    'dtype: bfloat16\nsize: 64x64\nseeds: [4]\n')
-    back, notes = rp.run_from_a1111(pngmeta.parse_a1111(pngmeta.a1111_parameters(pngmeta.recipe_for(run))))
+    back, notes = a1111.run_from_a1111(pngmeta.parse_a1111(pngmeta.a1111_parameters(pngmeta.recipe_for(run))))
     assert notes == []
     assert back.key == run.key and back.settings.options() == run.settings.options()
     assert (back.experiment, back.settings.dtype) == ("t", "bfloat16")
@@ -91,21 +91,21 @@ def test_our_own_parameters_chunk_alone_rebuilds_the_run():
 ])
 def test_a1111_values_that_cannot_be_run_are_one_error(change, message):
     with pytest.raises(TrackerError, match=message.replace("+", r"\+").replace("(", r"\(")):
-        rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace(*change)), where="x.png")
+        a1111.run_from_a1111(pngmeta.parse_a1111(A1111.replace(*change)), where="x.png")
 
 
 def test_model_override_and_hub_ids():
     text = A1111.replace("Model: tiny", "Model: v1-5-pruned")
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(text), model="tiny")
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(text), model="tiny")
     assert run.settings.model == "tiny" and "Model: v1-5-pruned (replaced by --model tiny)" in notes
     hub = A1111.replace("Model: tiny", "Model: runwayml/stable-diffusion-v1-5")
-    run, _ = rp.run_from_a1111(pngmeta.parse_a1111(hub), model="runwayml/stable-diffusion-v1-5")  # --model: trusted
+    run, _ = a1111.run_from_a1111(pngmeta.parse_a1111(hub), model="runwayml/stable-diffusion-v1-5")  # --model: trusted
     assert run.settings.model == "runwayml/stable-diffusion-v1-5"
 
 
 def test_a_size_that_is_not_a_multiple_of_8_is_rounded_with_a_note():
     """Issue 13, problem 7: diffusers needs multiples of 8; a foreign PNG's 513x771 is rounded, not fatal."""
-    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Size: 64x96", "Size: 65x99")))
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(A1111.replace("Size: 64x96", "Size: 65x99")))
     assert (run.settings.width, run.settings.height) == (64, 96)
     assert "Size: 65x99 rounded down to 64x96 (diffusers needs multiples of 8)" in notes
 
@@ -139,16 +139,16 @@ def test_environment_warnings_name_what_changed():
 
 def test_the_verify_sample_is_the_same_every_time_and_in_plan_order():
     records = [SimpleNamespace(key=f"{i:04x}", i=i) for i in range(40)]
-    first = rp.sample_runs(records, 8)
+    first = vf.sample_runs(records, 8)
     assert len(first) == 8 and [r.i for r in first] == sorted(r.i for r in first)
-    assert rp.sample_runs(list(reversed(records)), 8)[::-1] == first
-    assert rp.sample_runs(records, 100) == records
+    assert vf.sample_runs(list(reversed(records)), 8)[::-1] == first
+    assert vf.sample_runs(records, 100) == records
 
 
 def test_verify_table():
-    rows = [rp.VerifyRow("k1", {"age": "old", "seed": "1"}, rp.Drift(True, 0, 0.0, 0, 16)),
-            rp.VerifyRow("k2", {}, rp.Drift.failed("the original image /x.png is missing"))]
-    lines = rp.format_table(rows).splitlines()
+    rows = [vf.VerifyRow("k1", {"age": "old", "seed": "1"}, rp.Drift(True, 0, 0.0, 0, 16)),
+            vf.VerifyRow("k2", {}, rp.Drift.failed("the original image /x.png is missing"))]
+    lines = vf.format_table(rows).splitlines()
     assert lines[0].split() == ["key", "labels", "max", "mean", "result"]
     assert lines[2].split() == ["k1", "age=old,", "seed=1", "0", "0.0000", "identical"]
     assert lines[3].endswith("differs: the original image /x.png is missing")

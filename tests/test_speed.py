@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from tracker.experiment import plan, parse as spec
+from tracker.experiment.settings import compile_options
 
 BASE = """\
 name: fast
@@ -31,7 +32,7 @@ def test_compile_values_normalize():
     assert parse("true") == "mode=default"
     assert parse("{mode: max-autotune-no-cudagraphs, fullgraph: true}") == \
         "fullgraph=true,mode=max-autotune-no-cudagraphs"
-    assert spec.compile_options("dynamic=false,mode=default") == {"dynamic": False, "mode": "default"}
+    assert compile_options("dynamic=false,mode=default") == {"dynamic": False, "mode": "default"}
 
 
 @pytest.mark.parametrize("value, message", [

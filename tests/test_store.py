@@ -17,7 +17,8 @@ import pytest
 from tracker.store import db
 from tracker.experiment import plan, parse as spec
 from tracker.errors import NotFoundError, StoreError
-from tracker.store.runstore import RunRecord, Store
+from tracker.store.records import RunRecord
+from tracker.store.runstore import Store
 
 BIG_SEED = 2**63 - 1
 YAML = """
@@ -64,7 +65,7 @@ def planned(store: Store, p: plan.Plan) -> int:
 
 def test_open_creates_the_folder_and_sets_wal_and_busy_timeout(url, store, tmp_path):
     path = tmp_path / "not" / "yet" / "tracker.db"
-    assert path.is_file() and db.current(url) == db.HEAD
+    assert path.is_file() and db.current(url) == db.newest_revision()
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
@@ -401,12 +402,12 @@ def test_cli_db_upgrade_and_current(cli, tmp_path):
     res = cli("db", "current")
     assert res.code == 0 and "(no database yet)" in res.out and not path.exists()
     res = cli("db", "upgrade")
-    assert res.code == 0 and res.out.strip() == f"sqlite:///{path}: (empty) -> {db.HEAD}"
-    assert cli("db", "upgrade").out.strip() == f"sqlite:///{path}: already at {db.HEAD}"
-    assert cli("db", "current").out.strip() == f"sqlite:///{path}: {db.HEAD} (head)"
+    assert res.code == 0 and res.out.strip() == f"sqlite:///{path}: (empty) -> {db.newest_revision()}"
+    assert cli("db", "upgrade").out.strip() == f"sqlite:///{path}: already at {db.newest_revision()}"
+    assert cli("db", "current").out.strip() == f"sqlite:///{path}: {db.newest_revision()} (head)"
     db.downgrade(f"sqlite:///{path}", "0001_initial")
     assert "0001_initial (newest known" in cli("db", "current").out
-    assert cli("db", "upgrade").out.strip().endswith(f"0001_initial -> {db.HEAD}")
+    assert cli("db", "upgrade").out.strip().endswith(f"0001_initial -> {db.newest_revision()}")
 
 
 def test_cli_refuses_a_store_from_the_future(cli, filled, tmp_path):

@@ -198,9 +198,9 @@ def test_a_variant_sweep_runs_and_is_queried_by_its_labels(cli, tmp_path):
 
     with Store.open(Workspace.from_options(home=str(tmp_path / "home")).db_url) as store:
         rec = store.get_run(runs[0]["key"])
-    from tracker import mlflow as mlflow_log
+    from tracker.mlflow import mapping
 
-    assert mlflow_log.child_params(rec)["axis.variant"] == "blue"
+    assert mapping.child_params(rec)["axis.variant"] == "blue"
 
 
 def test_the_warrior_chief_variants_example():

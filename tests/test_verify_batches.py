@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tracker.reproduce import regenerate as rp
+from tracker.reproduce import verify as vf
 from tracker.reproduce.regenerate import Drift
 
 SWEEP = """\
@@ -62,8 +62,8 @@ def test_original_batches_are_found_from_the_store(cli, write_yaml):
     assert cli("run", write_yaml(SWEEP), "--no-mlflow", "-q").code == 0
     with Store.open(Workspace.from_options().db_url) as store:
         done = store.runs("batches", status="done")
-    sampled = rp.sample_runs(done, 3)
-    batches = rp.original_batches(done, sampled)
+    sampled = vf.sample_runs(done, 3)
+    batches = vf.original_batches(done, sampled)
     assert all(len(b) == 8 for b in batches)
     assert sorted(r.key for b in batches for r in b) == sorted(r.key for r in done)  # 16 runs: two batches
     for b in batches:
@@ -72,6 +72,6 @@ def test_original_batches_are_found_from_the_store(cli, write_yaml):
 
 def test_gpu_kernel_noise_is_named_not_counted():
     noise = Drift(False, 1, 0.001, 2, 4096)
-    assert rp.verdict(noise, "cuda:0") == "within 1 levels (GPU kernels)"
-    assert rp.verdict(noise, "cpu") == "differs"
-    assert rp.verdict(Drift(False, 9, 0.1, 50, 4096), "cuda") == "differs"
+    assert vf.verdict(noise, "cuda:0") == "within 1 levels (GPU kernels)"
+    assert vf.verdict(noise, "cpu") == "differs"
+    assert vf.verdict(Drift(False, 9, 0.1, 50, 4096), "cuda") == "differs"

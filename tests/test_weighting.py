@@ -164,14 +164,14 @@ def test_an_a1111_png_with_weights_reproduces_through_compel(cli, tmp_path):
 
 
 def test_mlflow_params_record_the_syntax():
-    from tracker import mlflow as tracker_mlflow
-    from tracker.store.runstore import RunRecord
+    from tracker.mlflow import mapping
+    from tracker.store.records import RunRecord
 
     run = expand(parse("prompt: 'a (red:1.5) circle'\nprompt_syntax: a1111\nseeds: [0]\n", "t.yaml")).runs[0]
     fields = {f: None for f in RunRecord.__dataclass_fields__}
     fields.update(run.settings.to_dict(), key=run.key, experiment="t", status="done", prompt=run.prompt,
                   negative_prompt="", axes=dict(run.axes), seed=0, mlflow_synced=False)
-    params = tracker_mlflow.child_params(RunRecord(**fields))
+    params = mapping.child_params(RunRecord(**fields))
     assert params["prompt_syntax"] == "a1111" and "lora" not in params
 
 

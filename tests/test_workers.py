@@ -203,7 +203,7 @@ def test_workers_log_to_mlflow_while_they_run_each_run_once_under_one_parent(wri
     finish them, not once they are all done; one MLflow parent for the pool; no run logged twice."""
     from mlflow import MlflowClient
 
-    from tracker.mlflow import KEY_TAG, PARENT_TAG
+    from tracker.mlflow.mapping import KEY_TAG, PARENT_TAG
     from tracker.store.runstore import Store
 
     home = tmp_path / "home"

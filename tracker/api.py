@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tracker.experiment import plan, parse as spec
+from tracker.experiment import model, plan, parse as spec
 from tracker.errors import NotFoundError, SpecError, UsageError
 from tracker.images.grid import DEFAULT_MAX_PIXELS as GRID_MAX_PIXELS, REPORT_MAX_PIXELS
 from tracker.results import ExperimentInfo, ExperimentList, Run, RunList, SweepResult, grid_image
@@ -46,7 +46,7 @@ class Experiment:
         Experiment("a {{ age }} chief", name="ages", axes={"age": ["old", "young"]}, seeds=[1], steps=20)
     """
 
-    spec: spec.Experiment
+    spec: model.Experiment
 
     def __init__(self, prompt: str | Mapping[str, str] | None = None, *, name: str | None = None,
                  negative_prompt: str | Mapping[str, str] | None = None, axes: Mapping[str, Any] | None = None,
@@ -60,7 +60,7 @@ class Experiment:
         self.spec = Experiment.from_dict(data, base_dir=base_dir).spec
 
     @classmethod
-    def _of(cls, exp: spec.Experiment) -> "Experiment":
+    def _of(cls, exp: model.Experiment) -> "Experiment":
         out = cls.__new__(cls)
         out.spec = exp
         return out
@@ -68,7 +68,9 @@ class Experiment:
     @classmethod
     def from_yaml(cls, path: PathLike) -> "Experiment":
         """Read an experiment file; relative model folders resolve against its folder."""
-        return cls._of(spec.parse_file(path))
+        from tracker.metrics import available
+
+        return cls._of(spec.parse_file(path, metric_names=available()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: PathLike | None = None,
@@ -88,8 +90,11 @@ class Experiment:
         except yaml.YAMLError as e:  # what _plain let through and YAML still cannot write
             raise SpecError(where, None, f"cannot be written as an experiment file: {e}") from None
         base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
+        from tracker.metrics import available
+
         try:
-            return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base))
+            return cls._of(spec.parse(text, where, default_name=str(data["name"]), base_dir=base,
+                                      metric_names=available()))
         except SpecError as e:  # line numbers of the generated YAML mean nothing to the caller
             raise SpecError(e.path, e.field, e.detail) from None
 
@@ -129,7 +134,7 @@ class Experiment:
         return f"<Experiment {self.name}: axes {axes}>"
 
     # -- with a user's pipeline object
-    def for_pipeline(self, user) -> spec.Experiment:
+    def for_pipeline(self, user) -> model.Experiment:
         """This experiment on a user's pipeline (``tracker.engine.userpipe.UserPipeline``): its model becomes the
         pipeline's fingerprint name, its dtype the pipeline's; size and device default to the pipeline's own."""
         for a in self.spec.axes:
@@ -173,10 +178,10 @@ def _plain(value: Any, where: str, field: str | None = None) -> Any:
     raise SpecError(where, field, f"must be text, a number, a list or a mapping but is {kind}: {value!r:.80}")
 
 
-def _experiment(experiment: "Experiment | spec.Experiment | Mapping | PathLike") -> Experiment:
+def _experiment(experiment: "Experiment | model.Experiment | Mapping | PathLike") -> Experiment:
     if isinstance(experiment, Experiment):
         return experiment
-    if isinstance(experiment, spec.Experiment):
+    if isinstance(experiment, model.Experiment):
         return Experiment._of(experiment)
     if isinstance(experiment, Mapping):
         return Experiment.from_dict(experiment)
@@ -332,9 +337,9 @@ class Workspace:
         from PIL import Image
 
         from tracker.images import grid as gridimage
-        from tracker import report
+        from tracker.report.grids import grid_specs
 
-        specs = [spec for _, spec in report.grid_specs(self.config, experiment, rows, cols, _where_items(where))]
+        specs = [spec for _, spec in grid_specs(self.config, experiment, rows, cols, _where_items(where))]
         images = [gridimage.compose(s, max_pixels)[0] for s in specs]
         width = max(im.width for im in images)
         canvas = Image.new("RGB", (width, sum(im.height for im in images) + GRID_GAP * (len(images) - 1)),
@@ -349,10 +354,11 @@ class Workspace:
                     where: Mapping[str, Any] | Iterable[str] | None = None, max_pixels: int = GRID_MAX_PIXELS,
                     attach_mlflow: bool = True) -> tuple[list, str | None]:
         """Write the grid PNG(s) (``tracker grid``); returns what was written and a warning line, if any."""
-        from tracker import report
+        from tracker.report.attach import attach_to_mlflow
+        from tracker.report.grids import write_grids
 
-        written = report.write_grids(self.config, experiment, rows, cols, _where_items(where), Path(out), max_pixels)
-        warning = report.attach_to_mlflow(self.config, experiment, [(g.path, "grids") for g in written]) \
+        written = write_grids(self.config, experiment, rows, cols, _where_items(where), Path(out), max_pixels)
+        warning = attach_to_mlflow(self.config, experiment, [(g.path, "grids") for g in written]) \
             if attach_mlflow else None
         return written, warning
 
@@ -365,12 +371,13 @@ class Workspace:
     def build_report(self, experiment: str, out: PathLike | None = None, *, rows: str | None = None,
                      cols: str | None = None, max_pixels: int = REPORT_MAX_PIXELS, attach_mlflow: bool = True):
         """``report`` plus the report's data and a warning line when attaching it to MLflow failed."""
-        from tracker import report as rep
+        from tracker.report.attach import attach_to_mlflow, mlflow_files
+        from tracker.report.html import build
 
         config = self.config if attach_mlflow else replace(self.config, mlflow_enabled=False)
-        index, data = rep.build(config, experiment, rows=rows, cols=cols,
-                                out=Path(out) if out is not None else None, max_pixels=max_pixels)
-        warning = rep.attach_to_mlflow(config, experiment, rep.mlflow_files(index))
+        index, data = build(config, experiment, rows=rows, cols=cols,
+                            out=Path(out) if out is not None else None, max_pixels=max_pixels)
+        warning = attach_to_mlflow(config, experiment, mlflow_files(index))
         return index, data, warning
 
     # -- reproducing

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from tracker import __version__
+from tracker.version import __version__
 from tracker.errors import TrackerError
 from tracker.workspace import Workspace
 

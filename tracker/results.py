@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence, overload
 from tracker.images import pngmeta
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 THUMB_PX = 96  # thumbnails in run lists
 GRID_THUMB_PX = 160  # tiles in a grid's HTML

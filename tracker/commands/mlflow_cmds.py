@@ -20,11 +20,11 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
     """
     from dataclasses import replace
 
-    from tracker import mlflow as tracker_mlflow
+    from tracker.mlflow import client as mlflow_client
 
     if mlflow_uri:
         ws = replace(ws, mlflow_uri=mlflow_uri)
-    result = tracker_mlflow.sync(ws, experiment, progress=not quiet)
+    result = mlflow_client.sync(ws, experiment, progress=not quiet)
     if not result.logged and not result.waiting and not result.rescored:
         click.echo(f"nothing to sync: every done run is in MLflow at {result.uri}")
         return 0
@@ -38,6 +38,6 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
 @pass_workspace
 def ui(ws: Workspace, port: int, host: str) -> int:
     """Start the MLflow UI on the workspace's MLflow store; Ctrl-C stops it."""
-    from tracker import mlflow as tracker_mlflow
+    from tracker.mlflow import ui as mlflow_ui
 
-    return tracker_mlflow.serve_ui(ws, host, port, echo=click.echo)
+    return mlflow_ui.serve_ui(ws, host, port, echo=click.echo)

@@ -32,6 +32,7 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
     Exit status 0 when the pixels are identical, 1 when they differ.
     """
     from tracker.reproduce import regenerate as rp
+    from tracker.reproduce.trust import Trust
     from tracker.api import Workspace as Api
 
     def announce(source) -> None:
@@ -45,7 +46,7 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
             for note in source.notes:
                 click.echo(f"  {note}")
 
-    trust = rp.Trust(model=model, vae=vae, allow_pickle=allow_pickle, max_steps=max_steps, max_pixels=max_pixels)
+    trust = Trust(model=model, vae=vae, allow_pickle=allow_pickle, max_steps=max_steps, max_pixels=max_pixels)
     result = Api(ws).reproduce(target, device=device, model=model, save=save, on_source=announce, trust=trust)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)

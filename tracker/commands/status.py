@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.commands.store_cmds import _dump, _num, _when
+from tracker.commands.store_cmds import echo_json, number_text, when_text
 from tracker.textfmt import table
 from tracker.workspace import Workspace
 
@@ -24,14 +24,14 @@ def status(ws: Workspace, experiment: str, as_json: bool) -> None:
     with Store.open(ws.db_url, create=False, home=ws.home) as store:
         st = claims.status(store, experiment)
     if as_json:
-        _dump(st)
+        echo_json(st)
         return
     r = st["runs"]
     click.echo(f"{experiment}: {st['planned']} planned, {r['done']} done, {r['running']} running, "
                f"{r['pending']} pending, {r['failed']} failed")
     if st["workers"]:
         rows = [[str(w["id"]), w["name"], w["host"] or "-", w["device"] or "-", w["status"], str(w["runs_done"]),
-                 str(w["holding"]), _num(w["images_per_second"]), _when(w["last_seen"]),
+                 str(w["holding"]), number_text(w["images_per_second"]), when_text(w["last_seen"]),
                  f"{w['seen_seconds_ago']:.0f} s ago"] for w in st["workers"]]
         click.echo(table(["worker", "name", "host", "device", "status", "done", "holding", "images/s", "last seen",
                           ""], rows))

@@ -17,19 +17,22 @@ from tracker.textfmt import table
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 
-def _when(t: datetime | None) -> str:
+def when_text(t: datetime | None) -> str:
+    """A stored UTC time as the commands print it; "-" for none."""
     return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
 
 
-def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+def number_text(v: float | None, fmt: str = "{:.2f}") -> str:
+    """A number as the commands' tables print it; "-" for none."""
     return "-" if v is None else fmt.format(v)
 
 
-def _dump(data: Any) -> None:
+def echo_json(data: Any) -> None:
+    """``--json``: the data, indented, times in ISO 8601."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
 
 
@@ -61,7 +64,7 @@ def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where
     if sort:
         found = _sorted(found, sort)
     if as_json:
-        _dump([{**r.record.to_json(), "metrics": r.metrics} for r in found])
+        echo_json([{**r.record.to_json(), "metrics": r.metrics} for r in found])
         return
     if not found:
         click.echo("no runs" + (" match" if statuses or where else ""), err=True)
@@ -101,8 +104,8 @@ def render_runs(records: list["RunRecord"], show_experiment: bool = False, metri
     for r, m in zip(records, metrics):
         values = {"seed": str(r.seed), "scheduler": r.scheduler_choice.short, "steps": str(r.steps)}
         rows.append(([r.experiment] if show_experiment else []) + [
-            r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), _num(r.seconds),
-            *(_num(m.get(n), "{:.3f}") for n in names), r.image or (f"error: {r.error}" if r.error else "-")])
+            r.key, r.status, *(r.axes.get(a, "-") for a in axes), *(values[c] for c in fixed), number_text(r.seconds),
+            *(number_text(m.get(n), "{:.3f}") for n in names), r.image or (f"error: {r.error}" if r.error else "-")])
     return table(header, rows, max_width=24)
 
 
@@ -117,7 +120,7 @@ def show(ws: Workspace, key: str, experiment: str | None, as_json: bool) -> None
 
     run = Api(ws).run(key, experiment)
     if as_json:
-        _dump({**run.record.to_json(), "metrics": run.metrics})
+        echo_json({**run.record.to_json(), "metrics": run.metrics})
         return
     click.echo(render_run(run.record, run.metrics))
 
@@ -150,7 +153,7 @@ def experiments(ws: Workspace, as_json: bool) -> None:
 
     items = [e.info for e in Api(ws).experiments()]
     if as_json:
-        _dump(items)
+        echo_json(items)
         return
     if not items:
         click.echo("no experiments yet (tracker run FILE)", err=True)
@@ -159,7 +162,7 @@ def experiments(ws: Workspace, as_json: bool) -> None:
     rows = []
     for e in items:
         s = e["last_sweep"]
-        last = f"#{s['id']} {_when(s['started_at'])} {s['status']}" if s else "-"
+        last = f"#{s['id']} {when_text(s['started_at'])} {s['status']}" if s else "-"
         rows.append([e["name"], str(e["total"]), *(str(e["runs"].get(st, 0)) for st in STATUSES), last])
     click.echo(table(header, rows, max_width=40))
 

@@ -2,27 +2,26 @@
 
 Every field is validated here and an error names the file, the field (with its line) and the value.
 ``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
-normalizers and ``Settings`` live in ``tracker.experiment.settings`` (re-exported here); the seeds, zip groups and
-exclusions (which points of the axes' product run) in ``tracker.experiment.product``.
+normalizers and ``Settings`` live in ``tracker.experiment.settings``; the seeds, zip groups and exclusions (which
+points of the axes' product run) in ``tracker.experiment.product``; the dataclasses it builds in
+``tracker.experiment.model``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from tracker import limits
-from tracker.experiment import model_refs as models, product as spec_product
-from tracker.prompts import templating# noqa: F401 -- tests read spec.models
 from tracker.errors import SpecError
+from tracker.experiment import product as spec_product
+from tracker.experiment.model import Axis, AxisValue, Experiment
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
-                              COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
-                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
-                              setting_fields, setting_label, suggest)
-from tracker.experiment.product import MAX_SEED  # noqa: F401 -- read as spec.MAX_SEED
+from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting,
+                                         setting_fields, setting_label, suggest)
+from tracker.prompts import templating
 from tracker.experiment.yamlfile import LinedYaml, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -31,53 +30,6 @@ AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
-
-
-@dataclass(frozen=True)
-class AxisValue:
-    label: str
-    value: Any = None  # template variable value (str/number) for "var" axes; the setting value for "setting" axes
-    settings: tuple[tuple[str, Any], ...] = ()  # for bundle and setting axes: what this value sets
-    template: str | None = None  # for prompt / negative_prompt axes
-
-
-@dataclass(frozen=True)
-class Axis:
-    name: str
-    kind: str  # "var" | "bundle" | "setting" | "prompt" | "seed"
-    values: tuple[AxisValue, ...]
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(v.label for v in self.values)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    path: str | None
-    source: str
-    prompt: str | None  # the template, when prompt is not an axis
-    negative_prompt: str | None
-    axes: tuple[Axis, ...]  # product order: the last varies fastest
-    zip_groups: tuple[tuple[str, ...], ...]
-    exclude: tuple[tuple[tuple[str, Any], ...], ...]
-    settings: Settings  # base values; axes override them
-    scheduler: SchedulerChoice  # the base scheduler, resolved when parsed: settings.scheduler is its class name and
-    #                             settings.scheduler_options the user's own (the plan puts them over its options)
-    explicit: frozenset[str]  # settings the file set itself (``seeds: {from: KEY}`` keeps the others)
-    grid: tuple[str, str] | None
-    seeds_from: str | None
-    description: str = ""
-    variants: Any = None  # tracker.prompts.variants.VariantOptions, or None: no Dynamic Prompts expansion
-    metrics: tuple[str, ...] = ()  # per-image metrics scored after each image is written (tracker.metrics)
-    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False)
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
-    base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.axes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +55,8 @@ def _label(value: Any) -> str:
     return text if text.strip() else "(empty)"
 
 
-def parse_file(path: str | Path) -> Experiment:
+def parse_file(path: str | Path, metric_names: Collection[str] | None = None) -> Experiment:
+    """Read and parse an experiment file (see ``parse``); a SpecError names the file when it cannot be read."""
     p = Path(path)
     try:
         if p.is_file() and p.stat().st_size > limits.YAML_MAX_BYTES:
@@ -116,12 +69,15 @@ def parse_file(path: str | Path) -> Experiment:
         raise SpecError(str(path), None, "is a folder, not an experiment file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), None, f"cannot be read: {e}") from None
-    return parse(text, str(path), default_name=p.stem, base_dir=p.resolve().parent)
+    return parse(text, str(path), default_name=p.stem, base_dir=p.resolve().parent, metric_names=metric_names)
 
 
 def parse(text: str, path: str = "<experiment>", default_name: str | None = None,
-          base_dir: Path | None = None) -> Experiment:
-    """Parse an experiment file's text; a SpecError names the file, the field (with its line) and the value."""
+          base_dir: Path | None = None, metric_names: Collection[str] | None = None) -> Experiment:
+    """Parse an experiment file's text; a SpecError names the file, the field (with its line) and the value.
+
+    ``metric_names``: the metrics a file may name (``tracker.metrics.available()``, passed in by whoever runs the
+    experiment); None checks only the shape of ``metrics`` and ``metric_options`` (a stored file read again)."""
     doc = load(text, path)
     P = _Parser(doc, path)
     data = _fields(P, doc.data)
@@ -150,7 +106,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     # 9. grid layout
     grid = _grid(P, data, names)
     # 10. metrics scored per image
-    metrics, metric_options = _metrics(P, data)
+    metrics, metric_options = _metrics(P, data, metric_names)
 
     lines = {k: doc.line(k) for k in data if doc.line(k)}
     return Experiment(
@@ -371,11 +327,13 @@ def _raise(path: str, field: str, message: str, line: int | None) -> None:
     raise SpecError(path, field, message, line)
 
 
-def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
-    """``metrics: [clip_score, shapes]`` (names in tracker.metrics' registry) and ``metric_options: {name: {...}}``."""
-    from tracker.metrics import available
+def _metrics(P: _Parser, data: Mapping[str, Any], known: Collection[str] | None
+             ) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """``metrics: [clip_score, shapes]`` and ``metric_options: {name: {...}}``; ``known``: the names in
+    tracker.metrics' registry (None: not checked here)."""
+    def unknown(m: Any) -> bool:
+        return not isinstance(m, str) or (known is not None and m not in known)
 
-    known = available()
     raw = data.get("metrics", [])
     if isinstance(raw, str):
         raw = [raw]
@@ -383,9 +341,9 @@ def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict
         P.err("metrics", f"must be a list of metric names but is {raw!r}", "metrics")
     names: list[str] = []
     for i, m in enumerate(raw):
-        if not isinstance(m, str) or m not in known:
-            P.err(f"metrics[{i}]", f"unknown metric {m!r}{suggest(str(m), list(known))}; known: {', '.join(sorted(known))}",
-                  "metrics", i)
+        if unknown(m):
+            P.err(f"metrics[{i}]", f"unknown metric {m!r}{suggest(str(m), list(known or ()))}; "
+                  f"known: {', '.join(sorted(known or ()))}", "metrics", i)
         if m in names:
             P.err(f"metrics[{i}]", f"metric {m!r} appears twice", "metrics", i)
         names.append(m)
@@ -393,8 +351,8 @@ def _metrics(P: _Parser, data: Mapping[str, Any]) -> tuple[tuple[str, ...], dict
     if not isinstance(options, dict):
         P.err("metric_options", f"must be a mapping metric -> options but is {options!r}", "metric_options")
     for m, opts in options.items():
-        if m not in known:
-            P.err(f"metric_options.{m}", f"unknown metric {m!r}{suggest(str(m), list(known))}", "metric_options", m)
+        if unknown(m):
+            P.err(f"metric_options.{m}", f"unknown metric {m!r}{suggest(str(m), list(known or ()))}", "metric_options", m)
         if not isinstance(opts, dict):
             P.err(f"metric_options.{m}", f"must be a mapping of options but is {opts!r}", "metric_options", m)
     return tuple(names), {m: dict(o) for m, o in options.items()}

@@ -20,7 +20,8 @@ from tracker.prompts import templating
 from tracker.errors import SpecError, TrackerError, UsageError
 from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
                               setting_label)
-from tracker.experiment.parse import MAX_SEED, Axis, AxisValue, Experiment
+from tracker.experiment.model import Axis, AxisValue, Experiment
+from tracker.experiment.product import MAX_SEED
 
 DEFAULT_MAX_RUNS = 10_000
 KEY_VERSION = 1
@@ -61,7 +62,7 @@ class PlannedRun:
         ``scheduler_config``, ``environment``, ``device_used`` (``device`` stays the run's *setting*, e.g.
         "auto", so ``from_recipe`` rebuilds the same Settings), ``pipeline``, timings and ``batch_size_used``.
         """
-        from tracker import __version__
+        from tracker.version import __version__
 
         recipe = {"format": RECIPE_FORMAT, **self.to_dict(), "tracker_version": __version__}
         recipe.update({k: v for k, v in result.items() if v is not None})

@@ -10,7 +10,8 @@ from tracker import limits
 from tracker.experiment.settings import SETTING_KEYS, suggest
 
 if TYPE_CHECKING:
-    from tracker.experiment.parse import Axis, _Parser
+    from tracker.experiment.model import Axis
+    from tracker.experiment.parse import _Parser
 
 MAX_SEED = 2**63 - 1
 

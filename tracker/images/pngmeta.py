@@ -26,7 +26,6 @@ from typing import Any, Mapping
 
 from tracker import limits
 from tracker.errors import NotFoundError, TrackerError
-from tracker.experiment.plan import RECIPE_FORMAT  # noqa: F401 -- PlannedRun.to_recipe writes it; the test reads it here
 from tracker.prompts import lora
 
 PARAMETERS_CHUNK = "parameters"

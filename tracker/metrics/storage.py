@@ -14,7 +14,9 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 from tracker.metrics import Scores
-from tracker.store.runstore import Store, experiments_t, metrics_t, runs_t, utcnow
+from tracker.store.db import utcnow
+from tracker.store.runstore import Store
+from tracker.store.tables import experiments_t, metrics_t, runs_t
 
 
 def _run_ids(conn, experiment: str, keys: Sequence[str]) -> dict[str, int]:

@@ -20,24 +20,3 @@ connection per experiment, and ``tracker sync``), ``worker`` (``MlflowSink`` and
 ``ui`` (``tracker ui`` and run links). ``mlflow`` is imported only inside functions (it costs ~1.7 s), so
 this package is cheap to import; it never shadows the real ``mlflow`` (absolute imports only).
 """
-
-from __future__ import annotations
-
-from tracker.mlflow.client import HTTP_ENV, ExperimentClient, SyncSummary, attach_artifacts, sync
-from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, child_metrics, child_params, child_tags, environment_tags,
-                                    limit, run_name, scheduler_class)
-from tracker.mlflow.ui import UI_DEFAULT_URL, run_url, serve_ui, server_command, server_env, stop_process_group, wait_for_health
-from tracker.mlflow.worker import MlflowSink
-
-__all__ = [
-    "HTTP_ENV", "ExperimentClient", "SyncSummary", "attach_artifacts", "sync", "KEY_TAG", "PARENT_TAG",
-    "child_metrics", "child_params", "child_tags", "environment_tags", "limit", "run_name", "scheduler_class",
-    "UI_DEFAULT_URL", "run_url", "serve_ui", "server_command", "server_env", "stop_process_group", "wait_for_health", "MlflowSink",
-]
-
-
-def __getattr__(name: str):
-    """MLflow's own limits (``MAX_PARAM_LENGTH``, ``MAX_TAG_LENGTH``, ``MAX_PER_BATCH``), read from mlflow."""
-    from tracker.mlflow import mapping
-
-    return getattr(mapping, name)

@@ -19,7 +19,8 @@ from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics,
 from tracker.workspace import Workspace, safe_join
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord, Store
+    from tracker.store.records import RunRecord
+    from tracker.store.runstore import Store
 
 
 HTTP_ENV = {

@@ -31,7 +31,7 @@ from tracker.fsutil import sha256_file
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 CACHE_ENV = "TRACKER_IMAGE_CACHE_MB"
 DEFAULT_CACHE_MB = 1024

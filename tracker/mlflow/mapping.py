@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tracker.experiment.settings import SETTING_NAMES
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 KEY_TAG = "tracker.key"
@@ -26,12 +26,6 @@ def limit(name: str) -> int:
     from mlflow.utils import validation
 
     return getattr(validation, _MLFLOW_LIMITS[name])
-
-
-def __getattr__(name: str) -> int:
-    if name in _MLFLOW_LIMITS:
-        return limit(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def scheduler_class(rec: "RunRecord") -> str:

@@ -13,7 +13,7 @@ from tracker.mlflow.client import is_local_store
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where ``tracker ui`` serves a local store by default

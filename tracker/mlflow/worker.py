@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 from tracker.mlflow.client import HTTP_ENV, ExperimentClient, SyncSummary, is_outage, progress_bar, short_error, warn
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord, Store
+    from tracker.store.records import RunRecord
+    from tracker.store.runstore import Store
 
 
 DRAIN_BAR_AFTER_S = 1.0  # close() shows a "syncing to MLflow" bar when draining takes longer than this

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from tracker import limits
 from tracker.prompts import templating
-from tracker.experiment.parse import Axis, AxisValue
+from tracker.experiment.model import Axis, AxisValue
 
 DEFAULT_AXIS = "variant"
 NEGATIVE_AXIS = "negative_variant"

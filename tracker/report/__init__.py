@@ -22,23 +22,3 @@ columns, one section per grid), ``highlight`` (prompt spans), ``assets`` (images
 ``efficiency`` (per-configuration speed and memory), ``grids`` (labelled PNG grids, ``tracker grid``),
 ``data`` (the page's dataclasses), ``attach`` (MLflow links and attachments) and ``html`` (build and render).
 """
-
-from __future__ import annotations
-
-from tracker.report.assets import THUMB_SIZE, Asset, Assets
-from tracker.report.attach import attach_to_mlflow, mlflow_files
-from tracker.report.data import Cell, EfficiencyRow, Grid, Header, Report, Row, RunDetail, Span, VerifiedRun, VerifyView
-from tracker.report.efficiency import EFFICIENCY_FIELDS, efficiency
-from tracker.report.grids import grid_spec, grid_specs, write_grids
-from tracker.report.highlight import highlight
-from tracker.report.html import REPORT_MAX_PIXELS, build, recipe, render, templates_dir, timings
-from tracker.report.layout import Layout, Section, check_axis, choose_layout, parse_where, sections, select, varying
-from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load, verify_view
-
-__all__ = [
-    "THUMB_SIZE", "Asset", "Assets", "attach_to_mlflow", "mlflow_files", "Cell", "EfficiencyRow", "Grid", "Header",
-    "Report", "Row", "RunDetail", "Span", "VerifiedRun", "VerifyView", "EFFICIENCY_FIELDS", "efficiency",
-    "grid_spec", "grid_specs", "write_grids", "highlight", "REPORT_MAX_PIXELS", "build", "recipe", "render", "templates_dir",
-    "timings", "Layout", "Section", "check_axis", "choose_layout", "parse_where", "sections", "select", "varying",
-    "STATE_NOTES", "AxisInfo", "Entry", "Source", "load", "verify_view",
-]

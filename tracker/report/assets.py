@@ -14,7 +14,7 @@ from tracker.fsutil import atomic_file, sha256_file
 
 if TYPE_CHECKING:
     from tracker.mlflow.fetch import Images
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 from tracker.images.thumbs import JPEG_QUALITY, THUMB_SIZE, cached

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 def _optional(module: str, attr: str):

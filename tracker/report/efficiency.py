@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 from tracker.report.data import EfficiencyRow
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 from tracker.images import grid as gridimage
 from tracker.errors import NotFoundError
 from tracker.mlflow.fetch import Images
-from tracker.report.assets import THUMB_SIZE, Asset
+from tracker.images.thumbs import THUMB_SIZE
+from tracker.report.assets import Asset
 from tracker.report.data import Grid
 from tracker.report.layout import Layout, Section, choose_layout, parse_where, sections, select
 from tracker.report.source import STATE_NOTES, Entry, load

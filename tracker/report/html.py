@@ -28,7 +28,7 @@ from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load
 from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
 
 if TYPE_CHECKING:
-    from tracker.store.runstore import RunRecord
+    from tracker.store.records import RunRecord
 
 
 # ---------------------------------------------------------------------------------------------

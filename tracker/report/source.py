@@ -18,8 +18,8 @@ from tracker.workspace import Workspace
 
 if TYPE_CHECKING:
     from tracker.experiment.plan import PlannedRun
-    from tracker.experiment.parse import Experiment
-    from tracker.store.runstore import RunRecord
+    from tracker.experiment.model import Experiment
+    from tracker.store.records import RunRecord
 
 
 STATE_NOTES = {"pending": "not run yet", "missing": "not run yet", "running": "running (not finished)",

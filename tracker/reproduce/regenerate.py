@@ -78,7 +78,8 @@ def run_from_recipe(recipe: Mapping[str, Any], where: str = "recipe", trust: Tru
                                   lambda values: checked_settings(values, where, trust or Trust(), notes, base_dir))
 
 
-def _original(recipe: Mapping[str, Any]) -> dict[str, Any]:
+def original_facts(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """What a recipe says of where its image was made: environment, model revision, device, batch size."""
     return {
         "environment": recipe.get("environment") or {},
         "model_revision": recipe.get("model_revision"),
@@ -102,7 +103,7 @@ def from_png(path: str | Path, model: str | None = None, trust: Trust | None = N
     if recipe is not None:
         notes: list[str] = []
         run = run_from_recipe(recipe, str(path), trust, notes, base_dir=path.parent)
-        return Source(run, "recipe", path, _original(recipe), tuple(notes))
+        return Source(run, "recipe", path, original_facts(recipe), tuple(notes))
     if text is None:
         with pngmeta.open_png(path) as im:
             others = sorted(pngmeta.chunks(im))
@@ -135,7 +136,7 @@ def from_store(store, key: str, model: str | None = None, images=None) -> Source
     environment = store.sweep(rec.sweep_id).get("environment") if rec.sweep_id is not None else None
     recipe = rec.to_recipe(environment=environment)
     run = rec.planned()  # the stored run as planned (PlannedRun.from_recipe(recipe) reads the same back)
-    return Source(_with_settings(run, model=model) if model else run, "store", reference, _original(recipe), notes)
+    return Source(_with_settings(run, model=model) if model else run, "store", reference, original_facts(recipe), notes)
 
 
 def looks_like_path(target: str) -> bool:
@@ -194,7 +195,7 @@ def regenerate(engine, runs: Sequence[PlannedRun], batch_sizes: Mapping[str, int
     for run in runs:
         n = max(1, int(batch_sizes.get(run.key) or 1))
         groups.setdefault((run.settings, n), []).append(run)
-    collected = _Collected()
+    collected = Collected()
     for (_, n), group in groups.items():
         batches.execute(engine, group, n, collected, pad=True)
     return collected.images
@@ -209,7 +210,7 @@ class _NoImage:
     image: None = None
 
 
-class _Collected(batches.BatchHooks):
+class Collected(batches.BatchHooks):
     """The images of a regeneration by key (the first one of each run)."""
 
     def __init__(self) -> None:
@@ -223,13 +224,15 @@ class _Collected(batches.BatchHooks):
         self.images.setdefault(run.key, _NoImage(run.key, error))
 
 
-def _engine(device: str | None):
+def new_engine(device: str | None):
+    """An Engine on ``device`` for regenerating runs (torch and diffusers load here)."""
     from tracker.engine.core import Engine
 
     return Engine(device=device)
 
 
-def _current(engine, run: PlannedRun) -> dict[str, Any]:
+def current_facts(engine, run: PlannedRun) -> dict[str, Any]:
+    """The same facts of this machine's engine for ``run``, to compare with ``original_facts``."""
     return {"environment": engine.environment(), "model_revision": engine.model_revision(run.settings.model),
             "device_used": engine.device_for(run.settings)}
 
@@ -248,10 +251,10 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
     if source.reference is None:
         raise TrackerError("no original image to compare with")
     reference = pngmeta.open_png(source.reference)  # fail on a missing original before loading a model
-    engine = engine or _engine(device)
+    engine = engine or new_engine(device)
     run = source.run
     try:
-        current = _current(engine, run)
+        current = current_facts(engine, run)
     except ModelError as e:
         if device:
             raise
@@ -284,16 +287,3 @@ def describe_run(run: PlannedRun) -> str:
     scheduler = s.scheduler_choice.label("the model's scheduler")
     return (f"seed {run.seed}, {scheduler}, {s.steps} steps, CFG {s.guidance_scale:g}, "
             f"{s.width}x{s.height}, model {s.model}, {s.dtype}")
-
-
-# ``tracker verify`` lives in tracker.reproduce.verify; its names stay readable here (``reproduce.verify`` etc.).
-_VERIFY_NAMES = ("DEFAULT_SAMPLE", "GPU_LEVELS", "Verification", "VerifyRow", "format_table", "original_batches",
-                 "sample_runs", "verdict", "verify")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _VERIFY_NAMES:
-        from tracker.reproduce import verify
-
-        return getattr(verify, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

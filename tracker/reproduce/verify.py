@@ -15,8 +15,8 @@ from typing import Any, Iterable, Sequence
 from tracker.engine import batches
 from tracker.images import pngmeta
 from tracker.errors import NotFoundError, TrackerError
-from tracker.reproduce.regenerate import (Drift, _Collected, _current, _engine, _original, compare, edited_note,
-                               environment_warnings)
+from tracker.reproduce.regenerate import (Collected, Drift, compare, current_facts, edited_note, environment_warnings,
+                                         new_engine, original_facts)
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -113,14 +113,14 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     if not done or not sweeps:
         raise TrackerError(f"experiment {experiment!r} has no done runs to verify; run it first (tracker run)")
     records = sample_runs(done, sample)
-    engine = engine or _engine(device)
+    engine = engine or new_engine(device)
     environments = {s["id"]: s.get("environment") or {} for s in sweeps}
     warnings: list[str] = []
     device_used = None
     for rec in records:
-        current = _current(engine, rec.planned())
+        current = current_facts(engine, rec.planned())
         device_used = current["device_used"]
-        original = _original(rec.to_recipe(environment=environments.get(rec.sweep_id)))
+        original = original_facts(rec.to_recipe(environment=environments.get(rec.sweep_id)))
         warnings += [w for w in environment_warnings(original, current) if w not in warnings]
     from tracker.mlflow.fetch import in_workspace
 
@@ -128,7 +128,7 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
              for r in records}
     present = [r for r in records if found[r.key].path is not None]
     warnings += [edited_note(r) for r in present if found[r.key].state is not None]
-    collected = _Collected()
+    collected = Collected()
     for batch in original_batches(done, present):  # same companions, same order: batching shifts pixels
         runs = [r.planned() for r in batch]
         batches.execute(engine, runs, len(runs), collected)

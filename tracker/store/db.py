@@ -35,12 +35,6 @@ VERSION_TABLE = "alembic_version"
 MIGRATION_LOCK_KEY = 0x7072_6F6D_7074  # "prompt": the PostgreSQL advisory lock taken around migrations
 
 
-def __getattr__(name: str) -> str:
-    if name == "HEAD":  # db.HEAD: the newest revision (read once from the scripts' file names)
-        return newest_revision()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @functools.cache
 def newest_revision() -> str:
     """The newest revision in migrations/versions, from the file names (a revision id is its file's name,

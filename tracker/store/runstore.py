@@ -17,12 +17,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 
 from tracker.store import db
-from tracker.store.db import naive as _naive, retry_on_conflict as _retry_on_conflict, utcnow  # noqa: F401
+from tracker.store.db import naive as _naive, retry_on_conflict as _retry_on_conflict, utcnow
 from tracker.errors import NotFoundError, StoreError
 from tracker.experiment.plan import STATUSES, PlannedRun
 from tracker.store.records import RunRecord, aware_utc as _aware, stored_values
-from tracker.store.tables import (PLAN_COLUMNS, RESULT_COLUMNS, SWEEP_COLUMNS, events_t,  # noqa: F401
-                            experiments_t, metadata, metrics_t, runs_t, sweeps_t, workers_t)
+from tracker.store.tables import (PLAN_COLUMNS, RESULT_COLUMNS, SWEEP_COLUMNS, events_t, experiments_t, metadata,
+                                  runs_t, sweeps_t)
 from tracker.workspace import image_file, stored_image
 
 
@@ -84,7 +84,7 @@ class Store:
                 raise StoreError(f"no run store in {db.display_url(engine)}: it holds no prompt-tracker tables; "
                                  "check --db, or run an experiment first (tracker run FILE)")
             store = cls(engine, home)
-            if revision != db.HEAD:
+            if revision != db.newest_revision():
                 db.upgrade(engine, home=store.home)
         except BaseException:
             engine.dispose()

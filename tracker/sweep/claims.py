@@ -24,7 +24,9 @@ from typing import Sequence
 
 import sqlalchemy as sa
 
-from tracker.store.runstore import Store, experiments_t, runs_t, utcnow, workers_t
+from tracker.store.db import utcnow
+from tracker.store.runstore import Store
+from tracker.store.tables import experiments_t, runs_t, workers_t
 
 DEFAULT_LEASE_SECONDS = 60.0
 
@@ -195,7 +197,9 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
     """What ``tracker status`` shows: run counts, the experiment's workers (newest first) and claims
     whose lease has ended (a worker that died or hangs)."""
     from tracker.errors import NotFoundError
-    from tracker.store.runstore import STATUSES, _aware, sweeps_t
+    from tracker.experiment.plan import STATUSES
+    from tracker.store.records import aware_utc
+    from tracker.store.tables import sweeps_t
 
     now = utcnow()
     with store._read() as conn:
@@ -230,14 +234,14 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
             "device": w["device"], "status": w["status"], "runs_done": made.get(w["id"], 0), "runs_failed": w["runs_failed"],
             "holding": holding.get(w["id"], 0),
             "images_per_second": round(made.get(w["id"], 0) / alive, 4) if alive > 0 else None,
-            "busy_seconds": round(w["busy_seconds"], 3), "started_at": _aware(w["started_at"]),
-            "last_seen": _aware(w["last_seen"]), "seen_seconds_ago": round((now - w["last_seen"]).total_seconds(), 1),
+            "busy_seconds": round(w["busy_seconds"], 3), "started_at": aware_utc(w["started_at"]),
+            "last_seen": aware_utc(w["last_seen"]), "seen_seconds_ago": round((now - w["last_seen"]).total_seconds(), 1),
         })
     runs = {s: counts.get(s, 0) for s in STATUSES}
     return {
         "experiment": experiment, "planned": sum(counts.values()), "runs": runs, "workers": out_workers,
         "expired_claims": [{"key": r["key"], "worker_id": r["worker_id"], "worker": r["name"],
-                            "lease_until": _aware(r["lease_until"])} for r in stale],
+                            "lease_until": aware_utc(r["lease_until"])} for r in stale],
     }
 
 

@@ -250,7 +250,7 @@ def _release_dead(store, pid: int) -> None:
     import sqlalchemy as sa
 
     from tracker.sweep import claims
-    from tracker.store.runstore import workers_t
+    from tracker.store.tables import workers_t
 
     with store._read() as conn:
         wid = conn.execute(sa.select(workers_t.c.id).where(workers_t.c.pid == pid,

@@ -17,12 +17,13 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tracker import __version__
+from tracker.version import __version__
 from tracker.engine import batches
 from tracker.sweep import accelerate_rank as distributed
 from tracker.experiment import plan, parse as spec
 from tracker.engine.batches import BatchHooks
 from tracker.errors import ModelError
+from tracker.experiment.model import Experiment
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.settings import COMPILE_OFF
 from tracker.workspace import Workspace
@@ -76,11 +77,13 @@ class SweepSummary:
                 "warmup_seconds": round(self.warmup_seconds, 3) if self.warmup_seconds else None}
 
 
-def load_experiment(path: "str | Path | spec.Experiment", from_key: str | None, db_url: str,
-                    home: Path | None = None) -> spec.Experiment:
+def load_experiment(path: "str | Path | Experiment", from_key: str | None, db_url: str,
+                    home: Path | None = None) -> Experiment:
     """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
     that run's seed and settings."""
-    exp = path if isinstance(path, spec.Experiment) else spec.parse_file(path)
+    from tracker.metrics import available
+
+    exp = path if isinstance(path, Experiment) else spec.parse_file(path, metric_names=available())
     key = from_key or exp.seeds_from
     if key:
         from tracker.store.runstore import Store
@@ -123,7 +126,7 @@ def find_work(records, runs: Sequence[PlannedRun], retry_failed: bool) -> Work:
     return Work(todo, len(runs) - len(todo) - failed_earlier, failed_earlier, lost, in_mlflow, status)
 
 
-def dry_run(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions()) -> DryRun:
+def dry_run(ws: Workspace, path: "str | Path | Experiment", options: RunOptions = RunOptions()) -> DryRun:
     """What ``tracker run`` would do with the same options, reading the store only if it is there (nothing is
     written): the same rule (``find_work``) as the run."""
     exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
@@ -138,7 +141,7 @@ def dry_run(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOpt
     return DryRun(the_plan, tuple(work.todo), work.done, work.failed_earlier)
 
 
-def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options: RunOptions = RunOptions(),
+def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunOptions = RunOptions(),
                    pipeline=None, engine=None) -> SweepSummary:
     """Generate every planned run of the experiment file at ``path`` (or of a parsed Experiment) that is not
     done yet. ``pipeline``: a ``tracker.engine.userpipe.UserPipeline`` for runs whose model is its name.
@@ -156,7 +159,7 @@ def run_experiment(ws: Workspace, path: "str | Path | spec.Experiment", options:
         ws = replace(ws, mlflow_enabled=ws.mlflow_enabled and rank.is_main)
     exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
     file = _source_file(path, exp)
-    where = exp.path or exp.name if isinstance(path, spec.Experiment) else str(path)  # what errors name
+    where = exp.path or exp.name if isinstance(path, Experiment) else str(path)  # what errors name
     the_plan = plan.expand(exp, max_runs=options.max_runs)
     summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
                            keys=tuple(r.key for r in the_plan.runs))
@@ -278,9 +281,9 @@ def speed_cache_dir(home: Path) -> None:
             os.environ[var] = _CACHE_DIRS[var] = str(home / "cache" / sub)
 
 
-def _source_file(path: "str | Path | spec.Experiment", exp: spec.Experiment) -> Path | None:
+def _source_file(path: "str | Path | Experiment", exp: Experiment) -> Path | None:
     """The experiment file on disk, if there is one (an Experiment built in Python has none)."""
-    if not isinstance(path, spec.Experiment):
+    if not isinstance(path, Experiment):
         return Path(path).resolve()
     return Path(exp.path).resolve() if exp.path and Path(exp.path).is_file() else None
 
@@ -315,7 +318,7 @@ def _mlflow_sink(ws: Workspace, experiment: str):
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir, home=ws.home)
 
 
-def _scorer(store, exp: spec.Experiment, engine):
+def _scorer(store, exp: Experiment, engine):
     """The experiment's metrics: the writing stage scores each image after it is written, before MLflow gets it."""
     if not exp.metrics:
         return None
