@@ -14,9 +14,11 @@ def test_wheel_contains_templates_migrations_and_models(tmp_path):
                     str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("prompt_tracker-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    templates = {p.name for p in (REPO / "templates").iterdir() if not p.name.startswith(".")}
+    templates = {str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*")
+                 if p.is_file() and not p.name.startswith(".")}
     migrations = {p.name for p in (REPO / "migrations" / "versions").glob("*.py")}
     assert templates and {f"tracker/_templates/{t}" for t in templates} <= names
+    assert "tracker/_templates/studio/studio.js" in names  # the studio's pages and script too
     assert "tracker/_migrations/env.py" in names
     assert {f"tracker/_migrations/versions/{m}" for m in migrations} <= names
     for model in ("tiny", "shapes"):

@@ -12,7 +12,7 @@ import pytest
 
 from tracker.errors import UsageError
 from tracker.metrics import bradley_terry as bt
-from tracker.store import ratings
+from tracker.metrics import ratings
 from tracker.store.runstore import Store
 
 EXP = """

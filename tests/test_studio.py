@@ -170,7 +170,7 @@ def test_rate_twenty_images_and_ten_pairs_with_the_keyboard(page, server, cli):
         with page.expect_navigation():
             page.keyboard.press("a" if i % 3 else "b")
         assert page.evaluate("document.body.dataset.aKey + document.body.dataset.bKey") != before or i == 9
-    from tracker.store import ratings
+    from tracker.metrics import ratings
 
     with store(server) as s:
         rows = ratings.list_ratings(s, "studio")
@@ -236,7 +236,7 @@ def test_requests_without_the_token_or_from_another_origin_are_refused(server):
 def test_user_text_executes_nothing_and_every_page_has_a_csp(page, server):
     with store(server) as s:
         run = next(r for r in s.runs("studio") if r.axes["note"] == "odd")
-    from tracker.store import ratings
+    from tracker.metrics import ratings
 
     with store(server) as s:
         ratings.add(s, "studio", run.key, "score", 3, "x<script>window.pwned=3</script>", XSS)

@@ -48,7 +48,7 @@ def studio(ws: Workspace, port: int, host: str, rater: str | None) -> int:
 def ratings(ws: Workspace, experiment: str, as_json: bool, as_csv: bool, axis: str | None, seed: int) -> None:
     """The judgements of EXPERIMENT's images: scores, thumbs and pairs, and Bradley-Terry strengths per axis."""
     from tracker.metrics import bradley_terry as bt
-    from tracker.store import ratings as rt
+    from tracker.metrics import ratings as rt
     from tracker.store.runstore import Store
 
     if as_json and as_csv:

@@ -154,7 +154,7 @@ metrics_t = sa.Table(
     sa.Index("ix_metrics_name", "name"),
 )
 
-# 0012: a person's judgements (tracker.store.ratings): a 1-5 score or thumbs (1 up, 0 down) of one run's image, or
+# 0012: a person's judgements (tracker.metrics.ratings): a 1-5 score or thumbs (1 up, 0 down) of one run's image, or
 # which of two images is better (``pair``: 1 the run's, 0 the other's, 0.5 a tie).
 ratings_t = sa.Table(
     "ratings", metadata,

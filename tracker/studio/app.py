@@ -166,7 +166,7 @@ def create_app(ws: Workspace, token: str, allowed_hosts: set[str], rater: str | 
 
     @app.post("/api/rate")
     async def rate(request: Request):
-        from tracker.store import ratings
+        from tracker.metrics import ratings
 
         body = await request.body()
         if len(body) > MAX_BODY:

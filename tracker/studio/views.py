@@ -110,7 +110,7 @@ MODES = ("side", "slider", "fade", "diff")
 
 
 def compare(store, a: str, b: str, mode: str) -> CompareView:
-    from tracker.store.ratings import pair_axis
+    from tracker.metrics.ratings import pair_axis
 
     if mode not in MODES:
         raise UsageError(f"mode {mode!r}: one of {', '.join(MODES)}")
@@ -141,7 +141,7 @@ def next_pair(store, experiment: str, axis: str | None) -> PairView:
     """The next pair to judge on ``axis``: two images of one seed that differ only in that axis, for the
     labels whose order is least certain (Bradley-Terry's ``next_pairs``), the least judged context first."""
     from tracker.metrics import bradley_terry as bt
-    from tracker.store import ratings
+    from tracker.metrics import ratings
 
     if store.experiment(experiment) is None:
         raise NotFoundError(f"no experiment {experiment!r}")
@@ -183,7 +183,7 @@ def run_detail(store, ws, experiment: str, key: str) -> RunDetail:
 
     from tracker.images import pngmeta
     from tracker.metrics import storage
-    from tracker.store import ratings
+    from tracker.metrics import ratings
 
     rec = store.get_run(key, experiment)
     path = image_path(store, ws, experiment, rec.key)
