@@ -1,6 +1,7 @@
 """What an ``Engine`` builds once and keeps: pipelines (per model, dtype and allow_pickle; a user's own pipeline
 object as handed over), extra VAEs and schedulers (per class and options, from the checkpoint's own config).
-A mixin of ``tracker.engine.core.Engine``; model-loading errors become one line (``tracker.engine.load_errors``).
+``PipelineCache`` holds them; the engine owns one (``Engine.pipelines``) and reads it only through its methods.
+Model-loading errors become one line (``tracker.engine.load_errors``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tracker.engine import cpu
 
@@ -76,24 +77,32 @@ def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
 
 
 
-class Loading:
-    """Building and caching the engine's components (see the module's docstring)."""
+class PipelineCache:
+    """Building and caching the engine's components (see the module's docstring).
 
-    base_dir: Path | None
-    user: Any
-    _pipes: dict[tuple, _Loaded]
-    _vaes: dict[tuple, Any]
+    ``base_dir``: where relative model paths are resolved; ``user``: a ``tracker.engine.userpipe.UserPipeline``
+    (or None); ``on_load(model)``: called once when a model's pipeline is loaded (the engine starts hashing its
+    folder then, beside the rest of the set-up)."""
 
-    def _ref(self, name: str) -> models.ModelRef:
+    def __init__(self, base_dir: Path | None = None, user: Any = None,
+                 on_load: Callable[[str], Any] | None = None):
+        self.base_dir = base_dir
+        self.user = user
+        self.on_load = on_load
+        self.pipes: dict[tuple, _Loaded] = {}  # (location, dtype, allow_pickle) or ("user", model) -> _Loaded
+        self.vaes: dict[tuple, Any] = {}  # (location, dtype, allow_pickle) -> an extra VAE
+
+    def ref(self, name: str) -> models.ModelRef:
         return models.resolve(name, self.base_dir)
 
-    def _load_pipeline(self, settings: Settings) -> _Loaded:
+    def pipeline(self, settings: Settings) -> _Loaded:
+        """The pipeline of ``settings.model`` (loaded once per model, dtype and allow_pickle)."""
         if models.is_user_pipeline(settings.model):
             return self._user_pipeline(settings)
-        key = (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
-        if key in self._pipes:
-            return self._pipes[key]
-        ref = self._ref(settings.model)
+        key = (self.ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        if key in self.pipes:
+            return self.pipes[key]
+        ref = self.ref(settings.model)
         if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
             raise _missing_error("model", ref)
         if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
@@ -110,11 +119,12 @@ class Loading:
             raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
                 from None
         pipe.set_progress_bar_config(disable=True)
-        self.model_revision_later(settings.model)  # hashing starts now, beside the rest of the set-up
+        if self.on_load is not None:
+            self.on_load(settings.model)
         sched = pipe.scheduler
         loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
                          scheduler_class=type(sched).__name__, device="cpu")
-        self._pipes[key] = loaded
+        self.pipes[key] = loaded
         return loaded
 
     def _user_pipeline(self, settings: Settings) -> _Loaded:
@@ -126,19 +136,20 @@ class Loading:
                              f"which the tracker cannot rebuild; in Python pass that same pipeline again "
                              f"(tracker.open(home).reproduce(key, pipeline=pipe))")
         key = ("user", settings.model)
-        if key not in self._pipes:
+        if key not in self.pipes:
             pipe = self.user.pipe
             saved = Saved.take(pipe)
             pipe.set_progress_bar_config(disable=True)
-            self._pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
-                                       scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
-        return self._pipes[key]
+            self.pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
+                                      scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
+        return self.pipes[key]
 
-    def _load_vae(self, settings: Settings) -> Any:
-        ref = self._ref(settings.vae)
+    def vae(self, settings: Settings) -> Any:
+        """The extra VAE of ``settings.vae`` (not \"default\"), loaded once per location, dtype and allow_pickle."""
+        ref = self.ref(settings.vae)
         key = (ref.location, settings.dtype, settings.allow_pickle)
-        if key in self._vaes:
-            return self._vaes[key]
+        if key in self.vaes:
+            return self.vaes[key]
         subfolders: list[str | None] = [None, "vae"]
         if ref.kind != "hub":
             folder = Path(ref.location)
@@ -168,20 +179,20 @@ class Loading:
                 raise _missing_error("vae", ref, error)
             raise ModelError(f"vae {settings.vae!r}: {_describe(ref)} could not be loaded: {_first_line(error)}")
         vae.eval()
-        self._vaes[key] = vae
+        self.vaes[key] = vae
         return vae
 
     # -- schedulers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _scheduler(loaded: _Loaded, settings: Settings) -> Any:
+    def scheduler(loaded: _Loaded, settings: Settings) -> Any:
         """A fresh scheduler (no state carried over) from the checkpoint's own config plus the options: a copy
         of one built once per class and options (``from_config`` inspects signatures: ~1.5-30 ms each time)."""
         choice = settings.scheduler_choice.made_with({"_class_name": loaded.scheduler_class})
         cls_name, options = choice.class_name, dict(choice.options)
         key = (cls_name, json.dumps(options, sort_keys=True, default=repr))
         if key not in loaded.schedulers:
-            loaded.schedulers[key] = Loading._new_scheduler(loaded, cls_name, options)
+            loaded.schedulers[key] = PipelineCache._new_scheduler(loaded, cls_name, options)
         return copy.deepcopy(loaded.schedulers[key])
 
     @staticmethod
