@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
 from tracker.engine.facts import RecordFacts  # noqa: E402
-from tracker.engine.loading import DTYPES, PipelineCache, _Loaded  # noqa: E402,F401
+from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402,F401
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
 from tracker.engine.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
@@ -276,6 +276,7 @@ class Engine:
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
+        seed_steps(pipe.scheduler, generators)  # a stochastic scheduler's noise from the seeds too
         marks: list[float] = []
 
         def first_unet_call(module: Any, args: Any) -> None:

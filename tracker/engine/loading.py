@@ -24,7 +24,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
 
-from tracker.experiment import model_refs as models# noqa: E402
+from tracker.experiment import model_refs as models  # noqa: E402
+from tracker.experiment import schedulers  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
                               _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
@@ -75,6 +76,62 @@ def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
         kw["local_files_only"] = True
     return kw
 
+
+
+def seed_steps(scheduler: Any, generators: list) -> None:
+    """Give a scheduler's ``step`` the batch's seeded generators (one per image) unless the pipeline passes its
+    own: the flow pipelines (Flux, SD3, Qwen-Image) call ``scheduler.step`` without a generator, so a stochastic
+    scheduler (FlowMatchLCM, ``stochastic_sampling``) would draw its noise from torch's global generator and
+    the same seed would not make the same image again. Noise then continues each image's own generator, as
+    the DDPM-family pipelines do, so an image does not depend on its batch."""
+    step = type(scheduler).step
+    if "generator" not in inspect.signature(step).parameters:
+        return
+
+    def seeded(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("generator", generators)
+        return step(scheduler, *args, **kwargs)
+
+    scheduler.step = seeded
+
+
+_TIMESTEP_ARGUMENTS: dict[type, frozenset[str]] = {}
+
+
+def _timestep_arguments(pipeline_class: type) -> frozenset[str]:
+    """What a pipeline's ``__call__`` passes to ``scheduler.set_timesteps`` besides the step count, read from
+    its source (diffusers' ``retrieve_timesteps`` call): ``sigmas`` when it computes its own by default
+    (``np.linspace(1.0, 1 / num_inference_steps, ...)``: Flux, Qwen-Image) and ``mu`` when it always passes one."""
+    if pipeline_class not in _TIMESTEP_ARGUMENTS:
+        try:
+            source = inspect.getsource(pipeline_class.__call__)
+        except (OSError, TypeError):
+            source = ""
+        call = source[source.find("retrieve_timesteps("):] if "retrieve_timesteps(" in source else ""
+        call = call[:call.find(")") + 1]
+        needs = set()
+        if "sigmas=sigmas" in call and "sigmas = np.linspace(" in source:
+            needs.add("sigmas")
+        if "mu=mu" in call:
+            needs.add("mu")
+        _TIMESTEP_ARGUMENTS[pipeline_class] = frozenset(needs)
+    return _TIMESTEP_ARGUMENTS[pipeline_class]
+
+
+def _diffusers_class(name: str) -> Any:
+    """diffusers' class of that name; None when there is none or it needs a missing extra (torchsde)."""
+    try:
+        return getattr(diffusers, name, None)
+    except Exception:  # noqa: BLE001 - diffusers' lazy import raises ImportError/RuntimeError for missing extras
+        return None
+
+
+def _takes(cls: Any, names: frozenset[str]) -> bool:
+    """Whether a scheduler class's ``set_timesteps`` takes every keyword in ``names``."""
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        return False
+    params = inspect.signature(cls.set_timesteps).parameters
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or names <= set(params)
 
 
 class PipelineCache:
@@ -192,8 +249,50 @@ class PipelineCache:
         cls_name, options = choice.class_name, dict(choice.options)
         key = (cls_name, json.dumps(options, sort_keys=True, default=repr))
         if key not in loaded.schedulers:
-            loaded.schedulers[key] = PipelineCache._new_scheduler(loaded, cls_name, options)
+            ran = schedulers.for_model(cls_name, loaded.scheduler_class)  # "Euler" on a flow model: its flow Euler
+            PipelineCache._check_family(loaded, ran, choice, settings.model)
+            loaded.schedulers[key] = PipelineCache._new_scheduler(loaded, ran, options)
         return copy.deepcopy(loaded.schedulers[key])
+
+    @staticmethod
+    def compatible(loaded: _Loaded) -> list[str]:
+        """The scheduler classes that can run this pipeline: diffusers' ``compatibles`` of the model's own
+        scheduler (the flow-matching ones together for a flow-matching model; only those with flow sigmas
+        for a DPM-Solver over flow sigmas, as Sana ships), less those whose ``set_timesteps`` cannot take what
+        the pipeline passes it (Flux and Qwen-Image pass their own ``sigmas`` and ``mu``)."""
+        own = _diffusers_class(loaded.scheduler_class)
+        if own is None or not hasattr(own, "_compatibles"):
+            return [loaded.scheduler_class]
+        names = {own.__name__, *own._compatibles}  # names only: importing one may need an extra (torchsde)
+        if loaded.scheduler_class in schedulers.FLOW_SCHEDULERS:
+            names |= set(schedulers.FLOW_SCHEDULERS)
+        cfg = loaded.scheduler_config
+        if cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
+            names = {n for n in names if n == loaded.scheduler_class or "use_flow_sigmas" in
+                     inspect.signature(getattr(_diffusers_class(n), "__init__", object.__init__)).parameters}
+        needs = _timestep_arguments(type(loaded.pipe))
+        return sorted(n for n in names if n == loaded.scheduler_class or not needs
+                      or _takes(_diffusers_class(n), needs))
+
+    @staticmethod
+    def _check_family(loaded: _Loaded, cls_name: str, choice: schedulers.SchedulerChoice, model: str) -> None:
+        """A scheduler of another family (a DDPM one on a flow-matching model, or the reverse) fails every
+        image: refused here, in one line, before anything is generated."""
+        if cls_name == loaded.scheduler_class or not hasattr(diffusers.schedulers, cls_name):
+            return  # the model's own, or not a diffusers scheduler class (``_new_scheduler`` says so)
+        cls = _diffusers_class(cls_name)
+        ok = PipelineCache.compatible(loaded)
+        if cls_name in ok:
+            return
+        pipeline = type(loaded.pipe).__name__
+        shown = choice.describe() if cls_name == choice.class_name else f"{choice.describe()} (as {cls_name})"
+        needs = _timestep_arguments(type(loaded.pipe))
+        why = (f"{pipeline} passes its own {' and '.join(sorted(needs))} to set_timesteps, which {cls_name} "
+               f"does not take" if needs and not _takes(cls, needs) and cls_name in schedulers.FLOW_SCHEDULERS
+               else f"not in the compatibles of the model's {loaded.scheduler_class}")
+        names = ", ".join(n.removesuffix("Scheduler") + (f" (A1111 '{schedulers.FLOW_SAMPLERS[n]}')"
+                                                         if n in schedulers.FLOW_SAMPLERS else "") for n in ok)
+        raise ModelError(f"scheduler {shown} cannot run model {model!r} ({pipeline}): {why}; compatible: {names}")
 
     @staticmethod
     def _new_scheduler(loaded: _Loaded, cls_name: str, options: dict) -> Any:
