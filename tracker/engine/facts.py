@@ -22,6 +22,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracker")
 
 
+def prompt_reader(pipe: Any, settings: Any = None) -> tuple[Any, int, str] | None:
+    """(tokenizer, token limit, the encoder in words) of the text encoder a family's conditioning comes from:
+    with a ``max_sequence_length`` call argument (SD3, Flux, Qwen-Image, Sana, PixArt, FLUX.2) the T5/LLM
+    tokenizer (``tokenizer_3``, else ``tokenizer_2``, else ``tokenizer``) and that argument's value (the run's
+    ``call:`` value, else the pipeline's default: T5 reads 512 tokens on Flux, not CLIP's 77); otherwise (SD,
+    SDXL) the CLIP tokenizer and its ``model_max_length``. Templated families (Qwen-Image, Sana) add their own
+    tokens around the prompt, so their count is the prompt's own."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "max_sequence_length" in params:
+        name = next((n for n in ("tokenizer_3", "tokenizer_2", "tokenizer") if getattr(pipe, n, None) is not None),
+                    None)
+        if name is None:
+            return None
+        limit = dict(getattr(settings, "call", None) or ()).get("max_sequence_length",
+                                                                 params["max_sequence_length"].default)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return None
+        encoder = type(getattr(pipe, "text_encoder" + name.removeprefix("tokenizer"), None)).__name__
+        return getattr(pipe, name), limit, f"the text encoder {encoder} (max_sequence_length {limit})"
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return tokenizer, tokenizer.model_max_length, "the text encoder"
+
+
 class RecordFacts:
     """What the record of a run needs from the engine (see the module's docstring)."""
 
@@ -37,27 +67,32 @@ class RecordFacts:
         starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
         by_model: dict[tuple, list[PlannedRun]] = {}
         for r in runs:
-            if r.settings.prompt_syntax != "plain":
-                continue  # compel encodes long prompts in chunks: nothing is cut
             by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
         for group in by_model.values():
-            self.warn_truncated(self.pipelines.pipeline(group[0].settings).pipe, group)
+            pipe = self.pipelines.pipeline(group[0].settings).pipe
+            weighted = {r.settings.prompt_syntax for r in group} - {"plain"}
+            if weighted:
+                from tracker.prompts import weighting
+
+                weighting.check_supported(pipe, sorted(weighted)[0])  # one line before anything is made
+            # weighted prompts: compel chunks SD's and SDXL's long prompts (nothing is cut)
+            self.warn_truncated(pipe, [r for r in group if r.settings.prompt_syntax == "plain"])
 
     def warn_truncated(self, pipe: Any, runs: Sequence["PlannedRun"]) -> None:
-        """Say once per prompt when the text encoder will not read all of it."""
-        tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
+        """Say once per prompt when the family's main text encoder will not read all of it (``prompt_reader``)."""
+        reader = prompt_reader(pipe, runs[0].settings if runs else None)
+        if reader is None:
             return
+        tokenizer, limit, encoder = reader
         texts = [t for t in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt))
-                 if t not in self._truncated]
+                 if t and t not in self._truncated]
         if not texts:
             return
         self._truncated.update(texts)
-        limit = tokenizer.model_max_length
         for text, ids in zip(texts, tokenizer(texts, truncation=False).input_ids):
             if len(ids) > limit:
-                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...",
-                            len(ids), limit, text)
+                log.warning("a prompt is %d tokens long; %s reads the first %d: %.60s...",
+                            len(ids), encoder, limit, text)
 
     @staticmethod
     def scheduler_config(pipe: Any) -> dict:
