@@ -21,6 +21,10 @@ and ``family_single_file(family)`` (tests/conftest.py); `call_kwargs(family)` gi
 | sana | SanaPipeline | transformer 4 k, DC-AE 10 k, Gemma2 7 k | 0.1 MB | 32 x 2 = 64 (call default 1024) |
 | pixart | PixArtSigmaPipeline | transformer 32 k, VAE 67 k, T5 23 k | 0.5 MB | 32 x 8 = 256 |
 
+Cost (CPU seconds, one thread, measured with process_time on the 2-core dev machine): a build 0.05-0.35 s after
+imports (the first one in a process ~2 s more), a load 0.03-0.15 s, one 32 px 2-step image 0.03-0.13 s (64 px: up
+to 0.6 s, sd3: patch size 1 on a 64x64 latent). Under contention torch's 2 OpenMP threads make wall times 10-50x.
+
 Native size = ``default_sample_size`` (SD 1.5: ``unet.config.sample_size``; PixArt/Sana:
 ``transformer.config.sample_size``) x ``vae_scale_factor``: what a call with ``height=width=None`` draws. FLUX.1/2 and
 Qwen-Image hard-code ``default_sample_size = 128``, so their native size cannot be smaller than 128 x VAE scale.
