@@ -108,18 +108,21 @@ def standin_engine(call_seconds: float, batch: int, size: int):
     from transformers import CLIPTokenizer
 
     from tracker.experiment import model_refs as models
-    from tracker.engine.core import Engine, _Loaded
+    from tracker.engine.core import Engine, PipelineCache, _Loaded
 
-    class StandInEngine(Engine):
-        def _load_pipeline(self, settings):
+    class StandInCache(PipelineCache):
+        def pipeline(self, settings):
             key = ("stand-in", settings.dtype)
-            if key not in self._pipes:
+            if key not in self.pipes:
                 tiny = Path(models.resolve("tiny").location)
                 pipe = StandInPipeline(CLIPTokenizer.from_pretrained(tiny / "tokenizer"),
                                        PNDMScheduler.from_pretrained(tiny / "scheduler"), call_seconds, batch, size)
-                self._pipes[key] = _Loaded(pipe=pipe, vae=pipe.vae, scheduler_config=dict(pipe.scheduler.config),
-                                           scheduler_class=type(pipe.scheduler).__name__, device="cpu")
-            return self._pipes[key]
+                self.pipes[key] = _Loaded(pipe=pipe, vae=pipe.vae, scheduler_config=dict(pipe.scheduler.config),
+                                          scheduler_class=type(pipe.scheduler).__name__, device="cpu")
+            return self.pipes[key]
+
+    class StandInEngine(Engine):
+        pipeline_cache = StandInCache
 
     return StandInEngine(device="cpu")
 
@@ -134,7 +137,7 @@ def experiment_yaml(name: str, images: int, batch: int, size: int) -> str:
 
 def standin_rate(engine, images: int, batch: int) -> float:
     """The stand-in's own rate: its call in a plain loop, nothing saved (the GPU's ceiling)."""
-    pipe = engine._load_pipeline(SimpleNamespace(dtype="float32")).pipe
+    pipe = engine.pipelines.pipeline(SimpleNamespace(dtype="float32")).pipe
     import torch
 
     start = time.perf_counter()
@@ -158,7 +161,7 @@ def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float
     if summary.done != images or summary.failed:
         raise SystemExit(f"{name}: {summary.done} of {images} images done, {summary.failed} failed: "
                          f"{summary.failures[:3]}")
-    pipe = next(iter(engine._pipes.values())).pipe
+    pipe = next(iter(engine.pipelines.pipes.values())).pipe
     return summary, pipe
 
 

@@ -115,10 +115,10 @@ def test_a1111_alias_becomes_class_with_karras_sigmas(engine, write_yaml):
 
 def test_scheduler_swaps_never_reload_the_model(engine):
     engine.prepare(BASE)
-    pipes = dict(engine._pipes)
+    pipes = dict(engine.pipelines.pipes)
     for cls in ("EulerDiscreteScheduler", "DDIMScheduler", "default"):
         engine.prepare(replace(BASE, scheduler=cls))
-    assert engine._pipes == pipes and len(pipes) == 1
+    assert engine.pipelines.pipes == pipes and len(pipes) == 1
 
 
 def test_unknown_scheduler_option_names_it_and_lists_accepted(engine):

@@ -6,8 +6,11 @@ and diffusers at module level; everything else imports the engine lazily, so the
 One ``Engine`` per process keeps every pipeline it has loaded (per model, dtype and allow_pickle) and
 every extra VAE, so sweeping schedulers, VAEs, sizes or memory options never reloads weights:
 ``prepare(settings)`` swaps components in place and reverts what the previous settings turned on.
-Building the components (pipelines, VAEs, schedulers) is ``tracker.engine.loading``; the facts each record
-needs (scheduler config, model revision, environment) are ``tracker.engine.facts``.
+Building and caching the components (pipelines, VAEs, schedulers) is a part the engine owns, a
+``tracker.engine.loading.PipelineCache`` (``Engine.pipelines``); the facts each record needs (scheduler config,
+model revision, environment, the prompts' truncation check) are another, a ``tracker.engine.facts.RecordFacts``
+(``Engine.facts``). The engine keeps its own state (the active pipeline and settings) and reaches both parts
+only through their methods.
 
 Peak memory (``BatchResult.peak_memory_bytes``): on CUDA ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats`` (tensor memory of the batch, weights included); elsewhere the peak
@@ -19,9 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 
 from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
 from tracker.engine.facts import RecordFacts  # noqa: E402
-from tracker.engine.loading import DTYPES, Loading, _Loaded  # noqa: E402
+from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402,F401
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
 from tracker.engine.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
@@ -44,7 +45,7 @@ from tracker.experiment.settings import Settings  # noqa: E402
 log = logging.getLogger("tracker")
 
 
-class Engine(Loading, RecordFacts):
+class Engine:
     """Loads and caches pipelines; ``prepare`` applies a run's settings, ``generate`` makes a batch."""
 
     def __init__(self, device: str | None = None, base_dir: Path | None = None, pipeline: Any = None):
@@ -53,16 +54,51 @@ class Engine(Loading, RecordFacts):
         self.device_override = device
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.user = pipeline
-        self._pipes: dict[tuple, _Loaded] = {}
-        self._vaes: dict[tuple, Any] = {}
+        self.pipelines = self.pipeline_cache(self.base_dir, pipeline, on_load=self._loaded)
+        self.facts = RecordFacts(self.pipelines, pipeline)
         self._checked: set[tuple[str, str]] = set()
-        self._hashes: dict[str, tuple[tuple, Future]] = {}  # location -> (stat signature, its hash)
-        self._hash_lock = threading.Lock()
         self._active: _Loaded | None = None
         self._settings: Settings | None = None
-        self._truncated: set[str] = set()
         self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
         self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
+
+    pipeline_cache = PipelineCache  # the class of ``self.pipelines`` (a stand-in engine may give its own)
+
+    def _loaded(self, model: str) -> None:
+        """A model's pipeline was just loaded: hashing its folder starts now, beside the rest of the set-up."""
+        self.facts.model_revision_later(model)
+
+    # -- the record's facts (see tracker.engine.facts) ------------------------------------------------
+
+    def check_prompts(self, runs: Sequence[PlannedRun]) -> None:
+        """Every prompt's truncation check up front (see ``RecordFacts.check_prompts``)."""
+        self.facts.check_prompts(runs)
+
+    def scheduler_config(self) -> dict:
+        """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""
+        if self._active is None:
+            raise RuntimeError("scheduler_config() before prepare()")
+        return self.facts.scheduler_config(self._active.pipe)
+
+    def model_revision(self, model: str) -> str | None:
+        """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
+        return self.facts.model_revision(model)
+
+    def model_revision_later(self, model: str):
+        """``model_revision`` without waiting for it (see ``RecordFacts.model_revision_later``)."""
+        return self.facts.model_revision_later(model)
+
+    def environment(self) -> dict:
+        """Versions and hardware that produced the images (of the device of the current settings)."""
+        if self._settings is not None:
+            device = self.device_for(self._settings)
+        else:
+            device = self._resolve_device((self.device_override or "auto").lower(), "device")
+        return self.facts.environment(device)
+
+    def pipeline_info(self, model: str) -> dict | None:
+        """What the recipe records about a user's pipeline object (None for a model the tracker loads)."""
+        return self.facts.pipeline_info(model)
 
     # -- devices -----------------------------------------------------------------------------------
 
@@ -115,7 +151,7 @@ class Engine(Loading, RecordFacts):
         """Give a user's pipeline back as it came: its scheduler, VAE, device and attention processors."""
         from tracker.engine import attention
 
-        for loaded in self._pipes.values():
+        for loaded in self.pipelines.pipes.values():
             if loaded.saved is not None:
                 attention.undo(loaded.pipe, loaded.attention)  # diffusers' process-wide backend too
                 loaded.attention = None
@@ -131,7 +167,7 @@ class Engine(Loading, RecordFacts):
         Prepared already for these settings: only a fresh scheduler (a sweep prepares before every batch,
         between two pipeline calls, where moving and checking the modules again would idle the accelerator)."""
         if self._active is not None and settings == self._settings:
-            self._active.pipe.scheduler = self._scheduler(self._active, settings)
+            self._active.pipe.scheduler = self.pipelines.scheduler(self._active, settings)
             return
         device = self.device_for(settings)
         self._generator_device(settings, device)
@@ -144,9 +180,9 @@ class Engine(Loading, RecordFacts):
         if settings.cpu_offload and importlib.util.find_spec("accelerate") is None:
             raise ModelError("cpu_offload needs the package accelerate; install it with `pip install accelerate`")
         self._settings = None  # until this prepare succeeds, generate() must prepare again
-        loaded = self._load_pipeline(settings)
-        vae = loaded.vae if settings.vae == "default" else self._load_vae(settings)
-        scheduler = self._scheduler(loaded, settings)
+        loaded = self.pipelines.pipeline(settings)
+        vae = loaded.vae if settings.vae == "default" else self.pipelines.vae(settings)
+        scheduler = self.pipelines.scheduler(loaded, settings)
         if self._active is not None and self._active is not loaded:
             self._park(self._active)
         pipe = loaded.pipe
@@ -240,6 +276,7 @@ class Engine(Loading, RecordFacts):
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
+        seed_steps(pipe.scheduler, generators)  # a stochastic scheduler's noise from the seeds too
         marks: list[float] = []
 
         def first_unet_call(module: Any, args: Any) -> None:
@@ -321,7 +358,7 @@ class Engine(Loading, RecordFacts):
         """Prompts as text (plain), or as compel's embeddings of the weighted prompts (a1111, compel)."""
         prompts, negatives = [r.prompt for r in runs], [r.negative_prompt for r in runs]
         if syntax == "plain":
-            self._warn_truncated(pipe, runs)
+            self.facts.warn_truncated(pipe, runs)
             return {"prompt": prompts, "negative_prompt": negatives}
         from tracker.prompts import weighting
 

@@ -1,59 +1,103 @@
 """The facts an ``Engine`` gives for each run's record: the prompts' truncation check, the scheduler's full
 config, the model's revision (a local folder hashed in the background), the environment and a user
-pipeline's description. A mixin of ``tracker.engine.core.Engine`` (it reads the engine's loaded pipelines,
-settings and caches); no torch at import."""
+pipeline's description. ``RecordFacts`` is a part the engine owns (``Engine.facts``): it is given the engine's
+``PipelineCache`` (to load a model for the truncation check, to resolve model names) and the user's pipeline,
+and keeps its own caches (hashes, prompts already checked); no torch at import."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tracker.engine.machine import _environment, _folder_hash, _hub_revision, _in_background, _stat_signature
 
 if TYPE_CHECKING:
+    from tracker.engine.loading import PipelineCache
     from tracker.experiment.plan import PlannedRun
 
 log = logging.getLogger("tracker")
 
 
+def prompt_reader(pipe: Any, settings: Any = None) -> tuple[Any, int, str] | None:
+    """(tokenizer, token limit, the encoder in words) of the text encoder a family's conditioning comes from:
+    with a ``max_sequence_length`` call argument (SD3, Flux, Qwen-Image, Sana, PixArt, FLUX.2) the T5/LLM
+    tokenizer (``tokenizer_3``, else ``tokenizer_2``, else ``tokenizer``) and that argument's value (the run's
+    ``call:`` value, else the pipeline's default: T5 reads 512 tokens on Flux, not CLIP's 77); otherwise (SD,
+    SDXL) the CLIP tokenizer and its ``model_max_length``. Templated families (Qwen-Image, Sana) add their own
+    tokens around the prompt, so their count is the prompt's own."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "max_sequence_length" in params:
+        name = next((n for n in ("tokenizer_3", "tokenizer_2", "tokenizer") if getattr(pipe, n, None) is not None),
+                    None)
+        if name is None:
+            return None
+        limit = dict(getattr(settings, "call", None) or ()).get("max_sequence_length",
+                                                                 params["max_sequence_length"].default)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return None
+        encoder = type(getattr(pipe, "text_encoder" + name.removeprefix("tokenizer"), None)).__name__
+        return getattr(pipe, name), limit, f"the text encoder {encoder} (max_sequence_length {limit})"
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return tokenizer, tokenizer.model_max_length, "the text encoder"
+
+
 class RecordFacts:
     """What the record of a run needs from the engine (see the module's docstring)."""
 
+    def __init__(self, pipelines: "PipelineCache", user: Any = None):
+        self.pipelines = pipelines
+        self.user = user
+        self._hashes: dict[str, tuple[tuple, Future]] = {}  # location -> (stat signature, its hash)
+        self._hash_lock = threading.Lock()
+        self._truncated: set[str] = set()  # prompts already checked (each warned about once)
 
     def check_prompts(self, runs: Sequence["PlannedRun"]) -> None:
         """The truncation check of every prompt up front, batched per model (a sweep calls it before it
         starts: ~4 ms per prompt one by one on a slow CPU, which between GPU batches would idle the GPU)."""
         by_model: dict[tuple, list[PlannedRun]] = {}
         for r in runs:
-            if r.settings.prompt_syntax != "plain":
-                continue  # compel encodes long prompts in chunks: nothing is cut
             by_model.setdefault((r.settings.model, r.settings.dtype, r.settings.allow_pickle), []).append(r)
         for group in by_model.values():
-            self._warn_truncated(self._load_pipeline(group[0].settings).pipe, group)
+            pipe = self.pipelines.pipeline(group[0].settings).pipe
+            weighted = {r.settings.prompt_syntax for r in group} - {"plain"}
+            if weighted:
+                from tracker.prompts import weighting
 
-    def _warn_truncated(self, pipe: Any, runs: Sequence["PlannedRun"]) -> None:
-        """Say once per prompt when the text encoder will not read all of it."""
-        tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
+                weighting.check_supported(pipe, sorted(weighted)[0])  # one line before anything is made
+            # weighted prompts: compel chunks SD's and SDXL's long prompts (nothing is cut)
+            self.warn_truncated(pipe, [r for r in group if r.settings.prompt_syntax == "plain"])
+
+    def warn_truncated(self, pipe: Any, runs: Sequence["PlannedRun"]) -> None:
+        """Say once per prompt when the family's main text encoder will not read all of it (``prompt_reader``)."""
+        reader = prompt_reader(pipe, runs[0].settings if runs else None)
+        if reader is None:
             return
+        tokenizer, limit, encoder = reader
         texts = [t for t in dict.fromkeys(t for r in runs for t in (r.prompt, r.negative_prompt))
-                 if t not in self._truncated]
+                 if t and t not in self._truncated]
         if not texts:
             return
         self._truncated.update(texts)
-        limit = tokenizer.model_max_length
         for text, ids in zip(texts, tokenizer(texts, truncation=False).input_ids):
             if len(ids) > limit:
-                log.warning("a prompt is %d tokens long; the text encoder reads the first %d: %.60s...",
-                            len(ids), limit, text)
+                log.warning("a prompt is %d tokens long; %s reads the first %d: %.60s...",
+                            len(ids), encoder, limit, text)
 
-    def scheduler_config(self) -> dict:
-        """The full, JSON-ready config of the scheduler now in use (``_class_name`` included)."""
-        if self._active is None:
-            raise RuntimeError("scheduler_config() before prepare()")
-        return json.loads(self._active.pipe.scheduler.to_json_string())
+    @staticmethod
+    def scheduler_config(pipe: Any) -> dict:
+        """The full, JSON-ready config of ``pipe``'s scheduler (``_class_name`` included)."""
+        return json.loads(pipe.scheduler.to_json_string())
 
     def model_revision(self, model: str) -> str | None:
         """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
@@ -66,7 +110,7 @@ class RecordFacts:
         if self.user is not None and model == self.user.model:
             fingerprint = self.user.fingerprint
             return lambda: fingerprint
-        ref = self._ref(model)
+        ref = self.pipelines.ref(model)
         folder = Path(ref.location)
         if ref.kind == "hub" or not folder.is_dir():
             value = _hub_revision(ref.location) if ref.kind == "hub" else None
@@ -78,12 +122,8 @@ class RecordFacts:
                 cached = self._hashes[ref.location] = (signature, _in_background(_folder_hash, folder))
         return cached[1].result
 
-    def environment(self) -> dict:
-        """Versions and hardware that produced the images (of the device of the current settings)."""
-        if self._settings is not None:
-            device = self.device_for(self._settings)
-        else:
-            device = self._resolve_device((self.device_override or "auto").lower(), "device")
+    def environment(self, device: str) -> dict:
+        """Versions and hardware that produced the images on ``device``."""
         import torch
 
         env = {**_environment(device), "torch_threads": torch.get_num_threads()}

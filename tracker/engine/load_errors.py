@@ -26,7 +26,7 @@ class _DropRepeatedNoise(logging.Filter):
     """Library warnings repeated for every image or every pipeline move; the engine says each once instead.
 
     CLIP reads 77 tokens: transformers and diffusers log the dropped tokens for every image of every batch
-    (``_warn_truncated`` says it once per prompt)."""
+    (``RecordFacts.warn_truncated`` says it once per prompt)."""
 
     NOISE = ("The following part of your input was truncated", "Token indices sequence length is longer",
              # diffusers repeats this on every move of a half-precision pipeline to the CPU, where it does run

@@ -1,6 +1,7 @@
 """What an ``Engine`` builds once and keeps: pipelines (per model, dtype and allow_pickle; a user's own pipeline
 object as handed over), extra VAEs and schedulers (per class and options, from the checkpoint's own config).
-A mixin of ``tracker.engine.core.Engine``; model-loading errors become one line (``tracker.engine.load_errors``).
+``PipelineCache`` holds them; the engine owns one (``Engine.pipelines``) and reads it only through its methods.
+Model-loading errors become one line (``tracker.engine.load_errors``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tracker.engine import cpu, loadguard
 
@@ -23,7 +24,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import AutoencoderKL, DiffusionPipeline  # noqa: E402
 
-from tracker.experiment import model_refs as models# noqa: E402
+from tracker.experiment import model_refs as models  # noqa: E402
+from tracker.experiment import schedulers  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import (_DropRepeatedNoise, _DropTorchvisionNotice, _describe, _first_line,  # noqa: E402
                               _is_missing, _missing_error, _offline, _pickle_error, _pickle_only, _quiet_loading,
@@ -76,24 +78,88 @@ def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
 
 
 
-class Loading:
-    """Building and caching the engine's components (see the module's docstring)."""
+def seed_steps(scheduler: Any, generators: list) -> None:
+    """Give a scheduler's ``step`` the batch's seeded generators (one per image) unless the pipeline passes its
+    own: the flow pipelines (Flux, SD3, Qwen-Image) call ``scheduler.step`` without a generator, so a stochastic
+    scheduler (FlowMatchLCM, ``stochastic_sampling``) would draw its noise from torch's global generator and
+    the same seed would not make the same image again. Noise then continues each image's own generator, as
+    the DDPM-family pipelines do, so an image does not depend on its batch."""
+    step = type(scheduler).step
+    if "generator" not in inspect.signature(step).parameters:
+        return
 
-    base_dir: Path | None
-    user: Any
-    _pipes: dict[tuple, _Loaded]
-    _vaes: dict[tuple, Any]
+    def seeded(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("generator", generators)
+        return step(scheduler, *args, **kwargs)
 
-    def _ref(self, name: str) -> models.ModelRef:
+    scheduler.step = seeded
+
+
+_TIMESTEP_ARGUMENTS: dict[type, frozenset[str]] = {}
+
+
+def _timestep_arguments(pipeline_class: type) -> frozenset[str]:
+    """What a pipeline's ``__call__`` passes to ``scheduler.set_timesteps`` besides the step count, read from
+    its source (diffusers' ``retrieve_timesteps`` call): ``sigmas`` when it computes its own by default
+    (``np.linspace(1.0, 1 / num_inference_steps, ...)``: Flux, Qwen-Image) and ``mu`` when it always passes one."""
+    if pipeline_class not in _TIMESTEP_ARGUMENTS:
+        try:
+            source = inspect.getsource(pipeline_class.__call__)
+        except (OSError, TypeError):
+            source = ""
+        call = source[source.find("retrieve_timesteps("):] if "retrieve_timesteps(" in source else ""
+        call = call[:call.find(")") + 1]
+        needs = set()
+        if "sigmas=sigmas" in call and "sigmas = np.linspace(" in source:
+            needs.add("sigmas")
+        if "mu=mu" in call:
+            needs.add("mu")
+        _TIMESTEP_ARGUMENTS[pipeline_class] = frozenset(needs)
+    return _TIMESTEP_ARGUMENTS[pipeline_class]
+
+
+def _diffusers_class(name: str) -> Any:
+    """diffusers' class of that name; None when there is none or it needs a missing extra (torchsde)."""
+    try:
+        return getattr(diffusers, name, None)
+    except Exception:  # noqa: BLE001 - diffusers' lazy import raises ImportError/RuntimeError for missing extras
+        return None
+
+
+def _takes(cls: Any, names: frozenset[str]) -> bool:
+    """Whether a scheduler class's ``set_timesteps`` takes every keyword in ``names``."""
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        return False
+    params = inspect.signature(cls.set_timesteps).parameters
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or names <= set(params)
+
+
+class PipelineCache:
+    """Building and caching the engine's components (see the module's docstring).
+
+    ``base_dir``: where relative model paths are resolved; ``user``: a ``tracker.engine.userpipe.UserPipeline``
+    (or None); ``on_load(model)``: called once when a model's pipeline is loaded (the engine starts hashing its
+    folder then, beside the rest of the set-up)."""
+
+    def __init__(self, base_dir: Path | None = None, user: Any = None,
+                 on_load: Callable[[str], Any] | None = None):
+        self.base_dir = base_dir
+        self.user = user
+        self.on_load = on_load
+        self.pipes: dict[tuple, _Loaded] = {}  # (location, dtype, allow_pickle) or ("user", model) -> _Loaded
+        self.vaes: dict[tuple, Any] = {}  # (location, dtype, allow_pickle) -> an extra VAE
+
+    def ref(self, name: str) -> models.ModelRef:
         return models.resolve(name, self.base_dir)
 
-    def _load_pipeline(self, settings: Settings) -> _Loaded:
+    def pipeline(self, settings: Settings) -> _Loaded:
+        """The pipeline of ``settings.model`` (loaded once per model, dtype and allow_pickle)."""
         if models.is_user_pipeline(settings.model):
             return self._user_pipeline(settings)
-        key = (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
-        if key in self._pipes:
-            return self._pipes[key]
-        ref = self._ref(settings.model)
+        key = (self.ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        if key in self.pipes:
+            return self.pipes[key]
+        ref = self.ref(settings.model)
         if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
             raise _missing_error("model", ref)
         if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
@@ -110,11 +176,12 @@ class Loading:
             raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
                 from None
         pipe.set_progress_bar_config(disable=True)
-        self.model_revision_later(settings.model)  # hashing starts now, beside the rest of the set-up
+        if self.on_load is not None:
+            self.on_load(settings.model)
         sched = pipe.scheduler
         loaded = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(sched.config),
                          scheduler_class=type(sched).__name__, device="cpu")
-        self._pipes[key] = loaded
+        self.pipes[key] = loaded
         return loaded
 
     def _user_pipeline(self, settings: Settings) -> _Loaded:
@@ -126,19 +193,20 @@ class Loading:
                              f"which the tracker cannot rebuild; in Python pass that same pipeline again "
                              f"(tracker.open(home).reproduce(key, pipeline=pipe))")
         key = ("user", settings.model)
-        if key not in self._pipes:
+        if key not in self.pipes:
             pipe = self.user.pipe
             saved = Saved.take(pipe)
             pipe.set_progress_bar_config(disable=True)
-            self._pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
-                                       scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
-        return self._pipes[key]
+            self.pipes[key] = _Loaded(pipe=pipe, vae=getattr(pipe, "vae", None), scheduler_config=dict(pipe.scheduler.config),
+                                      scheduler_class=type(pipe.scheduler).__name__, device=saved.device, saved=saved)
+        return self.pipes[key]
 
-    def _load_vae(self, settings: Settings) -> Any:
-        ref = self._ref(settings.vae)
+    def vae(self, settings: Settings) -> Any:
+        """The extra VAE of ``settings.vae`` (not \"default\"), loaded once per location, dtype and allow_pickle."""
+        ref = self.ref(settings.vae)
         key = (ref.location, settings.dtype, settings.allow_pickle)
-        if key in self._vaes:
-            return self._vaes[key]
+        if key in self.vaes:
+            return self.vaes[key]
         subfolders: list[str | None] = [None, "vae"]
         if ref.kind != "hub":
             folder = Path(ref.location)
@@ -168,21 +236,63 @@ class Loading:
                 raise _missing_error("vae", ref, error)
             raise ModelError(f"vae {settings.vae!r}: {_describe(ref)} could not be loaded: {_first_line(error)}")
         vae.eval()
-        self._vaes[key] = vae
+        self.vaes[key] = vae
         return vae
 
     # -- schedulers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _scheduler(loaded: _Loaded, settings: Settings) -> Any:
+    def scheduler(loaded: _Loaded, settings: Settings) -> Any:
         """A fresh scheduler (no state carried over) from the checkpoint's own config plus the options: a copy
         of one built once per class and options (``from_config`` inspects signatures: ~1.5-30 ms each time)."""
         choice = settings.scheduler_choice.made_with({"_class_name": loaded.scheduler_class})
         cls_name, options = choice.class_name, dict(choice.options)
         key = (cls_name, json.dumps(options, sort_keys=True, default=repr))
         if key not in loaded.schedulers:
-            loaded.schedulers[key] = Loading._new_scheduler(loaded, cls_name, options)
+            ran = schedulers.for_model(cls_name, loaded.scheduler_class)  # "Euler" on a flow model: its flow Euler
+            PipelineCache._check_family(loaded, ran, choice, settings.model)
+            loaded.schedulers[key] = PipelineCache._new_scheduler(loaded, ran, options)
         return copy.deepcopy(loaded.schedulers[key])
+
+    @staticmethod
+    def compatible(loaded: _Loaded) -> list[str]:
+        """The scheduler classes that can run this pipeline: diffusers' ``compatibles`` of the model's own
+        scheduler (the flow-matching ones together for a flow-matching model; only those with flow sigmas
+        for a DPM-Solver over flow sigmas, as Sana ships), less those whose ``set_timesteps`` cannot take what
+        the pipeline passes it (Flux and Qwen-Image pass their own ``sigmas`` and ``mu``)."""
+        own = _diffusers_class(loaded.scheduler_class)
+        if own is None or not hasattr(own, "_compatibles"):
+            return [loaded.scheduler_class]
+        names = {own.__name__, *own._compatibles}  # names only: importing one may need an extra (torchsde)
+        if loaded.scheduler_class in schedulers.FLOW_SCHEDULERS:
+            names |= set(schedulers.FLOW_SCHEDULERS)
+        cfg = loaded.scheduler_config
+        if cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
+            names = {n for n in names if n == loaded.scheduler_class or "use_flow_sigmas" in
+                     inspect.signature(getattr(_diffusers_class(n), "__init__", object.__init__)).parameters}
+        needs = _timestep_arguments(type(loaded.pipe))
+        return sorted(n for n in names if n == loaded.scheduler_class or not needs
+                      or _takes(_diffusers_class(n), needs))
+
+    @staticmethod
+    def _check_family(loaded: _Loaded, cls_name: str, choice: schedulers.SchedulerChoice, model: str) -> None:
+        """A scheduler of another family (a DDPM one on a flow-matching model, or the reverse) fails every
+        image: refused here, in one line, before anything is generated."""
+        if cls_name == loaded.scheduler_class or not hasattr(diffusers.schedulers, cls_name):
+            return  # the model's own, or not a diffusers scheduler class (``_new_scheduler`` says so)
+        cls = _diffusers_class(cls_name)
+        ok = PipelineCache.compatible(loaded)
+        if cls_name in ok:
+            return
+        pipeline = type(loaded.pipe).__name__
+        shown = choice.describe() if cls_name == choice.class_name else f"{choice.describe()} (as {cls_name})"
+        needs = _timestep_arguments(type(loaded.pipe))
+        why = (f"{pipeline} passes its own {' and '.join(sorted(needs))} to set_timesteps, which {cls_name} "
+               f"does not take" if needs and not _takes(cls, needs) and cls_name in schedulers.FLOW_SCHEDULERS
+               else f"not in the compatibles of the model's {loaded.scheduler_class}")
+        names = ", ".join(n.removesuffix("Scheduler") + (f" (A1111 '{schedulers.FLOW_SAMPLERS[n]}')"
+                                                         if n in schedulers.FLOW_SAMPLERS else "") for n in ok)
+        raise ModelError(f"scheduler {shown} cannot run model {model!r} ({pipeline}): {why}; compatible: {names}")
 
     @staticmethod
     def _new_scheduler(loaded: _Loaded, cls_name: str, options: dict) -> Any:

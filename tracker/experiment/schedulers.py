@@ -35,6 +35,37 @@ SCHEDULERS: tuple[str, ...] = (
     "DPMSolverSDEScheduler",
 )
 
+# Flow-matching models (SD3, Flux, Qwen-Image, ...) ship FlowMatchEulerDiscreteScheduler; these two take its
+# config too. The engine refuses a scheduler of one family on a model of the other
+# (``tracker.engine.loading``: the model scheduler's ``compatibles``).
+FLOW_SCHEDULERS: tuple[str, ...] = (
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
+)
+
+# On a flow-matching model, an A1111 sampler name (or the DDPM-family class it resolves to) that has a flow
+# equivalent runs as that equivalent: "Euler" on Flux is FlowMatchEulerDiscrete, as in Forge and ComfyUI,
+# where a flow model's "euler" sampler steps along the model's own flow sigmas. The options go with it
+# (use_karras_sigmas, ...); the record's scheduler config names the class that ran.
+FLOW_EQUIVALENTS: dict[str, str] = {
+    "EulerDiscreteScheduler": "FlowMatchEulerDiscreteScheduler",
+    "HeunDiscreteScheduler": "FlowMatchHeunDiscreteScheduler",
+}
+# The A1111 sampler name written for a flow scheduler (the name Forge writes for the same sampler); others
+# (FlowMatchLCM) are written as their short class name, which ``resolve`` reads back.
+FLOW_SAMPLERS: dict[str, str] = {"FlowMatchEulerDiscreteScheduler": "Euler", "FlowMatchHeunDiscreteScheduler": "Heun"}
+# A flow model's own sigmas, evenly spaced in time, are A1111/Forge's "Simple" schedule.
+FLOW_SCHEDULE = "Simple"
+
+
+def for_model(cls: str, model_scheduler: str) -> str:
+    """The class that runs for ``cls`` on a model whose own scheduler is ``model_scheduler``: the flow
+    equivalent of a DDPM-family class on a flow-matching model (``FLOW_EQUIVALENTS``), else ``cls``."""
+    if model_scheduler in FLOW_SCHEDULERS:
+        return FLOW_EQUIVALENTS.get(cls, cls)
+    return cls
+
 DEFAULT = "default"  # keep the scheduler the checkpoint ships with
 
 _KARRAS = {"use_karras_sigmas": True}
@@ -70,7 +101,7 @@ def _norm(name: str) -> str:
 
 
 _LOOKUP: dict[str, tuple[str, dict[str, Any]]] = {}
-for _cls in SCHEDULERS:
+for _cls in SCHEDULERS + FLOW_SCHEDULERS:
     _LOOKUP[_norm(_cls)] = (_cls, {})
     _LOOKUP[_norm(_cls.removesuffix("Scheduler"))] = (_cls, {})
 for _alias, _target in ALIASES.items():
@@ -79,7 +110,7 @@ for _alias, _target in ALIASES.items():
 
 def known_names() -> list[str]:
     """Every name ``resolve`` accepts, short class names first, then the A1111 aliases."""
-    return [c.removesuffix("Scheduler") for c in SCHEDULERS] + list(ALIASES)
+    return [c.removesuffix("Scheduler") for c in SCHEDULERS + FLOW_SCHEDULERS] + list(ALIASES)
 
 
 def resolve(name: str, options: Mapping[str, Any] | None = None, *, path: str | None = None,
@@ -103,6 +134,9 @@ def resolve(name: str, options: Mapping[str, Any] | None = None, *, path: str | 
 SCHEDULE_OPTIONS: dict[str, str] = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas",
                                     "Beta": "use_beta_sigmas"}
 UNIFORM = "Uniform"
+# Schedule types read as the model's own sigmas: Uniform (A1111), Simple (A1111 1.9+, Forge, ComfyUI: the model's
+# sigmas evenly spaced, what a flow-matching scheduler does without an option).
+OWN_SIGMAS = (UNIFORM, FLOW_SCHEDULE)
 # A1111 1.9+ writes and reads "Schedule type: Automatic" as each sampler's own default
 # (the 'scheduler' option of samplers_k_diffusion in modules/sd_samplers_kdiffusion.py); samplers not
 # listed default to the model's own sigmas (Uniform).
@@ -121,6 +155,8 @@ def sampler_name(cls: str, options: Mapping[str, Any] | None = None) -> tuple[st
     model's own sigmas) for a class and its options."""
     options = dict(options or {})
     schedule = _schedule(options)
+    if cls in FLOW_SAMPLERS:
+        return FLOW_SAMPLERS[cls], schedule
     sde = options.get("algorithm_type") == "sde-dpmsolver++"
     for alias, (target, implied) in ALIASES.items():
         if target != cls or "Karras" in alias:
@@ -133,8 +169,19 @@ def sampler_name(cls: str, options: Mapping[str, Any] | None = None) -> tuple[st
 
 def a1111_schedule(cls: str, options: Mapping[str, Any] | None = None) -> str:
     """The ``Schedule type`` to write: always explicit, since A1111 1.9+ reads a missing one as "Automatic"
-    (Karras for DPM++ 2M); ``Uniform`` where diffusers uses the model's own sigmas."""
-    return sampler_name(cls, options)[1] or UNIFORM
+    (Karras for DPM++ 2M); ``Uniform`` where diffusers uses the model's own sigmas (``Simple`` for a flow
+    scheduler)."""
+    return sampler_name(cls, options)[1] or own_schedule(cls)
+
+
+def own_schedule(cls: str) -> str:
+    """The Schedule type of a scheduler without a sigma option: Simple for a flow-matching one, else Uniform."""
+    return FLOW_SCHEDULE if cls in FLOW_SCHEDULERS else UNIFORM
+
+
+def a1111_known(sampler: str) -> bool:
+    """Whether ``resolve`` reads ``sampler`` back (what the PNG's ``Sampler`` may say)."""
+    return _norm(sampler) in _LOOKUP
 
 
 def schedule_options(sampler: str, schedule: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -143,7 +190,7 @@ def schedule_options(sampler: str, schedule: str | None) -> tuple[dict[str, Any]
     schedule type (infotext before 1.9) means the model's own sigmas."""
     if schedule == "Automatic":
         schedule = A1111_AUTOMATIC.get(sampler.replace(" Karras", ""), UNIFORM)
-    if schedule in (None, "", UNIFORM):
+    if schedule in (None, "", *OWN_SIGMAS):
         return {}, None
     if schedule in SCHEDULE_OPTIONS:
         return {SCHEDULE_OPTIONS[schedule]: True}, None
@@ -175,8 +222,9 @@ class SchedulerChoice:
 
     def made_with(self, scheduler_config: Mapping[str, Any] | None) -> "SchedulerChoice":
         """The class that actually ran: "default" resolved through the scheduler config the engine recorded."""
-        if self.is_default and scheduler_config and scheduler_config.get("_class_name"):
-            return SchedulerChoice(str(scheduler_config["_class_name"]), self.options)
+        ran = str((scheduler_config or {}).get("_class_name") or "")
+        if ran and (self.is_default or (ran != self.class_name and FLOW_EQUIVALENTS.get(self.class_name) == ran)):
+            return SchedulerChoice(ran, self.options)  # "default", or a flow model's equivalent of the class
         return self
 
     def sampler(self) -> tuple[str, str | None] | None:
@@ -187,7 +235,7 @@ class SchedulerChoice:
     def schedule_type(self) -> str | None:
         """The ``Schedule type`` to write (explicit ``Uniform`` for the model's own sigmas); None for "default"."""
         pair = self.sampler()
-        return None if pair is None else (pair[1] or UNIFORM)
+        return None if pair is None else (pair[1] or own_schedule(self.class_name))
 
     @property
     def a1111(self) -> str:
@@ -204,7 +252,7 @@ class SchedulerChoice:
     def extra_options(self) -> dict[str, Any]:
         """The options the A1111 sampler name and schedule type do not already say."""
         pair = self.sampler()
-        if pair is None:
+        if pair is None or not a1111_known(pair[0]):
             return dict(self.options)
         _, implied = resolve(pair[0])
         said = set(SCHEDULE_OPTIONS.values())  # the Schedule type says these

@@ -77,13 +77,13 @@ def short_hash(h: Any) -> str | None:
 
 def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
     """(Sampler, Schedule type, scheduler options the sampler name does not already say)."""
-    from tracker.experiment.schedulers import DEFAULT, SchedulerChoice
+    from tracker.experiment.schedulers import DEFAULT, SchedulerChoice, a1111_known
 
     options = tuple(sorted(dict(recipe.get("scheduler_options") or {}).items()))
     choice = SchedulerChoice(recipe.get("scheduler") or DEFAULT, options).made_with(recipe.get("scheduler_config"))
     pair = choice.sampler()
-    if pair is None:
-        return None, None, dict(choice.options)
+    if pair is None or not a1111_known(pair[0]):
+        return None, None, dict(choice.options)  # a class no A1111 name reads back: the recipe chunk says it
     return pair[0], choice.schedule_type, choice.extra_options()
 
 

@@ -2,8 +2,11 @@
 
 - ``plain``: the prompt goes to the pipeline as text; brackets are text (diffusers' own behaviour).
 - ``compel``: the prompt is compel's syntax (``old++``, ``(old)1.3``, ``("a", "b").and()``, ``.blend()``);
-  compel turns prompt and negative prompt into embeddings (``CompelForSD`` for SD 1.x/2.x, ``CompelForSDXL``
-  with its two text encoders), chunking prompts longer than the encoder's 77 tokens instead of cutting them.
+  compel turns prompt and negative prompt into embeddings with its class for the pipeline's family
+  (``COMPEL_CLASSES``: ``CompelForSD`` for SD 1.x/2.x, ``CompelForSDXL`` with its two text encoders,
+  ``CompelForFlux`` (CLIP pooled + T5), ``CompelForSana``, ``CompelForLumina2``); SD and SDXL chunk prompts
+  longer than the encoder's 77 tokens instead of cutting them; Flux, Sana and Lumina2 cut at the T5/LLM limit
+  as their pipelines do. Other families (SD3, Qwen-Image, FLUX.2, PixArt, ...) are refused in one line.
 - ``a1111``: AUTOMATIC1111's attention syntax, which compel does not read itself, is first translated to
   compel's: ``(word:1.2)`` -> ``(word)1.2``, ``(word)`` -> x1.1, ``((word))`` -> x1.21, ``[word]`` -> /1.1,
   ``BREAK`` -> a new chunk (compel's ``.and()``), ``\\(`` stays a literal bracket. The weights are computed
@@ -158,17 +161,63 @@ def notes(text: str, syntax: str, label: str = "prompt") -> list[str]:
 # ---------------------------------------------------------------------------------------------- torch side
 
 
+# compel 2.5's class per pipeline family, by the pipeline's class (or a base class): what its encoders are.
+COMPEL_CLASSES: dict[str, str] = {
+    "StableDiffusionXLPipeline": "CompelForSDXL",
+    "StableDiffusionPipeline": "CompelForSD",
+    "FluxPipeline": "CompelForFlux",
+    "SanaPipeline": "CompelForSana",
+    "Lumina2Pipeline": "CompelForLumina2",
+}
+# Classes whose compel wrapper takes attention masks (a T5/LLM encoder read up to a padded length).
+_MASKED = ("CompelForSana", "CompelForLumina2")
+
+
+def compel_class_name(pipe: Any) -> str | None:
+    """The name of compel's class for ``pipe``'s family: by its class or a base class (``COMPEL_CLASSES``); a
+    UNet pipeline of another class with CLIP encoders (an SD variant) as before: SDXL's with two, else SD's.
+    None: compel has none for this family."""
+    for klass in type(pipe).__mro__:
+        if klass.__name__ in COMPEL_CLASSES:
+            return COMPEL_CLASSES[klass.__name__]
+    if getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder", None) is not None:
+        return "CompelForSDXL" if getattr(pipe, "text_encoder_2", None) is not None else "CompelForSD"
+    return None
+
+
+def check_supported(pipe: Any, syntax: str) -> None:
+    """One line when ``syntax`` needs compel and compel has no class for this pipeline's family."""
+    from tracker.errors import ModelError
+
+    if syntax != "plain" and compel_class_name(pipe) is None:
+        raise ModelError(f"prompt_syntax {syntax}: family {type(pipe).__name__} has no prompt weighting support "
+                         f"(compel has classes for {', '.join(sorted(COMPEL_CLASSES))}); use prompt_syntax: plain")
+
+
 def conditioning(pipe: Any, prompts: Sequence[str], negatives: Sequence[str], syntax: str) -> dict[str, Any]:
-    """Pipeline keyword arguments with compel's embeddings for ``prompts`` and ``negatives`` (one per image)."""
+    """Pipeline keyword arguments with compel's embeddings for ``prompts`` and ``negatives`` (one per image).
+    On Flux, Sana and Lumina2 no negative prompt at all is none (no negative embeddings: the pipeline's own
+    behaviour without one); SD and SDXL encode the empty negative as before."""
     import compel
 
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
-    cls = compel.CompelForSDXL if sdxl else compel.CompelForSD
+    check_supported(pipe, syntax)
+    name = compel_class_name(pipe)
+    cls = getattr(compel, name)
     cache = pipe.__dict__.setdefault("_tracker_compel", {})
     if cls not in cache:
         cache[cls] = cls(pipe)
-    out = cache[cls]([translate(p, syntax) for p in prompts], [translate(n, syntax) for n in negatives])
-    kwargs = {"prompt_embeds": out.embeds, "negative_prompt_embeds": out.negative_embeds}
-    if sdxl:
-        kwargs.update(pooled_prompt_embeds=out.pooled_embeds, negative_pooled_prompt_embeds=out.negative_pooled_embeds)
+    no_negative = name not in ("CompelForSD", "CompelForSDXL") and not any(negatives)
+    out = cache[cls]([translate(p, syntax) for p in prompts],
+                     negative_prompt=None if no_negative else [translate(n, syntax) for n in negatives])
+    kwargs = {"prompt_embeds": out.embeds}
+    if not no_negative:
+        kwargs["negative_prompt_embeds"] = out.negative_embeds
+    if name in ("CompelForSDXL", "CompelForFlux"):
+        kwargs["pooled_prompt_embeds"] = out.pooled_embeds
+        if not no_negative:
+            kwargs["negative_pooled_prompt_embeds"] = out.negative_pooled_embeds
+    if name in _MASKED:
+        kwargs["prompt_attention_mask"] = out.attention_mask
+        if not no_negative:
+            kwargs["negative_prompt_attention_mask"] = out.negative_attention_mask
     return kwargs
