@@ -20,7 +20,7 @@ from tracker.errors import SpecError
 from tracker.experiment.schedulers import SchedulerChoice
 from tracker.experiment.settings import (ATTENTION_DEFAULT, ATTENTION_RE, COMPILE_MODES, COMPILE_OFF,  # noqa: F401
                               COMPILE_OPTIONS, DEVICE_RE, DTYPES, NORMALIZERS, PERF_SETTINGS, SETTING_KEYS,
-                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, compile_options, lora_settings,
+                              SETTING_NAMES, SIZE_RE, Settings, apply_setting, call_settings, compile_options, lora_settings,
                               setting_fields, setting_label, suggest)
 from tracker.experiment.product import MAX_SEED  # noqa: F401 -- read as spec.MAX_SEED
 from tracker.experiment.yamlfile import LinedYaml, load
@@ -406,8 +406,12 @@ def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Ex
     merged = {k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit}
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
         merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
+    if "call" in merged:
+        merged["call"] = call_settings(merged["call"])
     new_settings = replace(exp.settings, **merged)
     # the stored run's scheduler is a class name and its options are all in scheduler_options: nothing to resolve
     scheduler = SchedulerChoice(merged["scheduler"]) if "scheduler" in merged else exp.scheduler
     axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
-    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None)
+    # the base run's values are the file's now: the model's family does not replace them
+    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None,
+                   explicit=exp.explicit | frozenset(merged))

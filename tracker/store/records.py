@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import SETTING_NAMES, Settings, lora_settings
+from tracker.experiment.settings import SETTING_NAMES, Settings, call_settings, lora_settings
 
 # the planned run's values outside its Settings, as the record and the runs table name them
 RUN_NAMES = ("key", "experiment", "axes", "prompt", "negative_prompt", "prompt_template", "negative_template",
@@ -61,7 +61,7 @@ def _planned(values: Mapping[str, Any]) -> tuple[PlannedRun, frozenset[str]]:
     if isinstance(bs, str) and bs.isdigit():
         settings["batch_size"] = int(bs)
     settings.update(scheduler_options=tuple(sorted(dict(values.get("scheduler_options") or {}).items())),
-                    lora=lora_settings(values.get("lora")))
+                    lora=lora_settings(values.get("lora")), call=call_settings(values.get("call")))
     prompt, negative = values.get("prompt"), values.get("negative_prompt")
     template, negative_template = values.get("prompt_template"), values.get("negative_template")
     run = PlannedRun(
