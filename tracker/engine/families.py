@@ -517,7 +517,7 @@ class ModelFacts:
             if p is None:
                 close = difflib.get_close_matches(name, [n for n in sig.params if n not in reserved], n=3, cutoff=0.5)
                 hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-                raise FamilyError(f, f"{label} takes no argument {name!r}{hint}")
+                raise FamilyError(f, f"{label} takes no argument {name!r} (given {_show(value)}){hint}")
             if p.is_object:
                 raise FamilyError(f, f"{name} takes {p.annotation or 'an object'} ({label}); tensors, images and "
                                      f"other objects cannot be given in an experiment file")

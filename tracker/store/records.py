@@ -164,7 +164,7 @@ class RunRecord:
 
 class _Planned:
     """``record.<name>``: the planned run's value as the store holds it (None where unrecorded): axes, scheduler
-    options and LoRA adapters in their JSON form (dicts, a list). Read once per record, then kept."""
+    options, LoRA adapters and call arguments in their JSON form (dicts, a list). Read once per record, then kept."""
 
     def __init__(self, name: str):
         self.name = name
@@ -186,6 +186,8 @@ class _Planned:
             value = dict(run.settings.scheduler_options)
         elif name == "lora":
             value = [dict(a) for a in run.settings.lora]
+        elif name == "call":
+            value = run.settings.call_kwargs()
         else:
             value = getattr(run.settings, name)
         record.__dict__[name] = value  # a frozen record's run never changes: later reads are plain lookups
