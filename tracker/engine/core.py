@@ -62,7 +62,7 @@ class Engine(Loading, RecordFacts):
         self._settings: Settings | None = None
         self._truncated: set[str] = set()
         self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
-        self._facts: dict[tuple, Any] = {}  # (pipeline id, model) -> its family facts
+        self._families: dict[tuple, Any] = {}  # (pipeline id, model) -> its family facts
         self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
 
     # -- devices -----------------------------------------------------------------------------------
@@ -228,14 +228,14 @@ class Engine(Loading, RecordFacts):
 
     # -- generate ----------------------------------------------------------------------------------
 
-    def facts(self, pipe: Any, model: str) -> Any:
+    def family(self, pipe: Any, model: str) -> Any:
         """The loaded pipeline's family (``tracker.engine.families``): what its call takes, from its own class."""
         from tracker.engine import families
 
         key = (id(pipe), model)
-        if key not in self._facts:
-            self._facts[key] = families.facts_of_pipeline(model, pipe)
-        return self._facts[key]
+        if key not in self._families:
+            self._families[key] = families.facts_of_pipeline(model, pipe)
+        return self._families[key]
 
     def _check_family(self, facts: Any, runs: Sequence[PlannedRun], settings: Settings) -> None:
         """What the plan checked from the model's configs, again with the loaded pipeline (a Hub model the plan
@@ -279,7 +279,7 @@ class Engine(Loading, RecordFacts):
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
-        facts = self.facts(pipe, settings.model)
+        facts = self.family(pipe, settings.model)
         self._check_family(facts, runs, settings)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
         marks: list[float] = []
