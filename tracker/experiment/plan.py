@@ -77,8 +77,8 @@ class PlannedRun:
             seed, _, _ = recipe["seed"], recipe["key"], recipe["experiment"]  # required: KeyError -> malformed
             values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
             values["lora"] = lora_settings(values.get("lora"))
-            values["call"] = call_settings(values.get("call"))
             if settings is None:
+                values["call"] = call_settings(values.get("call"))
                 values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
             built = settings(values) if settings is not None else Settings(**values)
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
