@@ -388,3 +388,26 @@ def test_call_arguments_reach_the_pipeline_and_round_trip_through_the_png(family
     assert np.abs(_pixels(b["image"]) - want).max() <= 2
     res = cli("reproduce", b["image"])
     assert res.code == 0 and "identical" in res.out, res.out + res.err
+
+
+def test_call_arguments_in_the_a1111_text_mlflow_params_and_the_store_record(tmp_path):
+    """``call:`` in the PNG's A1111 text (Clip skip as A1111 counts it, the rest as Call) and back, as MLflow
+    params ``call.<name>``, and on a stored record as a mapping."""
+    from tracker.images import pngmeta
+    from tracker.mlflow.mapping import child_params
+    from tracker.reproduce import a1111
+    from tracker.store.records import RunRecord
+
+    run = _expand("prompt: a cat\nmodel: tiny\ncall: {clip_skip: 1, guidance_rescale: 0.7}\n", tmp_path).runs[0]
+    recipe = run.to_recipe()
+    assert recipe["call"] == {"clip_skip": 1, "guidance_rescale": 0.7}
+    params = pngmeta.parse_a1111(pngmeta.a1111_parameters(recipe))
+    assert params.settings["Clip skip"] == "2" and json.loads(params.settings["Call"]) == {"guidance_rescale": 0.7}
+    again, notes = a1111.run_from_a1111(params)
+    assert again.settings.call == run.settings.call and again.key == run.key, notes
+    assert not [n for n in notes if "Call" in n or "Clip skip" in n]
+    rec = RunRecord(run, "done")
+    assert rec.call == {"clip_skip": 1, "guidance_rescale": 0.7}
+    mlflow_params = child_params(rec)
+    assert mlflow_params["call.clip_skip"] == "1" and mlflow_params["call.guidance_rescale"] == "0.7"
+    assert "call" not in mlflow_params
