@@ -242,7 +242,7 @@ def family_models(tmp_path_factory):
 
 # Per family: a size small enough to be quick (None: the native size, already small), extra call arguments.
 SMALL = {
-    "sd15": (None, {}), "sdxl": (None, {}), "sd3": (None, {}), "flux": ((32, 32), {}), "flux2": ((32, 32), {}),
+    "sd15": (None, {}), "sdxl": ((32, 32), {}), "sd3": (None, {}), "flux": ((32, 32), {}), "flux2": ((32, 32), {}),
     "qwenimage": ((32, 32), {}), "sana": (None, {"use_resolution_binning": False}),
     "pixart": ((32, 32), {"use_resolution_binning": False}),
 }
