@@ -77,7 +77,7 @@ class Settings:
     attention: str = field(default=ATTENTION_DEFAULT, metadata=column("String", 40))  # 0009
     # further arguments of the pipeline's call, sorted (name, value) pairs, a list value as a tuple
     # (tracker.engine.families checks them against the pipeline's __call__); stored as one JSON mapping
-    call: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))  # 0010
+    call: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))  # 0013
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)

@@ -1,6 +1,6 @@
 """call: each run's further pipeline call arguments (``call: {max_sequence_length: 512, ...}``) as one JSON mapping
 
-Revision ID: 0010_call_arguments
+Revision ID: 0013_call_arguments
 Revises: 0012_ratings
 Create Date: 2026-12-05
 """
@@ -8,7 +8,7 @@ Create Date: 2026-12-05
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0010_call_arguments"
+revision = "0013_call_arguments"
 down_revision = "0012_ratings"
 branch_labels = None
 depends_on = None
