@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules (pgcluster)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules (pgcluster, families)
 EXAMPLES = REPO / "examples"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,3 +79,23 @@ def postgres():
 def pg_url(postgres) -> str:
     """The URL of a fresh, empty PostgreSQL database."""
     return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """``family_model("sdxl")``: the folder of that family's tiny diffusers pipeline (tests/families.py), built once
+    per test session."""
+    from families import cached
+
+    root = tmp_path_factory.mktemp("families")
+    return lambda family: cached(family, root)
+
+
+@pytest.fixture(scope="session")
+def family_single_file(family_model, tmp_path_factory):
+    """``family_single_file("sd15")``: that family's tiny model as one original-layout (A1111) ``.safetensors``
+    file, written once per test session; load it with ``config=family_model(family)``."""
+    from families import cached_single_file
+
+    root = tmp_path_factory.mktemp("single-files")
+    return lambda family: cached_single_file(family, family_model(family), root)
