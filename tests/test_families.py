@@ -3,7 +3,7 @@ diffusers runs it, with the family's own defaults, its negative-prompt rules and
 
 The plan-level tests read only JSON configs and diffusers' source (no model is built: a folder with a
 ``model_index.json`` is what the plan reads). The slow tests build tiny random-weight pipelines of each family
-once per session (``tests/families.py``) and generate 32-64 px images in 2 steps.
+once per session (``tests/families.py``, the ``family_model`` fixture) and generate 32-64 px images in 2 steps.
 """
 
 from __future__ import annotations
@@ -231,15 +231,6 @@ def test_qwen_image_cfg_is_the_guidance_setting_and_needs_a_negative_prompt(tmp_
 # ------------------------------------------------------------------------------------ slow: real pipelines
 
 
-@pytest.fixture(scope="session")
-def family_models(tmp_path_factory):
-    """Tiny pipelines of every family, each built once per session when first asked for."""
-    import families as builders
-
-    root = tmp_path_factory.mktemp("family-models")
-    return lambda family: builders.cached(family, root)
-
-
 # Per family: a size small enough to be quick (None: the native size, already small), extra call arguments.
 SMALL = {
     "sd15": (None, {}), "sdxl": ((32, 32), {}), "sd3": (None, {}), "flux": ((32, 32), {}), "flux2": ((32, 32), {}),
@@ -290,11 +281,11 @@ def _plain(folder: Path, seeds: list[int], **kwargs) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_tracker_run_equals_plain_diffusers(family, family_models, cli, write_yaml):
+def test_tracker_run_equals_plain_diffusers(family, family_model, cli, write_yaml):
     """``tracker run`` with no guidance set: the family's default is recorded, the images equal a plain diffusers
     call given the same arguments (none for guidance: diffusers' own default), and the native size is used
     where the file sets none; ``tracker reproduce`` of a PNG is identical."""
-    folder = family_models(family)
+    folder = family_model(family)
     cls_name, _, guidance, _ = DEFAULTS[family]
     path = write_yaml(_yaml("plain", folder, family))
     res = cli("run", path, "--no-mlflow", "-q")
@@ -328,8 +319,8 @@ negative_prompt: {none: "", bad: "blurry ugly bad quality"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_a_negative_prompt_axis_changes_pixels_or_is_refused(family, family_models, cli, write_yaml):
-    folder = family_models(family)
+def test_a_negative_prompt_axis_changes_pixels_or_is_refused(family, family_model, cli, write_yaml):
+    folder = family_model(family)
     path = write_yaml(_yaml("neg", folder, family, NEGATIVE, seeds="[0]"))
     res = cli("run", path, "--no-mlflow", "-q")
     if family in ("flux", "flux2"):
@@ -364,10 +355,10 @@ CALL_AXES = {  # an argument that changes pixels, per family: (file text, label 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CALL_AXES))
-def test_call_arguments_reach_the_pipeline_and_round_trip_through_the_png(family, family_models, cli, write_yaml):
+def test_call_arguments_reach_the_pipeline_and_round_trip_through_the_png(family, family_model, cli, write_yaml):
     from tracker.images import pngmeta
 
-    folder = family_models(family)
+    folder = family_model(family)
     text, changed = CALL_AXES[family]
     path = write_yaml(_yaml("calls", folder, family, text, seeds="[0]"))
     res = cli("run", path, "--no-mlflow", "-q")
