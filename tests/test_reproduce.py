@@ -175,13 +175,13 @@ def test_a_foreign_a1111_png_reproduces_with_notes_on_what_was_not_mapped(ws, tm
     foreign = tmp_path / "00012-1.png"
     a1111 = ("a castle on a hill, (golden hour:1.2)\nNegative prompt: text, watermark\n"
              "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64, "
-             "Model hash: 6ce0161689, Model: tiny, Clip skip: 2, Version: v1.7.0")
+             "Model hash: 6ce0161689, Model: tiny, ENSD: 31337, Version: v1.7.0")
     _rewrite(Path(made["image"]), foreign, a1111, None)
     res = ws.call("reproduce", foreign)
     assert res.code == 0, res.out + res.err
     assert "from the A1111 parameters" in res.out
     lines = res.out.splitlines()
-    assert "  Clip skip: 2 (not supported, ignored)" in lines
+    assert "  ENSD: 31337 (not supported, ignored)" in lines  # (Clip skip maps to call: clip_skip: test_families)
     assert not any("Version" in line or "Steps" in line for line in lines)
     assert "identical: all 4096 pixels match" in res.out
     assert "warning: model hash differs: 6ce0161689 in the PNG" in res.err

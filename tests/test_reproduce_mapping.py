@@ -49,7 +49,8 @@ def test_a1111_maps_onto_a_run_and_notes_the_rest():
     assert (s.scheduler, s.options()) == ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})
     assert (run.prompt, run.negative_prompt, run.experiment) == ("a castle, (golden hour:1.2)", "text", "reproduce")
     assert s.prompt_syntax == "a1111"  # a foreign PNG's weights are A1111's, read through compel
-    assert notes == ["Clip skip: 2 (not supported, ignored)", "ENSD: 31337 (not supported, ignored)"]
+    assert s.call_kwargs() == {"clip_skip": 1}  # A1111's Clip skip 2 is diffusers' clip_skip 1 (the penultimate layer)
+    assert notes == ["ENSD: 31337 (not supported, ignored)"]
 
 
 def test_a1111_old_style_sampler_names_and_neutral_values():

@@ -60,6 +60,7 @@ class Engine:
         self._active: _Loaded | None = None
         self._settings: Settings | None = None
         self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
+        self._families: dict[tuple, Any] = {}  # (pipeline id, model) -> its family facts
         self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
 
     pipeline_cache = PipelineCache  # the class of ``self.pipelines`` (a stand-in engine may give its own)
@@ -263,6 +264,43 @@ class Engine:
 
     # -- generate ----------------------------------------------------------------------------------
 
+    def family(self, pipe: Any, model: str) -> Any:
+        """The loaded pipeline's family (``tracker.engine.families``): what its call takes, from its own class."""
+        from tracker.engine import families
+
+        key = (id(pipe), model)
+        if key not in self._families:
+            self._families[key] = families.facts_of_pipeline(model, pipe)
+        return self._families[key]
+
+    def _check_family(self, facts: Any, runs: Sequence[PlannedRun], settings: Settings) -> None:
+        """What the plan checked from the model's configs, again with the loaded pipeline (a Hub model the plan
+        could not read, a user's pipeline): the call arguments and each run's negative prompt."""
+        from tracker.engine import families
+
+        try:
+            facts.check_model()
+            facts.check_call(settings.call)
+            for negative in dict.fromkeys(r.negative_prompt for r in runs):
+                values = {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "width": settings.width,
+                          "height": settings.height, "call": settings.call}
+                facts.effective(values, negative, {"steps", "guidance_scale", "width", "height"})
+        except families.FamilyError as e:
+            raise ModelError(f"model {settings.model!r}: {e.field}: {e.message}") from None
+
+    def _call_kwargs(self, pipe: Any, facts: Any, runs: Sequence[PlannedRun], settings: Settings, steps: int,
+                     generators: list) -> dict[str, Any]:
+        """The keyword arguments of one pipeline call, spelled as this family's ``__call__`` takes them."""
+        kw = self._text_inputs(pipe, runs, settings.prompt_syntax, facts)
+        kw["num_inference_steps"] = steps
+        argument = facts.family.argument_for_guidance(facts.signature)
+        if argument is not None:
+            kw[argument] = settings.guidance_scale
+        kw.update(width=settings.width or None, height=settings.height or None, generator=generators,
+                  output_type="np")
+        kw.update(facts.call_kwargs(settings.call))
+        return kw
+
     def generate(self, runs: Sequence[PlannedRun]) -> BatchResult:
         """Generate one image per run in one pipeline call; each image gets its own seeded generator."""
         if not runs:
@@ -270,11 +308,15 @@ class Engine:
         settings = runs[0].settings
         if any(r.settings != settings for r in runs[1:]):
             raise ValueError("all runs of a batch must share their settings")
+        if len({bool(r.negative_prompt) for r in runs}) > 1:  # none is not "" (SDXL's zeros, FLUX's true CFG)
+            raise ValueError("runs with and without a negative prompt cannot share a batch")
         if self._settings != settings or self._active is None:
             self.prepare(settings)
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
         pipe = self._active.pipe
+        facts = self.family(pipe, settings.model)
+        self._check_family(facts, runs, settings)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
         seed_steps(pipe.scheduler, generators)  # a stochastic scheduler's noise from the seeds too
         marks: list[float] = []
@@ -289,6 +331,16 @@ class Engine:
             marks.append(time.perf_counter())
             return kwargs
 
+        def old_callback(step: int, timestep: Any, latents: Any) -> None:
+            marks.append(time.perf_counter())
+
+        params = facts.signature.params
+        if "callback_on_step_end" in params:
+            timing = {"callback_on_step_end": step_end}
+        elif "callback" in params and "callback_steps" in params:  # PixArt: the older per-step callback
+            timing = {"callback": old_callback, "callback_steps": 1}
+        else:  # no step callback: no per-step timings (the call's time is still recorded)
+            timing = {}
         cuda = device.startswith("cuda")
         denoiser = getattr(pipe, "unet", None)
         hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
@@ -298,18 +350,14 @@ class Engine:
             with determinism.mode(settings.deterministic), attention.kernels(self._active.attention):
                 # torch's flags and attention kernels around this call only
                 deterministic = determinism.enabled()
-                warmup = self._warm_up(pipe, runs, settings, gen_device, cuda, device)
+                warmup = self._warm_up(pipe, facts, runs, settings, gen_device, cuda, device)
                 marks.clear()  # the warm-up call's UNet calls are not this batch's steps
+                kwargs = self._call_kwargs(pipe, facts, runs, settings, settings.steps, generators)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
                 with _PeakRss() as rss:
                     start = time.perf_counter()
-                    out = pipe(
-                        **self._text_inputs(pipe, runs, settings.prompt_syntax),
-                        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                        width=settings.width or None, height=settings.height or None, generator=generators,
-                        output_type="np", callback_on_step_end=step_end,
-                    )
+                    out = pipe(**kwargs, **timing)
                     if cuda:
                         torch.cuda.synchronize(device)
                     wall = time.perf_counter() - start
@@ -325,42 +373,57 @@ class Engine:
             raise
         finally:
             hook.remove()
-        steps = [b - a for a, b in zip(marks, marks[1:])]
+        steps = [b - a for a, b in zip(marks, marks[1:])] if timing else []
         n = len(runs)
         # per *requested* step: second-order schedulers (Heun, KDPM2) run 2*steps-1 loop iterations
-        per_step = sum(steps) / settings.steps / n
+        per_step = sum(steps) / settings.steps / n if steps else None
         images = []  # converted lazily (ImageResult.image): in a sweep by its writing stage
-        for r, arr in zip(runs, np.asarray(out.images)):
+        for r, arr in zip(runs, _images(out, settings.model)):
             images.append(ImageResult(r.key, arr, wall / n, per_step))
         return BatchResult(images=images, seconds=wall, batch_size=n, peak_memory_bytes=int(peak), step_seconds=steps,
                            warmup_seconds=warmup, deterministic=deterministic)
 
-    def _warm_up(self, pipe: Any, runs: Sequence[PlannedRun], settings: Settings, gen_device: str, cuda: bool,
-                 device: str) -> float:
+    def _warm_up(self, pipe: Any, facts: Any, runs: Sequence[PlannedRun], settings: Settings, gen_device: str,
+                 cuda: bool, device: str) -> float:
         """With compile on: a short call (2 steps) in the batch's shapes compiles before the timed call, so
         compilation is timed apart (seconds) and per-image times stay steady. 0.0 when nothing to warm."""
         from tracker.engine import speed
 
-        shape = (settings.compile, len(runs), settings.width, settings.height, settings.guidance_scale > 1)
+        shape = (settings.compile, len(runs), settings.width, settings.height, settings.guidance_scale > 1,
+                 bool(runs[0].negative_prompt), settings.call)
         if settings.compile == "off" or shape in self._warm:
             return 0.0
         start = time.perf_counter()
-        pipe(**self._text_inputs(pipe, runs, settings.prompt_syntax),
-             num_inference_steps=min(speed.WARMUP_STEPS, settings.steps), guidance_scale=settings.guidance_scale,
-             width=settings.width or None, height=settings.height or None,
-             generator=[torch.Generator(gen_device).manual_seed(r.seed) for r in runs], output_type="np")
+        pipe(**self._call_kwargs(pipe, facts, runs, settings, min(speed.WARMUP_STEPS, settings.steps),
+                                 [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]))
         if cuda:
             torch.cuda.synchronize(device)
         self._warm.add(shape)
         return time.perf_counter() - start
 
-    def _text_inputs(self, pipe: Any, runs: Sequence[PlannedRun], syntax: str) -> dict[str, Any]:
-        """Prompts as text (plain), or as compel's embeddings of the weighted prompts (a1111, compel)."""
+    def _text_inputs(self, pipe: Any, runs: Sequence[PlannedRun], syntax: str, facts: Any = None) -> dict[str, Any]:
+        """Prompts as text (plain), or as compel's embeddings of the weighted prompts (a1111, compel). No
+        negative prompt is no negative prompt: the argument is left out (the pipeline's own behaviour without
+        one: SDXL's zero embeddings, FLUX/Qwen-Image without true CFG)."""
         prompts, negatives = [r.prompt for r in runs], [r.negative_prompt for r in runs]
         if syntax == "plain":
             self.facts.warn_truncated(pipe, runs)
-            return {"prompt": prompts, "negative_prompt": negatives}
+            out: dict[str, Any] = {"prompt": prompts}
+            if any(negatives):
+                out["negative_prompt"] = negatives
+            return out
         from tracker.prompts import weighting
 
         with torch.no_grad():
             return weighting.conditioning(pipe, prompts, negatives, syntax)
+
+
+def _images(out: Any, model: str) -> Any:
+    """The pipeline output's images as one array (N, H, W, C); a video pipeline's frames are refused."""
+    images = getattr(out, "images", None)
+    if images is None:
+        if getattr(out, "frames", None) is not None:
+            raise ModelError(f"model {model!r}: {type(out).__name__} holds video frames; the tracker records still "
+                             f"images (use a text-to-image pipeline)")
+        raise ModelError(f"model {model!r}: the pipeline returned {type(out).__name__}, which has no images")
+    return np.asarray(images)

@@ -54,9 +54,13 @@ def wrap(pipe: Any) -> UserPipeline:
         if getattr(pipe, part, None) is None and not (part == "unet" and getattr(pipe, "transformer", None)):
             raise UsageError(f"pipeline= {type(pipe).__name__} has no {part}; the tracker runs text-to-image "
                              f"pipelines with a denoiser and a scheduler")
+    from tracker.engine import families
+
     description = describe(pipe)
-    return UserPipeline(pipe=pipe, fingerprint=fingerprint(pipe, description), description=description,
+    user = UserPipeline(pipe=pipe, fingerprint=fingerprint(pipe, description), description=description,
                         dtype=_dtype_name(pipe), device=_device_name(pipe), size=native_size(pipe))
+    families.register_pipeline(families.facts_of_pipeline(user.model, pipe))
+    return user
 
 
 def describe(pipe: Any) -> dict[str, Any]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -48,18 +46,9 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     return ModelRef(name, "hub", name)
 
 
-@lru_cache(maxsize=256)
 def native_size(name: str, base_dir: Path | None = None) -> tuple[int, int]:
-    """The image size a model was made for, read from its folder's configs; 512x512 when unknown."""
-    ref = resolve(name, base_dir)
-    if ref.kind == "hub":
-        return DEFAULT_SIZE
-    try:
-        unet = json.loads((Path(ref.location) / "unet" / "config.json").read_text())
-        vae = json.loads((Path(ref.location) / "vae" / "config.json").read_text())
-        sample = unet["sample_size"]
-        factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_SIZE
-    h, w = (sample, sample) if isinstance(sample, int) else sample
-    return int(w) * factor, int(h) * factor
+    """The image size a model was made for, as its pipeline computes it (``default_sample_size *
+    vae_scale_factor``) from its configs (``tracker.engine.families``); 512x512 when unknown."""
+    from tracker.engine import families
+
+    return families.facts_for(name, base_dir).native_size

@@ -19,7 +19,7 @@ from tracker.errors import SpecError
 from tracker.experiment import product as spec_product
 from tracker.experiment.model import Axis, AxisValue, Experiment
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting,
+from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting, call_settings,
                                          setting_fields, setting_label, suggest)
 from tracker.prompts import templating
 from tracker.experiment.yamlfile import LinedYaml, load
@@ -364,8 +364,12 @@ def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Ex
     merged = {k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit}
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
         merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
+    if "call" in merged:
+        merged["call"] = call_settings(merged["call"])
     new_settings = replace(exp.settings, **merged)
     # the stored run's scheduler is a class name and its options are all in scheduler_options: nothing to resolve
     scheduler = SchedulerChoice(merged["scheduler"]) if "scheduler" in merged else exp.scheduler
     axes = tuple(Axis("seed", "seed", (AxisValue(str(seed), value=seed),)) if a.name == "seed" else a for a in exp.axes)
-    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None)
+    # the base run's values are the file's now: the model's family does not replace them
+    return replace(exp, settings=new_settings, scheduler=scheduler, axes=axes, seeds_from=None,
+                   explicit=exp.explicit | frozenset(merged))

@@ -18,7 +18,7 @@ from tracker import limits
 from tracker.experiment import model_refs as models
 from tracker.prompts import templating
 from tracker.errors import SpecError, TrackerError, UsageError
-from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, lora_settings, setting_fields,
+from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, call_settings, lora_settings, setting_fields,
                               setting_label)
 from tracker.experiment.model import Axis, AxisValue, Experiment
 from tracker.experiment.product import MAX_SEED
@@ -79,6 +79,7 @@ class PlannedRun:
             values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
             values["lora"] = lora_settings(values.get("lora"))
             if settings is None:
+                values["call"] = call_settings(values.get("call"))
                 values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
             built = settings(values) if settings is not None else Settings(**values)
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -190,16 +191,20 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
     base = exp.settings.to_dict()
     base["scheduler"] = exp.scheduler  # a SchedulerChoice; an axis value's choice replaces it with its own options
     base["scheduler_options"] = dict(exp.settings.scheduler_options)  # the user's own
+    base["call"] = dict(exp.settings.call)
     runs: list[PlannedRun] = []
     seen: set[str] = set()
     combos = 0
+    ignored: dict[str, bool] = {}  # an explicit setting -> whether it had an effect in some run
     for combo in _combinations(exp):
         picked = {a.name: v for a, v in combo}
         values = dict(base)
         variables: dict[str, Any] = {}
+        explicit = set(exp.explicit)
         for a, v in combo:
             for k, x in v.settings:
-                if k == "scheduler_options":
+                explicit.update(setting_fields(k))
+                if k in ("scheduler_options", "call"):  # an axis's options or arguments over the file's own
                     values[k] = {**values[k], **dict(x)}
                 else:
                     apply_setting(values, k, x)
@@ -219,7 +224,7 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
                                       ("prompt", prompt, False), ("negative_prompt", negative, False)):
             _check_length(exp, field, text, picked, template)
         combos += 1
-        settings = _settings(values, exp.base_dir)
+        settings = _settings(values, exp, explicit, negative, ignored)
         if settings.prompt_syntax == "a1111":
             _check_weights(exp, settings.prompt_syntax, prompt, negative)
         seed = picked["seed"].value
@@ -234,6 +239,9 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
             prompt=prompt, negative_prompt=negative, prompt_template=prompt_tpl, negative_template=neg_tpl,
             seed=seed, settings=settings,
         ))
+    for name, had_effect in ignored.items():
+        if not had_effect:
+            raise _family_error(exp, name, _ignored_everywhere(exp, name))
     return Plan(exp, tuple(runs), combos)
 
 
@@ -262,17 +270,64 @@ def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> 
             raise SpecError(exp.path, field, f"prompt_syntax {syntax}: {e}", exp.lines.get(field)) from None
 
 
-def _settings(values: dict[str, Any], base_dir) -> Settings:
-    """A run's Settings: its scheduler's class name, and the options its name implies under the user's own."""
+def _settings(values: dict[str, Any], exp: Experiment, explicit: set[str], negative: str,
+              ignored: dict[str, bool]) -> Settings:
+    """A run's Settings: its scheduler's class name, and the options its name implies under the user's own; the
+    settings the file leaves unset from the model's family (steps, guidance, native size: ``tracker.engine.families``),
+    and the call arguments checked against the pipeline's ``__call__``."""
+    from tracker.engine import families
+
     choice = values["scheduler"]
     options = {**dict(choice.options), **values["scheduler_options"]}
     values = {**values, "scheduler": choice.class_name, "scheduler_options": tuple(sorted(options.items())),
-              "lora": lora_settings(values["lora"])}
-    if not values["width"] or not values["height"]:  # not given: this run's model's native size
-        native_w, native_h = models.native_size(values["model"], base_dir)
-        values["width"] = values["width"] or native_w
-        values["height"] = values["height"] or native_h
+              "lora": lora_settings(values["lora"]), "call": tuple(sorted(values["call"].items()))}
+    facts = families.facts_for(values["model"], exp.base_dir)
+    requested = ["guidance_scale"] * ("guidance_scale" in explicit)
+    requested += ["call.true_cfg_scale"] * any(k == "true_cfg_scale" for k, _ in values["call"])
+    try:
+        facts.check_model()
+        facts.check_call(values["call"])
+        missed = facts.effective(values, negative, explicit)
+    except families.FamilyError as e:
+        raise _family_error(exp, e.field, e.message) from None
+    for name in requested:  # refused after the plan if it had no effect in any run
+        ignored[name] = ignored.get(name, False) or name not in missed
     return Settings(**values)
+
+
+def _ignored_everywhere(exp: Experiment, name: str) -> str:
+    from tracker.engine import families
+
+    models_ = sorted({exp.settings.model} | {x for a in exp.axes for v in a.values for k, x in v.settings
+                                             if k == "model"})
+    titles = ", ".join(dict.fromkeys(families.facts_for(m, exp.base_dir).family.title for m in models_))
+    if name == "guidance_scale":
+        return (f"has no effect: {titles} applies classifier-free guidance (passed as true_cfg_scale) only with a "
+                f"negative prompt, and no run has one; add a negative prompt (e.g. negative_prompt: \" \", as "
+                f"Qwen-Image's model card does) or remove guidance_scale")
+    return (f"has no effect: {titles} uses true CFG only with a negative prompt, and no run has one; add a "
+            f"negative prompt or remove {name.split('.', 1)[1]}")
+
+
+def _family_error(exp: Experiment, field: str, message: str) -> SpecError:
+    """A family's refusal as one line naming the file, the field (where the file sets it) and its line."""
+    top = field.split(".")[0]
+    where, line = field, exp.lines.get(top)
+    if top == "call" and "." in field:
+        arg = field.split(".", 1)[1]
+        if arg not in {k for k, _ in exp.settings.call}:
+            for a in exp.axes:
+                for v in a.values:
+                    if any(k == "call" and arg in dict(x) for k, x in v.settings):
+                        where = f"axes.{a.name}.{v.label}.{field}" if a.kind == "bundle" else f"call[{v.label}].{arg}"
+                        line = exp.lines.get("axes") if a.kind == "bundle" else exp.lines.get("call")
+                        break
+                else:
+                    continue
+                break
+    if top == "negative_prompt" and "negative_prompt" not in exp.lines and "negative_prompt" in exp.axis_names:
+        line = None
+    return SpecError(exp.path, where, message, line)
 
 
 def _variant(exp: Experiment, picked: dict[str, AxisValue], prompt: str, negative: str) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import difflib
+import json
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -76,6 +77,9 @@ class Settings:
     deterministic: bool = field(default=False, metadata=column("Boolean"))  # 0008
     # "default", or a diffusers attention backend name (tracker.engine.attention)
     attention: str = field(default=ATTENTION_DEFAULT, metadata=column("String", 40))  # 0009
+    # further arguments of the pipeline's call, sorted (name, value) pairs, a list value as a tuple
+    # (tracker.engine.families checks them against the pipeline's __call__); stored as one JSON mapping
+    call: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))  # 0013
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -98,7 +102,7 @@ class Settings:
             value = getattr(self, name)
             if name in NOT_IN_KEY or (name not in KEY_SETTINGS and value == f.default):
                 continue
-            out[name] = dict(value) if name == "scheduler_options" else value
+            out[name] = dict(value) if name in ("scheduler_options", "call") else value
         out["guidance_scale"] = float(self.guidance_scale)
         if self.lora:
             from tracker.prompts import lora
@@ -110,7 +114,12 @@ class Settings:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["scheduler_options"] = dict(self.scheduler_options)
         d["lora"] = [dict(a) for a in self.lora]
+        d["call"] = call_mapping(self.call)
         return d
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The ``call`` arguments as a mapping (list values as lists)."""
+        return call_mapping(self.call)
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
@@ -121,6 +130,25 @@ SETTING_COLUMNS = {f.name: f.metadata["column"] for f in fields(Settings) if "co
 def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
     """``Settings.lora`` from its JSON form (a list of adapter mappings, as recipes and the store keep it)."""
     return tuple(tuple(sorted(dict(a).items())) for a in raw or ())
+
+
+def call_settings(raw: Any) -> tuple[tuple[str, Any], ...]:
+    """``Settings.call`` from its JSON form (a mapping, as recipes and the store keep it)."""
+    return tuple(sorted((str(k), _frozen(v)) for k, v in dict(raw or {}).items()))
+
+
+def call_mapping(call: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {k: _thawed(v) for k, v in call}
+
+
+def _frozen(v: Any) -> Any:
+    return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _thawed(v: Any) -> Any:
+    return [_thawed(x) for x in v] if isinstance(v, tuple) else v
+
+
 # Names an experiment file may use for settings: the Settings fields plus ``size``.
 SETTING_KEYS = tuple(n for n in SETTING_NAMES if n not in ("width", "height", "lora")) + ("size", "width", "height")
 
@@ -256,13 +284,38 @@ def _prompt_syntax(v: Any, err: Callable) -> str:
     return v.strip().lower()
 
 
+CALL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    if v is None or isinstance(v, (str, bool, int)):
+        return True
+    if isinstance(v, float):
+        return v == v and v not in (float("inf"), float("-inf"))
+    return isinstance(v, (list, tuple)) and depth < 3 and len(v) <= 64 and all(_plain(x, depth + 1) for x in v)
+
+
+def _call(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
+    """``call: {name: value}``: further keyword arguments of the pipeline call, plain values only (text, numbers,
+    true/false, null, lists of them); each name is checked against the pipeline's ``__call__`` by the plan."""
+    if not isinstance(v, dict):
+        err(f"must be a mapping of pipeline argument -> value (e.g. {{max_sequence_length: 512}}) but is {v!r}")
+    for k, x in v.items():
+        if not isinstance(k, str) or not CALL_NAME_RE.match(k):
+            err(f"{k!r} is not an argument name")
+        if not _plain(x):
+            err(f"{k}: must be text, a number, true/false, null or a list of them but is {x!r} (tensors, images "
+                f"and mappings cannot be given here)")
+    return call_settings(v)
+
+
 NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "model": _text, "vae": _text, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
     "batch_size": _batch, "allow_pickle": _bool, "compile": _compile, "attention": _attention,
-    "prompt_syntax": _prompt_syntax, "deterministic": _bool,
+    "prompt_syntax": _prompt_syntax, "deterministic": _bool, "call": _call,
 }
 
 
@@ -270,8 +323,8 @@ def setting_label(name: str, value: Any) -> str:
     """How a setting value reads as an axis label."""
     if name == "size":
         return f"{value[0]}x{value[1]}"
-    if name == "scheduler_options":
-        return ",".join(f"{k}={v}" for k, v in value) or "(none)"
+    if name in ("scheduler_options", "call"):
+        return ",".join(f"{k}={json.dumps(_thawed(v)) if isinstance(v, tuple) else v}" for k, v in value) or "(none)"
     if isinstance(value, bool):
         return "on" if value else "off"
     if name == "compile" and value == "mode=default":

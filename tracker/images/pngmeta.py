@@ -87,9 +87,21 @@ def _sampler(recipe: Mapping[str, Any]) -> tuple[str | None, str | None, dict[st
     return pair[0], choice.schedule_type, choice.extra_options()
 
 
+def a1111_call(call: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """(``Clip skip``, ``Call``): A1111's own field where there is one (its Clip skip N is diffusers' clip_skip
+    N-1: "skip 1" is the last layer), the other call arguments as prompt-tracker's JSON ``Call`` field."""
+    call = dict(call or {})
+    clip_skip = call.pop("clip_skip", None)
+    skip = str(clip_skip + 1) if isinstance(clip_skip, int) and not isinstance(clip_skip, bool) else None
+    if clip_skip is not None and skip is None:
+        call["clip_skip"] = clip_skip
+    return skip, (json.dumps(call, sort_keys=True) if call else None)
+
+
 def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``Key: value`` pairs of the parameters line, in A1111's order; None where not known."""
     sampler, schedule, extra_options = _sampler(recipe)
+    clip_skip, call = a1111_call(recipe.get("call"))
     width, height = recipe.get("width"), recipe.get("height")
     vae = recipe.get("vae")
     return {
@@ -98,6 +110,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Schedule type": schedule,
         "CFG scale": _number(recipe["guidance_scale"]) if recipe.get("guidance_scale") is not None else None,
         "Seed": str(recipe["seed"]) if recipe.get("seed") is not None else None,
+        "Clip skip": clip_skip,
         "Size": f"{width}x{height}" if width and height else None,
         "Model hash": short_hash(recipe.get("model_hash") or recipe.get("model_revision")),
         "Model": recipe.get("model"),
@@ -110,6 +123,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Scheduler options": json.dumps(extra_options, sort_keys=True) if extra_options else None,
         "Lora hashes": lora.a1111_hashes(recipe.get("lora") or ()),
         "Prompt syntax": recipe.get("prompt_syntax") if recipe.get("prompt_syntax") not in (None, "plain") else None,
+        "Call": call,
     }
 
 

@@ -17,7 +17,7 @@ KEY_TAG = "tracker.key"
 _MLFLOW_LIMITS = {"MAX_PARAM_LENGTH": "MAX_PARAM_VAL_LENGTH", "MAX_TAG_LENGTH": "MAX_TAG_VAL_LENGTH",
                   "MAX_PER_BATCH": "MAX_PARAMS_TAGS_PER_BATCH"}
 PARENT_TAG = "mlflow.parentRunId"
-_NOT_PARAMS = ("scheduler", "scheduler_options", "lora", "allow_pickle")  # formatted below; a safety switch
+_NOT_PARAMS = ("scheduler", "scheduler_options", "lora", "allow_pickle", "call")  # formatted below; a safety switch
 
 
 def limit(name: str) -> int:
@@ -44,6 +44,8 @@ def child_params(rec: "RunRecord") -> dict[str, str]:
         params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)
     if rec.lora:  # A1111's style: "name:scale" per adapter
         params["lora"] = ", ".join(f"{a['name']}:{a['scale']:g}" for a in rec.lora)
+    for name, value in (rec.call or {}).items():  # one param per call argument: call.max_sequence_length = 512
+        params[f"call.{name}"] = json.dumps(value) if isinstance(value, (list, tuple, type(None))) else value
     params.update({f"axis.{name}": label for name, label in rec.axes.items()})
     cap = limit("MAX_PARAM_LENGTH")
     return {k: as_text(v, cap) for k, v in params.items() if v is not None}

@@ -79,11 +79,12 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
         values["generator_device"] = s["Generator device"].lower()
 
     values["prompt_syntax"] = _prompt_syntax(s, where)
+    values["call"] = _call(s, notes)
     prompt, values["lora"], lora_notes = lora.from_a1111(params.prompt, lora.folders_for(base_dir or Path(".")),
                                                           trust.allow_pickle)
     notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
     mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
-              "Generator device", "Scheduler options", "Prompt syntax"}
+              "Generator device", "Scheduler options", "Prompt syntax", "Clip skip", "Call"}
     for key, value in s.items():
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
@@ -109,6 +110,26 @@ def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
     want = {k.strip(): v.strip() for k, v in want.items()}
     return [f"LoRA {a['name']}: the file found has hash {a['sha256'][:12]}, the PNG names {want[a['name']]}"
             for a in map(dict, adapters) if a["name"] in want and not a["sha256"].startswith(want[a["name"]])]
+
+
+def _call(s: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
+    """prompt-tracker's ``Call`` (a JSON object of pipeline call arguments) and A1111's ``Clip skip`` (N: diffusers'
+    clip_skip N-1; 1 is the last layer, diffusers' default)."""
+    import json
+
+    call: dict[str, Any] = {}
+    if s.get("Call"):
+        try:
+            call = dict(json.loads(s["Call"]))
+        except (ValueError, TypeError):
+            notes.append(f"Call: {s['Call']} (not a JSON object, ignored)")
+    skip = s.get("Clip skip")
+    if skip not in (None, "", "1"):
+        if skip.isdigit() and 1 < int(skip) <= 12:
+            call["clip_skip"] = int(skip) - 1
+        else:
+            notes.append(f"Clip skip: {skip} (not a number of layers from 1 to 12, ignored)")
+    return call
 
 
 def _prompt_syntax(s: Mapping[str, str], where: str) -> str:

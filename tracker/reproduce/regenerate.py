@@ -194,9 +194,9 @@ def regenerate(engine, runs: Sequence[PlannedRun], batch_sizes: Mapping[str, int
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
         n = max(1, int(batch_sizes.get(run.key) or 1))
-        groups.setdefault((run.settings, n), []).append(run)
+        groups.setdefault((run.settings, n, bool(run.negative_prompt)), []).append(run)
     collected = Collected()
-    for (_, n), group in groups.items():
+    for (_, n, _), group in groups.items():
         batches.execute(engine, group, n, collected, pad=True)
     return collected.images
 

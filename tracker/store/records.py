@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import SETTING_NAMES, Settings, lora_settings
+from tracker.experiment.settings import SETTING_NAMES, Settings, call_settings, lora_settings
 
 # the planned run's values outside its Settings, as the record and the runs table name them
 RUN_NAMES = ("key", "experiment", "axes", "prompt", "negative_prompt", "prompt_template", "negative_template",
@@ -61,7 +61,7 @@ def _planned(values: Mapping[str, Any]) -> tuple[PlannedRun, frozenset[str]]:
     if isinstance(bs, str) and bs.isdigit():
         settings["batch_size"] = int(bs)
     settings.update(scheduler_options=tuple(sorted(dict(values.get("scheduler_options") or {}).items())),
-                    lora=lora_settings(values.get("lora")))
+                    lora=lora_settings(values.get("lora")), call=call_settings(values.get("call")))
     prompt, negative = values.get("prompt"), values.get("negative_prompt")
     template, negative_template = values.get("prompt_template"), values.get("negative_template")
     run = PlannedRun(
@@ -164,7 +164,7 @@ class RunRecord:
 
 class _Planned:
     """``record.<name>``: the planned run's value as the store holds it (None where unrecorded): axes, scheduler
-    options and LoRA adapters in their JSON form (dicts, a list). Read once per record, then kept."""
+    options, LoRA adapters and call arguments in their JSON form (dicts, a list). Read once per record, then kept."""
 
     def __init__(self, name: str):
         self.name = name
@@ -186,6 +186,8 @@ class _Planned:
             value = dict(run.settings.scheduler_options)
         elif name == "lora":
             value = [dict(a) for a in run.settings.lora]
+        elif name == "call":
+            value = run.settings.call_kwargs()
         else:
             value = getattr(run.settings, name)
         record.__dict__[name] = value  # a frozen record's run never changes: later reads are plain lookups

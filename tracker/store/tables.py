@@ -104,7 +104,7 @@ runs_t = sa.Table(
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
     sa.Column("image_size", sa.BigInteger),  # 0008: the image file's size and mtime when written
     sa.Column("image_mtime_ns", sa.BigInteger),  # 0008 (image_path is relative to the workspace since 0008)
-    *setting_columns(),  # compile (0005), prompt_syntax, lora (0006), deterministic (0008), attention (0009), ...
+    *setting_columns(),  # compile (0005), prompt_syntax, lora (0006), deterministic (0008), attention (0009), call (0013)
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),
     sa.Index("ix_runs_key", "key"),

@@ -337,10 +337,12 @@ def _writer(ws, store, sink, engine, settings, sweep: "Sweep", scorer=None):
 
 
 def ordered_groups(runs: Sequence[PlannedRun]) -> Iterator[list[PlannedRun]]:
-    """Runs sharing every pipeline setting form one group; groups sorted so model, then VAE, then dtype switch least."""
+    """Runs sharing every pipeline setting form one group; groups sorted so model, then VAE, then dtype switch least.
+    Runs with a negative prompt and runs without one never share a group: no negative prompt is not "" to a
+    pipeline (SDXL's zero embeddings, FLUX's true CFG), so a batch holds one kind (``Engine.generate``)."""
     def order(r: PlannedRun) -> tuple:
         s = r.settings
-        return (s.model, s.vae, s.dtype, s.allow_pickle, s.device, repr(s.pipeline_key()))
+        return (s.model, s.vae, s.dtype, s.allow_pickle, s.device, repr(s.pipeline_key()), bool(r.negative_prompt))
 
     for _, grp in groupby(sorted(runs, key=lambda r: (order(r), r.index)), key=order):
         yield list(grp)
