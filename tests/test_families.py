@@ -62,13 +62,13 @@ def test_the_family_defaults_are_diffusers_own_call_defaults():
     module reads from diffusers' source without importing it."""
     import diffusers
 
-    from tracker.engine import families
+    from tracker.experiment import families, pipeline_source
 
     for name, (cls_name, steps, guidance, argument) in DEFAULTS.items():
         sig = inspect.signature(getattr(diffusers, cls_name).__call__).parameters
         assert sig["num_inference_steps"].default == steps, name
         assert sig[argument].default == guidance, name
-        read = families.signature_of(cls_name)
+        read = pipeline_source.signature_of(cls_name)
         assert read is not None and set(read.params) == set(sig) - {"self", "kwargs"}, name
         fam = families.family_of(cls_name)
         assert (fam.default_steps(read), fam.default_guidance(read)) == (steps, guidance), name
@@ -115,14 +115,14 @@ def test_a_hub_model_in_the_hf_cache_gets_its_native_size_offline(tmp_path, monk
     (cache / "models--someone--flux-like" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    from tracker.engine import families
+    from tracker.experiment import families, pipeline_source
 
     families._facts_for.cache_clear()
-    families.read_configs.cache_clear()
+    pipeline_source.read_configs.cache_clear()
     s = _expand("prompt: a cat\nmodel: someone/flux-like\n", tmp_path).runs[0].settings
     assert (s.steps, s.guidance_scale, s.width, s.height) == (28, 3.5, 1024, 1024)
     families._facts_for.cache_clear()
-    families.read_configs.cache_clear()
+    pipeline_source.read_configs.cache_clear()
 
 
 def _refused(tmp_path: Path, text: str) -> str:

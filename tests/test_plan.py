@@ -11,7 +11,7 @@ import sys
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from tracker.experiment import model_refs, plan, parse as spec
+from tracker.experiment import families, model_refs, plan, parse as spec
 from tracker.experiment.settings import Settings
 from tracker.experiment.plan import expand
 
@@ -34,7 +34,7 @@ def test_warrior_chief_plan_is_exact():
         s = r.settings
         assert (s.model, s.scheduler, s.steps, s.guidance_scale, s.dtype, s.vae) == (
             "tiny", "DPMSolverMultistepScheduler", 20, 7.5, "float32", "default")
-        assert (s.width, s.height) == model_refs.native_size("tiny")
+        assert (s.width, s.height) == families.facts_for("tiny").native_size
     assert [r.index for r in p.runs] == list(range(32))
     assert len({r.key for r in p.runs}) == 32
     # keys are stable across machines and releases: pinned
@@ -261,7 +261,7 @@ def test_native_size_follows_each_runs_model():
     """Without a size, every run takes its own model's native size, also when the model is an axis."""
     p = expand(spec.parse("prompt: hi\nmodel: [tiny, shapes]\n", "x.yaml"))
     sizes = {r.settings.model: (r.settings.width, r.settings.height) for r in p.runs}
-    assert sizes == {"tiny": model_refs.native_size("tiny"), "shapes": model_refs.native_size("shapes")}
+    assert sizes == {"tiny": families.facts_for("tiny").native_size, "shapes": families.facts_for("shapes").native_size}
     assert sizes["tiny"] != sizes["shapes"]
     p = expand(spec.parse("prompt: hi\nmodel: shapes\nwidth: 128\n", "x.yaml"))
-    assert (p.runs[0].settings.width, p.runs[0].settings.height) == (128, model_refs.native_size("shapes")[1])
+    assert (p.runs[0].settings.width, p.runs[0].settings.height) == (128, families.facts_for("shapes").native_size[1])

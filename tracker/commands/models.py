@@ -12,13 +12,13 @@ import click
 
 def builtin_models() -> list[dict]:
     """One dict per built-in model: name, folder, description, native size, whether the folder is there."""
-    from tracker.experiment import model_refs as models
+    from tracker.experiment import families, model_refs as models
 
     out = []
     for name, description in models.BUILTIN.items():
         folder = models.builtin_path(name)
         installed = (folder / "model_index.json").is_file()
-        size = "{}x{}".format(*models.native_size(name)) if installed else None
+        size = "{}x{}".format(*families.facts_for(name).native_size) if installed else None
         out.append({
             "name": name, "path": str(folder), "description": description, "native_size": size,
             "installed": installed, "default": name == models.DEFAULT_MODEL,

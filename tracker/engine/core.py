@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -265,8 +266,8 @@ class Engine:
     # -- generate ----------------------------------------------------------------------------------
 
     def family(self, pipe: Any, model: str) -> Any:
-        """The loaded pipeline's family (``tracker.engine.families``): what its call takes, from its own class."""
-        from tracker.engine import families
+        """The loaded pipeline's family (``tracker.experiment.families``): what its call takes, from its own class."""
+        from tracker.experiment import families
 
         key = (id(pipe), model)
         if key not in self._families:
@@ -276,7 +277,7 @@ class Engine:
     def _check_family(self, facts: Any, runs: Sequence[PlannedRun], settings: Settings) -> None:
         """What the plan checked from the model's configs, again with the loaded pipeline (a Hub model the plan
         could not read, a user's pipeline): the call arguments and each run's negative prompt."""
-        from tracker.engine import families
+        from tracker.experiment import families
 
         try:
             facts.check_model()

@@ -54,7 +54,7 @@ def wrap(pipe: Any) -> UserPipeline:
         if getattr(pipe, part, None) is None and not (part == "unet" and getattr(pipe, "transformer", None)):
             raise UsageError(f"pipeline= {type(pipe).__name__} has no {part}; the tracker runs text-to-image "
                              f"pipelines with a denoiser and a scheduler")
-    from tracker.engine import families
+    from tracker.experiment import families
 
     description = describe(pipe)
     user = UserPipeline(pipe=pipe, fingerprint=fingerprint(pipe, description), description=description,

@@ -44,11 +44,3 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     if p.is_dir() or name.startswith((".", "/", "~")):
         return ModelRef(name, "local", str(p.resolve()))
     return ModelRef(name, "hub", name)
-
-
-def native_size(name: str, base_dir: Path | None = None) -> tuple[int, int]:
-    """The image size a model was made for, as its pipeline computes it (``default_sample_size *
-    vae_scale_factor``) from its configs (``tracker.engine.families``); 512x512 when unknown."""
-    from tracker.engine import families
-
-    return families.facts_for(name, base_dir).native_size

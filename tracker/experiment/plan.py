@@ -273,9 +273,9 @@ def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> 
 def _settings(values: dict[str, Any], exp: Experiment, explicit: set[str], negative: str,
               ignored: dict[str, bool]) -> Settings:
     """A run's Settings: its scheduler's class name, and the options its name implies under the user's own; the
-    settings the file leaves unset from the model's family (steps, guidance, native size: ``tracker.engine.families``),
+    settings the file leaves unset from the model's family (steps, guidance, native size: ``tracker.experiment.families``),
     and the call arguments checked against the pipeline's ``__call__``."""
-    from tracker.engine import families
+    from tracker.experiment import families
 
     choice = values["scheduler"]
     options = {**dict(choice.options), **values["scheduler_options"]}
@@ -296,7 +296,7 @@ def _settings(values: dict[str, Any], exp: Experiment, explicit: set[str], negat
 
 
 def _ignored_everywhere(exp: Experiment, name: str) -> str:
-    from tracker.engine import families
+    from tracker.experiment import families
 
     models_ = sorted({exp.settings.model} | {x for a in exp.axes for v in a.values for k, x in v.settings
                                              if k == "model"})

@@ -78,7 +78,7 @@ class Settings:
     # "default", or a diffusers attention backend name (tracker.engine.attention)
     attention: str = field(default=ATTENTION_DEFAULT, metadata=column("String", 40))  # 0009
     # further arguments of the pipeline's call, sorted (name, value) pairs, a list value as a tuple
-    # (tracker.engine.families checks them against the pipeline's __call__); stored as one JSON mapping
+    # (tracker.experiment.families checks them against the pipeline's __call__); stored as one JSON mapping
     call: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))  # 0013
 
     def options(self) -> dict[str, Any]:
