@@ -713,11 +713,17 @@ class Bench:
             room = left(a) - RESERVE_S
             full = SMALL["flux"]["num_layers"] if a.small else FLUX_FULL_LAYERS
             if a.flux_layers == "auto":
-                fits = [n for n in range(full, 0, -1) if sum(estimate("flux", ns, n, self.calib).values()) <= room]
-                layers = fits[0] if fits else 1
+                free = shutil.disk_usage(self.work).free
+
+                def fits(n: int) -> bool:
+                    disk_ok = a.small or 2 * params_of("flux", n, ns.t5_layers) * 1.05 + 2**30 <= free
+                    return disk_ok and sum(estimate("flux", ns, n, self.calib).values()) <= room
+
+                layers = next((n for n in range(full, 0, -1) if fits(n)), 1)
                 f["flux_layers_choice"] = (f"auto: {layers} of {full} (estimate "
                                            f"{sum(estimate('flux', ns, layers, self.calib).values()):.0f} s, "
-                                           f"{room:.0f} s left, calibration x{self.calib:.2f})")
+                                           f"{room:.0f} s left, calibration x{self.calib:.2f}; "
+                                           f"{free / 2**30:.0f} GiB free on disk)")
             else:
                 layers = int(a.flux_layers)
                 f["flux_layers_choice"] = f"given: {layers}"
