@@ -55,7 +55,7 @@ install_wheels() {
   say "installing the wheels of $GB_DIR/wheels into $SITE"
   mkdir -p "$SITE"
   timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$GB_DIR"/wheels/*.whl 2>&1 | grep -v "is ignored: it is neither" | tail -n 5
+    "$GB_DIR"/wheels/*.whl 2>&1 | grep -v -e "is ignored: it is neither" -e "Running pip as the 'root' user" | tail -n 5
   # idna, certifi, typing_extensions only where the machine lacks them (run_all.sh does the same)
   for w in "$GB_DIR"/wheels/fallback/*.whl; do
     m=$(basename "$w" | cut -d- -f1)
