@@ -119,3 +119,66 @@ def test_page_with_metrics_is_offline_and_error_free(page, scored):
     page.load_all_images()
     assert page.errors == [] and page.dialogs == []
     assert all(u.startswith("file://") for u in page.requests), page.requests
+
+
+EDITED = """\
+name: edited
+model: shapes
+prompt: "a {{{{ colour }}}} square on {background}"
+axes:
+  colour: [red, blue]
+seeds: [0, 1, 2]
+steps: 4
+metrics: [shapes]
+"""
+
+
+@pytest.mark.slow
+def test_an_edited_file_is_a_new_plan_version_and_every_view_shows_the_current_one(cli, write_yaml, tmp_path):
+    """An experiment is its name; each sweep records its file's plan version on the experiment and on every run
+    of that plan. After an edit (same labels, new prompt) effects, the report's effects and grids, runs, score
+    and the API show the current version's runs, say how many of earlier versions they leave out, and pool them
+    only when asked (--all-versions). A second file claiming the name while the first still names it is
+    refused in one line."""
+    import tracker
+
+    path = write_yaml(EDITED.format(background="white"), "edited.yaml")
+    assert cli("run", path, "--no-mlflow", "-q").code == 0
+    old_keys = {r["key"] for r in json.loads(cli("runs", "edited", "--json").out)}
+    path.write_text(EDITED.format(background="black"))  # the same labels, another prompt: other images
+    res = cli("run", path, "--no-mlflow", "-q")
+    assert res.code == 0 and "6 done" in res.out, res.out
+
+    listed = cli("runs", "edited", "--json")
+    current = {r["key"] for r in json.loads(listed.out)}
+    assert len(current) == 6 and not current & old_keys
+    assert "6 runs of earlier versions of the experiment file not listed" in listed.err
+    assert len(json.loads(cli("runs", "edited", "--json", "--all-versions").out)) == 12
+    home = tmp_path / "home"
+    assert {r.key for r in tracker.open(home).runs("edited")} == current
+    assert len(tracker.open(home).runs("edited", all_versions=True)) == 12
+
+    fx = json.loads(cli("effects", "edited", "--metric", "shapes", "--json").out)
+    assert fx["other_versions"] == 6
+    assert {e["label"]: e["runs"] for e in fx["axes"][0]["labels"]} == {"red": 3, "blue": 3}
+    pooled = json.loads(cli("effects", "edited", "--metric", "shapes", "--json", "--all-versions").out)
+    assert {e["label"]: e["runs"] for e in pooled["axes"][0]["labels"]} == {"red": 6, "blue": 6}
+    text = cli("effects", "edited", "--metric", "shapes").out
+    assert "6 run(s) of earlier versions of the experiment file left out" in text
+
+    assert "shapes: 6 images scored" in cli("score", "edited", "-q").out  # the current plan only
+
+    rep = cli("report", "edited", "-o", tmp_path / "rep")
+    assert rep.code == 0, rep.err
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "6 stored runs of an earlier version of the experiment file are not in the current plan" in html
+    assert "6 run(s) of earlier versions of the experiment file left out" in html  # its effects agree
+
+    other = write_yaml(EDITED.format(background="grey"), "copy.yaml")  # a copy that kept the name
+    res = cli("run", other, "--no-mlflow", "-q")
+    assert res.code == 2 and res.err.count("\n") == 1, res.err
+    assert "copy.yaml: name: 'edited' is already the experiment of" in res.err and "edited.yaml" in res.err
+    assert len(json.loads(cli("runs", "edited", "--json", "--all-versions").out)) == 12  # nothing written
+    path.rename(tmp_path / "moved.yaml")  # the same experiment, moved: carries on
+    moved = cli("run", tmp_path / "moved.yaml", "--no-mlflow", "-q")
+    assert moved.code == 0 and "0 done, 6 skipped" in moved.out, moved.out + moved.err

@@ -288,10 +288,12 @@ class Workspace:
         return ExperimentList(ExperimentInfo.from_store(e) for e in items)
 
     def runs(self, experiment: str | None = None, *, where: Mapping[str, Any] | Iterable[str] | None = None,
-             status: str | Iterable[str] | None = None) -> RunList:
+             status: str | Iterable[str] | None = None, all_versions: bool = False) -> RunList:
         """Stored runs of ``experiment`` (all experiments when None), in plan order. ``where``: axis labels
         that must match, ``{"age": "young", "seed": 1}`` or ``["age=young"]``, or metric conditions such as
-        ``["shapes>=0.5"]`` (<, <=, >, >=, =, !=); ``status``: done, failed, ..."""
+        ``["shapes>=0.5"]`` (<, <=, >, >=, =, !=); ``status``: done, failed, ... Only the runs of each
+        experiment's current plan (its file as last run), as effects and the report show them, unless
+        ``all_versions`` (runs of earlier versions of the file too)."""
         from tracker.metrics import split_where, storage
 
         with self._store() as store:
@@ -301,7 +303,7 @@ class Workspace:
                                     + (f"known: {', '.join(names)}" if names else "it is empty"))
             axis_items, conditions = split_where(_where_items(where), list(storage.names(store, experiment)))
             filters = plan.parse_where(axis_items, known_axes(store, experiment)) if axis_items else None
-            records = store.runs(experiment, status=status, where=filters)
+            records = store.runs(experiment, status=status, where=filters, current=not all_versions)
             found = self._with_metrics(store, records)
             return RunList([r for r in found if all(c(r.metrics) for c in conditions)])
 

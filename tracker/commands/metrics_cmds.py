@@ -25,8 +25,10 @@ def _open(ws: Workspace):
               help="Score with this metric (repeatable) [default: the experiment file's metrics:].")
 @click.option("--device", default="auto", show_default=True, metavar="DEVICE", help="Device for model-based metrics.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--all-versions", is_flag=True,
+              help="Also the runs of earlier versions of the experiment file [default: its current plan].")
 @pass_workspace
-def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, quiet: bool) -> int:
+def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, quiet: bool, all_versions: bool) -> int:
     """Score the stored images of EXPERIMENT with its metrics again, without generating anything.
 
     Values replace earlier ones and reach MLflow with the next `tracker sync`. A metric that cannot be
@@ -42,7 +44,7 @@ def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, q
         if not chosen:
             raise UsageError(f"experiment {experiment!r} names no metrics: give --metric NAME "
                              f"(known: {', '.join(sorted(available()))}) or add metrics: to its file")
-        scorer = rescore(store, experiment, chosen, options, device, progress=not quiet)
+        scorer = rescore(store, experiment, chosen, options, device, progress=not quiet, all_versions=all_versions)
     for name in chosen:
         if name not in scorer.errors:
             click.echo(f"{name}: {scorer.scored.get(name, 0)} images scored")
@@ -56,9 +58,11 @@ def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, q
 @click.option("--baseline", metavar="LABEL", help="Compare against this label [default: each axis's first label].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.option("--all-versions", is_flag=True,
+              help="Pool the runs of earlier versions of the experiment file too [default: its current plan].")
 @pass_workspace
 def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], baseline: str | None, seed: int,
-            as_json: bool) -> None:
+            as_json: bool, all_versions: bool) -> None:
     """Each axis label's mean METRIC and its paired difference to the baseline label.
 
     Pairs are runs that share the seed and every other axis value; the interval is a seeded bootstrap
@@ -68,7 +72,7 @@ def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], 
     from tracker.metrics import storage
 
     with _open(ws) as store:
-        result = storage.effects(store, experiment, metric, axes or None, baseline, seed)
+        result = storage.effects(store, experiment, metric, axes or None, baseline, seed, all_versions)
     if as_json:
         click.echo(json.dumps({"experiment": experiment, **result.to_json()}, indent=2))
         return

@@ -54,13 +54,22 @@ def _json_default(v: Any) -> Any:
                    "<, <=, >, >=, =, !=) (repeatable; all must match).")
 @click.option("--sort", "sort", metavar="[-]METRIC", help="Order by a stored metric (or seconds); -NAME for descending.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per run (metrics included).")
+@click.option("--all-versions", is_flag=True,
+              help="Also the runs of earlier versions of the experiment file (not in its current plan).")
 @pass_workspace
 def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
-         sort: str | None, as_json: bool) -> None:
-    """List the stored runs of EXPERIMENT (all experiments when left out)."""
+         sort: str | None, as_json: bool, all_versions: bool) -> None:
+    """List the stored runs of EXPERIMENT (all experiments when left out): those of its current plan (the file
+    as last run), as effects and the report use them; --all-versions adds those of earlier versions."""
     from tracker.api import Workspace as Api
 
-    found = list(Api(ws).runs(experiment, where=where, status=statuses or None))
+    api = Api(ws)
+    found = list(api.runs(experiment, where=where, status=statuses or None, all_versions=all_versions))
+    if not all_versions:
+        hidden = len(api.runs(experiment, where=where, status=statuses or None, all_versions=True)) - len(found)
+        if hidden:
+            click.echo(f"{hidden} run{'s' if hidden != 1 else ''} of earlier versions of the experiment file "
+                       f"not listed (--all-versions lists them)", err=True)
     if sort:
         found = _sorted(found, sort)
     if as_json:

@@ -112,6 +112,14 @@ class Plan:
     runs: tuple[PlannedRun, ...]
     combinations: int  # after zip and exclude, before merging equal keys
 
+    @property
+    def version(self) -> str:
+        """The plan's version: a hash of its runs (keys and axis labels), so an edit that changes what is made
+        (a prompt, a label, a seed) is a new version and one that does not (a description, comments) is not."""
+        material = sorted([r.key, [list(a) for a in r.axes]] for r in self.runs)
+        blob = json.dumps(material, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def labels_per_axis(self) -> dict[str, dict[str, int]]:
         """Runs per axis label, axis order kept."""
         out: dict[str, dict[str, int]] = {a.name: {lab: 0 for lab in a.labels} for a in self.experiment.axes}

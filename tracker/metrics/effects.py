@@ -66,6 +66,12 @@ class Effects:
     seed: int
     axes: tuple[AxisEffects, ...]
     images_gone: int = 0  # values left out: their images are missing or modified since scored (tracker check)
+    other_versions: int = 0  # runs of earlier versions of the experiment file, left out (--all-versions)
+
+    @property
+    def other_versions_note(self) -> str | None:
+        return (f"{self.other_versions} run(s) of earlier versions of the experiment file left out "
+                f"(not in its current plan; --all-versions pools them)") if self.other_versions else None
 
     @property
     def images_gone_note(self) -> str | None:
@@ -205,6 +211,8 @@ def render(effects: Effects, digits: int = 3) -> str:
         blocks.append(f"{ax.axis} (baseline {ax.baseline}; {effects.metric}, {better})\n"
                       + table(["label", "runs", "mean", "diff", f"{pct} interval", "pairs"], rows))
     gone = f"\n{effects.images_gone_note}" if effects.images_gone else ""
+    if effects.other_versions:
+        gone += f"\n{effects.other_versions_note}"
     if not blocks:
         return f"no axis with two labels and scored runs for {effects.metric}" + gone
     return "\n\n".join(blocks) + f"\n\n* the {pct} interval excludes 0 (paired by seed and every other axis; " \

@@ -84,8 +84,9 @@ def experiment_metrics(store, experiment: str) -> tuple[tuple[str, ...], dict[st
 
 
 def rescore(store, experiment: str, names: Sequence[str], options: Mapping[str, Mapping[str, Any]],
-            device: str = "auto", progress: bool = True) -> Scorer:
-    """Score every done run of ``experiment`` from its stored PNG, replacing earlier values.
+            device: str = "auto", progress: bool = True, all_versions: bool = False) -> Scorer:
+    """Score every done run of ``experiment``'s current plan (of every version of its file with
+    ``all_versions``) from its stored PNG, replacing earlier values.
 
     An image that is missing, or whose bytes are no longer those its sha256 recorded (``tracker check``'s
     "modified": swapped or edited on disk), is not scored: scoring it would put the other picture's value on
@@ -98,7 +99,7 @@ def rescore(store, experiment: str, names: Sequence[str], options: Mapping[str, 
 
     scorer = Scorer(store, experiment, list(names), options, device, goes_on="other metrics are still scored")
     runs = []
-    for r in store.runs(experiment, status="done"):
+    for r in store.runs(experiment, status="done", current=not all_versions):
         kind = image_state(r) if r.image else "missing"
         if kind is None:
             runs.append(r)

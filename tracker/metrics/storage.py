@@ -129,8 +129,10 @@ def mark_synced(store: Store, ids: Iterable[int]) -> None:
 
 
 def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | None = None,
-            baseline: str | None = None, seed: int = 0):
-    """``tracker.metrics.effects.analyze`` over the experiment's done runs and their stored ``metric`` values."""
+            baseline: str | None = None, seed: int = 0, all_versions: bool = False):
+    """``tracker.metrics.effects.analyze`` over the experiment's done runs and their stored ``metric`` values:
+    the runs of its current plan (the file as last run, as the report's grids show it) unless ``all_versions``;
+    how many runs of earlier versions that leaves out is said (``Effects.other_versions``)."""
     from tracker.metrics import effects as fx
     from tracker.errors import NotFoundError, UsageError
 
@@ -145,15 +147,16 @@ def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | No
     from tracker.images.check import image_state
 
     vals = values(store, experiment)
-    runs = store.runs(experiment)
+    runs = store.runs(experiment, current=not all_versions)
+    other_versions = 0 if all_versions else len(store.runs(experiment)) - len(runs)
     scored = [r for r in runs if r.status == "done" and vals.get(r.key, {}).get(metric) is not None]
     # a value whose image is missing or was changed on disk describes a picture nobody can look at: left out, counted
-    gone = {r.key for r in scored if image_state(r) is not None}
+    gone = {r.key for r in scored if r.image and image_state(r) is not None}
     obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in scored if r.key not in gone]
     result = fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
-                        baseline=baseline, axis_labels=store.axes(experiment), seed=seed,
+                        baseline=baseline, axis_labels=store.axes(experiment, current=not all_versions), seed=seed,
                         unscored=_unscored(runs, {k: v for k, v in vals.items() if k not in gone}, metric))
-    return replace(result, images_gone=len(gone))
+    return replace(result, images_gone=len(gone), other_versions=other_versions)
 
 
 def _unscored(runs, vals: dict, metric: str) -> dict[str, dict[str, str]]:

@@ -57,7 +57,7 @@ class EffectsView:
     confidence: float
     resamples: int
     axes: tuple[ForestAxis, ...]
-    note: str | None = None  # values left out (images missing or modified)
+    note: str | None = None  # runs left out (of earlier versions of the file; images missing or modified)
 
 
 def primary(file_metrics: Sequence[str], stored: Mapping[str, Mapping]) -> str | None:
@@ -91,7 +91,8 @@ def _fmt(v: float) -> str:
 def effects_view(effects: "Effects") -> EffectsView:
     """Lay out one forest plot per axis: a row per label, the baseline at 0, intervals on a shared axis."""
     return EffectsView(effects.metric, effects.higher_is_better, effects.confidence, effects.resamples,
-                       tuple(_forest(ax) for ax in effects.axes), effects.images_gone_note)
+                       tuple(_forest(ax) for ax in effects.axes),
+                       " ".join(filter(None, [effects.other_versions_note, effects.images_gone_note])) or None)
 
 
 def _forest(ax) -> ForestAxis:

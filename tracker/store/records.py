@@ -101,6 +101,7 @@ class RunRecord:
     mlflow_run_id: str | None = None
     mlflow_synced: bool = False
     mlflow_synced_at: datetime | None = None
+    plan_version: str | None = None  # the newest version of its experiment's plan the run was part of (0011)
     unrecorded: frozenset[str] = frozenset()  # planned values the row holds none for (an older run): read as None
 
     def __init__(self, run: PlannedRun | None = None, status: str = "pending", *,

@@ -134,17 +134,20 @@ class Store:
     # -- experiments -------------------------------------------------------------------------
 
     @_retry_on_conflict
-    def save_experiment(self, name: str, source_path: str | None, source_text: str | None) -> None:
-        """Insert the experiment or update its source (the file as last run)."""
+    def save_experiment(self, name: str, source_path: str | None, source_text: str | None,
+                        plan_version: str | None = None) -> None:
+        """Insert the experiment or update its source (the file as last run) and, when given, its current plan
+        version (``Plan.version``; the runs of that version are what views show by default)."""
         now = utcnow()
+        values = {"source_path": source_path, "source_text": source_text, "updated_at": now}
+        if plan_version is not None:
+            values["plan_version"] = plan_version
         with self._write() as conn:
             eid = self._experiment_id(conn, name)
             if eid is None:
-                conn.execute(experiments_t.insert().values(
-                    name=name, source_path=source_path, source_text=source_text, created_at=now, updated_at=now))
+                conn.execute(experiments_t.insert().values(name=name, created_at=now, **values))
             else:
-                conn.execute(experiments_t.update().where(experiments_t.c.id == eid).values(
-                    source_path=source_path, source_text=source_text, updated_at=now))
+                conn.execute(experiments_t.update().where(experiments_t.c.id == eid).values(**values))
 
     def experiment(self, name: str) -> dict | None:
         with self._read() as conn:
@@ -152,7 +155,8 @@ class Store:
         if row is None:
             return None
         return {"name": row["name"], "source_path": row["source_path"], "source_text": row["source_text"],
-                "created_at": _aware(row["created_at"]), "updated_at": _aware(row["updated_at"])}
+                "created_at": _aware(row["created_at"]), "updated_at": _aware(row["updated_at"]),
+                "plan_version": row["plan_version"]}
 
     def experiments(self) -> list[dict]:
         """Every experiment: name, source_path, times, ``runs`` (count by status), ``total``, ``last_sweep``."""
@@ -278,11 +282,13 @@ class Store:
     # -- runs --------------------------------------------------------------------------------
 
     @_retry_on_conflict
-    def plan_runs(self, sweep_id: int, runs: Sequence[PlannedRun]) -> dict[str, str]:
+    def plan_runs(self, sweep_id: int, runs: Sequence[PlannedRun], version: str | None = None) -> dict[str, str]:
         """Insert the runs not yet stored as pending; return key -> current status for every run given.
 
         Runs already stored keep their status and results; their axis labels and plan position follow
         the new plan, and a run not done yet takes the new plan's settings (e.g. another batch size).
+        ``version`` (the plan's ``Plan.version``): recorded on every run given, done ones included: they are
+        part of that version of the experiment.
         """
         with self._write() as conn:
             eid = conn.execute(sa.select(sweeps_t.c.experiment_id).where(sweeps_t.c.id == sweep_id)).scalar()
@@ -293,18 +299,23 @@ class Store:
             if others:
                 raise ValueError(f"plan_runs: runs of {sorted(others)} given to a sweep of {name!r}")
             stored = {r["key"]: r for r in conn.execute(
-                sa.select(runs_t.c.id, runs_t.c.key, runs_t.c.status, *(runs_t.c[c] for c in PLAN_COLUMNS))
+                sa.select(runs_t.c.id, runs_t.c.key, runs_t.c.status, runs_t.c.plan_version,
+                          *(runs_t.c[c] for c in PLAN_COLUMNS))
                 .where(runs_t.c.experiment_id == eid)).mappings()}
             new: list[dict] = []
             changes: dict[tuple[str, ...], list[dict]] = {}  # changed columns -> rows (one executemany each)
             for run in runs:
                 values = {**stored_values(run), "batch_size": str(run.settings.batch_size)}  # a number or "auto"
                 row = stored.get(run.key)
+                if version is not None:
+                    values["plan_version"] = version
                 if row is None:
                     new.append({**values, "experiment_id": eid, "key": run.key, "status": "pending"})
                     stored[run.key] = {"status": "pending"}
                     continue
                 cols = ("axes", "plan_index") if row["status"] == "done" else PLAN_COLUMNS
+                if version is not None:
+                    cols = (*cols, "plan_version")
                 changed = {c: values[c] for c in cols if row[c] != values[c]}
                 if changed:
                     changes.setdefault(tuple(changed), []).append({"_id": row["id"], **changed})
@@ -406,15 +417,20 @@ class Store:
         return RunRecord.from_row({**row, "image_path": str(image) if image is not None else None})
 
     def runs(self, experiment: str | None = None, status: str | Iterable[str] | None = None,
-             where: Mapping[str, str] | None = None, *, _also: Any = None) -> list[RunRecord]:
+             where: Mapping[str, str] | None = None, *, current: bool = False, _also: Any = None) -> list[RunRecord]:
         """Runs in plan order (by experiment name, then plan position), filtered.
 
         ``status``: one status or several; ``where``: axis name -> label, all must match
-        (a run without that axis does not match). An unknown experiment gives [].
+        (a run without that axis does not match). ``current``: only the runs of each experiment's current plan
+        version (the file as last run; every run of an experiment recorded before versions were). An unknown
+        experiment gives [].
         """
         q = self._select_runs()
         if experiment is not None:
             q = q.where(experiments_t.c.name == experiment)
+        if current:
+            q = q.where(sa.or_(experiments_t.c.plan_version.is_(None),
+                               runs_t.c.plan_version == experiments_t.c.plan_version))
         if status is not None:
             q = q.where(runs_t.c.status.in_([status] if isinstance(status, str) else list(status)))
         if _also is not None:
@@ -427,10 +443,11 @@ class Store:
             records = [r for r in records if all(r.axes.get(k) == str(v) for k, v in where.items())]
         return records
 
-    def axes(self, experiment: str) -> dict[str, list[str]]:
-        """Axis name -> its labels, as stored for the experiment's runs (plan order)."""
+    def axes(self, experiment: str, current: bool = False) -> dict[str, list[str]]:
+        """Axis name -> its labels, as stored for the experiment's runs (plan order); ``current``: of the runs of
+        its current plan version only."""
         out: dict[str, list[str]] = {}
-        for r in self.runs(experiment):
+        for r in self.runs(experiment, current=current):
             for name, label in r.axes.items():
                 labels = out.setdefault(name, [])
                 if label not in labels:

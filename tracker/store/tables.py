@@ -26,6 +26,7 @@ experiments_t = sa.Table(
     sa.Column("source_text", sa.Text),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("plan_version", sa.String(16)),  # 0011: the version of the plan last run (plan.Plan.version)
     sa.UniqueConstraint("name", name="uq_experiments_name"),
 )
 
@@ -104,6 +105,7 @@ runs_t = sa.Table(
     sa.Column("lease_until", sa.DateTime),  # 0004: a running run's claim ends then unless renewed
     sa.Column("image_size", sa.BigInteger),  # 0008: the image file's size and mtime when written
     sa.Column("image_mtime_ns", sa.BigInteger),  # 0008 (image_path is relative to the workspace since 0008)
+    sa.Column("plan_version", sa.String(16)),  # 0011: the newest plan version the run was part of
     *setting_columns(),  # compile (0005), prompt_syntax, lora (0006), deterministic (0008), attention (0009), call (0013)
     sa.UniqueConstraint("experiment_id", "key", name="uq_runs_experiment_key"),
     sa.Index("ix_runs_experiment_status", "experiment_id", "status"),

@@ -190,6 +190,7 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
     started = _start(ray, address)
     actors: list = []
     try:
+        runner.claim_name(store, exp, Path(path).resolve())
         found = runner.find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
         todo, status = found.todo, found.status
 
@@ -209,12 +210,12 @@ def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
         facts = _Facts({"environment": ray.get(actors[0].environment.remote())})
         sink = runner._mlflow_sink(ws, exp.name)
         file = Path(path).resolve()
-        store.save_experiment(exp.name, str(file), exp.source)
+        store.save_experiment(exp.name, str(file), exp.source, the_plan.version)
         sweep_id = store.start_sweep(exp.name, {
             "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
             "device": "ray", "environment": facts.environment(), "planned": len(the_plan.runs)})
         summary.sweep_id = sweep_id
-        store.plan_runs(sweep_id, the_plan.runs)
+        store.plan_runs(sweep_id, the_plan.runs, the_plan.version)
         if options.retry_failed:
             store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
         if found.lost:

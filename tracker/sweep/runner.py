@@ -22,7 +22,7 @@ from tracker.engine import batches
 from tracker.sweep import accelerate_rank as distributed
 from tracker.experiment import plan, parse as spec
 from tracker.engine.batches import BatchHooks
-from tracker.errors import ModelError
+from tracker.errors import ModelError, SpecError
 from tracker.experiment.model import Experiment
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.settings import COMPILE_OFF
@@ -168,6 +168,7 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)
     try:
+        claim_name(store, exp, file)
         found = find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
         todo, status, lost, in_mlflow = found.todo, found.status, found.lost, found.in_mlflow
 
@@ -187,7 +188,7 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
                 raise ModelError(f"{where}: {e}") from None  # name the file, as spec errors do
 
             # 5. Record the experiment and the sweep; insert missing runs as pending.
-            store.save_experiment(exp.name, str(file) if file is not None else None, exp.source)
+            store.save_experiment(exp.name, str(file) if file is not None else None, exp.source, the_plan.version)
             environment = engine.environment()
             sweep_id = store.start_sweep(exp.name, {
                 "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
@@ -195,7 +196,7 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
                 "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
             })
             summary.sweep_id = sweep_id
-            status = store.plan_runs(sweep_id, the_plan.runs)
+            status = store.plan_runs(sweep_id, the_plan.runs, the_plan.version)
             if lost or in_mlflow:
                 import logging
 
@@ -279,6 +280,31 @@ def speed_cache_dir(home: Path) -> None:
     for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         if os.environ.get(var) in (None, _CACHE_DIRS.get(var), defaults.get(var)):
             os.environ[var] = _CACHE_DIRS[var] = str(home / "cache" / sub)
+
+
+def claim_name(store, exp: Experiment, file: Path | None) -> None:
+    """Refuse a second experiment file claiming a name this store already keeps for another file: their runs
+    would pool in one experiment (effects, grids, scores) without a word. The same experiment may come back from
+    another path (the file moved or renamed, another machine's checkout, an Experiment built in Python): only a
+    recorded file that still exists, still names this experiment and says something else is another file."""
+    info = store.experiment(exp.name)
+    if file is None or info is None or not info.get("source_path"):
+        return
+    old = Path(info["source_path"])
+    if str(old) == str(file):
+        return
+    try:
+        text = old.read_text(encoding="utf-8")
+        import yaml
+
+        data = yaml.safe_load(text)
+    except Exception:  # noqa: BLE001 -- gone, unreadable, or not YAML any more: not a rival claim
+        return
+    name = data.get("name", old.stem) if isinstance(data, dict) else None
+    if text == exp.source or name != exp.name:
+        return
+    raise SpecError(str(file), "name", f"{exp.name!r} is already the experiment of {old} in this store (another "
+                                       f"file); give this file its own name, or edit and run {old.name} itself")
 
 
 def _source_file(path: "str | Path | Experiment", exp: Experiment) -> Path | None:
