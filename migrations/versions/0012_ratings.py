@@ -1,7 +1,7 @@
 """ratings: a person's judgements of images (a 1-5 score, thumbs, or which of two images is better)
 
 Revision ID: 0012_ratings
-Revises: 0009_attention
+Revises: 0011_plan_version
 Create Date: 2026-12-04
 """
 
@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0012_ratings"
-down_revision = "0009_attention"
+down_revision = "0011_plan_version"  # relinked after 0011 (defects-a); 0010 goes before 0011 at merge
 branch_labels = None
 depends_on = None
 
