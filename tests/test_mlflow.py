@@ -143,6 +143,9 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
     assert parent.data.tags["env.torch_version"] == "2.13" and parent.data.tags["tracker.sweep_id"] == str(sweep)
     assert parent.data.metrics["images"] == 4 and parent.data.metrics["failed"] == 0
     assert parent.data.metrics["images_per_second"] == 1.0 and parent.info.status == "FINISHED"
+    # per sweep and per image under different names
+    assert parent.data.metrics["sweep_seconds"] == 4.0 and "seconds" not in parent.data.metrics
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs, not GenAI
     assert [a.path for a in c.list_artifacts(parent.info.run_id)] == ["chief.yaml"]
     assert Path(c.download_artifacts(parent.info.run_id, "chief.yaml", str(tmp_path))).read_text() == path.read_text()
 
@@ -152,7 +155,7 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
         [run] = children[rec.key]
         d = run.data
         assert d.tags[PARENT_TAG] == parent.info.run_id and run.info.status == "FINISHED"
-        assert d.params["seed"] == str(rec.seed) and d.params["scheduler"] == "PNDM"
+        assert d.params["seed"] == str(rec.seed) and d.params["scheduler"] == "PNDMScheduler (PLMS)"
         assert d.params["axis.age"] == rec.axes["age"] and d.params["axis.seed"] == str(rec.seed)
         assert (d.params["steps"], d.params["width"], d.params["height"], d.params["dtype"]) == ("2", "64", "64", "float32")
         assert (d.params["model"], d.params["vae"], d.params["attention_slicing"]) == ("tiny", "default", "false")
@@ -160,16 +163,21 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
         assert d.tags["tracker.prompt"] == rec.prompt and d.tags["tracker.negative_prompt"] == "blurry"
         assert d.tags["tracker.scheduler_class"] == "PNDMScheduler"
         assert d.metrics["seconds"] == rec.seconds and d.metrics["seconds_per_step"] == 0.25
-        assert d.metrics["peak_memory_mb"] == 3.0 and d.metrics["images_per_second"] == pytest.approx(1 / rec.seconds)
+        assert d.metrics["peak_memory_bytes"] == 3 * 2**20 and "images_per_second" not in d.metrics
         names = {a.path for a in c.list_artifacts(run.info.run_id)}
-        assert names == {f"{rec.key}.png", "recipe.json"}
+        assert names == {f"{rec.key}.png", "recipe.json", "images"}
+        # log_image's entries: the image card and the image grid read these
+        assert d.tags["mlflow.loggedImages"].lower() == "true"
+        images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
+        assert len(images) == 2 and all(p.startswith("images/image+step+0+timestamp+") for p in images)
+        assert sorted(p.endswith("+compressed.webp") for p in images) == [False, True]
         png = Path(c.download_artifacts(run.info.run_id, f"{rec.key}.png", str(tmp_path)))
         assert png.read_bytes() == Path(rec.image).read_bytes()
         recipe = json.loads(Path(c.download_artifacts(run.info.run_id, "recipe.json", str(tmp_path))).read_text())
         assert recipe["key"] == rec.key and recipe["prompt"] == rec.prompt and recipe["seed"] == rec.seed
 
     # the UI's filters: by axis label and scheduler
-    hits = c.search_runs([exp.experiment_id], "params.scheduler = 'PNDM' and params.`axis.age` = 'old'")
+    hits = c.search_runs([exp.experiment_id], "params.scheduler = 'PNDMScheduler (PLMS)' and params.`axis.age` = 'old'")
     assert {r.data.tags[KEY_TAG] for r in hits} == {r.key for r in records if r.axes["age"] == "old"}
 
     # the store knows each run reached MLflow, and which MLflow run is the sweep's parent
@@ -263,6 +271,12 @@ def test_run_url_links_the_ui():
     assert mlflow_log.run_url(replace(ws, mlflow_uri="http://mlf:8080/"), rec) == "http://mlf:8080/#/runs/abc"
     assert mlflow_log.run_url(replace(ws, mlflow_enabled=False), rec) is None
     assert mlflow_log.run_url(ws, type("R", (), {"mlflow_run_id": None})()) is None
+    # an experiment's link opens its runs table (MLflow 3's bare experiment route opens the GenAI overview)
+    from tracker.mlflow.ui import experiment_url, experiments_url
+
+    assert experiment_url(ws, "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert experiments_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000/#/experiments"
+    assert experiment_url(replace(ws, mlflow_enabled=False), "7") is None
 
 
 def test_long_prompts_fit_tags_and_params_stay_within_limits(ws):
@@ -275,9 +289,14 @@ def test_long_prompts_fit_tags_and_params_stay_within_limits(ws):
     assert len(mlflow_log.child_params(huge)["axis.style"]) == mlflow_log.MAX_PARAM_LENGTH
     # the scheduler the checkpoint ships with is named by its class
     default = replace(rec, scheduler="default", scheduler_config={"_class_name": "DPMSolverMultistepScheduler"})
-    assert mlflow_log.child_params(default)["scheduler"] == "DPMSolverMultistep"
+    assert mlflow_log.child_params(default)["scheduler"] == "DPMSolverMultistepScheduler (DPM++ 2M)"
     karras = replace(default, scheduler="DPMSolverMultistepScheduler", scheduler_options={"use_karras_sigmas": True})
     assert mlflow_log.child_params(karras)["sampler"] == "DPM++ 2M Karras"
+    # the param tells 2M, 2M Karras and 2M SDE Karras apart
+    sde = replace(karras, scheduler_options={"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"})
+    assert [mlflow_log.child_params(r)["scheduler"] for r in (default, karras, sde)] == [
+        "DPMSolverMultistepScheduler (DPM++ 2M)", "DPMSolverMultistepScheduler (DPM++ 2M Karras)",
+        "DPMSolverMultistepScheduler (DPM++ 2M SDE Karras)"]
 
 
 def test_tracker_run_logs_every_image(cli, ws, write_yaml):
@@ -292,7 +311,7 @@ def test_tracker_run_logs_every_image(cli, ws, write_yaml):
     for rec in records:
         [run] = children[rec.key]
         assert run.info.run_id == rec.mlflow_run_id and run.data.tags[PARENT_TAG] == parent.info.run_id
-        assert run.data.params["scheduler"] == "PNDM" and run.data.metrics["seconds"] > 0
+        assert run.data.params["scheduler"] == "PNDMScheduler (PLMS)" and run.data.metrics["seconds"] > 0
     assert parent.data.metrics["images"] == 4 and "live.yaml" in {a.path for a in client(ws).list_artifacts(parent.info.run_id)}
     # a second run does nothing new and makes no second MLflow run
     assert cli("run", path, "-q").code == 0

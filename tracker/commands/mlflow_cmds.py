@@ -29,6 +29,11 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
         click.echo(f"nothing to sync: every done run is in MLflow at {result.uri}")
         return 0
     click.echo(result.message(experiment))
+    from tracker.mlflow.ui import experiment_url
+
+    link = experiment_url(ws, result.experiment_id)
+    if link and result.logged:
+        click.echo(f"MLflow: {link}")
     return 1 if result.waiting else 0
 
 

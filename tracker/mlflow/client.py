@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from tracker.errors import NotFoundError
-from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics, child_params, child_tags,
-                                    environment_tags, limit, run_name)
+from tracker.mlflow.mapping import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, IMAGE_KEY, KEY_TAG, PARENT_TAG, as_text,
+                                    child_metrics, child_params, child_tags, environment_tags, limit, run_name,
+                                    sweep_metrics)
 from tracker.workspace import Workspace, safe_join
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ HTTP_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per downloaded image otherwise
 }
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow sets it on a run that has ``log_image`` images
 # MLflow error codes that blame one request (a bad value), not the server: the next run may still log.
 _BAD_REQUEST_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
                       "INVALID_STATE", "BAD_REQUEST"}
@@ -43,6 +45,7 @@ class SyncSummary:
     error: str | None = None
     uri: str = ""
     rescored: int = 0  # runs already in MLflow whose metric values (tracker score) were logged again
+    experiment_id: str | None = None  # the MLflow experiment the runs went to (one experiment synced), for a link
 
     def message(self, experiment: str | None = None) -> str:
         where = f" at {self.uri}" if self.uri else ""
@@ -125,6 +128,8 @@ class ExperimentClient:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tracker set it: open on the runs
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.artifacts_dir is not None:
@@ -132,7 +137,8 @@ class ExperimentClient:
             folder.mkdir(parents=True, exist_ok=True)
             location = folder.as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=location,
-                                             tags={"tracker.experiment": self.experiment})
+                                             tags={"tracker.experiment": self.experiment,
+                                                   EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     # -- parents (sweeps) --------------------------------------------------------------------
 
@@ -169,9 +175,7 @@ class ExperimentClient:
         rid = self.parents.get(sweep_id)
         if rid is None:
             return
-        metrics = {"images" if k == "done" else k: float(v) for k, v in summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._log_batch(rid, metrics=metrics)
+        self._log_batch(rid, metrics=sweep_metrics(summary))
         self.client.set_terminated(rid, status)
 
     def parent_for(self, rec: "RunRecord") -> str:
@@ -227,12 +231,14 @@ class ExperimentClient:
         existing = self.client.search_runs([self.experiment_id], f"tags.`{KEY_TAG}` = '{rec.key}'", max_results=1)
         params = child_params(rec)
         tags = child_tags(rec)
+        has_image = False
         if existing:
             run = existing[0]
             rid = run.info.run_id
             params = {k: v for k, v in params.items() if k not in run.data.params}  # params are immutable
             if PARENT_TAG not in run.data.tags:
                 tags[PARENT_TAG] = parent_id
+            has_image = run.data.tags.get(LOGGED_IMAGES_TAG, "").lower() == "true"
         else:
             run = self.client.create_run(self.experiment_id, start_time=_ms(rec.started_at),
                                          tags={KEY_TAG: rec.key, PARENT_TAG: parent_id}, run_name=run_name(rec))
@@ -243,10 +249,23 @@ class ExperimentClient:
         self._log_batch(rid, params=params, tags=tags, metrics={**child_metrics(rec), **scores},
                         timestamp=_ms(rec.finished_at))
         if rec.image and Path(rec.image).is_file():
-            self.client.log_artifact(rid, rec.image)
+            self.client.log_artifact(rid, rec.image)  # the PNG itself, with its recipe chunks (``fetch`` reads it)
+            if not has_image:
+                self._log_image(rid, rec)
         self.client.log_dict(rid, rec.to_recipe(environment=self._environment(rec.sweep_id)), "recipe.json")
         self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
         return rec.key, rid, list(score_ids)
+
+    def _log_image(self, run_id: str, rec: "RunRecord") -> None:
+        """The image through ``log_image`` (key ``image``, step 0): MLflow's image card and its "Image grid"
+        compare view read these (``images/`` artifacts and the ``mlflow.loggedImages`` tag), captioned there with
+        the run's name (its axis labels) and params."""
+        from PIL import Image
+
+        with Image.open(rec.image) as im:
+            im.load()
+            self.client.log_image(run_id, im.convert("RGB"), key=IMAGE_KEY, step=0,
+                                  timestamp=_ms(rec.finished_at), synchronous=True)
 
     def mark_synced(self, experiment: str, logged: Sequence[tuple[str, str, list[int]]]) -> None:
         """Mark runs ``log_unmarked`` logged as synced: one transaction (and one for their metric values)."""
@@ -310,14 +329,14 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
         if not todo:
             rescored, error = _sync_scores(ws, store, experiment)
             return SyncSummary(uri=ws.mlflow_tracking_uri, rescored=rescored, error=error)
-        logged, error = 0, None
+        logged, error, ids = 0, None, {}
         bar = progress_bar(len(todo), progress)
         try:
             by_experiment: dict[str, list] = {}
             for rec in todo:
                 by_experiment.setdefault(rec.experiment, []).append(rec)
             for name, records in by_experiment.items():
-                n, error = _sync_experiment(ws, store, name, records, bar)
+                n, error = _sync_experiment(ws, store, name, records, bar, ids)
                 logged += n
                 if error is not None and error[1]:
                     break  # an outage: the other experiments would fail the same way
@@ -325,7 +344,7 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
             bar.close()
         rescored, score_error = _sync_scores(ws, store, experiment) if error is None else (0, None)
         return SyncSummary(logged, len(todo) - logged, error[0] if error else score_error, ws.mlflow_tracking_uri,
-                           rescored)
+                           rescored, next(iter(ids.values())) if len(ids) == 1 else None)
 
 
 def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None]:
@@ -350,11 +369,14 @@ def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple
     return done, None
 
 
-def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar) -> tuple[int, tuple | None]:
-    """Returns (runs logged, (first error, was it an outage) or None)."""
+def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar,
+                     ids: dict | None = None) -> tuple[int, tuple | None]:
+    """Returns (runs logged, (first error, was it an outage) or None); puts the MLflow experiment id in ``ids``."""
     logged, error = 0, None
     try:
         logger = ExperimentClient(ws.mlflow_tracking_uri, name, store, ws.mlflow_artifacts_dir)
+        if ids is not None:
+            ids[name] = logger.experiment_id
         for rec in records:
             try:
                 logger.log_run(rec)
