@@ -316,3 +316,50 @@ def test_tracker_run_logs_every_image(cli, ws, write_yaml):
     # a second run does nothing new and makes no second MLflow run
     assert cli("run", path, "-q").code == 0
     assert all(len(v) == 1 for v in runs_by_key(ws, "live").values())
+
+
+def test_prompt_templates_become_registry_versions_and_runs_link_to_theirs(ws, monkeypatch, capsys):
+    """An MLflow without the Prompt Registry: one note and the runs still log; `tracker sync` later links those
+    runs; a changed template is a new version, and each run links the versions it used."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tracker.mlflow.client import ExperimentClient
+    from tracker.store.runstore import Store
+
+    def too_old(self, *a, **kw):  # what an MLflow 2.x server answers for the registry's endpoints
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/registered-models/create failed with "
+                              "error code 404 != 200", error_code="ENDPOINT_NOT_FOUND")
+
+    sweep, path, records = make_sweep(ws)
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "register_prompt", too_old)
+        with Store.open(ws.db_url) as store:
+            logger = ExperimentClient(ws.mlflow_tracking_uri, "chief", store, ws.mlflow_artifacts_dir)
+            for rec in records:
+                logger.log_run(rec)
+    err = capsys.readouterr().err
+    assert err.count("has no Prompt Registry") == 1, err
+    runs = runs_by_key(ws, "chief")
+    assert len(runs) == 4 and not any("mlflow.linkedPrompts" in r.data.tags for [r] in runs.values())
+
+    result = mlflow_log.sync(ws, "chief", progress=False)  # nothing unsynced: it links the earlier runs
+    assert (result.logged, result.prompts_linked, result.note) == (0, 4, None)
+    assert mlflow_log.sync(ws, "chief", progress=False).prompts_linked == 0  # once
+
+    _, _, later = make_sweep(ws, prompt_suffix=", tribal")  # the template changed: a new version
+    new = [r for r in later if "tribal" in r.prompt_template]
+    assert log_sweep(ws, sweep + 1, path, new).logged == 4
+
+    c = client(ws)
+    prompt = sorted((v.version, v.template) for v in c.search_prompt_versions("chief.prompt"))
+    assert prompt == [(1, "portrait photo of {{ age }} warrior chief"),
+                      (2, "portrait photo of {{ age }} warrior chief, tribal")]
+    [negative] = c.search_prompt_versions("chief.negative_prompt")
+    assert (negative.version, negative.template) == (1, "blurry")
+    assert c.get_prompt_version("chief.prompt", 1).tags["tracker.axes"] == "age"
+    for key, [run] in runs_by_key(ws, "chief").items():
+        linked = json.loads(run.data.tags["mlflow.linkedPrompts"])
+        version = "2" if "tribal" in run.data.tags["tracker.prompt_template"] else "1"
+        assert linked == [{"name": "chief.prompt", "version": version},
+                          {"name": "chief.negative_prompt", "version": "1"}], key
