@@ -230,3 +230,26 @@ def test_the_cli_refuses_an_infinite_guidance_scale_in_one_line(cli, write_yaml)
     path = write_yaml("name: t\nmodel: tiny\nprompt: a cat\nguidance_scale: .inf\n")
     res = cli("expand", path)
     assert res.code == 2 and res.err.count("\n") == 1 and "guidance_scale" in res.err and "finite" in res.err, res.err
+
+
+def test_to_pandas_has_numeric_columns_and_the_scheduler_that_ran(tmp_path):
+    """Steps as an axis stays a number (sorts 4 < 10), an axis of numbers is numeric, "default" becomes the
+    scheduler the model ships, and the metric is spelled as ``tracker runs`` and MLflow spell it."""
+    exp = tracker.Experiment("a {{ colour }} circle on white{{ size_px }}", name="frame", model="shapes",
+                             axes={"colour": ["red"], "size_px": {"4": "", "10": ", red"}}, seeds=[0],
+                             steps=[10, 4], scheduler="default", metrics=["shapes"])
+    result = tracker.run(exp, home=tmp_path / "home", mlflow=False, progress=False)
+    assert result.ok
+    df = result.runs.to_pandas()
+    numeric = ["steps", "size_px", "seed", "width", "height", "guidance_scale", "seconds",
+               "seconds_per_step", "peak_memory_bytes", "shapes"]
+    assert {c: str(df[c].dtype) for c in numeric} == {
+        "steps": "int64", "size_px": "int64", "seed": "int64", "width": "int64", "height": "int64",
+        "guidance_scale": "float64", "seconds": "float64", "seconds_per_step": "float64", "peak_memory_bytes": "int64",
+        "shapes": "float64"}
+    import pandas as pd
+
+    assert not pd.api.types.is_numeric_dtype(df["colour"])
+    assert sorted(df["steps"]) == [4, 4, 10, 10] and list(df.sort_values("size_px")["size_px"]) == [4, 4, 10, 10]
+    assert set(df["scheduler"]) == {"DPMSolverMultistepScheduler (DPM++ 2M)"}
+    assert not any(c.startswith("metric.") for c in df)

@@ -76,7 +76,7 @@ def test_adapters_are_an_axis_and_their_file_hash_is_in_the_key(experiment, tmp_
     recipe = pngmeta.recipe_for(p.runs[3])
     assert [a["name"] for a in recipe["lora"]] == ["ink", "soft"]
     params = pngmeta.a1111_parameters(recipe)
-    assert f'Lora hashes: "ink: {ink["sha256"][:12]}, soft: ' in params
+    assert f'Lora hashes: "ink: {ink["addnet"][:12]}, soft: ' in params
     assert "<lora:ink:1> <lora:soft:0.5>" in params.splitlines()[0]
     # the same file elsewhere gives the same keys (the path is not in the key); another file changes them
     moved = tmp_path / "moved"
@@ -141,3 +141,85 @@ def test_a_lora_runs_png_reproduces_identically(experiment, cli, tmp_path):
     runs = {r["axes"]["lora"]: r for r in json.loads(cli("runs", "ink", "--json").out)}
     res = cli("reproduce", runs["ink@1.0+soft@0.5"]["image"])
     assert res.code == 0 and "identical" in res.out, res.out + res.err
+
+
+# -- what A1111 and the tools around it read -------------------------------------------------------------------
+
+
+def _infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """A reader written from A1111's documented infotext rules (not its code): the last line holds ``Key: value``
+    pairs separated by ", "; a value starting with a double quote is a JSON string (it may hold commas); a line
+    starting with "Negative prompt: " begins the negative prompt; the lines before it are the prompt."""
+    *body, last = text.split("\n")
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(last):
+        colon = last.index(":", i)
+        key = last[i:colon].strip()
+        j = colon + 1
+        while j < len(last) and last[j] == " ":
+            j += 1
+        if last.startswith('"', j):
+            value, end = json.JSONDecoder().raw_decode(last, j)
+        else:
+            end = last.find(",", j)
+            end = len(last) if end < 0 else end
+            value = last[j:end].strip()
+        params[key] = value
+        i = end + 1 if end < len(last) else end
+        while i < len(last) and last[i] == " ":
+            i += 1
+    text = "\n".join(body)
+    prompt, _, negative = text.partition("\nNegative prompt: ")
+    return prompt, negative, params
+
+
+def _a1111_lora_hash(path: Path) -> str:
+    """A1111's short hash of a safetensors LoRA, computed here from its description: sha256 of what follows the
+    8-byte little-endian header length and the header, first 12 hex digits."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + n:]).hexdigest()[:12]
+
+
+def test_rng_and_lora_hashes_read_back_as_a1111_reads_them(experiment, tmp_path):
+    ink_file = experiment.parent / "loras" / "ink.safetensors"
+    run = expand(parse_file(experiment)).runs[3]
+    prompt, negative, params = _infotext(pngmeta.a1111_parameters(pngmeta.recipe_for(run)))
+    assert params["RNG"] == "CPU"
+    assert "<lora:ink:1> <lora:soft:0.5>" in prompt
+    hashes = dict(part.split(": ") for part in params["Lora hashes"].split(", "))
+    assert hashes == {"ink": _a1111_lora_hash(ink_file),
+                      "soft": _a1111_lora_hash(experiment.parent / "loras" / "soft.safetensors")}
+    assert hashes["ink"] != lora.file_hash(str(ink_file))[:12]  # not the whole file's sha256
+    # the metadata is in the header: changing it keeps A1111's hash (and changes the file's sha256)
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "ink.safetensors"
+    save_file(load_file(str(ink_file)), str(copy), metadata={"ss_output_name": "ink", "note": "edited"})
+    assert lora.file_hash(str(copy)) != lora.file_hash(str(ink_file))
+    assert _a1111_lora_hash(copy) == hashes["ink"] == lora.addnet_hash(str(copy))[:12]
+
+
+@pytest.mark.parametrize("which", ["a1111", "sha256", "other"])
+def test_reproduce_matches_a_lora_by_either_hash(experiment, which):
+    """A genuine A1111 PNG names its LoRA by the addnet hash, older tracker PNGs by the file's sha256: both are the
+    file here; any other hash is a note."""
+    from tracker.reproduce import a1111
+
+    ink = experiment.parent / "loras" / "ink.safetensors"
+    short = {"a1111": _a1111_lora_hash(ink), "sha256": lora.file_hash(str(ink))[:12], "other": "0123456789ab"}[which]
+    text = (f"a castle <lora:ink:0.8>\nNegative prompt: text\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, "
+            f"CFG scale: 7, Seed: 1, Size: 32x32, Model: tiny, RNG: CPU, Lora hashes: \"ink: {short}\", "
+            f"Version: v1.10.1")
+    run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(text), base_dir=experiment.parent)
+    (adapter,) = map(dict, run.settings.lora)
+    assert (adapter["name"], adapter["scale"]) == ("ink", 0.8)
+    if which == "other":
+        assert notes == [f"LoRA ink: the file found has hash {_a1111_lora_hash(ink)} "
+                         f"(sha256 {lora.file_hash(str(ink))[:12]}), the PNG names 0123456789ab"]
+    else:
+        assert notes == []

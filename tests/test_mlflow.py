@@ -144,6 +144,9 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
     assert parent.data.tags["env.torch_version"] == "2.13" and parent.data.tags["tracker.sweep_id"] == str(sweep)
     assert parent.data.metrics["images"] == 4 and parent.data.metrics["failed"] == 0
     assert parent.data.metrics["images_per_second"] == 1.0 and parent.info.status == "FINISHED"
+    # per sweep and per image under different names
+    assert parent.data.metrics["sweep_seconds"] == 4.0 and "seconds" not in parent.data.metrics
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs, not GenAI
     assert [a.path for a in c.list_artifacts(parent.info.run_id)] == ["chief.yaml"]
     assert Path(c.download_artifacts(parent.info.run_id, "chief.yaml", str(tmp_path))).read_text() == path.read_text()
 
@@ -153,7 +156,7 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
         [run] = children[rec.key]
         d = run.data
         assert d.tags[PARENT_TAG] == parent.info.run_id and run.info.status == "FINISHED"
-        assert d.params["seed"] == str(rec.seed) and d.params["scheduler"] == "PNDM"
+        assert d.params["seed"] == str(rec.seed) and d.params["scheduler"] == "PNDMScheduler (PLMS)"
         assert d.params["axis.age"] == rec.axes["age"] and d.params["axis.seed"] == str(rec.seed)
         assert (d.params["steps"], d.params["width"], d.params["height"], d.params["dtype"]) == ("2", "64", "64", "float32")
         assert (d.params["model"], d.params["vae"], d.params["attention_slicing"]) == ("tiny", "default", "false")
@@ -161,16 +164,21 @@ def test_a_sweep_becomes_one_parent_with_one_child_per_image(ws, tmp_path):
         assert d.tags["tracker.prompt"] == rec.prompt and d.tags["tracker.negative_prompt"] == "blurry"
         assert d.tags["tracker.scheduler_class"] == "PNDMScheduler"
         assert d.metrics["seconds"] == rec.seconds and d.metrics["seconds_per_step"] == 0.25
-        assert d.metrics["peak_memory_mb"] == 3.0 and d.metrics["images_per_second"] == pytest.approx(1 / rec.seconds)
+        assert d.metrics["peak_memory_bytes"] == 3 * 2**20 and "images_per_second" not in d.metrics
         names = {a.path for a in c.list_artifacts(run.info.run_id)}
-        assert names == {f"{rec.key}.png", "recipe.json"}
+        assert names == {f"{rec.key}.png", "recipe.json", "images"}
+        # log_image's entries: the image card and the image grid read these
+        assert d.tags["mlflow.loggedImages"].lower() == "true"
+        images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
+        assert len(images) == 2 and all(p.startswith("images/image+step+0+timestamp+") for p in images)
+        assert sorted(p.endswith("+compressed.webp") for p in images) == [False, True]
         png = Path(c.download_artifacts(run.info.run_id, f"{rec.key}.png", str(tmp_path)))
         assert png.read_bytes() == Path(rec.image).read_bytes()
         recipe = json.loads(Path(c.download_artifacts(run.info.run_id, "recipe.json", str(tmp_path))).read_text())
         assert recipe["key"] == rec.key and recipe["prompt"] == rec.prompt and recipe["seed"] == rec.seed
 
     # the UI's filters: by axis label and scheduler
-    hits = c.search_runs([exp.experiment_id], "params.scheduler = 'PNDM' and params.`axis.age` = 'old'")
+    hits = c.search_runs([exp.experiment_id], "params.scheduler = 'PNDMScheduler (PLMS)' and params.`axis.age` = 'old'")
     assert {r.data.tags[KEY_TAG] for r in hits} == {r.key for r in records if r.axes["age"] == "old"}
 
     # the store knows each run reached MLflow, and which MLflow run is the sweep's parent
@@ -264,6 +272,12 @@ def test_run_url_links_the_ui():
     assert ui.run_url(replace(ws, mlflow_uri="http://mlf:8080/"), rec) == "http://mlf:8080/#/runs/abc"
     assert ui.run_url(replace(ws, mlflow_enabled=False), rec) is None
     assert ui.run_url(ws, type("R", (), {"mlflow_run_id": None})()) is None
+    # an experiment's link opens its runs table (MLflow 3's bare experiment route opens the GenAI overview)
+    from tracker.mlflow.ui import experiment_url, experiments_url
+
+    assert experiment_url(ws, "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert experiments_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000/#/experiments"
+    assert experiment_url(replace(ws, mlflow_enabled=False), "7") is None
 
 
 def test_long_prompts_fit_tags_and_params_stay_within_limits(ws):
@@ -276,9 +290,14 @@ def test_long_prompts_fit_tags_and_params_stay_within_limits(ws):
     assert len(mapping.child_params(huge)["axis.style"]) == mapping.limit("MAX_PARAM_LENGTH")
     # the scheduler the checkpoint ships with is named by its class
     default = replace(rec, scheduler="default", scheduler_config={"_class_name": "DPMSolverMultistepScheduler"})
-    assert mapping.child_params(default)["scheduler"] == "DPMSolverMultistep"
+    assert mapping.child_params(default)["scheduler"] == "DPMSolverMultistepScheduler (DPM++ 2M)"
     karras = replace(default, scheduler="DPMSolverMultistepScheduler", scheduler_options={"use_karras_sigmas": True})
     assert mapping.child_params(karras)["sampler"] == "DPM++ 2M Karras"
+    # the param tells 2M, 2M Karras and 2M SDE Karras apart
+    sde = replace(karras, scheduler_options={"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"})
+    assert [mapping.child_params(r)["scheduler"] for r in (default, karras, sde)] == [
+        "DPMSolverMultistepScheduler (DPM++ 2M)", "DPMSolverMultistepScheduler (DPM++ 2M Karras)",
+        "DPMSolverMultistepScheduler (DPM++ 2M SDE Karras)"]
 
 
 def test_tracker_run_logs_every_image(cli, ws, write_yaml):
@@ -293,7 +312,7 @@ def test_tracker_run_logs_every_image(cli, ws, write_yaml):
     for rec in records:
         [run] = children[rec.key]
         assert run.info.run_id == rec.mlflow_run_id and run.data.tags[PARENT_TAG] == parent.info.run_id
-        assert run.data.params["scheduler"] == "PNDM" and run.data.metrics["seconds"] > 0
+        assert run.data.params["scheduler"] == "PNDMScheduler (PLMS)" and run.data.metrics["seconds"] > 0
     assert parent.data.metrics["images"] == 4 and "live.yaml" in {a.path for a in client(ws).list_artifacts(parent.info.run_id)}
     # a second run does nothing new and makes no second MLflow run
     assert cli("run", path, "-q").code == 0
@@ -329,3 +348,50 @@ def test_the_mlflow_worker_gets_the_database_password_on_no_command_line_or_envi
     finally:
         result = sink.close()
     assert result.error is None, result.error  # it read its settings and opened the store
+
+
+def test_prompt_templates_become_registry_versions_and_runs_link_to_theirs(ws, monkeypatch, capsys):
+    """An MLflow without the Prompt Registry: one note and the runs still log; `tracker sync` later links those
+    runs; a changed template is a new version, and each run links the versions it used."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tracker.mlflow.client import ExperimentClient
+    from tracker.store.runstore import Store
+
+    def too_old(self, *a, **kw):  # what an MLflow 2.x server answers for the registry's endpoints
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/registered-models/create failed with "
+                              "error code 404 != 200", error_code="ENDPOINT_NOT_FOUND")
+
+    sweep, path, records = make_sweep(ws)
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "register_prompt", too_old)
+        with Store.open(ws.db_url) as store:
+            logger = ExperimentClient(ws.mlflow_tracking_uri, "chief", store, ws.mlflow_artifacts_dir)
+            for rec in records:
+                logger.log_run(rec)
+    err = capsys.readouterr().err
+    assert err.count("has no Prompt Registry") == 1, err
+    runs = runs_by_key(ws, "chief")
+    assert len(runs) == 4 and not any("mlflow.linkedPrompts" in r.data.tags for [r] in runs.values())
+
+    result = mlflow_client.sync(ws, "chief", progress=False)  # nothing unsynced: it links the earlier runs
+    assert (result.logged, result.prompts_linked, result.note) == (0, 4, None)
+    assert mlflow_client.sync(ws, "chief", progress=False).prompts_linked == 0  # once
+
+    _, _, later = make_sweep(ws, prompt_suffix=", tribal")  # the template changed: a new version
+    new = [r for r in later if "tribal" in r.prompt_template]
+    assert log_sweep(ws, sweep + 1, path, new).logged == 4
+
+    c = client(ws)
+    prompt = sorted((v.version, v.template) for v in c.search_prompt_versions("chief.prompt"))
+    assert prompt == [(1, "portrait photo of {{ age }} warrior chief"),
+                      (2, "portrait photo of {{ age }} warrior chief, tribal")]
+    [negative] = c.search_prompt_versions("chief.negative_prompt")
+    assert (negative.version, negative.template) == (1, "blurry")
+    assert c.get_prompt_version("chief.prompt", 1).tags["tracker.axes"] == "age"
+    for key, [run] in runs_by_key(ws, "chief").items():
+        linked = json.loads(run.data.tags["mlflow.linkedPrompts"])
+        version = "2" if "tribal" in run.data.tags["tracker.prompt_template"] else "1"
+        assert linked == [{"name": "chief.prompt", "version": version},
+                          {"name": "chief.negative_prompt", "version": "1"}], key

@@ -109,7 +109,7 @@ def test_a1111_key_order_and_sampler_names():
     assert last.startswith("Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 7, Size: 64x64, ")
     keys = list(pngmeta.parse_a1111(text).settings)
     assert keys == ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-                    "VAE hash", "VAE", "Tracker key", "Tracker experiment", "Dtype", "Generator device"]
+                    "VAE hash", "VAE", "Tracker key", "Tracker experiment", "Dtype", "Generator device", "RNG"]
     s = pngmeta.parse_a1111(text).settings
     assert (s["Model hash"], s["Model"], s["VAE hash"], s["VAE"]) == ("0123456789", "tiny", "fedcba9876", "stabilityai/sd-vae-ft-mse")
 

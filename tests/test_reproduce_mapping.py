@@ -67,6 +67,22 @@ def test_a1111_unknown_sampler_and_schedule_are_noted():
     run, notes = a1111.run_from_a1111(pngmeta.parse_a1111(A1111.replace("DPM++ 2M", "Restart")))
     assert run.settings.scheduler == "default"
     assert "Sampler: Restart (unknown, used the model's own scheduler)" in notes
+    # the unknown sampler's schedule type is kept as a note, not dropped
+    assert "Schedule type: Karras (not used: its sampler is unknown)" in notes
+    text = A1111.replace("DPM++ 2M", "Restart").replace("Karras", "SGM Uniform")
+    assert "Schedule type: SGM Uniform (not used: its sampler is unknown)" in rp.run_from_a1111(pngmeta.parse_a1111(text))[1]
+
+
+def test_a1111_rng_cpu_is_what_the_tracker_does():
+    """A Forge/A1111 PNG's ``RNG: CPU`` is a CPU generator (supported, no note); ``NV`` is noted."""
+    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111 + ", RNG: CPU, Version: f2.0.1v1.10.1-previous-519"))
+    assert run.settings.generator_device == "cpu" and notes == []
+    run, notes = rp.run_from_a1111(pngmeta.parse_a1111(A1111 + ", RNG: NV"))
+    assert notes == ["RNG: NV (not supported: noise drawn with a cpu generator)"]
+    (ours,) = _runs('prompt: "x"\nsize: 64x64\nseeds: [4]\n')
+    text = pngmeta.a1111_parameters(pngmeta.recipe_for(ours))
+    assert pngmeta.parse_a1111(text).settings["RNG"] == "CPU"
+    assert rp.run_from_a1111(pngmeta.parse_a1111(text))[1] == []
 
 
 def test_our_own_parameters_chunk_alone_rebuilds_the_run():

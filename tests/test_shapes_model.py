@@ -169,3 +169,45 @@ def test_example_file_through_the_engine_follows_the_colour_axis():
         assert img.error is None
         assert img.image.size == (S.SIZE, S.SIZE)
         assert S.analyze(img.image).colour == run.labels["colour"], run.prompt
+
+
+# ---------------------------------------------------------------- every scheduler the tracker offers
+
+# Linear multistep of order 4 (LMS, PLMS) and DPM2 a follow the prompt on this small model only partly, whatever
+# the scheduler config says (tried: timestep spacing leading/linspace/trailing, steps_offset 0/1, 20/30/50 steps):
+# measured 0.62, 0.62 and 0.83 at 20 steps. Strict: the test fails once they reach 0.9, so the mark goes then.
+WEAK = {"LMSDiscreteScheduler": 0.62, "PNDMScheduler": 0.62, "KDPM2AncestralDiscreteScheduler": 0.83}
+
+
+@pytest.fixture(scope="module")
+def every_scheduler(tmp_path_factory):
+    """One sweep: 4 prompts x 2 seeds x every scheduler at 20 steps, scored with the ``shapes`` metric (~50 s)."""
+    import tracker
+    from tracker.experiment.schedulers import SCHEDULERS
+
+    names = [c for c in SCHEDULERS if c != "DPMSolverSDEScheduler" or _has("torchsde")]
+    exp = tracker.Experiment(
+        "a {{ what }}", name="every-scheduler", model="shapes", steps=STEPS, seeds=[0, 1], metrics=["shapes"],
+        axes={"what": ["red circle on white", "green square on black", "blue triangle on white",
+                       "yellow circle on black"]}, scheduler=names)
+    result = tracker.run(exp, home=tmp_path_factory.mktemp("sched") / "home", mlflow=False, progress=False)
+    assert result.ok, result.failures
+    return {name: [r.metrics["shapes"] for r in result.runs if r.record.scheduler == name] for name in names}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", [
+    pytest.param(c, marks=pytest.mark.xfail(c in WEAK, reason=f"measured {WEAK.get(c)}", strict=True))
+    for c in __import__("tracker.experiment.schedulers", fromlist=["SCHEDULERS"]).SCHEDULERS])
+def test_every_scheduler_makes_what_the_prompt_asks_for(every_scheduler, scheduler):
+    """The model's scheduler config is complete (DDIM made noise without ``clip_sample: false``)."""
+    if scheduler not in every_scheduler:
+        pytest.skip(f"{scheduler} needs the optional package torchsde")
+    scores = every_scheduler[scheduler]
+    assert len(scores) == 8 and sum(scores) / len(scores) >= 0.9, scores

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 THUMB_PX = 96  # thumbnails in run lists
 GRID_THUMB_PX = 160  # tiles in a grid's HTML
 HTML_ROWS = 200  # a run list shows at most this many rows as HTML
+ROW_SETTINGS = ("model", "scheduler", "steps", "guidance_scale", "width", "height", "dtype", "vae")  # to_dict's columns
 
 
 # ---------------------------------------------------------------------------------------------- html helpers
@@ -145,15 +146,19 @@ class Run:
         return self.record.to_recipe()
 
     def to_dict(self) -> dict[str, Any]:
-        """One flat row: key, status, one column per axis label, settings, timings, metrics, image path."""
+        """One flat row: key, status, one column per axis label, settings (as values: ``steps`` an int even when
+        it is an axis; ``scheduler`` what ran, ``describe()``'d), the image's timings, metrics (by their names, as
+        ``tracker runs`` and MLflow spell them; ``metric.NAME`` only where an axis has the name), image path."""
         s = self.settings
         row: dict[str, Any] = {"key": self.key, "experiment": self.experiment, "status": self.status}
         row.update(self.labels)
         row.update({"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed})
-        for name in ("model", "scheduler", "steps", "guidance_scale", "width", "height", "dtype", "vae"):
-            row.setdefault(name, s[name])
-        row.update({k: v for k, v in self.timings.items()})
-        row.update({f"metric.{k}": v for k, v in self.metrics.items()})
+        for name in ROW_SETTINGS:
+            row[name] = s[name]  # the value, not the axis label ("10" for steps 10; "few" for a bundle)
+        row["scheduler"] = self.record.scheduler_choice.made_with(self.record.scheduler_config).describe()
+        row.update(self.timings)  # per image: seconds, seconds_per_step, peak_memory_bytes (as MLflow names them)
+        for name, value in self.metrics.items():
+            row[f"metric.{name}" if name in row else name] = value  # an axis of the same name keeps its column
         row["image"] = str(self.image_path) if self.image_path else None
         row["error"] = self.error
         return row
@@ -225,12 +230,21 @@ class RunList(Sequence[Run]):
         return [r.to_dict() for r in self._runs]
 
     def to_pandas(self):
-        """A pandas DataFrame, one row per run (pandas is needed only here)."""
+        """A pandas DataFrame, one row per run (pandas is needed only here). Numeric settings are numbers; an axis
+        whose labels are all numbers ("10", "0.5") is a numeric column, so it sorts 4 < 10."""
         try:
             import pandas as pd
         except ModuleNotFoundError:
             raise ModuleNotFoundError("RunList.to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame.from_records(self.to_records())
+        df = pd.DataFrame.from_records(self.to_records())
+        settings = set(ROW_SETTINGS) | {"seed"}
+        for axis in self._axes():
+            if axis in settings or axis not in df:
+                continue
+            as_numbers = pd.to_numeric(df[axis], errors="coerce")
+            if as_numbers.notna().sum() == df[axis].notna().sum():
+                df[axis] = as_numbers
+        return df
 
     def _axes(self) -> list[str]:
         axes: list[str] = []

@@ -25,10 +25,17 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
     if mlflow_uri:
         ws = replace(ws, mlflow_uri=mlflow_uri)
     result = mlflow_client.sync(ws, experiment, progress=not quiet)
-    if not result.logged and not result.waiting and not result.rescored:
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
+    if not result.logged and not result.waiting and not result.rescored and not result.prompts_linked:
         click.echo(f"nothing to sync: every done run is in MLflow at {result.uri}")
         return 0
     click.echo(result.message(experiment))
+    from tracker.mlflow.ui import experiment_url
+
+    link = experiment_url(ws, result.experiment_id)
+    if link and result.logged:
+        click.echo(f"MLflow: {link}")
     return 1 if result.waiting else 0
 
 

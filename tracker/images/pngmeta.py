@@ -98,6 +98,13 @@ def a1111_call(call: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     return skip, (json.dumps(call, sort_keys=True) if call else None)
 
 
+def _rng(device: Any) -> str | None:
+    """A1111's ``RNG`` for a generator device: ``CPU`` (A1111 otherwise draws GPU noise when it pastes the PNG),
+    ``GPU`` for a CUDA generator; None for others (A1111 has no such choice)."""
+    device = str(device or "").lower()
+    return "CPU" if device == "cpu" else "GPU" if device.startswith("cuda") else None
+
+
 def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``Key: value`` pairs of the parameters line, in A1111's order; None where not known."""
     sampler, schedule, extra_options = _sampler(recipe)
@@ -120,6 +127,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Tracker experiment": recipe.get("experiment"),
         "Dtype": recipe.get("dtype"),
         "Generator device": recipe.get("generator_device"),
+        "RNG": _rng(recipe.get("generator_device")),
         "Scheduler options": json.dumps(extra_options, sort_keys=True) if extra_options else None,
         "Lora hashes": lora.a1111_hashes(recipe.get("lora") or ()),
         "Prompt syntax": recipe.get("prompt_syntax") if recipe.get("prompt_syntax") not in (None, "plain") else None,

@@ -3,6 +3,7 @@ what uses it in the foreground: ``tracker sync`` and report attachments. ``mlflo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from tracker.errors import NotFoundError
-from tracker.mlflow.mapping import (KEY_TAG, PARENT_TAG, as_text, child_metrics, child_params, child_tags,
-                                    environment_tags, limit, run_name)
+from tracker.mlflow.mapping import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, IMAGE_KEY, KEY_TAG, PARENT_TAG, as_text,
+                                    child_metrics, child_params, child_tags, environment_tags, limit, run_name,
+                                    sweep_metrics)
 from tracker.workspace import Workspace, safe_join
 
 if TYPE_CHECKING:
@@ -30,6 +32,10 @@ HTTP_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per downloaded image otherwise
 }
+LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # MLflow's run tag: the prompt versions a run used (JSON list)
+PROMPTS_LINKED_TAG = "tracker.prompts_linked"  # experiment tag: every run logged before the registry is linked
+_REGISTRY_NOTED: set[str] = set()  # tracking URIs whose missing Prompt Registry this process has noted
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow sets it on a run that has ``log_image`` images
 # MLflow error codes that blame one request (a bad value), not the server: the next run may still log.
 _BAD_REQUEST_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
                       "INVALID_STATE", "BAD_REQUEST"}
@@ -44,17 +50,48 @@ class SyncSummary:
     error: str | None = None
     uri: str = ""
     rescored: int = 0  # runs already in MLflow whose metric values (tracker score) were logged again
+    experiment_id: str | None = None  # the MLflow experiment the runs went to (one experiment synced), for a link
+    prompts_linked: int = 0  # runs already in MLflow linked to their prompt versions by this sync
+    note: str | None = None  # why the Prompt Registry was not used, if it was not
 
     def message(self, experiment: str | None = None) -> str:
         where = f" at {self.uri}" if self.uri else ""
         text = f"logged {self.logged} run{'s' * (self.logged != 1)} to MLflow{where}"
         if self.rescored:
             text += f"; updated the metrics of {self.rescored} run{'s' * (self.rescored != 1)}"
+        if self.prompts_linked:
+            text += (f"; linked {self.prompts_linked} earlier run{'s' * (self.prompts_linked != 1)} to their prompt "
+                     f"versions in the Prompt Registry")
         if self.waiting:
             text += (f"; {self.waiting} run{'s' * (self.waiting != 1)} still waiting"
                      + (f" ({self.error})" if self.error else "")
                      + f"; run `tracker sync{' ' + experiment if experiment else ''}` when MLflow is reachable")
         return text
+
+
+def prompt_name(experiment: str, kind: str) -> str:
+    """The registry name of an experiment's prompt (``kind`` "prompt") or negative template: ``<experiment>.<kind>``,
+    with what MLflow does not allow in a prompt name (letters, digits, ``-``, ``_``, ``.``) as ``-``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{experiment}.{kind}")
+
+
+def linked_prompts(current: str | None, new: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A run's ``mlflow.linkedPrompts`` entries with ``new`` added (each name and version once)."""
+    try:
+        have = json.loads(current) if current else []
+    except ValueError:
+        have = []
+    have = [h for h in have if isinstance(h, dict)] if isinstance(have, list) else []
+    return have + [n for n in new if n not in have]
+
+
+def _no_registry(e: BaseException) -> bool:
+    """An answer that says the server or store has no Prompt Registry (an older MLflow, a file store)."""
+    text = str(e).lower()
+    return getattr(e, "error_code", None) in ("ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "NOT_IMPLEMENTED") \
+        or "404" in text or "not found for url" in text or "not supported" in text or "not implemented" in text
 
 
 def _now_ms() -> int:
@@ -114,6 +151,8 @@ class ExperimentClient:
         self._experiment_id: str | None = None
         self.parents: dict[int | None, str] = {}  # sweep id -> parent run id
         self.created_parents: dict[int | None, str] = {}  # parents this logger made for ``sync``
+        self._prompt_versions: dict[tuple[str, str], str] = {}  # (prompt name, template) -> its registry version
+        self.registry_note: str | None = None  # why the Prompt Registry is not used (said once), else None
 
     @property
     def experiment_id(self) -> str:
@@ -126,6 +165,8 @@ class ExperimentClient:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tracker set it: open on the runs
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.artifacts_dir is not None:
@@ -133,7 +174,8 @@ class ExperimentClient:
             folder.mkdir(parents=True, exist_ok=True)
             location = folder.as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=location,
-                                             tags={"tracker.experiment": self.experiment})
+                                             tags={"tracker.experiment": self.experiment,
+                                                   EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     # -- parents (sweeps) --------------------------------------------------------------------
 
@@ -170,9 +212,7 @@ class ExperimentClient:
         rid = self.parents.get(sweep_id)
         if rid is None:
             return
-        metrics = {"images" if k == "done" else k: float(v) for k, v in summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._log_batch(rid, metrics=metrics)
+        self._log_batch(rid, metrics=sweep_metrics(summary))
         self.client.set_terminated(rid, status)
 
     def parent_for(self, rec: "RunRecord") -> str:
@@ -228,26 +268,130 @@ class ExperimentClient:
         existing = self.client.search_runs([self.experiment_id], f"tags.`{KEY_TAG}` = '{rec.key}'", max_results=1)
         params = child_params(rec)
         tags = child_tags(rec)
+        linked = self.prompt_versions(rec)
+        has_image = False
         if existing:
             run = existing[0]
             rid = run.info.run_id
             params = {k: v for k, v in params.items() if k not in run.data.params}  # params are immutable
             if PARENT_TAG not in run.data.tags:
                 tags[PARENT_TAG] = parent_id
+            has_image = run.data.tags.get(LOGGED_IMAGES_TAG, "").lower() == "true"
+            linked = linked_prompts(run.data.tags.get(LINKED_PROMPTS_TAG), linked)
         else:
             run = self.client.create_run(self.experiment_id, start_time=_ms(rec.started_at),
                                          tags={KEY_TAG: rec.key, PARENT_TAG: parent_id}, run_name=run_name(rec))
             rid = run.info.run_id
+        if linked:
+            tags[LINKED_PROMPTS_TAG] = json.dumps(linked)
         from tracker.metrics import storage as metric_storage
 
         scores, score_ids = metric_storage.for_run(self.store, rec.experiment, rec.key)
         self._log_batch(rid, params=params, tags=tags, metrics={**child_metrics(rec), **scores},
                         timestamp=_ms(rec.finished_at))
         if rec.image and Path(rec.image).is_file():
-            self.client.log_artifact(rid, rec.image)
+            self.client.log_artifact(rid, rec.image)  # the PNG itself, with its recipe chunks (``fetch`` reads it)
+            if not has_image:
+                self._log_image(rid, rec)
         self.client.log_dict(rid, rec.to_recipe(environment=self._environment(rec.sweep_id)), "recipe.json")
         self.client.set_terminated(rid, "FINISHED", end_time=_ms(rec.finished_at))
         return rec.key, rid, list(score_ids)
+
+    # -- the Prompt Registry: each template a prompt version, each run linked to the versions it used --------------
+
+    def prompt_versions(self, rec: "RunRecord") -> list[dict[str, str]]:
+        """The registry versions of the run's prompt and negative templates (``{"name", "version"}``, MLflow's
+        ``mlflow.linkedPrompts`` entries), registering a template the first time it is seen; [] once the registry
+        turned out not to be there (``registry_note`` says why, once)."""
+        out = []
+        for kind, template in (("prompt", rec.prompt_template), ("negative_prompt", rec.negative_template)):
+            if self.registry_note is not None:
+                return []
+            if not template or not template.strip():
+                continue
+            name = prompt_name(self.experiment, kind)
+            version = self._prompt_versions.get((name, template))
+            if version is None:
+                try:
+                    version = self._register(name, template, kind)
+                except Exception as e:  # noqa: BLE001 -- a store or server without the registry: runs still log
+                    if not is_outage(e) or _no_registry(e):
+                        self._registry_unavailable(e)
+                        return []
+                    raise
+                self._prompt_versions[(name, template)] = version
+            out.append({"name": name, "version": version})
+        return out
+
+    def _register(self, name: str, template: str, kind: str) -> str:
+        """The version of prompt ``name`` whose template is ``template``: an existing one, else a new version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = list(self.client.search_prompt_versions(name, max_results=1000))
+        except MlflowException as e:
+            if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            versions = []
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            if v.template == template:
+                return str(v.version)
+        from tracker.prompts.templating import variables
+
+        axes = sorted(variables(template))
+        made = self.client.register_prompt(
+            name, template, commit_message=f"{self.experiment}: the {kind.replace('_', ' ')} template",
+            tags={"tracker.experiment": self.experiment, "tracker.kind": kind, "tracker.axes": ", ".join(axes)})
+        return str(made.version)
+
+    def _registry_unavailable(self, e: BaseException) -> None:
+        self.registry_note = (f"MLflow at {self.uri} has no Prompt Registry ({short_error(e)}); runs are logged "
+                              f"without links to their prompt templates")
+        if self.uri not in _REGISTRY_NOTED:
+            _REGISTRY_NOTED.add(self.uri)
+            warn(self.registry_note)
+
+    def fill_prompt_links(self) -> int:
+        """Link the experiment's image runs already in MLflow without prompt links (logged before the tracker used
+        the registry) to their templates' versions, from the template tags they were logged with; returns how many.
+        Done once per experiment (its ``tracker.prompts_linked`` tag), since new runs are linked as they log."""
+        exp = self.client.get_experiment(self.experiment_id)
+        if exp.tags.get(PROMPTS_LINKED_TAG) == "true":
+            return 0
+        done, token = 0, None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "tags.`tracker.kind` = 'image'", max_results=500,
+                                           page_token=token)
+            for run in page:
+                t = run.data.tags
+                if LINKED_PROMPTS_TAG in t:
+                    continue
+                from types import SimpleNamespace
+
+                rec = SimpleNamespace(prompt_template=t.get("tracker.prompt_template") or t.get("tracker.prompt"),
+                                      negative_template=t.get("tracker.negative_template"))
+                linked = self.prompt_versions(rec)
+                if self.registry_note is not None:
+                    return done
+                if linked:
+                    self.client.set_tag(run.info.run_id, LINKED_PROMPTS_TAG, json.dumps(linked))
+                    done += 1
+            token = page.token
+            if not token:
+                break
+        self.client.set_experiment_tag(self.experiment_id, PROMPTS_LINKED_TAG, "true")
+        return done
+
+    def _log_image(self, run_id: str, rec: "RunRecord") -> None:
+        """The image through ``log_image`` (key ``image``, step 0): MLflow's image card and its "Image grid"
+        compare view read these (``images/`` artifacts and the ``mlflow.loggedImages`` tag), captioned there with
+        the run's name (its axis labels) and params."""
+        from PIL import Image
+
+        with Image.open(rec.image) as im:
+            im.load()
+            self.client.log_image(run_id, im.convert("RGB"), key=IMAGE_KEY, step=0,
+                                  timestamp=_ms(rec.finished_at), synchronous=True)
 
     def mark_synced(self, experiment: str, logged: Sequence[tuple[str, str, list[int]]]) -> None:
         """Mark runs ``log_unmarked`` logged as synced: one transaction (and one for their metric values)."""
@@ -310,23 +454,47 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
         todo = store.unsynced(experiment)
         if not todo:
             rescored, error = _sync_scores(ws, store, experiment)
-            return SyncSummary(uri=ws.mlflow_tracking_uri, rescored=rescored, error=error)
-        logged, error = 0, None
+            linked, note, eid = _fill_prompts(ws, store, experiment) if error is None else (0, None, None)
+            return SyncSummary(uri=ws.mlflow_tracking_uri, rescored=rescored, error=error, prompts_linked=linked,
+                               note=note, experiment_id=eid)
+        logged, error, ids = 0, None, {}
         bar = progress_bar(len(todo), progress)
         try:
             by_experiment: dict[str, list] = {}
             for rec in todo:
                 by_experiment.setdefault(rec.experiment, []).append(rec)
             for name, records in by_experiment.items():
-                n, error = _sync_experiment(ws, store, name, records, bar)
+                n, error = _sync_experiment(ws, store, name, records, bar, ids)
                 logged += n
                 if error is not None and error[1]:
                     break  # an outage: the other experiments would fail the same way
         finally:
             bar.close()
         rescored, score_error = _sync_scores(ws, store, experiment) if error is None else (0, None)
+        linked, note, _ = _fill_prompts(ws, store, experiment) if error is None and score_error is None else (0, None, None)
         return SyncSummary(logged, len(todo) - logged, error[0] if error else score_error, ws.mlflow_tracking_uri,
-                           rescored)
+                           rescored, next(iter(ids.values())) if len(ids) == 1 else None, linked, note)
+
+
+def _fill_prompts(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None, str | None]:
+    """Link runs logged before the Prompt Registry was used (``ExperimentClient.fill_prompt_links``), per experiment
+    with runs in MLflow: (runs linked, the registry's note or None, the experiment's MLflow id when one)."""
+    names = [experiment] if experiment is not None else [e["name"] for e in store.experiments()]
+    done, note, eid = 0, None, None
+    for name in names:
+        if not any(r.mlflow_run_id for r in store.runs(name)):
+            continue
+        try:
+            logger = ExperimentClient(ws.mlflow_tracking_uri, name, store, ws.mlflow_artifacts_dir)
+            done += logger.fill_prompt_links()
+            eid = logger.experiment_id if experiment is not None else None
+        except Exception as e:  # noqa: BLE001 -- MLflow unreachable: linking waits for the next sync
+            warn(f"could not link earlier runs of {name} to the Prompt Registry: {short_error(e)}")
+            break
+        if logger.registry_note:
+            note = logger.registry_note
+            break
+    return done, note, eid
 
 
 def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None]:
@@ -351,11 +519,14 @@ def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple
     return done, None
 
 
-def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar) -> tuple[int, tuple | None]:
-    """Returns (runs logged, (first error, was it an outage) or None)."""
+def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar,
+                     ids: dict | None = None) -> tuple[int, tuple | None]:
+    """Returns (runs logged, (first error, was it an outage) or None); puts the MLflow experiment id in ``ids``."""
     logged, error = 0, None
     try:
         logger = ExperimentClient(ws.mlflow_tracking_uri, name, store, ws.mlflow_artifacts_dir)
+        if ids is not None:
+            ids[name] = logger.experiment_id
         for rec in records:
             try:
                 logger.log_run(rec)

@@ -34,11 +34,12 @@ def scheduler_class(rec: "RunRecord") -> str:
 
 
 def child_params(rec: "RunRecord") -> dict[str, str]:
-    """Params people filter on in the MLflow UI; the scheduler as its short name ('PNDM')."""
+    """Params people filter on in the MLflow UI; the scheduler that ran in full, class and A1111 name
+    ('DPMSolverMultistepScheduler (DPM++ 2M Karras)': 2M, 2M Karras and 2M SDE Karras stay apart)."""
     choice = rec.scheduler_choice.made_with(rec.scheduler_config)
     # every setting as recorded (a new one becomes a param by itself), then the ones shown another way
     params: dict[str, Any] = {name: getattr(rec, name) for name in SETTING_NAMES if name not in _NOT_PARAMS}
-    params.update(seed=rec.seed, scheduler=choice.short, sampler=choice.a1111, batch_size_used=rec.batch_size_used,
+    params.update(seed=rec.seed, scheduler=choice.describe(), sampler=choice.a1111, batch_size_used=rec.batch_size_used,
                   deterministic=bool(rec.deterministic), prompt_syntax=rec.prompt_syntax or "plain")
     if rec.scheduler_options:
         params["scheduler_options"] = json.dumps(rec.scheduler_options, sort_keys=True)
@@ -65,19 +66,34 @@ def child_tags(rec: "RunRecord") -> dict[str, str]:
     return {k: as_text(v, cap) for k, v in tags.items() if v is not None}
 
 
+# One image's timings, named as the run store, ``tracker runs`` and ``to_pandas()`` name them. A sweep's parent run
+# has its own names (``SWEEP_METRICS``), so no name means per image on one run and per sweep on another.
+IMAGE_METRICS = ("seconds", "seconds_per_step", "peak_memory_bytes")
+# The sweep summary's fields -> the parent run's metric names.
+SWEEP_METRICS = {"planned": "planned", "done": "images", "skipped": "skipped", "failed": "failed",
+                 "seconds": "sweep_seconds", "images_per_second": "images_per_second"}
+IMAGE_KEY = "image"  # the key of every image run's ``log_image``: one image card and one image-grid column
+
+
 def child_metrics(rec: "RunRecord") -> dict[str, float]:
-    metrics = {
-        "seconds": rec.seconds, "seconds_per_step": rec.seconds_per_step,
-        "peak_memory_mb": rec.peak_memory_bytes / 2**20 if rec.peak_memory_bytes is not None else None,
-        "images_per_second": 1.0 / rec.seconds if rec.seconds else None,
-    }
-    return {k: float(v) for k, v in metrics.items() if v is not None}
+    """The image's timings (``IMAGE_METRICS``); the experiment's metric values are added by the client."""
+    return {k: float(v) for k in IMAGE_METRICS if (v := getattr(rec, k)) is not None}
+
+
+def sweep_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """A sweep summary as the parent run's metrics (``SWEEP_METRICS``; anything else numeric under its own name)."""
+    return {SWEEP_METRICS.get(k, k): float(v) for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "status"}
 
 
 def run_name(rec: "RunRecord") -> str:
-    """What the MLflow run list shows: the axis labels, e.g. "age=old seed=1"."""
+    """What the MLflow run list and image cards show: the axis labels, e.g. "age=old seed=1"."""
     labels = " ".join(f"{k}={v}" for k, v in rec.axes.items())
     return as_text(labels or rec.key, 250)
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI: what the experiment page opens with
+EXPERIMENT_KIND = "custom_model_development"  # "Machine learning": runs, charts and image grids, not GenAI traces
 
 
 def _note(rec: "RunRecord") -> str:

@@ -19,24 +19,52 @@ if TYPE_CHECKING:
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where ``tracker ui`` serves a local store by default
 
 
-def run_url(ws: Workspace, record: "RunRecord") -> str | None:
-    """A link to the run in the MLflow UI, or None when it is not in MLflow (or MLflow is off).
-
-    Uses the UI's direct run route (``#/runs/<id>``), which finds the experiment itself, so no call to
-    MLflow is needed. A local store is served by ``tracker ui`` at its default address.
-    """
-    if not ws.mlflow_enabled or not record.mlflow_run_id:
+def ui_base(ws: Workspace) -> str | None:
+    """Where the workspace's MLflow UI is: ``--mlflow-ui-url``, the tracking server itself, or (a local store) where
+    ``tracker ui`` serves it; None when MLflow is off or has no UI the tracker knows of."""
+    if not ws.mlflow_enabled:
         return None
     uri = ws.mlflow_tracking_uri
     if ws.mlflow_ui_url:
-        base = ws.mlflow_ui_url.rstrip("/")
-    elif uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
-    elif is_local_store(uri):
-        base = ui_url(ws.home)
-    else:
+        return ws.mlflow_ui_url.rstrip("/")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    if is_local_store(uri):
+        return ui_url(ws.home)
+    return None
+
+
+# MLflow 3's UI routes (its ``routes`` in the bundled JavaScript): the experiment list, one experiment's runs
+# table (``#/experiments/<id>`` alone opens the overview tab, GenAI traces first), and one run.
+EXPERIMENTS_ROUTE = "#/experiments"
+
+
+def experiments_url(base: str) -> str:
+    """The UI's experiment list."""
+    return f"{base.rstrip('/')}/{EXPERIMENTS_ROUTE}"
+
+
+def experiment_runs_url(base: str, experiment_id: str) -> str:
+    """One experiment's runs table (the "Runs" tab)."""
+    return f"{base.rstrip('/')}/{EXPERIMENTS_ROUTE}/{experiment_id}/runs"
+
+
+def run_url(ws: Workspace, record: "RunRecord") -> str | None:
+    """A link to the run in the MLflow UI, or None when it is not in MLflow (or MLflow is off).
+
+    Uses the UI's direct run route (``#/runs/<id>``), which finds the experiment itself and redirects to the run's
+    page under it, so no call to MLflow is needed. A local store is served by ``tracker ui`` at its default address.
+    """
+    if not record.mlflow_run_id:
         return None
-    return f"{base}/#/runs/{record.mlflow_run_id}"
+    base = ui_base(ws)
+    return None if base is None else f"{base}/#/runs/{record.mlflow_run_id}"
+
+
+def experiment_url(ws: Workspace, experiment_id: str | None) -> str | None:
+    """A link to an experiment's runs in the MLflow UI (what ``tracker run`` and ``tracker sync`` print)."""
+    base = ui_base(ws)
+    return None if base is None or not experiment_id else experiment_runs_url(base, experiment_id)
 
 
 UI_URL_FILE = "mlflow-ui.url"  # ``tracker ui`` writes the address it serves; report links default to it
@@ -128,7 +156,7 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
 
     uri = ws.mlflow_tracking_uri
     if not is_local_store(uri):
-        echo(f"MLflow at {uri} serves its own UI: open {uri}")
+        echo(f"MLflow at {uri} serves its own UI: open {experiments_url(uri)}")
         return 0
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         try:
@@ -153,11 +181,11 @@ def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
 
         with atomic_file(ws.home / UI_URL_FILE, "w", encoding="utf-8") as fh:
             fh.write(url + "\n")
-        echo(f"MLflow UI: {url}  (store {uri}; starting, Ctrl-C to stop)")
+        echo(f"MLflow UI: {experiments_url(url)}  (store {uri}; starting, Ctrl-C to stop)")
         if host not in ("127.0.0.1", "localhost", "::1"):
             echo(f"warning: listening on {host}: anyone who can reach this machine can read and change the runs")
         if wait_for_health(url, 300, lambda: proc.poll() is None):
-            echo(f"ready: {url}")
+            echo(f"ready: {experiments_url(url)}")
         rc = proc.wait()
         raise TrackerError(f"mlflow server stopped with status {rc}; see {log_path}")
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ class MlflowSink:
         self._send_lock = threading.Lock()
         self._logged = self._waiting = self._in_flight = 0
         self._error: str | None = None
+        self._experiment_id: str | None = None  # MLflow's id of the experiment, once the child has it
         self._down = threading.Event()
         self._summary: dict | None = None
         self._closed = False
@@ -127,7 +128,7 @@ class MlflowSink:
                     self._error = self._error or f"the MLflow worker exited with status {rc}"
         self._closed = True
         with self._lock:
-            return SyncSummary(self._logged, self._waiting, self._error, self.uri)
+            return SyncSummary(self._logged, self._waiting, self._error, self.uri, experiment_id=self._experiment_id)
 
     def _send(self, message: dict) -> bool:
         if self._proc is None or self._closed:
@@ -165,6 +166,8 @@ class MlflowSink:
             except ValueError:
                 continue
             with self._lock:
+                if msg.get("experiment_id"):
+                    self._experiment_id = str(msg["experiment_id"])
                 if "logged" in msg:
                     self._logged += 1
                     self._in_flight -= 1
@@ -255,6 +258,7 @@ class _Worker:
             logger = self._logger()
             if op == "sweep":
                 logger.open_sweep(item["sweep_id"], item["spec_path"], item["tags"])
+                self.reply({"experiment_id": logger.experiment_id})
             elif op == "adopt":
                 rid = logger.parents.get(self.sweep_id)
                 if rid is not None:

@@ -29,7 +29,8 @@ LORAS_ENV = "TRACKER_LORAS"  # where ``tracker reproduce`` looks for A1111's <lo
 A1111_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.I)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
-Adapter = tuple[tuple[str, Any], ...]  # sorted (field, value) pairs: name, scale, sha256, source, weight_name
+Adapter = tuple[tuple[str, Any], ...]  # sorted (field, value) pairs: name, scale, sha256, source, weight_name and,
+# for a safetensors file, addnet (A1111's hash of it; not in the run key)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -83,7 +84,8 @@ def _adapter(raw: Any, field: str, base_dir: Path | None, allow_pickle: bool,
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         err(f"{field}.name", f"must match [A-Za-z0-9_.-]+ but is {name!r}")
-    pairs = {"name": name, "scale": float(scale), "sha256": file_hash(str(file)), "source": source}
+    pairs = {"name": name, "scale": float(scale), "sha256": file_hash(str(file)), "source": source,
+             **_short_hash(file)}
     if weight_name:
         pairs["weight_name"] = weight_name
     return tuple(sorted(pairs.items()))
@@ -129,6 +131,39 @@ def file_hash(path: str) -> str:
     return _hash(path, st.st_size, st.st_mtime_ns)
 
 
+@lru_cache(maxsize=256)
+def _addnet(path: str, size: int, mtime: int) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        skip = 8 + int.from_bytes(head, "little")
+        if skip > size:
+            return None
+        f.seek(skip)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def addnet_hash(path: str) -> str | None:
+    """The hash AUTOMATIC1111, kohya's sd-scripts and Civitai give a ``.safetensors`` LoRA (the "addnet" hash):
+    the sha256 of the tensor bytes after the file's header (8 bytes of little-endian header length, then the
+    JSON header), so editing the metadata does not change it. None for a file too short to have a header."""
+    st = os.stat(path)
+    return _addnet(path, st.st_size, st.st_mtime_ns)
+
+
+def _short_hash(file: Path) -> dict[str, str]:
+    """``{"addnet": hash}`` for a safetensors file (A1111's ``Lora hashes`` use it), else nothing: A1111 hashes
+    other formats whole, which ``sha256`` already is."""
+    if file.suffix.lower() != ".safetensors":
+        return {}
+    h = addnet_hash(str(file))
+    return {"addnet": h} if h else {}
+
+
 # ---------------------------------------------------------------------------------------------- labels, keys, PNG
 
 
@@ -139,12 +174,27 @@ def label(adapters: Iterable[Adapter]) -> str:
 
 def key_material(adapters: Iterable[Adapter]) -> list[dict[str, Any]]:
     """What of each adapter changes the image: name, scale, file hash (not where the file lies)."""
-    return [{k: v for k, v in a if k not in ("source", "weight_name")} for a in adapters]
+    return [{k: v for k, v in a if k not in ("source", "weight_name", "addnet")} for a in adapters]
+
+
+def a1111_hash(adapter: dict) -> str:
+    """The 12 hex digits A1111 writes for a LoRA in ``Lora hashes``: the addnet hash of a safetensors file, the whole
+    file's sha256 otherwise (and for a recipe from before the tracker recorded ``addnet``)."""
+    return str(adapter.get("addnet") or adapter["sha256"])[:12]
 
 
 def a1111_hashes(adapters: Iterable[dict]) -> str | None:
-    """A1111's ``Lora hashes`` value: ``name: 12 hex digits`` per adapter."""
-    return ", ".join(f"{a['name']}: {a['sha256'][:12]}" for a in adapters) or None
+    """A1111's ``Lora hashes`` value: ``name: 12 hex digits`` (``a1111_hash``) per adapter."""
+    return ", ".join(f"{a['name']}: {a1111_hash(a)}" for a in adapters) or None
+
+
+def matches_hash(adapter: dict, short: str) -> bool:
+    """Whether a hash a PNG names (A1111's addnet short hash, or the whole file's sha256 the tracker wrote before)
+    is this adapter's file."""
+    short = short.strip().lower()
+    if not short:
+        return False
+    return any(str(h).startswith(short) for h in (adapter.get("sha256"), adapter.get("addnet")) if h)
 
 
 def a1111_tags(adapters: Iterable[dict]) -> str:
@@ -171,7 +221,8 @@ def from_a1111(prompt: str, folders: Iterable[Path], allow_pickle: bool = False)
             notes.append(f"LoRA {m.group(0).strip()}: " + (f"no {name}.safetensors in {where}; generated without it"
                                                           if file is None else "scale is not a number; ignored"))
             continue
-        pairs = {"name": name, "scale": weight, "sha256": file_hash(str(file)), "source": str(file.resolve())}
+        pairs = {"name": name, "scale": weight, "sha256": file_hash(str(file)), "source": str(file.resolve()),
+                 **_short_hash(file)}
         adapters.append(tuple(sorted(pairs.items())))
     return A1111_TAG.sub("", prompt).strip(), tuple(adapters), notes
 

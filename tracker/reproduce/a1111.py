@@ -77,6 +77,7 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
         values["dtype"] = s["Dtype"]
     if "Generator device" in s:
         values["generator_device"] = s["Generator device"].lower()
+    _rng(s, values, notes)
 
     values["prompt_syntax"] = _prompt_syntax(s, where)
     values["call"] = _call(s, notes)
@@ -84,7 +85,7 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
                                                           trust.allow_pickle)
     notes += lora_notes + _lora_hash_notes(s.get("Lora hashes"), values["lora"])
     mapped = {"Steps", "Seed", "Size", "CFG scale", "Model", "VAE", "Sampler", "Schedule type", "Dtype",
-              "Generator device", "Scheduler options", "Prompt syntax", "Clip skip", "Call"}
+              "Generator device", "Scheduler options", "Prompt syntax", "Clip skip", "Call", "RNG"}
     for key, value in s.items():
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
@@ -104,12 +105,38 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
     return run, notes
 
 
+def _rng(s: Mapping[str, str], values: dict[str, Any], notes: list[str]) -> None:
+    """A1111's ``RNG`` (where the initial noise is drawn): ``CPU`` is what the tracker does with a CPU generator;
+    ``GPU`` (A1111's default, not written) is a CUDA generator when the PNG also says so in ``Generator device``;
+    anything else (``NV``: A1111's own Philox on the CPU) is a note."""
+    rng = (s.get("RNG") or "").strip()
+    if not rng:
+        return
+    device = values.get("generator_device")
+    if rng.upper() == "CPU":
+        if device is None:
+            values["generator_device"] = "cpu"
+        elif device != "cpu":
+            notes.append(f"RNG: {rng} (the PNG's Generator device {device} was used)")
+    elif rng.upper() == "GPU" and device is not None and device.startswith("cuda"):
+        return
+    else:
+        notes.append(f"RNG: {rng} (not supported: noise drawn with a {values.get('generator_device', 'cpu')} generator)")
+
+
+def lora_hashes(text: str | None) -> dict[str, str]:
+    """A1111's ``Lora hashes`` value (``name: hash, name: hash``) as name -> hash."""
+    want = dict(part.split(":", 1) for part in (text or "").split(",") if ":" in part)
+    return {k.strip(): v.strip() for k, v in want.items()}
+
+
 def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
-    """A note per LoRA whose file here is not the one the PNG's ``Lora hashes`` names."""
-    want = dict(part.split(":", 1) for part in (hashes or "").split(",") if ":" in part)
-    want = {k.strip(): v.strip() for k, v in want.items()}
-    return [f"LoRA {a['name']}: the file found has hash {a['sha256'][:12]}, the PNG names {want[a['name']]}"
-            for a in map(dict, adapters) if a["name"] in want and not a["sha256"].startswith(want[a["name"]])]
+    """A note per LoRA whose file here is not the one the PNG's ``Lora hashes`` names: either hash matches, A1111's
+    (the addnet hash of a safetensors file) or the whole file's sha256 (what the tracker wrote before)."""
+    want = lora_hashes(hashes)
+    return [f"LoRA {a['name']}: the file found has hash {lora.a1111_hash(a)} (sha256 {a['sha256'][:12]}), "
+            f"the PNG names {want[a['name']]}"
+            for a in map(dict, adapters) if a["name"] in want and not lora.matches_hash(a, want[a["name"]])]
 
 
 def _call(s: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
@@ -158,6 +185,8 @@ def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, A
         cls, options = schedulers.resolve(sampler, options)
     except SpecError:
         notes.append(f"Sampler: {sampler} (unknown, used the model's own scheduler)")
+        if schedule not in (None, "", "Automatic"):
+            notes.append(f"Schedule type: {schedule} (not used: its sampler is unknown)")
         return schedulers.DEFAULT, {}
     if "Karras" in sampler and schedule in (None, "", "Automatic"):
         return cls, options  # an old-style name ("DPM++ 2M Karras") already says its schedule

@@ -55,6 +55,7 @@ class SweepSummary:
     sweep_id: int | None = None
     mlflow_waiting: int = 0
     mlflow_error: str | None = None
+    mlflow_url: str | None = None  # the experiment's runs in the MLflow UI
     failures: list[tuple[str, str]] = field(default_factory=list)
     keys: tuple[str, ...] = ()  # the plan's run keys, in plan order
     busy_seconds: float = 0.0  # inside pipeline calls
@@ -499,6 +500,9 @@ class Sweep(BatchHooks):
             result = self.sink.close()
             summary.mlflow_waiting = getattr(result, "waiting", 0)
             summary.mlflow_error = getattr(result, "error", None)
+            from tracker.mlflow.ui import experiment_url
+
+            summary.mlflow_url = experiment_url(self.ws, getattr(result, "experiment_id", None))
 
     def interrupted(self, worker=None) -> None:
         """This sweep's unfinished runs become pending again and the sweep ends ``interrupted``. Best effort:
@@ -546,6 +550,8 @@ def format_summary(s: SweepSummary) -> str:
         lines.append(f"  ... and {len(s.failures) - 10} more (tracker runs {s.experiment} --status failed)")
     if s.images_dir is not None:
         lines.append(f"images: {s.images_dir}")
+    if s.mlflow_url and s.done:
+        lines.append(f"MLflow: {s.mlflow_url}")
     if s.mlflow_waiting:
         lines.append(f"warning: {s.mlflow_waiting} runs did not reach MLflow"
                      + (f" ({s.mlflow_error})" if s.mlflow_error else "") + f"; run `tracker sync {s.experiment}` later")
