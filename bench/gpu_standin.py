@@ -108,7 +108,8 @@ def standin_engine(call_seconds: float, batch: int, size: int):
     from transformers import CLIPTokenizer
 
     from tracker.experiment import model_refs as models
-    from tracker.engine.core import Engine, PipelineCache, _Loaded
+    from tracker.engine.core import Engine
+    from tracker.engine.loading import PipelineCache, _Loaded
 
     class StandInCache(PipelineCache):
         def pipeline(self, settings):

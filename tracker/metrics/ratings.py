@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 
 from tracker.errors import NotFoundError, UsageError
-from tracker.store.runstore import Store, utcnow
+from tracker.store.db import utcnow
+from tracker.store.runstore import Store
 from tracker.store.tables import experiments_t, ratings_t, runs_t
 
 KINDS = ("score", "thumb", "pair")
