@@ -133,6 +133,12 @@ def test_scores_thumbs_and_pairs_are_stored_exported_and_feed_effects_and_mlflow
     green = next(e for e in axis["labels"] if e["label"] == "green")
     assert axis["baseline"] == "red" and green["pairs"] == 3 and green["diff"] == pytest.approx(2.5)
 
+    # the report shows them as metric badges
+    res = cli(*home, "report", "rated")
+    assert res.code == 0, res.err
+    html = (rated_home / "reports" / "rated" / "index.html").read_text()
+    assert "rating = 4.5 (higher is better" in html
+
     # MLflow: the sweep logged each run; the ratings reach the child runs through sync
     res = cli(*home, "sync", "rated")
     assert res.code == 0, res.err
