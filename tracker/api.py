@@ -18,6 +18,7 @@ imported at module level: torch/diffusers load when images are generated, pandas
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -393,7 +394,8 @@ class Workspace:
         from tracker.engine import userpipe
 
         if isinstance(target, os.PathLike) or rp.looks_like_path(str(target)):
-            source = rp.from_png(target, model=model, trust=trust)  # trust: what only the caller may decide
+            source = rp.from_png(target, model=model, trust=trust,  # trust: what only the caller may decide
+                                 model_by_hash=self._models_by_hash)
         else:
             from tracker.mlflow.fetch import Images
 
@@ -415,6 +417,19 @@ class Workspace:
         finally:
             if engine is not None:
                 engine.close()
+
+    def _models_by_hash(self, model_hash: str) -> str | None:
+        """The single-file model of the run store whose sha256 an A1111 ``Model hash`` names (None: none)."""
+        from tracker.reproduce.a1111 import models_by_hash
+
+        if not self._has_store():
+            return None
+        h = model_hash.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", h):
+            return None
+        with self._store() as store:
+            candidates = store.models_with_revision("sha256:" + (h if len(h) >= 10 else ""))
+        return models_by_hash(candidates)(h)
 
     def verify(self, experiment: str, sample: int = 8, device: str | None = None):
         """Regenerate a seeded sample of done runs and store the pixel drift with the latest sweep."""

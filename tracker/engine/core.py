@@ -90,6 +90,10 @@ class Engine:
         """``model_revision`` without waiting for it (see ``RecordFacts.model_revision_later``)."""
         return self.facts.model_revision_later(model)
 
+    def vae_revision_later(self, vae: str):
+        """A single-file VAE's ``sha256:<hex>``, without waiting for it; None for other VAEs."""
+        return self.facts.vae_revision_later(vae)
+
     def environment(self) -> dict:
         """Versions and hardware that produced the images (of the device of the current settings)."""
         if self._settings is not None:

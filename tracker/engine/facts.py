@@ -100,7 +100,8 @@ class RecordFacts:
         return json.loads(pipe.scheduler.to_json_string())
 
     def model_revision(self, model: str) -> str | None:
-        """The commit hash of a cached hub model, or ``sha256:<hex>`` over the files of a local/builtin folder."""
+        """The commit hash of a cached hub model, ``sha256:<hex>`` over the files of a local/builtin folder, or of a
+        single file its own sha256 (whose first 10 hex digits are A1111's ``Model hash``)."""
         return self.model_revision_later(model)()
 
     def model_revision_later(self, model: str) -> Callable[[], str | None]:
@@ -112,6 +113,8 @@ class RecordFacts:
             return lambda: fingerprint
         ref = self.pipelines.ref(model)
         folder = Path(ref.location)
+        if ref.kind == "file" and folder.is_file():
+            return self.file_revision_later(folder)
         if ref.kind == "hub" or not folder.is_dir():
             value = _hub_revision(ref.location) if ref.kind == "hub" else None
             return lambda: value
@@ -121,6 +124,29 @@ class RecordFacts:
             if cached is None or cached[0] != signature:
                 cached = self._hashes[ref.location] = (signature, _in_background(_folder_hash, folder))
         return cached[1].result
+
+    def file_revision_later(self, path: Path) -> Callable[[], str]:
+        """``sha256:<hex>`` of one file (a single-file checkpoint or VAE), hashed in the background once per
+        path, size and mtime."""
+        from tracker.experiment import single_file
+
+        st = path.stat()
+        signature = ((str(path), st.st_size, st.st_mtime_ns),)
+        with self._hash_lock:
+            cached = self._hashes.get(str(path))
+            if cached is None or cached[0] != signature:
+                cached = self._hashes[str(path)] = (
+                    signature, _in_background(lambda: "sha256:" + single_file.sha256(path)))
+        return cached[1].result
+
+    def vae_revision_later(self, vae: str) -> Callable[[], str | None] | None:
+        """``sha256:<hex>`` of a single-file VAE, hashed in the background (A1111's ``VAE hash`` is its first 10 hex
+        digits); None for any other VAE."""
+        if not vae or vae == "default":
+            return None
+        ref = self.pipelines.ref(vae)
+        return self.file_revision_later(Path(ref.location)) if ref.kind == "file" and Path(ref.location).is_file() \
+            else None
 
     def environment(self, device: str) -> dict:
         """Versions and hardware that produced the images on ``device``."""

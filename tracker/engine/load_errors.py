@@ -42,7 +42,9 @@ class _DropLoadNoise(logging.Filter):
     """diffusers logs an *error* when a safetensors file is missing even where it then falls back to
     pickle on purpose (allow_pickle) or where we turn the failure into our own one-line ModelError."""
 
-    NOISE = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization")
+    NOISE = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization",
+             # from_single_file casts each model with ``.to(dtype)`` itself (nothing the user can change)
+             "There are modules in")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.NOISE)
@@ -78,6 +80,8 @@ def _describe(ref: models.ModelRef) -> str:
         return f"built-in model {ref.name!r} ({ref.location})"
     if ref.kind == "local":
         return f"local folder {ref.location}"
+    if ref.kind == "file":
+        return f"single file {ref.location}"
     return f"Hugging Face Hub id {ref.location!r}"
 
 

@@ -156,10 +156,14 @@ class PipelineCache:
         """The pipeline of ``settings.model`` (loaded once per model, dtype and allow_pickle)."""
         if models.is_user_pipeline(settings.model):
             return self._user_pipeline(settings)
-        key = (self.ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        ref = self.ref(settings.model)
+        key = (ref.location, settings.dtype, settings.allow_pickle)
+        if ref.config:  # a single file with its own config: one pipeline per config
+            key += (ref.config,)
         if key in self.pipes:
             return self.pipes[key]
-        ref = self.ref(settings.model)
+        if ref.kind == "file":
+            return self._cache_pipeline(key, settings, self._single_file_pipeline(ref, settings))
         if ref.kind != "hub" and not (Path(ref.location) / "model_index.json").is_file():
             raise _missing_error("model", ref)
         if ref.kind != "hub" and not settings.allow_pickle and _pickle_only(Path(ref.location)):
@@ -175,6 +179,9 @@ class PipelineCache:
                 raise _missing_error("model", ref, e) from None
             raise ModelError(f"model {settings.model!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
                 from None
+        return self._cache_pipeline(key, settings, pipe)
+
+    def _cache_pipeline(self, key: tuple, settings: Settings, pipe: Any) -> _Loaded:
         pipe.set_progress_bar_config(disable=True)
         if self.on_load is not None:
             self.on_load(settings.model)
@@ -183,6 +190,81 @@ class PipelineCache:
                          scheduler_class=type(sched).__name__, device="cpu")
         self.pipes[key] = loaded
         return loaded
+
+    def _single_file_pipeline(self, ref: models.ModelRef, settings: Settings) -> Any:
+        """A single-file checkpoint through diffusers' ``from_single_file`` of the pipeline class its config names,
+        with ``config=`` always given (without it diffusers fetches the type's config from the Hub)."""
+        from tracker.experiment import single_file
+
+        cfg = self._single_file_config(settings.model, "model")
+        cls_name = cfg.class_name() or ""
+        cls = getattr(diffusers, cls_name, None) if cls_name in single_file.PIPELINE_CLASSES else None
+        if cls is None or not hasattr(cls, "from_single_file"):
+            what = cls_name or "folder without a model_index.json"
+            raise ModelError(f"model {settings.model!r}: config {cfg.location} is a {what}, whose single files the "
+                             f"tracker does not load (supported: {single_file.SUPPORTED})")
+        path = Path(ref.location)
+        if not path.is_file():
+            raise ModelError(f"model {settings.model!r}: no such file ({path})")
+        if path.suffix.lower() != single_file.SAFETENSORS and not settings.allow_pickle:
+            raise ModelError(f"model {settings.model!r}: a pickle file ({path.suffix}) can run code when loaded; "
+                             f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+        kw = {"config": cfg.location, "dtype": DTYPES[settings.dtype]}
+        if _offline() or cfg.inferred:
+            kw["local_files_only"] = True  # an inferred config comes from the cache only, never the network
+        try:
+            with _quiet_loading():
+                return cls.from_single_file(str(path), **kw)
+        except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad file; all become one line
+            raise ModelError(f"model {settings.model!r}: the single file {path} could not be loaded as a {cls_name} "
+                             f"with the config of {cfg.location}: {_first_line(e)}") from None
+
+    def _single_file_config(self, name: str, what: str) -> Any:
+        from tracker.experiment import single_file
+
+        try:
+            return single_file.checkpoint_config(name, self.base_dir)
+        except (single_file.SingleFileError, OSError) as e:
+            raise ModelError(f"{what} {name!r}: {e}") from None
+
+    def _single_file_vae(self, ref: models.ModelRef, settings: Settings) -> Any:
+        """A single-file VAE through ``AutoencoderKL.from_single_file``; its config is the ``config:`` given with it,
+        else the run model's own VAE config (its folder's, its Hub id's, or its single file's config's ``vae/``)."""
+        from tracker.experiment import single_file
+
+        path = Path(ref.location)
+        if not path.is_file():
+            raise ModelError(f"vae {settings.vae!r}: no such file ({path})")
+        if path.suffix.lower() != single_file.SAFETENSORS and not settings.allow_pickle:
+            raise ModelError(f"vae {settings.vae!r}: a pickle file ({path.suffix}) can run code when loaded; "
+                             f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+        if ref.config:
+            cfg = single_file.config_of(ref.config, self.base_dir)
+            location, local = cfg.location, cfg.folder
+        elif models.is_user_pipeline(settings.model):
+            raise ModelError(f"vae {settings.vae!r}: give its config ({{file: ..., config: FOLDER}}): the model is a "
+                             f"pipeline object, whose VAE config the tracker cannot name")
+        else:
+            model = self.ref(settings.model)
+            if model.kind == "file":
+                cfg = self._single_file_config(settings.model, "model")
+                location, local = cfg.location, cfg.folder
+            else:
+                location = model.location
+                local = Path(model.location) if model.kind != "hub" else None
+        subfolder = None if local is not None and (local / "config.json").is_file() else "vae"
+        kw: dict[str, Any] = {"config": location, "dtype": DTYPES[settings.dtype]}
+        if subfolder:
+            kw["subfolder"] = subfolder
+        if _offline():
+            kw["local_files_only"] = True
+        try:
+            with _quiet_loading():
+                return AutoencoderKL.from_single_file(str(path), **kw)
+        except Exception as e:  # noqa: BLE001 - one line, whatever diffusers raises
+            raise ModelError(f"vae {settings.vae!r}: the single file {path} could not be loaded as an AutoencoderKL "
+                             f"with the config of {location}{'/' + subfolder if subfolder else ''}: "
+                             f"{_first_line(e)}") from None
 
     def _user_pipeline(self, settings: Settings) -> _Loaded:
         """The user's own pipeline object: never loaded, never cast; its state is saved to be restored."""
@@ -205,8 +287,16 @@ class PipelineCache:
         """The extra VAE of ``settings.vae`` (not \"default\"), loaded once per location, dtype and allow_pickle."""
         ref = self.ref(settings.vae)
         key = (ref.location, settings.dtype, settings.allow_pickle)
+        if ref.kind == "file":  # its config may come from the model: one per model too
+            key = (ref.location, ref.config, settings.model if not ref.config else None, settings.dtype,
+                   settings.allow_pickle)
         if key in self.vaes:
             return self.vaes[key]
+        if ref.kind == "file":
+            vae = self._single_file_vae(ref, settings)
+            vae.eval()
+            self.vaes[key] = vae
+            return vae
         subfolders: list[str | None] = [None, "vae"]
         if ref.kind != "hub":
             folder = Path(ref.location)

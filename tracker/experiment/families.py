@@ -343,9 +343,12 @@ def facts_for(model: str, base_dir: Path | None = None) -> ModelFacts:
 
 @lru_cache(maxsize=256)
 def _facts_for(model: str, base_dir: Path | None) -> ModelFacts:
-    from tracker.experiment import model_refs
+    from tracker.experiment import model_refs, single_file
 
-    ref = model_refs.resolve(model, base_dir)
+    try:
+        ref = model_refs.config_ref(model, base_dir)  # a single file: the folder or Hub id of its config
+    except (single_file.SingleFileError, OSError):  # refused by the parser already; here: no configs
+        ref = model_refs.resolve(model, base_dir)
     cfg = read_configs(ref.kind, ref.location)
     fam = family_of(cfg.class_name)
     sig = signature_of(cfg.class_name) if cfg.class_name else None

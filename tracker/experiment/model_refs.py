@@ -26,8 +26,9 @@ def is_user_pipeline(name: str) -> bool:
 @dataclass(frozen=True)
 class ModelRef:
     name: str  # what the experiment file says
-    kind: str  # "builtin" | "local" | "hub"
-    location: str  # folder path for builtin/local, repo id for hub
+    kind: str  # "builtin" | "local" | "hub" | "file" (a single-file checkpoint or VAE: tracker.experiment.single_file)
+    location: str  # folder path for builtin/local, repo id for hub, the file's absolute path for file
+    config: str | None = None  # file: the ``config:`` given with it (a folder or Hub id), None: inferred
 
 
 def builtin_path(name: str) -> Path:
@@ -35,12 +36,31 @@ def builtin_path(name: str) -> Path:
 
 
 def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
-    """Classify a model name: a built-in name, an existing local folder, or a hub id."""
+    """Classify a model name: a built-in name, a single weights file, an existing local folder, or a hub id."""
+    from tracker.experiment import single_file
+
     if name in BUILTIN:
         return ModelRef(name, "builtin", str(builtin_path(name)))
+    if single_file.is_single_file(name):
+        file, config = single_file.split(name)
+        return ModelRef(name, "file", str(single_file.locate(file, base_dir)), config)
     p = Path(name).expanduser()
     if not p.is_absolute() and base_dir is not None and (base_dir / p).is_dir():
         p = base_dir / p
     if p.is_dir() or name.startswith((".", "/", "~")):
         return ModelRef(name, "local", str(p.resolve()))
     return ModelRef(name, "hub", name)
+
+
+def config_ref(name: str, base_dir: Path | None = None) -> ModelRef:
+    """Where a model's diffusers configs are: the model itself, or for a single file the folder or Hub id its
+    config comes from (``single_file.checkpoint_config``; raises ``single_file.SingleFileError`` when none)."""
+    from tracker.experiment import single_file
+
+    ref = resolve(name, base_dir)
+    if ref.kind != "file":
+        return ref
+    cfg = single_file.checkpoint_config(name, base_dir)
+    if cfg.hub:
+        return ModelRef(cfg.location, "hub", cfg.location)
+    return ModelRef(cfg.location, "local", cfg.location)

@@ -36,8 +36,9 @@ RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
 
 
 class _Parser:
-    def __init__(self, doc: LinedYaml, path: str):
-        self.doc, self.path = doc, path
+    def __init__(self, doc: LinedYaml, path: str, base_dir: Path | None = None):
+        self.doc, self.path, self.base_dir = doc, path, base_dir
+        self.allow_pickle = False  # the file's own allow_pickle (a single-file model may then be a pickle)
 
     def err(self, field: str, message: str, *at: Any) -> None:
         parts = tuple(str(p) if not isinstance(p, int) or isinstance(p, bool) else p for p in at)
@@ -47,7 +48,22 @@ class _Parser:
         return lambda message: self.err(field, message, *at)
 
     def setting(self, name: str, value: Any, field: str, *at: Any) -> Any:
-        return NORMALIZERS[name](value, self.errf(field, *at))
+        v = NORMALIZERS[name](value, self.errf(field, *at))
+        if name in ("model", "vae"):
+            self.single_file(name, v, field, *at)
+        return v
+
+    def single_file(self, name: str, value: str, field: str, *at: Any) -> None:
+        """A single-file model or VAE is checked here: the file, its layout and its config (one line each)."""
+        from tracker.experiment import single_file
+
+        if not single_file.is_single_file(value):
+            return
+        check = single_file.check_checkpoint if name == "model" else single_file.check_vae_file
+        try:
+            check(value, self.base_dir, self.allow_pickle)
+        except single_file.SingleFileError as e:
+            self.err(field, f"{single_file.split(value)[0]!r} {e}", *at)
 
 
 def _label(value: Any) -> str:
@@ -79,8 +95,9 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     ``metric_names``: the metrics a file may name (``tracker.metrics.available()``, passed in by whoever runs the
     experiment); None checks only the shape of ``metrics`` and ``metric_options`` (a stored file read again)."""
     doc = load(text, path)
-    P = _Parser(doc, path)
+    P = _Parser(doc, path, base_dir)
     data = _fields(P, doc.data)
+    P.allow_pickle = data.get("allow_pickle") is True
 
     # 1. name and description
     name, description = _name(P, data, default_name)

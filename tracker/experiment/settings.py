@@ -181,6 +181,28 @@ def _text(v: Any, err: Callable) -> str:
     return v.strip()
 
 
+def _model(v: Any, err: Callable) -> str:
+    """A model or VAE: a name (built-in, folder, Hub id, or a single ``.safetensors`` file), or ``{file: X,
+    config: FOLDER-OR-HUB-ID}`` for a single file with its diffusers config, kept as ``X?config=CONFIG``
+    (tracker.experiment.single_file; the file itself is checked by the parser, which knows the file's folder)."""
+    from tracker.experiment import single_file
+
+    if isinstance(v, dict):
+        unknown = [k for k in v if k not in ("file", "config")]
+        if unknown or "file" not in v:
+            err(f"must be a name, or a mapping with file (a .safetensors file) and optionally config (a diffusers "
+                f"folder or Hub id of the same family) but is {v!r}")
+        file = _text(v["file"], lambda m: err(f"file: {m}"))
+        config = _text(v["config"], lambda m: err(f"config: {m}")) if v.get("config") is not None else None
+        if single_file.CONFIG_MARK in file or (config and single_file.CONFIG_MARK in config):
+            err(f"file and config may not contain {single_file.CONFIG_MARK!r}: {v!r}")
+        if not file.lower().endswith(single_file.SUFFIXES):
+            err(f"file: must be a single weights file (.safetensors; .ckpt/.pt/.pth/.bin with allow_pickle: true) "
+                f"but is {file!r}")
+        return single_file.canonical(file, config)
+    return _text(v, err)
+
+
 def _dtype(v: Any, err: Callable) -> str:
     if not isinstance(v, str) or v.lower() not in DTYPES:
         err(f"must be one of float32, float16, bfloat16 but is {v!r}")
@@ -310,7 +332,7 @@ def _call(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
 
 
 NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
-    "model": _text, "vae": _text, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
+    "model": _model, "vae": _model, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
     "dtype": _dtype, "device": _device, "generator_device": _device,
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from tracker import limits
 from tracker.images import pngmeta
@@ -30,8 +30,12 @@ A1111_NETWORK = re.compile(r"<(lyco|hypernet):[^>]*>", re.I)
 
 
 def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model: str | None = None,
-                   base_dir: Path | None = None, trust: Trust | None = None) -> tuple[PlannedRun, list[str]]:
-    """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped."""
+                   base_dir: Path | None = None, trust: Trust | None = None,
+                   model_by_hash: Callable[[str], str | None] | None = None) -> tuple[PlannedRun, list[str]]:
+    """Map an A1111 ``parameters`` chunk onto a PlannedRun; also return one note per item not mapped.
+
+    ``model_by_hash(hash)``: a single-file model whose sha256 the PNG's ``Model hash`` names (the run store's, see
+    ``models_by_hash``), used when the command line names no model and the PNG's ``Model`` is not that file here."""
     from dataclasses import replace
 
     trust = trust or Trust()
@@ -68,6 +72,13 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
     if trust.model and s.get("Model") and s["Model"] != trust.model:
         notes.append(f"Model: {s['Model']} (replaced by --model {trust.model})")
     values["model"] = s.get("Model")
+    if not trust.model and s.get("Model hash") and model_by_hash is not None \
+            and not _names_the_file(s.get("Model"), s["Model hash"], base_dir):
+        found = model_by_hash(s["Model hash"])
+        if found:
+            values["model"] = found
+            notes.append(f"Model: {s.get('Model') or '(none)'} (the file with Model hash {s['Model hash']} is "
+                         f"{found}, found in the run store)")
     if s.get("VAE"):
         values["vae"] = s["VAE"]
 
@@ -128,6 +139,38 @@ def lora_hashes(text: str | None) -> dict[str, str]:
     """A1111's ``Lora hashes`` value (``name: hash, name: hash``) as name -> hash."""
     want = dict(part.split(":", 1) for part in (text or "").split(",") if ":" in part)
     return {k.strip(): v.strip() for k, v in want.items()}
+
+
+def _names_the_file(model: str | None, model_hash: str, base_dir: Path | None) -> bool:
+    """Whether the PNG's ``Model`` is a single file here whose hash is its ``Model hash``."""
+    from tracker.experiment import model_refs, single_file
+
+    if not model:
+        return False
+    ref = model_refs.resolve(model, base_dir)
+    return ref.kind == "file" and Path(ref.location).is_file() and single_file.matches_hash(Path(ref.location),
+                                                                                           model_hash)
+
+
+def models_by_hash(candidates: Sequence[tuple[str, str]]) -> Callable[[str], str | None]:
+    """``model_by_hash`` over (model, model_revision) pairs (``Store.models_with_revision``): the first single
+    file that exists here and whose own sha256 (A1111's 10-digit ``Model hash``; the older 8-digit one is read
+    from the file) matches, else None."""
+    from tracker.experiment import model_refs, single_file
+
+    def find(model_hash: str) -> str | None:
+        h = model_hash.strip().lower()
+        for model, revision in candidates:
+            ref = model_refs.resolve(model)
+            if ref.kind != "file" or not Path(ref.location).is_file():
+                continue
+            recorded = str(revision).split(":", 1)[-1]
+            if (len(h) >= 10 and not recorded.startswith(h)) or not single_file.matches_hash(Path(ref.location), h):
+                continue
+            return single_file.canonical(ref.location, ref.config)
+        return None
+
+    return find
 
 
 def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:

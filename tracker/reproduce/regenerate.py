@@ -88,10 +88,12 @@ def original_facts(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def from_png(path: str | Path, model: str | None = None, trust: Trust | None = None) -> Source:
+def from_png(path: str | Path, model: str | None = None, trust: Trust | None = None,
+             model_by_hash=None) -> Source:
     """A PNG: its recipe when it has one, else its A1111 ``parameters`` chunk; compared with its own pixels.
 
     What the PNG says is checked like an experiment file; safety and cost come from ``trust`` (the command line).
+    ``model_by_hash``: finds a single-file model by an A1111 ``Model hash`` (``a1111.models_by_hash``).
     """
     from dataclasses import replace
 
@@ -111,7 +113,8 @@ def from_png(path: str | Path, model: str | None = None, trust: Trust | None = N
         raise TrackerError(f"{path}: has no {pngmeta.RECIPE_CHUNK} or {pngmeta.PARAMETERS_CHUNK} metadata{comfy}; "
                            "nothing says how it was made")
     params = pngmeta.parse_a1111(text)
-    run, notes = run_from_a1111(params, where=str(path), base_dir=path.parent, trust=trust)
+    run, notes = run_from_a1111(params, where=str(path), base_dir=path.parent, trust=trust,
+                                model_by_hash=model_by_hash)
     return Source(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
 
 
@@ -261,7 +264,8 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
         raise ModelError(f"{e}; or pass --device to regenerate elsewhere (the pixels may then differ)") from None
     warnings = environment_warnings(source.original, current)
     now_hash = pngmeta.short_hash(current["model_revision"])
-    if source.model_hash and now_hash and source.model_hash != now_hash:
+    if source.model_hash and now_hash and source.model_hash != now_hash \
+            and not _same_file_hash(source.model_hash, run.settings.model):
         warnings.append(f"model hash differs: {source.model_hash} in the PNG, {now_hash} now")
     result = regenerate(engine, [run], {run.key: source.original.get("batch_size_used")})[run.key]
     if result.image is None:
@@ -274,6 +278,15 @@ def reproduce(source: Source, device: str | None = None, engine=None, save: Path
     with reference:
         drift = compare(reference, result.image)
     return Reproduction(source, drift, tuple(warnings), current["device_used"])
+
+
+def _same_file_hash(model_hash: str, model: str) -> bool:
+    """A1111's older 8-digit ``Model hash`` of a single file (not a prefix of its sha256) names it too."""
+    from tracker.experiment import model_refs, single_file
+
+    ref = model_refs.resolve(model)
+    return ref.kind == "file" and Path(ref.location).is_file() and len(model_hash.strip()) == 8 \
+        and single_file.matches_hash(Path(ref.location), model_hash)
 
 
 def edited_note(rec) -> str:

@@ -149,6 +149,8 @@ def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Pat
     ref = models.resolve(name, base_dir)
     if ref.kind == "builtin":
         return name
+    if ref.kind == "file":
+        return _trusted_file(name, ref, where, field, option, base_dir)
     if ref.kind == "local" and Path(ref.location).is_dir():
         return ref.location
     if ref.kind == "hub" and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
@@ -156,3 +158,23 @@ def _trusted_model(name: Any, where: str, field: str, option: str, base_dir: Pat
                            f"fetch from the Hub: pass {option} {name} to use it")
     raise TrackerError(f"{where}: {field}: {name!r} is not a builtin model ({', '.join(models.BUILTIN)}), a local "
                        f"folder or a hub id (org/name); pass {option}")
+
+
+def _trusted_file(name: str, ref: models.ModelRef, where: str, field: str, option: str,
+                  base_dir: Path | None) -> str:
+    """A single-file model or VAE named by a PNG: the file here (pickle only with --allow-pickle, never asked for
+    by the PNG), and its config a local folder or a Hub id already in the Hugging Face cache (never fetched)."""
+    from tracker.experiment import single_file
+
+    check = single_file.check_checkpoint if field == "model" else single_file.check_vae_file
+    try:
+        check(name, base_dir, False)
+        if ref.config:
+            cfg = single_file.config_of(ref.config, base_dir)
+            if cfg.hub and cfg.folder is None:
+                raise single_file.SingleFileError(f"config {ref.config!r} is a Hub id not in the Hugging Face cache; "
+                                                  f"a PNG cannot make the tracker fetch from the Hub")
+            return single_file.canonical(ref.location, cfg.location)
+    except single_file.SingleFileError as e:
+        raise TrackerError(f"{where}: {field}: {single_file.split(name)[0]!r} {e}; pass {option}") from None
+    return ref.location

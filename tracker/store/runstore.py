@@ -443,6 +443,14 @@ class Store:
             records = [r for r in records if all(r.axes.get(k) == str(v) for k, v in where.items())]
         return records
 
+    def models_with_revision(self, prefix: str = "sha256:") -> list[tuple[str, str]]:
+        """The distinct (model, model_revision) pairs of done runs whose revision starts with ``prefix`` (a
+        single file's is ``sha256:<its sha256>``; A1111's ``Model hash`` is its first 10 hex digits)."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(runs_t.c.model, runs_t.c.model_revision).distinct()
+                                .where(runs_t.c.model_revision.like(prefix.replace("%", "") + "%"))).all()
+        return [(r.model, r.model_revision) for r in rows]
+
     def axes(self, experiment: str, current: bool = False) -> dict[str, list[str]]:
         """Axis name -> its labels, as stored for the experiment's runs (plan order); ``current``: of the runs of
         its current plan version only."""

@@ -474,7 +474,8 @@ class Sweep(BatchHooks):
             self.facts = (settings, BatchFacts(
                 scheduler_config=engine.scheduler_config(), device=engine.device_for(settings),
                 environment=engine.environment(), revision=engine.model_revision_later(settings.model),
-                pipeline=engine.pipeline_info(settings.model)))
+                pipeline=engine.pipeline_info(settings.model),
+                vae_revision=getattr(engine, "vae_revision_later", lambda vae: None)(settings.vae)))
         self.writer.submit(list(chunk), result, self.facts[1])
 
     def written(self, run: PlannedRun) -> None:

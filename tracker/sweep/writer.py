@@ -41,6 +41,7 @@ class BatchFacts:
     environment: dict
     revision: Callable[[], str | None]  # may wait for a background hash: called in the writing stage only
     pipeline: dict | None = None  # what the recipe records of a user's pipeline object (Engine.pipeline_info)
+    vae_revision: Callable[[], str | None] | None = None  # a single-file VAE's sha256 (the PNG's VAE hash)
 
 
 class _Batch:
@@ -162,7 +163,7 @@ class Writer:
         revision = facts.revision()
         recipe = run.to_recipe(model_revision=revision, scheduler_config=facts.scheduler_config,
                                environment=facts.environment, device_used=facts.device, pipeline=facts.pipeline,
-                               **timing)
+                               vae_revision=facts.vae_revision() if facts.vae_revision else None, **timing)
         target = self.ws.image_path(run.experiment, run.key)
         try:
             sha = save_image(self.ws, image, target, recipe, fsync_folder=False)
