@@ -23,7 +23,8 @@ import torch  # noqa: E402 -- a required dependency: a missing torch must fail, 
 from tracker.experiment import plan, schedulers, parse as spec# noqa: E402
 from tracker.engine.core import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
-from tracker.experiment.model_refs import builtin_path, native_size  # noqa: E402
+from tracker.experiment import families  # noqa: E402
+from tracker.experiment.model_refs import builtin_path  # noqa: E402
 from tracker.experiment.settings import Settings  # noqa: E402
 
 from conftest import REPO  # noqa: E402
@@ -61,7 +62,7 @@ def engine():
 
 def test_tiny_model_native_size_and_safetensors_only():
     folder = builtin_path("tiny")
-    assert native_size("tiny") == (64, 64)
+    assert families.facts_for("tiny").native_size == (64, 64)
     weights = sorted(p.name for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))
     assert weights and all(w.endswith(".safetensors") for w in weights)
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 8_000_000

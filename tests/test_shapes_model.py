@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from tracker.experiment import families
+
 from tracker.experiment import model_refs as models
 from tracker.demo import shapes as S
 
@@ -91,7 +93,7 @@ def test_model_folder_is_small_safetensors_at_native_32px():
     assert sum(f.stat().st_size for f in files) < 20e6
     assert not any(f.suffix in (".bin", ".pt", ".ckpt", ".pth") for f in files)
     assert any(f.suffix == ".safetensors" for f in files)
-    assert models.native_size("shapes") == (S.SIZE, S.SIZE)
+    assert families.facts_for("shapes").native_size == (S.SIZE, S.SIZE)
 
 
 def test_tokenizer_has_one_token_per_prompt_word(pipe):
