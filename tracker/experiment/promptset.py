@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tracker import limits
+from tracker.experiment.model import Axis, AxisValue
 
 FIELDS = ("file", "column", "label", "where", "sample", "seed")
 LABEL_AXIS = "category"
@@ -29,7 +30,7 @@ LABEL_CHARS = 60
 Err = Callable[[str, str], None]  # (field, message) -> raises SpecError
 
 
-def read(raw: Any, base_dir: Path | None, err: Err) -> list:
+def read(raw: Any, base_dir: Path | None, err: Err) -> list[Axis]:
     """The ``prompt`` axis and, with ``label:``, the ``category`` label axis."""
     if isinstance(raw, str):
         raw = {"file": raw}
@@ -146,10 +147,8 @@ def _sample(rows, sample: Any, seed: Any, err: Err):
     return [rows[i] for i in chosen]
 
 
-def _axes(rows, column: str, label: str | None, name: str, err: Err) -> list:
-    from tracker.experiment.parse import Axis, AxisValue
-
-    prompts: list = []
+def _axes(rows, column: str, label: str | None, name: str, err: Err) -> list[Axis]:
+    prompts: list[AxisValue] = []
     groups: dict[str, list[str]] = {}
     texts: set[str] = set()
     labels: set[str] = set()
@@ -178,6 +177,6 @@ def _axes(rows, column: str, label: str | None, name: str, err: Err) -> list:
     return axes
 
 
-def label_of(axis, prompt_label: str):
+def label_of(axis: Axis, prompt_label: str) -> AxisValue | None:
     """The value of a label axis that the prompt ``prompt_label`` belongs to."""
     return next((v for v in axis.values if prompt_label in v.value), None)
