@@ -11,6 +11,14 @@ pixels of the two variants are compared: scoring must not change them.
   .venv/bin/python bench/metrics_overhead.py [--repeat 3] [--seeds 4] [--threads 0]
 
 --seeds 1 makes a 24-image sweep for a quick try.
+
+``--scorer`` measures a CLIP-size preference scorer instead: ``pickscore`` on a ViT-B/32-size CLIP built from
+transformers' default CLIPConfig (random weights, ~150 M parameters, 224 px) over a sweep of the built-in ``tiny``
+SD pipeline (64x64, 20 steps: ~1 s per image on a 2-core CPU), plain against ``metrics: [pickscore]``. Prints
+the ratio (target <= 1.10), the scoring work alone as a fraction of the plain sweep, and the machine load
+(``os.getloadavg()``: the machine is shared).
+
+  .venv/bin/python bench/metrics_overhead.py --scorer [--images 16] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -79,17 +87,95 @@ def scoring_alone(home: Path, repeat: int = 5) -> tuple[float, int]:
     return statistics.median(times), len(runs)
 
 
+SCORER_SPEC = """name: {name}
+model: tiny
+size: 64x64
+steps: 20
+prompt: "a photo of a {{{{ thing }}}}"
+axes:
+  thing: [cat, dog, red cube, house, tree, car, boat, lamp]
+seeds: {seeds}
+"""
+
+
+def build_clip_b32(folder: Path) -> str:
+    """A CLIPModel of ViT-B/32's sizes (transformers' CLIPConfig defaults) with random weights, and a processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(ROOT / "tracker" / "models" / "shapes" / "tokenizer"))
+    config = CLIPConfig(text_config={"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(folder)
+    return str(folder), sum(p.numel() for p in model.parameters())
+
+
+def scorer_main(args) -> int:
+    import torch
+    from PIL import Image
+
+    from tracker import metrics
+    from tracker.store.runstore import Store
+
+    with tempfile.TemporaryDirectory(prefix="scorer-overhead-") as tmp:
+        tmp = Path(tmp)
+        folder, params = build_clip_b32(tmp / "clip-b32")
+        seeds = list(range(max(1, args.images // 8)))
+        paths = {}
+        for name, extra in (("plain", ""), ("scored", f"metrics: [pickscore]\nmetric_options: {{pickscore: "
+                                                        f"{{model: {folder}, batch_size: 16}}}}\n")):
+            paths[name] = tmp / f"{name}.yaml"
+            paths[name].write_text(SCORER_SPEC.format(name=name, seeds=seeds) + extra)
+        times: dict[str, list[float]] = {"plain": [], "scored": []}
+        for round_ in range(args.repeat + 1):
+            for name in (("plain", "scored") if round_ % 2 else ("scored", "plain")):
+                seconds, images = sweep(paths[name], tmp / f"{name}-{round_}")
+                if round_:
+                    times[name].append(seconds)
+                print(f"round {round_}{' (warm-up)' if not round_ else ''}: {name:6s} {seconds:7.2f} s "
+                      f"({len(images)} images) load {os.getloadavg()[0]:.2f}", flush=True)
+        with Store.open(f"sqlite:///{tmp / 'scored-1' / 'tracker.db'}") as store:
+            runs = store.runs(status="done")
+        images = [Image.open(r.image).convert("RGB") for r in runs]
+        metric = metrics.get("pickscore", {"model": folder, "batch_size": 16})
+        alone = []
+        for _ in range(3):
+            t = time.perf_counter()
+            metrics.score(metric, images, runs)
+            alone.append(time.perf_counter() - t)
+    plain, scored, alone_s = (statistics.median(times["plain"]), statistics.median(times["scored"]),
+                              statistics.median(alone))
+    n = len(runs)
+    print()
+    print(f"machine load (1, 5, 15 min): {os.getloadavg()}; cpus: {os.cpu_count()}; torch threads: "
+          f"{torch.get_num_threads()}")
+    print(f"scorer: pickscore on a ViT-B/32-size CLIP, {params / 1e6:.0f} M parameters, random weights")
+    print(f"plain sweep ({n} images, tiny SD 64x64, 20 steps) median {plain:7.2f} s")
+    print(f"sweep with metrics: [pickscore]                 median {scored:7.2f} s")
+    print(f"ratio scored / plain: {scored / plain:.3f} (target <= 1.10)")
+    print(f"scoring alone: {alone_s:.3f} s for {n} images ({1000 * alone_s / n:.1f} ms per image) "
+          f"= {alone_s / plain:.3f} of the plain sweep")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds of each variant [3]")
     ap.add_argument("--seeds", type=int, default=4, help="seeds (24 images each) [4: the demo's 96 images]")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default [0]")
+    ap.add_argument("--scorer", action="store_true", help="measure pickscore on a ViT-B/32-size CLIP instead")
+    ap.add_argument("--images", type=int, default=16, help="--scorer: images per sweep (multiples of 8) [16]")
     args = ap.parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scorer:
+        return scorer_main(args)
     with tempfile.TemporaryDirectory(prefix="metrics-overhead-") as tmp:
         tmp = Path(tmp)
         paths = files(tmp, args.seeds)

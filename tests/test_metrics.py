@@ -85,8 +85,8 @@ def test_clip_score_is_finite_and_batch_independent(tiny_clip):
 
 def test_clip_model_loads_once_per_process(tiny_clip, monkeypatch):
     loads = []
-    real = clipmod._load
-    monkeypatch.setattr(clipmod, "_load", lambda *a: loads.append(a) or real(*a))
+    real = clipmod.load
+    monkeypatch.setattr(clipmod, "load", lambda *a: loads.append(a) or real(*a))
     first = metrics.get("clip_score", {"model": tiny_clip})
     again = metrics.get("clip_score", {"model": tiny_clip})
     metrics.score(again, *zip(*demo_images(2)))
@@ -143,7 +143,7 @@ def test_shapes_metric_on_the_demo_model_ranks_the_prompted_colour_first(tmp_pat
 
 
 def test_unknown_metric_lists_the_known_ones():
-    with pytest.raises(MetricError, match="unknown metric 'clip'; known: clip_score, shapes"):
+    with pytest.raises(MetricError, match="unknown metric 'clip'; known: aesthetic, clip_score, hps, pickscore, shapes"):
         metrics.get("clip")
 
 

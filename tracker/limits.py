@@ -14,6 +14,10 @@ YAML_MAX_NODES = 200_000  # values after expanding aliases (a "billion laughs" f
 MAX_SEEDS = 1_000_000  # seeds in one experiment, whatever form (list, "A-B", {start, count})
 MAX_NAME_LENGTH = 100  # experiment names become folder names (most file systems allow 255 bytes)
 
+# Prompt sets (tracker/experiment/promptset.py): ``prompts: {file: ...}``
+PROMPT_SET_MAX_BYTES = 50_000_000  # one prompt file (PartiPrompts' TSV is ~200 KB)
+PROMPT_SET_MAX_ROWS = 100_000  # rows read from it (the plan limit then bounds the runs)
+
 # Prompt templates (tracker/prompts/sandbox.py)
 MAX_PROMPT_CHARS = 20_000  # a rendered prompt (CLIP reads 77 tokens; long-prompt tools a few hundred)
 MAX_RENDER_SECONDS = 2.0  # one template render

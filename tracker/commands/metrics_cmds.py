@@ -57,12 +57,14 @@ def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, q
 @click.option("--axis", "axes", multiple=True, metavar="AXIS", help="Only this axis (repeatable) [default: every axis].")
 @click.option("--baseline", metavar="LABEL", help="Compare against this label [default: each axis's first label].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
+@click.option("--by", metavar="AXIS", help="Per label of this axis (a prompt set's category), paired over its "
+                                           "prompts and seeds; 'all' first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
 @click.option("--all-versions", is_flag=True,
               help="Pool the runs of earlier versions of the experiment file too [default: its current plan].")
 @pass_workspace
 def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], baseline: str | None, seed: int,
-            as_json: bool, all_versions: bool) -> None:
+            by: str | None, as_json: bool, all_versions: bool) -> None:
     """Each axis label's mean METRIC and its paired difference to the baseline label.
 
     Pairs are runs that share the seed and every other axis value; the interval is a seeded bootstrap
@@ -72,7 +74,16 @@ def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], 
     from tracker.metrics import storage
 
     with _open(ws) as store:
-        result = storage.effects(store, experiment, metric, axes or None, baseline, seed, all_versions)
+        result = storage.effects(store, experiment, metric, axes or None, baseline, seed, all_versions, by=by)
+    if by is not None:
+        from tracker.metrics import suite
+
+        if as_json:
+            click.echo(json.dumps({"experiment": experiment, "by": by,
+                                   "groups": [{by: g, **e.to_json()} for g, e in result]}, indent=2))
+        else:
+            click.echo(suite.render(result, by))
+        return
     if as_json:
         click.echo(json.dumps({"experiment": experiment, **result.to_json()}, indent=2))
         return

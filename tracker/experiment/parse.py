@@ -27,7 +27,7 @@ from tracker.experiment.yamlfile import LinedYaml, load
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-TOP_LEVEL = ("name", "description", "prompt", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
+TOP_LEVEL = ("name", "description", "prompt", "prompts", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
 
@@ -103,10 +103,13 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     name, description = _name(P, data, default_name)
     # 2. settings: a scalar sets a base value, a list makes an axis (lora: a mapping makes one)
     settings, scheduler, explicit, setting_axes = _settings(P, data, base_dir)
-    # 3. prompts: a string is a template, a mapping label -> template is an axis
-    templates, prompt_axes = _prompts(P, data)
+    # 3. prompts: a string is a template, a mapping label -> template is an axis, ``prompts:`` a prompt set
+    templates, prompt_axes, label_axes = _prompts(P, data, base_dir)
     # 4. named axes (a setting is set in one place: an axis bundle or the file's own list)
     user_axes = _named_axes(P, data, setting_axes)
+    for a in label_axes:
+        if a.name in (u.name for u in user_axes):
+            P.err(f"axes.{a.name}", f"axis name {a.name!r} is the prompt set's label axis; rename the axis", "axes", a.name)
     # 5. seeds
     seeds, seeds_from = spec_product.seeds(P, data.get("seeds", [0]) if "seeds" in data else [0])
     seed_axis = Axis("seed", "seed", tuple(AxisValue(str(s), value=s) for s in seeds))
@@ -115,7 +118,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     _check_templates(P, templates, prompt_axes, var_axes)
     # 7. Dynamic Prompts variants of the rendered templates become axes
     variants, variant_axes = _variants(P, data, templates, prompt_axes, var_axes, base_dir)
-    axes = tuple(prompt_axes + user_axes + variant_axes + setting_axes + [seed_axis])
+    axes = tuple(prompt_axes + label_axes + user_axes + variant_axes + setting_axes + [seed_axis])
     names = [a.name for a in axes]
     # 8. zip groups and exclusions
     zip_groups = spec_product.zip_groups(P, data.get("zip"), axes)
@@ -195,13 +198,22 @@ def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, 
     return Settings(**base, scheduler=scheduler.class_name), scheduler, frozenset(explicit), setting_axes
 
 
-def _prompts(P: _Parser, data: dict) -> tuple[dict[str, str | None], list[Axis]]:
-    """``prompt`` / ``negative_prompt``: the fixed templates, and the prompt axes."""
-    if "prompt" not in data:
-        P.err("prompt", "is missing; an experiment needs a prompt template")
+def _prompts(P: _Parser, data: dict, base_dir: Path | None) -> tuple[dict[str, str | None], list[Axis], list[Axis]]:
+    """``prompt`` / ``negative_prompt``: the fixed templates, and the prompt axes; ``prompts:`` (a prompt set,
+    tracker.experiment.promptset) makes the prompt axis and its label axis ``category``."""
     prompt_axes: list[Axis] = []
-    templates: dict[str, str | None] = {}
-    for key in ("prompt", "negative_prompt"):
+    label_axes: list[Axis] = []
+    if "prompts" in data:
+        from tracker.experiment import promptset
+
+        if "prompt" in data:
+            P.err("prompts", "give either prompt or prompts (a prompt set), not both", "prompts")
+        found = promptset.read(data["prompts"], base_dir, lambda f, m: P.err(f, m, "prompts"))
+        prompt_axes, label_axes = found[:1], found[1:]
+    elif "prompt" not in data:
+        P.err("prompt", "is missing; an experiment needs a prompt template (or prompts: a prompt set file)")
+    templates: dict[str, str | None] = {"prompt": None}
+    for key in ("prompt", "negative_prompt")[1 if prompt_axes else 0:]:
         raw = data.get(key)
         if raw is None:
             if key == "prompt":
@@ -221,7 +233,7 @@ def _prompts(P: _Parser, data: dict) -> tuple[dict[str, str | None], list[Axis]]
             templates[key] = None
         else:
             P.err(key, f"must be a string template or a mapping label -> template but is {raw!r}", key)
-    return templates, prompt_axes
+    return templates, prompt_axes, label_axes
 
 
 def _named_axes(P: _Parser, data: dict, setting_axes: list[Axis]) -> list[Axis]:
@@ -325,7 +337,8 @@ def _variants(P: _Parser, data: dict, templates: dict[str, str | None], prompt_a
     """``variants:`` / ``wildcards:`` and the variant axes of the prompt templates (tracker.prompts.variants)."""
     from tracker.prompts import variants
 
-    opts = variants.options(data.get("variants"), data.get("wildcards"), base_dir,
+    # a prompt set's text is literal: Dynamic Prompts only when the file asks for variants: itself
+    opts = variants.options(data.get("variants", False if "prompts" in data else None), data.get("wildcards"), base_dir,
                             lambda f, m: P.err(f, m, *f.split(".")[:1]))
     found = [variants.Template(k, k, P.doc.line(k), t) for k, t in templates.items() if t is not None]
     found += [variants.Template(a.name, f"{a.name}.{v.label}", P.doc.line(a.name, v.label), v.template)

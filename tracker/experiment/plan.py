@@ -145,7 +145,7 @@ def _groups(exp: Experiment) -> list[list[Axis]]:
     group_of = {n: g for g in exp.zip_groups for n in g}
     out, placed = [], set()
     for a in exp.axes:
-        if a.name in placed:
+        if a.name in placed or a.kind == "label":  # a prompt set's category follows its prompt: not a factor
             continue
         names = group_of.get(a.name, (a.name,))
         out.append([by_name[n] for n in names])
@@ -160,8 +160,15 @@ def size(exp: Experiment) -> int:
 
 def _combinations(exp: Experiment) -> Iterator[tuple[tuple[Axis, AxisValue], ...]]:
     groups = _groups(exp)
+    labels = [a for a in exp.axes if a.kind == "label"]
     for choice in itertools.product(*(range(len(g[0].values)) for g in groups)):
-        yield tuple((a, a.values[i]) for g, i in zip(groups, choice) for a in g)
+        combo = tuple((a, a.values[i]) for g, i in zip(groups, choice) for a in g)
+        if labels:
+            from tracker.experiment.promptset import label_of
+
+            prompt = next(v.label for a, v in combo if a.name == "prompt")
+            combo += tuple((a, label_of(a, prompt)) for a in labels)
+        yield combo
 
 
 def _excluded(exp: Experiment, picked: dict[str, AxisValue], settings: dict[str, Any]) -> bool:
@@ -216,7 +223,7 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
                     values[k] = {**values[k], **dict(x)}
                 else:
                     apply_setting(values, k, x)
-            if a.kind not in ("prompt", "variant"):
+            if a.kind not in ("prompt", "variant", "label"):
                 variables[a.name] = v.value
         if _excluded(exp, picked, values):
             continue

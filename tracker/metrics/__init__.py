@@ -11,8 +11,9 @@ A metric is an object with
 
 Metrics are built by a factory called as ``factory(options=dict, device=str)`` (a class works):
 ``options`` is the experiment file's ``metric_options: {name: {...}}`` entry, ``device`` the sweep's
-device. Built-ins: ``clip_score`` and ``shapes``. Other packages add theirs through the entry point
-group ``prompt_tracker.metrics``, e.g. in their pyproject.toml::
+device. Built-ins: ``clip_score``, ``shapes`` and the preference scorers ``pickscore``, ``aesthetic`` and
+``hps``. Other packages add theirs through the entry point group ``prompt_tracker.metrics``, e.g. in their
+pyproject.toml::
 
     [project.entry-points."prompt_tracker.metrics"]
     sharpness = "my_package.metrics:Sharpness"
@@ -36,6 +37,9 @@ ENTRY_POINT_GROUP = "prompt_tracker.metrics"
 BUILTINS: dict[str, str] = {
     "clip_score": "tracker.metrics.clip:ClipScore",
     "shapes": "tracker.metrics.shapes:ShapesScore",
+    "pickscore": "tracker.metrics.pickscore:PickScore",
+    "aesthetic": "tracker.metrics.aesthetic:AestheticScore",
+    "hps": "tracker.metrics.hps:HpsScore",
 }
 
 

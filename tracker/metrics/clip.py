@@ -34,10 +34,10 @@ class ClipScore:
         self.batch_size = int(options.get("batch_size", 32))
         if self.batch_size < 1:
             raise MetricError(f"metric 'clip_score': batch_size must be at least 1 but is {self.batch_size}")
-        self.device = _device(device)
-        self.model, self.processor = _load(self.model_id, options.get("revision"), bool(options.get("allow_pickle")),
-                                           self.device)
-        self.revision = _revision(self.model_id, self.model)
+        self.device = device_for(device)
+        self.model, self.processor = load(self.model_id, options.get("revision"), bool(options.get("allow_pickle")),
+                                          self.device)
+        self.revision = model_revision(self.model_id, self.model)
         self.version = f"{VERSION}+{self.model_id}@{self.revision or 'unknown'}"
 
     def score(self, images: Sequence[Any], runs: Sequence[Any]) -> list[float]:
@@ -64,7 +64,8 @@ class ClipScore:
         return (100.0 * (text * image).sum(dim=-1)).cpu().tolist()
 
 
-def _device(device: str) -> str:
+def device_for(device: str) -> str:
+    """The torch device a metric scores on: the sweep's device, ``auto`` resolved."""
     want = (device or "cpu").lower()
     if want == "auto":
         import torch
@@ -73,8 +74,11 @@ def _device(device: str) -> str:
     return want
 
 
-def _load(model_id: str, revision: str | None, allow_pickle: bool, device: str):
-    """CLIPModel and a CLIPProcessor (tokenizer + PIL image processor) from a hub id or folder."""
+def load(model_id: str, revision: str | None, allow_pickle: bool, device: str, metric: str = "clip_score",
+         processor_id: str | None = None):
+    """CLIPModel and a CLIPProcessor (tokenizer + PIL image processor) from a hub id or folder (the processor
+    from ``processor_id`` when given). Shared by the CLIP-based metrics (pickscore, aesthetic): a missing model
+    is one MetricError line naming ``metric``."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
     from tracker.engine import loadguard
@@ -83,32 +87,49 @@ def _load(model_id: str, revision: str | None, allow_pickle: bool, device: str):
     try:
         with loadguard.loading():  # one model load at a time in the process (see loadguard)
             model = CLIPModel.from_pretrained(model_id, use_safetensors=not allow_pickle or None, **kwargs)
-            processor = CLIPProcessor(image_processor=AutoImageProcessor.from_pretrained(model_id, backend="pil", **kwargs),
-                                      tokenizer=AutoTokenizer.from_pretrained(model_id, **kwargs))
     except (OSError, ValueError) as e:
-        raise MetricError(_not_found(model_id, allow_pickle, e)) from None
+        raise MetricError(_not_found(model_id, allow_pickle, e, metric)) from None
+    proc_id, proc_kwargs = (processor_id, {}) if processor_id else (model_id, kwargs)
+    try:
+        with loadguard.loading():
+            processor = CLIPProcessor(image_processor=AutoImageProcessor.from_pretrained(proc_id, backend="pil",
+                                                                                         **proc_kwargs),
+                                      tokenizer=AutoTokenizer.from_pretrained(proc_id, **proc_kwargs))
+    except (OSError, ValueError) as e:
+        raise MetricError(_not_found(proc_id, allow_pickle, e, metric, "CLIP processor")) from None
     return model.to(device).eval(), processor
 
 
-def _not_found(model_id: str, allow_pickle: bool, error: Exception) -> str:
+def _not_found(model_id: str, allow_pickle: bool, error: Exception, metric: str = "clip_score",
+               what: str = "CLIP model") -> str:
     where = f"the folder {model_id}" if Path(model_id).expanduser().is_dir() else f"the Hugging Face model {model_id!r}"
     if Path(model_id).expanduser().is_dir():
         fix = "save a CLIPModel and CLIPProcessor there with save_pretrained"
         if not allow_pickle and "safetensors" in str(error).lower():
-            fix = "it has no safetensors weights; convert them, or set allow_pickle: true in metric_options.clip_score"
+            fix = f"it has no safetensors weights; convert them, or set allow_pickle: true in metric_options.{metric}"
     else:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         fix = (f"download it once with `hf download {model_id}` on a machine with network access"
                + (" (HF_HUB_OFFLINE is set, so nothing is downloaded now)" if offline else "")
-               + ", or point metric_options.clip_score.model at a local CLIP folder")
-    return f"metric clip_score: cannot load CLIP model from {where}: {fix}"
+               + f", or point metric_options.{metric}.{'processor' if 'processor' in what else 'model'} at a local "
+               f"CLIP folder")
+    return f"metric {metric}: cannot load {what} from {where}: {fix}"
 
 
-def _revision(model_id: str, model) -> str | None:
+def model_revision(model_id: str, model) -> str | None:
     """The hub commit hash of the weights, or ``sha256:...`` over a local folder's files."""
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         from tracker.engine.machine import _folder_hash
 
         return _folder_hash(folder)
-    return getattr(model.config, "_commit_hash", None)
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return commit
+    from huggingface_hub import try_to_load_from_cache  # transformers 5 does not set _commit_hash: ask the cache
+
+    try:
+        path = try_to_load_from_cache(model_id, "config.json")
+    except Exception:  # noqa: BLE001 - a malformed id has no revision
+        return None
+    return Path(path).parent.name if isinstance(path, str) else None

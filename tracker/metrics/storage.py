@@ -129,10 +129,11 @@ def mark_synced(store: Store, ids: Iterable[int]) -> None:
 
 
 def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | None = None,
-            baseline: str | None = None, seed: int = 0, all_versions: bool = False):
+            baseline: str | None = None, seed: int = 0, all_versions: bool = False, by: str | None = None):
     """``tracker.metrics.effects.analyze`` over the experiment's done runs and their stored ``metric`` values:
     the runs of its current plan (the file as last run, as the report's grids show it) unless ``all_versions``;
-    how many runs of earlier versions that leaves out is said (``Effects.other_versions``)."""
+    how many runs of earlier versions that leaves out is said (``Effects.other_versions``). With ``by`` (an axis,
+    e.g. a prompt set's ``category``) a list ``(group, Effects)`` (``tracker.metrics.suite``)."""
     from tracker.metrics import effects as fx
     from tracker.errors import NotFoundError, UsageError
 
@@ -153,6 +154,12 @@ def effects(store: Store, experiment: str, metric: str, axes: Sequence[str] | No
     # a value whose image is missing or was changed on disk describes a picture nobody can look at: left out, counted
     gone = {r.key for r in scored if r.image and image_state(r) is not None}
     obs = [fx.Observation(r.axes, vals[r.key][metric]) for r in scored if r.key not in gone]
+    if by is not None:
+        from tracker.metrics import suite
+
+        return suite.by_group(obs, by, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
+                              baseline=baseline, axis_labels=store.axes(experiment, current=not all_versions),
+                              seed=seed)
     result = fx.analyze(obs, metric, higher_is_better=stored[metric]["higher_is_better"], axes=axes,
                         baseline=baseline, axis_labels=store.axes(experiment, current=not all_versions), seed=seed,
                         unscored=_unscored(runs, {k: v for k, v in vals.items() if k not in gone}, metric))

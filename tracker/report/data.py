@@ -147,6 +147,7 @@ class Report:
     metric: str | None = None  # the metric on the grid badges and in the efficiency view
     metric_higher_is_better: bool = True
     effects: tuple = ()  # tracker.report.metrics_view.EffectsView per metric
+    suite: Any = None  # tracker.metrics.suite.SuiteResult: a prompt set's result per category (None: no categories)
     image_problems: tuple[tuple[str, int], ...] = ()  # ("missing" | "modified", count): done runs not shown
     check_command: str = ""  # the command that lists them (tracker check EXPERIMENT)
     images_note: str | None = None  # images read from MLflow's artifact store, or not used (sha256 mismatch)

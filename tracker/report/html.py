@@ -88,9 +88,25 @@ def _report(ws: Workspace, source: Source, layout: Layout, grids: tuple[Grid, ..
         verify_command=f"tracker {home}verify {shlex.quote(source.name)}", sweeps=source.sweeps,
         metric=metric, metric_higher_is_better=better,
         effects=tuple(effects_view(fx) for fx in _ordered(source.effects, metric) if fx.axes),
+        suite=_suite(source, metric, better),
         image_problems=tuple(sorted(Counter(problems.values()).items())),
         check_command=f"tracker {home}check {shlex.quote(source.name)}",
     )
+
+
+def _suite(source: Source, metric: str | None, better: bool):
+    """The suite result of the grids' metric when the runs have a prompt set's ``category`` (else None)."""
+    from tracker.experiment.promptset import LABEL_AXIS
+    from tracker.metrics import suite
+    from tracker.metrics.effects import Observation
+
+    if metric is None or LABEL_AXIS not in source.axis_names:
+        return None
+    obs = [Observation(dict(e.labels), v) for e in source.entries if e.state == "done"
+           for v in [source.metric_values.get(e.key, {}).get(metric)] if v is not None]
+    texts = {e.label("prompt"): e.prompt for e in source.entries}
+    return suite.suite_result(obs, texts, metric, higher_is_better=better, by=LABEL_AXIS,
+                              axis_labels={a.name: a.labels for a in source.axes})
 
 
 def _mark_shown(view: VerifyView | None, keys: set[str]) -> VerifyView | None:

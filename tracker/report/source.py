@@ -218,6 +218,8 @@ def _full(kind: str, value) -> str:
     """What an axis label stands for, in full (shown on hover and click)."""
     if kind == "prompt":
         return value.template or ""
+    if kind == "label":  # a prompt set's category: its value lists the prompts in it
+        return value.label
     if kind == "bundle" or (kind == "setting" and value.settings):
         return ", ".join(f"{k}={_show(v)}" for k, v in value.settings)
     return _show(value.value if value.value is not None else value.label)
