@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tracker.mlflow import client as mlflow_client, mapping, ui
+from tracker.mlflow import client as mlflow_client, mapping, sync as mlflow_sync, ui
 from tracker.experiment import plan, parse as spec
 from tracker.mlflow.mapping import KEY_TAG, PARENT_TAG
 from tracker.mlflow.worker import MlflowSink
@@ -241,7 +241,7 @@ def test_a_full_queue_never_blocks_and_leaves_runs_for_sync(ws):
     result = sink.close()
     assert result.logged + result.waiting == 4 and result.waiting >= 2
     assert len([r for r in store_records(ws, "chief") if not r.mlflow_synced]) == result.waiting
-    assert mlflow_client.sync(ws, "chief", progress=False).logged == result.waiting
+    assert mlflow_sync.sync(ws, "chief", progress=False).logged == result.waiting
     assert all(len(v) == 1 for v in runs_by_key(ws, "chief").values()) and len(runs_by_key(ws, "chief")) == 4
 
 
@@ -375,9 +375,9 @@ def test_prompt_templates_become_registry_versions_and_runs_link_to_theirs(ws, m
     runs = runs_by_key(ws, "chief")
     assert len(runs) == 4 and not any("mlflow.linkedPrompts" in r.data.tags for [r] in runs.values())
 
-    result = mlflow_client.sync(ws, "chief", progress=False)  # nothing unsynced: it links the earlier runs
+    result = mlflow_sync.sync(ws, "chief", progress=False)  # nothing unsynced: it links the earlier runs
     assert (result.logged, result.prompts_linked, result.note) == (0, 4, None)
-    assert mlflow_client.sync(ws, "chief", progress=False).prompts_linked == 0  # once
+    assert mlflow_sync.sync(ws, "chief", progress=False).prompts_linked == 0  # once
 
     _, _, later = make_sweep(ws, prompt_suffix=", tribal")  # the template changed: a new version
     new = [r for r in later if "tribal" in r.prompt_template]

@@ -20,11 +20,11 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
     """
     from dataclasses import replace
 
-    from tracker.mlflow import client as mlflow_client
+    from tracker.mlflow import sync as mlflow_sync
 
     if mlflow_uri:
         ws = replace(ws, mlflow_uri=mlflow_uri)
-    result = mlflow_client.sync(ws, experiment, progress=not quiet)
+    result = mlflow_sync.sync(ws, experiment, progress=not quiet)
     if result.note:
         click.echo(f"note: {result.note}", err=True)
     if not result.logged and not result.waiting and not result.rescored and not result.prompts_linked:

@@ -383,3 +383,21 @@ def retry_on_conflict(method):
                 if attempt == 2:
                     raise
     return wrapper
+
+
+def file_identity(path: "Path | None") -> "tuple[Path, tuple[int, int]] | None":
+    """A file's resolved path and (device, inode), to tell whether it is still the same file; None if absent."""
+    import os
+
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path.resolve(), (st.st_dev, st.st_ino)
+
+
+def escape_like(text: str) -> str:
+    """``text`` as a literal inside a SQL LIKE pattern (escape character ``\\``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

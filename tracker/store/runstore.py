@@ -3,7 +3,7 @@
 One row per run (one image), found by (experiment, key). The schema belongs to the Alembic
 migrations in ``migrations/``; ``tracker.store.tables`` mirrors their head (a test compares them) and
 ``Store.open`` upgrades an older database first. Every write is its own short transaction, so
-several processes can fill one database (see ``tracker.db`` for the SQLite settings that make
+several processes can fill one database (see ``tracker.store.db`` for the SQLite settings that make
 that safe). Times are stored as naive UTC and handed out as aware UTC datetimes.
 """
 
@@ -26,24 +26,8 @@ from tracker.store.tables import (PLAN_COLUMNS, RESULT_COLUMNS, SWEEP_COLUMNS, e
 from tracker.workspace import image_file, stored_image
 
 
-def _file_identity(path: Path | None) -> tuple[Path, tuple[int, int]] | None:
-    import os
-
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return path.resolve(), (st.st_dev, st.st_ino)
-
-
 def _stamp(t: datetime | None) -> float:
     return _aware(t).timestamp() if t is not None else 0.0
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class Store:
@@ -53,7 +37,7 @@ class Store:
         self.engine = engine
         self.url = db.display_url(engine)
         sqlite_file = db.sqlite_path(self.engine.url.render_as_string(hide_password=False))
-        self._file = _file_identity(sqlite_file)
+        self._file = db.file_identity(sqlite_file)
         # the workspace folder image paths are recorded relative to (a SQLite store's own folder by default)
         self.home = Path(home).resolve() if home is not None else db.default_home(sqlite_file)
 
@@ -100,7 +84,7 @@ class Store:
         if self._file is None:
             return
         path, ident = self._file
-        now = _file_identity(path)
+        now = db.file_identity(path)
         if now is None or now[1] != ident:
             what = "deleted" if now is None else "replaced"
             raise StoreError(f"the run store {path} was {what} while this command ran; what it recorded since is "
@@ -467,7 +451,7 @@ class Store:
         key = (key or "").strip()
         if not key:
             raise NotFoundError("give a run key (or a unique prefix of one)")
-        q = self._select_runs().where(runs_t.c.key.like(_escape_like(key) + "%", escape="\\"))
+        q = self._select_runs().where(runs_t.c.key.like(db.escape_like(key) + "%", escape="\\"))
         if experiment is not None:
             q = q.where(experiments_t.c.name == experiment)
         with self._read() as conn:
