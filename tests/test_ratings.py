@@ -149,6 +149,12 @@ def test_scores_thumbs_and_pairs_are_stored_exported_and_feed_effects_and_mlflow
     logged = {r.data.tags.get("tracker.key"): r.data.metrics for r in client.search_runs([exp.experiment_id])}
     assert logged[runs[("green", 0)].key]["rating"] == 4.5
     assert logged[runs[("blue", 0)].key]["thumbs"] == 1.0
+    # and the sweep's parent run has the summary of its runs' judgements
+    [parent] = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("tracker.kind") == "sweep"]
+    summary = parent.data.metrics
+    assert summary["ratings.scores"] == 9 and summary["ratings.score_mean"] == pytest.approx((2 + 4 + 5) / 3)
+    assert summary["ratings.thumbs"] == 3 and summary["ratings.thumbs_up_share"] == 1.0
+    assert summary["ratings.pairs"] == 3
 
 
 @pytest.mark.slow

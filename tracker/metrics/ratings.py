@@ -162,3 +162,32 @@ def judgements(store: Store, experiment: str, axis: str | None = None) -> list[t
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
     return {"n": len(values), "mean": (sum(values) / len(values)) if values else None}
+
+
+def sweep_summaries(store: Store, experiment: str) -> dict[str, dict[str, float]]:
+    """Per sweep that reached MLflow (its parent run id): the judgements of its runs' images, as metrics for the
+    parent run: ``ratings.score_mean``/``ratings.scores`` (1-5 scores), ``ratings.thumbs_up_share``/
+    ``ratings.thumbs`` and ``ratings.pairs``. Sweeps whose runs have no judgement are left out."""
+    from tracker.store.tables import sweeps_t
+
+    q = (sa.select(sweeps_t.c.mlflow_run_id, ratings_t.c.kind, ratings_t.c.value)
+         .select_from(ratings_t.join(runs_t, runs_t.c.id == ratings_t.c.run_id)
+                      .join(sweeps_t, sweeps_t.c.id == runs_t.c.sweep_id)
+                      .join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id))
+         .where(experiments_t.c.name == experiment, sweeps_t.c.mlflow_run_id.is_not(None)))
+    with store._read() as conn:
+        rows = conn.execute(q).all()
+    by: dict[str, dict[str, list[float]]] = {}
+    for run_id, kind, value in rows:
+        by.setdefault(run_id, {}).setdefault(kind, []).append(value)
+    out: dict[str, dict[str, float]] = {}
+    for run_id, kinds in by.items():
+        m: dict[str, float] = {"ratings.pairs": float(len(kinds.get("pair", [])))}
+        if kinds.get("score"):
+            m["ratings.scores"] = float(len(kinds["score"]))
+            m["ratings.score_mean"] = sum(kinds["score"]) / len(kinds["score"])
+        if kinds.get("thumb"):
+            m["ratings.thumbs"] = float(len(kinds["thumb"]))
+            m["ratings.thumbs_up_share"] = sum(kinds["thumb"]) / len(kinds["thumb"])
+        out[run_id] = m
+    return out

@@ -416,6 +416,10 @@ class ExperimentClient:
         self._log_batch(run_id, metrics=scores)
         metric_storage.mark_synced(self.store, ids)
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Metric values of a run (a sweep's parent: its rating summary), logged now."""
+        self._log_batch(run_id, metrics=metrics)
+
     def _log_batch(self, run_id: str, params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
                    metrics: Mapping[str, float] | None = None, timestamp: int | None = None) -> None:
         from mlflow.entities import Metric, Param, RunTag

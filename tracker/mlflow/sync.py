@@ -82,9 +82,18 @@ def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple
             for item in pending.values():
                 logger.log_scores(item["mlflow_run_id"], item["metrics"], item["ids"])
                 done += 1
+            _log_rating_summaries(logger, store, name)
         except Exception as e:  # noqa: BLE001 -- MLflow unreachable: the values stay unsynced
             return done, short_error(e)
     return done, None
+
+
+def _log_rating_summaries(logger: ExperimentClient, store: "Store", name: str) -> None:
+    """Each sweep's judgements (``tracker studio``) as metrics of its parent run, logged again when they change."""
+    from tracker.metrics import ratings
+
+    for parent_id, metrics in ratings.sweep_summaries(store, name).items():
+        logger.log_metrics(parent_id, metrics)
 
 
 def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar,
