@@ -3,7 +3,7 @@
 A GPU pipeline call blocks the Python thread without holding the GIL (the CPU waits for the device). The
 stand-in does the same: its call sleeps (``time.sleep`` releases the GIL) for ``--call`` seconds per batch
 (default 0.66 s per batch of 4, an SD 1.5 call at 512x512 on an H200) and returns 512x512 images that
-compress like pictures. Everything else is the real tracker: ``runner.run_experiment`` with a real
+compress like pictures. Everything else is the real tracker: ``driver.run`` with a real
 ``Engine`` (only its pipeline loading is replaced: ``StandInEngine``), a real SQLite store, real PNG writing
 with metadata and fsync, MLflow off and on (a real local MLflow store).
 
@@ -148,7 +148,7 @@ def standin_rate(engine, images: int, batch: int) -> float:
 
 
 def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float, mlflow: bool):
-    from tracker.sweep import runner
+    from tracker.sweep import driver, runner
     from tracker.workspace import Workspace
 
     home = work / name
@@ -158,7 +158,7 @@ def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float
     ws = Workspace(home=home, db_url=f"sqlite:///{home / 'tracker.db'}",
                    mlflow_uri=f"sqlite:///{work / 'mlflow.db'}" if mlflow else None, mlflow_enabled=mlflow)
     engine = standin_engine(call, batch, size)
-    summary = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False), engine=engine)
+    summary = driver.run(ws, str(path), runner.RunOptions(progress=False), driver.InProcess(engine=engine))
     if summary.done != images or summary.failed:
         raise SystemExit(f"{name}: {summary.done} of {images} images done, {summary.failed} failed: "
                          f"{summary.failures[:3]}")

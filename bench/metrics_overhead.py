@@ -55,11 +55,11 @@ def sweep(path: Path, home: Path) -> tuple[float, dict[str, bytes]]:
     """One ``tracker run`` in a fresh workspace: its sweep seconds and its images' pixels by run key."""
     from PIL import Image
 
-    from tracker.sweep import runner
+    from tracker.sweep import driver, runner
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(home), no_mlflow=True)
-    summary = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    summary = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert summary.failed == 0 and summary.done > 0, summary
     images = {}
     for p in (home / "images" / summary.experiment).glob("*.png"):  # pixels: the PNG's recipe holds timings

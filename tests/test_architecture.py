@@ -19,12 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "tracker"
 
 # The package layering, lowest first: a module may import modules of its own layer or of lower ones. A module
-# belongs to the layer of the longest prefix naming it.
+# belongs to the layer of the longest prefix naming it ("tracker" names only the package's __init__, so a new
+# package must be placed here).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf helpers", ("tracker.version", "tracker.errors", "tracker.limits", "tracker.fsutil", "tracker.textfmt",
                       "tracker.resources", "tracker.workspace")),
     ("demo data", ("tracker.demo",)),
-    ("the experiment's data model", ("tracker.experiment.model",)),
+    ("the experiment's data model and YAML reading", ("tracker.experiment.model", "tracker.experiment.yamlfile")),
     ("the prompt language", ("tracker.prompts",)),
     ("the experiment: settings, parser, plan", ("tracker.experiment",)),
     ("image files", ("tracker.images",)),
@@ -35,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reproducing", ("tracker.reproduce",)),
     ("the sweep", ("tracker.sweep",)),
     ("the report", ("tracker.report",)),
+    ("the review studio", ("tracker.studio",)),
     ("the Python API", ("tracker.results", "tracker.api")),
     ("the CLI", ("tracker.cli",)),
     ("the commands and the package", ("tracker.commands", "tracker.__main__", "tracker")),
@@ -50,7 +52,11 @@ PRIVATE_ALLOWED_UNDER = ("tracker.engine.",)  # the engine's parts are being rec
 
 MAX_TOP_LEVEL_MODULES = 12
 MAX_LINES = 500
-LONG_MODULES: dict[str, str] = {}  # module -> why it may be longer than MAX_LINES
+LONG_MODULES: dict[str, str] = {  # module -> why it may be longer than MAX_LINES
+    "tracker.mlflow.client": "578 lines after the prompt registry and image logging (faces) landed; its sync half "
+                             "(tracker sync) is the seam to split along",
+    "tracker.store.runstore": "505 lines after the plan version and experiment name claims (defects) landed",
+}
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ def layer(module: str) -> int:
     best, best_len = None, -1
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+            if (module == prefix or (module.startswith(prefix + ".") and prefix != "tracker")) and len(prefix) > best_len:
                 best, best_len = i, len(prefix)
     assert best is not None, f"{module} is in no layer of LAYERS: add it"
     return best
@@ -241,11 +247,37 @@ def test_one_module_getattr_hook():
     assert hooks == ["tracker"]
 
 
+def _private(name: str | None) -> bool:
+    return bool(name) and name.startswith("_") and not name.startswith("__")
+
+
+def private_uses() -> set[tuple[str, str, str]]:
+    """(module, other module, _name) for ``from other import _name`` and for ``other._name`` where ``other`` is
+    a name the module bound to another module of tracker (``from tracker.sweep import runner``)."""
+    mods = modules()
+    found = {(i.importer, i.target, i.name) for i in imports() if _private(i.name)}
+    for module, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module and node.module.startswith("tracker"):
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in mods:
+                        bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname and alias.name in mods:
+                        bound[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr) \
+                    and bound.get(node.value.id, module) != module:
+                found.add((module, bound[node.value.id], node.attr))
+    return found
+
+
 def test_private_names_stay_in_their_module():
-    """``from tracker.x import _name`` across modules only where PRIVATE_ALLOWED says why."""
-    found = {(i.importer, i.target, i.name) for i in imports()
-             if i.name and i.name.startswith("_") and not i.name.startswith("__")
-             and not i.importer.startswith(PRIVATE_ALLOWED_UNDER)}
+    """Another module's ``_name`` (imported, or read as ``module._name``) only where PRIVATE_ALLOWED says why."""
+    found = {f for f in private_uses() if not f[0].startswith(PRIVATE_ALLOWED_UNDER)}
     assert sorted(found - set(PRIVATE_ALLOWED)) == []
     assert sorted(set(PRIVATE_ALLOWED) - found) == []  # an entry no longer needed goes
 

@@ -83,7 +83,7 @@ def _children_by_key(url: str, name: str) -> dict[str, list]:
 def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, write_yaml, monkeypatch, capsys):
     from dataclasses import replace
 
-    from tracker.sweep import runner
+    from tracker.sweep import driver, runner
     from tracker.store.runstore import Store
 
     text = EXPERIMENT.format(name="outage").replace("seeds: [1, 2]", "seeds: [1, 2, 3, 4]")
@@ -103,7 +103,7 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
 
     monkeypatch.setattr(worker.MlflowSink, "submit_keys", submit_then_kill_server)
     live = replace(ws, mlflow_uri=server.url)
-    summary = runner.run_experiment(live, str(path), runner.RunOptions(progress=False))
+    summary = driver.run(live, str(path), runner.RunOptions(progress=False))
 
     assert summary.done == 8 and summary.failed == 0  # generation went on without MLflow
     with Store.open(ws.db_url) as store:

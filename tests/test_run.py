@@ -81,7 +81,7 @@ def test_batch_and_single_give_the_same_image(cli, write_yaml):
 def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, monkeypatch):
     """A fault injected into one image: that run fails with its error, the others finish, --retry-failed redoes it."""
     from tracker.engine import core as engine_mod
-    from tracker.sweep import runner
+    from tracker.sweep import driver, runner
     from tracker.workspace import Workspace
 
     ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
@@ -94,13 +94,13 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
         return real(self, runs)
 
     monkeypatch.setattr(engine_mod.Engine, "generate", flaky)
-    s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    s = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert (s.done, s.failed) == (5, 1)
     assert "injected fault" in s.failures[0][1]
     monkeypatch.setattr(engine_mod.Engine, "generate", real)
-    s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    s = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert (s.done, s.failed, s.skipped, s.failed_earlier) == (0, 0, 5, 1)  # failed runs wait for --retry-failed
-    s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False, retry_failed=True))
+    s = driver.run(ws, str(path), runner.RunOptions(progress=False, retry_failed=True))
     assert (s.done, s.failed, s.skipped) == (1, 0, 5)
 
 
@@ -111,7 +111,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
 ])
 def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, monkeypatch, seeds, calls):
     from tracker.engine import core as engine_mod
-    from tracker.sweep import runner
+    from tracker.sweep import driver, runner
     from tracker.store.runstore import Store
     from tracker.workspace import Workspace
 
@@ -127,7 +127,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, 
         return real(self, runs)
 
     monkeypatch.setattr(engine_mod.Engine, "generate", small_gpu)
-    s = runner.run_experiment(ws, str(path), runner.RunOptions(progress=False))
+    s = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert (s.done, s.failed) == (sum(calls[2:]), 0)
     assert seen == calls
     with Store.open(ws.db_url) as store:

@@ -206,19 +206,18 @@ def run(experiment: "Experiment | Mapping | PathLike", *, pipeline: Any = None, 
     pipeline (``reproduce`` then needs the same object again). ``mlflow``: True (the workspace's store or
     ``MLFLOW_TRACKING_URI``), False, or a tracking URI. ``progress``: a progress bar (a widget in Jupyter).
     """
-    from tracker.sweep import runner
     from tracker.engine import userpipe
+    from tracker.sweep import driver, runner
 
     ws = _workspace(home, db=db, mlflow=mlflow)
-    exp = _experiment(experiment)
+    exp = _experiment(experiment)  # an experiment file is parsed here, once; errors and the store name the file
     user = userpipe.wrap(pipeline) if pipeline is not None else None
-    # an experiment file goes in as its path, as from the CLI, so errors and the store name the file
-    target: Any = exp.for_pipeline(user) if user is not None else \
-        (experiment if isinstance(experiment, (str, os.PathLike)) else exp.spec)
+    target = exp.for_pipeline(user) if user is not None else exp.spec
+    from_file = isinstance(experiment, (str, os.PathLike)) and user is None
     options = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
-                                progress=progress, command=None if isinstance(target, (str, os.PathLike)) else
+                                progress=progress, command=None if from_file else
                                 f"tracker.run({exp.name!r}{', pipeline=' + type(pipeline).__name__ if user else ''})")
-    summary = runner.run_experiment(ws.config, target, options, pipeline=user)
+    summary = driver.run(ws.config, target, options, driver.InProcess(pipeline=user))
     return sweep_result(ws, summary)
 
 

@@ -42,34 +42,27 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
         _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key, retry_failed=retry_failed))
         return 0
     n = _workers(workers)
+    if ray_address is None and workers is None:  # in this process (or one rank of an accelerate launch)
+        result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,
+                         device=device, max_runs=max_runs, retry_failed=retry_failed, from_key=from_key)
+        click.echo(runner.format_summary(result.summary))
+        return 1 if result.failed else 0
+
+    from dataclasses import replace
+
+    from tracker.sweep import driver, pool
+
+    if mlflow_uri or no_mlflow:
+        ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
+    opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
+                             progress=not quiet)
     if ray_address is not None:
-        from dataclasses import replace
-
-        from tracker.sweep import ray_cluster as raydist
-
-        if mlflow_uri or no_mlflow:
-            ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
-        opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
-                                 progress=not quiet)
-        summary = raydist.run_ray(ws, file, ray_address or None, opts, n)
+        summary = driver.run(ws, file, opts, driver.RayActors(ray_address or None, n))
         click.echo(runner.format_summary(summary))
         return 1 if summary.failed else 0
-    if workers is not None:
-        from dataclasses import replace
-
-        from tracker.sweep import pool as pool
-
-        if mlflow_uri or no_mlflow:
-            ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
-        result = pool.run_workers(ws, file, n, device=device, max_runs=max_runs, from_key=from_key,
-                                  retry_failed=retry_failed, progress=not quiet,
-                                  note=lambda line: click.echo(line, err=True))
-        click.echo(pool.format_pool(result))
-        return 1 if result.failed or result.pending else 0
-    result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,
-                     device=device, max_runs=max_runs, retry_failed=retry_failed, from_key=from_key)
-    click.echo(runner.format_summary(result.summary))
-    return 1 if result.failed else 0
+    result = driver.run(ws, file, opts, driver.LocalPool(n, note=lambda line: click.echo(line, err=True)))
+    click.echo(pool.format_pool(result))
+    return 1 if result.failed or result.pending else 0
 
 
 def _workers(value: str | None) -> int | None:
@@ -82,10 +75,10 @@ def _workers(value: str | None) -> int | None:
 
 
 def _dry_run(ws: Workspace, file: str, opts) -> None:
-    from tracker.sweep import runner
+    from tracker.sweep import preparation
     from tracker.commands.expand import render_plan
 
-    dry = runner.dry_run(ws, file, opts)
+    dry = preparation.dry_run(ws, file, opts)
     total = len(dry.plan.runs)
     click.echo(render_plan(dry.plan, limit=50))
     earlier = f", {dry.failed_earlier} failed earlier (use --retry-failed)" if dry.failed_earlier else ""

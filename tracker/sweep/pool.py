@@ -19,13 +19,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Callable
 
 from tracker import limits
-from tracker.experiment import plan
 from tracker.errors import UsageError
-from tracker.sweep.runner import SweepSummary
+from tracker.sweep.preparation import Prepared
+from tracker.sweep.runner import RunOptions, SweepSummary, progress_bar
 from tracker.workspace import Workspace
 
 
@@ -97,25 +96,29 @@ def _wait_any(procs: list[subprocess.Popen], seconds: float) -> None:
         time.sleep(0.05)
 
 
-def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None = None, max_runs: int | None = None,
-                from_key: str | None = None, retry_failed: bool = False, progress: bool = True,
+def run_workers(ws: Workspace, prepared: Prepared, n: int | None, options: RunOptions,
                 note: Callable[[str], None] | None = None) -> PoolSummary:
-    """Run the plan of ``path`` with ``n`` worker processes (None: one per CUDA device), at most as many as
-    ``cap_workers`` allows; ``note`` gets the one line saying the count was cut."""
-    from tracker.sweep import claims, runner
+    """The local pool executor: ``n`` ``tracker run`` children of the experiment file (None: one per CUDA device,
+    at most as many as ``cap_workers`` allows; ``note`` gets the one line saying the count was cut) share the
+    prepared plan's work through the store's claims (each child parses the file in its own process); this
+    process watches them."""
+    from tracker.sweep import claims
     from tracker.store.runstore import Store
 
-    # 1. Parse and expand here too: a bad file fails once, before any child starts.
-    exp = runner.load_experiment(path, from_key, ws.db_url, ws.home)
-    the_plan = plan.expand(exp, max_runs=max_runs)
-    keys = [r.key for r in the_plan.runs]
+    # 1. The file was parsed and planned once here (``preparation.prepare``): a bad file fails before any child starts.
+    exp, path = prepared.experiment, prepared.file
+    if path is None:
+        raise UsageError(f"{prepared.where}: --workers runs an experiment file in each worker; this experiment "
+                         "has none (write it to a file, or run it without workers)")
+    keys = [r.key for r in prepared.plan.runs]
+    device, max_runs, from_key = options.device, options.max_runs, options.from_key
     devices, cut = cap_workers(devices_for(n, device), len(keys), n)
     if cut and note is not None:
         note(cut)
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)  # creates or upgrades the store once, not in N children at once
     try:
-        if retry_failed:
+        if options.retry_failed:
             failed = [r.key for r in store.runs(exp.name, status="failed") if r.key in set(keys)]
             store.mark_pending(exp.name, failed)
 
@@ -130,7 +133,7 @@ def run_workers(ws: Workspace, path: str, n: int | None, *, device: str | None =
         began = time.perf_counter()
         status = "interrupted"
         try:
-            with runner._progress(len(keys), exp.name, progress) as bar:
+            with progress_bar(len(keys), exp.name, options.progress) as bar:
                 seen = 0
                 while procs:
                     _wait_any(procs, 0.5)

@@ -16,8 +16,6 @@ environment through ``RAY_RUNTIME_ENV``-style cluster configuration).
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -173,65 +171,55 @@ def _actors(ray, n: int | None, device: str | None, base_dir: Path):
             for i in range(count)]
 
 
-def run_ray(ws, path: str, address: str | None, options, n: int | None = None):
-    """Generate every planned run of ``path`` not done yet on a Ray cluster; returns the SweepSummary."""
-    from tracker.sweep import claims, runner, claim_loop as work
-    from tracker.experiment import plan
+def run_ray(ws, prepared, address: str | None, options, n: int | None = None):
+    """The Ray executor: generate every run of the prepared plan (``preparation.prepare``) not done yet on a Ray
+    cluster; returns the SweepSummary."""
+    from tracker.sweep import claims, preparation, runner, claim_loop as work
     from tracker.errors import ModelError
     from tracker.store.runstore import Store
 
     ray = import_ray()
-    # 1. Parse and expand (a bad file fails before any cluster starts).
-    exp = runner.load_experiment(path, options.from_key, ws.db_url, ws.home)
-    the_plan = plan.expand(exp, max_runs=options.max_runs)
-    summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name)
+    # 1. The file was parsed and planned once (``preparation.prepare``): a bad file failed before any cluster starts.
+    exp, the_plan, where = prepared.experiment, prepared.plan, prepared.where
+    summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
+                                  keys=tuple(r.key for r in the_plan.runs))
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)
     started = _start(ray, address)
     actors: list = []
     try:
-        runner.claim_name(store, exp, Path(path).resolve())
-        found = runner.find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
-        todo, status = found.todo, found.status
+        found = preparation.find_work_in(store, prepared, options)
+        todo = found.todo
 
         # 2. The actors: each loads the pipelines once (a missing model fails here, naming the file).
-        actors = _actors(ray, n, options.device, Path(path).resolve().parent)
+        actors = _actors(ray, n, options.device, prepared.base_dir or Path.cwd())
         groups = list(runner.ordered_groups(todo))
         try:
-            where = ray.get([a.info.remote() for a in actors])
+            where_actors = ray.get([a.info.remote() for a in actors])
             ray.get([a.prepare.remote([g[0].settings for g in groups]) for a in actors])
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None) or e
-            raise ModelError(f"{path}: {cause}") from None
+            raise ModelError(f"{where}: {cause}") from None
         except ray.exceptions.RayActorError as e:
-            raise TrackerError(f"{path}: the Ray actors could not start: {e}") from None
+            raise TrackerError(f"{where}: the Ray actors could not start: {e}") from None
 
-        # 3. The sweep, its runs and MLflow, all kept here on the driver (environment: the first actor's).
+        # 3. The sweep, its runs and MLflow, all kept here on the driver (environment: the first actor's), recorded
+        #    as a local sweep records them (``preparation.start_sweep``).
         facts = _Facts({"environment": ray.get(actors[0].environment.remote())})
-        sink = runner._mlflow_sink(ws, exp.name)
-        file = Path(path).resolve()
-        store.save_experiment(exp.name, str(file), exp.source, the_plan.version)
-        sweep_id = store.start_sweep(exp.name, {
-            "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
-            "device": "ray", "environment": facts.environment(), "planned": len(the_plan.runs)})
-        summary.sweep_id = sweep_id
-        store.plan_runs(sweep_id, the_plan.runs, the_plan.version)
-        if options.retry_failed:
-            store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-        if found.lost:
-            store.mark_pending(exp.name, found.lost)
-        summary.skipped, summary.failed_earlier = found.done, found.failed_earlier
+        sink = runner.mlflow_sink(ws, exp.name)
+        preparation.start_sweep(store, prepared, options, found, summary, "ray", facts.environment())
+        sweep_id = summary.sweep_id
         if sink is not None:
-            sink.start_sweep(sweep_id, str(file), {})
+            sink.start_sweep(sweep_id, str(prepared.file) if prepared.file is not None else None, {})
 
         # 4. Drive the actors: claim for each idle one, record what comes back, give a dead one's runs back.
         workers = {a: claims.register(store, sweep_id, w["device"], name=f"ray:{w['host']}:{w['pid']}")
-                   for a, w in zip(actors, where)}
+                   for a, w in zip(actors, where_actors)}
         sweep = runner.Sweep(ws, store, facts, sink, sweep_id, summary, claimed=True)
         try:
-            with runner._progress(len(todo), exp.name, options.progress) as bar:
+            with runner.progress_bar(len(todo), exp.name, options.progress) as bar:
                 sweep.bar = bar
-                sweep.writer = runner._writer(ws, store, sink, facts, exp.settings, sweep)
+                sweep.writer = runner.writer_for(ws, store, sink, facts, exp.settings, sweep)
                 try:
                     _drive(ray, store, sweep, facts, workers, groups, work.lease_seconds())
                 finally:

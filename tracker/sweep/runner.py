@@ -1,14 +1,14 @@
 """``tracker run``: turn a plan into images, recording every run so nothing is lost or redone.
 
-The orchestration reads as numbered steps (see ``run_experiment``); torch, diffusers and mlflow are
-imported only once there is work to do.
+``run_prepared`` is the in-process executor (also one rank of an ``accelerate launch``) of a plan prepared once
+by ``tracker.sweep.preparation``: its orchestration reads as numbered steps; torch, diffusers and mlflow are
+imported only once there is work to do. ``Sweep`` records what a sweep generates (here, and on the Ray driver).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import threading
 import time
@@ -19,10 +19,11 @@ from typing import Any, Iterator, Sequence
 
 from tracker.version import __version__
 from tracker.engine import batches
-from tracker.sweep import accelerate_rank as distributed
-from tracker.experiment import plan, parse as spec
+from tracker.sweep import accelerate_rank as distributed, preparation
+from tracker.sweep.preparation import Prepared
+from tracker.experiment import plan
 from tracker.engine.batches import BatchHooks
-from tracker.errors import ModelError, SpecError
+from tracker.errors import ModelError
 from tracker.experiment.model import Experiment
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.settings import COMPILE_OFF
@@ -78,90 +79,22 @@ class SweepSummary:
                 "warmup_seconds": round(self.warmup_seconds, 3) if self.warmup_seconds else None}
 
 
-def load_experiment(path: "str | Path | Experiment", from_key: str | None, db_url: str,
-                    home: Path | None = None) -> Experiment:
-    """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
-    that run's seed and settings."""
-    from tracker.metrics import available
-
-    exp = path if isinstance(path, Experiment) else spec.parse_file(path, metric_names=available())
-    key = from_key or exp.seeds_from
-    if key:
-        from tracker.store.runstore import Store
-
-        with Store.open(db_url, create=False, home=home) as store:  # the run must be there: create nothing
-            base = store.get_run(key)
-        exp = spec.with_base_run(exp, base.seed, base.settings().to_dict())
-    return exp
-
-
-@dataclass(frozen=True)
-class DryRun:
-    plan: plan.Plan
-    todo: tuple[PlannedRun, ...]  # the runs a run would generate
-    done: int = 0  # already done (skipped)
-    failed_earlier: int = 0  # failed before and not retried (without --retry-failed)
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a sweep has to do: the one rule ``run`` and ``--dry-run`` share."""
-
-    todo: list[PlannedRun]
-    done: int  # planned runs already done, skipped
-    failed_earlier: int  # planned runs that failed before, left alone without --retry-failed
-    lost: list[str]  # done runs whose image is gone: made again
-    in_mlflow: list[str]  # done runs whose image is only in MLflow: not made again
-    status: dict[str, str]
-
-
-def find_work(records, runs: Sequence[PlannedRun], retry_failed: bool) -> Work:
-    """The planned ``runs`` to generate given the stored ``records``: pending or interrupted ones, done ones whose
-    image is lost, and failed ones with ``retry_failed``; the others are counted as done or failed earlier."""
-    status = {r.key: r.status for r in records}
-    lost, in_mlflow = lost_images(records, {r.key for r in runs})  # a stat per done run: cheap
-    status.update(dict.fromkeys(lost, "pending"))
-    redo = ("pending", "running", "failed") if retry_failed else ("pending", "running")
-    todo = [r for r in runs if status.get(r.key, "pending") in redo]
-    failed_earlier = 0 if retry_failed else sum(status.get(r.key) == "failed" for r in runs)
-    return Work(todo, len(runs) - len(todo) - failed_earlier, failed_earlier, lost, in_mlflow, status)
-
-
-def dry_run(ws: Workspace, path: "str | Path | Experiment", options: RunOptions = RunOptions()) -> DryRun:
-    """What ``tracker run`` would do with the same options, reading the store only if it is there (nothing is
-    written): the same rule (``find_work``) as the run."""
-    exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
-    the_plan = plan.expand(exp, max_runs=options.max_runs)
-    records: list = []
-    if ws.has_store():
-        from tracker.store.runstore import Store
-
-        with Store.open(ws.db_url, home=ws.home) as store:
-            records = store.runs(exp.name)
-    work = find_work(records, the_plan.runs, options.retry_failed)
-    return DryRun(the_plan, tuple(work.todo), work.done, work.failed_earlier)
-
-
-def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunOptions = RunOptions(),
-                   pipeline=None, engine=None) -> SweepSummary:
-    """Generate every planned run of the experiment file at ``path`` (or of a parsed Experiment) that is not
-    done yet. ``pipeline``: a ``tracker.engine.userpipe.UserPipeline`` for runs whose model is its name.
-    ``engine``: an ``Engine`` to use instead of a new one (bench/gpu_standin.py passes one whose pipeline
-    stands in for a GPU); the CLI never does."""
+def run_prepared(ws: Workspace, prepared: Prepared, options: RunOptions = RunOptions(),
+                 pipeline=None, engine=None) -> SweepSummary:
+    """The in-process executor: generate every planned run not done yet. ``pipeline``: a
+    ``tracker.engine.userpipe.UserPipeline`` for runs whose model is its name. ``engine``: an ``Engine`` to use
+    instead of a new one (bench/gpu_standin.py passes one whose pipeline stands in for a GPU); the CLI never does."""
     from tracker.sweep import claims, claim_loop as work
     from tracker.store.runstore import Store
 
-    # 1. Parse and expand (pure; a bad file fails here, before anything is written). Under accelerate launch
-    #    this process is one rank: its device, no progress bar and no MLflow unless it is rank 0.
+    # 1. The experiment is parsed and planned (``preparation.prepare``). Under accelerate launch this process is
+    #    one rank: its device, no progress bar and no MLflow unless it is rank 0.
     rank = None
     if distributed.launched():
         rank = distributed.rank(options.device)
         options = replace(options, device=rank.device, progress=options.progress and rank.is_main)
         ws = replace(ws, mlflow_enabled=ws.mlflow_enabled and rank.is_main)
-    exp = load_experiment(path, options.from_key, ws.db_url, ws.home)
-    file = _source_file(path, exp)
-    where = exp.path or exp.name if isinstance(path, Experiment) else str(path)  # what errors name
-    the_plan = plan.expand(exp, max_runs=options.max_runs)
+    exp, the_plan, file, where = prepared.experiment, prepared.plan, prepared.file, prepared.where
     summary = SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
                            keys=tuple(r.key for r in the_plan.runs))
 
@@ -169,18 +102,17 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
     ws.ensure()
     store = Store.open(ws.db_url, home=ws.home)
     try:
-        claim_name(store, exp, file)
-        found = find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
-        todo, status, lost, in_mlflow = found.todo, found.status, found.lost, found.in_mlflow
+        found = preparation.find_work_in(store, prepared, options)
+        todo = found.todo
 
         # 3. Start the MLflow worker now: its imports overlap the model loading below.
-        sink = _mlflow_sink(ws, exp.name)
+        sink = mlflow_sink(ws, exp.name)
         try:
             # 4. Load every pipeline the work needs (model, VAE, scheduler, dtype, device): a missing model or
             #    a bad option fails here, before the store records anything.
             if any(r.settings.compile != COMPILE_OFF for r in todo):
                 speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
-            engine = engine or _engine(options, file.parent if file is not None else exp.base_dir, pipeline)
+            engine = engine or _engine(options, prepared.base_dir, pipeline)
             try:
                 for group in ordered_groups(todo):
                     engine.prepare(group[0].settings)
@@ -189,29 +121,11 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
                 raise ModelError(f"{where}: {e}") from None  # name the file, as spec errors do
 
             # 5. Record the experiment and the sweep; insert missing runs as pending.
-            store.save_experiment(exp.name, str(file) if file is not None else None, exp.source, the_plan.version)
             environment = engine.environment()
-            sweep_id = store.start_sweep(exp.name, {
-                "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
-                "versions": {"prompt-tracker": __version__, **{k: environment.get(k) for k in VERSION_KEYS}},
-                "device": engine.device_for(exp.settings), "environment": environment, "planned": len(the_plan.runs),
-            })
-            summary.sweep_id = sweep_id
-            status = store.plan_runs(sweep_id, the_plan.runs, the_plan.version)
-            if lost or in_mlflow:
-                import logging
-
-                log = logging.getLogger("tracker")
-                if lost:
-                    log.warning(f"{len(lost)} done runs of {exp.name} lost their image; generating them again")
-                    store.mark_pending(exp.name, lost)
-                if in_mlflow:
-                    log.warning(f"{len(in_mlflow)} done runs of {exp.name} have no image in this workspace but were "
-                                f"logged to MLflow, where report, grid and reproduce read them; not made again "
-                                f"(`tracker check --fix {exp.name}` then `tracker run` makes them here)")
-            if options.retry_failed:
-                store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-            summary.skipped, summary.failed_earlier = found.done, found.failed_earlier
+            status = preparation.start_sweep(store, prepared, options, found, summary, engine.device_for(exp.settings),
+                                             environment, {"prompt-tracker": __version__,
+                                                           **{k: environment.get(k) for k in VERSION_KEYS}})
+            sweep_id = summary.sweep_id
         except BaseException:
             if sink is not None:
                 sink.close()
@@ -233,9 +147,9 @@ def run_experiment(ws: Workspace, path: "str | Path | Experiment", options: RunO
                                  rank.name if rank else worker_name())
         sweep = Sweep(ws, store, engine, sink, sweep_id, summary, claimed=True)
         try:
-            with _progress(len(todo), exp.name, options.progress) as bar:
+            with progress_bar(len(todo), exp.name, options.progress) as bar:
                 sweep.bar = bar
-                sweep.writer = _writer(ws, store, sink, engine, exp.settings, sweep, _scorer(store, exp, engine))
+                sweep.writer = writer_for(ws, store, sink, engine, exp.settings, sweep, _scorer(store, exp, engine))
                 try:
                     if todo:
                         work.generate_claimed(store, list(ordered_groups(todo)), worker, AUTO_BATCH_MAX,
@@ -283,51 +197,10 @@ def speed_cache_dir(home: Path) -> None:
             os.environ[var] = _CACHE_DIRS[var] = str(home / "cache" / sub)
 
 
-def claim_name(store, exp: Experiment, file: Path | None) -> None:
-    """Refuse a second experiment file claiming a name this store already keeps for another file: their runs
-    would pool in one experiment (effects, grids, scores) without a word. The same experiment may come back from
-    another path (the file moved or renamed, another machine's checkout, an Experiment built in Python): only a
-    recorded file that still exists, still names this experiment and says something else is another file."""
-    info = store.experiment(exp.name)
-    if file is None or info is None or not info.get("source_path"):
-        return
-    old = Path(info["source_path"])
-    if str(old) == str(file):
-        return
-    try:
-        text = old.read_text(encoding="utf-8")
-        import yaml
-
-        data = yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 -- gone, unreadable, or not YAML any more: not a rival claim
-        return
-    name = data.get("name", old.stem) if isinstance(data, dict) else None
-    if text == exp.source or name != exp.name:
-        return
-    raise SpecError(str(file), "name", f"{exp.name!r} is already the experiment of {old} in this store (another "
-                                       f"file); give this file its own name, or edit and run {old.name} itself")
-
-
-def _source_file(path: "str | Path | Experiment", exp: Experiment) -> Path | None:
-    """The experiment file on disk, if there is one (an Experiment built in Python has none)."""
-    if not isinstance(path, Experiment):
-        return Path(path).resolve()
-    return Path(exp.path).resolve() if exp.path and Path(exp.path).is_file() else None
-
-
 def worker_name() -> str | None:
     """``TRACKER_WORKER_NAME`` (set by ``--workers``), else the store's default host:pid."""
     return os.environ.get("TRACKER_WORKER_NAME") or None
 
-
-
-def lost_images(records, keys: set[str]) -> tuple[list[str], list[str]]:
-    """Done runs (of ``keys``) whose image file is not in this workspace (one stat each), as (lost, in MLflow).
-    Lost ones are generated again. Not a run logged to MLflow (``mlflow_run_id``): its PNG is in MLflow's
-    artifact store, where report, grid and reproduce read it (team mode: another machine made it); the sweep
-    says so in one line, and ``tracker check --fix`` queues such runs when they should be made here."""
-    gone = [r for r in records if r.status == "done" and r.key in keys and not (r.image and Path(r.image).is_file())]
-    return [r.key for r in gone if not r.mlflow_run_id], [r.key for r in gone if r.mlflow_run_id]
 
 
 def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
@@ -337,7 +210,8 @@ def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
     return Engine(device=options.device, base_dir=base_dir, pipeline=pipeline)
 
 
-def _mlflow_sink(ws: Workspace, experiment: str):
+def mlflow_sink(ws: Workspace, experiment: str):
+    """The MLflow logging process of a sweep (``tracker.mlflow.worker.MlflowSink``), or None with MLflow off."""
     if not ws.mlflow_enabled:
         return None
     from tracker.mlflow.worker import MlflowSink
@@ -354,7 +228,7 @@ def _scorer(store, exp: Experiment, engine):
     return Scorer(store, exp.name, exp.metrics, exp.metric_options, engine.device_for(exp.settings))
 
 
-def _writer(ws, store, sink, engine, settings, sweep: "Sweep", scorer=None):
+def writer_for(ws, store, sink, engine, settings, sweep: "Sweep", scorer=None):
     """The writing stage; on a CPU sweep its threads run at a lower priority than generation's."""
     from tracker.sweep.writer import Writer
 
@@ -405,7 +279,7 @@ class Sweep(BatchHooks):
     """Everything one sweep's generation touches, with what it does: ``run_group`` (one group of runs sharing
     their settings, through the batch executor ``tracker.engine.batches``), ``record`` (a finished batch, handed to
     the writing stage, ``tracker.sweep.writer``), ``written`` / ``fail`` (a run done or failed), ``finish`` and
-    ``interrupted``. Where the groups come from is the caller's (``run_experiment``: the groups this worker
+    ``interrupted``. Where the groups come from is the caller's (``run_prepared``: the groups this worker
     claims, ``tracker.sweep.claim_loop``; ``tracker.sweep.ray_cluster``: what the actors send back)."""
 
     ws: Workspace
@@ -522,7 +396,7 @@ class Sweep(BatchHooks):
 
 
 @contextlib.contextmanager
-def _progress(total: int, name: str, enabled: bool):
+def progress_bar(total: int, name: str, enabled: bool):
     """A bar with runs done/total, images/s and ETA (tqdm's rate and remaining time); warnings print above it."""
     if not enabled or total == 0:
         yield _NoBar()
