@@ -52,11 +52,7 @@ PRIVATE_ALLOWED_UNDER = ("tracker.engine.",)  # the engine's parts are being rec
 
 MAX_TOP_LEVEL_MODULES = 12
 MAX_LINES = 500
-LONG_MODULES: dict[str, str] = {  # module -> why it may be longer than MAX_LINES
-    "tracker.mlflow.client": "578 lines after the prompt registry and image logging (faces) landed; its sync half "
-                             "(tracker sync) is the seam to split along",
-    "tracker.store.runstore": "505 lines after the plan version and experiment name claims (defects) landed",
-}
+LONG_MODULES: dict[str, str] = {}  # module -> why it may be longer than MAX_LINES (none now)
 
 
 @dataclass(frozen=True)
