@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "show": "tracker.commands.store_cmds:show",
     "experiments": "tracker.commands.store_cmds:experiments",
     "status": "tracker.commands.status:status",
+    "worker": "tracker.commands.worker:worker",
     "db": "tracker.commands.store_cmds:db",
     "models": "tracker.commands.models:models",
     "sync": "tracker.commands.mlflow_cmds:sync",

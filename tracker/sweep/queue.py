@@ -1,0 +1,380 @@
+"""The queue of warm workers: sweeps handed to ``tracker worker`` processes through the run store.
+
+No new service: the queue is the run store. ``tracker run FILE`` with a live warm worker (``live_workers``)
+plans as usual, records the sweep with a ``submission`` (who submitted it, its priority, the models, VAEs and
+LoRA adapters it allows the worker to load, with their ``allow_pickle``, and the folder relative paths resolve
+in), stores the plan's runs pending and attaches those not done to the sweep (``runs.sweep_id``); then it
+follows the runs from the store (``follow``). A warm worker (``tracker.sweep.daemon``) picks the next sweep
+with ``next_sweep``: highest priority first, round-robin between experiments, FIFO within one; it claims
+batch-sized groups of its runs with ``tracker.sweep.claims`` (leases, ``SKIP LOCKED``), exactly as a sweep's
+own worker does. Ctrl-C on the submitter ``withdraw``s the sweep: its runs not started stay pending but
+leave the queue.
+
+Nothing here imports torch: submitting and following cost a store connection, not a pipeline.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import sqlalchemy as sa
+
+from tracker.experiment.plan import PlannedRun
+
+QUEUED = ("queued", "running")  # statuses of a submitted sweep whose runs warm workers take
+POLL_SECONDS = 0.25  # how often a submitter reads its runs' progress
+
+
+def submitter() -> str:
+    """``user@host`` of this process (recorded with a submitted plan)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# warm workers in the workers table
+
+
+def register(store, device: str | None, name: str | None, experiments: Sequence[str] | None,
+             beat_seconds: float):
+    """A workers row for a warm worker (kind daemon, no sweep of its own); returns its ``claims.Worker``."""
+    from tracker.sweep.claims import Worker
+    from tracker.store.runstore import utcnow, workers_t
+
+    host, pid = socket.gethostname(), os.getpid()
+    name = name or f"{host}:{pid}"
+    now = utcnow()
+    with store._write() as conn:
+        wid = conn.execute(workers_t.insert().values(
+            sweep_id=None, name=name, host=host, pid=pid, device=device, started_at=now, last_seen=now,
+            status="idle", kind="daemon", experiments=list(experiments) if experiments else None,
+            activity={"beat_seconds": beat_seconds})).inserted_primary_key[0]
+    return Worker(wid, None, name)
+
+
+def set_activity(store, worker_id: int, status: str, activity: dict) -> None:
+    from tracker.store.runstore import utcnow, workers_t
+
+    with store._write() as conn:
+        conn.execute(workers_t.update().where(workers_t.c.id == worker_id).values(
+            status=status, activity=activity, last_seen=utcnow()))
+
+
+def _alive_here(host: str | None, pid: int | None) -> bool:
+    """False only for a process of this host that is gone (a kill -9 is seen at once, not a lease later)."""
+    if host != socket.gethostname() or not pid:
+        return True
+    from tracker.sweep.claims import _alive
+
+    return _alive(pid)
+
+
+def live_workers(store, experiment: str | None = None, device: str | None = None) -> list[dict]:
+    """Warm workers that are up: kind daemon, status idle or working, seen within three heartbeats (and, on
+    this host, their process alive); only those serving ``experiment`` and on ``device`` when given."""
+    from tracker.store.runstore import utcnow, workers_t
+
+    now = utcnow()
+    with store._read() as conn:
+        rows = conn.execute(sa.select(workers_t).where(
+            workers_t.c.kind == "daemon", workers_t.c.status.in_(("idle", "working")))
+            .order_by(workers_t.c.id)).mappings().all()
+    out = []
+    for w in rows:
+        beat = float((w["activity"] or {}).get("beat_seconds") or 20.0)
+        if (now - w["last_seen"]).total_seconds() > 3 * beat + 2 or not _alive_here(w["host"], w["pid"]):
+            continue
+        if experiment is not None and w["experiments"] and experiment not in w["experiments"]:
+            continue
+        if device is not None and (w["device"] or "").lower() != device.lower():
+            continue
+        out.append(dict(w))
+    return out
+
+
+def warm_workers(store) -> list[dict]:
+    """Every warm worker's row with ``live`` (what ``tracker status`` lists), newest first."""
+    from tracker.store.runstore import _aware, utcnow, workers_t
+
+    live = {w["id"] for w in live_workers(store)}
+    now = utcnow()
+    with store._read() as conn:
+        rows = conn.execute(sa.select(workers_t).where(workers_t.c.kind == "daemon")
+                            .order_by(workers_t.c.id.desc()).limit(50)).mappings().all()
+    return [{"id": w["id"], "name": w["name"], "host": w["host"], "pid": w["pid"], "device": w["device"],
+             "status": w["status"] if w["id"] in live or w["status"] not in ("idle", "working") else "gone",
+             "live": w["id"] in live, "experiments": w["experiments"], "activity": w["activity"] or {},
+             "runs_done": w["runs_done"], "runs_failed": w["runs_failed"],
+             "started_at": _aware(w["started_at"]), "last_seen": _aware(w["last_seen"]),
+             "seen_seconds_ago": round((now - w["last_seen"]).total_seconds(), 1)} for w in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# what a worker takes next
+
+
+def _claimable(now):
+    from tracker.store.runstore import runs_t
+
+    return sa.or_(runs_t.c.status == "pending",
+                  sa.and_(runs_t.c.status == "running",
+                          sa.or_(runs_t.c.lease_until.is_(None), runs_t.c.lease_until < now)))
+
+
+@dataclass(frozen=True)
+class Queued:
+    sweep_id: int
+    experiment: str
+    submission: dict
+    runs: int  # claimable now
+
+
+def queued(store, experiments: Sequence[str] | None = None) -> list[Queued]:
+    """Submitted sweeps with claimable runs (of ``experiments`` when given), in FIFO order."""
+    from tracker.store.runstore import experiments_t, runs_t, sweeps_t, utcnow
+
+    q = (sa.select(sweeps_t.c.id, experiments_t.c.name, sweeps_t.c.submission, sa.func.count(runs_t.c.id))
+         .join(experiments_t, experiments_t.c.id == sweeps_t.c.experiment_id)
+         .join(runs_t, runs_t.c.sweep_id == sweeps_t.c.id)
+         .where(sweeps_t.c.submission.is_not(None), sweeps_t.c.status.in_(QUEUED), _claimable(utcnow()))
+         .group_by(sweeps_t.c.id, experiments_t.c.name, sweeps_t.c.submission).order_by(sweeps_t.c.id))
+    if experiments:
+        q = q.where(experiments_t.c.name.in_(list(experiments)))
+    with store._read() as conn:
+        rows = conn.execute(q).all()
+    return [Queued(sid, name, sub if isinstance(sub, dict) else json.loads(sub), n) for sid, name, sub, n in rows]
+
+
+def pick(items: Sequence[Queued], last_experiment: str | None) -> Queued | None:
+    """The next sweep to serve: the highest priority; among those, the experiment after ``last_experiment``
+    (round-robin by name, so submitters alternate batch by batch); within an experiment the oldest sweep."""
+    if not items:
+        return None
+    top = max(int(i.submission.get("priority") or 0) for i in items)
+    best = [i for i in items if int(i.submission.get("priority") or 0) == top]
+    names = sorted({i.experiment for i in best})
+    after = [n for n in names if last_experiment is not None and n > last_experiment]
+    name = (after or names)[0]
+    return min((i for i in best if i.experiment == name), key=lambda i: i.sweep_id)
+
+
+def claimable_runs(store, sweep_id: int) -> list[PlannedRun]:
+    """The sweep's runs a worker may claim now, as planned runs (plan order)."""
+    from tracker.store.runstore import runs_t, utcnow
+
+    recs = store.runs(_also=sa.and_(runs_t.c.sweep_id == sweep_id, _claimable(utcnow())))
+    return [r.planned() for r in recs]
+
+
+def _adapter(a) -> str:
+    return json.dumps(dict(a), sort_keys=True, default=str)
+
+
+def allowance(runs: Sequence[PlannedRun]) -> dict:
+    """What a submitted plan lets a worker load: each model with whether pickle checkpoints may be loaded for
+    it, each VAE likewise, each LoRA adapter (its whole recipe)."""
+    models: dict[str, bool] = {}
+    vaes: dict[str, bool] = {}
+    loras: set[str] = set()
+    for r in runs:
+        s = r.settings
+        models[s.model] = models.get(s.model, False) or bool(s.allow_pickle)
+        if s.vae != "default":
+            vaes[s.vae] = vaes.get(s.vae, False) or bool(s.allow_pickle)
+        loras.update(_adapter(a) for a in s.lora)
+    return {"models": models, "vaes": vaes, "loras": sorted(loras)}
+
+
+def refusal(submission: dict, run: PlannedRun) -> str | None:
+    """Why a worker must not make ``run`` for this submission (a model, VAE, LoRA or pickle permission the
+    submitted plan did not carry: the run was changed in the store after it was submitted), else None."""
+    allow = submission.get("allow") or {}
+    s = run.settings
+    models, vaes, loras = allow.get("models") or {}, allow.get("vaes") or {}, set(allow.get("loras") or ())
+    if s.model not in models:
+        return f"model {s.model!r} is not in the plan {submission.get('by', '?')} submitted; not loaded"
+    if s.allow_pickle and not (models.get(s.model) or (s.vae != "default" and vaes.get(s.vae))):
+        return (f"allow_pickle for model {s.model!r} was not allowed by the plan {submission.get('by', '?')} "
+                f"submitted; not loaded")
+    if s.vae != "default" and s.vae not in vaes:
+        return f"vae {s.vae!r} is not in the plan {submission.get('by', '?')} submitted; not loaded"
+    for a in s.lora:
+        if _adapter(a) not in loras:
+            return f"lora {dict(a).get('name')!r} is not in the plan {submission.get('by', '?')} submitted; not loaded"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# submitting
+
+
+@dataclass
+class Submitted:
+    sweep_id: int
+    experiment: str
+    keys: tuple[str, ...]  # the runs handed to the workers (not done when submitted)
+    summary: Any  # runner.SweepSummary: planned, skipped, images_dir, keys
+    workers: list[dict] = field(default_factory=list)  # the live warm workers when submitted
+
+
+def submit(ws, path, options, priority: int = 0, require_worker: bool = True) -> Submitted | None:
+    """Plan ``path`` and hand the runs not done to the warm workers of the store. None (nothing written) when
+    ``require_worker`` and no live warm worker serves the experiment: the caller runs it in-process."""
+    from tracker import __version__
+    from tracker.experiment import plan
+    from tracker.sweep import runner
+    from tracker.store.runstore import Store
+
+    exp = runner.load_experiment(path, options.from_key, ws.db_url, ws.home)
+    the_plan = plan.expand(exp, max_runs=options.max_runs)
+    if require_worker and not ws.has_store():
+        return None
+    ws.ensure()
+    file = runner._source_file(path, exp)
+    with Store.open(ws.db_url, home=ws.home) as store:
+        live = live_workers(store, exp.name, options.device)
+        if require_worker and not live:
+            return None
+        records = store.runs(exp.name)
+        status = {r.key: r.status for r in records}
+        lost, in_mlflow = runner.lost_images(records, {r.key for r in the_plan.runs})
+        status.update(dict.fromkeys(lost, "pending"))
+        redo = ("pending", "failed") if options.retry_failed else ("pending",)
+        todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
+        following = [r for r in the_plan.runs if status.get(r.key) == "running"]  # another sweep makes them
+        summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
+                                      keys=tuple(r.key for r in the_plan.runs))
+        store.save_experiment(exp.name, str(file) if file is not None else None, exp.source)
+        base = exp.base_dir or (file.parent if file is not None else None)
+        sweep_id = store.start_sweep(exp.name, {
+            "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
+            "versions": {"prompt-tracker": __version__}, "planned": len(the_plan.runs), "status": "queued",
+            "device": options.device or (live[0]["device"] if live else None),
+            "submission": {"by": submitter(), "priority": int(priority), "allow": allowance(todo),
+                           "base_dir": str(Path(base).resolve()) if base is not None else None,
+                           "device": options.device, "pid": os.getpid()},
+        })
+        summary.sweep_id = sweep_id
+        store.plan_runs(sweep_id, the_plan.runs)
+        if lost:
+            store.mark_pending(exp.name, lost)
+        if options.retry_failed:
+            store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
+        if in_mlflow:
+            import logging
+
+            logging.getLogger("tracker").warning(
+                f"{len(in_mlflow)} done runs of {exp.name} have no image in this workspace but were logged to MLflow; "
+                f"not made again (`tracker check --fix {exp.name}` then `tracker run` makes them here)")
+        attach(store, exp.name, sweep_id, [r.key for r in todo + following])
+        summary.skipped = len(the_plan.runs) - len(todo) - len(following)
+        return Submitted(sweep_id, exp.name, tuple(r.key for r in todo + following), summary, live)
+
+
+def attach(store, experiment: str, sweep_id: int, keys: Sequence[str]) -> int:
+    """Put the claimable runs of ``keys`` (pending, or running past their lease) in the sweep's queue;
+    returns how many."""
+    from tracker.store.runstore import experiments_t, runs_t, utcnow
+
+    n = 0
+    with store._write() as conn:
+        eid = conn.execute(sa.select(experiments_t.c.id).where(experiments_t.c.name == experiment)).scalar()
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            n += conn.execute(runs_t.update().where(
+                runs_t.c.experiment_id == eid, runs_t.c.key.in_(keys[i:i + 500]), _claimable(utcnow()))
+                .values(sweep_id=sweep_id)).rowcount
+    return n
+
+
+def withdraw(store, sweep_id: int, status: str = "interrupted") -> int:
+    """Take the sweep out of the queue: its runs not started stay pending but no worker takes them for it
+    (runs a worker holds are finished and recorded). Returns how many runs were withdrawn."""
+    from tracker.store.runstore import runs_t, sweeps_t, utcnow
+
+    with store._write() as conn:
+        conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id).values(status=status, ended_at=utcnow()))
+        return conn.execute(runs_t.update().where(runs_t.c.sweep_id == sweep_id, runs_t.c.status == "pending")
+                            .values(sweep_id=None)).rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# following a submitted sweep
+
+
+def follow(ws, sub: Submitted, bar, orphan_seconds: float | None = None,
+           note: Callable[[str], None] | None = None) -> str:
+    """Update ``bar`` from the store until every submitted run is done or failed; returns "done", or
+    "orphaned" when no live warm worker was seen for ``orphan_seconds`` while runs were still pending (the
+    caller makes the rest in-process). Ctrl-C withdraws the sweep's runs not started."""
+    from tracker.sweep import claims
+    from tracker.store.runstore import Store
+
+    with Store.open(ws.db_url, home=ws.home) as store:
+        shown = 0
+        unseen_since = None
+        try:
+            while True:
+                left = claims.remaining(store, sub.experiment, sub.keys)
+                finished = left["done"] + left["failed"]
+                if finished > shown:
+                    bar.update(finished - shown)
+                    shown = finished
+                if left["pending"] + left["running"] == 0:
+                    return "done"
+                if orphan_seconds is not None:
+                    if live_workers(store, sub.experiment):
+                        unseen_since = None
+                    elif unseen_since is None:
+                        unseen_since = time.monotonic()
+                    elif time.monotonic() - unseen_since > orphan_seconds:
+                        return "orphaned"
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            n = withdraw(store, sub.sweep_id)
+            if note is not None and n:
+                note(f"withdrew {n} runs of {sub.experiment} not started from the queue")
+            raise
+
+
+def finish(ws, sub: Submitted, seconds: float) -> None:
+    """Fill the submitter's summary from the store (runs done and failed, who made them) and close the sweep."""
+    from tracker.store.runstore import Store, runs_t, workers_t, experiments_t
+
+    summary = sub.summary
+    summary.seconds = seconds
+    with Store.open(ws.db_url, home=ws.home) as store:
+        recs = {r.key: r for r in store.runs(sub.experiment)}
+        mine = [recs[k] for k in sub.keys if k in recs]
+        summary.done = sum(r.status == "done" for r in mine)
+        summary.failed = sum(r.status == "failed" for r in mine)
+        summary.failures = [(r.key, r.error or "") for r in mine if r.status == "failed"]
+        summary.busy_seconds = sum(r.seconds or 0.0 for r in mine if r.status == "done")
+        with store._read() as conn:
+            made = conn.execute(
+                sa.select(workers_t.c.name, workers_t.c.device, sa.func.count(runs_t.c.id))
+                .join(runs_t, runs_t.c.worker_id == workers_t.c.id)
+                .join(experiments_t, experiments_t.c.id == runs_t.c.experiment_id)
+                .where(experiments_t.c.name == sub.experiment, runs_t.c.status == "done",
+                       runs_t.c.key.in_(list(sub.keys)[:5000]))
+                .group_by(workers_t.c.name, workers_t.c.device).order_by(workers_t.c.name)).all()
+        sub.workers = [{"name": n, "device": d, "made": c} for n, d, c in made]
+        store.finish_sweep(sub.sweep_id, {**summary.to_dict(), "status": "failed" if summary.failed else "done"})
+
+
+def format_made_by(sub: Submitted) -> str:
+    if not sub.workers:
+        return "made by: no warm worker (nothing was generated)"
+    return "made by warm worker " + ", ".join(f"{w['name']} ({w['device'] or '?'}): {w['made']} images"
+                                              for w in sub.workers)
