@@ -40,3 +40,57 @@ def worker(ws: Workspace, device: str | None, experiments: tuple[str, ...], max_
         ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
     Daemon(ws, device=device, experiments=experiments, max_memory=budget, idle_timeout=idle_timeout,
            name=name).run()
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
+              help="The queued sweeps' priority (higher first).")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, metavar="SECONDS",
+              help="How often the file (and its wildcard files) are checked for a save.")
+@click.option("--device", metavar="DEVICE", help="Only for warm workers on this device.")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Refuse plans larger than this.")
+@pass_workspace
+def watch(ws: Workspace, file: str, priority: int, interval: float, device: str | None,
+          max_runs: int | None) -> None:
+    """Re-plan FILE on every save (and on every save of its wildcard files) and queue only its new runs for
+    the warm workers (`tracker worker`); runs done are not made again, runs the new plan dropped leave the
+    queue. Prints what changed and the progress; Ctrl-C withdraws the runs still queued."""
+    import time
+    from pathlib import Path
+
+    from tracker.errors import TrackerError
+    from tracker.experiment.plan import DEFAULT_MAX_RUNS
+    from tracker.sweep import queue, runner
+
+    path = Path(file)
+    opts = runner.RunOptions(max_runs=max_runs or DEFAULT_MAX_RUNS, device=device, command=f"tracker watch {file}")
+    w = queue.Watch(ws, path, opts, priority)
+    files = queue.watched_files(path)
+    seen = None
+    shown = None
+    click.echo(f"watching {file} (Ctrl-C stops and withdraws the runs still queued)", err=True)
+    try:
+        while True:
+            sig = queue.signature(files)
+            if sig != seen:
+                files = queue.watched_files(path)  # the wildcard folder may have changed with the file
+                seen = queue.signature(files)
+                try:
+                    click.echo(w.replan())
+                except TrackerError as e:
+                    click.echo(f"error: {e} (not queued; fix the file and save it again)")
+                shown = None
+            left = w.progress()
+            if left:
+                now = (left["done"], left["failed"], left["pending"] + left["running"])
+                if now != shown:
+                    shown = now
+                    click.echo(f"{w.experiment}: {now[0]} done, {now[1]} failed, {now[2]} to make of "
+                               f"{len(w.keys)} planned", err=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        n = w.stop()
+        if n:
+            click.echo(f"withdrew {n} runs of {w.experiment} not started from the queue", err=True)
+        raise

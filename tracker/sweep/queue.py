@@ -378,3 +378,90 @@ def format_made_by(sub: Submitted) -> str:
         return "made by: no warm worker (nothing was generated)"
     return "made by warm worker " + ", ".join(f"{w['name']} ({w['device'] or '?'}): {w['made']} images"
                                               for w in sub.workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# tracker watch: re-plan a file on every save, queue only what is new
+
+
+def watched_files(path: Path) -> list[Path]:
+    """The experiment file and, when it uses Dynamic Prompts wildcards, every file of its wildcard folder."""
+    from tracker.errors import TrackerError
+    from tracker.experiment import parse as spec
+
+    files = [path]
+    try:
+        exp = spec.parse_file(path)
+    except TrackerError:
+        return files
+    folder = getattr(exp.variants, "wildcards", None) if exp.variants is not None else None
+    if folder and Path(folder).is_dir():
+        # the folders too: a wildcard file added or removed changes their mtime
+        files += sorted(p for p in [Path(folder), *Path(folder).rglob("*")])[:10000]
+    return files
+
+
+def signature(files: Sequence[Path]) -> tuple:
+    out = []
+    for p in files:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(p), None, None))
+    return tuple(out)
+
+
+@dataclass
+class Watch:
+    """``tracker watch``: each ``replan`` submits the plan as a new sweep (runs done are not made again, runs
+    still queued stay queued) and withdraws what the previous plan queued that the new one no longer has."""
+
+    ws: Any
+    path: Path
+    options: Any  # runner.RunOptions
+    priority: int = 0
+    sweep_id: int | None = None
+    keys: tuple[str, ...] = ()  # the plan's keys at the last re-plan
+    experiment: str | None = None
+
+    def replan(self) -> str:
+        """Re-plan and queue; returns what changed, in one line."""
+        from tracker.store.runstore import Store
+
+        sub = submit(self.ws, self.path, self.options, self.priority, require_worker=False)
+        with Store.open(self.ws.db_url, home=self.ws.home) as store:
+            previous, self.sweep_id = self.sweep_id, sub.sweep_id
+            withdrawn = withdraw(store, previous, status="superseded") if previous is not None else 0
+            live = live_workers(store, sub.experiment)
+        planned = sub.summary.keys
+        old = set(self.keys) if self.experiment == sub.experiment else set()
+        new = [k for k in sub.keys if k not in old]
+        self.keys, self.experiment = planned, sub.experiment
+        done = sub.summary.skipped
+        if not old:
+            line = (f"{sub.experiment}: planned {len(planned)} runs: {len(sub.keys)} queued, {done} done already")
+        else:
+            gone = len(old - set(planned))
+            line = (f"{sub.experiment}: {len(new)} new runs queued, {gone} no longer planned"
+                    + (f" ({withdrawn} withdrawn from the queue)" if withdrawn else "")
+                    + f", {len(planned) - len(new)} unchanged ({done} done, {len(sub.keys) - len(new)} still queued)")
+        if not live and sub.keys:
+            line += "; no live warm worker: the runs wait in the queue (start `tracker worker`)"
+        return line
+
+    def progress(self) -> dict[str, int]:
+        from tracker.sweep import claims
+        from tracker.store.runstore import Store
+
+        with Store.open(self.ws.db_url, home=self.ws.home) as store:
+            return claims.remaining(store, self.experiment, self.keys) if self.experiment else {}
+
+    def stop(self) -> int:
+        """Withdraw the runs still queued (Ctrl-C)."""
+        from tracker.store.runstore import Store
+
+        if self.sweep_id is None:
+            return 0
+        with Store.open(self.ws.db_url, home=self.ws.home) as store:
+            return withdraw(store, self.sweep_id)
