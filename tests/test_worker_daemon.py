@@ -397,3 +397,46 @@ def _wait_done(env: dict, n: int, proc) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{n} runs not done")
+
+
+def test_a_worker_loads_nothing_for_runs_the_submitted_plan_did_not_allow(ws, tmp_path):
+    """A real warm worker (in this process, real store) given only runs changed after submission: each fails
+    with the reason and no pipeline is loaded."""
+    from tracker.sweep import queue
+    from tracker.sweep.daemon import Daemon
+    from tracker.store.runstore import Store, runs_t
+
+    sub = _submit(ws, _write(tmp_path))
+    with Store.open(ws.db_url, home=ws.home) as store, store._write() as conn:
+        conn.execute(runs_t.update().values(allow_pickle=True))
+    lines: list[str] = []
+    daemon = Daemon(ws, device="cpu", idle_timeout=0.5, name="strict", note=lines.append)
+    assert daemon.run() == 0 and daemon.failed == 4
+    with Store.open(ws.db_url, home=ws.home) as store:
+        recs = store.runs("alpha")
+        warm = queue.warm_workers(store)[0]
+    assert {r.status for r in recs} == {"failed"}
+    assert all("allow_pickle for model 'tiny' was not allowed by the plan" in r.error for r in recs)
+    assert warm["status"] == "stopped" and warm["activity"]["models"] == [] and sub.sweep_id
+    assert any("stopped: 0 images made, 4 failed" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_two_warm_workers_on_postgresql_make_a_submitted_plan_once(tmp_path, pg_url):
+    env = {"TRACKER_HOME": str(tmp_path / "home"), "TRACKER_LEASE_SECONDS": "3", "OMP_NUM_THREADS": "1",
+           "TRACKER_DB_URL": pg_url}
+    w = Workers(env, tmp_path)
+    try:
+        w.start(name="one")
+        w.start(name="two")
+        w.wait_live("one", "two")
+        res = run_tracker("run", _write(tmp_path, animals="[cat, dog, owl, bee]", steps=6), "-q", env=env)
+        assert res.code == 0, res.err
+        assert "8 done, 0 skipped (already done), 0 failed of 8 planned" in res.out
+        status = json.loads(run_tracker("status", "alpha", "--json", env=env).out)
+        made = {x["name"]: x["runs_done"] for x in status["workers"]}
+        assert sum(made.values()) == 8 and set(made) <= {"one", "two"}
+        runs = _runs(env, "alpha")
+        assert len({r["key"] for r in runs}) == 8 and {r["status"] for r in runs} == {"done"}
+    finally:
+        w.stop()

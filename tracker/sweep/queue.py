@@ -144,16 +144,19 @@ def queued(store, experiments: Sequence[str] | None = None) -> list[Queued]:
     """Submitted sweeps with claimable runs (of ``experiments`` when given), in FIFO order."""
     from tracker.store.runstore import experiments_t, runs_t, sweeps_t, utcnow
 
-    q = (sa.select(sweeps_t.c.id, experiments_t.c.name, sweeps_t.c.submission, sa.func.count(runs_t.c.id))
+    q = (sa.select(sweeps_t.c.id, experiments_t.c.name, sa.func.count(runs_t.c.id))
          .join(experiments_t, experiments_t.c.id == sweeps_t.c.experiment_id)
          .join(runs_t, runs_t.c.sweep_id == sweeps_t.c.id)
          .where(sweeps_t.c.submission.is_not(None), sweeps_t.c.status.in_(QUEUED), _claimable(utcnow()))
-         .group_by(sweeps_t.c.id, experiments_t.c.name, sweeps_t.c.submission).order_by(sweeps_t.c.id))
+         .group_by(sweeps_t.c.id, experiments_t.c.name).order_by(sweeps_t.c.id))  # (json has no = on PostgreSQL)
     if experiments:
         q = q.where(experiments_t.c.name.in_(list(experiments)))
     with store._read() as conn:
         rows = conn.execute(q).all()
-    return [Queued(sid, name, sub if isinstance(sub, dict) else json.loads(sub), n) for sid, name, sub, n in rows]
+        subs = dict(conn.execute(sa.select(sweeps_t.c.id, sweeps_t.c.submission).where(
+            sweeps_t.c.id.in_([r[0] for r in rows]))).all()) if rows else {}
+    return [Queued(sid, name, subs[sid] if isinstance(subs[sid], dict) else json.loads(subs[sid]), n)
+            for sid, name, n in rows]
 
 
 def pick(items: Sequence[Queued], last_experiment: str | None) -> Queued | None:
