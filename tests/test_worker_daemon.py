@@ -440,3 +440,35 @@ def test_two_warm_workers_on_postgresql_make_a_submitted_plan_once(tmp_path, pg_
         assert len({r["key"] for r in runs}) == 8 and {r["status"] for r in runs} == {"done"}
     finally:
         w.stop()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_submitter_withdraws_its_runs_not_started(tmp_path, env, workers):
+    path = _write(tmp_path, animals="[cat, dog, owl, bee]", steps=15)
+    workers.start(name="warm")
+    workers.wait_live("warm")
+    sub = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "-q"], env={**os.environ, **env},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
+            assert time.monotonic() < deadline and sub.poll() is None
+            time.sleep(0.1)
+        sub.send_signal(signal.SIGINT)
+        out, err = sub.communicate(timeout=120)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    assert sub.returncode == 130, err
+    assert "withdrew" in err and "runs of alpha not started from the queue" in err
+    deadline = time.monotonic() + 300  # the worker finishes what it holds, takes nothing more, goes idle
+    while _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    rows = _db_rows(env, "SELECT status, sweep_id IS NULL FROM runs")
+    assert ("pending", 1) in rows and all(s in ("done", "pending") for s, _ in rows)
+    assert all(detached for s, detached in rows if s == "pending")
+    assert _db_rows(env, "SELECT status FROM sweeps") == [("interrupted",)]
+    time.sleep(1)  # nothing more is taken
+    assert _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'pending'") == [
+        (sum(s == "pending" for s, _ in rows),)]

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tracker.sweep import claims, queue
-from tracker.sweep.claim_loop import POLL_SECONDS, batch_of, lease_seconds
+from tracker.sweep.claim_loop import batch_of, lease_seconds
 from tracker.workspace import Workspace
 
 log = logging.getLogger("tracker")
 ACTIVITY_SECONDS = 2.0  # an idle worker writes its activity (and so its last_seen) this often
+POLL_SECONDS = 0.1  # how often an idle worker reads the queue (one indexed query): a submitted run starts this soon
 
 
 class PipelineCache:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from tracker.experiment.plan import PlannedRun
 
 QUEUED = ("queued", "running")  # statuses of a submitted sweep whose runs warm workers take
-POLL_SECONDS = 0.25  # how often a submitter reads its runs' progress
+POLL_SECONDS = 0.1  # how often a submitter reads its runs' progress
 
 
 def submitter() -> str:
