@@ -7,6 +7,9 @@ Two measurements, each the real command line timed from start to exit (what a us
      model loading, then the image). Target: warm <= 0.2x cold.
   2. a 16-image sweep: the same through the warm worker vs ``--local`` in-process in a fresh workspace.
      Target: warm no slower than in-process.
+  3. with ``--two-workers``: the 32-image plan of ``bench/workers.py`` (4 prompts x 8 seeds, batch 4) through
+     one warm worker with 2 torch threads vs two warm workers with 1 thread each (both warmed by an 8-image
+     sweep first). Target: two >= 1.6x one.
 Each round asks for images not made yet (another seed), so every command generates. The machine is shared:
 the load average (``os.getloadavg()``) is printed before and after; read the ratios with it.
 
@@ -37,11 +40,13 @@ def plan_text(name: str, seed: int, images: int, steps: int) -> str:
             f"steps: {steps}\nbatch_size: 4\n")
 
 
-def env_for(home: Path) -> dict:
+def env_for(home: Path, threads: int | None = None) -> dict:
     env = {**os.environ, "TRACKER_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("TRACKER_DB_URL", None)
     env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -54,14 +59,57 @@ def tracker(home: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]
     return seconds, proc
 
 
-def wait_live(home: Path, worker: subprocess.Popen) -> None:
+def start_worker(home: Path, log: Path, threads: int | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tracker", "worker", "--no-mlflow"], env=env_for(home, threads),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop(workers) -> None:
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            w.kill()
+
+
+def two_workers(root: Path, steps: int, repeat: int) -> tuple[float, float]:
+    """Median seconds of the 32-image plan through one warm worker x 2 threads and two x 1 thread."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from workers import plan_text as plan32
+
+    out = []
+    for count, threads in ((1, 2), (2, 1)):
+        home = root / f"pool{count}"
+        procs = [start_worker(home, root / f"pool{count}-{i}.log", threads) for i in range(count)]
+        try:
+            for p in procs:
+                wait_live(home, p, count)
+            warmup = root / f"warmup{count}.yaml"
+            warmup.write_text(plan_text("bench-warmup", 50_000, 8, steps))
+            tracker(home, "run", str(warmup), "-q")
+            times = []
+            for i in range(repeat):
+                f = root / f"pool{count}-{i}.yaml"
+                f.write_text(plan32(32, steps).replace("start: 0", f"start: {100 * i}"))
+                t, proc = tracker(home, "run", str(f), "-q")
+                assert "32 done" in proc.stdout, proc.stdout
+                times.append(t)
+            out.append(statistics.median(times))
+        finally:
+            stop(procs)
+    return out[0], out[1]
+
+
+def wait_live(home: Path, worker: subprocess.Popen, count: int = 1) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             sys.exit("the warm worker stopped")
         proc = subprocess.run([sys.executable, "-m", "tracker", "status", "--json"], env=env_for(home),
                               capture_output=True, text=True)
-        if proc.returncode == 0 and any(w["live"] for w in json.loads(proc.stdout)["warm_workers"]):
+        if proc.returncode == 0 and sum(w["live"] for w in json.loads(proc.stdout)["warm_workers"]) >= count:
             return
         time.sleep(0.5)
     sys.exit("the warm worker did not start")
@@ -72,6 +120,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", metavar="DIR", help="keep the workspaces here")
+    ap.add_argument("--two-workers", action="store_true", help="also measure 3. (one vs two warm workers)")
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-warm-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -79,8 +128,7 @@ def main() -> int:
     print(f"load average before (1, 5, 15 min): {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
           f"on {os.cpu_count()} cores")
     warm_home = root / "warm"
-    worker = subprocess.Popen([sys.executable, "-m", "tracker", "worker", "--no-mlflow"], env=env_for(warm_home),
-                              stdout=open(root / "worker.log", "w"), stderr=subprocess.STDOUT)
+    worker = start_worker(warm_home, root / "worker.log")
     times: dict[str, list[float]] = {"cold1": [], "warm1": [], "local16": [], "warm16": []}
     try:
         wait_live(warm_home, worker)
@@ -104,12 +152,13 @@ def main() -> int:
             times["warm16"].append(t)
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop([worker])
     med = {k: statistics.median(v) for k, v in times.items()}
+    if args.two_workers:
+        one, two = two_workers(root, args.steps, args.repeat)
+        print(f"32 images (bench/workers.py plan), whole command: one warm worker x 2 threads {one:.2f} s "
+              f"({32 / one:.2f} images/s), two x 1 thread {two:.2f} s ({32 / two:.2f} images/s): "
+              f"{one / two:.2f}x (target >= 1.6)")
     load_after = os.getloadavg()
     print(f"one image, whole command (median of {args.repeat}): cold {med['cold1']:.2f} s, warm worker "
           f"{med['warm1']:.2f} s: warm/cold = {med['warm1'] / med['cold1']:.3f} (target <= 0.2)")

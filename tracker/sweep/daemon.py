@@ -203,6 +203,9 @@ class Daemon:
                                 {"done": self.done, "failed": self.failed})
             if not keys:
                 continue  # another worker took them first
+            if store.sweep(item.sweep_id)["status"] not in queue.QUEUED:  # withdrawn while we claimed
+                claims.release(store, self.worker.id, keys)
+                continue
             last_experiment = item.experiment
             active = self._activate(store, engine, item, device)
             chunk = [by_key[k] for k in keys]
@@ -282,7 +285,7 @@ class Daemon:
                               lambda run, error, timing: sweep.fail(run, error, **timing),
                               nice=10 if cpu else 0, scorer=scorer, gate=sweep.calling)
         environment = engine.environment()
-        store.update_sweep(item.sweep_id, status="running", device=device, environment=environment)
+        queue.taken(store, item.sweep_id, device, environment)
         store.add_event(item.sweep_id, "worker", f"warm worker {self.worker.name} on {device} takes runs",
                         {"worker_id": self.worker.id, "worker": self.worker.name})
         if sink is not None:

@@ -301,6 +301,17 @@ def attach(store, experiment: str, sweep_id: int, keys: Sequence[str]) -> int:
     return n
 
 
+def taken(store, sweep_id: int, device: str, environment: dict) -> None:
+    """A warm worker starts on the sweep: its device and environment; queued -> running (a sweep withdrawn
+    meanwhile stays withdrawn)."""
+    from tracker.store.runstore import sweeps_t
+
+    with store._write() as conn:
+        conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id).values(device=device, environment=environment))
+        conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id, sweeps_t.c.status == "queued")
+                     .values(status="running"))
+
+
 def withdraw(store, sweep_id: int, status: str = "interrupted") -> int:
     """Take the sweep out of the queue: its runs not started stay pending but no worker takes them for it
     (runs a worker holds are finished and recorded). Returns how many runs were withdrawn."""
