@@ -472,3 +472,28 @@ def test_ctrl_c_on_the_submitter_withdraws_its_runs_not_started(tmp_path, env, w
     time.sleep(1)  # nothing more is taken
     assert _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'pending'") == [
         (sum(s == "pending" for s, _ in rows),)]
+
+
+@pytest.mark.slow
+def test_when_the_only_worker_dies_the_submitter_makes_the_rest_itself(tmp_path, env, workers):
+    path = _write(tmp_path, animals="[cat, dog, owl]", steps=15)
+    victim = workers.start(name="only")
+    workers.wait_live("only")
+    sub = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "-q", "--no-mlflow"],
+                           env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
+            assert time.monotonic() < deadline and sub.poll() is None
+            time.sleep(0.1)
+        os.kill(victim.pid, signal.SIGKILL)
+        out, err = sub.communicate(timeout=600)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    assert sub.returncode == 0, err
+    assert "no warm worker serves alpha any more; generating the rest here" in err
+    runs = _runs(env, "alpha")
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
+    files = sorted(p.name for p in (Path(env["TRACKER_HOME"]) / "images" / "alpha").iterdir())
+    assert files == sorted(f"{r['key']}.png" for r in runs)
