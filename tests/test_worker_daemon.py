@@ -81,7 +81,7 @@ def test_the_queue_serves_priority_first_then_experiments_in_turn_and_sweeps_in_
 
     a1 = _submit(ws, _write(tmp_path, "alpha"))
     b = _submit(ws, _write(tmp_path, "beta"))
-    a2 = _submit(ws, _write(tmp_path, "alpha", animals="[owl, bee]", file="alpha2.yaml"))
+    a2 = _submit(ws, _write(tmp_path, "alpha", animals="[owl, bee]"))  # the file edited: a second sweep of alpha
     urgent = _submit(ws, _write(tmp_path, "gamma"), priority=5)
     assert [len(s.keys) for s in (a1, b, a2, urgent)] == [4, 4, 4, 4]
     with Store.open(ws.db_url, home=ws.home) as store:
@@ -103,7 +103,8 @@ def test_a_run_changed_in_the_store_after_it_was_submitted_is_refused(ws, tmp_pa
     """What the submitted plan allowed travels with it: a pickle permission, a model or a LoRA adapter that
     another process wrote into the queued run later is not loaded."""
     from tracker.sweep import queue
-    from tracker.store.runstore import Store, runs_t
+    from tracker.store.runstore import Store
+    from tracker.store.tables import runs_t
 
     sub = _submit(ws, _write(tmp_path))
     with Store.open(ws.db_url, home=ws.home) as store:
@@ -139,7 +140,8 @@ def test_withdrawn_runs_stay_pending_but_leave_the_queue(ws, tmp_path):
 
 def test_a_worker_is_live_while_it_heartbeats_and_its_process_is_there(ws, tmp_path):
     from tracker.sweep import queue
-    from tracker.store.runstore import Store, workers_t
+    from tracker.store.runstore import Store
+    from tracker.store.tables import workers_t
 
     _submit(ws, _write(tmp_path))
     with Store.open(ws.db_url, home=ws.home) as store:
@@ -404,7 +406,8 @@ def test_a_worker_loads_nothing_for_runs_the_submitted_plan_did_not_allow(ws, tm
     with the reason and no pipeline is loaded."""
     from tracker.sweep import queue
     from tracker.sweep.daemon import Daemon
-    from tracker.store.runstore import Store, runs_t
+    from tracker.store.runstore import Store
+    from tracker.store.tables import runs_t
 
     sub = _submit(ws, _write(tmp_path))
     with Store.open(ws.db_url, home=ws.home) as store, store._write() as conn:

@@ -168,12 +168,12 @@ class Engine:
         """The cache key of the pipeline ``settings`` load (None: a user's pipeline, never evicted)."""
         if models.is_user_pipeline(settings.model):
             return None
-        return (self._ref(settings.model).location, settings.dtype, settings.allow_pickle)
+        return (self.pipelines.ref(settings.model).location, settings.dtype, settings.allow_pickle)
 
     def pipeline_bytes(self) -> dict[tuple, int]:
         """Each cached pipeline (not a user's) -> the bytes of its weights (parameters and buffers)."""
         out = {}
-        for key, loaded in self._pipes.items():
+        for key, loaded in self.pipelines.pipes.items():
             if loaded.saved is not None:
                 continue
             total = 0
@@ -187,10 +187,10 @@ class Engine:
         """Drop a cached pipeline (its weights are freed once nothing else holds them)."""
         import gc
 
-        loaded = self._pipes.pop(key, None)
+        loaded = self.pipelines.pipes.pop(key, None)
         if loaded is None or loaded.saved is not None:
             if loaded is not None:
-                self._pipes[key] = loaded
+                self.pipelines.pipes[key] = loaded
             return
         if self._active is loaded:
             self._active, self._settings = None, None

@@ -50,7 +50,8 @@ def register(store, device: str | None, name: str | None, experiments: Sequence[
              beat_seconds: float):
     """A workers row for a warm worker (kind daemon, no sweep of its own); returns its ``claims.Worker``."""
     from tracker.sweep.claims import Worker
-    from tracker.store.runstore import utcnow, workers_t
+    from tracker.store.db import utcnow
+    from tracker.store.tables import workers_t
 
     host, pid = socket.gethostname(), os.getpid()
     name = name or f"{host}:{pid}"
@@ -64,7 +65,8 @@ def register(store, device: str | None, name: str | None, experiments: Sequence[
 
 
 def set_activity(store, worker_id: int, status: str, activity: dict) -> None:
-    from tracker.store.runstore import utcnow, workers_t
+    from tracker.store.db import utcnow
+    from tracker.store.tables import workers_t
 
     with store._write() as conn:
         conn.execute(workers_t.update().where(workers_t.c.id == worker_id).values(
@@ -75,15 +77,20 @@ def _alive_here(host: str | None, pid: int | None) -> bool:
     """False only for a process of this host that is gone (a kill -9 is seen at once, not a lease later)."""
     if host != socket.gethostname() or not pid:
         return True
-    from tracker.sweep.claims import _alive
-
-    return _alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def live_workers(store, experiment: str | None = None, device: str | None = None) -> list[dict]:
     """Warm workers that are up: kind daemon, status idle or working, seen within three heartbeats (and, on
     this host, their process alive); only those serving ``experiment`` and on ``device`` when given."""
-    from tracker.store.runstore import utcnow, workers_t
+    from tracker.store.db import utcnow
+    from tracker.store.tables import workers_t
 
     now = utcnow()
     with store._read() as conn:
@@ -105,7 +112,9 @@ def live_workers(store, experiment: str | None = None, device: str | None = None
 
 def warm_workers(store) -> list[dict]:
     """Every warm worker's row with ``live`` (what ``tracker status`` lists), newest first."""
-    from tracker.store.runstore import _aware, utcnow, workers_t
+    from tracker.store.db import utcnow
+    from tracker.store.records import aware_utc as _aware
+    from tracker.store.tables import workers_t
 
     live = {w["id"] for w in live_workers(store)}
     now = utcnow()
@@ -125,7 +134,7 @@ def warm_workers(store) -> list[dict]:
 
 
 def _claimable(now):
-    from tracker.store.runstore import runs_t
+    from tracker.store.tables import runs_t
 
     return sa.or_(runs_t.c.status == "pending",
                   sa.and_(runs_t.c.status == "running",
@@ -142,7 +151,8 @@ class Queued:
 
 def queued(store, experiments: Sequence[str] | None = None) -> list[Queued]:
     """Submitted sweeps with claimable runs (of ``experiments`` when given), in FIFO order."""
-    from tracker.store.runstore import experiments_t, runs_t, sweeps_t, utcnow
+    from tracker.store.db import utcnow
+    from tracker.store.tables import experiments_t, runs_t, sweeps_t
 
     q = (sa.select(sweeps_t.c.id, experiments_t.c.name, sa.func.count(runs_t.c.id))
          .join(experiments_t, experiments_t.c.id == sweeps_t.c.experiment_id)
@@ -174,7 +184,8 @@ def pick(items: Sequence[Queued], last_experiment: str | None) -> Queued | None:
 
 def claimable_runs(store, sweep_id: int) -> list[PlannedRun]:
     """The sweep's runs a worker may claim now, as planned runs (plan order)."""
-    from tracker.store.runstore import runs_t, utcnow
+    from tracker.store.db import utcnow
+    from tracker.store.tables import runs_t
 
     recs = store.runs(_also=sa.and_(runs_t.c.sweep_id == sweep_id, _claimable(utcnow())))
     return [r.planned() for r in recs]
@@ -234,7 +245,7 @@ class Submitted:
 def submit(ws, path, options, priority: int = 0, require_worker: bool = True) -> Submitted | None:
     """Plan ``path`` and hand the runs not done to the warm workers of the store. None (nothing written) when
     ``require_worker`` and no live warm worker serves the experiment: the caller runs it in-process."""
-    from tracker import __version__
+    from tracker.version import __version__
     from tracker.experiment import plan
     from tracker.sweep import runner
     from tracker.store.runstore import Store
@@ -249,16 +260,12 @@ def submit(ws, path, options, priority: int = 0, require_worker: bool = True) ->
         live = live_workers(store, exp.name, options.device)
         if require_worker and not live:
             return None
-        records = store.runs(exp.name)
-        status = {r.key: r.status for r in records}
-        lost, in_mlflow = runner.lost_images(records, {r.key for r in the_plan.runs})
-        status.update(dict.fromkeys(lost, "pending"))
-        redo = ("pending", "failed") if options.retry_failed else ("pending",)
-        todo = [r for r in the_plan.runs if status.get(r.key, "pending") in redo]
-        following = [r for r in the_plan.runs if status.get(r.key) == "running"]  # another sweep makes them
+        runner.claim_name(store, exp, file)
+        found = runner.find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
+        todo, status = found.todo, found.status
         summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,
                                       keys=tuple(r.key for r in the_plan.runs))
-        store.save_experiment(exp.name, str(file) if file is not None else None, exp.source)
+        store.save_experiment(exp.name, str(file) if file is not None else None, exp.source, the_plan.version)
         base = exp.base_dir or (file.parent if file is not None else None)
         sweep_id = store.start_sweep(exp.name, {
             "command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname(),
@@ -269,26 +276,28 @@ def submit(ws, path, options, priority: int = 0, require_worker: bool = True) ->
                            "device": options.device, "pid": os.getpid()},
         })
         summary.sweep_id = sweep_id
-        store.plan_runs(sweep_id, the_plan.runs)
-        if lost:
-            store.mark_pending(exp.name, lost)
+        store.plan_runs(sweep_id, the_plan.runs, the_plan.version)
+        if found.lost:
+            store.mark_pending(exp.name, found.lost)
         if options.retry_failed:
             store.mark_pending(exp.name, [r.key for r in todo if status.get(r.key) == "failed"])
-        if in_mlflow:
+        if found.in_mlflow:
             import logging
 
             logging.getLogger("tracker").warning(
-                f"{len(in_mlflow)} done runs of {exp.name} have no image in this workspace but were logged to MLflow; "
-                f"not made again (`tracker check --fix {exp.name}` then `tracker run` makes them here)")
-        attach(store, exp.name, sweep_id, [r.key for r in todo + following])
-        summary.skipped = len(the_plan.runs) - len(todo) - len(following)
-        return Submitted(sweep_id, exp.name, tuple(r.key for r in todo + following), summary, live)
+                f"{len(found.in_mlflow)} done runs of {exp.name} have no image in this workspace but were logged to "
+                f"MLflow; not made again (`tracker check --fix {exp.name}` then `tracker run` makes them here)")
+        # queued: the runs not done (those another sweep holds are followed, and queued if their lease ends)
+        attach(store, exp.name, sweep_id, [r.key for r in todo])
+        summary.skipped, summary.failed_earlier = found.done, found.failed_earlier
+        return Submitted(sweep_id, exp.name, tuple(r.key for r in todo), summary, live)
 
 
 def attach(store, experiment: str, sweep_id: int, keys: Sequence[str]) -> int:
     """Put the claimable runs of ``keys`` (pending, or running past their lease) in the sweep's queue;
     returns how many."""
-    from tracker.store.runstore import experiments_t, runs_t, utcnow
+    from tracker.store.db import utcnow
+    from tracker.store.tables import experiments_t, runs_t
 
     n = 0
     with store._write() as conn:
@@ -304,7 +313,7 @@ def attach(store, experiment: str, sweep_id: int, keys: Sequence[str]) -> int:
 def taken(store, sweep_id: int, device: str, environment: dict) -> None:
     """A warm worker starts on the sweep: its device and environment; queued -> running (a sweep withdrawn
     meanwhile stays withdrawn)."""
-    from tracker.store.runstore import sweeps_t
+    from tracker.store.tables import sweeps_t
 
     with store._write() as conn:
         conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id).values(device=device, environment=environment))
@@ -315,7 +324,8 @@ def taken(store, sweep_id: int, device: str, environment: dict) -> None:
 def withdraw(store, sweep_id: int, status: str = "interrupted") -> int:
     """Take the sweep out of the queue: its runs not started stay pending but no worker takes them for it
     (runs a worker holds are finished and recorded). Returns how many runs were withdrawn."""
-    from tracker.store.runstore import runs_t, sweeps_t, utcnow
+    from tracker.store.db import utcnow
+    from tracker.store.tables import runs_t, sweeps_t
 
     with store._write() as conn:
         conn.execute(sweeps_t.update().where(sweeps_t.c.id == sweep_id).values(status=status, ended_at=utcnow()))
@@ -364,7 +374,8 @@ def follow(ws, sub: Submitted, bar, orphan_seconds: float | None = None,
 
 def finish(ws, sub: Submitted, seconds: float) -> None:
     """Fill the submitter's summary from the store (runs done and failed, who made them) and close the sweep."""
-    from tracker.store.runstore import Store, runs_t, workers_t, experiments_t
+    from tracker.store.runstore import Store
+    from tracker.store.tables import experiments_t, runs_t, workers_t
 
     summary = sub.summary
     summary.seconds = seconds
