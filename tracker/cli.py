@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "show": "tracker.commands.store_cmds:show",
     "experiments": "tracker.commands.store_cmds:experiments",
     "status": "tracker.commands.status:status",
+    "worker": "tracker.commands.worker:worker",
+    "watch": "tracker.commands.worker:watch",
     "db": "tracker.commands.store_cmds:db",
     "models": "tracker.commands.models:models",
     "sync": "tracker.commands.mlflow_cmds:sync",

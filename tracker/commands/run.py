@@ -26,14 +26,20 @@ from tracker.workspace import Workspace
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster: auto, ray://HOST:PORT, or no value for a local cluster for this sweep "
                    "(needs the ray extra).")
+@click.option("--local", is_flag=True,
+              help="Generate in this process even when a warm worker (`tracker worker`) serves the store.")
+@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
+              help="With a warm worker: sweeps of higher priority are served first.")
 @pass_workspace
 def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_failed: bool, dry_run: bool,
         from_key: str | None, mlflow_uri: str | None, no_mlflow: bool, quiet: bool, workers: str | None,
-        ray_address: str | None) -> int:
+        ray_address: str | None, local: bool, priority: int) -> int:
     """Generate the images of an experiment FILE, skipping runs already done.
 
     Each image is a run stored with its seed, settings, timings and memory; the sweep is logged to
-    MLflow in the background. Exit status 1 when any run failed.
+    MLflow in the background. When a warm worker (`tracker worker`) of this run store is live, the runs
+    are queued for it and followed from here (Ctrl-C withdraws those not started); --local generates
+    here. Exit status 1 when any run failed.
     """
     from tracker import api
     from tracker.sweep import runner
@@ -42,7 +48,17 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
         _dry_run(ws, file, runner.RunOptions(max_runs=max_runs, from_key=from_key, retry_failed=retry_failed))
         return 0
     n = _workers(workers)
-    if ray_address is None and workers is None:  # in this process (or one rank of an accelerate launch)
+    if ray_address is None and workers is None:  # a warm worker, else this process (or one accelerate rank)
+        if not local:
+            from tracker.sweep import queue
+
+            opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
+                                     progress=not quiet)
+            sub = queue.submit(ws, file, opts, priority=priority)
+            if sub is not None:
+                code = _follow(ws, sub, quiet)
+                if code is not None:
+                    return code
         result = api.run(file, home=ws, mlflow=False if no_mlflow else (mlflow_uri or True), progress=not quiet,
                          device=device, max_runs=max_runs, retry_failed=retry_failed, from_key=from_key)
         click.echo(runner.format_summary(result.summary))
@@ -63,6 +79,33 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     result = driver.run(ws, file, opts, driver.LocalPool(n, note=lambda line: click.echo(line, err=True)))
     click.echo(pool.format_pool(result))
     return 1 if result.failed or result.pending else 0
+
+
+def _follow(ws: Workspace, sub, quiet: bool) -> int | None:
+    """Follow a sweep handed to warm workers; None when they all went away (the caller generates the rest)."""
+    import time
+
+    from tracker.sweep import queue, runner
+    from tracker.sweep.claim_loop import lease_seconds
+
+    began = time.perf_counter()
+    names = ", ".join(f"{w['name']} ({w['device']})" for w in sub.workers)
+    click.echo(f"queued {len(sub.keys)} runs of {sub.experiment} (sweep {sub.sweep_id}) for the warm worker(s) "
+               f"{names}; Ctrl-C withdraws those not started", err=True)
+    with runner.progress_bar(len(sub.keys), sub.experiment, not quiet) as bar:
+        outcome = queue.follow(ws, sub, bar, orphan_seconds=lease_seconds() + 2,
+                               note=lambda line: click.echo(line, err=True))
+    if outcome == "orphaned":
+        from tracker.store.runstore import Store
+
+        with Store.open(ws.db_url, home=ws.home) as store:
+            queue.withdraw(store, sub.sweep_id, status="orphaned")
+        click.echo(f"warning: no warm worker serves {sub.experiment} any more; generating the rest here", err=True)
+        return None
+    queue.finish(ws, sub, time.perf_counter() - began)
+    click.echo(runner.format_summary(sub.summary))
+    click.echo(queue.format_made_by(sub))
+    return 1 if sub.summary.failed else 0
 
 
 def _workers(value: str | None) -> int | None:

@@ -41,6 +41,7 @@ from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
 from tracker.engine.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
 from tracker.experiment.plan import PlannedRun  # noqa: E402
+from tracker.experiment import model_refs as models  # noqa: E402
 from tracker.experiment.settings import Settings  # noqa: E402
 
 log = logging.getLogger("tracker")
@@ -164,6 +165,43 @@ class Engine:
                 loaded.saved.restore(loaded.pipe, loaded.offloaded)
                 loaded.offloaded, loaded.device, loaded.sliced = False, loaded.saved.device, False
         self._active, self._settings = None, None
+
+    # -- a warm worker's cache (tracker.sweep.daemon evicts the least recently used under a budget) --------
+
+    def pipeline_key(self, settings: Settings) -> tuple | None:
+        """The cache key of the pipeline ``settings`` load (None: a user's pipeline, never evicted)."""
+        if models.is_user_pipeline(settings.model):
+            return None
+        return (self.pipelines.ref(settings.model).location, settings.dtype, settings.allow_pickle)
+
+    def pipeline_bytes(self) -> dict[tuple, int]:
+        """Each cached pipeline (not a user's) -> the bytes of its weights (parameters and buffers)."""
+        out = {}
+        for key, loaded in self.pipelines.pipes.items():
+            if loaded.saved is not None:
+                continue
+            total = 0
+            for module in loaded.pipe.components.values():
+                if isinstance(module, torch.nn.Module):
+                    total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+            out[key] = total
+        return out
+
+    def unload(self, key: tuple) -> None:
+        """Drop a cached pipeline (its weights are freed once nothing else holds them)."""
+        import gc
+
+        loaded = self.pipelines.pipes.pop(key, None)
+        if loaded is None or loaded.saved is not None:
+            if loaded is not None:
+                self.pipelines.pipes[key] = loaded
+            return
+        if self._active is loaded:
+            self._active, self._settings = None, None
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
     # -- prepare -----------------------------------------------------------------------------------

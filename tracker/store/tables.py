@@ -53,6 +53,8 @@ sweeps_t = sa.Table(
     sa.Column("verify", sa.JSON),  # 0003
     sa.Column("idle_fraction", sa.Float),  # 0005: share of wall time outside pipeline calls
     sa.Column("warmup_seconds", sa.Float),  # 0005: compile + first-batch warm-up, outside steady timings
+    # 0014: a sweep handed to warm workers (tracker.sweep.queue): submitted_by, priority, what it allows them to load
+    sa.Column("submission", sa.JSON),
     sa.Index("ix_sweeps_experiment", "experiment_id"),
 )
 
@@ -126,7 +128,8 @@ events_t = sa.Table(
 workers_t = sa.Table(  # 0004: one process generating images for a sweep (see tracker.sweep.claims)
     "workers", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("sweeps.id", name="fk_workers_sweep"), nullable=False),
+    # NULL for a warm worker (0014), which serves many sweeps
+    sa.Column("sweep_id", sa.Integer, sa.ForeignKey("sweeps.id", name="fk_workers_sweep")),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer),
@@ -137,6 +140,9 @@ workers_t = sa.Table(  # 0004: one process generating images for a sweep (see tr
     sa.Column("runs_failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("busy_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("status", sa.String(20), nullable=False, server_default="working"),
+    sa.Column("kind", sa.String(20)),  # 0014: "daemon" for `tracker worker` (tracker.sweep.daemon); NULL a sweep's
+    sa.Column("experiments", sa.JSON),  # 0014: the experiments a daemon serves (NULL: all)
+    sa.Column("activity", sa.JSON),  # 0014: a daemon's experiment, images/s, queue, loaded models
     sa.Index("ix_workers_sweep", "sweep_id"),
 )
 

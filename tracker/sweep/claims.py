@@ -208,9 +208,11 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
             raise NotFoundError(f"no experiment {experiment!r} in the run store {store.url}")
         counts = dict(conn.execute(sa.select(runs_t.c.status, sa.func.count()).where(runs_t.c.experiment_id == eid)
                                    .group_by(runs_t.c.status)).all())
-        workers = conn.execute(
-            sa.select(workers_t).join(sweeps_t, sweeps_t.c.id == workers_t.c.sweep_id)
-            .where(sweeps_t.c.experiment_id == eid).order_by(workers_t.c.id.desc()).limit(max_workers)).mappings().all()
+        workers = conn.execute(  # the sweeps' own workers, and warm workers (no sweep) that took runs of it
+            sa.select(workers_t).where(sa.or_(
+                workers_t.c.sweep_id.in_(sa.select(sweeps_t.c.id).where(sweeps_t.c.experiment_id == eid)),
+                workers_t.c.id.in_(sa.select(runs_t.c.worker_id).where(runs_t.c.experiment_id == eid))))
+            .order_by(workers_t.c.id.desc()).limit(max_workers)).mappings().all()
         holding = dict(conn.execute(
             sa.select(runs_t.c.worker_id, sa.func.count()).where(runs_t.c.experiment_id == eid,
                                                                  runs_t.c.status == "running")
@@ -231,7 +233,7 @@ def status(store: Store, experiment: str, max_workers: int = 50) -> dict:
         alive = (w["last_seen"] - w["started_at"]).total_seconds()
         out_workers.append({
             "id": w["id"], "name": w["name"], "sweep_id": w["sweep_id"], "host": w["host"], "pid": w["pid"],
-            "device": w["device"], "status": w["status"], "runs_done": made.get(w["id"], 0), "runs_failed": w["runs_failed"],
+            "device": w["device"], "status": w["status"], "kind": w["kind"], "runs_done": made.get(w["id"], 0), "runs_failed": w["runs_failed"],
             "holding": holding.get(w["id"], 0),
             "images_per_second": round(made.get(w["id"], 0) / alive, 4) if alive > 0 else None,
             "busy_seconds": round(w["busy_seconds"], 3), "started_at": aware_utc(w["started_at"]),
@@ -280,7 +282,7 @@ def reap_local(store: Store) -> int:
     host = socket.gethostname()
     with store._read() as conn:
         rows = conn.execute(sa.select(workers_t.c.id, workers_t.c.pid).where(
-            workers_t.c.host == host, workers_t.c.status == "working")).all()
+            workers_t.c.host == host, workers_t.c.status.in_(("working", "idle")))).all()
     released = 0
     for wid, pid in rows:
         if pid is None or pid == os.getpid() or _alive(pid):

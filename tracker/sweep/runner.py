@@ -149,7 +149,7 @@ def run_prepared(ws: Workspace, prepared: Prepared, options: RunOptions = RunOpt
         try:
             with progress_bar(len(todo), exp.name, options.progress) as bar:
                 sweep.bar = bar
-                sweep.writer = writer_for(ws, store, sink, engine, exp.settings, sweep, _scorer(store, exp, engine))
+                sweep.writer = writer_for(ws, store, sink, engine, exp.settings, sweep, scorer_for(store, exp, engine))
                 try:
                     if todo:
                         work.generate_claimed(store, list(ordered_groups(todo)), worker, AUTO_BATCH_MAX,
@@ -219,7 +219,7 @@ def mlflow_sink(ws: Workspace, experiment: str):
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir, home=ws.home)
 
 
-def _scorer(store, exp: Experiment, engine):
+def scorer_for(store, exp: Experiment, engine):
     """The experiment's metrics: the writing stage scores each image after it is written, before MLflow gets it."""
     if not exp.metrics:
         return None
