@@ -56,7 +56,7 @@ def _warm(warm: list[dict], waiting: list, as_json: bool) -> None:
     """The warm workers table and the queue."""
     queue_runs = sum(q.runs for q in waiting)
     if as_json:
-        _dump({"warm_workers": warm, "queue": {"runs": queue_runs, "sweeps": [
+        echo_json({"warm_workers": warm, "queue": {"runs": queue_runs, "sweeps": [
             {"sweep_id": q.sweep_id, "experiment": q.experiment, "runs": q.runs, "by": q.submission.get("by"),
              "priority": q.submission.get("priority", 0)} for q in waiting]}})
         return
@@ -67,8 +67,8 @@ def _warm(warm: list[dict], waiting: list, as_json: bool) -> None:
         for w in warm:
             a = w["activity"]
             rows.append([str(w["id"]), w["name"], w["device"] or "-", w["status"], a.get("experiment") or "-",
-                         _num(a.get("images_per_second")), str(a.get("made", w["runs_done"])),
-                         ", ".join(a.get("models") or []) or "-", _when(w["last_seen"]),
+                         number_text(a.get("images_per_second")), str(a.get("made", w["runs_done"])),
+                         ", ".join(a.get("models") or []) or "-", when_text(w["last_seen"]),
                          f"{w['seen_seconds_ago']:.0f} s ago"])
         click.echo(table(["worker", "name", "device", "status", "experiment", "images/s", "made", "loaded",
                           "last seen", ""], rows))
