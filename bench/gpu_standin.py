@@ -149,13 +149,13 @@ def standin_rate(engine, images: int, batch: int) -> float:
 
 def sweep(work: Path, name: str, images: int, batch: int, size: int, call: float, mlflow: bool):
     from tracker.sweep import driver, runner
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     home = work / name
     home.mkdir(parents=True)
     path = home / f"{name}.yaml"
     path.write_text(experiment_yaml(name, images, batch, size))
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'tracker.db'}",
+    ws = WorkspaceConfig(home=home, db_url=f"sqlite:///{home / 'tracker.db'}",
                    mlflow_uri=f"sqlite:///{work / 'mlflow.db'}" if mlflow else None, mlflow_enabled=mlflow)
     engine = standin_engine(call, batch, size)
     summary = driver.run(ws, str(path), runner.RunOptions(progress=False), driver.InProcess(engine=engine))

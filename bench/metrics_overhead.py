@@ -56,9 +56,9 @@ def sweep(path: Path, home: Path) -> tuple[float, dict[str, bytes]]:
     from PIL import Image
 
     from tracker.sweep import driver, runner
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(home), no_mlflow=True)
+    ws = WorkspaceConfig.from_options(home=str(home), no_mlflow=True)
     summary = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert summary.failed == 0 and summary.done > 0, summary
     images = {}

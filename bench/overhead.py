@@ -135,13 +135,13 @@ def tracker_sweep(work: Path, name: str, model: Path, images: int, steps: int, b
                   mlflow_uri: str | None) -> Path:
     """One ``tracker run`` in a fresh workspace (nothing done yet), timed end to end."""
     from tracker.sweep import driver, runner
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     home = work / name
     home.mkdir(parents=True)
     path = home / f"{name}.yaml"
     path.write_text(experiment_yaml(name, model, images, steps, batch_size))
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'tracker.db'}", mlflow_uri=mlflow_uri,
+    ws = WorkspaceConfig(home=home, db_url=f"sqlite:///{home / 'tracker.db'}", mlflow_uri=mlflow_uri,
                    mlflow_enabled=mlflow_uri is not None)
     summary = driver.run(ws, str(path), runner.RunOptions(progress=False))
     if summary.done != images or summary.failed:

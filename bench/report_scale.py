@@ -68,9 +68,9 @@ def build_workspace(home: Path, runs: int, size: int):
     from tracker.experiment.plan import expand
     from tracker.experiment.parse import parse
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(home), no_mlflow=True).ensure()
+    ws = WorkspaceConfig.from_options(home=str(home), no_mlflow=True).ensure()
     text = experiment_text(runs, size)
     plan = expand(parse(text, "scale.yaml")).runs[:runs]
     with Store.open(ws.db_url, home=ws.home) as store:

@@ -317,3 +317,16 @@ def test_names_are_imported_from_the_module_that_defines_them():
                     if f"{node.module}.{alias.name}" not in mods and alias.name in _imported_only(node.module):
                         found.add((path.relative_to(ROOT).as_posix(), node.module, alias.name))
     assert sorted(found - set(REEXPORT_ALLOWED)) == []
+
+
+def test_one_class_per_name():
+    """Two classes of one name (two ``Workspace``s, two ``Experiment``s) make readers and imports guess which:
+    every class defined at a module's top level in tracker/ has a name no other module's class has."""
+    import collections
+
+    seen: dict[str, list[str]] = collections.defaultdict(list)
+    for module, path in modules().items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                seen[node.name].append(module)
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}

@@ -20,7 +20,7 @@ from tracker.mlflow import client as mlflow_client, mapping, sync as mlflow_sync
 from tracker.experiment import plan, parse as spec
 from tracker.mlflow.mapping import KEY_TAG, PARENT_TAG
 from tracker.mlflow.worker import MlflowSink
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 # mlflow 3.17's SQL store uses an ORM option SQLAlchemy 2.1 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -57,16 +57,16 @@ def mlflow_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def ws(tmp_path, mlflow_template, monkeypatch) -> Workspace:
+def ws(tmp_path, mlflow_template, monkeypatch) -> WorkspaceConfig:
     """The workspace the ``cli`` fixture uses (TRACKER_HOME=tmp_path/home), with a fresh MLflow store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(mlflow_template, home / "mlflow.db")
-    return Workspace(home=home, db_url=f"sqlite:///{home / 'tracker.db'}")
+    return WorkspaceConfig(home=home, db_url=f"sqlite:///{home / 'tracker.db'}")
 
 
-def make_sweep(ws: Workspace, name: str = "chief", prompt_suffix: str = "") -> tuple[int, Path, list]:
+def make_sweep(ws: WorkspaceConfig, name: str = "chief", prompt_suffix: str = "") -> tuple[int, Path, list]:
     """A finished sweep in a real run store: 4 done runs, each with a real PNG. Returns (sweep, file, records)."""
     from tracker.store.runstore import Store
 
@@ -91,7 +91,7 @@ def make_sweep(ws: Workspace, name: str = "chief", prompt_suffix: str = "") -> t
         return sweep, path, store.runs(name)
 
 
-def log_sweep(ws: Workspace, sweep: int, path: Path, records: list, uri: str | None = None) -> mlflow_client.SyncSummary:
+def log_sweep(ws: WorkspaceConfig, sweep: int, path: Path, records: list, uri: str | None = None) -> mlflow_client.SyncSummary:
     sink = MlflowSink(uri or ws.mlflow_tracking_uri, records[0].experiment, ws.db_url, ws.mlflow_artifacts_dir)
     sink.start_sweep(sweep, str(path), {"env.torch_version": "2.13", "env.device_name": "cpu"})
     for rec in records:
@@ -101,13 +101,13 @@ def log_sweep(ws: Workspace, sweep: int, path: Path, records: list, uri: str | N
     return sink.close()
 
 
-def client(ws: Workspace):
+def client(ws: WorkspaceConfig):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=ws.mlflow_tracking_uri)
 
 
-def runs_by_key(ws: Workspace, name: str) -> dict[str, list]:
+def runs_by_key(ws: WorkspaceConfig, name: str) -> dict[str, list]:
     c = client(ws)
     exp = c.get_experiment_by_name(name)
     out: dict[str, list] = {}
@@ -118,14 +118,14 @@ def runs_by_key(ws: Workspace, name: str) -> dict[str, list]:
     return out
 
 
-def store_records(ws: Workspace, name: str) -> list:
+def store_records(ws: WorkspaceConfig, name: str) -> list:
     from tracker.store.runstore import Store
 
     with Store.open(ws.db_url) as store:
         return store.runs(name)
 
 
-def parents(ws: Workspace, name: str) -> list:
+def parents(ws: WorkspaceConfig, name: str) -> list:
     c = client(ws)
     exp = c.get_experiment_by_name(name)
     return c.search_runs([exp.experiment_id], "tags.`tracker.kind` = 'sweep'")
@@ -266,7 +266,7 @@ def test_attach_artifacts_to_the_latest_sweep(ws, tmp_path):
 
 
 def test_run_url_links_the_ui():
-    ws = Workspace(home=Path("/tmp/x"), db_url="sqlite://")
+    ws = WorkspaceConfig(home=Path("/tmp/x"), db_url="sqlite://")
     rec = type("R", (), {"mlflow_run_id": "abc"})()
     assert ui.run_url(ws, rec) == "http://127.0.0.1:5000/#/runs/abc"
     assert ui.run_url(replace(ws, mlflow_uri="http://mlf:8080/"), rec) == "http://mlf:8080/#/runs/abc"

@@ -30,7 +30,7 @@ PARTI = textwrap.dedent("""\
     """)
 
 
-def experiment(tmp_path, prompts: str, extra: str = "steps: [2, 3]\nseeds: [0, 1]\n", name="suite") -> spec.Experiment:
+def experiment(tmp_path, prompts: str, extra: str = "steps: [2, 3]\nseeds: [0, 1]\n", name="suite") -> spec.ExperimentSpec:
     (tmp_path / "sets").mkdir(exist_ok=True)
     (tmp_path / "sets" / "parti.tsv").write_text(PARTI)
     path = tmp_path / f"{name}.yaml"

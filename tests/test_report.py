@@ -54,10 +54,10 @@ def make_workspace(home: Path, experiment: dict, *, failed: dict[int, str] | Non
     from tracker.experiment.plan import expand
     from tracker.experiment.parse import parse
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     text = yaml.safe_dump(experiment, sort_keys=False, allow_unicode=True)
-    ws = Workspace.from_options(home=str(home), no_mlflow=True).ensure()
+    ws = WorkspaceConfig.from_options(home=str(home), no_mlflow=True).ensure()
     exp = parse(text, str(home / f"{experiment['name']}.yaml"))
     runs = expand(exp).runs
     failed = failed or {}
@@ -476,9 +476,9 @@ def test_unknown_experiment_and_no_runs_yet(cli, tmp_path):
     from tracker.experiment.plan import expand
     from tracker.experiment.parse import parse
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(tmp_path / "empty")).ensure()
+    ws = WorkspaceConfig.from_options(home=str(tmp_path / "empty")).ensure()
     text = yaml.safe_dump({**PROBE, "name": "unrun"}, sort_keys=False)
     exp = parse(text)
     with Store.open(ws.db_url) as store:

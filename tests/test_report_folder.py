@@ -83,9 +83,9 @@ def test_report_links_follow_the_ui_port_or_mlflow_ui_url(tmp_path):
     from types import SimpleNamespace
 
     from tracker.mlflow.ui import run_url
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(tmp_path))
+    ws = WorkspaceConfig.from_options(home=str(tmp_path))
     rec = SimpleNamespace(mlflow_run_id="abc")
     assert run_url(ws, rec) == "http://127.0.0.1:5000/#/runs/abc"
     (tmp_path / "mlflow-ui.url").write_text("http://127.0.0.1:5123\n")  # what `tracker ui --port 5123` writes

@@ -82,9 +82,9 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(write_yaml, tmp_path, mon
     """A fault injected into one image: that run fails with its error, the others finish, --retry-failed redoes it."""
     from tracker.engine import core as engine_mod
     from tracker.sweep import driver, runner
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
+    ws = WorkspaceConfig.from_options(home=str(tmp_path / "home"), no_mlflow=True)
     path = write_yaml(SMALL + "batch_size: 2\n")
     real = engine_mod.Engine.generate
 
@@ -113,9 +113,9 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(write_yaml, tmp_path, 
     from tracker.engine import core as engine_mod
     from tracker.sweep import driver, runner
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
+    ws = WorkspaceConfig.from_options(home=str(tmp_path / "home"), no_mlflow=True)
     path = write_yaml(SMALL.replace("seeds: [0, 1, 2]", f"seeds: {seeds}"))
     real = engine_mod.Engine.generate
     seen = []

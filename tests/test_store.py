@@ -445,11 +445,11 @@ def test_a_new_store_opens_while_another_connection_holds_it_before_it_is_in_wal
 def test_a_tilde_in_a_sqlite_url_is_expanded_the_same_way_everywhere(tmp_path, monkeypatch):
     """--db 'sqlite:///~/x.db': the workspace's URL (what every command and child process gets), Store.open
     given the URL itself, and the read commands' existence check all mean $HOME/x.db, never ./~/x.db."""
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
     monkeypatch.chdir(tmp_path)
-    ws = Workspace.from_options(home=str(tmp_path / "ws"), db="sqlite:///~/x.db")
+    ws = WorkspaceConfig.from_options(home=str(tmp_path / "ws"), db="sqlite:///~/x.db")
     assert ws.db_url == f"sqlite:///{tmp_path / 'h' / 'x.db'}"
     with Store.open("sqlite:///~/x.db") as st:  # the Python API, given the URL as the user wrote it
         planned(st, plan.expand(spec.parse("name: t\nprompt: a\nseeds: [0]\n", "t.yaml")))

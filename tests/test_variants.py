@@ -194,9 +194,9 @@ def test_a_variant_sweep_runs_and_is_queried_by_its_labels(cli, tmp_path):
     runs = json.loads(res.out)
     assert [(r["axes"]["variant"], r["prompt"]) for r in runs] == [("blue", "a chief with blue paint")]
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    with Store.open(Workspace.from_options(home=str(tmp_path / "home")).db_url) as store:
+    with Store.open(WorkspaceConfig.from_options(home=str(tmp_path / "home")).db_url) as store:
         rec = store.get_run(runs[0]["key"])
     from tracker.mlflow import mapping
 

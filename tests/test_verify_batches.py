@@ -57,10 +57,10 @@ def test_an_edited_original_is_compared_and_named(cli, write_yaml):
 
 def test_original_batches_are_found_from_the_store(cli, write_yaml):
     from tracker.store.runstore import Store
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     assert cli("run", write_yaml(SWEEP), "--no-mlflow", "-q").code == 0
-    with Store.open(Workspace.from_options().db_url) as store:
+    with Store.open(WorkspaceConfig.from_options().db_url) as store:
         done = store.runs("batches", status="done")
     sampled = vf.sample_runs(done, 3)
     batches = vf.original_batches(done, sampled)

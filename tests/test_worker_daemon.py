@@ -52,9 +52,9 @@ def _write(folder: Path, name: str = "alpha", model: str = "tiny", animals: str 
 
 @pytest.fixture
 def ws(tmp_path):
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
-    return Workspace.from_options(home=str(tmp_path / "home"))
+    return WorkspaceConfig.from_options(home=str(tmp_path / "home"))
 
 
 def _submit(ws, path, priority=0):

@@ -139,7 +139,7 @@ def test_a_batch_is_written_once_the_next_call_denoises(write_yaml, tmp_path, mo
     (and the next claim made) once the next call reaches its denoiser, the last batch once none is next.
     The bounded wait is made unbounded here, so an image written on time proves the gate was opened."""
     from tracker.sweep import driver, runner, claim_loop as work, writer
-    from tracker.workspace import Workspace
+    from tracker.workspace import WorkspaceConfig
 
     monkeypatch.setattr(writer, "GATE_WAIT_S", 600)
     monkeypatch.setattr(work, "GATE_WAIT_S", 600)
@@ -156,7 +156,7 @@ def test_a_batch_is_written_once_the_next_call_denoises(write_yaml, tmp_path, mo
     init = runner.Sweep.__post_init__
     monkeypatch.setattr(runner.Sweep, "__post_init__", lambda self: (sweeps.append(self), init(self))[1])
     path = write_yaml(SWEEP + "batch_size: 2\n")
-    ws = Workspace.from_options(home=str(tmp_path / "home"), no_mlflow=True)
+    ws = WorkspaceConfig.from_options(home=str(tmp_path / "home"), no_mlflow=True)
     summary = driver.run(ws, str(path), runner.RunOptions(progress=False))
     assert summary.done == 6 and summary.failed == 0
     assert handed == [False] * 3  # handed over while the generating thread works between calls ...

@@ -27,7 +27,7 @@ from tracker.experiment import model, plan, parse as spec
 from tracker.errors import NotFoundError, SpecError, UsageError
 from tracker.images.grid import DEFAULT_MAX_PIXELS as GRID_MAX_PIXELS, REPORT_MAX_PIXELS
 from tracker.results import ExperimentInfo, ExperimentList, Run, RunList, SweepResult, grid_image
-from tracker.workspace import Workspace as WorkspaceConfig
+from tracker.workspace import WorkspaceConfig
 
 PathLike = str | os.PathLike
 GRID_GAP = 16  # pixels between stacked grids
@@ -47,7 +47,7 @@ class Experiment:
         Experiment("a {{ age }} chief", name="ages", axes={"age": ["old", "young"]}, seeds=[1], steps=20)
     """
 
-    spec: model.Experiment
+    spec: model.ExperimentSpec
 
     def __init__(self, prompt: str | Mapping[str, str] | None = None, *, name: str | None = None,
                  negative_prompt: str | Mapping[str, str] | None = None, axes: Mapping[str, Any] | None = None,
@@ -61,7 +61,7 @@ class Experiment:
         self.spec = Experiment.from_dict(data, base_dir=base_dir).spec
 
     @classmethod
-    def _of(cls, exp: model.Experiment) -> "Experiment":
+    def _of(cls, exp: model.ExperimentSpec) -> "Experiment":
         out = cls.__new__(cls)
         out.spec = exp
         return out
@@ -135,7 +135,7 @@ class Experiment:
         return f"<Experiment {self.name}: axes {axes}>"
 
     # -- with a user's pipeline object
-    def for_pipeline(self, user) -> model.Experiment:
+    def for_pipeline(self, user) -> model.ExperimentSpec:
         """This experiment on a user's pipeline (``tracker.engine.userpipe.UserPipeline``): its model becomes the
         pipeline's fingerprint name, its dtype the pipeline's; size and device default to the pipeline's own."""
         for a in self.spec.axes:
@@ -179,10 +179,10 @@ def _plain(value: Any, where: str, field: str | None = None) -> Any:
     raise SpecError(where, field, f"must be text, a number, a list or a mapping but is {kind}: {value!r:.80}")
 
 
-def _experiment(experiment: "Experiment | model.Experiment | Mapping | PathLike") -> Experiment:
+def _experiment(experiment: "Experiment | model.ExperimentSpec | Mapping | PathLike") -> Experiment:
     if isinstance(experiment, Experiment):
         return experiment
-    if isinstance(experiment, model.Experiment):
+    if isinstance(experiment, model.ExperimentSpec):
         return Experiment._of(experiment)
     if isinstance(experiment, Mapping):
         return Experiment.from_dict(experiment)

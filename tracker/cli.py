@@ -14,7 +14,7 @@ import click
 
 from tracker.version import __version__
 from tracker.errors import TrackerError
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="prompt-tracker")
 @click.option("--home", envvar="TRACKER_HOME", metavar="DIR",
-              help="Workspace folder for the run store, images, MLflow store and reports [default: ./.tracker].")
+              help="WorkspaceConfig folder for the run store, images, MLflow store and reports [default: ./.tracker].")
 @click.option("--db", "db_url", envvar="TRACKER_DB_URL", metavar="URL",
               help="SQLAlchemy URL of the run store [default: sqlite:///HOME/tracker.db].")
 @click.pass_context
@@ -81,10 +81,10 @@ def cli(ctx: click.Context, home: str | None, db_url: str | None) -> None:
       tracker report shapes                 # HTML report with seed-fixed grids
       tracker ui                            # browse runs in the MLflow UI
     """
-    ctx.obj = Workspace.from_options(home=home, db=db_url)
+    ctx.obj = WorkspaceConfig.from_options(home=home, db=db_url)
 
 
-pass_workspace = click.make_pass_decorator(Workspace)
+pass_workspace = click.make_pass_decorator(WorkspaceConfig)
 
 
 def mlflow_uri_option(f):
@@ -93,7 +93,7 @@ def mlflow_uri_option(f):
         if value:
             from dataclasses import replace
 
-            ctx.obj = replace(ctx.find_object(Workspace), mlflow_uri=value)
+            ctx.obj = replace(ctx.find_object(WorkspaceConfig), mlflow_uri=value)
 
     return click.option("--mlflow-uri", metavar="URI", expose_value=False, callback=set_uri,
                         help="MLflow tracking URI, where images not in this workspace are read from "

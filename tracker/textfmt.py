@@ -30,3 +30,19 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, max_width: in
     if rule:
         cells.insert(1, ["-" * w for w in widths])
     return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells)
+
+
+class NoBar:
+    """A progress bar that shows nothing (``tqdm``'s interface, as far as sweeps and scoring use it)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

@@ -16,7 +16,7 @@ DEFAULT_HOME = ".tracker"
 
 
 @dataclass(frozen=True)
-class Workspace:
+class WorkspaceConfig:
     home: Path
     db_url: str
     mlflow_uri: str | None = None  # None: the workspace's own store; "" would mean off (see mlflow_enabled)
@@ -25,7 +25,7 @@ class Workspace:
 
     @classmethod
     def from_options(cls, home: str | None = None, db: str | None = None, mlflow_uri: str | None = None,
-                     no_mlflow: bool = False) -> "Workspace":
+                     no_mlflow: bool = False) -> "WorkspaceConfig":
         root = Path(home or os.environ.get("TRACKER_HOME") or DEFAULT_HOME).expanduser().resolve()
         from tracker.store.db import normalized_url
 
@@ -68,7 +68,7 @@ class Workspace:
         """The file a stored image path names (``RunRecord.image``, a path in the store): see ``image_file``."""
         return image_file(self.home, stored)
 
-    def ensure(self) -> "Workspace":
+    def ensure(self) -> "WorkspaceConfig":
         self.home.mkdir(parents=True, exist_ok=True)
         return self
 

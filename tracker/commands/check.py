@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
 @click.argument("experiment", required=False)
 @click.option("--fix", is_flag=True, help="Mark runs with a missing or modified image pending (tracker run makes them again).")
 @pass_workspace
-def check(ws: Workspace, experiment: str | None, fix: bool) -> int:
+def check(ws: WorkspaceConfig, experiment: str | None, fix: bool) -> int:
     """Check that every done run's image exists and still has the sha256 recorded when it was made.
 
     Missing or modified images are listed (exit status 1); --fix marks those runs pending so the next

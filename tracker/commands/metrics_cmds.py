@@ -10,10 +10,10 @@ import json
 import click
 
 from tracker.cli import pass_workspace
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
-def _open(ws: Workspace):
+def _open(ws: WorkspaceConfig):
     from tracker.store.runstore import Store
 
     return Store.open(ws.db_url, create=False, home=ws.home)  # score and effects read stored runs: never create a store
@@ -28,7 +28,7 @@ def _open(ws: Workspace):
 @click.option("--all-versions", is_flag=True,
               help="Also the runs of earlier versions of the experiment file [default: its current plan].")
 @pass_workspace
-def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, quiet: bool, all_versions: bool) -> int:
+def score(ws: WorkspaceConfig, experiment: str, names: tuple[str, ...], device: str, quiet: bool, all_versions: bool) -> int:
     """Score the stored images of EXPERIMENT with its metrics again, without generating anything.
 
     Values replace earlier ones and reach MLflow with the next `tracker sync`. A metric that cannot be
@@ -63,7 +63,7 @@ def score(ws: Workspace, experiment: str, names: tuple[str, ...], device: str, q
 @click.option("--all-versions", is_flag=True,
               help="Pool the runs of earlier versions of the experiment file too [default: its current plan].")
 @pass_workspace
-def effects(ws: Workspace, experiment: str, metric: str, axes: tuple[str, ...], baseline: str | None, seed: int,
+def effects(ws: WorkspaceConfig, experiment: str, metric: str, axes: tuple[str, ...], baseline: str | None, seed: int,
             by: str | None, as_json: bool, all_versions: bool) -> None:
     """Each axis label's mean METRIC and its paired difference to the baseline label.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
@@ -13,7 +13,7 @@ from tracker.workspace import Workspace
 @click.option("--mlflow-uri", metavar="URI", help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else the workspace's store].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @pass_workspace
-def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: bool) -> int:
+def sync(ws: WorkspaceConfig, experiment: str | None, mlflow_uri: str | None, quiet: bool) -> int:
     """Log done runs that have not reached MLflow yet (of EXPERIMENT, or of all experiments).
 
     Safe to repeat: a run key never gets a second MLflow run. Exit status 1 when runs are still waiting.
@@ -43,7 +43,7 @@ def sync(ws: Workspace, experiment: str | None, mlflow_uri: str | None, quiet: b
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local: the UI has no login).")
 @pass_workspace
-def ui(ws: Workspace, port: int, host: str) -> int:
+def ui(ws: WorkspaceConfig, port: int, host: str) -> int:
     """Start the MLflow UI on the workspace's MLflow store; Ctrl-C stops it."""
     from tracker.mlflow import ui as mlflow_ui
 

@@ -6,7 +6,7 @@ import click
 
 from tracker import limits
 from tracker.cli import mlflow_uri_option, pass_workspace
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
@@ -23,7 +23,7 @@ from tracker.workspace import Workspace
 @click.option("--save", type=click.Path(dir_okay=False), metavar="PATH", help="Also write the regenerated image here.")
 @mlflow_uri_option
 @pass_workspace
-def reproduce(ws: Workspace, target: str, device: str | None, model: str | None, vae: str | None, allow_pickle: bool,
+def reproduce(ws: WorkspaceConfig, target: str, device: str | None, model: str | None, vae: str | None, allow_pickle: bool,
               max_steps: int, max_pixels: int, save: str | None) -> int:
     """Generate an image again from its recipe and compare the pixels with the original.
 
@@ -63,7 +63,7 @@ def reproduce(ws: Workspace, target: str, device: str | None, model: str | None,
 @click.option("--device", metavar="DEVICE", help="Generate on this device instead of each run's.")
 @mlflow_uri_option
 @pass_workspace
-def verify(ws: Workspace, experiment: str, sample: int, device: str | None) -> int:
+def verify(ws: WorkspaceConfig, experiment: str, sample: int, device: str | None) -> int:
     """Regenerate a sample of EXPERIMENT's done runs and show the pixel drift of each.
 
     The result is stored with the experiment's latest sweep (shown in the report).

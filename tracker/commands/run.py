@@ -6,7 +6,7 @@ import click
 
 from tracker.cli import pass_workspace
 from tracker.experiment.plan import DEFAULT_MAX_RUNS
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
@@ -31,7 +31,7 @@ from tracker.workspace import Workspace
 @click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
               help="With a warm worker: sweeps of higher priority are served first.")
 @pass_workspace
-def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_failed: bool, dry_run: bool,
+def run(ws: WorkspaceConfig, file: str, max_runs: int, device: str | None, retry_failed: bool, dry_run: bool,
         from_key: str | None, mlflow_uri: str | None, no_mlflow: bool, quiet: bool, workers: str | None,
         ray_address: str | None, local: bool, priority: int) -> int:
     """Generate the images of an experiment FILE, skipping runs already done.
@@ -81,7 +81,7 @@ def run(ws: Workspace, file: str, max_runs: int, device: str | None, retry_faile
     return 1 if result.failed or result.pending else 0
 
 
-def _follow(ws: Workspace, sub, quiet: bool) -> int | None:
+def _follow(ws: WorkspaceConfig, sub, quiet: bool) -> int | None:
     """Follow a sweep handed to warm workers; None when they all went away (the caller generates the rest)."""
     import time
 
@@ -117,7 +117,7 @@ def _workers(value: str | None) -> int | None:
     return int(value)
 
 
-def _dry_run(ws: Workspace, file: str, opts) -> None:
+def _dry_run(ws: WorkspaceConfig, file: str, opts) -> None:
     from tracker.sweep import preparation
     from tracker.commands.expand import render_plan
 

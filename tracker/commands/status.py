@@ -8,14 +8,14 @@ import click
 from tracker.cli import pass_workspace
 from tracker.commands.store_cmds import echo_json, number_text, when_text
 from tracker.textfmt import table
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
 @click.argument("experiment", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_workspace
-def status(ws: Workspace, experiment: str | None, as_json: bool) -> None:
+def status(ws: WorkspaceConfig, experiment: str | None, as_json: bool) -> None:
     """Runs planned, done, running, pending and failed; each worker (host, device, runs done, images/s,
     last seen); claims held past their lease (a worker that died: they are claimed again by others).
     Without EXPERIMENT: the warm workers (`tracker worker`) and what they are doing."""

@@ -14,7 +14,7 @@ import click
 from tracker.cli import pass_workspace
 from tracker.experiment.plan import STATUSES
 from tracker.textfmt import table
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -57,7 +57,7 @@ def _json_default(v: Any) -> Any:
 @click.option("--all-versions", is_flag=True,
               help="Also the runs of earlier versions of the experiment file (not in its current plan).")
 @pass_workspace
-def runs(ws: Workspace, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
+def runs(ws: WorkspaceConfig, experiment: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
          sort: str | None, as_json: bool, all_versions: bool) -> None:
     """List the stored runs of EXPERIMENT (all experiments when left out): those of its current plan (the file
     as last run), as effects and the report use them; --all-versions adds those of earlier versions."""
@@ -123,7 +123,7 @@ def render_runs(records: list["RunRecord"], show_experiment: bool = False, metri
 @click.option("-e", "--experiment", metavar="NAME", help="Look only in this experiment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as one JSON object.")
 @pass_workspace
-def show(ws: Workspace, key: str, experiment: str | None, as_json: bool) -> None:
+def show(ws: WorkspaceConfig, key: str, experiment: str | None, as_json: bool) -> None:
     """Show every stored field of one run. KEY may be a unique prefix of the run key."""
     from tracker.api import Workspace as Api
 
@@ -156,7 +156,7 @@ def render_run(record: "RunRecord", scores: dict | None = None) -> str:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per experiment.")
 @pass_workspace
-def experiments(ws: Workspace, as_json: bool) -> None:
+def experiments(ws: WorkspaceConfig, as_json: bool) -> None:
     """List the experiments in the run store: runs by status and the last sweep."""
     from tracker.api import Workspace as Api
 
@@ -187,7 +187,7 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target schema revision.")
 @pass_workspace
-def db_upgrade(ws: Workspace, revision: str) -> None:
+def db_upgrade(ws: WorkspaceConfig, revision: str) -> None:
     """Create the run store or migrate it to the newest schema."""
     from tracker.store import db as dbmod
     before, after = dbmod.upgrade(ws.db_url, revision, home=ws.home)
@@ -200,7 +200,7 @@ def db_upgrade(ws: Workspace, revision: str) -> None:
 
 @db.command("current")
 @pass_workspace
-def db_current(ws: Workspace) -> None:
+def db_current(ws: WorkspaceConfig) -> None:
     """Print the run store's schema revision and the newest this version knows."""
     from tracker.store import db as dbmod
     where = dbmod.display_url(ws.db_url)

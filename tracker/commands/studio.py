@@ -11,7 +11,7 @@ import click
 
 from tracker.cli import pass_workspace
 from tracker.errors import UsageError
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
@@ -21,7 +21,7 @@ from tracker.workspace import Workspace
               help="Address to listen on. Keep it local: anyone with the printed URL can read and rate.")
 @click.option("--rater", metavar="NAME", help="Default rater name shown in the pages.")
 @pass_workspace
-def studio(ws: Workspace, port: int, host: str, rater: str | None) -> int:
+def studio(ws: WorkspaceConfig, port: int, host: str, rater: str | None) -> int:
     """Compare and rate the workspace's images in the browser (Ctrl-C stops it).
 
     Prints a URL with a random token: every request needs it. Ratings go to the run store, become the
@@ -45,7 +45,7 @@ def studio(ws: Workspace, port: int, host: str, rater: str | None) -> int:
 @click.option("--axis", metavar="AXIS", help="Bradley-Terry strengths for this axis only [default: each judged axis].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resampling.")
 @pass_workspace
-def ratings(ws: Workspace, experiment: str, as_json: bool, as_csv: bool, axis: str | None, seed: int) -> None:
+def ratings(ws: WorkspaceConfig, experiment: str, as_json: bool, as_csv: bool, axis: str | None, seed: int) -> None:
     """The judgements of EXPERIMENT's images: scores, thumbs and pairs, and Bradley-Terry strengths per axis."""
     from tracker.metrics import bradley_terry as bt
     from tracker.metrics import ratings as rt

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli import pass_workspace
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @click.command()
@@ -22,7 +22,7 @@ from tracker.workspace import Workspace
 @click.option("--mlflow-uri", metavar="URI", help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else the workspace's store].")
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
 @pass_workspace
-def worker(ws: Workspace, device: str | None, experiments: tuple[str, ...], max_memory: str | None,
+def worker(ws: WorkspaceConfig, device: str | None, experiments: tuple[str, ...], max_memory: str | None,
            idle_timeout: float | None, name: str | None, mlflow_uri: str | None, no_mlflow: bool) -> None:
     """A warm worker: a long-lived process on one device that keeps pipelines loaded and makes the runs
     that `tracker run FILE` (or `tracker watch FILE`) hands it through the run store.
@@ -51,7 +51,7 @@ def worker(ws: Workspace, device: str | None, experiments: tuple[str, ...], max_
 @click.option("--device", metavar="DEVICE", help="Only for warm workers on this device.")
 @click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Refuse plans larger than this.")
 @pass_workspace
-def watch(ws: Workspace, file: str, priority: int, interval: float, device: str | None,
+def watch(ws: WorkspaceConfig, file: str, priority: int, interval: float, device: str | None,
           max_runs: int | None) -> None:
     """Re-plan FILE on every save (and on every save of its wildcard files) and queue only its new runs for
     the warm workers (`tracker worker`); runs done are not made again, runs the new plan dropped leave the

@@ -1,4 +1,4 @@
-"""The parsed experiment: ``Experiment``, its ``Axis`` list and their ``AxisValue`` entries. A leaf: frozen
+"""The parsed experiment: ``ExperimentSpec``, its ``Axis`` list and their ``AxisValue`` entries. A leaf: frozen
 dataclasses with no behaviour beyond reading themselves; ``tracker.experiment.parse`` builds them from a file,
 ``tracker.experiment.plan`` expands them, ``tracker.prompts.variants`` adds axes of them."""
 
@@ -33,7 +33,7 @@ class Axis:
 
 
 @dataclass(frozen=True)
-class Experiment:
+class ExperimentSpec:
     name: str
     path: str | None
     source: str

@@ -1,4 +1,4 @@
-"""The experiment file: YAML in, a frozen ``Experiment`` out. Pure: no torch, no diffusers.
+"""The experiment file: YAML in, a frozen ``ExperimentSpec`` out. Pure: no torch, no diffusers.
 
 Every field is validated here and an error names the file, the field (with its line) and the value.
 ``parse`` reads the file in numbered sections, one helper each; the pipeline settings, their
@@ -17,7 +17,7 @@ from typing import Any, Callable, Collection, Mapping
 from tracker import limits
 from tracker.errors import SpecError
 from tracker.experiment import product as spec_product
-from tracker.experiment.model import Axis, AxisValue, Experiment
+from tracker.experiment.model import Axis, AxisValue, ExperimentSpec
 from tracker.experiment.schedulers import SchedulerChoice
 from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting, call_settings,
                                          setting_fields, setting_label, suggest)
@@ -71,7 +71,7 @@ def _label(value: Any) -> str:
     return text if text.strip() else "(empty)"
 
 
-def parse_file(path: str | Path, metric_names: Collection[str] | None = None) -> Experiment:
+def parse_file(path: str | Path, metric_names: Collection[str] | None = None) -> ExperimentSpec:
     """Read and parse an experiment file (see ``parse``); a SpecError names the file when it cannot be read."""
     p = Path(path)
     try:
@@ -89,7 +89,7 @@ def parse_file(path: str | Path, metric_names: Collection[str] | None = None) ->
 
 
 def parse(text: str, path: str = "<experiment>", default_name: str | None = None,
-          base_dir: Path | None = None, metric_names: Collection[str] | None = None) -> Experiment:
+          base_dir: Path | None = None, metric_names: Collection[str] | None = None) -> ExperimentSpec:
     """Parse an experiment file's text; a SpecError names the file, the field (with its line) and the value.
 
     ``metric_names``: the metrics a file may name (``tracker.metrics.available()``, passed in by whoever runs the
@@ -129,7 +129,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
     metrics, metric_options = _metrics(P, data, metric_names)
 
     lines = {k: doc.line(k) for k in data if doc.line(k)}
-    return Experiment(
+    return ExperimentSpec(
         name=name, path=path, source=text, prompt=templates.get("prompt"),
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
         settings=settings, scheduler=scheduler, explicit=explicit, grid=grid, seeds_from=seeds_from,
@@ -389,7 +389,7 @@ def _metrics(P: _Parser, data: Mapping[str, Any], known: Collection[str] | None
 
 
 
-def with_base_run(exp: Experiment, seed: int, settings: Mapping[str, Any]) -> Experiment:
+def with_base_run(exp: ExperimentSpec, seed: int, settings: Mapping[str, Any]) -> ExperimentSpec:
     """``seeds: {from: KEY}``: take that run's seed, and its settings where the file does not set them."""
     merged = {k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit}
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):

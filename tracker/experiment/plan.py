@@ -1,4 +1,4 @@
-"""Expansion: an ``Experiment`` becomes an ordered, deterministic plan of runs. Pure: no torch.
+"""Expansion: an ``ExperimentSpec`` becomes an ordered, deterministic plan of runs. Pure: no torch.
 
 Order: axes in the experiment's order (prompt axes, named axes, setting axes, seed), the last varying
 fastest; a zip group advances as one axis at the place of its first member; ``exclude`` rules drop
@@ -20,7 +20,7 @@ from tracker.prompts import templating
 from tracker.errors import SpecError, TrackerError, UsageError
 from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, call_settings, lora_settings, setting_fields,
                               setting_label)
-from tracker.experiment.model import Axis, AxisValue, Experiment
+from tracker.experiment.model import Axis, AxisValue, ExperimentSpec
 from tracker.experiment.product import MAX_SEED
 
 DEFAULT_MAX_RUNS = 10_000
@@ -108,7 +108,7 @@ def checked_prompt(text: Any, where: str, field: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    experiment: Experiment
+    experiment: ExperimentSpec
     runs: tuple[PlannedRun, ...]
     combinations: int  # after zip and exclude, before merging equal keys
 
@@ -139,7 +139,7 @@ def run_key(settings: Settings, seed: int, prompt: str, negative_prompt: str, pe
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _groups(exp: Experiment) -> list[list[Axis]]:
+def _groups(exp: ExperimentSpec) -> list[list[Axis]]:
     """Axes grouped for the product: a zip group is one entry at the place of its first member."""
     by_name = {a.name: a for a in exp.axes}
     group_of = {n: g for g in exp.zip_groups for n in g}
@@ -153,12 +153,12 @@ def _groups(exp: Experiment) -> list[list[Axis]]:
     return out
 
 
-def size(exp: Experiment) -> int:
+def size(exp: ExperimentSpec) -> int:
     """Combinations before ``exclude``: the product of axis sizes, zip groups counted once."""
     return math.prod(len(g[0].values) for g in _groups(exp))
 
 
-def _combinations(exp: Experiment) -> Iterator[tuple[tuple[Axis, AxisValue], ...]]:
+def _combinations(exp: ExperimentSpec) -> Iterator[tuple[tuple[Axis, AxisValue], ...]]:
     groups = _groups(exp)
     labels = [a for a in exp.axes if a.kind == "label"]
     for choice in itertools.product(*(range(len(g[0].values)) for g in groups)):
@@ -171,7 +171,7 @@ def _combinations(exp: Experiment) -> Iterator[tuple[tuple[Axis, AxisValue], ...
         yield combo
 
 
-def _excluded(exp: Experiment, picked: dict[str, AxisValue], settings: dict[str, Any]) -> bool:
+def _excluded(exp: ExperimentSpec, picked: dict[str, AxisValue], settings: dict[str, Any]) -> bool:
     for rule in exp.exclude:
         if all(_matches(name, want, picked, settings) for name, want in rule):
             return True
@@ -192,7 +192,7 @@ def _matches(name: str, want: Any, picked: dict[str, AxisValue], settings: dict[
     return False
 
 
-def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
+def expand(exp: ExperimentSpec, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
     """Expand an experiment into its plan. Raises TrackerError when the plan is larger than ``max_runs``."""
     if exp.seeds_from:
         raise TrackerError(f"{exp.path}: seeds: takes its seed from run {exp.seeds_from}; expand it with the store (tracker run)")
@@ -260,7 +260,7 @@ def expand(exp: Experiment, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan:
     return Plan(exp, tuple(runs), combos)
 
 
-def _check_length(exp: Experiment, field: str, text: str, picked: dict[str, AxisValue], template: bool) -> None:
+def _check_length(exp: ExperimentSpec, field: str, text: str, picked: dict[str, AxisValue], template: bool) -> None:
     """THE prompt limit where a prompt is made: a prompt (after Jinja and Dynamic Prompts, e.g. a long wildcard
     line) or its template longer than ``limits.MAX_PROMPT_CHARS`` is refused, so that no plan holds a prompt that
     ``checked_prompt`` (tracker reproduce, A1111 PNGs) would refuse to read back."""
@@ -274,7 +274,7 @@ def _check_length(exp: Experiment, field: str, text: str, picked: dict[str, Axis
                     exp.lines.get(field))
 
 
-def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> None:
+def _check_weights(exp: ExperimentSpec, syntax: str, prompt: str, negative: str) -> None:
     """A prompt whose weights cannot be translated for compel is refused now, not by every run later."""
     from tracker.prompts import weighting
 
@@ -285,7 +285,7 @@ def _check_weights(exp: Experiment, syntax: str, prompt: str, negative: str) -> 
             raise SpecError(exp.path, field, f"prompt_syntax {syntax}: {e}", exp.lines.get(field)) from None
 
 
-def _settings(values: dict[str, Any], exp: Experiment, explicit: set[str], negative: str,
+def _settings(values: dict[str, Any], exp: ExperimentSpec, explicit: set[str], negative: str,
               ignored: dict[str, bool]) -> Settings:
     """A run's Settings: its scheduler's class name, and the options its name implies under the user's own; the
     settings the file leaves unset from the model's family (steps, guidance, native size: ``tracker.experiment.families``),
@@ -310,7 +310,7 @@ def _settings(values: dict[str, Any], exp: Experiment, explicit: set[str], negat
     return Settings(**values)
 
 
-def _ignored_everywhere(exp: Experiment, name: str) -> str:
+def _ignored_everywhere(exp: ExperimentSpec, name: str) -> str:
     from tracker.experiment import families
 
     models_ = sorted({exp.settings.model} | {x for a in exp.axes for v in a.values for k, x in v.settings
@@ -324,7 +324,7 @@ def _ignored_everywhere(exp: Experiment, name: str) -> str:
             f"negative prompt or remove {name.split('.', 1)[1]}")
 
 
-def _family_error(exp: Experiment, field: str, message: str) -> SpecError:
+def _family_error(exp: ExperimentSpec, field: str, message: str) -> SpecError:
     """A family's refusal as one line naming the file, the field (where the file sets it) and its line."""
     top = field.split(".")[0]
     where, line = field, exp.lines.get(top)
@@ -345,7 +345,7 @@ def _family_error(exp: Experiment, field: str, message: str) -> SpecError:
     return SpecError(exp.path, where, message, line)
 
 
-def _variant(exp: Experiment, picked: dict[str, AxisValue], prompt: str, negative: str) -> tuple[str | None, str | None]:
+def _variant(exp: ExperimentSpec, picked: dict[str, AxisValue], prompt: str, negative: str) -> tuple[str | None, str | None]:
     from tracker.prompts import variants
 
     axis = exp.variants.axis
@@ -354,7 +354,7 @@ def _variant(exp: Experiment, picked: dict[str, AxisValue], prompt: str, negativ
                             if variants.NEGATIVE_AXIS in picked else None, negative))
 
 
-def _render(exp: Experiment, template: str, variables: dict[str, Any], field: str, value: AxisValue | None) -> str:
+def _render(exp: ExperimentSpec, template: str, variables: dict[str, Any], field: str, value: AxisValue | None) -> str:
     fname = f"{field}.{value.label}" if value is not None else field
     line = exp.lines.get(field)
     return templating.render(template, variables, exp.path, fname, line)

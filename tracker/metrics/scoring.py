@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from tracker import metrics
 from tracker.metrics import MetricError
+from tracker.textfmt import NoBar
 
 log = logging.getLogger("tracker")
 BATCH = 32  # images read and scored at once by ``rescore``
@@ -136,20 +137,9 @@ def _stored_names(store, experiment: str, names: Sequence[str]) -> list[str]:
     return [n for n in stored if any(n == m or n.startswith(m + ".") for m in names)]
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def _bar(total: int, desc: str, enabled: bool):
     if not enabled or total == 0:
-        return _NoBar()
+        return NoBar()
     import sys
 
     from tqdm import tqdm

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from tracker.mlflow.mapping import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, IMAGE_KEY, KEY_TAG, PARENT_TAG, as_text,
                                     child_metrics, child_params, child_tags, environment_tags, limit, run_name,
                                     sweep_metrics)
-from tracker.workspace import Workspace, safe_join
+from tracker.workspace import WorkspaceConfig, safe_join
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -457,7 +457,7 @@ def progress_bar(total: int, enabled: bool):
                 disable=None if enabled else True, leave=False)
 
 
-def attach_artifacts(ws: Workspace, experiment: str, paths: list[Path], artifact_path: str) -> str | None:
+def attach_artifacts(ws: WorkspaceConfig, experiment: str, paths: list[Path], artifact_path: str) -> str | None:
     """Attach files (a folder: its contents) under ``artifact_path`` of the latest sweep's parent run.
 
     Returns the MLflow run id, or None when MLflow is off, unreachable or has no sweep of the experiment.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tracker.fsutil import sha256_file
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -84,7 +84,7 @@ class Images:
     Thread-safe: the report locates images from its thumbnail threads.
     """
 
-    def __init__(self, ws: Workspace, limit_bytes: int | None = None):
+    def __init__(self, ws: WorkspaceConfig, limit_bytes: int | None = None):
         self.ws = ws
         self.uri = ws.mlflow_tracking_uri if ws.mlflow_enabled else None
         self.cache = ws.home / "cache" / "mlflow-images"

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 from tracker.errors import NotFoundError
 from tracker.mlflow.client import (ExperimentClient, SyncSummary, is_outage, open_store, progress_bar, short_error,
                                    warn)
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.store.runstore import Store
 
 
-def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSummary:
+def sync(ws: WorkspaceConfig, experiment: str | None, progress: bool = True) -> SyncSummary:
     """Log every done run that has not reached MLflow (of one experiment, or all); safe to repeat."""
     with open_store(ws.db_url, ws.home) as store:
         if experiment is not None and store.experiment(experiment) is None:
@@ -44,7 +44,7 @@ def sync(ws: Workspace, experiment: str | None, progress: bool = True) -> SyncSu
                            rescored, next(iter(ids.values())) if len(ids) == 1 else None, linked, note)
 
 
-def _fill_prompts(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None, str | None]:
+def _fill_prompts(ws: WorkspaceConfig, store: "Store", experiment: str | None) -> tuple[int, str | None, str | None]:
     """Link runs logged before the Prompt Registry was used (``ExperimentClient.fill_prompt_links``), per experiment
     with runs in MLflow: (runs linked, the registry's note or None, the experiment's MLflow id when one)."""
     names = [experiment] if experiment is not None else [e["name"] for e in store.experiments()]
@@ -65,7 +65,7 @@ def _fill_prompts(ws: Workspace, store: "Store", experiment: str | None) -> tupl
     return done, note, eid
 
 
-def _sync_scores(ws: Workspace, store: "Store", experiment: str | None) -> tuple[int, str | None]:
+def _sync_scores(ws: WorkspaceConfig, store: "Store", experiment: str | None) -> tuple[int, str | None]:
     """Log metric values that changed after their runs reached MLflow; returns (runs updated, first error)."""
     from tracker.metrics import storage as metric_storage
 
@@ -96,7 +96,7 @@ def _log_rating_summaries(logger: ExperimentClient, store: "Store", name: str) -
         logger.log_metrics(parent_id, metrics)
 
 
-def _sync_experiment(ws: Workspace, store: "Store", name: str, records: list, bar,
+def _sync_experiment(ws: WorkspaceConfig, store: "Store", name: str, records: list, bar,
                      ids: dict | None = None) -> tuple[int, tuple | None]:
     """Returns (runs logged, (first error, was it an outage) or None); puts the MLflow experiment id in ``ids``."""
     logged, error = 0, None

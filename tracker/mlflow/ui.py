@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tracker.mlflow.client import is_local_store
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where ``tracker ui`` serves a local store by default
 
 
-def ui_base(ws: Workspace) -> str | None:
+def ui_base(ws: WorkspaceConfig) -> str | None:
     """Where the workspace's MLflow UI is: ``--mlflow-ui-url``, the tracking server itself, or (a local store) where
     ``tracker ui`` serves it; None when MLflow is off or has no UI the tracker knows of."""
     if not ws.mlflow_enabled:
@@ -49,7 +49,7 @@ def experiment_runs_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/{EXPERIMENTS_ROUTE}/{experiment_id}/runs"
 
 
-def run_url(ws: Workspace, record: "RunRecord") -> str | None:
+def run_url(ws: WorkspaceConfig, record: "RunRecord") -> str | None:
     """A link to the run in the MLflow UI, or None when it is not in MLflow (or MLflow is off).
 
     Uses the UI's direct run route (``#/runs/<id>``), which finds the experiment itself and redirects to the run's
@@ -61,7 +61,7 @@ def run_url(ws: Workspace, record: "RunRecord") -> str | None:
     return None if base is None else f"{base}/#/runs/{record.mlflow_run_id}"
 
 
-def experiment_url(ws: Workspace, experiment_id: str | None) -> str | None:
+def experiment_url(ws: WorkspaceConfig, experiment_id: str | None) -> str | None:
     """A link to an experiment's runs in the MLflow UI (what ``tracker run`` and ``tracker sync`` print)."""
     base = ui_base(ws)
     return None if base is None or not experiment_id else experiment_runs_url(base, experiment_id)
@@ -146,7 +146,7 @@ def stop_process_group(proc, timeout: float = 20.0) -> None:
             continue
 
 
-def serve_ui(ws: Workspace, host: str, port: int, echo=print) -> int:
+def serve_ui(ws: WorkspaceConfig, host: str, port: int, echo=print) -> int:
     """Run the MLflow UI for the workspace's store until Ctrl-C or SIGTERM; returns the exit status."""
     import signal
     import socket

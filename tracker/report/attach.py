@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -23,7 +23,7 @@ def _optional(module: str, attr: str):
         raise
 
 
-def mlflow_url(ws: Workspace, r: "RunRecord | None") -> str | None:
+def mlflow_url(ws: WorkspaceConfig, r: "RunRecord | None") -> str | None:
     if r is None or not ws.mlflow_enabled or not r.mlflow_run_id:
         return None
     run_url = _optional("tracker.mlflow.ui", "run_url")
@@ -36,7 +36,7 @@ def mlflow_url(ws: Workspace, r: "RunRecord | None") -> str | None:
     return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
-def attach_to_mlflow(ws: Workspace, experiment: str, files: Sequence[tuple[Path, str]]) -> str | None:
+def attach_to_mlflow(ws: WorkspaceConfig, experiment: str, files: Sequence[tuple[Path, str]]) -> str | None:
     """Attach (path, artifact folder) pairs to the sweep's parent MLflow run when MLflow is on and its
     logging part is installed. Returns a warning line when that fails: the report on disk is the
     product, MLflow a copy of it."""

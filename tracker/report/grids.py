@@ -17,7 +17,7 @@ from tracker.report.assets import Asset
 from tracker.report.data import Grid
 from tracker.report.layout import Layout, Section, choose_layout, parse_where, sections, select
 from tracker.report.source import STATE_NOTES, Entry, load
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 def grid_images(grids: Sequence[Grid], secs: Sequence[Section], layout: Layout, images: Mapping[str, Asset | str],
@@ -88,7 +88,7 @@ def _tile_note(e: Entry | None) -> str:
 # labelled PNG grids for ``tracker grid``
 
 
-def grid_specs(ws: Workspace, experiment: str, rows: str | None, cols: str | None,
+def grid_specs(ws: WorkspaceConfig, experiment: str, rows: str | None, cols: str | None,
                where: Iterable[str]) -> list[tuple[tuple, gridimage.GridSpec]]:
     """(combination, GridSpec) per combination of the axes left varying, titled with it and with ``where``'s
     pinned labels; the full-size images as tiles (``tracker grid`` and the Python API's grids)."""
@@ -110,7 +110,7 @@ def grid_specs(ws: Workspace, experiment: str, rows: str | None, cols: str | Non
     return out
 
 
-def write_grids(ws: Workspace, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
+def write_grids(ws: WorkspaceConfig, experiment: str, rows: str | None, cols: str | None, where: Iterable[str],
                 out: Path, max_pixels: int = gridimage.DEFAULT_MAX_PIXELS) -> list[gridimage.GridImage]:
     """One PNG at ``out`` for one grid; when other axes still vary, one PNG per combination named
     ``<stem>-<axis=label,...><suffix>`` beside it."""

@@ -25,7 +25,7 @@ from tracker.report.highlight import highlight
 from tracker.report.layout import Layout, Section, choose_layout, sections
 from tracker.report.metrics_view import Badge, badges, effects_view, primary
 from tracker.report.source import STATE_NOTES, AxisInfo, Entry, Source, load
-from tracker.workspace import DEFAULT_HOME, Workspace, safe_join
+from tracker.workspace import DEFAULT_HOME, WorkspaceConfig, safe_join
 
 if TYPE_CHECKING:
     from tracker.store.records import RunRecord
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # building the report
 
 
-def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | None = None,
+def build(ws: WorkspaceConfig, experiment: str, rows: str | None = None, cols: str | None = None,
           out: Path | None = None, max_pixels: int = REPORT_MAX_PIXELS) -> tuple[Path, Report]:
     """Build and write the report folder; returns the path of index.html and the report data."""
     source = load(ws, experiment)
@@ -70,7 +70,7 @@ def build(ws: Workspace, experiment: str, rows: str | None = None, cols: str | N
     return index, report
 
 
-def _report(ws: Workspace, source: Source, layout: Layout, grids: tuple[Grid, ...], images: Mapping[str, Asset | str],
+def _report(ws: WorkspaceConfig, source: Source, layout: Layout, grids: tuple[Grid, ...], images: Mapping[str, Asset | str],
             problems: Mapping[str, str], found: Images, metric: str | None, better: bool) -> Report:
     """The page's data: the grids, every run's details, the efficiency and metric views."""
     home = _home_option(ws)
@@ -164,7 +164,7 @@ def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[s
 # run details
 
 
-def _detail(ws: Workspace, e: Entry, images: Mapping[str, Asset | str], home: str,
+def _detail(ws: WorkspaceConfig, e: Entry, images: Mapping[str, Asset | str], home: str,
             scores: Mapping[str, float | None]) -> RunDetail:
     r = e.record
     asset = images.get(e.key)
@@ -236,7 +236,7 @@ def _mib(n: int | None) -> str:
     return f"{n / 2**20:,.1f} MiB" if n else "—"
 
 
-def _home_option(ws: Workspace) -> str:
+def _home_option(ws: WorkspaceConfig) -> str:
     """``--home DIR `` for commands shown to the user, unless the workspace is the default one here."""
     return "" if ws.home == Path(DEFAULT_HOME).resolve() else f"--home {shlex.quote(str(ws.home))} "
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tracker.errors import NotFoundError, TrackerError
 from tracker.report.data import SweepFigures, VerifiedRun, VerifyView
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.experiment.plan import PlannedRun
-    from tracker.experiment.model import Experiment
+    from tracker.experiment.model import ExperimentSpec
     from tracker.store.records import RunRecord
 
 
@@ -67,7 +67,7 @@ class Entry:
 class Source:
     name: str
     description: str
-    experiment: "Experiment | None"
+    experiment: "ExperimentSpec | None"
     axes: tuple[AxisInfo, ...]
     entries: tuple[Entry, ...]
     notes: tuple[str, ...] = ()
@@ -85,7 +85,7 @@ class Source:
         return tuple(a.name for a in self.axes)
 
 
-def load(ws: Workspace, experiment: str) -> Source:
+def load(ws: WorkspaceConfig, experiment: str) -> Source:
     """Read the experiment and its runs from the store. NotFoundError when there is nothing to show."""
     from tracker.store.runstore import Store
 
@@ -122,7 +122,7 @@ def _metrics(store, experiment: str):
     return storage.values(store, experiment), names, effects
 
 
-def _require_store(ws: Workspace) -> None:
+def _require_store(ws: WorkspaceConfig) -> None:
     """A report only reads: it must not create an empty store where there is none."""
     if not ws.has_store():
         url = ws.db_url
@@ -130,7 +130,7 @@ def _require_store(ws: Workspace) -> None:
                             f"`tracker run FILE` first (or point --home/--db at the workspace)")
 
 
-def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[str]]:
+def _parse_source(info: Mapping[str, Any]) -> tuple["ExperimentSpec | None", list[str]]:
     from tracker.experiment.parse import parse
 
     text, path = info.get("source_text"), info.get("source_path")
@@ -143,7 +143,7 @@ def _parse_source(info: Mapping[str, Any]) -> tuple["Experiment | None", list[st
         return None, [f"the stored experiment file no longer parses ({e}); the layout follows the stored runs"]
 
 
-def _expand(exp: "Experiment | None", notes: list[str]) -> "tuple[PlannedRun, ...] | None":
+def _expand(exp: "ExperimentSpec | None", notes: list[str]) -> "tuple[PlannedRun, ...] | None":
     from tracker.experiment.plan import expand
 
     if exp is None or exp.seeds_from:
@@ -155,7 +155,7 @@ def _expand(exp: "Experiment | None", notes: list[str]) -> "tuple[PlannedRun, ..
         return None
 
 
-def _entries(plan, records: Sequence["RunRecord"], notes: list[str], exp: "Experiment | None") -> list[Entry]:
+def _entries(plan, records: Sequence["RunRecord"], notes: list[str], exp: "ExperimentSpec | None") -> list[Entry]:
     by_key = {r.key: r for r in records}
     if plan is not None and any(p.key in by_key for p in plan):
         stale = len(set(by_key) - {p.key for p in plan})
@@ -168,7 +168,7 @@ def _entries(plan, records: Sequence["RunRecord"], notes: list[str], exp: "Exper
             for r in records for labels in [_record_labels(r)]]
 
 
-def _variables(exp: "Experiment | None", labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, Any], ...] | None:
+def _variables(exp: "ExperimentSpec | None", labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, Any], ...] | None:
     """The values the prompt template saw for these labels (as plan.expand passes them), if known."""
     if exp is None:
         return None
@@ -190,7 +190,7 @@ def _record_labels(r: "RunRecord") -> tuple[tuple[str, str], ...]:
     return tuple(labels.items())
 
 
-def _axes(exp: "Experiment | None", entries: Sequence[Entry]) -> tuple[AxisInfo, ...]:
+def _axes(exp: "ExperimentSpec | None", entries: Sequence[Entry]) -> tuple[AxisInfo, ...]:
     """Axes in the file's order (labels in the file's order), then labels and axes only the stored
     runs know (e.g. the seed a ``seeds: {from: KEY}`` run took), as first seen."""
     seen: dict[str, list[str]] = {}

@@ -24,7 +24,7 @@ from tracker.reproduce.trust import Trust, checked_settings
 
 
 @dataclass(frozen=True)
-class Source:
+class RunSource:
     """What to reproduce: the run, the image to compare with, and what we know about how it was made."""
 
     run: PlannedRun
@@ -89,7 +89,7 @@ def original_facts(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_png(path: str | Path, model: str | None = None, trust: Trust | None = None,
-             model_by_hash=None) -> Source:
+             model_by_hash=None) -> RunSource:
     """A PNG: its recipe when it has one, else its A1111 ``parameters`` chunk; compared with its own pixels.
 
     What the PNG says is checked like an experiment file; safety and cost come from ``trust`` (the command line).
@@ -105,7 +105,7 @@ def from_png(path: str | Path, model: str | None = None, trust: Trust | None = N
     if recipe is not None:
         notes: list[str] = []
         run = run_from_recipe(recipe, str(path), trust, notes, base_dir=path.parent)
-        return Source(run, "recipe", path, original_facts(recipe), tuple(notes))
+        return RunSource(run, "recipe", path, original_facts(recipe), tuple(notes))
     if text is None:
         with pngmeta.open_png(path) as im:
             others = sorted(pngmeta.chunks(im))
@@ -115,10 +115,10 @@ def from_png(path: str | Path, model: str | None = None, trust: Trust | None = N
     params = pngmeta.parse_a1111(text)
     run, notes = run_from_a1111(params, where=str(path), base_dir=path.parent, trust=trust,
                                 model_by_hash=model_by_hash)
-    return Source(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
+    return RunSource(run, "a1111", path, {}, tuple(notes), params.settings.get("Model hash"))
 
 
-def from_store(store, key: str, model: str | None = None, images=None) -> Source:
+def from_store(store, key: str, model: str | None = None, images=None) -> RunSource:
     """A run of the store by key (or unique prefix); compared with its stored image, found by ``images``
     (``tracker.mlflow.fetch.Images``: the workspace, else MLflow's artifact store) when given."""
     rec = store.get_run(key)
@@ -139,7 +139,7 @@ def from_store(store, key: str, model: str | None = None, images=None) -> Source
     environment = store.sweep(rec.sweep_id).get("environment") if rec.sweep_id is not None else None
     recipe = rec.to_recipe(environment=environment)
     run = rec.planned()  # the stored run as planned (PlannedRun.from_recipe(recipe) reads the same back)
-    return Source(_with_settings(run, model=model) if model else run, "store", reference, original_facts(recipe), notes)
+    return RunSource(_with_settings(run, model=model) if model else run, "store", reference, original_facts(recipe), notes)
 
 
 def looks_like_path(target: str) -> bool:
@@ -242,14 +242,14 @@ def current_facts(engine, run: PlannedRun) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Reproduction:
-    source: Source
+    source: RunSource
     drift: Drift
     warnings: tuple[str, ...]
     device: str
     error: str | None = None  # the engine made no image (e.g. NaN in output)
 
 
-def reproduce(source: Source, device: str | None = None, engine=None, save: Path | None = None) -> Reproduction:
+def reproduce(source: RunSource, device: str | None = None, engine=None, save: Path | None = None) -> Reproduction:
     """Generate the source's run again and compare it with the original image."""
     if source.reference is None:
         raise TrackerError("no original image to compare with")

@@ -29,7 +29,7 @@ from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTe
                                StreamingResponse)
 
 from tracker.errors import TrackerError
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 COOKIE = "tracker_studio"
 CSP = ("default-src 'none'; img-src 'self' data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -53,7 +53,7 @@ def _env():
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def create_app(ws: Workspace, token: str, allowed_hosts: set[str], rater: str | None = None):
+def create_app(ws: WorkspaceConfig, token: str, allowed_hosts: set[str], rater: str | None = None):
     """The application for workspace ``ws``; requests must carry ``token``; ``allowed_hosts`` are the
     ``host:port`` values of the Host header this server answers."""
     from tracker.store.runstore import Store
@@ -221,7 +221,7 @@ def create_app(ws: Workspace, token: str, allowed_hosts: set[str], rater: str | 
     return app
 
 
-def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 8765, rater: str | None = None, echo=print,
+def serve(ws: WorkspaceConfig, host: str = "127.0.0.1", port: int = 8765, rater: str | None = None, echo=print,
           ready=None) -> int:
     """Run the studio until interrupted. Prints the URL with its token (the only way in)."""
     import socket

@@ -15,7 +15,7 @@ NONE = ""
 
 
 @dataclass
-class Cell:
+class GridCell:
     runs: list[Any]
     more: int = 0
 
@@ -29,15 +29,15 @@ class GridView:
     filters: dict[str, str]
     row_labels: list[str]
     col_labels: list[str]
-    cells: dict[tuple[str, str], Cell]
+    cells: dict[tuple[str, str], GridCell]
     metric: str | None
     metrics: list[str]
     values: dict[str, dict[str, float | None]]
     counts: dict[str, int]
     pair_axes: list[str] = field(default_factory=list)
 
-    def cell(self, r: str, c: str) -> Cell:
-        return self.cells.get((r, c), Cell([]))
+    def cell(self, r: str, c: str) -> GridCell:
+        return self.cells.get((r, c), GridCell([]))
 
 
 def experiments(store) -> list[dict[str, Any]]:
@@ -75,11 +75,11 @@ def grid(store, experiment: str, query: Mapping[str, str]) -> GridView:
     values = storage.values(store, experiment)
     metrics = sorted({m for v in values.values() for m in v})
     metric = query.get("metric") if query.get("metric") in metrics else None
-    cells: dict[tuple[str, str], Cell] = {}
+    cells: dict[tuple[str, str], GridCell] = {}
     for rec in runs:
         if any(_labels(rec, a) != v for a, v in filters.items()):
             continue
-        cell = cells.setdefault((_labels(rec, rows), _labels(rec, cols)), Cell([]))
+        cell = cells.setdefault((_labels(rec, rows), _labels(rec, cols)), GridCell([]))
         if len(cell.runs) < 64:
             cell.runs.append(rec)
         else:
@@ -171,14 +171,14 @@ def next_pair(store, experiment: str, axis: str | None) -> PairView:
 
 
 @dataclass
-class RunDetail:
+class RunPage:
     rec: Any
     recipe: str
     ratings: list[Any]
     metrics: dict[str, Any]
 
 
-def run_detail(store, ws, experiment: str, key: str) -> RunDetail:
+def run_detail(store, ws, experiment: str, key: str) -> RunPage:
     import json
 
     from tracker.images import pngmeta
@@ -192,7 +192,7 @@ def run_detail(store, ws, experiment: str, key: str) -> RunDetail:
         _, recipe = pngmeta.read_png(path)
     text = json.dumps(recipe if recipe is not None else rec.run.settings.to_dict(), indent=2, default=str)
     mine = [r for r in ratings.list_ratings(store, experiment) if rec.key in (r.key, r.other_key)]
-    return RunDetail(rec, text, mine, storage.values(store, experiment).get(rec.key, {}))
+    return RunPage(rec, text, mine, storage.values(store, experiment).get(rec.key, {}))
 
 
 def image_path(store, ws, experiment: str, key: str) -> Path | None:

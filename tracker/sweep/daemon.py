@@ -8,7 +8,7 @@ one), claims one batch-sized group of its runs with ``claims.claim`` and generat
 of ``tracker run``: a ``runner.Sweep`` per submitted sweep (the batch executor, the writing stage with PNG
 recipe, metrics and MLflow), its engine shared by all of them, so a model loaded for one sweep is warm for
 the next. Pipelines stay cached in the engine; under ``--max-memory`` the least recently used ones are
-unloaded before a new one would pass the budget, and again once it is loaded (``PipelineCache``).
+unloaded before a new one would pass the budget, and again once it is loaded (``WarmPipelines``).
 
 A run is made only if the plan that submitted it allows its model, VAE, LoRA adapters and ``allow_pickle``
 (``queue.refusal``); otherwise it fails with the reason, unloaded.
@@ -26,14 +26,14 @@ from typing import Any, Callable, Sequence
 
 from tracker.sweep import claims, queue
 from tracker.sweep.claim_loop import batch_of, lease_seconds
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 log = logging.getLogger("tracker")
 ACTIVITY_SECONDS = 2.0  # an idle worker writes its activity (and so its last_seen) this often
 POLL_SECONDS = 0.1  # how often an idle worker reads the queue (one indexed query): a submitted run starts this soon
 
 
-class PipelineCache:
+class WarmPipelines:
     """Least-recently-used pipelines out under ``max_bytes`` (None: keep every pipeline loaded)."""
 
     def __init__(self, engine, max_bytes: int | None, note: Callable[[str], None]):
@@ -118,7 +118,7 @@ class _Active:
 
 
 class Daemon:
-    def __init__(self, ws: Workspace, device: str | None = None, experiments: Sequence[str] | None = None,
+    def __init__(self, ws: WorkspaceConfig, device: str | None = None, experiments: Sequence[str] | None = None,
                  max_memory: int | None = None, idle_timeout: float | None = None, name: str | None = None,
                  note: Callable[[str], None] | None = None):
         self.ws, self.device, self.experiments = ws, device, list(experiments or ())
@@ -144,7 +144,7 @@ class Daemon:
             raise
         lease = lease_seconds()
         self.worker = queue.register(store, device, self.name, self.experiments, beat_seconds=lease / 3)
-        cache = PipelineCache(engine, self.max_memory, lambda line: self.note(f"{self.worker.name}: {line}"))
+        cache = WarmPipelines(engine, self.max_memory, lambda line: self.note(f"{self.worker.name}: {line}"))
         served = ", ".join(self.experiments) or "every experiment"
         self.note(f"warm worker {self.worker.name} (id {self.worker.id}) on {device}, serving {served} of "
                   f"{self.ws.db_url}" + (f"; pipelines within {_mb(self.max_memory)}" if self.max_memory else "")
@@ -169,7 +169,7 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _serve(self, store, engine, cache: PipelineCache, lease: float, device: str) -> None:
+    def _serve(self, store, engine, cache: WarmPipelines, lease: float, device: str) -> None:
         from tracker.sweep.runner import AUTO_BATCH_MAX, ordered_groups
 
         last_experiment: str | None = None
@@ -216,7 +216,7 @@ class Daemon:
             self._make(engine, cache, active, chunk)
             idle_since = time.monotonic()
 
-    def _make(self, engine, cache: PipelineCache, active: _Active, chunk: list) -> None:
+    def _make(self, engine, cache: WarmPipelines, active: _Active, chunk: list) -> None:
         """One claimed batch through the sweep path; what the submission does not allow fails unloaded."""
         from tracker.errors import ModelError
 
@@ -327,7 +327,7 @@ class Daemon:
         if errors:
             raise errors[0]
 
-    def _activity(self, cache: PipelineCache, item, items: Sequence["queue.Queued"]) -> dict:
+    def _activity(self, cache: WarmPipelines, item, items: Sequence["queue.Queued"]) -> dict:
         active = self.active.get(item.sweep_id) if item is not None else None
         rate = None
         if active is not None and active.sweep.summary.done:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tracker.experiment.model import Experiment
+from tracker.experiment.model import ExperimentSpec
 from tracker.sweep import preparation, runner
 from tracker.sweep.preparation import Prepared
 from tracker.sweep.runner import RunOptions, SweepSummary
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class InProcess:
     pipeline: Any = None
     engine: Any = None
 
-    def run(self, ws: Workspace, prepared: Prepared, options: RunOptions) -> SweepSummary:
+    def run(self, ws: WorkspaceConfig, prepared: Prepared, options: RunOptions) -> SweepSummary:
         return runner.run_prepared(ws, prepared, options, pipeline=self.pipeline, engine=self.engine)
 
 
@@ -41,7 +41,7 @@ class LocalPool:
     workers: int | None = None
     note: Callable[[str], None] | None = None
 
-    def run(self, ws: Workspace, prepared: Prepared, options: RunOptions) -> SweepSummary:
+    def run(self, ws: WorkspaceConfig, prepared: Prepared, options: RunOptions) -> SweepSummary:
         from tracker.sweep import pool
 
         return pool.run_workers(ws, prepared, self.workers, options, note=self.note)
@@ -54,14 +54,14 @@ class RayActors:
     address: str | None = None
     actors: int | None = None
 
-    def run(self, ws: Workspace, prepared: Prepared, options: RunOptions) -> SweepSummary:
+    def run(self, ws: WorkspaceConfig, prepared: Prepared, options: RunOptions) -> SweepSummary:
         from tracker.sweep import ray_cluster
 
         return ray_cluster.run_ray(ws, prepared, self.address, options, self.actors)
 
 
-def run(ws: Workspace, source: "str | Path | Experiment", options: RunOptions = RunOptions(),
+def run(ws: WorkspaceConfig, source: "str | Path | ExperimentSpec", options: RunOptions = RunOptions(),
         executor: "InProcess | LocalPool | RayActors" = InProcess()) -> SweepSummary:
-    """Generate every planned run of ``source`` (an experiment file, or a parsed Experiment) not done yet."""
+    """Generate every planned run of ``source`` (an experiment file, or a parsed ExperimentSpec) not done yet."""
     prepared = preparation.prepare(ws, source, options)
     return executor.run(ws, prepared, options)

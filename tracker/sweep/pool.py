@@ -25,7 +25,7 @@ from tracker import limits
 from tracker.errors import UsageError
 from tracker.sweep.preparation import Prepared
 from tracker.sweep.runner import RunOptions, SweepSummary, progress_bar
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _wait_any(procs: list[subprocess.Popen], seconds: float) -> None:
         time.sleep(0.05)
 
 
-def run_workers(ws: Workspace, prepared: Prepared, n: int | None, options: RunOptions,
+def run_workers(ws: WorkspaceConfig, prepared: Prepared, n: int | None, options: RunOptions,
                 note: Callable[[str], None] | None = None) -> PoolSummary:
     """The local pool executor: ``n`` ``tracker run`` children of the experiment file (None: one per CUDA device,
     at most as many as ``cap_workers`` allows; ``note`` gets the one line saying the count was cut) share the
@@ -169,7 +169,7 @@ class LiveMlflow:
 
     EVERY_S = 1.0
 
-    def __init__(self, ws: Workspace, experiment: str, spec_path: str, keys: list[str], pids: list[int]):
+    def __init__(self, ws: WorkspaceConfig, experiment: str, spec_path: str, keys: list[str], pids: list[int]):
         from tracker.mlflow.worker import MlflowSink
 
         self.experiment, self.spec_path, self.keys, self.pids = experiment, spec_path, set(keys), list(pids)
@@ -236,7 +236,7 @@ class LiveMlflow:
         return result.message(self.experiment)
 
 
-def _spawn(ws: Workspace, path: str, device: str, threads: int, index: int, max_runs, from_key) -> subprocess.Popen:
+def _spawn(ws: WorkspaceConfig, path: str, device: str, threads: int, index: int, max_runs, from_key) -> subprocess.Popen:
     args = [sys.executable, "-m", "tracker", "run", str(path), "--no-mlflow", "-q", "--device", device]
     if max_runs:
         args += ["--max-runs", str(max_runs)]

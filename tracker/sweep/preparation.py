@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Sequence
 
 from tracker.errors import SpecError
 from tracker.experiment import plan, parse as spec
-from tracker.experiment.model import Experiment
+from tracker.experiment.model import ExperimentSpec
 from tracker.experiment.plan import PlannedRun
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 if TYPE_CHECKING:
     from tracker.sweep.runner import RunOptions, SweepSummary
 
 
-def load_experiment(path: "str | Path | Experiment", from_key: str | None, db_url: str,
-                    home: Path | None = None) -> Experiment:
-    """Parse the file (or take a parsed Experiment) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
+def load_experiment(path: "str | Path | ExperimentSpec", from_key: str | None, db_url: str,
+                    home: Path | None = None) -> ExperimentSpec:
+    """Parse the file (or take a parsed ExperimentSpec) and, for ``--from KEY`` / ``seeds: {from: KEY}``, take
     that run's seed and settings."""
     from tracker.metrics import available
 
-    exp = path if isinstance(path, Experiment) else spec.parse_file(path, metric_names=available())
+    exp = path if isinstance(path, ExperimentSpec) else spec.parse_file(path, metric_names=available())
     key = from_key or exp.seeds_from
     if key:
         from tracker.store.runstore import Store
@@ -43,9 +43,9 @@ def load_experiment(path: "str | Path | Experiment", from_key: str | None, db_ur
 class Prepared:
     """An experiment parsed and planned once for one sweep: what every executor is given."""
 
-    experiment: Experiment
+    experiment: ExperimentSpec
     plan: plan.Plan
-    file: Path | None  # the experiment file on disk (None: an Experiment built in Python)
+    file: Path | None  # the experiment file on disk (None: an ExperimentSpec built in Python)
     where: str  # what errors name: the file as given, else the experiment's path or name
 
     @property
@@ -54,11 +54,11 @@ class Prepared:
         return self.file.parent if self.file is not None else self.experiment.base_dir
 
 
-def prepare(ws: Workspace, source: "str | Path | Experiment", options: "RunOptions") -> Prepared:
-    """Parse the file (or take a parsed Experiment), apply ``--from KEY`` and expand the plan: the one place a
+def prepare(ws: WorkspaceConfig, source: "str | Path | ExperimentSpec", options: "RunOptions") -> Prepared:
+    """Parse the file (or take a parsed ExperimentSpec), apply ``--from KEY`` and expand the plan: the one place a
     sweep reads its experiment (a bad file fails here, before anything is written)."""
     exp = load_experiment(source, options.from_key, ws.db_url, ws.home)
-    where = exp.path or exp.name if isinstance(source, Experiment) else str(source)
+    where = exp.path or exp.name if isinstance(source, ExperimentSpec) else str(source)
     return Prepared(exp, plan.expand(exp, max_runs=options.max_runs), _source_file(source, exp), where)
 
 
@@ -94,7 +94,7 @@ def find_work(records, runs: Sequence[PlannedRun], retry_failed: bool) -> Work:
     return Work(todo, len(runs) - len(todo) - failed_earlier, failed_earlier, lost, in_mlflow, status)
 
 
-def dry_run(ws: Workspace, path: "str | Path | Experiment", options: "RunOptions") -> DryRun:
+def dry_run(ws: WorkspaceConfig, path: "str | Path | ExperimentSpec", options: "RunOptions") -> DryRun:
     """What ``tracker run`` would do with the same options, reading the store only if it is there (nothing is
     written): the same rule (``find_work``) as the run."""
     prepared = prepare(ws, path, options)
@@ -108,10 +108,10 @@ def dry_run(ws: Workspace, path: "str | Path | Experiment", options: "RunOptions
     return DryRun(prepared.plan, tuple(work.todo), work.done, work.failed_earlier)
 
 
-def claim_name(store, exp: Experiment, file: Path | None) -> None:
+def claim_name(store, exp: ExperimentSpec, file: Path | None) -> None:
     """Refuse a second experiment file claiming a name this store already keeps for another file: their runs
     would pool in one experiment (effects, grids, scores) without a word. The same experiment may come back from
-    another path (the file moved or renamed, another machine's checkout, an Experiment built in Python): only a
+    another path (the file moved or renamed, another machine's checkout, an ExperimentSpec built in Python): only a
     recorded file that still exists, still names this experiment and says something else is another file."""
     info = store.experiment(exp.name)
     if file is None or info is None or not info.get("source_path"):
@@ -133,9 +133,9 @@ def claim_name(store, exp: Experiment, file: Path | None) -> None:
                                        f"file); give this file its own name, or edit and run {old.name} itself")
 
 
-def _source_file(path: "str | Path | Experiment", exp: Experiment) -> Path | None:
-    """The experiment file on disk, if there is one (an Experiment built in Python has none)."""
-    if not isinstance(path, Experiment):
+def _source_file(path: "str | Path | ExperimentSpec", exp: ExperimentSpec) -> Path | None:
+    """The experiment file on disk, if there is one (an ExperimentSpec built in Python has none)."""
+    if not isinstance(path, ExperimentSpec):
         return Path(path).resolve()
     return Path(exp.path).resolve() if exp.path and Path(exp.path).is_file() else None
 

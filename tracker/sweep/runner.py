@@ -24,10 +24,11 @@ from tracker.sweep.preparation import Prepared
 from tracker.experiment import plan
 from tracker.engine.batches import BatchHooks
 from tracker.errors import ModelError
-from tracker.experiment.model import Experiment
+from tracker.textfmt import NoBar
+from tracker.experiment.model import ExperimentSpec
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.settings import COMPILE_OFF
-from tracker.workspace import Workspace
+from tracker.workspace import WorkspaceConfig
 
 AUTO_BATCH_MAX = 8  # batch_size: auto starts here (or at the group size) and halves on out-of-memory
 VERSION_KEYS = ("python", "torch", "diffusers", "transformers", "accelerate")
@@ -79,7 +80,7 @@ class SweepSummary:
                 "warmup_seconds": round(self.warmup_seconds, 3) if self.warmup_seconds else None}
 
 
-def run_prepared(ws: Workspace, prepared: Prepared, options: RunOptions = RunOptions(),
+def run_prepared(ws: WorkspaceConfig, prepared: Prepared, options: RunOptions = RunOptions(),
                  pipeline=None, engine=None) -> SweepSummary:
     """The in-process executor: generate every planned run not done yet. ``pipeline``: a
     ``tracker.engine.userpipe.UserPipeline`` for runs whose model is its name. ``engine``: an ``Engine`` to use
@@ -210,7 +211,7 @@ def _engine(options: RunOptions, base_dir: Path | None, pipeline=None):
     return Engine(device=options.device, base_dir=base_dir, pipeline=pipeline)
 
 
-def mlflow_sink(ws: Workspace, experiment: str):
+def mlflow_sink(ws: WorkspaceConfig, experiment: str):
     """The MLflow logging process of a sweep (``tracker.mlflow.worker.MlflowSink``), or None with MLflow off."""
     if not ws.mlflow_enabled:
         return None
@@ -219,7 +220,7 @@ def mlflow_sink(ws: Workspace, experiment: str):
     return MlflowSink(ws.mlflow_tracking_uri, experiment, ws.db_url, ws.mlflow_artifacts_dir, home=ws.home)
 
 
-def scorer_for(store, exp: Experiment, engine):
+def scorer_for(store, exp: ExperimentSpec, engine):
     """The experiment's metrics: the writing stage scores each image after it is written, before MLflow gets it."""
     if not exp.metrics:
         return None
@@ -269,11 +270,6 @@ def _set_event() -> threading.Event:
     return event
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
 @dataclass(eq=False)
 class Sweep(BatchHooks):
     """Everything one sweep's generation touches, with what it does: ``run_group`` (one group of runs sharing
@@ -282,13 +278,13 @@ class Sweep(BatchHooks):
     ``interrupted``. Where the groups come from is the caller's (``run_prepared``: the groups this worker
     claims, ``tracker.sweep.claim_loop``; ``tracker.sweep.ray_cluster``: what the actors send back)."""
 
-    ws: Workspace
+    ws: WorkspaceConfig
     store: Any  # tracker.store.runstore.Store
     engine: Any  # tracker.engine.core.Engine (raydist: what the actors knew of it)
     sink: Any  # tracker.mlflow.MlflowSink | None
     sweep_id: int
     summary: SweepSummary
-    bar: Any = field(default_factory=_NoBar)  # progress: anything with update(n)
+    bar: Any = field(default_factory=NoBar)  # progress: anything with update(n)
     writer: Any = None  # tracker.sweep.writer.Writer: submit(runs, result, facts), fail(run, error), close()
     began: float = field(default_factory=time.perf_counter)  # time.perf_counter() when generation began
     claimed: bool = False  # the runs are this worker's claims: running already, and they stay so while retried
@@ -399,7 +395,7 @@ class Sweep(BatchHooks):
 def progress_bar(total: int, name: str, enabled: bool):
     """A bar with runs done/total, images/s and ETA (tqdm's rate and remaining time); warnings print above it."""
     if not enabled or total == 0:
-        yield _NoBar()
+        yield NoBar()
         return
     import logging
 
