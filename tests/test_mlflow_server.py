@@ -125,7 +125,9 @@ def test_server_dies_mid_sweep_then_sync_logs_each_key_once(server, ws, cli, wri
     assert {runs[0].data.tags[PARENT_TAG] for runs in children.values()} == {parent_id}
     c = _client(server.url)
     for key, [run] in children.items():
-        assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{key}.png", "recipe.json"}
+        # the PNG and its recipe, and the log_image entries MLflow's image card and image grid read (over REST)
+        assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{key}.png", "recipe.json", "images"}
+        assert any(a.path.endswith(".png") for a in c.list_artifacts(run.info.run_id, "images"))
 
 
 def _post(url: str, payload: dict) -> dict:
