@@ -44,24 +44,8 @@ class ClipScore:
         prompts = [run.prompt for run in runs]
         if len(prompts) != len(images):
             raise MetricError(f"clip_score: {len(images)} images but {len(prompts)} runs")
-        out: list[float] = []
-        for i in range(0, len(images), self.batch_size):
-            out.extend(self._batch(list(images[i:i + self.batch_size]), prompts[i:i + self.batch_size]))
-        return out
-
-    def _batch(self, images: list, prompts: list[str]) -> list[float]:
-        import torch
-
-        inputs = self.processor(text=prompts, images=[im.convert("RGB") for im in images], return_tensors="pt",
-                                padding=True, truncation=True)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            text = self.model.get_text_features(input_ids=inputs["input_ids"],
-                                                attention_mask=inputs.get("attention_mask")).pooler_output
-            image = self.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-        text = torch.nn.functional.normalize(text.float(), dim=-1)
-        image = torch.nn.functional.normalize(image.float(), dim=-1)
-        return (100.0 * (text * image).sum(dim=-1)).cpu().tolist()
+        return text_image_scores(self.model, self.processor, self.device, images, prompts, self.batch_size,
+                                 lambda model: 100.0)
 
 
 def device_for(device: str) -> str:
@@ -133,3 +117,26 @@ def model_revision(model_id: str, model) -> str | None:
     except Exception:  # noqa: BLE001 - a malformed id has no revision
         return None
     return Path(path).parent.name if isinstance(path, str) else None
+
+
+def text_image_scores(model, processor, device: str, images: Sequence[Any], prompts: Sequence[str], batch_size: int,
+                      scale) -> list[float]:
+    """``scale(model)`` times the cosine of each image's and its prompt's CLIP embeddings, in batches (the
+    scorers built on a CLIP model: ``clip_score`` scales by 100, ``pickscore`` by the model's logit scale)."""
+    import torch
+
+    out: list[float] = []
+    for i in range(0, len(images), batch_size):
+        inputs = processor(text=list(prompts[i:i + batch_size]),
+                           images=[im.convert("RGB") for im in images[i:i + batch_size]], return_tensors="pt",
+                           padding=True, truncation=True)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            text = model.get_text_features(input_ids=inputs["input_ids"],
+                                           attention_mask=inputs.get("attention_mask")).pooler_output
+            image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+            factor = scale(model)
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        image = torch.nn.functional.normalize(image.float(), dim=-1)
+        out.extend((factor * (text * image).sum(dim=-1)).cpu().tolist())
+    return out

@@ -52,23 +52,5 @@ class PickScore:
             self.version += f"+processor:{processor}"
 
     def score(self, images: Sequence[Any], runs: Sequence[Any]) -> list[float]:
-        prompts = [run.prompt for run in runs]
-        out: list[float] = []
-        for i in range(0, len(images), self.batch_size):
-            out.extend(self._batch(list(images[i:i + self.batch_size]), prompts[i:i + self.batch_size]))
-        return out
-
-    def _batch(self, images: list, prompts: list[str]) -> list[float]:
-        import torch
-
-        inputs = self.processor(text=prompts, images=[im.convert("RGB") for im in images], return_tensors="pt",
-                                padding=True, truncation=True)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            text = self.model.get_text_features(input_ids=inputs["input_ids"],
-                                                attention_mask=inputs.get("attention_mask")).pooler_output
-            image = self.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-            scale = self.model.logit_scale.exp().float()
-        text = torch.nn.functional.normalize(text.float(), dim=-1)
-        image = torch.nn.functional.normalize(image.float(), dim=-1)
-        return (scale * (text * image).sum(dim=-1)).cpu().tolist()
+        return clip.text_image_scores(self.model, self.processor, self.device, images, [run.prompt for run in runs],
+                                      self.batch_size, lambda model: model.logit_scale.exp().float())
