@@ -34,19 +34,21 @@ DEFAULT_LEASE_SECONDS = 60.0
 @dataclass(frozen=True)
 class Worker:
     id: int
-    sweep_id: int
+    sweep_id: int | None  # None: a warm worker (``tracker.sweep.queue``), which serves many sweeps
     name: str
 
 
-def register(store: Store, sweep_id: int, device: str | None, name: str | None = None) -> Worker:
-    """A new worker row for ``sweep_id`` (host, pid, device); ``name`` defaults to host:pid."""
+def register(store: Store, sweep_id: int | None, device: str | None, name: str | None = None,
+             status: str = "working", **row) -> Worker:
+    """A new worker row for ``sweep_id`` (host, pid, device); ``name`` defaults to host:pid. ``row``: further
+    columns (a warm worker's ``kind``, ``experiments`` and ``activity``)."""
     host, pid = socket.gethostname(), os.getpid()
     name = name or f"{host}:{pid}"
     now = utcnow()
     with store._write() as conn:
         wid = conn.execute(workers_t.insert().values(
             sweep_id=sweep_id, name=name, host=host, pid=pid, device=device, started_at=now, last_seen=now,
-            status="working")).inserted_primary_key[0]
+            status=status, **row)).inserted_primary_key[0]
     return Worker(wid, sweep_id, name)
 
 
@@ -285,7 +287,7 @@ def reap_local(store: Store) -> int:
             workers_t.c.host == host, workers_t.c.status.in_(("working", "idle")))).all()
     released = 0
     for wid, pid in rows:
-        if pid is None or pid == os.getpid() or _alive(pid):
+        if pid is None or pid == os.getpid() or alive_here(host, pid):
             continue
         released += release(store, wid)
         with store._write() as conn:
@@ -293,7 +295,10 @@ def reap_local(store: Store) -> int:
     return released
 
 
-def _alive(pid: int) -> bool:
+def alive_here(host: str | None, pid: int | None) -> bool:
+    """False only for a process of this host that is gone (a kill -9 is seen at once, not a lease later)."""
+    if host != socket.gethostname() or not pid:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

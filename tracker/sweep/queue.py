@@ -49,19 +49,11 @@ def submitter() -> str:
 def register(store, device: str | None, name: str | None, experiments: Sequence[str] | None,
              beat_seconds: float):
     """A workers row for a warm worker (kind daemon, no sweep of its own); returns its ``claims.Worker``."""
-    from tracker.sweep.claims import Worker
-    from tracker.store.db import utcnow
-    from tracker.store.tables import workers_t
+    from tracker.sweep import claims
 
-    host, pid = socket.gethostname(), os.getpid()
-    name = name or f"{host}:{pid}"
-    now = utcnow()
-    with store._write() as conn:
-        wid = conn.execute(workers_t.insert().values(
-            sweep_id=None, name=name, host=host, pid=pid, device=device, started_at=now, last_seen=now,
-            status="idle", kind="daemon", experiments=list(experiments) if experiments else None,
-            activity={"beat_seconds": beat_seconds})).inserted_primary_key[0]
-    return Worker(wid, None, name)
+    return claims.register(store, None, device, name, status="idle", kind="daemon",
+                           experiments=list(experiments) if experiments else None,
+                           activity={"beat_seconds": beat_seconds})
 
 
 def set_activity(store, worker_id: int, status: str, activity: dict) -> None:
@@ -73,24 +65,12 @@ def set_activity(store, worker_id: int, status: str, activity: dict) -> None:
             status=status, activity=activity, last_seen=utcnow()))
 
 
-def _alive_here(host: str | None, pid: int | None) -> bool:
-    """False only for a process of this host that is gone (a kill -9 is seen at once, not a lease later)."""
-    if host != socket.gethostname() or not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def live_workers(store, experiment: str | None = None, device: str | None = None) -> list[dict]:
     """Warm workers that are up: kind daemon, status idle or working, seen within three heartbeats (and, on
     this host, their process alive); only those serving ``experiment`` and on ``device`` when given."""
     from tracker.store.db import utcnow
     from tracker.store.tables import workers_t
+    from tracker.sweep.claims import alive_here
 
     now = utcnow()
     with store._read() as conn:
@@ -100,7 +80,7 @@ def live_workers(store, experiment: str | None = None, device: str | None = None
     out = []
     for w in rows:
         beat = float((w["activity"] or {}).get("beat_seconds") or 20.0)
-        if (now - w["last_seen"]).total_seconds() > 3 * beat + 2 or not _alive_here(w["host"], w["pid"]):
+        if (now - w["last_seen"]).total_seconds() > 3 * beat + 2 or not alive_here(w["host"], w["pid"]):
             continue
         if experiment is not None and w["experiments"] and experiment not in w["experiments"]:
             continue
