@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from test_spec_errors import assert_one_line_error
+from tracker.fsutil import sha256_once
 from tracker.images import pngmeta
 from tracker.experiment.plan import expand
 from tracker.prompts import lora
@@ -72,7 +73,7 @@ def test_adapters_are_an_axis_and_their_file_hash_is_in_the_key(experiment, tmp_
     assert [r.labels["lora"] for r in p.runs] == ["none", "ink@0", "ink@1.0", "ink@1.0+soft@0.5"]
     assert len({r.key for r in p.runs}) == 4
     ink = dict(p.runs[2].settings.lora[0])
-    assert ink["sha256"] == lora.file_hash(str(experiment.parent / "loras" / "ink.safetensors"))
+    assert ink["sha256"] == sha256_once(experiment.parent / "loras" / "ink.safetensors")
     recipe = pngmeta.recipe_for(p.runs[3])
     assert [a["name"] for a in recipe["lora"]] == ["ink", "soft"]
     params = pngmeta.a1111_parameters(recipe)
@@ -194,13 +195,13 @@ def test_rng_and_lora_hashes_read_back_as_a1111_reads_them(experiment, tmp_path)
     hashes = dict(part.split(": ") for part in params["Lora hashes"].split(", "))
     assert hashes == {"ink": _a1111_lora_hash(ink_file),
                       "soft": _a1111_lora_hash(experiment.parent / "loras" / "soft.safetensors")}
-    assert hashes["ink"] != lora.file_hash(str(ink_file))[:12]  # not the whole file's sha256
+    assert hashes["ink"] != sha256_once(ink_file)[:12]  # not the whole file's sha256
     # the metadata is in the header: changing it keeps A1111's hash (and changes the file's sha256)
     from safetensors.torch import load_file, save_file
 
     copy = tmp_path / "ink.safetensors"
     save_file(load_file(str(ink_file)), str(copy), metadata={"ss_output_name": "ink", "note": "edited"})
-    assert lora.file_hash(str(copy)) != lora.file_hash(str(ink_file))
+    assert sha256_once(copy) != sha256_once(ink_file)
     assert _a1111_lora_hash(copy) == hashes["ink"] == lora.addnet_hash(str(copy))[:12]
 
 
@@ -211,7 +212,7 @@ def test_reproduce_matches_a_lora_by_either_hash(experiment, which):
     from tracker.reproduce import a1111
 
     ink = experiment.parent / "loras" / "ink.safetensors"
-    short = {"a1111": _a1111_lora_hash(ink), "sha256": lora.file_hash(str(ink))[:12], "other": "0123456789ab"}[which]
+    short = {"a1111": _a1111_lora_hash(ink), "sha256": sha256_once(ink)[:12], "other": "0123456789ab"}[which]
     text = (f"a castle <lora:ink:0.8>\nNegative prompt: text\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, "
             f"CFG scale: 7, Seed: 1, Size: 32x32, Model: tiny, RNG: CPU, Lora hashes: \"ink: {short}\", "
             f"Version: v1.10.1")
@@ -220,6 +221,6 @@ def test_reproduce_matches_a_lora_by_either_hash(experiment, which):
     assert (adapter["name"], adapter["scale"]) == ("ink", 0.8)
     if which == "other":
         assert notes == [f"LoRA ink: the file found has hash {_a1111_lora_hash(ink)} "
-                         f"(sha256 {lora.file_hash(str(ink))[:12]}), the PNG names 0123456789ab"]
+                         f"(sha256 {sha256_once(ink)[:12]}), the PNG names 0123456789ab"]
     else:
         assert notes == []

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -81,6 +82,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_once(path: "str | Path") -> str:
+    """``sha256_file``, computed once per path, size and mtime (checkpoints and LoRA files are large, and every
+    run of a sweep names them)."""
+    st = os.stat(path)
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
 
 
 def fsync_dir(folder: Path) -> None:

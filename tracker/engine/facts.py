@@ -128,7 +128,7 @@ class RecordFacts:
     def file_revision_later(self, path: Path) -> Callable[[], str]:
         """``sha256:<hex>`` of one file (a single-file checkpoint or VAE), hashed in the background once per
         path, size and mtime."""
-        from tracker.experiment import single_file
+        from tracker.fsutil import sha256_once
 
         st = path.stat()
         signature = ((str(path), st.st_size, st.st_mtime_ns),)
@@ -136,7 +136,7 @@ class RecordFacts:
             cached = self._hashes.get(str(path))
             if cached is None or cached[0] != signature:
                 cached = self._hashes[str(path)] = (
-                    signature, _in_background(lambda: "sha256:" + single_file.sha256(path)))
+                    signature, _in_background(lambda: "sha256:" + sha256_once(path)))
         return cached[1].result
 
     def vae_revision_later(self, vae: str) -> Callable[[], str | None] | None:

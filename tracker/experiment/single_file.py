@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tracker.fsutil import sha256_once
+
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = (SAFETENSORS,) + PICKLE_SUFFIXES
@@ -325,24 +327,9 @@ def _check_file(path: Path, allow_pickle: bool, needs_config: bool) -> None:
 # ---------------------------------------------------------------------------------------------- hashes
 
 
-@lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256 (hex), computed once per path, size and mtime."""
-    st = path.stat()
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
 def short_hash(path: Path) -> str:
     """A1111's ``Model hash``: the first 10 hex digits of the file's sha256."""
-    return sha256(path)[:10]
+    return sha256_once(path)[:10]
 
 
 def legacy_hash(path: Path) -> str:
@@ -359,4 +346,4 @@ def matches_hash(path: Path, model_hash: str) -> bool:
         return False
     if len(h) == 8 and legacy_hash(path) == h:
         return True
-    return sha256(path).startswith(h)
+    return sha256_once(path).startswith(h)

@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tracker.fsutil import sha256_once
+
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 LORAS_ENV = "TRACKER_LORAS"  # where ``tracker reproduce`` looks for A1111's <lora:name:scale> files
 A1111_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.I)
@@ -84,7 +86,7 @@ def _adapter(raw: Any, field: str, base_dir: Path | None, allow_pickle: bool,
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         err(f"{field}.name", f"must match [A-Za-z0-9_.-]+ but is {name!r}")
-    pairs = {"name": name, "scale": float(scale), "sha256": file_hash(str(file)), "source": source,
+    pairs = {"name": name, "scale": float(scale), "sha256": sha256_once(file), "source": source,
              **_short_hash(file)}
     if weight_name:
         pairs["weight_name"] = weight_name
@@ -115,20 +117,6 @@ def _cached(repo: str, weight_name: str, field: str, err: Callable[[str, str], N
         err(f"{field}.hub", f"{repo}/{weight_name} is not in the Hugging Face cache; run `hf download {repo} "
                             f"{weight_name}` while online, or give a local path")
     return Path(found)
-
-
-@lru_cache(maxsize=256)
-def _hash(path: str, size: int, mtime: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_hash(path: str) -> str:
-    st = os.stat(path)
-    return _hash(path, st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=256)
@@ -221,7 +209,7 @@ def from_a1111(prompt: str, folders: Iterable[Path], allow_pickle: bool = False)
             notes.append(f"LoRA {m.group(0).strip()}: " + (f"no {name}.safetensors in {where}; generated without it"
                                                           if file is None else "scale is not a number; ignored"))
             continue
-        pairs = {"name": name, "scale": weight, "sha256": file_hash(str(file)), "source": str(file.resolve()),
+        pairs = {"name": name, "scale": weight, "sha256": sha256_once(file), "source": str(file.resolve()),
                  **_short_hash(file)}
         adapters.append(tuple(sorted(pairs.items())))
     return A1111_TAG.sub("", prompt).strip(), tuple(adapters), notes
