@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import pixels, runs_by_seed
 from tracker.errors import SpecError
 from tracker.experiment import parse, plan
 
@@ -250,15 +250,6 @@ def _yaml(name: str, folder: Path, family: str, extra: str = "", seeds: str = "[
     return "\n".join(lines) + "\n" + textwrap.dedent(extra)
 
 
-def _runs(cli, name: str) -> list[dict]:
-    res = cli("runs", name, "--json")
-    assert res.code == 0, res.err
-    return json.loads(res.out)
-
-
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im, dtype=int)
 
 
 _PIPES: dict[str, object] = {}
@@ -290,7 +281,7 @@ def test_tracker_run_equals_plain_diffusers(family, family_model, cli, write_yam
     path = write_yaml(_yaml("plain", folder, family))
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = sorted(_runs(cli, "plain"), key=lambda r: r["seed"])
+    runs = runs_by_seed(cli, "plain")
     size, call = SMALL[family]
     if size is None:
         import diffusers
@@ -306,7 +297,7 @@ def test_tracker_run_equals_plain_diffusers(family, family_model, cli, write_yam
         assert r["call"] == call
     plain = _plain(folder, [0, 1], num_inference_steps=2, width=size[0], height=size[1], **call)
     for r, want in zip(runs, plain):
-        got = _pixels(r["image"])
+        got = pixels(r["image"])
         assert got.shape == want.shape and np.abs(got - want).max() <= 2, family
     res = cli("reproduce", runs[0]["image"])
     assert res.code == 0 and "identical" in res.out, res.out + res.err
@@ -333,15 +324,15 @@ def test_a_negative_prompt_axis_changes_pixels_or_is_refused(family, family_mode
         path.write_text(text)
         res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = {r["axes"]["negative_prompt"]: r for r in _runs(cli, "neg")}
-    assert np.abs(_pixels(runs["none"]["image"]) - _pixels(runs["bad"]["image"])).max() > 0
+    runs = {r["axes"]["negative_prompt"]: r for r in runs_by_seed(cli, "neg")}
+    assert np.abs(pixels(runs["none"]["image"]) - pixels(runs["bad"]["image"])).max() > 0
     # the negative prompt reaches the pipeline as plain diffusers takes it
     bad = runs["bad"]
     size = (bad["width"], bad["height"])
     kwargs = dict(SMALL[family][1], **({"true_cfg_scale": 4.0} if family == "flux" else {}))
     want = _plain(folder, [0], num_inference_steps=2, width=size[0], height=size[1],
                   negative_prompt=["blurry ugly bad quality"], **kwargs)[0]
-    assert np.abs(_pixels(bad["image"]) - want).max() <= 2
+    assert np.abs(pixels(bad["image"]) - want).max() <= 2
     assert runs["none"]["call"] == SMALL[family][1]  # true CFG is off without a negative prompt: not recorded
 
 
@@ -363,20 +354,20 @@ def test_call_arguments_reach_the_pipeline_and_round_trip_through_the_png(family
     path = write_yaml(_yaml("calls", folder, family, text, seeds="[0]"))
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = {r["axes"]["call"]: r for r in _runs(cli, "calls")}
+    runs = {r["axes"]["call"]: r for r in runs_by_seed(cli, "calls")}
     assert len(runs) == 2
     a, b = (runs[k] for k in sorted(runs) if k != changed), runs[changed]
     a = next(iter(a))
-    assert np.abs(_pixels(a["image"]) - _pixels(b["image"])).max() > 0
+    assert np.abs(pixels(a["image"]) - pixels(b["image"])).max() > 0
     text_chunk, recipe = pngmeta.read_png(b["image"])
     name, value = changed.split("=")
     assert recipe["call"] == {name: float(value)}
-    assert f"Call: " in text_chunk or "Clip skip" in text_chunk
+    assert "Call: " in text_chunk or "Clip skip" in text_chunk
     size = (b["width"], b["height"])
     extra = {"negative_prompt": ["blurry ugly"]} if family == "flux" else {}
     want = _plain(folder, [0], num_inference_steps=2, width=size[0], height=size[1], **{name: float(value)},
                   **extra)[0]
-    assert np.abs(_pixels(b["image"]) - want).max() <= 2
+    assert np.abs(pixels(b["image"]) - want).max() <= 2
     res = cli("reproduce", b["image"])
     assert res.code == 0 and "identical" in res.out, res.out + res.err
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import pixels, runs_by_seed
 from tracker.experiment import schedulers
 from tracker.experiment.schedulers import SchedulerChoice
 
@@ -98,15 +99,6 @@ def _yaml(name: str, folder: Path, scheduler: str, options: dict | None = None, 
     return "\n".join(lines) + "\n" + textwrap.dedent(extra)
 
 
-def _runs(cli, name: str) -> list[dict]:
-    res = cli("runs", name, "--json")
-    assert res.code == 0, res.err
-    return sorted(json.loads(res.out), key=lambda r: r["seed"])
-
-
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im, dtype=int)
 
 
 def _plain(folder: Path, scheduler: str, options: dict, run: dict) -> np.ndarray:
@@ -137,12 +129,12 @@ def test_a_flow_scheduler_runs_as_plain_diffusers_runs_it(family, scheduler, opt
     path = write_yaml(_yaml("flow", folder, scheduler, options))
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = _runs(cli, "flow")
+    runs = runs_by_seed(cli, "flow")
     assert [r["status"] for r in runs] == ["done", "done"]
     for r in runs:
         assert r["scheduler_config"]["_class_name"] == runs_as
         want = _plain(folder, runs_as, options, r)
-        got = _pixels(r["image"])
+        got = pixels(r["image"])
         assert got.shape == want.shape and np.abs(got - want).max() <= 2, (family, scheduler, r["seed"])
     with Image.open(runs[0]["image"]) as im:
         params = im.text["parameters"]
@@ -160,9 +152,9 @@ def test_a_stochastic_flow_scheduler_draws_its_noise_from_the_seed(scheduler, op
     path = write_yaml(_yaml("stoch", folder, scheduler, options, extra="batch_size: 2\n"))
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = _runs(cli, "stoch")
+    runs = runs_by_seed(cli, "stoch")
     assert runs[0]["batch_size_used"] == 2
-    assert np.abs(_pixels(runs[0]["image"]) - _pixels(runs[1]["image"])).max() > 0
+    assert np.abs(pixels(runs[0]["image"]) - pixels(runs[1]["image"])).max() > 0
     for r in runs:
         res = cli("reproduce", r["image"])
         assert res.code == 0 and "identical" in res.out, res.out + res.err
@@ -202,7 +194,7 @@ def test_scheduler_default_on_a_flow_model_writes_its_pngs(family, flow_models, 
     path = write_yaml(_yaml("default", folder, "default"))
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = _runs(cli, "default")
+    runs = runs_by_seed(cli, "default")
     assert [r["status"] for r in runs] == ["done", "done"]
     for r in runs:
         assert r["scheduler_config"]["_class_name"] == "FlowMatchEulerDiscreteScheduler"

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_tracker
+from helpers import pixels, runs_by_seed
 from tracker.experiment import single_file
 from tracker.fsutil import sha256_once
 
@@ -36,15 +37,6 @@ def _yaml(name: str, model: str, extra: str = "", size: str | None = "size: 32x3
     return "\n".join(lines) + "\n" + extra
 
 
-def _runs(cli, name: str) -> list[dict]:
-    res = cli("runs", name, "--json")
-    assert res.code == 0, res.err
-    return sorted(json.loads(res.out), key=lambda r: r["seed"])
-
-
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=int)
 
 
 def _sha256(path: Path) -> str:
@@ -177,11 +169,11 @@ def test_a_single_file_checkpoint_makes_the_images_of_its_folder(family, family_
     assert res.code == 0, res.out + res.err
     res = cli("run", write_yaml(_yaml("file", f"{{file: {file}, config: {folder}}}"), "b.yaml"), "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    want, got = _runs(cli, "folder"), _runs(cli, "file")
+    want, got = runs_by_seed(cli, "folder"), runs_by_seed(cli, "file")
     sha = _sha256(file)
     for a, b in zip(want, got):
         assert b["status"] == "done" and b["model"] == f"{file}?config={folder}"
-        assert np.abs(_pixels(a["image"]) - _pixels(b["image"])).max() <= 2, (family, b["seed"])
+        assert np.abs(pixels(a["image"]) - pixels(b["image"])).max() <= 2, (family, b["seed"])
         assert b["model_revision"] == f"sha256:{sha}"
         with Image.open(b["image"]) as im:
             assert f"Model hash: {sha[:10]}," in im.text["parameters"]
@@ -238,10 +230,10 @@ def test_a_single_file_vae_is_the_vae_of_its_folder(family_model, cli, write_yam
     for name, vae in (("own", "default"), ("vfolder", str(vae_folder)), ("vfile", str(vae_file))):
         res = cli("run", write_yaml(_yaml(name, str(folder), f"vae: {vae}\n"), f"{name}.yaml"), "--no-mlflow", "-q")
         assert res.code == 0, res.out + res.err
-    own, by_folder, by_file = (_runs(cli, n) for n in ("own", "vfolder", "vfile"))
+    own, by_folder, by_file = (runs_by_seed(cli, n) for n in ("own", "vfolder", "vfile"))
     for a, b, c in zip(own, by_folder, by_file):
-        assert np.abs(_pixels(b["image"]) - _pixels(c["image"])).max() <= 2
-        assert np.abs(_pixels(a["image"]) - _pixels(c["image"])).max() > 10  # the VAE was used
+        assert np.abs(pixels(b["image"]) - pixels(c["image"])).max() <= 2
+        assert np.abs(pixels(a["image"]) - pixels(c["image"])).max() > 10  # the VAE was used
         assert c["vae"] == str(vae_file)
         with Image.open(c["image"]) as im:
             assert f"VAE hash: {_sha256(vae_file)[:10]}," in im.text["parameters"]
@@ -258,7 +250,7 @@ def test_an_a1111_png_finds_its_single_file_by_model_hash(family_model, family_s
     folder, file = family_model("sd15"), family_single_file("sd15")
     res = cli("run", write_yaml(_yaml("made", f"{{file: {file}, config: {folder}}}")), "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    run = _runs(cli, "made")[1]
+    run = runs_by_seed(cli, "made")[1]
     from PIL.PngImagePlugin import PngInfo
 
     with Image.open(run["image"]) as im:

@@ -6,14 +6,13 @@ The slow tests build tiny random-weight pipelines (``tests/families.py``) once p
 
 from __future__ import annotations
 
-import json
 import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import pixels, runs_by_seed
 from tracker.prompts import weighting
 
 
@@ -54,15 +53,6 @@ def models(tmp_path_factory):
     return lambda family: builders.cached(family, root)
 
 
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im, dtype=int)
-
-
-def _runs(cli, name: str) -> list[dict]:
-    res = cli("runs", name, "--json")
-    assert res.code == 0, res.err
-    return sorted(json.loads(res.out), key=lambda r: r["seed"])
 
 
 @pytest.mark.slow
@@ -78,7 +68,7 @@ def test_a1111_weighting_on_flux_is_compel_for_flux(models, cli, write_yaml):
                       "prompt: {plain: 'a photo of a red cat', weighted: 'a photo of a (red:1.6) cat'}\n")
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    runs = {r["run"]["axes"]["prompt"]: r for r in _runs(cli, "wflux")}
+    runs = {r["run"]["axes"]["prompt"]: r for r in runs_by_seed(cli, "wflux")}
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     conditioning = compel.CompelForFlux(pipe)
@@ -89,9 +79,9 @@ def test_a1111_weighting_on_flux_is_compel_for_flux(models, cli, write_yaml):
         want = pipe(prompt_embeds=out.embeds, pooled_prompt_embeds=out.pooled_embeds, num_inference_steps=2,
                     guidance_scale=r["guidance_scale"], width=32, height=32,
                     generator=[torch.Generator().manual_seed(3)], output_type="np").images[0]
-        got = _pixels(r["image"])
+        got = pixels(r["image"])
         assert np.abs(got - (np.asarray(want) * 255).round().astype(int)).max() <= 2, label
-    assert np.abs(_pixels(runs["plain"]["image"]) - _pixels(runs["weighted"]["image"])).max() > 0
+    assert np.abs(pixels(runs["plain"]["image"]) - pixels(runs["weighted"]["image"])).max() > 0
 
 
 @pytest.mark.slow
@@ -107,13 +97,13 @@ def test_sdxl_weighting_passes_the_negative_prompt_as_the_negative(models, cli, 
                       "prompt: a photo of a red cat\nnegative_prompt: blurry ugly\nguidance_scale: 7.0\n")
     res = cli("run", path, "--no-mlflow", "-q")
     assert res.code == 0, res.out + res.err
-    (run,) = _runs(cli, "wsdxl")
+    (run,) = runs_by_seed(cli, "wsdxl")
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     want = pipe(prompt="a photo of a red cat", negative_prompt="blurry ugly", num_inference_steps=2,
                 guidance_scale=7.0, width=32, height=32, generator=[torch.Generator().manual_seed(2)],
                 output_type="np").images[0]
-    assert np.abs(_pixels(run["image"]) - (np.asarray(want) * 255).round().astype(int)).max() <= 2
+    assert np.abs(pixels(run["image"]) - (np.asarray(want) * 255).round().astype(int)).max() <= 2
 
 
 @pytest.mark.slow
