@@ -84,7 +84,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -260,58 +259,70 @@ def _sd15():
     return _tiny_tools().build_pipeline()
 
 
+def _seeded(*makers):
+    """Each maker's component, the k-th made right after ``torch.manual_seed(SEED + k)``: a component's weights
+    depend on its own maker only (the denoiser first, then the VAE, then the text encoders)."""
+    made = []
+    for k, make in enumerate(makers):
+        _seed(k)
+        made.append(make())
+    return made
+
+
+def _pipeline(cls, **parts):
+    """``cls(**parts)`` with its torch modules in eval mode."""
+    import torch
+
+    return cls(**{k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts.items()})
+
+
 def _sdxl():
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tok, tok2 = clip_tokenizer(), clip_tokenizer()
-    _seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 64, cross_attention_dim=32 + 64, norm_num_groups=8)
-    _seed(1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32, scaling_factor=0.13025,
-                        force_upcast=False)
-    _seed(2)
-    te = _clip(tok, hidden=32)
-    _seed(3)
-    # Wider than the first encoder (as OpenCLIP bigG is wider than CLIP-L): diffusers' single-file loader tells the
-    # two apart by width. Ten layers: it recognises an SDXL file by ``...embedders.1.model.transformer.resblocks.9``.
-    te2 = _clip(tok2, hidden=64, layers=10, projection=64, act="gelu")
+    unet, vae, te, te2 = _seeded(
+        lambda: UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=6 * 8 + 64, cross_attention_dim=32 + 64, norm_num_groups=8),
+        lambda: AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+                              down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                              block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+                              scaling_factor=0.13025, force_upcast=False),
+        lambda: _clip(tok, hidden=32),
+        # Wider than the first encoder (as OpenCLIP bigG is wider than CLIP-L): diffusers' single-file loader tells
+        # the two apart by width. Ten layers: it recognises an SDXL file by
+        # ``...embedders.1.model.transformer.resblocks.9``.
+        lambda: _clip(tok2, hidden=64, layers=10, projection=64, act="gelu"))
     sched = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                    beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
                                    interpolation_type="linear", prediction_type="epsilon", use_karras_sigmas=False)
-    return StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=te, text_encoder_2=te2, tokenizer=tok,
-                                     tokenizer_2=tok2, unet=unet.eval(), scheduler=sched,
-                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    return _pipeline(StableDiffusionXLPipeline, vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok,
+                     tokenizer_2=tok2, unet=unet, scheduler=sched, force_zeros_for_empty_prompt=True,
+                     add_watermarker=False)
 
 
 def _sd3():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tok, tok2, tok3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer(256)
-    _seed(0)
-    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                        joint_attention_dim=64, pooled_projection_dim=64, out_channels=4)
-    _seed(1)
-    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
-    _seed(2)
-    te = _clip(tok, hidden=32, projection=32)
-    _seed(3)
-    te2 = _clip(tok2, hidden=32, projection=32, act="gelu")
-    _seed(4)
-    te3 = _t5(tok3, d_model=64)
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
-    return StableDiffusion3Pipeline(transformer=transformer.eval(), scheduler=sched, vae=vae.eval(), text_encoder=te,
-                                    tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3,
-                                    tokenizer_3=tok3)
+    transformer, vae, te, te2, te3 = _seeded(
+        lambda: SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+                                      num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
+                                      pooled_projection_dim=64, out_channels=4),
+        lambda: AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                              layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        lambda: _clip(tok, hidden=32, projection=32),
+        lambda: _clip(tok2, hidden=32, projection=32, act="gelu"),
+        lambda: _t5(tok3, d_model=64))
+    return _pipeline(StableDiffusion3Pipeline, transformer=transformer,
+                     scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), vae=vae,
+                     text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3,
+                     tokenizer_3=tok3)
 
 
 FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
@@ -322,22 +333,18 @@ def _flux():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tok, tok2 = clip_tokenizer(), t5_tokenizer(512)
-    _seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
-    _text_gain(transformer, keys=8, values=8)
-    _seed(1)
-    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
-    _seed(2)
-    te = _clip(tok, hidden=32)
-    _seed(3)
-    te2 = _t5(tok2, d_model=32)
-    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
-    return FluxPipeline(scheduler=sched, vae=vae.eval(), text_encoder=te, tokenizer=tok, text_encoder_2=te2,
-                        tokenizer_2=tok2, transformer=transformer.eval())
+    transformer, vae, te, te2 = _seeded(
+        lambda: _text_gain(FluxTransformer2DModel(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+            guidance_embeds=True), keys=8, values=8),
+        lambda: AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                              layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        lambda: _clip(tok, hidden=32),
+        lambda: _t5(tok2, d_model=32))
+    return _pipeline(FluxPipeline, scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae,
+                     text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, transformer=transformer)
 
 
 def _flux2():
@@ -345,31 +352,29 @@ def _flux2():
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     tok = mistral_tokenizer()
-    _seed(0)
-    # Flux2Pipeline stacks the text encoder's hidden states 10, 20 and 30 by default: 30 layers, 3 x 16 features.
-    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=3 * 16,
-                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4])
-    _text_gain(transformer, keys=12, values=24)
-    _seed(1)
-    vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                             up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1,
-                             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
-    _seed(2)
-    cfg = Mistral3Config(
-        text_config={"model_type": "mistral", "vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 37,
-                     "max_position_embeddings": 2048, "num_attention_heads": 4, "num_hidden_layers": 30,
-                     "num_key_value_heads": 2, "head_dim": 4, "rms_norm_eps": 1e-5, "rope_theta": 1e9,
-                     "sliding_window": None, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                     "pad_token_id": tok.pad_token_id},
-        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 4,
-                       "intermediate_size": 37, "image_size": 30, "patch_size": 6, "num_channels": 3},
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        image_seq_length=4, vision_feature_layer=-1, image_token_index=tok.convert_tokens_to_ids("[IMG]"))
-    te = Mistral3ForConditionalGeneration(cfg).eval()
-    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
-    return Flux2Pipeline(scheduler=sched, vae=vae.eval(), text_encoder=te, tokenizer=tok,
-                         transformer=transformer.eval())
+    transformer, vae, te = _seeded(
+        # Flux2Pipeline stacks the text encoder's hidden states 10, 20 and 30 by default: 30 layers, 3 x 16 features.
+        lambda: _text_gain(Flux2Transformer2DModel(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=256,
+            axes_dims_rope=[4, 4, 4, 4]), keys=12, values=24),
+        lambda: AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3,
+                                   down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                                   block_out_channels=(4,), layers_per_block=1, latent_channels=1, norm_num_groups=1,
+                                   use_quant_conv=False, use_post_quant_conv=False),
+        lambda: Mistral3ForConditionalGeneration(Mistral3Config(
+            text_config={"model_type": "mistral", "vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 37,
+                         "max_position_embeddings": 2048, "num_attention_heads": 4, "num_hidden_layers": 30,
+                         "num_key_value_heads": 2, "head_dim": 4, "rms_norm_eps": 1e-5, "rope_theta": 1e9,
+                         "sliding_window": None, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                         "pad_token_id": tok.pad_token_id},
+            vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1,
+                           "num_attention_heads": 4, "intermediate_size": 37, "image_size": 30, "patch_size": 6,
+                           "num_channels": 3},
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            image_seq_length=4, vision_feature_layer=-1, image_token_index=tok.convert_tokens_to_ids("[IMG]"))))
+    return _pipeline(Flux2Pipeline, scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae,
+                     text_encoder=te, tokenizer=tok, transformer=transformer)
 
 
 def _qwenimage():
@@ -378,32 +383,31 @@ def _qwenimage():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = qwen_tokenizer()
-    _seed(0)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
-                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    _text_gain(transformer, keys=16, values=16)
-    _seed(1)
-    vae = AutoencoderKLQwenImage(base_dim=4 * 6, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    _seed(2)
     ids = tok.convert_tokens_to_ids
-    cfg = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 4096,
-                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                     "rope_theta": 1000000.0, "bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"),
-                     "pad_token_id": ids("<|endoftext|>")},
-        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
-        hidden_size=16, vocab_size=len(tok), vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"), vision_token_id=ids("<|vision_pad|>"),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"))
-    te = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    transformer, vae, te = _seeded(
+        lambda: _text_gain(QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+            joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4)), keys=16, values=16),
+        lambda: AutoencoderKLQwenImage(base_dim=4 * 6, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                       temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                       latents_std=[1.0] * 4),
+        lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": len(tok),
+                         "max_position_embeddings": 4096,
+                         "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                         "rope_theta": 1000000.0, "bos_token_id": ids("<|endoftext|>"),
+                         "eos_token_id": ids("<|im_end|>"), "pad_token_id": ids("<|endoftext|>")},
+            vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                           "out_hidden_size": 16},
+            hidden_size=16, vocab_size=len(tok), vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"), vision_token_id=ids("<|vision_pad|>"),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"))))
     sched = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
         base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
-    return QwenImagePipeline(scheduler=sched, vae=vae.eval(), text_encoder=te, tokenizer=tok,
-                             transformer=transformer.eval())
+    return _pipeline(QwenImagePipeline, scheduler=sched, vae=vae, text_encoder=te, tokenizer=tok,
+                     transformer=transformer)
 
 
 def _sana():
@@ -411,54 +415,49 @@ def _sana():
     from transformers import Gemma2Config, Gemma2Model
 
     tok = gemma_tokenizer()
-    _seed(0)
-    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1,
-                                         num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
-                                         cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
-                                         sample_size=32)
-    _seed(1)
-    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
-                        encoder_block_types=("ResBlock", "EfficientViTBlock"),
-                        decoder_block_types=("ResBlock", "EfficientViTBlock"),
-                        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-                        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
-                        downsample_block_type="conv", upsample_block_type="interpolate",
-                        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
-    _seed(2)
-    te = Gemma2Model(Gemma2Config(head_dim=16, hidden_size=8, intermediate_size=64, max_position_embeddings=8192,
-                                  num_attention_heads=2, num_hidden_layers=1, num_key_value_heads=2,
-                                  vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, attn_implementation="eager")).eval()
+    transformer, vae, te = _seeded(
+        lambda: SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                       num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
+                                       cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+                                       sample_size=32),
+        lambda: AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                              encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                              decoder_block_types=("ResBlock", "EfficientViTBlock"),
+                              encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                              encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+                              encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+                              downsample_block_type="conv", upsample_block_type="interpolate",
+                              decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407),
+        lambda: Gemma2Model(Gemma2Config(
+            head_dim=16, hidden_size=8, intermediate_size=64, max_position_embeddings=8192, num_attention_heads=2,
+            num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, attn_implementation="eager")))
     # Sana's own checkpoints ship DPM-Solver++ over flow-matching sigmas.
     sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
                                         use_flow_sigmas=True, flow_shift=3.0, algorithm_type="dpmsolver++",
                                         solver_order=2, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
-    return SanaPipeline(tokenizer=tok, text_encoder=te, vae=vae.eval(), transformer=transformer.eval(),
-                        scheduler=sched)
+    return _pipeline(SanaPipeline, tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer, scheduler=sched)
 
 
 def _pixart():
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
     tok = t5_tokenizer(300)
-    _seed(0)
-    transformer = PixArtTransformer2DModel(sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8,
-                                           num_attention_heads=3, caption_channels=32, in_channels=4,
-                                           cross_attention_dim=24, out_channels=8, attention_bias=True,
-                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                                           norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
-    _seed(1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=256,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=8)
-    _seed(2)
-    te = _t5(tok, d_model=32)
+    transformer, vae, te = _seeded(
+        lambda: PixArtTransformer2DModel(sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8,
+                                         num_attention_heads=3, caption_channels=32, in_channels=4,
+                                         cross_attention_dim=24, out_channels=8, attention_bias=True,
+                                         activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                         norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6),
+        lambda: AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=256,
+                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                              block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=8),
+        lambda: _t5(tok, d_model=32))
     sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001,
                                         beta_end=0.02, prediction_type="epsilon", solver_order=2,
                                         algorithm_type="dpmsolver++")
-    return PixArtSigmaPipeline(tokenizer=tok, text_encoder=te, vae=vae.eval(), transformer=transformer.eval(),
-                               scheduler=sched)
+    return _pipeline(PixArtSigmaPipeline, tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer,
+                     scheduler=sched)
 
 
 CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
@@ -480,16 +479,7 @@ def build_pipeline(family: str):
 
 def build(family: str, folder: Path) -> Path:
     """Write the tiny ``family`` pipeline as a diffusers folder at ``folder`` (replaced atomically); returns it."""
-    folder = Path(folder)
-    pipe = build_pipeline(family)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    return _tiny_tools().save(build_pipeline(family), Path(folder))
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -142,9 +142,9 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def build(out: Path) -> dict[str, str]:
-    """Write the pipeline into ``out`` (replaced atomically) and return its file digests."""
-    pipe = build_pipeline()
+def save(pipe, out: Path) -> Path:
+    """``pipe`` as a diffusers folder (safetensors) at ``out``, replaced atomically; returns ``out``. Also what
+    tests/families.py writes its tiny pipelines with."""
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -152,7 +152,12 @@ def build(out: Path) -> dict[str, str]:
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    return digest(out)
+    return out
+
+
+def build(out: Path) -> dict[str, str]:
+    """Write the pipeline into ``out`` (replaced atomically) and return its file digests."""
+    return digest(save(build_pipeline(), out))
 
 
 def main(argv: list[str] | None = None) -> int:
