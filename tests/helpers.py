@@ -20,3 +20,16 @@ def pixels(path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=int)
 
+
+def missing_weights_error(monkeypatch, tmp_path, metric: str) -> str:
+    """The ``MetricError`` message of ``metrics.get(metric)`` offline with an empty Hugging Face cache."""
+    import pytest
+
+    from tracker import metrics
+    from tracker.metrics import MetricError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(MetricError) as err:
+        metrics.get(metric)
+    return str(err.value)

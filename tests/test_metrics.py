@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import missing_weights_error
 from tracker import metrics
 from tracker.demo import shapes as demo
 from tracker.metrics import MetricError
@@ -96,11 +97,7 @@ def test_clip_model_loads_once_per_process(tiny_clip, monkeypatch):
 
 
 def test_clip_offline_without_weights_is_one_clear_line(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(MetricError) as err:
-        metrics.get("clip_score")
-    text = str(err.value)
+    text = missing_weights_error(monkeypatch, tmp_path, "clip_score")
     assert "\n" not in text
     assert "openai/clip-vit-base-patch16" in text and "hf download" in text and "HF_HUB_OFFLINE" in text
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import missing_weights_error
 from test_metrics import Run, build_tiny_clip, demo_images
 from tracker import metrics
 from tracker.metrics import MetricError
@@ -83,11 +84,7 @@ def test_pickscore_from_the_hugging_face_cache_offline(tiny_clip, tmp_path, monk
 
 
 def test_pickscore_missing_is_one_line_saying_where_and_how(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(MetricError) as err:
-        metrics.get("pickscore")
-    text = str(err.value)
+    text = missing_weights_error(monkeypatch, tmp_path, "pickscore")
     assert "\n" not in text and "yuvalkirstain/PickScore_v1" in text and "hf download" in text
     assert "metric_options.pickscore.model" in text
 
