@@ -155,7 +155,7 @@ class Run:
         row.update({"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed})
         for name in ROW_SETTINGS:
             row[name] = s[name]  # the value, not the axis label ("10" for steps 10; "few" for a bundle)
-        row["scheduler"] = self.record.scheduler_choice.made_with(self.record.scheduler_config).describe()
+        row["scheduler"] = self.record.scheduler_ran.describe()
         row.update(self.timings)  # per image: seconds, seconds_per_step, peak_memory_bytes (as MLflow names them)
         for name, value in self.metrics.items():
             row[f"metric.{name}" if name in row else name] = value  # an axis of the same name keeps its column

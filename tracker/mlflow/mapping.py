@@ -30,13 +30,13 @@ def limit(name: str) -> int:
 
 def scheduler_class(rec: "RunRecord") -> str:
     """The scheduler class that made the image ("default" resolved through the stored scheduler config)."""
-    return rec.scheduler_choice.made_with(rec.scheduler_config).class_name
+    return rec.scheduler_ran.class_name
 
 
 def child_params(rec: "RunRecord") -> dict[str, str]:
     """Params people filter on in the MLflow UI; the scheduler that ran in full, class and A1111 name
     ('DPMSolverMultistepScheduler (DPM++ 2M Karras)': 2M, 2M Karras and 2M SDE Karras stay apart)."""
-    choice = rec.scheduler_choice.made_with(rec.scheduler_config)
+    choice = rec.scheduler_ran
     # every setting as recorded (a new one becomes a param by itself), then the ones shown another way
     params: dict[str, Any] = {name: getattr(rec, name) for name in SETTING_NAMES if name not in _NOT_PARAMS}
     params.update(seed=rec.seed, scheduler=choice.describe(), sampler=choice.a1111, batch_size_used=rec.batch_size_used,

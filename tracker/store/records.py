@@ -152,8 +152,14 @@ class RunRecord:
 
     @property
     def scheduler_choice(self) -> SchedulerChoice:
-        """The scheduler as planned; ``.made_with(self.scheduler_config)`` is the class that actually ran."""
+        """The scheduler as planned (``scheduler_ran``: the class that actually ran)."""
         return self.run.settings.scheduler_choice
+
+    @property
+    def scheduler_ran(self) -> SchedulerChoice:
+        """The scheduler that made the image: the planned one, with "default" (or a flow model's equivalent of the
+        class) resolved through the scheduler config the engine recorded."""
+        return self.run.settings.scheduler_choice.made_with(self.scheduler_config)
 
     def settings(self) -> Settings:
         """The run's Settings as stored; a setting the run was recorded without (an older run) has its default."""
