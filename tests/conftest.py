@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,6 +55,19 @@ def run_tracker(*args: str, env: dict | None = None, cwd: Path | None = None, ti
     proc = subprocess.run([sys.executable, "-m", "tracker", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextmanager
+def tracker_process(*args: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """``tracker ARGS`` started in a fresh process (output piped, as text), to signal or kill while it works;
+    killed on the way out if it is still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", *map(str, args)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.fixture

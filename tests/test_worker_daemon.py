@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import run_tracker
+from conftest import run_tracker, tracker_process
 
 PLAN = """\
 name: NAME
@@ -235,6 +235,23 @@ def _runs(env: dict, experiment: str) -> list[dict]:
     return json.loads(res.out)
 
 
+def _all_done_each_with_its_image(env: dict, planned: int) -> list[dict]:
+    """Every run of alpha done, and its images folder holds exactly their PNGs (no half-written or extra file)."""
+    runs = _runs(env, "alpha")
+    assert len(runs) == planned and {r["status"] for r in runs} == {"done"}
+    files = sorted(p.name for p in (Path(env["TRACKER_HOME"]) / "images" / "alpha").iterdir())
+    assert files == sorted(f"{r['key']}.png" for r in runs)
+    return runs
+
+
+def _wait_for_a_running_run(env: dict, sub: subprocess.Popen) -> None:
+    """Until some run of the store is running (a worker holds it), while the submitter ``sub`` is still up."""
+    deadline = time.monotonic() + 300
+    while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
+        assert time.monotonic() < deadline and sub.poll() is None
+        time.sleep(0.1)
+
+
 def _db_rows(env: dict, sql: str) -> list[tuple]:
     import sqlite3
 
@@ -307,9 +324,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, env, w
     victim = workers.start(name="victim")
     workers.start(name="second")
     workers.wait_live("victim", "second")
-    sub = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "-q"], env={**os.environ, **env},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with tracker_process("run", path, "-q", env=env) as sub:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # the victim holds a batch it has not finished
             held = _db_rows(env, "SELECT count(*) FROM runs r JOIN workers w ON w.id = r.worker_id "
@@ -323,17 +338,11 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, env, w
             raise AssertionError("the victim took no batch")
         os.kill(victim.pid, signal.SIGKILL)
         out, err = sub.communicate(timeout=600)
-    finally:
-        if sub.poll() is None:
-            sub.kill()
     assert sub.returncode == 0, err
     assert "6 done, 0 skipped (already done), 0 failed of 6 planned" in out
-    runs = _runs(env, "alpha")
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
+    runs = _all_done_each_with_its_image(env, 6)
     for r in runs:
         assert hashlib.sha256(Path(r["image"]).read_bytes()).hexdigest() == r["image_sha256"]
-    files = sorted(p.name for p in (Path(env["TRACKER_HOME"]) / "images" / "alpha").iterdir())
-    assert files == sorted(f"{r['key']}.png" for r in runs)  # no half-written or extra file
     made = dict(_db_rows(env, "SELECT w.name, count(*) FROM runs r JOIN workers w ON w.id = r.worker_id "
                               "WHERE r.status = 'done' GROUP BY w.name"))
     assert made.get("second", 0) >= 2 and sum(made.values()) == 6  # the second finished the victim's batch
@@ -450,18 +459,10 @@ def test_ctrl_c_on_the_submitter_withdraws_its_runs_not_started(tmp_path, env, w
     path = _write(tmp_path, animals="[cat, dog, owl, bee]", steps=15)
     workers.start(name="warm")
     workers.wait_live("warm")
-    sub = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "-q"], env={**os.environ, **env},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
-            assert time.monotonic() < deadline and sub.poll() is None
-            time.sleep(0.1)
+    with tracker_process("run", path, "-q", env=env) as sub:
+        _wait_for_a_running_run(env, sub)
         sub.send_signal(signal.SIGINT)
         out, err = sub.communicate(timeout=120)
-    finally:
-        if sub.poll() is None:
-            sub.kill()
     assert sub.returncode == 130, err
     assert "withdrew" in err and "runs of alpha not started from the queue" in err
     deadline = time.monotonic() + 300  # the worker finishes what it holds, takes nothing more, goes idle
@@ -482,21 +483,10 @@ def test_when_the_only_worker_dies_the_submitter_makes_the_rest_itself(tmp_path,
     path = _write(tmp_path, animals="[cat, dog, owl]", steps=15)
     victim = workers.start(name="only")
     workers.wait_live("only")
-    sub = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "-q", "--no-mlflow"],
-                           env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
-            assert time.monotonic() < deadline and sub.poll() is None
-            time.sleep(0.1)
+    with tracker_process("run", path, "-q", "--no-mlflow", env=env) as sub:
+        _wait_for_a_running_run(env, sub)
         os.kill(victim.pid, signal.SIGKILL)
         out, err = sub.communicate(timeout=600)
-    finally:
-        if sub.poll() is None:
-            sub.kill()
     assert sub.returncode == 0, err
     assert "no warm worker serves alpha any more; generating the rest here" in err
-    runs = _runs(env, "alpha")
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
-    files = sorted(p.name for p in (Path(env["TRACKER_HOME"]) / "images" / "alpha").iterdir())
-    assert files == sorted(f"{r['key']}.png" for r in runs)
+    _all_done_each_with_its_image(env, 6)

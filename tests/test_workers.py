@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_tracker
+from conftest import REPO, run_tracker, tracker_process
 
 PLAN = """\
 name: shared
@@ -100,15 +100,10 @@ def test_a_worker_killed_mid_batch_leaves_its_runs_to_the_other(write_yaml, pg_e
     """Two workers on one PostgreSQL store; one is killed with SIGKILL while it holds a batch."""
     env = pg_env
     path = _plan(write_yaml, steps=15)  # batches long enough to be killed in
-    proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--workers", "2", "--no-mlflow", "-q"],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with tracker_process("run", path, "--workers", "2", "--no-mlflow", "-q", env=env) as proc:
         victim = _wait_for_a_worker_holding_runs(env, proc)
         os.kill(victim["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     assert "12 done" in out and "1 worker(s) died" in out
     _check_every_run_done_once(env, 12)
