@@ -175,26 +175,73 @@ def test_example_file_through_the_engine_follows_the_colour_axis():
 
 # ---------------------------------------------------------------- every scheduler the tracker offers
 
-# Linear multistep of order 4 (LMS, PLMS) and DPM2 a follow the prompt on this small model only partly, whatever
-# the scheduler config says (tried: timestep spacing leading/linspace/trailing, steps_offset 0/1, 20/30/50 steps):
-# measured 0.62, 0.62 and 0.83 at 20 steps. Strict: the test fails once they reach 0.9, so the mark goes then.
-WEAK = {"LMSDiscreteScheduler": 0.62, "PNDMScheduler": 0.62, "KDPM2AncestralDiscreteScheduler": 0.83}
+# The model's scheduler config is complete: every field these schedulers read is there and matches how the model
+# was trained (test_scheduler_config_matches_the_training_schedule). Three schedulers still need more steps on it:
+# with guidance 7.5 its guided noise prediction changes ~0.1 (relative) per step along the path (~0.02 unguided)
+# and completely on the last step (t 52.6 -> 0: min-SNR training gave the lowest noise levels little weight).
+# LMS (4th-order Adams on the k-sigmas) and PLMS extrapolate from their last 4 predictions, so at 20 steps those
+# changes are amplified (LMS's 19th step: latent std 1.8 -> 5.5): measured 0.62 and 0.62; LMS limited to order 2
+# (diagnosis only) 1.00, at guidance 3 0.98. They converge with small steps: LMS 150 steps 0.99, 200 steps 1.00;
+# PLMS 100 steps 0.83, 150/200 steps 1.00 (4 prompts x 8 seeds). DPM2 a adds fresh noise at every step: 0.77 at
+# 20-25 steps, 0.85 at 30, 0.90 at 40, 0.98 at 50. Details: docs/benchmarks.md (demo model, schedulers).
+STEPS_NEEDED = {"LMSDiscreteScheduler": 200, "PNDMScheduler": 200, "KDPM2AncestralDiscreteScheduler": 50}
+AT_20_STEPS = {"LMSDiscreteScheduler": 0.62, "PNDMScheduler": 0.62, "KDPM2AncestralDiscreteScheduler": 0.83}
+WHAT = ["red circle on white", "green square on black", "blue triangle on white", "yellow circle on black"]
+
+
+def test_scheduler_config_matches_the_training_schedule():
+    """What every scheduler the tracker offers reads from the config is the schedule the model was trained on
+    (tools/train_shapes.py's noise schedule), and DDIM/DDPM/PNDM's own fields are set as for SD 1.x."""
+    import importlib.util
+    import inspect
+    import json
+    from pathlib import Path
+
+    import diffusers
+
+    from tracker.experiment.schedulers import SCHEDULERS
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "train_shapes.py"
+    spec = importlib.util.spec_from_file_location("train_shapes", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    config = json.loads((FOLDER / "scheduler" / "scheduler_config.json").read_text())
+    for key, value in train.train_scheduler_kwargs().items():
+        assert config[key] == value, key
+    assert config["skip_prk_steps"] is True and config["timestep_spacing"] == "linspace"
+    read = set()
+    for name in SCHEDULERS:
+        read |= set(inspect.signature(getattr(diffusers, name).__init__).parameters)
+    schedule = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+                "timestep_spacing", "steps_offset", "clip_sample", "set_alpha_to_one", "skip_prk_steps",
+                "rescale_betas_zero_snr", "thresholding"}
+    assert schedule <= read
+    assert schedule <= set(config)
+
+
+def _sweep(home, name: str, schedulers: list[str], steps: int):
+    import tracker
+
+    exp = tracker.Experiment("a {{ what }}", name=name, model="shapes", steps=steps, seeds=[0, 1],
+                             metrics=["shapes"], axes={"what": WHAT}, scheduler=schedulers)
+    result = tracker.run(exp, home=home, mlflow=False, progress=False)
+    assert result.ok, result.failures
+    return {(c, steps): [r.metrics["shapes"] for r in result.runs if r.record.scheduler == c] for c in schedulers}
 
 
 @pytest.fixture(scope="module")
 def every_scheduler(tmp_path_factory):
-    """One sweep: 4 prompts x 2 seeds x every scheduler at 20 steps, scored with the ``shapes`` metric (~50 s)."""
-    import tracker
+    """4 prompts x 2 seeds x every scheduler at 20 steps, and the three that need more at their step counts, scored
+    with the ``shapes`` metric: {(class, steps): scores} (~2 min)."""
     from tracker.experiment.schedulers import SCHEDULERS
 
+    home = tmp_path_factory.mktemp("sched") / "home"
     names = [c for c in SCHEDULERS if c != "DPMSolverSDEScheduler" or _has("torchsde")]
-    exp = tracker.Experiment(
-        "a {{ what }}", name="every-scheduler", model="shapes", steps=STEPS, seeds=[0, 1], metrics=["shapes"],
-        axes={"what": ["red circle on white", "green square on black", "blue triangle on white",
-                       "yellow circle on black"]}, scheduler=names)
-    result = tracker.run(exp, home=tmp_path_factory.mktemp("sched") / "home", mlflow=False, progress=False)
-    assert result.ok, result.failures
-    return {name: [r.metrics["shapes"] for r in result.runs if r.record.scheduler == name] for name in names}
+    scores = _sweep(home, "every-scheduler", names, STEPS)
+    for steps in sorted(set(STEPS_NEEDED.values())):
+        slow = [c for c, n in STEPS_NEEDED.items() if n == steps]
+        scores.update(_sweep(home, f"every-scheduler-{steps}", slow, steps))
+    return scores
 
 
 def _has(module: str) -> bool:
@@ -203,13 +250,26 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _mean(scores: list[float]) -> float:
+    assert len(scores) == 2 * len(WHAT), scores
+    return sum(scores) / len(scores)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", __import__("tracker.experiment.schedulers", fromlist=["SCHEDULERS"]).SCHEDULERS)
+def test_every_scheduler_makes_what_the_prompt_asks_for(every_scheduler, scheduler):
+    """At 20 steps, or at the steps it needs on this model (``STEPS_NEEDED``), every scheduler the tracker offers
+    scores >= 0.9 with the ``shapes`` metric (DDIM made noise before the config said ``clip_sample: false``)."""
+    if scheduler == "DPMSolverSDEScheduler" and not _has("torchsde"):
+        pytest.skip(f"{scheduler} needs the optional package torchsde")
+    scores = every_scheduler[scheduler, STEPS_NEEDED.get(scheduler, STEPS)]
+    assert _mean(scores) >= 0.9, scores
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", [
-    pytest.param(c, marks=pytest.mark.xfail(c in WEAK, reason=f"measured {WEAK.get(c)}", strict=True))
-    for c in __import__("tracker.experiment.schedulers", fromlist=["SCHEDULERS"]).SCHEDULERS])
-def test_every_scheduler_makes_what_the_prompt_asks_for(every_scheduler, scheduler):
-    """The model's scheduler config is complete (DDIM made noise without ``clip_sample: false``)."""
-    if scheduler not in every_scheduler:
-        pytest.skip(f"{scheduler} needs the optional package torchsde")
-    scores = every_scheduler[scheduler]
-    assert len(scores) == 8 and sum(scores) / len(scores) >= 0.9, scores
+    pytest.param(c, marks=pytest.mark.xfail(reason=f"measured {score} at 20 steps", strict=True))
+    for c, score in AT_20_STEPS.items()])
+def test_schedulers_that_need_more_steps_fall_short_at_20(every_scheduler, scheduler):
+    """Strict: once a retrained model lets them follow the prompt at 20 steps, this fails and STEPS_NEEDED goes."""
+    assert _mean(every_scheduler[scheduler, STEPS]) >= 0.9, every_scheduler[scheduler, STEPS]
