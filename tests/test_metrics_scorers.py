@@ -1,7 +1,7 @@
 """Preference scorers through the loading code real weights take: PickScore and the aesthetic predictor on a tiny
 random CLIP saved with save_pretrained (as a downloaded folder or a Hugging Face cache entry would be), the
-aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: it would
-pull another torch)."""
+aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: PyPI's torchvision
+is the CUDA build and does not import beside a CPU torch, see docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -206,3 +206,20 @@ def test_scorers_options_are_checked(tiny_clip):
         metrics.get("pickscore", {"modle": tiny_clip})
     with pytest.raises(MetricError, match="batch_size must be a positive integer"):
         metrics.get("aesthetic", {"head": "x", "batch_size": 0})
+
+
+def test_hps_with_an_open_clip_that_cannot_import_is_one_line_naming_torchvision(tmp_path, monkeypatch):
+    """Injected fault: an ``open_clip`` whose import fails as it does beside PyPI's CUDA torchvision on a CPU torch
+    (torchvision 0.28.0's import raises RuntimeError: operator torchvision::nms does not exist)."""
+    import sys
+
+    (tmp_path / "open_clip").mkdir()
+    (tmp_path / "open_clip" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "open_clip", raising=False)
+    with pytest.raises(MetricError) as err:
+        metrics.get("hps")
+    text = str(err.value)
+    assert "\n" not in text and "open_clip is installed but cannot be imported" in text
+    assert "torchvision::nms does not exist" in text and "torchvision build made for this torch" in text
