@@ -1,7 +1,7 @@
 """Preference scorers through the loading code real weights take: PickScore and the aesthetic predictor on a tiny
 random CLIP saved with save_pretrained (as a downloaded folder or a Hugging Face cache entry would be), the
-aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: PyPI's torchvision
-is the CUDA build and does not import beside a CPU torch, see docs/metrics.md)."""
+aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: PyPI's
+torchvision is the CUDA build and does not import beside a CPU torch, see docs/metrics.md)."""
 
 from __future__ import annotations
 
