@@ -223,3 +223,28 @@ def test_hps_with_an_open_clip_that_cannot_import_is_one_line_naming_torchvision
     text = str(err.value)
     assert "\n" not in text and "open_clip is installed but cannot be imported" in text
     assert "torchvision::nms does not exist" in text and "torchvision build made for this torch" in text
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clip_score"])
+def test_clip_scorers_encode_each_distinct_prompt_once_across_batches(tiny_clip, name):
+    """Seeds of one prompt share its text embedding: the text tower sees each distinct prompt once per metric
+    (counted with a forward hook on the real model), and the values are those of a fresh metric scoring each
+    image alone."""
+    from test_metrics import Run
+
+    images, _ = _pairs(6)
+    prompts = ["a red circle", "a blue square", "a red circle", "a red circle", "a blue square", "a green triangle"]
+    runs = [Run(p) for p in prompts]
+    m = metrics.get(name, {"model": tiny_clip, "batch_size": 2})
+    counted: list[int] = []
+    m.model.text_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: counted.append(len(kwargs["input_ids"])), with_kwargs=True)
+    first = metrics.score(m, images, runs).values[name]
+    again = metrics.score(m, images[::-1], runs[::-1]).values[name]
+    # batches (circle, square), (circle, circle), (square, triangle) encode 2, none, 1; the second call none
+    assert counted == [2, 1]
+    assert np.allclose(again, first[::-1], atol=1e-5)
+    metrics.clear_cache()
+    fresh = metrics.get(name, {"model": tiny_clip, "batch_size": 1})
+    alone = [metrics.score(fresh, [im], [r]).values[name][0] for im, r in zip(images, runs)]
+    assert np.allclose(first, alone, atol=1e-4)
