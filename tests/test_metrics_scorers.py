@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from test_metrics import Run, build_tiny_clip, demo_images
 from tracker import metrics
@@ -230,8 +229,6 @@ def test_clip_scorers_encode_each_distinct_prompt_once_across_batches(tiny_clip,
     """Seeds of one prompt share its text embedding: the text tower sees each distinct prompt once per metric
     (counted with a forward hook on the real model), and the values are those of a fresh metric scoring each
     image alone."""
-    from test_metrics import Run
-
     images, _ = _pairs(6)
     prompts = ["a red circle", "a blue square", "a red circle", "a red circle", "a blue square", "a green triangle"]
     runs = [Run(p) for p in prompts]
