@@ -135,7 +135,8 @@ def text_image_scores(model, processor, device: str, images: Sequence[Any], prom
     out: list[float] = []
     for i in range(0, len(images), batch_size):
         batch = list(prompts[i:i + batch_size])
-        new = [p for p in dict.fromkeys(batch) if p not in texts]
+        have = {p: texts.get(p) for p in batch}  # this batch's own: another writer thread may clear ``texts``
+        new = [p for p, e in have.items() if e is None]
         pixels = processor(images=[im.convert("RGB") for im in images[i:i + batch_size]],
                            return_tensors="pt")["pixel_values"].to(device)
         with torch.inference_mode():
@@ -143,12 +144,13 @@ def text_image_scores(model, processor, device: str, images: Sequence[Any], prom
                 tokens = processor(text=new, return_tensors="pt", padding=True, truncation=True)
                 encoded = model.get_text_features(input_ids=tokens["input_ids"].to(device),
                                                   attention_mask=tokens["attention_mask"].to(device)).pooler_output
+                have.update(zip(new, torch.nn.functional.normalize(encoded.float(), dim=-1)))
                 if len(texts) + len(new) > TEXT_CACHE:
                     texts.clear()
-                texts.update(zip(new, torch.nn.functional.normalize(encoded.float(), dim=-1)))
+                texts.update((p, have[p]) for p in new)
             image = model.get_image_features(pixel_values=pixels).pooler_output
             factor = scale(model)
-            text = torch.stack([texts[p] for p in batch])
+            text = torch.stack([have[p] for p in batch])
             image = torch.nn.functional.normalize(image.float(), dim=-1)
             out.extend((factor * (text * image).sum(dim=-1)).cpu().tolist())
     return out
