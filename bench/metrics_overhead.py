@@ -14,7 +14,7 @@ pixels of the two variants are compared: scoring must not change them.
 
 ``--scorer`` measures a CLIP-size preference scorer instead: ``pickscore`` on a ViT-B/32-size CLIP built from
 transformers' default CLIPConfig (random weights, ~150 M parameters, 224 px) over a sweep of the built-in ``tiny``
-SD pipeline (20 steps at ``--size``: 64 px is ~0.08 s per image on a quiet 2-core CPU, a toy; 256 px ~1 s),
+SD pipeline (20 steps at ``--size``: 64 px is ~0.08 s per image on a quiet 2-core CPU, a toy; 256 px seconds),
 plain against ``metrics: [pickscore]``. Prints the ratio (target <= 1.10), the scoring work alone per image and
 as a fraction of the plain sweep, and the machine load (``os.getloadavg()``: the machine is shared). The scorer's
 cost per image does not depend on the generator (CLIP sees 224 px whatever the size), so its share of a sweep
