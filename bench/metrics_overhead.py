@@ -14,11 +14,13 @@ pixels of the two variants are compared: scoring must not change them.
 
 ``--scorer`` measures a CLIP-size preference scorer instead: ``pickscore`` on a ViT-B/32-size CLIP built from
 transformers' default CLIPConfig (random weights, ~150 M parameters, 224 px) over a sweep of the built-in ``tiny``
-SD pipeline (64x64, 20 steps: ~1 s per image on a 2-core CPU), plain against ``metrics: [pickscore]``. Prints
-the ratio (target <= 1.10), the scoring work alone as a fraction of the plain sweep, and the machine load
-(``os.getloadavg()``: the machine is shared).
+SD pipeline (20 steps at ``--size``: 64 px is ~0.08 s per image on a quiet 2-core CPU, a toy; 256 px seconds),
+plain against ``metrics: [pickscore]``. Prints the ratio (target <= 1.10), the scoring work alone per image and
+as a fraction of the plain sweep, and the machine load (``os.getloadavg()``: the machine is shared). The scorer's
+cost per image does not depend on the generator (CLIP sees 224 px whatever the size), so its share of a sweep
+is its cost over the generator's cost per image.
 
-  .venv/bin/python bench/metrics_overhead.py --scorer [--images 16] [--repeat 1]
+  .venv/bin/python bench/metrics_overhead.py --scorer [--images 16] [--repeat 1] [--size 64]
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def scoring_alone(home: Path, repeat: int = 5) -> tuple[float, int]:
 
 SCORER_SPEC = """name: {name}
 model: tiny
-size: 64x64
+size: {size}x{size}
 steps: 20
 prompt: "a photo of a {{{{ thing }}}}"
 axes:
@@ -128,7 +130,7 @@ def scorer_main(args) -> int:
         for name, extra in (("plain", ""), ("scored", f"metrics: [pickscore]\nmetric_options: {{pickscore: "
                                                         f"{{model: {folder}, batch_size: 16}}}}\n")):
             paths[name] = tmp / f"{name}.yaml"
-            paths[name].write_text(SCORER_SPEC.format(name=name, seeds=seeds) + extra)
+            paths[name].write_text(SCORER_SPEC.format(name=name, seeds=seeds, size=args.size) + extra)
         times: dict[str, list[float]] = {"plain": [], "scored": []}
         for round_ in range(args.repeat + 1):
             for name in (("plain", "scored") if round_ % 2 else ("scored", "plain")):
@@ -143,9 +145,11 @@ def scorer_main(args) -> int:
         metric = metrics.get("pickscore", {"model": folder, "batch_size": 16})
         alone = []
         for _ in range(3):
+            metric.texts.clear()  # each prompt encoded once, as in a sweep
             t = time.perf_counter()
             metrics.score(metric, images, runs)
             alone.append(time.perf_counter() - t)
+        parts = profile(metric, images, [r.prompt for r in runs])
     plain, scored, alone_s = (statistics.median(times["plain"]), statistics.median(times["scored"]),
                               statistics.median(alone))
     n = len(runs)
@@ -153,12 +157,38 @@ def scorer_main(args) -> int:
     print(f"machine load (1, 5, 15 min): {os.getloadavg()}; cpus: {os.cpu_count()}; torch threads: "
           f"{torch.get_num_threads()}")
     print(f"scorer: pickscore on a ViT-B/32-size CLIP, {params / 1e6:.0f} M parameters, random weights")
-    print(f"plain sweep ({n} images, tiny SD 64x64, 20 steps) median {plain:7.2f} s")
+    print(f"plain sweep ({n} images, tiny SD {args.size}x{args.size}, 20 steps) median {plain:7.2f} s "
+          f"({1000 * plain / n:.0f} ms per image)")
     print(f"sweep with metrics: [pickscore]                 median {scored:7.2f} s")
     print(f"ratio scored / plain: {scored / plain:.3f} (target <= 1.10)")
     print(f"scoring alone: {alone_s:.3f} s for {n} images ({1000 * alone_s / n:.1f} ms per image) "
           f"= {alone_s / plain:.3f} of the plain sweep")
+    print("where scoring's time goes (median of 3, all images in one batch): "
+          + ", ".join(f"{k} {1000 * v / n:.1f} ms" for k, v in parts.items()) + " per image")
     return 0
+
+
+def profile(metric, images, prompts) -> dict[str, float]:
+    """Seconds of each part of ``clip.text_image_scores`` on these images: the processor's PIL work, the text
+    tower over the distinct prompts, the image tower (medians of 3)."""
+    import torch
+
+    distinct = list(dict.fromkeys(prompts))
+    parts: dict[str, list[float]] = {}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        pixels = metric.processor(images=images, return_tensors="pt")["pixel_values"]
+        tokens = metric.processor(text=distinct, return_tensors="pt", padding=True, truncation=True)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            metric.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            t2 = time.perf_counter()
+            metric.model.get_image_features(pixel_values=pixels)
+            t3 = time.perf_counter()
+        for k, v in (("preprocess", t1 - t0), (f"text tower ({len(distinct)} prompts)", t2 - t1),
+                     ("image tower", t3 - t2)):
+            parts.setdefault(k, []).append(v)
+    return {k: statistics.median(v) for k, v in parts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default [0]")
     ap.add_argument("--scorer", action="store_true", help="measure pickscore on a ViT-B/32-size CLIP instead")
     ap.add_argument("--images", type=int, default=16, help="--scorer: images per sweep (multiples of 8) [16]")
+    ap.add_argument("--size", type=int, default=64, help="--scorer: image size of the tiny pipeline's sweep [64]")
     args = ap.parse_args(argv)
 
     import torch

@@ -1,7 +1,7 @@
 """Preference scorers through the loading code real weights take: PickScore and the aesthetic predictor on a tiny
 random CLIP saved with save_pretrained (as a downloaded folder or a Hugging Face cache entry would be), the
-aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: it would
-pull another torch)."""
+aesthetic head as safetensors in LAION's layouts, and HPS's refusals (open_clip is not installed here: PyPI's
+torchvision is the CUDA build and does not import beside a CPU torch, see docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from helpers import missing_weights_error
 from test_metrics import Run, build_tiny_clip, demo_images
@@ -203,3 +202,43 @@ def test_scorers_options_are_checked(tiny_clip):
         metrics.get("pickscore", {"modle": tiny_clip})
     with pytest.raises(MetricError, match="batch_size must be a positive integer"):
         metrics.get("aesthetic", {"head": "x", "batch_size": 0})
+
+
+def test_hps_with_an_open_clip_that_cannot_import_is_one_line_naming_torchvision(tmp_path, monkeypatch):
+    """Injected fault: an ``open_clip`` whose import fails as it does beside PyPI's CUDA torchvision on a CPU torch
+    (torchvision 0.28.0's import raises RuntimeError: operator torchvision::nms does not exist)."""
+    import sys
+
+    (tmp_path / "open_clip").mkdir()
+    (tmp_path / "open_clip" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "open_clip", raising=False)
+    with pytest.raises(MetricError) as err:
+        metrics.get("hps")
+    text = str(err.value)
+    assert "\n" not in text and "open_clip is installed but cannot be imported" in text
+    assert "torchvision::nms does not exist" in text and "torchvision build made for this torch" in text
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clip_score"])
+def test_clip_scorers_encode_each_distinct_prompt_once_across_batches(tiny_clip, name):
+    """Seeds of one prompt share its text embedding: the text tower sees each distinct prompt once per metric
+    (counted with a forward hook on the real model), and the values are those of a fresh metric scoring each
+    image alone."""
+    images, _ = _pairs(6)
+    prompts = ["a red circle", "a blue square", "a red circle", "a red circle", "a blue square", "a green triangle"]
+    runs = [Run(p) for p in prompts]
+    m = metrics.get(name, {"model": tiny_clip, "batch_size": 2})
+    counted: list[int] = []
+    m.model.text_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: counted.append(len(kwargs["input_ids"])), with_kwargs=True)
+    first = metrics.score(m, images, runs).values[name]
+    again = metrics.score(m, images[::-1], runs[::-1]).values[name]
+    # batches (circle, square), (circle, circle), (square, triangle) encode 2, none, 1; the second call none
+    assert counted == [2, 1]
+    assert np.allclose(again, first[::-1], atol=1e-5)
+    metrics.clear_cache()
+    fresh = metrics.get(name, {"model": tiny_clip, "batch_size": 1})
+    alone = [metrics.score(fresh, [im], [r]).values[name][0] for im, r in zip(images, runs)]
+    assert np.allclose(first, alone, atol=1e-4)

@@ -18,6 +18,7 @@ from tracker.metrics import MetricError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 VERSION = "1"
+TEXT_CACHE = 4096  # prompts whose text embeddings a CLIP scorer keeps (a prompt set is 1,600 at most)
 OPTIONS = ("model", "revision", "batch_size", "allow_pickle")
 
 
@@ -39,13 +40,14 @@ class ClipScore:
                                           self.device)
         self.revision = model_revision(self.model_id, self.model)
         self.version = f"{VERSION}+{self.model_id}@{self.revision or 'unknown'}"
+        self.texts: dict = {}  # prompt -> its normalized text embedding (text_image_scores)
 
     def score(self, images: Sequence[Any], runs: Sequence[Any]) -> list[float]:
         prompts = [run.prompt for run in runs]
         if len(prompts) != len(images):
             raise MetricError(f"clip_score: {len(images)} images but {len(prompts)} runs")
         return text_image_scores(self.model, self.processor, self.device, images, prompts, self.batch_size,
-                                 lambda model: 100.0)
+                                 lambda model: 100.0, self.texts)
 
 
 def device_for(device: str) -> str:
@@ -120,23 +122,35 @@ def model_revision(model_id: str, model) -> str | None:
 
 
 def text_image_scores(model, processor, device: str, images: Sequence[Any], prompts: Sequence[str], batch_size: int,
-                      scale) -> list[float]:
+                      scale, texts: dict | None = None) -> list[float]:
     """``scale(model)`` times the cosine of each image's and its prompt's CLIP embeddings, in batches (the
-    scorers built on a CLIP model: ``clip_score`` scales by 100, ``pickscore`` by the model's logit scale)."""
+    scorers built on a CLIP model: ``clip_score`` scales by 100, ``pickscore`` by the model's logit scale).
+
+    Each distinct prompt is encoded once: ``texts`` (the metric's own dict, kept across batches) maps a prompt to
+    its normalized text embedding, so a sweep's seeds of one prompt cost one text encoding, not one each (a
+    CLIP-B text tower costs about a third of its image tower at a prompt's length)."""
     import torch
 
+    texts = {} if texts is None else texts
     out: list[float] = []
     for i in range(0, len(images), batch_size):
-        inputs = processor(text=list(prompts[i:i + batch_size]),
-                           images=[im.convert("RGB") for im in images[i:i + batch_size]], return_tensors="pt",
-                           padding=True, truncation=True)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        batch = list(prompts[i:i + batch_size])
+        have = {p: texts.get(p) for p in batch}  # this batch's own: another writer thread may clear ``texts``
+        new = [p for p, e in have.items() if e is None]
+        pixels = processor(images=[im.convert("RGB") for im in images[i:i + batch_size]],
+                           return_tensors="pt")["pixel_values"].to(device)
         with torch.inference_mode():
-            text = model.get_text_features(input_ids=inputs["input_ids"],
-                                           attention_mask=inputs.get("attention_mask")).pooler_output
-            image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+            if new:
+                tokens = processor(text=new, return_tensors="pt", padding=True, truncation=True)
+                encoded = model.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                                  attention_mask=tokens["attention_mask"].to(device)).pooler_output
+                have.update(zip(new, torch.nn.functional.normalize(encoded.float(), dim=-1)))
+                if len(texts) + len(new) > TEXT_CACHE:
+                    texts.clear()
+                texts.update((p, have[p]) for p in new)
+            image = model.get_image_features(pixel_values=pixels).pooler_output
             factor = scale(model)
-        text = torch.nn.functional.normalize(text.float(), dim=-1)
-        image = torch.nn.functional.normalize(image.float(), dim=-1)
-        out.extend((factor * (text * image).sum(dim=-1)).cpu().tolist())
+            text = torch.stack([have[p] for p in batch])
+            image = torch.nn.functional.normalize(image.float(), dim=-1)
+            out.extend((factor * (text * image).sum(dim=-1)).cpu().tolist())
     return out

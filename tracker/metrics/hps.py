@@ -31,6 +31,36 @@ EXTRA = ("metric 'hps' needs open_clip: pip install 'prompt-tracker[hps]' (open_
          "build matching your torch first, or pip replaces torch)")
 
 
+def import_open_clip():
+    """open_clip, or one MetricError line: not installed (the extra), or installed beside a torchvision that does not
+    load with this torch (PyPI's Linux torchvision is built for CUDA torch: beside a CPU torch its import fails with
+    ``operator torchvision::nms does not exist``)."""
+    try:
+        import open_clip
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] not in ("open_clip", "timm", "ftfy"):
+            return _broken(e)
+        raise MetricError(EXTRA) from None
+    except (ImportError, RuntimeError, OSError) as e:
+        return _broken(e)
+    return open_clip
+
+
+def _broken(error: Exception):
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        tv = version("torchvision")
+    except Exception:  # noqa: BLE001 -- not installed: named as such
+        tv = "not installed"
+    first = (str(error).splitlines() or [""])[0]
+    raise MetricError(f"metric 'hps': open_clip is installed but cannot be imported ({type(error).__name__}: {first}); "
+                      f"torch is {torch.__version__}, torchvision {tv}: install the torchvision build made for this "
+                      f"torch (for a CPU torch it is on PyTorch's CPU wheel index, not PyPI)") from None
+
+
 def checkpoint_path(option: Any) -> Path:
     """The checkpoint file: the option's path, or HPS v2.1 from the Hugging Face cache (offline honoured)."""
     if option:
@@ -83,10 +113,7 @@ class HpsScore:
 
     def __init__(self, options: Mapping[str, Any] | None = None, device: str = "cpu"):
         options, self.batch_size = checked_options(self.name, options, OPTIONS)
-        try:
-            import open_clip
-        except ImportError:
-            raise MetricError(EXTRA) from None
+        open_clip = import_open_clip()
         self.arch = str(options.get("arch") or DEFAULT_ARCH)
         path = checkpoint_path(options.get("checkpoint"))
         state = read_checkpoint(path, bool(options.get("allow_pickle")))

@@ -50,7 +50,8 @@ class PickScore:
         self.version = f"{VERSION}+{self.model_id}@{revision or 'unknown'}"
         if processor:
             self.version += f"+processor:{processor}"
+        self.texts: dict = {}  # prompt -> its normalized text embedding (clip.text_image_scores)
 
     def score(self, images: Sequence[Any], runs: Sequence[Any]) -> list[float]:
         return clip.text_image_scores(self.model, self.processor, self.device, images, [run.prompt for run in runs],
-                                      self.batch_size, lambda model: model.logit_scale.exp().float())
+                                      self.batch_size, lambda model: model.logit_scale.exp().float(), self.texts)

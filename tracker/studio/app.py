@@ -21,7 +21,6 @@ import json
 import re
 import secrets
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,12 +44,16 @@ STATIC = ("studio.js", "studio.css")
 
 @lru_cache(maxsize=1)
 def _env():
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
     from tracker.report.html import templates_dir
 
-    return Environment(loader=FileSystemLoader(str(templates_dir() / "studio")), autoescape=True,
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    # the studio's pages first; then the report's partials they include (_suite.html.j2: the same suite result)
+    env = Environment(loader=ChoiceLoader([FileSystemLoader(str(templates_dir() / "studio")),
+                                           FileSystemLoader(str(templates_dir()))]),
+                      autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, fmt="{:.3f}": fmt.format(v) if v is not None else "—"
+    return env
 
 
 def create_app(ws: WorkspaceConfig, token: str, allowed_hosts: set[str], rater: str | None = None):
@@ -118,6 +121,16 @@ def create_app(ws: WorkspaceConfig, token: str, allowed_hosts: set[str], rater: 
         except TrackerError as e:
             return PlainTextResponse(str(e), status_code=404)
         return page("grid.html.j2", g=g)
+
+    @app.get("/suite/{experiment}", response_class=HTMLResponse)
+    def suite(experiment: str, metric: str | None = None):
+        if not NAME_RE.match(experiment):
+            return PlainTextResponse("bad experiment name", status_code=400)
+        try:
+            v = views.suite(store, experiment, metric)
+        except TrackerError as e:
+            return PlainTextResponse(str(e), status_code=404)
+        return page("suite.html.j2", v=v)
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare(a: str, b: str, mode: str = "side"):

@@ -239,3 +239,50 @@ def done_runs(store, experiment: str) -> list[tuple[str, dict[str, str]]]:
                 for r in store.runs(experiment, status="done")]
     except NotFoundError:
         return []
+
+
+@dataclass
+class SuiteView:
+    experiment: str
+    metric: str | None
+    metrics: list[str]  # the stored metrics to choose from
+    result: Any  # tracker.metrics.suite.SuiteResult, or None with ``note`` saying why
+    note: str = ""
+
+
+def suite(store, experiment: str, metric: str | None) -> SuiteView:
+    """The suite result on one screen (as the report's): per category of the prompt set, each variant's mean of
+    ``metric`` (default: the first stored one that is not a rating) with its paired interval, and the prompts
+    where the variants differ most. Runs of the current plan with a value and their image in place, as
+    ``tracker effects --by category`` counts them."""
+    from tracker.experiment.promptset import LABEL_AXIS
+    from tracker.images.check import image_state
+    from tracker.metrics import effects as fx
+    from tracker.metrics import storage
+    from tracker.metrics import suite as suites
+
+    if store.experiment(experiment) is None:
+        raise NotFoundError(f"no experiment {experiment!r}")
+    stored = storage.names(store, experiment)
+    names = list(stored)
+    if metric not in stored:
+        metric = next((m for m in names if m not in ("rating", "thumbs")), names[0] if names else None)
+    view = SuiteView(experiment, metric, names, None)
+    axes = store.axes(experiment, current=True)
+    if LABEL_AXIS not in axes:
+        view.note = (f"experiment {experiment!r} has no {LABEL_AXIS} axis: a suite result needs a prompt set with "
+                     f"categories (prompts: {{file: ..., label: Category}})")
+        return view
+    if metric is None:
+        view.note = f"experiment {experiment!r} has no scored runs yet (metrics: in its file, or tracker score)"
+        return view
+    vals = storage.values(store, experiment)
+    runs = [r for r in store.runs(experiment, status="done", current=True)
+            if vals.get(r.key, {}).get(metric) is not None and not (r.image and image_state(r) is not None)]
+    obs = [fx.Observation(dict(r.axes), vals[r.key][metric]) for r in runs]
+    texts = {dict(r.axes).get("prompt"): r.prompt for r in runs}
+    view.result = suites.suite_result(obs, texts, metric, higher_is_better=stored[metric]["higher_is_better"],
+                                      by=LABEL_AXIS, axis_labels=axes)
+    if view.result is None:
+        view.note = f"no axis with two labels to compare within each {LABEL_AXIS} (or no scored runs of {metric})"
+    return view
