@@ -15,7 +15,8 @@ from tracker.workspace import WorkspaceConfig
               help="Serve only this experiment (repeatable) [default: every experiment in the store].")
 @click.option("--max-memory", metavar="SIZE",
               help="Keep the loaded pipelines' weights within SIZE (e.g. 20GB): the least recently used are "
-                   "unloaded [default: keep every pipeline loaded].")
+                   "unloaded [default: no budget; pipelines are unloaded, least recently used first, only when the "
+                   "device's free memory is less than the next model's weight files].")
 @click.option("--idle-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop after this many seconds without work [default: run until Ctrl-C or SIGTERM].")
 @click.option("--name", metavar="NAME", help="The worker's name in `tracker status` [default: host:pid].")
