@@ -203,6 +203,11 @@ class Daemon:
         self.active: dict[int, _Active] = {}
         self.done = self.failed = 0
         self.worker = None
+        self.stopping = False  # ``stop()``: the loop ends before its next claim (a Ray actor asked to stop)
+
+    def stop(self) -> None:
+        """Stop after the batch in hand (from another thread); its sweeps are drained and closed as usual."""
+        self.stopping = True
 
     def run(self) -> int:
         """Serve the queue until Ctrl-C / SIGTERM or ``idle_timeout`` seconds without work; returns runs made."""
@@ -253,7 +258,7 @@ class Daemon:
         idle_since = time.monotonic()
         shown = 0.0
         status = "idle"
-        while True:
+        while not self.stopping:
             items = queue.queued(store, self.experiments)
             self._close_finished(store, {i.sweep_id for i in items})
             item = queue.pick(items, last_experiment)
