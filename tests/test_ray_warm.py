@@ -164,6 +164,7 @@ def test_warm_actors_spread_over_two_nodes_and_the_next_sweep_reuses_them(tmp_pa
     assert len(st) == 2 and all(w["live"] and w["name"].startswith("ray:tracker-warm-") for w in st)
     workers = _workers_by_node(tmp_path, two_nodes)
     assert set(workers) == {"a", "b"}  # one actor on each node
+    _wait_actors(two_nodes, env, 2)
 
     path = tmp_path / "spread.yaml"
     path.write_text(PLAN.replace("ANIMALS", "[cat, dog]").replace("STEPS", "2"))
@@ -185,6 +186,28 @@ def test_warm_actors_spread_over_two_nodes_and_the_next_sweep_reuses_them(tmp_pa
     assert res.code == 0 and "stopped 2 warm actor(s)" in res.out, res.err
     st = json.loads(run_tracker("status", "--json", env=env).out)["warm_workers"]
     assert {w["status"] for w in st} == {"stopped"} and not any(w["live"] for w in st)
+    _wait_actors(two_nodes, env, 0)  # the stopped actors ended themselves
+
+    # an actor with an idle timeout stops by itself and leaves the cluster
+    res = run_tracker("worker", "--ray", two_nodes.address, "--actors", "1", "--idle-timeout", "1", env=env)
+    assert res.code == 0 and res.out.count(": started;") == 1, res.err
+    _wait_actors(two_nodes, env, 0)
+    st = json.loads(run_tracker("status", "--json", env=env).out)["warm_workers"]
+    assert len(st) == 3 and st[0]["status"] == "stopped" and st[0]["runs_done"] == 0
+
+
+def _wait_actors(cluster: TwoNodes, env: dict, n: int) -> None:
+    """Until ``n`` named actors of the prompt-tracker namespace are alive on the cluster (asked from a driver)."""
+    script = ("import ray, sys, time\n"
+              f"ray.init(address={cluster.address!r}, log_to_driver=False)\n"
+              "for _ in range(120):\n"
+              "    alive = [a['name'] for a in ray.util.list_named_actors(all_namespaces=True)\n"
+              "             if a['namespace'] == 'prompt-tracker']\n"
+              f"    if len(alive) == {n}: sys.exit(0)\n"
+              "    time.sleep(0.5)\n"
+              "print(alive); sys.exit(1)\n")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
 
 
 @pytest.mark.slow
