@@ -182,6 +182,13 @@ def test_warm_actors_spread_over_two_nodes_and_the_next_sweep_reuses_them(tmp_pa
     assert {w["activity"]["models"] == ["tiny"] for w in
             json.loads(run_tracker("status", "--json", env=env).out)["warm_workers"]} == {True}
 
+    # no room for a third actor (each node's one CPU is held), no GPU at all: one clear line each
+    res = run_tracker("worker", "--ray", two_nodes.address, "--actors", "3", env=env)
+    assert res.code == 2 and "has no room for the warm actor tracker-warm-" in res.err, res.err
+    assert "CPU 0 free of 2" in res.err and res.err.count("\n") == 1
+    res = run_tracker("run", path, "--ray", two_nodes.address, "--device", "cuda", env=env)
+    assert res.code == 2 and "--device cuda: the Ray cluster has no GPU" in res.err and res.err.count("\n") == 1
+
     res = run_tracker("worker", "--ray", two_nodes.address, "--stop", env=env)
     assert res.code == 0 and "stopped 2 warm actor(s)" in res.out, res.err
     st = json.loads(run_tracker("status", "--json", env=env).out)["warm_workers"]

@@ -122,6 +122,8 @@ def _slots(ray, n: int | None, device: str | None) -> tuple[int, dict, str, int 
     """How many actors, their Ray resources, their device and torch threads: one per GPU of the cluster (or
     ``n``), else one per CPU slot, one thread each."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    if not gpus and (device or "").startswith("cuda"):
+        raise TrackerError(f"--device {device}: the Ray cluster has no GPU (leave --device out for its CPUs)")
     if gpus and device in (None, "cuda", "auto") or (device or "").startswith("cuda"):
         return n or max(1, gpus), {"num_gpus": 1, "num_cpus": 0}, "cuda", None
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -164,6 +166,7 @@ def _one(ray, cls, name: str, resources: dict, config: dict) -> dict:
         try:
             handle = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
+            _wait_room(ray, name, resources)
             handle = cls.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
                                  scheduling_strategy="SPREAD", **resources).remote({**config, "actor": name})
             started = True
@@ -179,6 +182,23 @@ def _one(ray, cls, name: str, resources: dict, config: dict) -> dict:
             continue
         return {**info, "started": started}
     raise TrackerError(f"the warm actor {name} did not start (see its log: `ray logs actor --name {name}`)")
+
+
+def _wait_room(ray, name: str, resources: dict, seconds: float = 10.0) -> None:
+    """Wait until the cluster has the GPU or CPU slot a new actor needs (one that just ended frees its own a
+    moment later); a clear error instead of an actor that waits for a slot forever."""
+    want = {"GPU" if k == "num_gpus" else "CPU": v for k, v in resources.items() if v}
+    deadline = time.monotonic() + seconds
+    while True:
+        free = ray.available_resources()
+        if all(free.get(k, 0) >= v for k, v in want.items()):
+            return
+        if time.monotonic() > deadline:
+            total = ray.cluster_resources()
+            what = ", ".join(f"{k} {free.get(k, 0):g} free of {total.get(k, 0):g}" for k in want)
+            raise TrackerError(f"the Ray cluster has no room for the warm actor {name} ({what}; other actors or "
+                               f"jobs hold the rest): ask for fewer with --workers N (tracker worker: --actors N)")
+        time.sleep(0.5)
 
 
 def _wait_gone(ray, name: str) -> None:
