@@ -276,3 +276,12 @@ def test_actor_names_are_per_workspace_and_hide_the_password(tmp_path):
 def test_ray_only_options_without_ray_are_one_clear_line(cli, args, word):
     res = cli("worker", *args)
     assert res.code == 2 and f"{word} goes with --ray ADDRESS" in res.err and res.err.count("\n") == 1
+
+
+def test_without_ray_run_and_worker_with_an_address_name_the_extra(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    path = tmp_path / "spread.yaml"
+    path.write_text(PLAN.replace("ANIMALS", "[cat]").replace("STEPS", "2"))
+    for args in (("run", path, "--ray", "auto"), ("worker", "--ray", "auto")):
+        res = cli(*args)
+        assert res.code == 2 and "prompt-tracker[ray]" in res.err and res.err.count("\n") == 1, res.err
