@@ -490,3 +490,64 @@ def test_when_the_only_worker_dies_the_submitter_makes_the_rest_itself(tmp_path,
     assert sub.returncode == 0, err
     assert "no warm worker serves alpha any more; generating the rest here" in err
     _all_done_each_with_its_image(env, 6)
+
+def test_free_memory_reads_the_cpu_s_available_memory():
+    from tracker.sweep.daemon import free_memory
+
+    free = free_memory("cpu")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert free is not None and 0 < free <= total
+    assert free_memory("mps") is None
+
+
+@pytest.mark.slow
+def test_a_model_switch_evicts_when_the_device_s_free_memory_holds_one_model(ws, tmp_path, monkeypatch):
+    """No --max-memory: the device's free memory decides. The fault injected is its reading only: a stand-in
+    for a GPU with room for one of tiny and shapes (~5 MB of weights each), whose free memory is what the
+    pipelines the worker really has loaded leave of ROOM."""
+    from tracker.sweep import daemon as warm
+    from tracker.store.runstore import Store
+    from tracker.sweep import queue
+
+    room = 8 * 10**6
+    readings: list[int] = []
+
+    def free_bytes(self):
+        readings.append(room - sum(self.engine.pipeline_bytes().values()))
+        return readings[-1]
+
+    monkeypatch.setattr(warm.WarmPipelines, "free_bytes", free_bytes)
+    for name, model in (("a1", "tiny"), ("b1", "shapes"), ("c1", "tiny")):  # served in this order (round-robin)
+        _submit(ws, _write(tmp_path, name, model=model, animals="[cat]"))
+    lines: list[str] = []
+    daemon = warm.Daemon(ws, device="cpu", idle_timeout=0.5, name="small", note=lines.append)
+    assert daemon.run() == 6 and daemon.failed == 0
+    with Store.open(ws.db_url, home=ws.home) as store:
+        activity = queue.warm_workers(store)[0]["activity"]
+        assert {r.status for n in ("a1", "b1", "c1") for r in store.runs(n)} == {"done"}
+    evictions = [line for line in lines if "evicted" in line]
+    assert len(evictions) == 2 and activity["evicted"] == 2 and activity["models"] == ["tiny"]
+    assert "evicted tiny" in evictions[0] and "cpu had" in evictions[0] and "shapes needs" in evictions[0]
+    assert "evicted shapes" in evictions[1] and "tiny needs" in evictions[1]
+    assert readings[0] == room  # the first model found the device empty: nothing to evict
+
+
+def test_with_room_for_both_models_nothing_is_evicted(ws, tmp_path, monkeypatch):
+    """The same stand-in with room for two models: both stay loaded (WarmPipelines on a real engine, whose
+    two pipelines are loaded for real)."""
+    from tracker.engine.core import Engine
+    from tracker.experiment import parse as spec
+    from tracker.sweep import daemon as warm
+
+    monkeypatch.setattr(warm.WarmPipelines, "free_bytes",
+                        lambda self: 20 * 10**6 - sum(self.engine.pipeline_bytes().values()))
+    engine = Engine(device="cpu")
+    lines: list[str] = []
+    cache = warm.WarmPipelines(engine, None, lines.append, "cpu")
+    for model in ("tiny", "shapes"):
+        settings = spec.parse_file(_write(tmp_path, model, model=model)).settings
+        cache.before(settings)
+        engine.prepare(settings)
+        cache.after(settings)
+    assert cache.models() == ["tiny", "shapes"] and cache.evicted == 0 and not lines
+    engine.close()

@@ -24,8 +24,9 @@ from tracker.workspace import WorkspaceConfig
               help="N worker processes on this machine (auto: one per CUDA device; on a CPU each takes its "
                    "share of the cores). With --ray: the number of actors.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
-              help="Run on a Ray cluster: auto, ray://HOST:PORT, or no value for a local cluster for this sweep "
-                   "(needs the ray extra).")
+              help="Run on a Ray cluster (needs the ray extra): at ADDRESS (auto, HOST:PORT, ray://HOST:PORT) by the "
+                   "workspace's warm actors, started if missing and kept loaded for the next sweep; with no value "
+                   "on a local cluster for this sweep only.")
 @click.option("--local", is_flag=True,
               help="Generate in this process even when a warm worker (`tracker worker`) serves the store.")
 @click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
@@ -72,6 +73,13 @@ def run(ws: WorkspaceConfig, file: str, max_runs: int, device: str | None, retry
         ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
     opts = runner.RunOptions(max_runs=max_runs, device=device, retry_failed=retry_failed, from_key=from_key,
                              progress=not quiet)
+    if ray_address:
+        code = _ray_warm(ws, file, opts, ray_address, n, priority, quiet)
+        if code is not None:
+            return code
+        summary = driver.run(ws, file, opts, driver.InProcess())  # every actor went away: the rest here
+        click.echo(runner.format_summary(summary))
+        return 1 if summary.failed else 0
     if ray_address is not None:
         summary = driver.run(ws, file, opts, driver.RayActors(ray_address or None, n))
         click.echo(runner.format_summary(summary))
@@ -106,6 +114,17 @@ def _follow(ws: WorkspaceConfig, sub, quiet: bool) -> int | None:
     click.echo(runner.format_summary(sub.summary))
     click.echo(queue.format_made_by(sub))
     return 1 if sub.summary.failed else 0
+
+
+def _ray_warm(ws: WorkspaceConfig, file: str, opts, address: str, n: int | None, priority: int,
+              quiet: bool) -> int | None:
+    """``--ray ADDRESS``: the workspace's warm actors on that cluster (started if missing) make the plan,
+    submitted to the run store; None when they all went away (the caller makes the rest here)."""
+    from tracker.sweep import queue, ray_warm
+
+    ray_warm.start(ws, address, n, opts.device, note=None if quiet else (lambda line: click.echo(line, err=True)))
+    sub = queue.submit(ws, file, opts, priority=priority, require_worker=False)
+    return _follow(ws, sub, quiet)
 
 
 def _workers(value: str | None) -> int | None:

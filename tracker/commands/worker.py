@@ -15,21 +15,33 @@ from tracker.workspace import WorkspaceConfig
               help="Serve only this experiment (repeatable) [default: every experiment in the store].")
 @click.option("--max-memory", metavar="SIZE",
               help="Keep the loaded pipelines' weights within SIZE (e.g. 20GB): the least recently used are "
-                   "unloaded [default: keep every pipeline loaded].")
+                   "unloaded [default: no budget; pipelines are unloaded, least recently used first, only when the "
+                   "device's free memory is less than the next model's weight files].")
 @click.option("--idle-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Stop after this many seconds without work [default: run until Ctrl-C or SIGTERM].")
 @click.option("--name", metavar="NAME", help="The worker's name in `tracker status` [default: host:pid].")
 @click.option("--mlflow-uri", metavar="URI", help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else the workspace's store].")
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Start the workspace's warm workers as detached actors on the Ray cluster at ADDRESS (auto, "
+                   "HOST:PORT, ray://HOST:PORT), one per GPU or CPU slot, and return; `tracker run FILE --ray "
+                   "ADDRESS` uses them [idle timeout default: 600 s].")
+@click.option("--actors", type=click.IntRange(min=1), metavar="N",
+              help="With --ray: this many actors [default: one per GPU of the cluster, else one per CPU slot].")
+@click.option("--stop", is_flag=True, help="With --ray: stop the workspace's warm actors on that cluster.")
 @pass_workspace
 def worker(ws: WorkspaceConfig, device: str | None, experiments: tuple[str, ...], max_memory: str | None,
-           idle_timeout: float | None, name: str | None, mlflow_uri: str | None, no_mlflow: bool) -> None:
+           idle_timeout: float | None, name: str | None, mlflow_uri: str | None, no_mlflow: bool,
+           ray_address: str | None, actors: int | None, stop: bool) -> None:
     """A warm worker: a long-lived process on one device that keeps pipelines loaded and makes the runs
     that `tracker run FILE` (or `tracker watch FILE`) hands it through the run store.
 
     Start one per GPU (`--device cuda:0`, `--device cuda:1`, ...), on any machine that reaches the store
     (`--db postgresql+psycopg://...` in team mode). Submitted sweeps are served by priority, round-robin
     between experiments, first come first served within one. What it is doing: `tracker status`.
+
+    With --ray ADDRESS the workers are detached actors on a Ray cluster instead, started ahead of the
+    first `tracker run FILE --ray ADDRESS` (which would start them too) and kept until --idle-timeout.
     """
     from dataclasses import replace
 
@@ -38,6 +50,22 @@ def worker(ws: WorkspaceConfig, device: str | None, experiments: tuple[str, ...]
     budget = parse_memory(max_memory)
     if mlflow_uri or no_mlflow:
         ws = replace(ws, mlflow_uri=mlflow_uri or ws.mlflow_uri, mlflow_enabled=not no_mlflow)
+    if ray_address or stop or actors:
+        from tracker.errors import UsageError
+        from tracker.sweep import ray_warm
+
+        if not ray_address:
+            raise UsageError(f"--{'stop' if stop else 'actors'} goes with --ray ADDRESS")
+        if name:
+            raise UsageError("--name: warm actors are named after the workspace (see `tracker status`)")
+        if stop:
+            names = ray_warm.stop(ws, ray_address)
+            click.echo(f"stopped {len(names)} warm actor(s)" + (f": {', '.join(names)}" if names else ""))
+            return
+        ray_warm.start(ws, ray_address, actors, device, experiments, budget,
+                       ray_warm.DEFAULT_IDLE_SECONDS if idle_timeout is None else idle_timeout,
+                       note=click.echo)
+        return
     Daemon(ws, device=device, experiments=experiments, max_memory=budget, idle_timeout=idle_timeout,
            name=name).run()
 

@@ -7,8 +7,9 @@ picks the next submitted sweep (``queue.pick``: priority, round-robin between ex
 one), claims one batch-sized group of its runs with ``claims.claim`` and generates it through the sweep path
 of ``tracker run``: a ``runner.Sweep`` per submitted sweep (the batch executor, the writing stage with PNG
 recipe, metrics and MLflow), its engine shared by all of them, so a model loaded for one sweep is warm for
-the next. Pipelines stay cached in the engine; under ``--max-memory`` the least recently used ones are
-unloaded before a new one would pass the budget, and again once it is loaded (``WarmPipelines``).
+the next. Pipelines stay cached in the engine; the least recently used ones are unloaded before a new one
+would pass the ``--max-memory`` budget (and again once it is loaded), or when the device's free memory is
+less than the new one's weight files (``WarmPipelines``, ``free_memory``).
 
 A run is made only if the plan that submitted it allows its model, VAE, LoRA adapters and ``allow_pickle``
 (``queue.refusal``); otherwise it fails with the reason, unloaded.
@@ -34,19 +35,28 @@ POLL_SECONDS = 0.1  # how often an idle worker reads the queue (one indexed quer
 
 
 class WarmPipelines:
-    """Least-recently-used pipelines out under ``max_bytes`` (None: keep every pipeline loaded)."""
+    """Least-recently-used pipelines out under ``max_bytes`` (None: no budget of its own) and whenever the
+    device's free memory (``free_bytes``) would fall below what the next pipeline needs (its weight files'
+    size): the worker keeps as many models loaded as the device holds."""
 
-    def __init__(self, engine, max_bytes: int | None, note: Callable[[str], None]):
-        self.engine, self.max_bytes, self.note = engine, max_bytes, note
+    def __init__(self, engine, max_bytes: int | None, note: Callable[[str], None], device: str | None = None):
+        self.engine, self.max_bytes, self.note, self.device = engine, max_bytes, note, device
         self.order: "OrderedDict[tuple, str]" = OrderedDict()  # key -> model name, oldest first
         self.evicted = 0
+
+    def free_bytes(self) -> int | None:
+        """What the device has free now (``free_memory``); None: unknown, nothing is evicted for it."""
+        return free_memory(self.device) if self.device else None
 
     def before(self, settings) -> None:
         """Make room for the pipeline ``settings`` need when it is not loaded yet: its weight files' size."""
         key = self.engine.pipeline_key(settings)
-        if self.max_bytes is None or key is None or key in self.order:
+        if key is None or key in self.order:
             return
-        self._evict(self.engine.pipeline_bytes(), _weights_on_disk(key[0]), keep=None)
+        incoming = _weights_on_disk(key[0])
+        if self.max_bytes is not None:
+            self._evict(self.engine.pipeline_bytes(), incoming, keep=None)
+        self._make_room(incoming, settings.model)
 
     def after(self, settings) -> None:
         """The pipeline of ``settings`` is in use: most recently used; over budget, the oldest others go."""
@@ -71,8 +81,74 @@ class WarmPipelines:
             self.evicted += 1
             self.note(f"evicted {name} ({_mb(freed)}, least recently used) to stay within {_mb(self.max_bytes)}")
 
+    def _make_room(self, incoming: int, model: str) -> None:
+        """Unload the least recently used pipelines while the device's free memory is below ``incoming``."""
+        free = self.free_bytes()
+        if free is None or free >= incoming:
+            return
+        sizes = self.engine.pipeline_bytes()
+        for key in [k for k in self.order if k not in sizes]:
+            del self.order[key]
+        while free < incoming and self.order:
+            victim, name = self.order.popitem(last=False)
+            freed = sizes.pop(victim, 0)
+            self.engine.unload(victim)
+            self.evicted += 1
+            self.note(f"evicted {name} ({_mb(freed)}, least recently used): {self.device} had {_mb(free)} free, "
+                      f"{model} needs {_mb(incoming)}")
+            now = self.free_bytes()
+            # a CPU allocator may keep freed pages from the OS: count what was unloaded as free at least
+            free = max(now if now is not None else 0, free + freed)
+        if free < incoming:
+            self.note(f"{self.device} has {_mb(free)} free and {model} needs {_mb(incoming)}; nothing left to "
+                      f"unload, loading it anyway")
+
     def models(self) -> list[str]:
         return list(self.order.values())
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free on ``device`` now: ``torch.cuda.mem_get_info`` on CUDA; on the CPU the memory the system can
+    give this process (psutil's available memory, or MemAvailable of /proc/meminfo, within a cgroup's limit);
+    None when it cannot be read (mps)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if device != "cpu":
+        return None
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = _meminfo_available()
+    limit = _cgroup_room()
+    if available is None:
+        return limit
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """What a cgroup v2 memory limit leaves (memory.max - memory.current); None without a limit."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((base / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def _weights_on_disk(location: str) -> int:
@@ -127,6 +203,11 @@ class Daemon:
         self.active: dict[int, _Active] = {}
         self.done = self.failed = 0
         self.worker = None
+        self.stopping = False  # ``stop()``: the loop ends before its next claim (a Ray actor asked to stop)
+
+    def stop(self) -> None:
+        """Stop after the batch in hand (from another thread); its sweeps are drained and closed as usual."""
+        self.stopping = True
 
     def run(self) -> int:
         """Serve the queue until Ctrl-C / SIGTERM or ``idle_timeout`` seconds without work; returns runs made."""
@@ -144,7 +225,8 @@ class Daemon:
             raise
         lease = lease_seconds()
         self.worker = queue.register(store, device, self.name, self.experiments, beat_seconds=lease / 3)
-        cache = WarmPipelines(engine, self.max_memory, lambda line: self.note(f"{self.worker.name}: {line}"))
+        cache = WarmPipelines(engine, self.max_memory, lambda line: self.note(f"{self.worker.name}: {line}"),
+                             device)
         served = ", ".join(self.experiments) or "every experiment"
         self.note(f"warm worker {self.worker.name} (id {self.worker.id}) on {device}, serving {served} of "
                   f"{self.ws.db_url}" + (f"; pipelines within {_mb(self.max_memory)}" if self.max_memory else "")
@@ -176,7 +258,7 @@ class Daemon:
         idle_since = time.monotonic()
         shown = 0.0
         status = "idle"
-        while True:
+        while not self.stopping:
             items = queue.queued(store, self.experiments)
             self._close_finished(store, {i.sweep_id for i in items})
             item = queue.pick(items, last_experiment)

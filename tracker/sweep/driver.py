@@ -5,7 +5,10 @@
 - ``InProcess``: this process generates (``runner.run_prepared``); under ``accelerate launch`` it is one rank;
 - ``LocalPool``: N worker processes on this machine (``pool.run_workers``); each child is a ``tracker run`` of
   the same file, which parses it in its own process;
-- ``RayActors``: actors on a Ray cluster, fed by this process (``ray_cluster.run_ray``).
+- ``RayActors``: actors on a Ray cluster for this sweep only, fed by this process (``ray_cluster.run_ray``).
+
+``tracker run FILE --ray ADDRESS`` does not come here: it hands the plan to the cluster's warm actors through the
+run store's queue (``ray_warm.start``, ``queue.submit``), as to any warm worker.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``tracker run FILE --ray [ADDRESS]``: one experiment across the machines of a Ray cluster.
+"""``tracker run FILE --ray`` (no address) and ``driver.RayActors``: one experiment across a Ray cluster by actors
+that live for the sweep. (``--ray ADDRESS`` uses the cluster's warm actors instead: ``tracker.sweep.ray_warm``.)
 
 Ray's batch-inference pattern: one actor per GPU (``num_gpus=1``), or per CPU slot on a CPU-only
 cluster, each holding a loaded pipeline for as long as the sweep lasts. The driver (this process)
