@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tracker.errors import SpecError
 from tracker.experiment import parse as spec, plan
 from tracker.experiment.settings import Settings
 

@@ -402,6 +402,9 @@ def facts_of_pipeline(model: str, pipe: Any) -> ModelFacts:
             if base.__name__ in _BY_CLASS:
                 fam = _BY_CLASS[base.__name__]
                 break
+    if fam is GENERIC:  # an image-to-image or inpainting variant (AutoPipeline) is its text-to-image class's family
+        fam = next((f for f in FAMILIES for c in f.classes if cls in (task_class(c, "img2img"),
+                                                                       task_class(c, "inpaint"))), GENERIC)
     configs = {}
     for comp in ("unet", "transformer", "vae"):
         module = getattr(pipe, comp, None)

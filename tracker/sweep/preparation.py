@@ -153,6 +153,10 @@ def start_sweep(store, prepared: Prepared, options: "RunOptions", work: Work, su
     with --retry-failed), count what is skipped; returns the runs' stored status. Every executor that records
     runs (in process, the Ray driver) starts its sweep here."""
     exp, the_plan, file = prepared.experiment, prepared.plan, prepared.file
+    if exp.inputs:  # the input images, once each by their sha256: read from the workspace from now on
+        from tracker.experiment import inputs
+
+        inputs.store(exp.inputs.values(), store.home / "inputs")
     store.save_experiment(exp.name, str(file) if file is not None else None, exp.source, the_plan.version)
     record: dict = {"command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname()}
     if versions is not None:
