@@ -188,3 +188,150 @@ def test_store_writes_each_image_once_atomically_with_the_umask(tmp_path):
     assert inputs.load(folder, img.sha256).size == (64, 64)
     with pytest.raises(inputs.MissingInput, match="cd" * 32):
         inputs.load(folder, "cd" * 32)
+
+
+# ---------------------------------------------------------------------------------------------- end to end (slow)
+
+
+def _png_pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def _plain(task: str, prompt: str, seed: int, steps: int, strength: float, image: Path, mask: Path | None = None):
+    """The same run as a plain diffusers call: the tiny model loaded by itself, its img2img / inpainting pipeline
+    made with from_pipe, one CPU generator seeded with the run's seed (as the tracker seeds it)."""
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from tracker.experiment.model_refs import builtin_path
+
+    base = DiffusionPipeline.from_pretrained(str(builtin_path("tiny")), local_files_only=True)
+    cls = StableDiffusionInpaintPipeline if task == "inpaint" else StableDiffusionImg2ImgPipeline
+    pipe = cls.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"mask_image": [Image.open(mask).convert("RGB")]} if mask is not None else {}
+    out = pipe(prompt=[prompt], image=[Image.open(image).convert("RGB")], strength=strength,
+               num_inference_steps=steps, guidance_scale=7.5, generator=[torch.Generator("cpu").manual_seed(seed)],
+               **kw)
+    return np.asarray(out.images[0], dtype=np.int16)
+
+
+def _run_png(home: Path, experiment: str, where: dict[str, str]) -> Path:
+    import tracker
+
+    runs = tracker.open(home).runs(experiment, where=where)
+    assert len(runs) == 1
+    return Path(runs[0].record.image)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_a_run_matches_plain_diffusers_and_reproduces_from_its_png(tmp_path, write_yaml, cli, task):
+    import numpy as np
+
+    make_images(tmp_path / "pics")
+    mask = "mask_image: pics/mask.png\n" if task == "inpaint" else ""
+    f = write_yaml(f"name: {task}\nmodel: tiny\nprompt: {PROMPT}\nimage: pics/source.png\n{mask}"
+                   f"strength: 0.75\nsteps: 8\nseeds: [3]\n", f"{task}.yaml")
+    r = cli("run", "--no-mlflow", f)
+    assert r.code == 0, r.err
+    home = tmp_path / "home"
+    png = _run_png(home, task, {"seed": "3"})
+    ours = _png_pixels(png)
+    plain = _plain(task, PROMPT, 3, 8, 0.75, tmp_path / "pics" / "source.png",
+                   tmp_path / "pics" / "mask.png" if task == "inpaint" else None)
+    assert ours.shape == plain.shape == (64, 64, 3)
+    assert int(np.abs(ours - plain).max()) <= 2
+    # the source image is not the output (the run did something), and the input is in the workspace by hash
+    assert np.abs(ours - _png_pixels(tmp_path / "pics" / "source.png")).max() > 2
+    h = sha(tmp_path / "pics" / "source.png")
+    assert (home / "inputs" / f"{h}.png").read_bytes() == (tmp_path / "pics" / "source.png").read_bytes()
+    from tracker.images import pngmeta
+
+    params, recipe = pngmeta.read_png(png)
+    assert recipe["image"] == h and recipe["strength"] == 0.75 and "Denoising strength: 0.75" in params
+    if task == "inpaint":
+        assert recipe["mask_image"] == sha(tmp_path / "pics" / "mask.png")
+    # the paths outside the workspace are never read again: reproduce works without them
+    import shutil
+
+    shutil.rmtree(tmp_path / "pics")
+    r = cli("reproduce", png)
+    assert r.code == 0 and "identical: all 4096 pixels match" in r.out, r.out + r.err
+
+
+@pytest.mark.slow
+def test_a_missing_input_on_reproduce_is_one_line_naming_its_hash(tmp_path, write_yaml, cli):
+    make_images(tmp_path / "pics")
+    f = write_yaml(f"name: gone\nmodel: tiny\nprompt: {PROMPT}\nimage: pics/source.png\nsteps: 2\n", "gone.yaml")
+    assert cli("run", "--no-mlflow", f).code == 0
+    home = tmp_path / "home"
+    png = _run_png(home, "gone", {"seed": "0"})
+    h = sha(tmp_path / "pics" / "source.png")
+    (home / "inputs" / f"{h}.png").unlink()
+    for target in (str(png), png.stem):  # a PNG, a run key
+        r = cli("reproduce", target)
+        assert r.code == 2, r
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and h in lines[0] and "not in the workspace" in lines[0], r.err
+    r = cli("verify", "gone")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and h in r.err, r.err
+
+
+@pytest.mark.slow
+def test_a_strength_axis_makes_a_grid_of_three_columns_and_the_report_shows_the_inputs(tmp_path, write_yaml, cli):
+    import re
+
+    make_images(tmp_path / "pics")
+    f = write_yaml(f"""
+        name: strengths
+        model: tiny
+        prompt: {PROMPT}
+        image: pics/source.png
+        strength: [0.3, 0.6, 0.9]
+        steps: 4
+        seeds: [0, 1]
+        grid: {{rows: seed, cols: strength}}
+    """, "strengths.yaml")
+    assert cli("run", "--no-mlflow", f).code == 0
+    r = cli("report", "strengths")
+    assert r.code == 0, r.err
+    html = (tmp_path / "home" / "reports" / "strengths" / "index.html").read_text()
+    cols = re.findall(r'<th class="col-header" scope="col">(.*?)</th>', html, re.S)
+    assert [re.search(r">([^<]+)</(?:summary|span)>", c).group(1) for c in cols] == ["0.3", "0.6", "0.9"]
+    h = sha(tmp_path / "pics" / "source.png")
+    # the inputs section shows the source image's thumbnail, and every run's details list it beside the output
+    assert re.search(rf'<section class="inputs" id="inputs">.*?<img src="thumbs/{h[:32]}\.png"', html, re.S)
+    assert (tmp_path / "home" / "reports" / "strengths" / "thumbs" / f"{h[:32]}.png").is_file()
+    data = __import__("json").loads(re.search(r'<script type="application/json" id="run-data">(.*?)</script>',
+                                              html, re.S).group(1))
+    assert len(data) == 6 and all([i["sha256"] for i in d["inputs"]] == [h] for d in data.values())
+    assert all(d["inputs"][0]["thumb"] == f"thumbs/{h[:32]}.png" for d in data.values())
+    g = cli("grid", "strengths", "--rows", "seed", "--cols", "strength", "-o", tmp_path / "g.png")
+    assert g.code == 0, g.err
+
+
+@pytest.mark.slow
+def test_inputs_are_logged_to_mlflow_once_per_hash_on_the_parent_run(tmp_path, write_yaml, cli):
+    make_images(tmp_path / "pics")
+    f = write_yaml(f"name: logged\nmodel: tiny\nprompt: {PROMPT}\nimage: pics/source.png\n"
+                   f"strength: [0.4, 0.8]\nsteps: 2\n", "logged.yaml")
+    assert cli("run", f).code == 0
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("logged")
+    parents = client.search_runs([exp.experiment_id], "tags.`tracker.kind` = 'sweep'")
+    assert len(parents) == 1
+    h = sha(tmp_path / "pics" / "source.png")
+    assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "inputs")] == [f"inputs/{h}.png"]
+    children = client.search_runs([exp.experiment_id], "tags.`tracker.kind` = 'image'")
+    assert len(children) == 2 and all(c.data.params["image"] == h for c in children)
+    assert sorted(c.data.params["strength"] for c in children) == ["0.4", "0.8"]

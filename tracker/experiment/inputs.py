@@ -24,6 +24,10 @@ from tracker import limits
 from tracker.errors import TrackerError
 
 IMAGE_FIELDS = ("image", "mask_image", "control_image", "ip_adapter_image")
+# every setting of image-conditioned runs: the images, their numbers, the extra models
+CONDITIONING = IMAGE_FIELDS + ("strength", "controlnet_conditioning_scale", "control_guidance_start",
+                               "control_guidance_end", "ip_adapter_scale", "denoising_end", "denoising_start",
+                               "controlnet", "ip_adapter", "refiner")
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 # Pillow format -> the extension the workspace copy gets (the formats diffusers' image processors read)
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp"}
@@ -157,6 +161,16 @@ def load(folder: Path | None, sha256: str, field_name: str = "image", where: str
         raise MissingInput(f"{p}: {e}") from None
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
+
+
+def unused(settings: Any, name: str) -> bool:
+    """A conditioning setting a run does not use: at its default, or strength without an image (left out of the
+    report's recipe table and MLflow's params, so a text-to-image run shows none of them)."""
+    if name not in CONDITIONING:
+        return False
+    if name == "strength":
+        return not settings.image
+    return getattr(settings, name) == type(settings).__dataclass_fields__[name].default
 
 
 def hashes_of(settings: Any) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ from tracker.errors import SpecError
 from tracker.experiment import product as spec_product
 from tracker.experiment.model import Axis, AxisValue, ExperimentSpec
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.inputs import IMAGE_FIELDS, InputImage
+from tracker.experiment.inputs import CONDITIONING, IMAGE_FIELDS, InputImage
 from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting, call_settings,
                                          from_json, setting_fields, setting_label, suggest)
 from tracker.prompts import templating
@@ -31,9 +31,6 @@ AXIS_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_LEVEL = ("name", "description", "prompt", "prompts", "negative_prompt", "axes", "seeds", "zip", "exclude", "grid",
              "variants", "wildcards", "lora", "metrics", "metric_options") + SETTING_KEYS
 RESERVED_AXES = set(TOP_LEVEL) | {"seed"}
-_CONDITIONING = IMAGE_FIELDS + ("strength", "controlnet_conditioning_scale", "control_guidance_start",
-                                "control_guidance_end", "ip_adapter_scale", "denoising_end", "denoising_start",
-                                "controlnet", "ip_adapter", "refiner")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +424,7 @@ def with_base_run(exp: ExperimentSpec, seed: int, settings: Mapping[str, Any]) -
     """``seeds: {from: KEY}``: take that run's seed, and its settings where the file does not set them."""
     merged = from_json({k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit})
     defaults = Settings()  # a base run's text-to-image defaults are not the file's (strength without an image)
-    merged = {k: v for k, v in merged.items() if k not in _CONDITIONING or v != getattr(defaults, k)}
+    merged = {k: v for k, v in merged.items() if k not in CONDITIONING or v != getattr(defaults, k)}
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
         merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
     if "call" in merged:

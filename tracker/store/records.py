@@ -138,6 +138,7 @@ class RunRecord:
         ``PlannedRun.to_dict``). ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
         out = {**self._values(self.run, self.unrecorded), "status": self.status}
         out.update({name: _jsonable(getattr(self, name)) for name in _RESULT_FIELDS})
+        out.update(input_image=self.run.settings.image or None)  # ``image`` is the PNG made; this, the input's sha256
         out.update(batch_size_planned=out["batch_size"], batch_size=self.batch_size_used,
                    run=self.run.to_dict(), unrecorded=sorted(self.unrecorded))
         return out
