@@ -335,3 +335,22 @@ def test_inputs_are_logged_to_mlflow_once_per_hash_on_the_parent_run(tmp_path, w
     children = client.search_runs([exp.experiment_id], "tags.`tracker.kind` = 'image'")
     assert len(children) == 2 and all(c.data.params["image"] == h for c in children)
     assert sorted(c.data.params["strength"] for c in children) == ["0.4", "0.8"]
+
+
+def test_the_examples_expand_and_their_inputs_are_what_the_script_draws(tmp_path):
+    import runpy
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    img2img = plan.expand(spec.parse_file(examples / "img2img.yaml"))
+    inpaint = plan.expand(spec.parse_file(examples / "inpaint.yaml"))
+    assert len(img2img.runs) == 24 and {r.settings.task for r in img2img.runs} == {"img2img"}
+    assert len(inpaint.runs) == 6 and {r.settings.task for r in inpaint.runs} == {"inpaint"}
+    shutil.copy(examples / "inputs" / "make.py", tmp_path / "make.py")
+    runpy.run_path(str(tmp_path / "make.py"))
+    for name in ("circle.png", "right-half.png"):
+        with Image.open(tmp_path / name) as a, Image.open(examples / "inputs" / name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
