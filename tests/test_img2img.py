@@ -122,6 +122,8 @@ BAD = [
     ("mask_image: pics/mask.png", "mask_image", "is given without image"),
     ("strength: 0.5", "strength", "has no effect without an image"),
     ("image: pics/huge.png", "image", "is 5000x4000 pixels; an input image may have at most"),
+    ("image: pics/truncated.png", "image", "is not an image"),
+    ("image: pics/anim.gif", "image", "is a GIF image; input images may be PNG, JPEG, WEBP, BMP"),
     ("image: 12", "image", "must be the path of an image file"),
     ("control_guidance_start: 0.6\ncontrol_guidance_end: 0.4", "control_guidance_start", "must be less than"),
 ]
@@ -134,6 +136,9 @@ def test_bad_input_is_one_line_naming_file_field_and_value(tmp_path, write_yaml,
     make_images(tmp_path / "pics")
     (tmp_path / "pics" / "notes.png").write_text("not a picture")
     Image.new("1", (5000, 4000)).save(tmp_path / "pics" / "huge.png")  # 16.7 M pixels allowed; this is 20 M
+    whole = (tmp_path / "pics" / "source.png").read_bytes()
+    (tmp_path / "pics" / "truncated.png").write_bytes(whole[: len(whole) // 2])  # a valid header, half the data
+    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "anim.gif")
     f = write_yaml("model: tiny\nprompt: a square\nsteps: 2\n" + extra + "\n", "bad.yaml")
     r = cli("expand", f)
     assert r.code == 2, r
