@@ -19,7 +19,7 @@ from tracker.store.tables import metadata
 REVISIONS = ["0001_initial", "0002_mlflow_sync", "0003_reproducibility", "0004_claims", "0005_throughput",
              "0006_prompt_language", "0007_metrics", "0008_image_files", "0009_attention",
              "0011_plan_version", "0012_ratings", "0013_call_arguments",
-             "0014_warm_workers"]
+             "0014_warm_workers", "0015_image_inputs"]
 
 COLUMNS_0001 = {
     "experiments": {"id", "name", "source_path", "source_text", "created_at", "updated_at"},
@@ -46,6 +46,10 @@ ADDED = {  # revision -> table -> columns it adds
     "0012_ratings": {},
     "0013_call_arguments": {"runs": {"call"}},
     "0014_warm_workers": {"workers": {"kind", "experiments", "activity"}, "sweeps": {"submission"}},
+    "0015_image_inputs": {"runs": {"image", "mask_image", "control_image", "ip_adapter_image", "strength",
+                                   "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
+                                   "ip_adapter_scale", "denoising_end", "denoising_start", "controlnet", "ip_adapter",
+                                   "refiner"}},
 }
 CREATED = {  # revision -> tables it creates, with their columns
     "0004_claims": {"workers": {"id", "sweep_id", "name", "host", "pid", "device", "started_at", "last_seen",

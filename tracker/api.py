@@ -411,8 +411,10 @@ class Workspace:
                 raise UsageError(f"run {source.run.key} was made with {source.run.settings.model!r}, but the pipeline "
                                  f"passed is {user.model!r} (its components differ)")
             engine = Engine(device=device, pipeline=user)
+            engine.inputs_dir = self.config.inputs_dir
         try:
-            return rp.reproduce(source, device=device, engine=engine, save=Path(save) if save else None)
+            return rp.reproduce(source, device=device, engine=engine, save=Path(save) if save else None,
+                                inputs_dir=self.config.inputs_dir)
         finally:
             if engine is not None:
                 engine.close()

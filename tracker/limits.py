@@ -38,3 +38,9 @@ MAX_WORKERS = 64
 MAX_TEXT_CHUNK_BYTES = 262_144  # one PNG text chunk, decompressed (a recipe is a few KB)
 MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: images opened or generated from a PNG's recipe
 MAX_REPRODUCE_STEPS = 1_000  # steps a PNG may ask for; more only with --steps on the command line
+
+# Input images of image-conditioned runs (tracker/experiment/inputs.py): ``image``, ``mask_image``, ``control_image``,
+# ``ip_adapter_image``; each is read once when the experiment is parsed, so these bound what a file can make it read
+MAX_INPUT_IMAGE_BYTES = 50_000_000  # one input image file (a 4096x4096 RGBA PNG is at most ~64 MB uncompressed)
+MAX_INPUT_IMAGE_PIXELS = 16_777_216  # 4096 x 4096, checked from the header before the pixels are decoded
+MAX_INPUT_IMAGES = 64  # different input images in one experiment (all fields and axes together)

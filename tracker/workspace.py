@@ -38,6 +38,11 @@ class WorkspaceConfig:
         return self.home / "images"
 
     @property
+    def inputs_dir(self) -> Path:
+        """Input images of image-conditioned runs, each once by its sha256 (see ``tracker.experiment.inputs``)."""
+        return self.home / "inputs"
+
+    @property
     def thumbs_dir(self) -> Path:
         """Report thumbnails the sweep wrote while each image was in memory (see ``tracker.images.thumbs``)."""
         return self.home / "thumbs"

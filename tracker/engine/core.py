@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
 from tracker.engine.facts import RecordFacts  # noqa: E402
+from tracker.engine.variants import PipelineVariants, call_kwargs as conditioning_kwargs  # noqa: E402
 from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402,F401
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
@@ -64,6 +65,8 @@ class Engine:
         self._warm: set[tuple] = set()  # compiled batch shapes already warmed up
         self._families: dict[tuple, Any] = {}  # (pipeline id, model) -> its family facts
         self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
+        self.inputs_dir: Path | None = None  # the workspace's input images (image-conditioned runs read them here)
+        self.variants = PipelineVariants()  # img2img / inpainting pipelines made from the loaded ones
 
     pipeline_cache = PipelineCache  # the class of ``self.pipelines`` (a stand-in engine may give its own)
 
@@ -198,6 +201,7 @@ class Engine:
             return
         if self._active is loaded:
             self._active, self._settings = None, None
+        self.variants.forget(loaded.pipe)
         del loaded
         gc.collect()
         if torch.cuda.is_available():
@@ -341,6 +345,10 @@ class Engine:
             kw[argument] = settings.guidance_scale
         kw.update(width=settings.width or None, height=settings.height or None, generator=generators,
                   output_type="np")
+        params = facts.signature.params if facts.signature is not None else None
+        if params is not None and not facts.signature.var_keyword:  # image-to-image calls take no size (the image's)
+            kw = {k: v for k, v in kw.items() if k not in ("width", "height") or k in params}
+        kw.update(conditioning_kwargs(settings, len(runs), self.inputs_dir, params))
         kw.update(facts.call_kwargs(settings.call))
         return kw
 
@@ -357,7 +365,7 @@ class Engine:
             self.prepare(settings)
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
-        pipe = self._active.pipe
+        pipe = self.variants.pipeline(self._active.pipe, settings)  # the base, or its img2img / inpaint variant
         facts = self.family(pipe, settings.model)
         self._check_family(facts, runs, settings)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]

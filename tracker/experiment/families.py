@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from tracker.experiment.pipeline_source import (NO_DEFAULT, RESERVED, CallSignature, read_configs, sample_size,
-                                                 signature_of, signature_of_callable, vae_factor)
+                                                 signature_of, signature_of_callable, task_class, vae_factor)
 
 GENERIC_STEPS, GENERIC_GUIDANCE, GENERIC_SIZE = 50, 7.5, 512  # a model whose family is unknown
 
@@ -266,6 +266,44 @@ class ModelFacts:
             out[name] = _thaw(value, p is not None and p.wants_list)
         return out
 
+    # -- image-conditioned runs --------------------------------------------------------------------------
+
+    def task_signature(self, task: str) -> tuple[str | None, CallSignature | None]:
+        """The class (and its ``__call__``) diffusers' AutoPipeline makes of this model for ``task``."""
+        if task == "text2img":
+            return self.class_name, self.signature
+        cls = task_class(self.class_name, task)
+        return cls, signature_of(cls) if cls else None
+
+    def check_inputs(self, values: dict[str, Any], explicit: set[str]) -> None:
+        """An img2img or inpainting run: the model's family must have such a pipeline (diffusers' AutoPipeline
+        tables) taking the image (and strength); an unset strength becomes that pipeline's own default."""
+        image, mask = values.get("image"), values.get("mask_image")
+        if mask and not image:
+            raise FamilyError("mask_image", "is given without image: inpainting needs the image to repaint")
+        if not image:
+            if "strength" in explicit:
+                raise FamilyError("strength", "has no effect without an image (img2img or inpainting); give image: "
+                                              "or remove strength")
+            return
+        if self.signature is None:  # configs not readable here: the engine checks the loaded pipeline
+            return
+        task = "inpaint" if mask else "img2img"
+        cls, sig = self.task_signature(task)
+        field_ = "mask_image" if mask else "image"
+        what = "inpainting" if mask else "image-to-image"
+        if sig is None or "image" not in sig or (mask and "mask_image" not in sig):
+            raise FamilyError(field_, f"{self.class_name} ({self.family.title}) has no {what} pipeline in diffusers' "
+                                      f"AutoPipeline tables; use a model of a family that has one (SD, SDXL, SD3, "
+                                      f"FLUX.1, Qwen-Image)")
+        if "strength" not in sig:
+            if "strength" in explicit:
+                raise FamilyError("strength", f"{cls} ({self.family.title}) takes no strength; remove strength")
+        elif "strength" not in explicit:
+            default = sig.default("strength")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and 0 < default <= 1:
+                values["strength"] = float(default)
+
     # -- one run --------------------------------------------------------------------------------------
 
     def effective(self, values: dict[str, Any], negative: str, explicit: set[str]) -> list[str]:
@@ -364,6 +402,9 @@ def facts_of_pipeline(model: str, pipe: Any) -> ModelFacts:
             if base.__name__ in _BY_CLASS:
                 fam = _BY_CLASS[base.__name__]
                 break
+    if fam is GENERIC:  # an image-to-image or inpainting variant (AutoPipeline) is its text-to-image class's family
+        fam = next((f for f in FAMILIES for c in f.classes if cls in (task_class(c, "img2img"),
+                                                                       task_class(c, "inpaint"))), GENERIC)
     configs = {}
     for comp in ("unet", "transformer", "vae"):
         module = getattr(pipe, comp, None)

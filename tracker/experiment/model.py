@@ -54,6 +54,8 @@ class ExperimentSpec:
     metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
     base_dir: Path | None = field(default=None, compare=False, hash=False)  # relative model folders resolve here
+    # input images the file names, by sha256 (tracker.experiment.inputs.InputImage: size, bytes); a sweep stores them
+    inputs: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def axis_names(self) -> tuple[str, ...]:

@@ -19,8 +19,9 @@ from tracker.errors import SpecError
 from tracker.experiment import product as spec_product
 from tracker.experiment.model import Axis, AxisValue, ExperimentSpec
 from tracker.experiment.schedulers import SchedulerChoice
+from tracker.experiment.inputs import CONDITIONING, IMAGE_FIELDS, InputImage
 from tracker.experiment.settings import (NORMALIZERS, SETTING_KEYS, SETTING_NAMES, Settings, apply_setting, call_settings,
-                                         setting_fields, setting_label, suggest)
+                                         from_json, setting_fields, setting_label, suggest)
 from tracker.prompts import templating
 from tracker.experiment.yamlfile import LinedYaml, load
 
@@ -39,6 +40,7 @@ class _Parser:
     def __init__(self, doc: LinedYaml, path: str, base_dir: Path | None = None):
         self.doc, self.path, self.base_dir = doc, path, base_dir
         self.allow_pickle = False  # the file's own allow_pickle (a single-file model may then be a pickle)
+        self.inputs: dict[str, InputImage] = {}  # input images read, by sha256 (tracker.experiment.inputs)
 
     def err(self, field: str, message: str, *at: Any) -> None:
         parts = tuple(str(p) if not isinstance(p, int) or isinstance(p, bool) else p for p in at)
@@ -48,10 +50,33 @@ class _Parser:
         return lambda message: self.err(field, message, *at)
 
     def setting(self, name: str, value: Any, field: str, *at: Any) -> Any:
+        if name in IMAGE_FIELDS:
+            value = self.image(name, value, field, *at)
         v = NORMALIZERS[name](value, self.errf(field, *at))
         if name in ("model", "vae"):
             self.single_file(name, v, field, *at)
         return v
+
+    def image(self, name: str, value: Any, field: str, *at: Any) -> str | list[str]:
+        """An input image's path (a list of them for several ControlNets) read once, checked, and replaced by its
+        sha256; the bytes stay with the experiment until a sweep stores them in the workspace."""
+        from tracker import limits
+        from tracker.experiment import inputs
+
+        if name == "control_image" and isinstance(value, list):
+            return [self.image(name, v, f"{field}[{i}]", *at) for i, v in enumerate(value)]
+        if not isinstance(value, str) or not value.strip():
+            self.err(field, f"must be the path of an image file (relative to the experiment file) but is {value!r}",
+                     *at)
+        try:
+            img = inputs.read(value.strip(), self.base_dir)
+        except inputs.InputError as e:
+            self.err(field, f"{value.strip()!r} {e}", *at)
+        if img.sha256 not in self.inputs and len(self.inputs) >= limits.MAX_INPUT_IMAGES:
+            self.err(field, f"{value!r}: more than {limits.MAX_INPUT_IMAGES} different input images in one experiment "
+                            f"(tracker.limits.MAX_INPUT_IMAGES)", *at)
+        self.inputs.setdefault(img.sha256, img)
+        return img.sha256
 
     def single_file(self, name: str, value: str, field: str, *at: Any) -> None:
         """A single-file model or VAE is checked here: the file, its layout and its config (one line each)."""
@@ -64,6 +89,11 @@ class _Parser:
             check(value, self.base_dir, self.allow_pickle)
         except single_file.SingleFileError as e:
             self.err(field, f"{single_file.split(value)[0]!r} {e}", *at)
+
+
+def _image_label(item: Any) -> str:
+    """An image axis value's label: the path as written (several ControlNet images joined by +)."""
+    return "+".join(map(_image_label, item)) if isinstance(item, list) else str(item).strip()
 
 
 def _label(value: Any) -> str:
@@ -134,7 +164,7 @@ def parse(text: str, path: str = "<experiment>", default_name: str | None = None
         negative_prompt=templates.get("negative_prompt"), axes=axes, zip_groups=zip_groups, exclude=exclude,
         settings=settings, scheduler=scheduler, explicit=explicit, grid=grid, seeds_from=seeds_from,
         description=description, variants=variants, lines=lines, base_dir=base_dir, metrics=metrics,
-        metric_options=metric_options,
+        metric_options=metric_options, inputs=dict(P.inputs),
     )
 
 
@@ -185,7 +215,8 @@ def _settings(P: _Parser, data: dict, base_dir: Path | None) -> tuple[Settings, 
             values, seen = [], set()
             for i, item in enumerate(raw):
                 v = P.setting(key, item, f"{key}[{i}]", key, i)
-                lab = item.strip() if key == "scheduler" else setting_label(key, v)
+                lab = item.strip() if key == "scheduler" else _image_label(item) if key in IMAGE_FIELDS \
+                    else setting_label(key, v)
                 if lab in seen:
                     P.err(f"{key}[{i}]", f"lists {item!r} twice", key, i)
                 seen.add(lab)
@@ -391,7 +422,9 @@ def _metrics(P: _Parser, data: Mapping[str, Any], known: Collection[str] | None
 
 def with_base_run(exp: ExperimentSpec, seed: int, settings: Mapping[str, Any]) -> ExperimentSpec:
     """``seeds: {from: KEY}``: take that run's seed, and its settings where the file does not set them."""
-    merged = {k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit}
+    merged = from_json({k: v for k, v in settings.items() if k in SETTING_NAMES and k not in exp.explicit})
+    defaults = Settings()  # a base run's text-to-image defaults are not the file's (strength without an image)
+    merged = {k: v for k, v in merged.items() if k not in CONDITIONING or v != getattr(defaults, k)}
     if "scheduler_options" in merged and isinstance(merged["scheduler_options"], dict):
         merged["scheduler_options"] = tuple(sorted(merged["scheduler_options"].items()))
     if "call" in merged:

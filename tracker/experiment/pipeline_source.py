@@ -28,6 +28,11 @@ RESERVED = {
     "num_images_per_prompt": "the tracker (one image per run; use seeds)",
     "num_videos_per_prompt": "the tracker", "callback_on_step_end": "the tracker (it times each step)",
     "callback_on_step_end_tensor_inputs": "the tracker", "callback": "the tracker", "callback_steps": "the tracker",
+    # image-conditioned runs: settings of their own (docs/image-conditioned.md)
+    "strength": "the strength setting", "controlnet_conditioning_scale": "the controlnet_conditioning_scale setting",
+    "control_guidance_start": "the control_guidance_start setting",
+    "control_guidance_end": "the control_guidance_end setting", "denoising_end": "the denoising_end setting",
+    "denoising_start": "the denoising_start setting",
 }
 # Annotation words that mark a tensor, an image, a function or a generator: not a plain value.
 _OBJECT_WORDS = ("Tensor", "Image", "PipelineImageInput", "ndarray", "Callable", "Generator", "Module",
@@ -283,3 +288,44 @@ def sample_size(configs: Mapping[str, Mapping[str, Any]], component: str) -> tup
     if isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) for x in s):
         return int(s[1]), int(s[0])  # (height, width) in diffusers' configs -> (w, h)
     return None
+
+
+# ---------------------------------------------------------------------------------------------- image tasks
+
+_TASK_MAPPINGS = {"img2img": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING", "inpaint": "AUTO_INPAINT_PIPELINES_MAPPING",
+                  "text2img": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING"}
+
+
+@lru_cache(maxsize=1)
+def _auto_mappings() -> dict[str, dict[str, str]]:
+    """diffusers' AutoPipeline tables (task -> {family key: class name}), read from ``auto_pipeline.py``."""
+    root = _diffusers_root()
+    out: dict[str, dict[str, str]] = {task: {} for task in _TASK_MAPPINGS}
+    try:
+        tree = _parsed(root / "pipelines" / "auto_pipeline.py") if root is not None else None
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        tree = None
+    for node in tree.body if tree is not None else ():
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+            continue
+        task = next((t for t, name in _TASK_MAPPINGS.items() if name == node.targets[0].id), None)
+        if task is None or not isinstance(node.value, ast.Call) or not node.value.args:
+            continue
+        for item in getattr(node.value.args[0], "elts", ()):
+            if isinstance(item, ast.Tuple) and len(item.elts) == 2 and isinstance(item.elts[1], ast.Name):
+                key = ast.literal_eval(item.elts[0]) if isinstance(item.elts[0], ast.Constant) else None
+                if isinstance(key, str):
+                    out[task].setdefault(key, item.elts[1].id)
+    return out
+
+
+def task_class(class_name: str | None, task: str) -> str | None:
+    """The pipeline class diffusers' ``AutoPipelineFor<Task>.from_pipe`` makes of a text-to-image ``class_name``
+    for ``task`` ("img2img", "inpaint"); the class itself for "text2img"; None when diffusers maps none."""
+    if task == "text2img" or not class_name:
+        return class_name
+    tables = _auto_mappings()
+    key = next((k for k, c in tables["text2img"].items() if c == class_name), None)
+    if key is None:  # already an image-to-image or inpainting class
+        key = next((k for t in ("img2img", "inpaint") for k, c in tables[t].items() if c == class_name), None)
+    return tables.get(task, {}).get(key) if key is not None else None

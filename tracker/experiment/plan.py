@@ -18,7 +18,7 @@ from tracker import limits
 from tracker.experiment import model_refs as models
 from tracker.prompts import templating
 from tracker.errors import SpecError, TrackerError, UsageError
-from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, call_settings, lora_settings, setting_fields,
+from tracker.experiment.settings import (PERF_SETTINGS, SETTING_NAMES, Settings, apply_setting, call_settings, from_json, lora_settings, setting_fields,
                               setting_label)
 from tracker.experiment.model import Axis, AxisValue, ExperimentSpec
 from tracker.experiment.product import MAX_SEED
@@ -79,6 +79,7 @@ class PlannedRun:
             values = {"model": models.DEFAULT_MODEL, **{f: recipe[f] for f in SETTING_NAMES if f in recipe}}
             values["lora"] = lora_settings(values.get("lora"))
             if settings is None:
+                values = from_json(values)
                 values["call"] = call_settings(values.get("call"))
                 values["scheduler_options"] = tuple(sorted(dict(values.get("scheduler_options") or {}).items()))
             built = settings(values) if settings is not None else Settings(**values)
@@ -203,7 +204,7 @@ def expand(exp: ExperimentSpec, max_runs: int | None = DEFAULT_MAX_RUNS) -> Plan
             f"narrow the axes or raise --max-runs")
     perf_axes = {f for a in exp.axes if a.kind in ("setting", "bundle") for v in a.values for k, _ in v.settings
                  for f in setting_fields(k) if f in PERF_SETTINGS}
-    base = exp.settings.to_dict()
+    base = from_json(exp.settings.to_dict())
     base["scheduler"] = exp.scheduler  # a SchedulerChoice; an axis value's choice replaces it with its own options
     base["scheduler_options"] = dict(exp.settings.scheduler_options)  # the user's own
     base["call"] = dict(exp.settings.call)
@@ -297,17 +298,41 @@ def _settings(values: dict[str, Any], exp: ExperimentSpec, explicit: set[str], n
     values = {**values, "scheduler": choice.class_name, "scheduler_options": tuple(sorted(options.items())),
               "lora": lora_settings(values["lora"]), "call": tuple(sorted(values["call"].items()))}
     facts = families.facts_for(values["model"], exp.base_dir)
+    image = exp.inputs.get(values.get("image"))
+    if image is not None and not values.get("width") and not values.get("height"):  # img2img: the image's size
+        values["width"], values["height"] = image.width - image.width % 8, image.height - image.height % 8
     requested = ["guidance_scale"] * ("guidance_scale" in explicit)
     requested += ["call.true_cfg_scale"] * any(k == "true_cfg_scale" for k, _ in values["call"])
     try:
         facts.check_model()
         facts.check_call(values["call"])
+        facts.check_inputs(values, explicit)
         missed = facts.effective(values, negative, explicit)
     except families.FamilyError as e:
         raise _family_error(exp, e.field, e.message) from None
+    _check_inputs(exp, values)
     for name in requested:  # refused after the plan if it had no effect in any run
         ignored[name] = ignored.get(name, False) or name not in missed
     return Settings(**values)
+
+
+def _check_inputs(exp: ExperimentSpec, values: dict[str, Any]) -> None:
+    """One run's input images and their numbers, together: a mask of the image's size, a ControlNet image per
+    ControlNet, control guidance that starts before it ends."""
+    image, mask = exp.inputs.get(values.get("image")), exp.inputs.get(values.get("mask_image"))
+    if image is not None and mask is not None and (image.width, image.height) != (mask.width, mask.height):
+        raise _family_error(exp, "mask_image", f"{mask.source!r} is {mask.width}x{mask.height} pixels but the image "
+                                               f"{image.source!r} is {image.width}x{image.height}; the mask must have "
+                                               f"the image's size")
+    if values.get("control_guidance_start", 0.0) >= values.get("control_guidance_end", 1.0):
+        raise _family_error(exp, "control_guidance_start", f"{values['control_guidance_start']:g} must be less than "
+                                                           f"control_guidance_end ({values['control_guidance_end']:g})")
+    n_images, n_models = len(values.get("control_image") or ()), len(values.get("controlnet") or ())
+    if n_images != n_models:
+        raise _family_error(exp, "control_image", f"gives {n_images} ControlNet image(s) for {n_models} "
+                                                  f"ControlNet model(s) (controlnet:); give one image per ControlNet")
+    if values.get("ip_adapter_image") and not values.get("ip_adapter"):
+        raise _family_error(exp, "ip_adapter_image", "is given without ip_adapter: (the adapter's folder and weights)")
 
 
 def _ignored_everywhere(exp: ExperimentSpec, name: str) -> str:

@@ -80,6 +80,23 @@ class Settings:
     # further arguments of the pipeline's call, sorted (name, value) pairs, a list value as a tuple
     # (tracker.experiment.families checks them against the pipeline's __call__); stored as one JSON mapping
     call: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))  # 0013
+    # image-conditioned runs (0015; docs/image-conditioned.md): input images by their sha256 (tracker.experiment.inputs;
+    # "" or (): none), the numbers that go with them, and the extra models (model names as ``model`` takes them)
+    image: str = field(default="", metadata=column("String", 64))  # img2img / inpainting source
+    mask_image: str = field(default="", metadata=column("String", 64))  # inpainting: white is repainted
+    control_image: tuple[str, ...] = field(default=(), metadata=column("JSON"))  # one per ControlNet
+    ip_adapter_image: str = field(default="", metadata=column("String", 64))
+    strength: float = field(default=0.8, metadata=column("Float"))  # (0, 1]: how much of the image is repainted
+    controlnet_conditioning_scale: float | tuple[float, ...] = field(default=1.0, metadata=column("JSON"))
+    control_guidance_start: float = field(default=0.0, metadata=column("Float"))
+    control_guidance_end: float = field(default=1.0, metadata=column("Float"))
+    ip_adapter_scale: float = field(default=1.0, metadata=column("Float"))
+    denoising_end: float | None = field(default=None, metadata=column("Float"))  # base of a refiner hand-off
+    denoising_start: float | None = field(default=None, metadata=column("Float"))  # where the refiner starts
+    controlnet: tuple[str, ...] = field(default=(), metadata=column("JSON"))  # ControlNet models, in order
+    # {path, weight_name, image_encoder, subfolder} as sorted pairs; stored as one JSON mapping
+    ip_adapter: tuple[tuple[str, Any], ...] = field(default=(), metadata=column("JSON"))
+    refiner: str = field(default="", metadata=column("Text"))  # an SDXL refiner model ("" none)
 
     def options(self) -> dict[str, Any]:
         return dict(self.scheduler_options)
@@ -115,7 +132,17 @@ class Settings:
         d["scheduler_options"] = dict(self.scheduler_options)
         d["lora"] = [dict(a) for a in self.lora]
         d["call"] = call_mapping(self.call)
+        d["control_image"], d["controlnet"] = list(self.control_image), list(self.controlnet)
+        d["ip_adapter"] = dict(self.ip_adapter)
+        if isinstance(self.controlnet_conditioning_scale, tuple):
+            d["controlnet_conditioning_scale"] = list(self.controlnet_conditioning_scale)
         return d
+
+    @property
+    def task(self) -> str:
+        """What the run's pipeline does with its inputs: "text2img", "img2img" (an ``image``) or "inpaint"
+        (an ``image`` and a ``mask_image``); ControlNet, IP-Adapter and the refiner add to any of them."""
+        return "inpaint" if self.image and self.mask_image else "img2img" if self.image else "text2img"
 
     def call_kwargs(self) -> dict[str, Any]:
         """The ``call`` arguments as a mapping (list values as lists)."""
@@ -135,6 +162,22 @@ def lora_settings(raw: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
 def call_settings(raw: Any) -> tuple[tuple[str, Any], ...]:
     """``Settings.call`` from its JSON form (a mapping, as recipes and the store keep it)."""
     return tuple(sorted((str(k), _frozen(v)) for k, v in dict(raw or {}).items()))
+
+
+# settings whose JSON form (store, recipe) is a list or mapping and whose Settings value is a tuple
+_JSON_TUPLES = ("control_image", "controlnet", "controlnet_conditioning_scale", "ip_adapter")
+
+
+def from_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Setting values read back from the store or a recipe (lists, mappings) as Settings holds them (tuples)."""
+    out = dict(values)
+    for name in _JSON_TUPLES:
+        v = out.get(name)
+        if isinstance(v, dict):
+            out[name] = tuple(sorted(v.items()))
+        elif isinstance(v, list):
+            out[name] = tuple(v)
+    return out
 
 
 def call_mapping(call: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
@@ -331,6 +374,76 @@ def _call(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
     return call_settings(v)
 
 
+# -- image-conditioned runs (docs/image-conditioned.md). An image field holds a sha256 here: the parser reads the
+# file an experiment names and passes its hash (tracker.experiment.inputs); a recipe or the store holds the hash.
+
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _image_hash(v: Any, err: Callable) -> str:
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or not HEX64_RE.match(v):
+        err(f"must be an input image's sha256 (64 hex digits) but is {v!r}")
+    return v
+
+
+def _image_hashes(v: Any, err: Callable) -> tuple[str, ...]:
+    items = v if isinstance(v, (list, tuple)) else [] if v in (None, "") else [v]
+    return tuple(_image_hash(x, err) for x in items)
+
+
+def _number(v: Any, err: Callable, low: float, high: float, open_low: bool, open_high: bool) -> float:
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if ok:
+        ok = (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+    if not ok:
+        top = "inf" if high == math.inf else f"{high:g}"
+        err(f"must be a number in {'(['[not open_low]}{low:g}, {top}{')]'[not open_high]} but is {v!r}")
+    return float(v)
+
+
+_strength = lambda v, err: _number(v, err, 0, 1, True, False)  # noqa: E731 - (0, 1]
+_unit = lambda v, err: _number(v, err, 0, 1, False, False)  # noqa: E731 - [0, 1]
+_open_unit = lambda v, err: None if v is None else _number(v, err, 0, 1, True, True)  # noqa: E731 - (0, 1) or null
+_scale = lambda v, err: _number(v, err, 0, math.inf, False, True)  # noqa: E731 - [0, inf)
+
+
+def _scales(v: Any, err: Callable) -> float | tuple[float, ...]:
+    """One conditioning scale, or one per ControlNet (a list)."""
+    if isinstance(v, (list, tuple)):
+        if not v:
+            err("is an empty list; give a number, or one per ControlNet")
+        return tuple(_scale(x, err) for x in v)
+    return _scale(v, err)
+
+
+def _models(v: Any, err: Callable) -> tuple[str, ...]:
+    """ControlNet models: a name (folder, Hub id, single file or {file, config}) or a list of them, in order."""
+    items = v if isinstance(v, (list, tuple)) else [] if v in (None, "") else [v]
+    return tuple(_model(x, err) for x in items)
+
+
+IP_ADAPTER_KEYS = ("path", "weight_name", "image_encoder", "subfolder")
+
+
+def _ip_adapter(v: Any, err: Callable) -> tuple[tuple[str, Any], ...]:
+    """``{path: FOLDER-OR-HUB-ID, weight_name: FILE, image_encoder: FOLDER, subfolder: NAME}`` (diffusers'
+    ``load_ip_adapter``); ``path`` and ``weight_name`` are required."""
+    if v is None or v == {} or v == ():
+        return ()
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in v):
+        v = dict(v)
+    if not isinstance(v, dict) or "path" not in v or "weight_name" not in v or set(v) - set(IP_ADAPTER_KEYS):
+        err(f"must be a mapping with path (a folder or Hub id), weight_name (the weights file in it) and optionally "
+            f"image_encoder (a folder) and subfolder, but is {v!r}")
+    return tuple(sorted((str(k), _text(x, lambda m, k=k: err(f"{k}: {m}"))) for k, x in v.items() if x is not None))
+
+
+def _refiner(v: Any, err: Callable) -> str:
+    return "" if v is None or v == "" else _model(v, err)
+
+
 NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "model": _model, "vae": _model, "scheduler": _scheduler, "scheduler_options": _scheduler_options,
     "steps": _pos_int, "guidance_scale": _guidance, "width": _dim, "height": _dim, "size": _size,
@@ -338,6 +451,10 @@ NORMALIZERS: dict[str, Callable[[Any, Callable], Any]] = {
     "attention_slicing": _bool, "vae_slicing": _bool, "vae_tiling": _bool, "cpu_offload": _bool,
     "batch_size": _batch, "allow_pickle": _bool, "compile": _compile, "attention": _attention,
     "prompt_syntax": _prompt_syntax, "deterministic": _bool, "call": _call,
+    "image": _image_hash, "mask_image": _image_hash, "control_image": _image_hashes, "ip_adapter_image": _image_hash,
+    "strength": _strength, "controlnet_conditioning_scale": _scales, "control_guidance_start": _unit,
+    "control_guidance_end": _unit, "ip_adapter_scale": _scale, "denoising_end": _open_unit,
+    "denoising_start": _open_unit, "controlnet": _models, "ip_adapter": _ip_adapter, "refiner": _refiner,
 }
 
 
@@ -349,6 +466,10 @@ def setting_label(name: str, value: Any) -> str:
         return ",".join(f"{k}={json.dumps(_thawed(v)) if isinstance(v, tuple) else v}" for k, v in value) or "(none)"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if name == "ip_adapter":
+        return dict(value).get("path", "(none)")
+    if isinstance(value, tuple):
+        return "+".join(f"{x:g}" if isinstance(x, float) else str(x) for x in value) or "(none)"
     if name == "compile" and value == "mode=default":
         return "on"
     return str(value)

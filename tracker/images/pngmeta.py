@@ -105,6 +105,13 @@ def _rng(device: Any) -> str | None:
     return "CPU" if device == "cpu" else "GPU" if device.startswith("cuda") else None
 
 
+def _inputs(recipe: Mapping[str, Any]) -> str | None:
+    """The run's input images as ``field=sha256`` (informational: the recipe chunk is what reproduce reads)."""
+    pairs = [(name, h) for name in ("image", "mask_image", "control_image", "ip_adapter_image")
+             for h in (recipe.get(name) if isinstance(recipe.get(name), list) else [recipe.get(name)]) if h]
+    return " ".join(f"{name}={h}" for name, h in pairs) or None
+
+
 def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``Key: value`` pairs of the parameters line, in A1111's order; None where not known."""
     sampler, schedule, extra_options = _sampler(recipe)
@@ -123,8 +130,10 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "Model": recipe.get("model"),
         "VAE hash": short_hash(recipe.get("vae_hash") or recipe.get("vae_revision")) if vae and vae != "default" else None,
         "VAE": vae if vae and vae != "default" else None,
+        "Denoising strength": _number(recipe["strength"]) if recipe.get("image") and recipe.get("strength") else None,
         "Tracker key": recipe.get("key"),
         "Tracker experiment": recipe.get("experiment"),
+        "Tracker inputs": _inputs(recipe),
         "Dtype": recipe.get("dtype"),
         "Generator device": recipe.get("generator_device"),
         "RNG": _rng(recipe.get("generator_device")),

@@ -152,6 +152,7 @@ class ExperimentClient:
         self.created_parents: dict[int | None, str] = {}  # parents this logger made for ``sync``
         self._prompt_versions: dict[tuple[str, str], str] = {}  # (prompt name, template) -> its registry version
         self.registry_note: str | None = None  # why the Prompt Registry is not used (said once), else None
+        self._inputs_logged: dict[str, set[str]] = {}  # parent run id -> the input images' sha256 logged on it
 
     @property
     def experiment_id(self) -> str:
@@ -264,6 +265,7 @@ class ExperimentClient:
         ``mark_synced``, which marks several runs in one store transaction. Logging a run again is safe (its
         MLflow run is found by its key), so a run logged but not yet marked is at worst logged twice."""
         parent_id = parent_id or self.parent_for(rec)
+        self._log_inputs(parent_id, rec)
         existing = self.client.search_runs([self.experiment_id], f"tags.`{KEY_TAG}` = '{rec.key}'", max_results=1)
         params = child_params(rec)
         tags = child_tags(rec)
@@ -380,6 +382,18 @@ class ExperimentClient:
                 break
         self.client.set_experiment_tag(self.experiment_id, PROMPTS_LINKED_TAG, "true")
         return done
+
+    def _log_inputs(self, parent_id: str, rec: "RunRecord") -> None:
+        """A run's input images on its sweep's parent run, once per sha256: ``inputs/<sha256>.<ext>``."""
+        from tracker.experiment.inputs import find, hashes_of
+
+        for h in [h for _, h in hashes_of(rec.run.settings)]:
+            if parent_id not in self._inputs_logged:  # what the parent has already (another process, an earlier sync)
+                self._inputs_logged[parent_id] = {Path(a.path).name.split(".")[0]
+                                                  for a in self.client.list_artifacts(parent_id, "inputs")}
+            if h not in self._inputs_logged[parent_id] and (path := find(self.store.home / "inputs", h)):
+                self.client.log_artifact(parent_id, str(path), "inputs")
+                self._inputs_logged[parent_id].add(h)
 
     def _log_image(self, run_id: str, rec: "RunRecord") -> None:
         """The image through ``log_image`` (key ``image``, step 0): MLflow's image card and its "Image grid"

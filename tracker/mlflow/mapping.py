@@ -38,7 +38,14 @@ def child_params(rec: "RunRecord") -> dict[str, str]:
     ('DPMSolverMultistepScheduler (DPM++ 2M Karras)': 2M, 2M Karras and 2M SDE Karras stay apart)."""
     choice = rec.scheduler_ran
     # every setting as recorded (a new one becomes a param by itself), then the ones shown another way
-    params: dict[str, Any] = {name: getattr(rec, name) for name in SETTING_NAMES if name not in _NOT_PARAMS}
+    from tracker.experiment.inputs import CONDITIONING, unused
+
+    # an image-conditioning setting joins only where the run uses it, read from the run's Settings (the record's
+    # ``image`` is the PNG it made; the setting ``image`` is the input's sha256)
+    settings, planned = rec.run.settings, rec.run.settings.to_dict()
+    params: dict[str, Any] = {name: planned[name] if name in CONDITIONING else getattr(rec, name)
+                              for name in SETTING_NAMES if name not in _NOT_PARAMS and not unused(settings, name)}
+    params.update({k: json.dumps(v, sort_keys=True) for k, v in params.items() if isinstance(v, (list, dict))})
     params.update(seed=rec.seed, scheduler=choice.describe(), sampler=choice.a1111, batch_size_used=rec.batch_size_used,
                   deterministic=bool(rec.deterministic), prompt_syntax=rec.prompt_syntax or "plain")
     if rec.scheduler_options:

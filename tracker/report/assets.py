@@ -142,6 +142,18 @@ class Assets:
         _link_or_copy(thumb, self.root / "thumbs" / thumb.name)
         return (*size, f"thumbs/{thumb.name}")
 
+    def input(self, src: Path, sha: str) -> "Asset | str":
+        """An input image of image-conditioned runs (the workspace's ``inputs/<sha256>.<ext>``), copied and
+        thumbnailed as the outputs are."""
+        from PIL import Image
+
+        try:
+            with Image.open(src) as im:
+                size = im.size
+        except (OSError, ValueError) as e:
+            return f"image unreadable: {e}"
+        return self._asset(src, sha, size)
+
     def add_used(self, rel: str) -> None:
         self.used.add(Path(rel).name)
 

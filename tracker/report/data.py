@@ -68,6 +68,18 @@ class RunDetail:
     error: str | None
     mlflow_url: str | None
     reproduce: str
+    inputs: tuple["InputView", ...] = ()  # the run's input images (img2img, inpainting, ControlNet, IP-Adapter)
+
+
+@dataclass(frozen=True)
+class InputView:
+    """One input image of image-conditioned runs, as the report shows it beside the outputs made from it."""
+
+    field: str  # image, mask_image, control_image, ip_adapter_image
+    sha256: str
+    thumb: str | None  # None: not in the workspace
+    image: str | None
+    label: str = ""  # the axis label (the path the experiment file gave), where the image is on an axis
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ class Report:
     image_problems: tuple[tuple[str, int], ...] = ()  # ("missing" | "modified", count): done runs not shown
     check_command: str = ""  # the command that lists them (tracker check EXPERIMENT)
     images_note: str | None = None  # images read from MLflow's artifact store, or not used (sha256 mismatch)
+    inputs: tuple[InputView, ...] = ()  # every input image of the experiment's runs, once each
 
     def image_problem_line(self) -> str:
         """One line for the page and the terminal; "" when every done run's image is shown."""
@@ -163,4 +176,5 @@ class Report:
 
     def details_json(self) -> dict[str, Any]:
         """key -> the run's details as plain JSON values (the page script reads these)."""
-        return {d.key: {**d.__dict__, "prompt": [s.__dict__ for s in d.prompt]} for d in self.details}
+        return {d.key: {**d.__dict__, "prompt": [s.__dict__ for s in d.prompt],
+                        "inputs": [i.__dict__ for i in d.inputs]} for d in self.details}

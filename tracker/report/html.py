@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tracker.images.grid import REPORT_MAX_PIXELS
+from tracker.experiment.inputs import unused
 from tracker.experiment.settings import SETTING_NAMES, setting_label
 from tracker.mlflow.fetch import Images
 from tracker.report.assets import MODIFIED_NOTE, Asset, Assets, claim, workers, write_marker, write_text
 from tracker.report.attach import mlflow_url
-from tracker.report.data import Cell, Grid, Header, Report, Row, RunDetail, VerifyView
+from tracker.report.data import Cell, Grid, Header, InputView, Report, Row, RunDetail, VerifyView
 from tracker.report.efficiency import efficiency
 from tracker.report.grids import draw, grid_images
 from tracker.report.highlight import highlight
@@ -48,6 +49,7 @@ def build(ws: WorkspaceConfig, experiment: str, rows: str | None = None, cols: s
     assets = Assets(out, ws.thumbs_dir, owned)
     found = Images(ws)  # the workspace's files, else MLflow's copies (checked against the store's sha256)
     images = assets.prepare((e.record for e in source.entries if e.record is not None and e.state == "done"), found)
+    inputs = _inputs(ws, source, assets)
     secs = sections(source, layout, source.entries)
     metric = primary(source.experiment.metrics if source.experiment else (), source.metric_names)
     better = bool(source.metric_names[metric]["higher_is_better"]) if metric else True
@@ -58,7 +60,7 @@ def build(ws: WorkspaceConfig, experiment: str, rows: str | None = None, cols: s
         assets.add_used(g.png)
     with ThreadPoolExecutor(workers()) as pool:
         drawing = draw(pool, jobs, max_pixels)  # the grid images, in threads while the page is made here
-        report = _report(ws, source, layout, grids, images, assets.problems, found, metric, better)
+        report = _report(ws, source, layout, grids, images, assets.problems, found, metric, better, inputs)
         page = render(report)
         for f in drawing:
             f.result()
@@ -71,16 +73,18 @@ def build(ws: WorkspaceConfig, experiment: str, rows: str | None = None, cols: s
 
 
 def _report(ws: WorkspaceConfig, source: Source, layout: Layout, grids: tuple[Grid, ...], images: Mapping[str, Asset | str],
-            problems: Mapping[str, str], found: Images, metric: str | None, better: bool) -> Report:
+            problems: Mapping[str, str], found: Images, metric: str | None, better: bool,
+            inputs: Mapping[str, InputView] | None = None) -> Report:
     """The page's data: the grids, every run's details, the efficiency and metric views."""
     home = _home_option(ws)
-    return Report(
+    inputs = inputs or {}
+    return replace(Report(
         experiment=source.name, description=source.description,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=tuple(Counter(e.state for e in source.entries).most_common()),
         rows_axis=layout.rows or "", cols_axis=layout.cols or "",
         constants=tuple((a.name, a.labels[0]) for a in source.axes if len(a.labels) == 1),
-        grids=grids, details=tuple(_detail(ws, e, images, home, source.metric_values.get(e.key, {}))
+        grids=grids, details=tuple(_detail(ws, e, images, home, source.metric_values.get(e.key, {}), inputs)
                                    for e in source.entries),
         efficiency=efficiency([e.record for e in source.entries if e.record is not None],
                               {k: v.get(metric) for k, v in source.metric_values.items()} if metric else None),
@@ -91,7 +95,27 @@ def _report(ws: WorkspaceConfig, source: Source, layout: Layout, grids: tuple[Gr
         suite=_suite(source, metric, better),
         image_problems=tuple(sorted(Counter(problems.values()).items())),
         check_command=f"tracker {home}check {shlex.quote(source.name)}",
-    )
+    ), inputs=tuple(inputs.values()))
+
+
+def _inputs(ws: WorkspaceConfig, source: Source, assets: Assets) -> dict[str, InputView]:
+    """Every input image of the runs (by sha256), copied and thumbnailed into the report like the outputs."""
+    from tracker.experiment.inputs import find, hashes_of
+
+    out: dict[str, InputView] = {}
+    for e in source.entries:
+        run = e.record.run if e.record is not None else e.planned
+        for field_name, sha in hashes_of(run.settings) if run is not None else ():
+            if sha in out:
+                continue
+            label = e.label(field_name)
+            path = find(ws.inputs_dir, sha)
+            asset = assets.input(path, sha) if path is not None else None
+            if isinstance(asset, Asset):
+                out[sha] = InputView(field_name, sha, asset.thumb, asset.image, label)
+            else:
+                out[sha] = InputView(field_name, sha, None, None, label)
+    return out
 
 
 def _suite(source: Source, metric: str | None, better: bool):
@@ -165,8 +189,13 @@ def _cell(e: Entry | None, images: Mapping[str, Asset | str], others: Sequence[s
 
 
 def _detail(ws: WorkspaceConfig, e: Entry, images: Mapping[str, Asset | str], home: str,
-            scores: Mapping[str, float | None]) -> RunDetail:
+            scores: Mapping[str, float | None], inputs: Mapping[str, InputView]) -> RunDetail:
+    from tracker.experiment.inputs import hashes_of
+
     r = e.record
+    run = r.run if r is not None else e.planned
+    shown = tuple(replace(inputs[sha], field=f) for f, sha in (hashes_of(run.settings) if run is not None else ())
+                  if sha in inputs)
     asset = images.get(e.key)
     title = " · ".join(f"{k}: {v}" for k, v in e.labels)
     error = r.error if r is not None and r.status == "failed" else None
@@ -178,7 +207,7 @@ def _detail(ws: WorkspaceConfig, e: Entry, images: Mapping[str, Asset | str], ho
         recipe=recipe(r if r is not None else e.planned),
         timings=(timings(r) if r is not None else ()) + tuple(
             (name, "—" if v is None else f"{v:.4g}") for name, v in sorted(scores.items())),
-        error=error, mlflow_url=mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}",
+        error=error, mlflow_url=mlflow_url(ws, r), reproduce=f"tracker {home}reproduce {e.key}", inputs=shown,
     )
 
 
@@ -202,7 +231,7 @@ def recipe(run) -> tuple[tuple[str, str], ...]:
     ]
     # any other setting (compile, prompt syntax, LoRA, one added later) as its axis label reads
     rows += [(name.replace("_", " "), _setting_text(name, getattr(s, name))) for name in SETTING_NAMES
-             if name not in _SHOWN]
+             if name not in _SHOWN and not unused(s, name)]
     return tuple(rows)
 
 

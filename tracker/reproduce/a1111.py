@@ -22,7 +22,7 @@ from tracker.reproduce.trust import Trust, checked_settings
 FOREIGN_EXPERIMENT = "reproduce"
 
 # A1111 keys that name no pipeline setting and need no note.
-INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment", "Lora hashes"}
+INFORMATIONAL = {"Model hash", "VAE hash", "Version", "Tracker key", "Tracker experiment", "Lora hashes", "Tracker inputs"}
 # A1111 settings at the value that means "what diffusers does anyway".
 NEUTRAL = {"Clip skip": "1", "Schedule type": "Automatic", "Denoising strength": "0", "Eta": "0"}
 # A1111 extra networks in a prompt; <lora:...> maps to a file of a loras: folder (tracker.prompts.lora)
@@ -100,7 +100,9 @@ def run_from_a1111(params: pngmeta.A1111Params, where: str = "parameters", model
     for key, value in s.items():
         if key in mapped or key in INFORMATIONAL or NEUTRAL.get(key) == value:
             continue
-        notes.append(f"{key}: {value} (not supported, ignored)")
+        why = "an img2img image: its source image is not in the PNG; made from text" \
+            if key == "Denoising strength" else "not supported, ignored"
+        notes.append(f"{key}: {value} ({why})")
     prompt = checked_prompt(prompt, where, "prompt")
     negative = checked_prompt(params.negative_prompt, where, "negative prompt")
     for text, label in ((prompt, "prompt"), (negative, "negative prompt")):

@@ -227,11 +227,22 @@ class Collected(batches.BatchHooks):
         self.images.setdefault(run.key, _NoImage(run.key, error))
 
 
-def new_engine(device: str | None):
-    """An Engine on ``device`` for regenerating runs (torch and diffusers load here)."""
+def new_engine(device: str | None, inputs_dir: Path | None = None):
+    """An Engine on ``device`` for regenerating runs (torch and diffusers load here); ``inputs_dir``: the
+    workspace's input images (image-conditioned runs)."""
     from tracker.engine.core import Engine
 
-    return Engine(device=device)
+    engine = Engine(device=device)
+    engine.inputs_dir = inputs_dir
+    return engine
+
+
+def check_inputs(run: PlannedRun, inputs_dir: Path | None, where: str) -> None:
+    """Every input image of ``run`` is in the workspace (by its sha256), or one line saying which is missing."""
+    from tracker.experiment import inputs
+
+    for field_name, sha in inputs.hashes_of(run.settings):
+        inputs.require(inputs_dir, sha, field_name, where)
 
 
 def current_facts(engine, run: PlannedRun) -> dict[str, Any]:
@@ -249,12 +260,15 @@ class Reproduction:
     error: str | None = None  # the engine made no image (e.g. NaN in output)
 
 
-def reproduce(source: RunSource, device: str | None = None, engine=None, save: Path | None = None) -> Reproduction:
-    """Generate the source's run again and compare it with the original image."""
+def reproduce(source: RunSource, device: str | None = None, engine=None, save: Path | None = None,
+              inputs_dir: Path | None = None) -> Reproduction:
+    """Generate the source's run again and compare it with the original image. ``inputs_dir``: where the
+    workspace keeps input images (an img2img run's source image, by its sha256)."""
     if source.reference is None:
         raise TrackerError("no original image to compare with")
+    check_inputs(source.run, inputs_dir if engine is None else engine.inputs_dir or inputs_dir, str(source.reference))
     reference = pngmeta.open_png(source.reference)  # fail on a missing original before loading a model
-    engine = engine or new_engine(device)
+    engine = engine or new_engine(device, inputs_dir)
     run = source.run
     try:
         current = current_facts(engine, run)

@@ -16,7 +16,7 @@ from tracker.engine import batches
 from tracker.images import pngmeta
 from tracker.errors import NotFoundError, TrackerError
 from tracker.reproduce.regenerate import (Collected, Drift, compare, current_facts, edited_note, environment_warnings,
-                                         new_engine, original_facts)
+                                         new_engine, original_facts, check_inputs)
 from tracker.textfmt import table
 
 DEFAULT_SAMPLE = 8
@@ -113,7 +113,9 @@ def verify(store, experiment: str, sample: int = DEFAULT_SAMPLE, device: str | N
     if not done or not sweeps:
         raise TrackerError(f"experiment {experiment!r} has no done runs to verify; run it first (tracker run)")
     records = sample_runs(done, sample)
-    engine = engine or new_engine(device)
+    engine = engine or new_engine(device, store.home / "inputs")
+    for rec in records:  # an input image gone from the workspace: one line, before anything generates
+        check_inputs(rec.planned(), engine.inputs_dir, f"run {rec.key}")
     environments = {s["id"]: s.get("environment") or {} for s in sweeps}
     warnings: list[str] = []
     device_used = None

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from tracker.experiment.plan import PlannedRun
 from tracker.experiment.schedulers import SchedulerChoice
-from tracker.experiment.settings import SETTING_NAMES, Settings, call_settings, lora_settings
+from tracker.experiment.settings import SETTING_NAMES, Settings, call_settings, from_json, lora_settings
 
 # the planned run's values outside its Settings, as the record and the runs table name them
 RUN_NAMES = ("key", "experiment", "axes", "prompt", "negative_prompt", "prompt_template", "negative_template",
@@ -53,7 +53,7 @@ def _planned(values: Mapping[str, Any]) -> tuple[PlannedRun, frozenset[str]]:
     values left unrecorded (None). A setting the run was recorded without takes its default."""
     get = values.get
     unrecorded = frozenset([n for n in _MAY_BE_UNRECORDED if get(n) is None])
-    settings = {n: v for n in SETTING_NAMES if (v := get(n)) is not None and v != ""}
+    settings = from_json({n: v for n in SETTING_NAMES if (v := get(n)) is not None and v != ""})
     for name in _ON_OFF:  # on/off settings come back from SQL as 0/1
         if name in settings:
             settings[name] = bool(settings[name])
@@ -138,6 +138,7 @@ class RunRecord:
         ``PlannedRun.to_dict``). ``batch_size`` is the batch size used; the setting is ``batch_size_planned``."""
         out = {**self._values(self.run, self.unrecorded), "status": self.status}
         out.update({name: _jsonable(getattr(self, name)) for name in _RESULT_FIELDS})
+        out.update(input_image=self.run.settings.image or None)  # ``image`` is the PNG made; this, the input's sha256
         out.update(batch_size_planned=out["batch_size"], batch_size=self.batch_size_used,
                    run=self.run.to_dict(), unrecorded=sorted(self.unrecorded))
         return out

@@ -217,6 +217,7 @@ class Daemon:
         self.ws.ensure()
         store = Store.open(self.ws.db_url, home=self.ws.home)
         engine = Engine(device=self.device)
+        engine.inputs_dir = self.ws.inputs_dir  # a queued sweep's input images (its submitter stored them)
         device = self.device or "auto"
         try:
             device = engine._resolve_device(device.lower(), "--device")

@@ -153,6 +153,7 @@ def start_sweep(store, prepared: Prepared, options: "RunOptions", work: Work, su
     with --retry-failed), count what is skipped; returns the runs' stored status. Every executor that records
     runs (in process, the Ray driver) starts its sweep here."""
     exp, the_plan, file = prepared.experiment, prepared.plan, prepared.file
+    store_inputs(exp, store.home)
     store.save_experiment(exp.name, str(file) if file is not None else None, exp.source, the_plan.version)
     record: dict = {"command": options.command or " ".join(["tracker", *sys.argv[1:]]), "host": socket.gethostname()}
     if versions is not None:
@@ -175,6 +176,15 @@ def start_sweep(store, prepared: Prepared, options: "RunOptions", work: Work, su
         store.mark_pending(exp.name, [r.key for r in work.todo if status.get(r.key) == "failed"])
     summary.skipped, summary.failed_earlier = work.done, work.failed_earlier
     return status
+
+
+def store_inputs(exp: ExperimentSpec, home: Path) -> None:
+    """The experiment's input images into the workspace, once each by their sha256 (``<home>/inputs``): what the
+    engine, reproduce and the report read from then on. Every sweep that records runs stores them first."""
+    if exp.inputs:
+        from tracker.experiment import inputs
+
+        inputs.store(exp.inputs.values(), Path(home) / "inputs")
 
 
 def lost_images(records, keys: set[str]) -> tuple[list[str], list[str]]:

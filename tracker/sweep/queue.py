@@ -243,6 +243,7 @@ def submit(ws, path, options, priority: int = 0, require_worker: bool = True) ->
         if require_worker and not live:
             return None
         preparation.claim_name(store, exp, file)
+        preparation.store_inputs(exp, store.home)  # the warm worker reads them from the workspace by hash
         found = preparation.find_work(store.runs(exp.name), the_plan.runs, options.retry_failed)
         todo, status = found.todo, found.status
         summary = runner.SweepSummary(exp.name, planned=len(the_plan.runs), images_dir=ws.images_dir / exp.name,

@@ -44,7 +44,7 @@ def import_ray():
 class Generator:
     """The actor: a loaded Engine that turns a batch-sized group of runs into images."""
 
-    def __init__(self, base_dir: str, device: str | None, threads: int | None):
+    def __init__(self, base_dir: str, device: str | None, threads: int | None, inputs_dir: str | None = None):
         import socket
 
         if threads:
@@ -54,6 +54,7 @@ class Generator:
         from tracker.engine.core import Engine
 
         self.engine = Engine(device=device, base_dir=Path(base_dir))
+        self.engine.inputs_dir = Path(inputs_dir) if inputs_dir else None  # the workspace's input images (shared)
         self.device = device
         self.fits: dict = {}  # settings -> batch size that fitted after out of memory, kept across batches
         self.where = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
@@ -155,7 +156,7 @@ def _start(ray, address: str | None) -> bool:
     return True
 
 
-def _actors(ray, n: int | None, device: str | None, base_dir: Path):
+def _actors(ray, n: int | None, device: str | None, base_dir: Path, inputs_dir: Path | None = None):
     """One actor per GPU of the cluster, else one per CPU slot (or ``n``), each with a loaded engine."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -168,7 +169,8 @@ def _actors(ray, n: int | None, device: str | None, base_dir: Path):
     # named tracker:<driver pid>:<sweep token>:<i>, so that `ray list actors` shows whose they are; the token keeps
     # two sweeps of one driver process (a notebook, the tests) apart while the first one's actors are still going away
     token = uuid.uuid4().hex[:8]
-    return [cls.options(name=f"tracker:{os.getpid()}:{token}:{i}").remote(str(base_dir), dev, threads)
+    return [cls.options(name=f"tracker:{os.getpid()}:{token}:{i}").remote(str(base_dir), dev, threads,
+                                                                              str(inputs_dir) if inputs_dir else None)
             for i in range(count)]
 
 
@@ -193,7 +195,7 @@ def run_ray(ws, prepared, address: str | None, options, n: int | None = None):
         todo = found.todo
 
         # 2. The actors: each loads the pipelines once (a missing model fails here, naming the file).
-        actors = _actors(ray, n, options.device, prepared.base_dir or Path.cwd())
+        actors = _actors(ray, n, options.device, prepared.base_dir or Path.cwd(), ws.inputs_dir)
         groups = list(runner.ordered_groups(todo))
         try:
             where_actors = ray.get([a.info.remote() for a in actors])

@@ -114,6 +114,7 @@ def run_prepared(ws: WorkspaceConfig, prepared: Prepared, options: RunOptions = 
             if any(r.settings.compile != COMPILE_OFF for r in todo):
                 speed_cache_dir(ws.home)  # compile: inductor's artefacts stay in the workspace
             engine = engine or _engine(options, prepared.base_dir, pipeline)
+            engine.inputs_dir = ws.inputs_dir  # image-conditioned runs read their inputs from the workspace
             try:
                 for group in ordered_groups(todo):
                     engine.prepare(group[0].settings)
