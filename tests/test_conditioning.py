@@ -1,0 +1,194 @@
+"""ControlNet, IP-Adapter and refiner hand-off (tracker.engine.conditioning) on tiny models built in the tests
+(tests/conditioning.py): the tracker's path makes the pixels a plain diffusers call makes with the same arguments
+and seeds, a ControlNet of another family is one clear error before anything is generated, and scales move pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import conditioning as fixtures
+
+STEPS = 3
+
+
+def _u8(images) -> np.ndarray:
+    return (np.asarray(images) * 255).round().astype(np.int16)
+
+
+def _gens(seeds):
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def _kwargs(seeds=(0, 1), prompt="a red house", size=64):
+    return {"prompt": [prompt] * len(seeds), "num_inference_steps": STEPS, "width": size, "height": size,
+            "generator": _gens(seeds), "output_type": "np"}
+
+
+def _load(folder):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tracker(base, cond, seeds=(0, 1), **kw):
+    import torch
+    from tracker.engine.conditioning import Conditioner
+
+    conditioner = kw.pop("conditioner", None) or Conditioner()
+    prepared = conditioner.prepare(base, cond, dtype=torch.float32, allow_pickle=False, model="tiny",
+                                   base_location=kw.pop("base_location", None))
+    return _u8(conditioner.call(prepared, base, _kwargs(seeds, **kw)).images)
+
+
+@pytest.mark.slow
+def test_one_controlnet_matches_plain_diffusers(family_model, conditioning_model):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from tracker.engine.conditioning import Conditioning
+
+    sd, cn = family_model("sd15"), conditioning_model("controlnet", "sd15")
+    image = fixtures.control_image(64)
+    ours = _tracker(_load(sd), Conditioning(controlnet=(str(cn),), control_image=(image,),
+                                            controlnet_conditioning_scale=(0.7,), control_guidance_end=(0.8,)))
+    plain = StableDiffusionControlNetPipeline(**_load(sd).components, controlnet=ControlNetModel.from_pretrained(cn))
+    plain.set_progress_bar_config(disable=True)
+    ref = _u8(plain(**_kwargs(), image=image, controlnet_conditioning_scale=0.7, control_guidance_end=0.8).images)
+    assert ours.shape == ref.shape == (2, 64, 64, 3)
+    assert np.abs(ours - ref).max() <= 2
+    without = _u8(_load(sd)(**_kwargs()).images)
+    assert np.abs(ours - without).max() > 10  # the ControlNet did change the image
+
+
+@pytest.mark.slow
+def test_two_controlnets_match_plain_diffusers(family_model, conditioning_model, tmp_path):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from tracker.engine.conditioning import Conditioning
+
+    sd = family_model("sd15")
+    cn1 = conditioning_model("controlnet", "sd15")
+    cn2 = fixtures.controlnet(sd, tmp_path / "cn2", seed=11)
+    images = (fixtures.control_image(64, 0), fixtures.control_image(64, 3))
+    ours = _tracker(_load(sd), Conditioning(controlnet=(str(cn1), str(cn2)), control_image=images,
+                                            controlnet_conditioning_scale=(1.0, 0.5)))
+    plain = StableDiffusionControlNetPipeline(**_load(sd).components, controlnet=[
+        ControlNetModel.from_pretrained(cn1), ControlNetModel.from_pretrained(cn2)])
+    plain.set_progress_bar_config(disable=True)
+    ref = _u8(plain(**_kwargs(), image=list(images), controlnet_conditioning_scale=[1.0, 0.5]).images)
+    assert np.abs(ours - ref).max() <= 2
+    one = _tracker(_load(sd), Conditioning(controlnet=(str(cn1),), control_image=images[:1]))
+    assert np.abs(ours - one).max() > 10
+
+
+@pytest.mark.slow
+def test_ip_adapter_matches_plain_diffusers_and_unloads(family_model, conditioning_model):
+    from tracker.engine.conditioning import Conditioner, Conditioning
+
+    sd, ipa = family_model("sd15"), conditioning_model("ip_adapter", "sd15")
+    ref_image = fixtures.reference_image(32)
+    weights = str(ipa / fixtures.IP_WEIGHT_NAME)
+    base, conditioner = _load(sd), Conditioner()
+    ours = _tracker(base, Conditioning(ip_adapter=weights, ip_adapter_image=ref_image, ip_adapter_scale=0.6),
+                    conditioner=conditioner)
+    plain = _load(sd)
+    plain.load_ip_adapter(str(ipa), subfolder="", weight_name=fixtures.IP_WEIGHT_NAME,
+                          image_encoder_folder="image_encoder")
+    plain.set_ip_adapter_scale(0.6)
+    ref = _u8(plain(**_kwargs(), ip_adapter_image=ref_image).images)
+    assert np.abs(ours - ref).max() <= 2
+    # the next run has no IP-Adapter: the same pipeline draws what the plain model draws
+    after = _tracker(base, Conditioning(), conditioner=conditioner)
+    without = _u8(_load(sd)(**_kwargs()).images)
+    assert np.abs(after - without).max() <= 2
+    assert np.abs(ours - without).max() > 10
+    assert base.image_encoder is None
+    # and back again: from the cache, the same pixels
+    again = _tracker(base, Conditioning(ip_adapter=weights, ip_adapter_image=ref_image, ip_adapter_scale=0.6),
+                     conditioner=conditioner)
+    assert np.abs(again - ours).max() <= 2
+
+
+@pytest.mark.slow
+def test_refiner_hand_off_matches_plain_diffusers(family_model, conditioning_model):
+    from diffusers import DiffusionPipeline
+    from tracker.engine.conditioning import Conditioner, Conditioning
+
+    xl, refiner = family_model("sdxl"), conditioning_model("refiner", "sdxl")
+    base, conditioner = _load(xl), Conditioner()
+    cond = Conditioning(refiner=str(refiner), denoising_end=0.6)
+    ours = _tracker(base, cond, conditioner=conditioner, base_location=str(xl))
+    loaded = next(iter(conditioner.refiners.values()))
+    assert loaded.text_encoder_2 is base.text_encoder_2 and loaded.vae is base.vae  # shared, as diffusers' docs do
+
+    plain = _load(xl)
+    plain_refiner = DiffusionPipeline.from_pretrained(refiner, text_encoder_2=plain.text_encoder_2, vae=plain.vae)
+    plain_refiner.set_progress_bar_config(disable=True)
+    kw = _kwargs()
+    latents = plain(**{**kw, "output_type": "latent"}, denoising_end=0.6).images
+    ref = _u8(plain_refiner(prompt=kw["prompt"], num_inference_steps=STEPS, generator=kw["generator"], image=latents,
+                            denoising_start=0.6, output_type="np").images)
+    assert np.abs(ours - ref).max() <= 2
+    base_only = _u8(_load(xl)(**_kwargs()).images)
+    assert np.abs(ours - base_only).max() > 2
+
+
+def test_controlnet_of_another_family_is_one_clear_error(family_model, conditioning_model):
+    import torch
+    from tracker.engine.conditioning import Conditioner, Conditioning, ConditioningError
+    from tracker.errors import TrackerError
+
+    base = _load(family_model("sd15"))
+    xl_cn = conditioning_model("controlnet", "sdxl")
+    with pytest.raises(ConditioningError) as err:
+        Conditioner().prepare(base, Conditioning(controlnet=(str(xl_cn),), control_image=(fixtures.control_image(),)),
+                              dtype=torch.float32, allow_pickle=False, model="tiny")
+    msg = str(err.value)
+    assert isinstance(err.value, TrackerError) and "\n" not in msg
+    assert msg.startswith(f"controlnet {str(xl_cn)!r}: made for another model family than model 'tiny'")
+    assert "cross_attention_dim 96 (model: 32)" in msg and "addition_embed_type 'text_time' (model: None)" in msg
+
+
+def test_missing_controlnet_and_pickle_only_are_one_line(family_model, tmp_path):
+    import torch
+    from tracker.engine.conditioning import Conditioner, Conditioning, ConditioningError
+    from tracker.errors import ModelError
+
+    base = _load(family_model("sd15"))
+    with pytest.raises(ModelError, match="no diffusers model in local folder"):
+        Conditioner().prepare(base, Conditioning(controlnet=(str(tmp_path / "nope"),), control_image=(None,)),
+                              dtype=torch.float32, allow_pickle=False, model="tiny")
+    (tmp_path / "cn.ckpt").write_bytes(b"x")
+    with pytest.raises(ConditioningError, match="pickle file"):
+        Conditioner().prepare(base, Conditioning(controlnet=(str(tmp_path / "cn.ckpt"),), control_image=(None,)),
+                              dtype=torch.float32, allow_pickle=False, model="tiny")
+
+
+@pytest.mark.slow
+def test_conditioning_scale_values_make_different_images(family_model, conditioning_model):
+    from tracker.engine.conditioning import Conditioner, Conditioning
+
+    sd, cn = family_model("sd15"), conditioning_model("controlnet", "sd15")
+    base, conditioner = _load(sd), Conditioner()
+    images = [_tracker(base, Conditioning(controlnet=(str(cn),), control_image=(fixtures.control_image(),),
+                                          controlnet_conditioning_scale=(s,)), seeds=(0,), conditioner=conditioner)
+              for s in (0.0, 0.5, 1.0)]
+    assert len(conditioner.controlnets) == 1 and len(conditioner.derived) == 1  # loaded once
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert np.abs(images[a] - images[b]).max() > 10
+
+
+def test_family_mismatch_reads_the_configs():
+    from tracker.engine.conditioning import family_mismatch
+
+    sd = {"in_channels": 4, "cross_attention_dim": 768, "block_out_channels": [320, 640, 1280, 1280],
+          "layers_per_block": 2, "addition_embed_type": None}
+    assert family_mismatch({**sd, "conditioning_embedding_out_channels": [16, 32, 96, 256]}, sd, 8) == []
+    xl = {**sd, "cross_attention_dim": 2048, "addition_embed_type": "text_time"}
+    assert family_mismatch(xl, sd) == ["cross_attention_dim 2048 (model: 768)",
+                                       "addition_embed_type 'text_time' (model: None)"]
+    assert family_mismatch({"conditioning_embedding_out_channels": [16, 32]}, sd, 8) == [
+        "control image downsampled 2x (model's latents: 8x)"]

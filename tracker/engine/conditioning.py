@@ -1,0 +1,453 @@
+"""ControlNets, IP-Adapters and the SDXL base + refiner hand-off, on top of a pipeline the engine loaded.
+
+A run's ``Conditioning`` (the ControlNet models and control images with their scales and guidance window, an
+IP-Adapter with its reference image and scale, a refiner with the denoising fraction where it takes over) is
+applied by a ``Conditioner``, the engine's part that loads and caches what these need:
+
+- ControlNets (``ControlNetModel`` or the class the checkpoint's config names: ``FluxControlNetModel``, ...) from a
+  folder, a Hub id or a single file (``from_single_file``, safetensors unless ``allow_pickle``), checked against the
+  base model's denoiser config before anything is generated (``check_family``); the ControlNet pipeline is
+  diffusers' AutoPipeline's choice for the base's class (``AutoPipelineForText2Image.from_pipe(base,
+  controlnet=...)``; several ControlNets become its ``MultiControlNetModel``), sharing every base component.
+- IP-Adapters: the weights file (``image_proj.*``/``ip_adapter.*``) and its CLIP image encoder are read once and
+  kept; ``load_ip_adapter`` puts them into the base pipeline (the UNet is shared with its ControlNet pipelines),
+  ``set_ip_adapter_scale`` sets the scale, and a run without one unloads it (``unload_ip_adapter``).
+- Refiners: a pipeline whose ``__call__`` takes ``denoising_start`` (SDXL's img2img), loaded like a model and
+  sharing the base's ``text_encoder_2`` and VAE where its own are the same (their configs on disk are equal), as
+  diffusers' SDXL docs do. The base is called with ``denoising_end`` and ``output_type="latent"``, the refiner with
+  ``denoising_start`` and ``image=latents``, the same seeded generators and a fresh scheduler of the run's class.
+
+Which keyword carries the control image (``image`` or, where the pipeline also takes an init image,
+``control_image``) and whether a pipeline can hand off latents is read from the pipeline class's ``__call__``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tracker.engine.load_errors import (_describe, _first_line, _is_missing, _missing_error, _offline, _pickle_error,
+                                        _quiet_loading, _safetensors_refused)
+from tracker.errors import ModelError
+from tracker.experiment import model_refs as models
+
+if TYPE_CHECKING:
+    import torch
+
+# Denoiser config entries a ControlNet must share with the base model's UNet/transformer: the latent channels, the
+# text-embedding width, SDXL's added time/text embedding, and the residual layout the ControlNet adds into.
+FAMILY_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "projection_class_embeddings_input_dim",
+               "block_out_channels", "layers_per_block", "joint_attention_dim", "pooled_projection_dim")
+_STAMPS = ("_diffusers_version", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
+SHARED_WITH_REFINER = ("text_encoder_2", "vae")  # what diffusers' SDXL docs pass from the base to the refiner
+
+
+class ConditioningError(ModelError):
+    """A ControlNet, IP-Adapter or refiner that cannot be loaded or does not fit the run's model (one line)."""
+
+
+@dataclass(eq=False)
+class Conditioning:
+    """What one run adds to its model's call. Images are PIL images (the engine reads them from the workspace)."""
+
+    controlnet: tuple[str, ...] = ()
+    control_image: tuple[Any, ...] = ()  # one per ControlNet
+    controlnet_conditioning_scale: tuple[float, ...] = ()  # one per ControlNet, or one for all; () = 1.0
+    control_guidance_start: tuple[float, ...] = ()
+    control_guidance_end: tuple[float, ...] = ()
+    ip_adapter: Any = None  # an IP-Adapter reference (``ip_adapter_ref``)
+    ip_adapter_image: Any = None
+    ip_adapter_scale: float = 1.0
+    refiner: str | None = None
+    denoising_end: float | None = None  # where the base stops (with a refiner: where the refiner starts)
+    denoising_start: float | None = None  # the refiner's start, when not the base's end
+
+    def __bool__(self) -> bool:
+        return bool(self.controlnet or self.ip_adapter or self.refiner)
+
+
+@dataclass(frozen=True)
+class IPAdapterRef:
+    """Where an IP-Adapter is: ``location`` (a folder or Hub repo), its ``subfolder`` and ``weight_name``, and its image
+    encoder folder (``image_encoder``, relative to ``subfolder`` when it has no "/", else to ``location``: as
+    diffusers' ``load_ip_adapter`` reads ``image_encoder_folder``)."""
+
+    location: str
+    weight_name: str
+    subfolder: str = ""
+    image_encoder: str = "image_encoder"
+    hub: bool = False
+
+    def encoder_subfolder(self) -> str:
+        return str(Path(self.subfolder, self.image_encoder).as_posix()) if "/" not in self.image_encoder \
+            else self.image_encoder
+
+
+def ip_adapter_ref(value: Any, base_dir: Path | None = None) -> IPAdapterRef:
+    """An IP-Adapter reference from a weights file path (local, or ``owner/repo/sub/folders/file.safetensors`` on the
+    Hub) or a mapping ``{file: ..., image_encoder: ...}``."""
+    if isinstance(value, IPAdapterRef):
+        return value
+    encoder = "image_encoder"
+    if isinstance(value, dict):
+        encoder = str(value.get("image_encoder", encoder))
+        value = value.get("file")
+    if not isinstance(value, str) or not value.strip():
+        raise ConditioningError(f"ip_adapter {value!r}: give the IP-Adapter's weights file (a path, or "
+                                f"owner/repo/folder/file.safetensors on the Hugging Face Hub)")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_file() or value.startswith((".", "/", "~")):
+        return IPAdapterRef(str(path.resolve().parent), path.name, "", encoder)
+    parts = value.split("/")
+    if len(parts) < 3:
+        raise ConditioningError(f"ip_adapter {value!r}: no such file, and not owner/repo/[folder/]file on the Hub")
+    return IPAdapterRef("/".join(parts[:2]), parts[-1], "/".join(parts[2:-1]), encoder, hub=True)
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+def denoiser(pipe: Any) -> Any:
+    return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+
+
+def call_parameters(pipe_or_class: Any) -> frozenset[str]:
+    cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
+    return frozenset(inspect.signature(cls.__call__).parameters)
+
+
+def family_mismatch(controlnet_config: dict, base_config: dict, vae_scale_factor: int | None = None) -> list[str]:
+    """The config entries where a ControlNet does not fit a base denoiser ("name X (model: Y)"); [] when it fits."""
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    out = [f"{k} {norm(controlnet_config[k])!r} (model: {norm(base_config[k])!r})" for k in FAMILY_KEYS
+           if k in controlnet_config and k in base_config and norm(controlnet_config[k]) != norm(base_config[k])]
+    embed = controlnet_config.get("conditioning_embedding_out_channels")
+    if vae_scale_factor and embed and 2 ** (len(embed) - 1) != vae_scale_factor:
+        out.append(f"control image downsampled {2 ** (len(embed) - 1)}x (model's latents: {vae_scale_factor}x)")
+    return out
+
+
+def control_kwargs(pipe: Any, cond: Conditioning) -> dict[str, Any]:
+    """The ControlNet keywords of a call of ``pipe``: its control image keyword, scales and guidance window."""
+    n = len(cond.controlnet)
+    if len(cond.control_image) != n:
+        raise ConditioningError(f"controlnet: {n} ControlNet(s) but {len(cond.control_image)} control image(s); "
+                                f"give one control_image per controlnet")
+
+    def each(values: tuple[float, ...], what: str) -> Any:
+        if len(values) not in (0, 1, n):
+            raise ConditioningError(f"{what}: {len(values)} values for {n} ControlNets; give one, or one each")
+        if not values:
+            return None
+        return values[0] if n == 1 else (list(values) * n if len(values) == 1 else list(values))
+
+    key = "control_image" if "control_image" in call_parameters(pipe) else "image"
+    kw: dict[str, Any] = {key: cond.control_image[0] if n == 1 else list(cond.control_image)}
+    for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
+        value = each(getattr(cond, name), name)
+        if value is not None:
+            kw[name] = value
+    return kw
+
+
+def _component_config(location: str, component: str, hub: bool) -> dict | None:
+    """A component's config.json (version stamps dropped) from a local folder or the Hub cache; None if unreadable."""
+    path: Any = Path(location) / component / "config.json"
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(location, f"{component}/config.json")
+        if not isinstance(path, str):
+            return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in data.items() if k not in _STAMPS}
+
+
+# ------------------------------------------------------------------------------------------------ the engine part
+
+@dataclass
+class ConditionedCall:
+    """What ``Conditioner.prepare`` set up for a batch: the pipeline to call and what to add to its call."""
+
+    pipe: Any
+    extra: dict = field(default_factory=dict)
+    refiner: Any = None
+    denoising_end: float | None = None
+    denoising_start: float | None = None
+
+
+class Conditioner:
+    """Loads and caches ControlNets, IP-Adapters and refiners; see the module's docstring. ``base_dir`` resolves
+    relative paths. Every cache is per location, dtype and allow_pickle; ``forget(pipe)`` drops what hangs on an
+    evicted base pipeline, ``clear()`` everything."""
+
+    def __init__(self, base_dir: Path | None = None):
+        self.base_dir = base_dir
+        self.controlnets: dict[tuple, Any] = {}
+        self.ip_adapters: dict[tuple, tuple[Any, dict]] = {}  # key -> (image encoder, {"image_proj", "ip_adapter"})
+        self.refiners: dict[tuple, Any] = {}  # (location, dtype, allow_pickle, id(base)) -> pipeline
+        self.derived: dict[tuple, Any] = {}  # (id(base), ControlNet keys) -> ControlNet pipeline
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _ref(self, name: str) -> models.ModelRef:
+        return models.resolve(name, self.base_dir)
+
+    @staticmethod
+    def _kw(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
+        kw: dict[str, Any] = {"dtype": dtype}
+        if not allow_pickle:
+            kw["use_safetensors"] = True
+        if _offline():
+            kw["local_files_only"] = True
+        return kw
+
+    def controlnet(self, name: str, base: Any, dtype: torch.dtype, allow_pickle: bool, model: str) -> Any:
+        """The ControlNet ``name`` (loaded once), refused in one line when it does not fit ``base``'s denoiser."""
+        ref = self._ref(name)
+        key = (ref.location, ref.config, str(dtype), allow_pickle)
+        if key not in self.controlnets:
+            self.controlnets[key] = self._load_controlnet(name, ref, dtype, allow_pickle)
+        cn = self.controlnets[key]
+        bad = family_mismatch(dict(cn.config), dict(denoiser(base).config), getattr(base, "vae_scale_factor", None))
+        if bad:
+            raise ConditioningError(f"controlnet {name!r}: made for another model family than model {model!r} "
+                                    f"({type(base).__name__}): {'; '.join(bad)}; use a ControlNet trained for "
+                                    f"this model's family")
+        return cn
+
+    def _load_controlnet(self, name: str, ref: models.ModelRef, dtype: torch.dtype, allow_pickle: bool) -> Any:
+        import diffusers
+
+        if ref.kind == "file":
+            path = Path(ref.location)
+            if not path.is_file():
+                raise ConditioningError(f"controlnet {name!r}: no such file ({path})")
+            if path.suffix.lower() != ".safetensors" and not allow_pickle:
+                raise ConditioningError(f"controlnet {name!r}: a pickle file ({path.suffix}) can run code when loaded; "
+                                        f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+            kw: dict[str, Any] = {"dtype": dtype}
+            if ref.config:
+                kw["config"] = str(models.resolve(ref.config, self.base_dir).location)
+            if _offline():
+                kw["local_files_only"] = True
+            try:
+                with _quiet_loading():
+                    return diffusers.ControlNetModel.from_single_file(str(path), **kw).eval()
+            except Exception as e:  # noqa: BLE001 - one line, whatever diffusers raises
+                raise ConditioningError(f"controlnet {name!r}: the single file {path} could not be loaded as a "
+                                        f"ControlNetModel{' with the config of ' + ref.config if ref.config else ''}: "
+                                        f"{_first_line(e)}") from None
+        try:
+            config = diffusers.ControlNetModel.load_config(ref.location, local_files_only=_offline())
+            cls = getattr(diffusers, str(config.get("_class_name", "ControlNetModel")), None)
+            if cls is None or not hasattr(cls, "from_pretrained"):
+                raise ConditioningError(f"controlnet {name!r}: {_describe(ref)} holds a {config.get('_class_name')}, "
+                                        f"which is not a diffusers ControlNet class")
+            with _quiet_loading():
+                return cls.from_pretrained(ref.location, **self._kw(dtype, allow_pickle)).eval()
+        except ConditioningError:
+            raise
+        except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
+            if not allow_pickle and _safetensors_refused(e):
+                raise _pickle_error("controlnet", ref) from None
+            if _is_missing(e):
+                raise _missing_error("controlnet", ref, e) from None
+            raise ConditioningError(f"controlnet {name!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
+                from None
+
+    def _ip_weights(self, ref: IPAdapterRef, name: str, dtype: torch.dtype, allow_pickle: bool) -> tuple[Any, dict]:
+        key = (ref, str(dtype), allow_pickle)
+        if key in self.ip_adapters:
+            return self.ip_adapters[key]
+        from diffusers.models.model_loading_utils import load_state_dict
+        from transformers import CLIPVisionModelWithProjection
+
+        if not ref.weight_name.endswith(".safetensors") and not allow_pickle:
+            raise ConditioningError(f"ip_adapter {name!r}: {ref.weight_name} is a pickle file, which can run code when "
+                                    f"loaded; use its .safetensors, or set allow_pickle: true if you trust it")
+        try:
+            if ref.hub:
+                from huggingface_hub import hf_hub_download
+
+                file = hf_hub_download(ref.location, ref.weight_name, subfolder=ref.subfolder or None,
+                                       local_files_only=_offline())
+            else:
+                file = str(Path(ref.location, ref.subfolder, ref.weight_name))
+            flat = load_state_dict(file)
+            state: dict = {"image_proj": {}, "ip_adapter": {}}
+            for k, v in flat.items():
+                part, _, rest = k.partition(".")
+                if part in state:
+                    state[part][rest] = v
+            if isinstance(flat.get("image_proj"), dict):  # the .bin layout: already nested
+                state = flat
+            if not state["image_proj"] or not state["ip_adapter"]:
+                raise ConditioningError(f"ip_adapter {name!r}: {file} holds no image_proj.*/ip_adapter.* weights; "
+                                        f"it is not an IP-Adapter")
+            with _quiet_loading():
+                encoder = CLIPVisionModelWithProjection.from_pretrained(
+                    ref.location, subfolder=ref.encoder_subfolder(), **self._kw(dtype, allow_pickle)).eval()
+        except ConditioningError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one line, whatever the loaders raise
+            raise ConditioningError(f"ip_adapter {name!r}: cannot be loaded from {ref.location} (weights "
+                                    f"{ref.subfolder + '/' if ref.subfolder else ''}{ref.weight_name}, image encoder "
+                                    f"{ref.encoder_subfolder()}/): {_first_line(e)}") from None
+        self.ip_adapters[key] = (encoder, state)
+        return encoder, state
+
+    def refiner(self, name: str, base: Any, base_location: str | None, dtype: torch.dtype, allow_pickle: bool) -> Any:
+        """The refiner pipeline ``name``, sharing ``base``'s components of SHARED_WITH_REFINER where equal."""
+        import diffusers
+
+        ref = self._ref(name)
+        key = (ref.location, str(dtype), allow_pickle, id(base))
+        if key in self.refiners:
+            return self.refiners[key]
+        if ref.kind == "file":
+            raise ConditioningError(f"refiner {name!r}: single-file refiners are not loaded; give a diffusers folder "
+                                    f"or Hub id")
+        shared = {}
+        for part in SHARED_WITH_REFINER:
+            mine = _component_config(ref.location, part, ref.kind == "hub")
+            if base_location and mine is not None and mine == _component_config(base_location, part, False) \
+                    and getattr(base, part, None) is not None:
+                shared[part] = getattr(base, part)
+        try:
+            with _quiet_loading():
+                pipe = diffusers.DiffusionPipeline.from_pretrained(ref.location, **shared,
+                                                                   **self._kw(dtype, allow_pickle))
+        except Exception as e:  # noqa: BLE001 - one line
+            if not allow_pickle and _safetensors_refused(e):
+                raise _pickle_error("refiner", ref) from None
+            if _is_missing(e):
+                raise _missing_error("refiner", ref, e) from None
+            raise ConditioningError(f"refiner {name!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
+                from None
+        if "denoising_start" not in call_parameters(pipe) or "image" not in call_parameters(pipe):
+            raise ConditioningError(f"refiner {name!r}: {type(pipe).__name__} cannot take over latents (its call has "
+                                    f"no denoising_start/image); give an SDXL refiner (StableDiffusionXLImg2ImgPipeline)")
+        pipe.set_progress_bar_config(disable=True)
+        pipe._tracker_shared = tuple(shared)
+        self.refiners[key] = pipe
+        return pipe
+
+    # -- per batch ---------------------------------------------------------------------------------
+
+    def prepare(self, base: Any, cond: Conditioning, *, dtype: torch.dtype, allow_pickle: bool, model: str,
+                base_location: str | None = None, device: str | None = None) -> ConditionedCall:
+        """Load and check everything ``cond`` needs and set ``base`` up for it (IP-Adapter in or out)."""
+        import diffusers
+
+        device = device or str(denoiser(base).device)
+        self._ip_adapter(base, cond, dtype, allow_pickle)
+        pipe = base
+        if cond.controlnet:
+            cns = [self.controlnet(n, base, dtype, allow_pickle, model) for n in cond.controlnet]
+            key = (id(base), tuple(id(c) for c in cns))
+            if key not in self.derived:
+                try:
+                    self.derived[key] = diffusers.AutoPipelineForText2Image.from_pipe(
+                        base, controlnet=cns[0] if len(cns) == 1 else cns)
+                except Exception as e:  # noqa: BLE001 - AutoPipeline has no ControlNet pipeline for this class
+                    raise ConditioningError(f"controlnet: model {model!r} ({type(base).__name__}) has no ControlNet "
+                                            f"pipeline in diffusers {diffusers.__version__}: {_first_line(e)}") from None
+                self.derived[key].set_progress_bar_config(disable=True)
+            pipe = self.derived[key]
+            for cn in cns:
+                cn.to(device)
+        extra = control_kwargs(pipe, cond) if cond.controlnet else {}
+        if cond.ip_adapter:
+            extra["ip_adapter_image"] = cond.ip_adapter_image
+        refiner = None
+        if cond.refiner:
+            if cond.denoising_end is None:
+                raise ConditioningError(f"refiner {cond.refiner!r}: give denoising_end, the fraction of the steps the "
+                                        f"base model runs before the refiner takes over (0.8 in diffusers' docs)")
+            if "denoising_end" not in call_parameters(pipe):
+                raise ConditioningError(f"refiner {cond.refiner!r}: model {model!r} ({type(pipe).__name__}) cannot "
+                                        f"stop at denoising_end and hand over latents")
+            refiner = self.refiner(cond.refiner, base, base_location, dtype, allow_pickle)
+            refiner.to(device)
+        elif cond.denoising_end is not None:
+            extra["denoising_end"] = cond.denoising_end
+        return ConditionedCall(pipe, extra, refiner, cond.denoising_end,
+                        cond.denoising_start if cond.denoising_start is not None else cond.denoising_end)
+
+    def _ip_adapter(self, base: Any, cond: Conditioning, dtype: torch.dtype, allow_pickle: bool) -> None:
+        unet = denoiser(base)
+        loaded = getattr(unet, "_tracker_ip_adapter", None)
+        want = ip_adapter_ref(cond.ip_adapter, self.base_dir) if cond.ip_adapter else None
+        if loaded is not None and loaded != want:
+            base.unload_ip_adapter()
+            unet._tracker_ip_adapter = None
+        if want is None:
+            return
+        if not hasattr(base, "load_ip_adapter"):
+            raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: {type(base).__name__} cannot load IP-Adapters")
+        if getattr(unet, "_tracker_ip_adapter", None) != want:
+            encoder, state = self._ip_weights(want, str(cond.ip_adapter), dtype, allow_pickle)
+            base.register_modules(image_encoder=encoder.to(unet.device))
+            try:
+                base.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+            except Exception as e:  # noqa: BLE001 - shapes of another family's adapter, ...
+                base.unload_ip_adapter()
+                raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: does not fit model "
+                                        f"({type(base).__name__}): {_first_line(e)}") from None
+            unet._tracker_ip_adapter = want
+        base.set_ip_adapter_scale(cond.ip_adapter_scale)
+
+    @staticmethod
+    def call(prepared: ConditionedCall, base: Any, kwargs: dict, timing: dict | None = None) -> Any:
+        """Call the prepared pipeline with the engine's ``kwargs`` (prompts, steps, size, generators, output_type)
+        plus the conditioning; with a refiner, the base stops at ``denoising_end`` and the refiner finishes."""
+        timing = timing or {}
+        pipe = prepared.pipe
+        if pipe is not base:  # the ControlNet pipeline shares the base's modules; the engine swaps some per batch
+            for name, module in base.components.items():
+                if name in pipe.components and name != "controlnet" and getattr(pipe, name) is not module:
+                    setattr(pipe, name, module)
+        kw = {**kwargs, **prepared.extra}
+        if prepared.refiner is None:
+            return pipe(**kw, **timing)
+        from tracker.engine.loading import seed_steps
+
+        refiner = prepared.refiner
+        params = call_parameters(refiner)
+        output_type = kw.pop("output_type", "np")
+        if "prompt" not in kw:
+            raise ConditioningError("refiner: the refiner encodes the prompts with its own text encoder; weighted "
+                                    "prompts (prompt_syntax a1111/compel) are not handed over: use prompt_syntax: plain")
+        latents = pipe(**kw, denoising_end=prepared.denoising_end, output_type="latent", **timing).images
+        for name in refiner._tracker_shared:
+            if name == "vae":
+                setattr(refiner, name, base.vae)  # the run's VAE (a swapped one too)
+        refiner.scheduler = type(base.scheduler).from_config(base.scheduler.config)  # the run's scheduler, fresh
+        seed_steps(refiner.scheduler, kw["generator"])
+        rkw = {k: v for k, v in kw.items() if k in params and k not in ("image", "width", "height", "denoising_end")}
+        return refiner(**rkw, image=latents, denoising_start=prepared.denoising_start, output_type=output_type,
+                       **{k: v for k, v in timing.items() if k in params})
+
+    # -- the cache ---------------------------------------------------------------------------------
+
+    def forget(self, base: Any) -> None:
+        """Drop the ControlNet pipelines and refiners made for ``base`` (an evicted pipeline)."""
+        for cache in (self.derived, self.refiners):
+            for key in [k for k in cache if id(base) in k]:
+                del cache[key]
+
+    def clear(self) -> None:
+        self.controlnets.clear()
+        self.ip_adapters.clear()
+        self.refiners.clear()
+        self.derived.clear()
