@@ -42,7 +42,8 @@ def _tracker(base, cond, seeds=(0, 1), **kw):
     conditioner = kw.pop("conditioner", None) or Conditioner()
     prepared = conditioner.prepare(base, cond, dtype=torch.float32, allow_pickle=False, model="tiny",
                                    base_location=kw.pop("base_location", None))
-    return _u8(conditioner.call(prepared, base, _kwargs(seeds, **kw)).images)
+    pipe = conditioner.pipeline(base, prepared)
+    return _u8(conditioner.call(prepared, pipe, base, {**_kwargs(seeds, **kw), **prepared.kwargs(pipe)}).images)
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_ip_adapter_matches_plain_diffusers_and_unloads(family_model, conditioni
 
     sd, ipa = family_model("sd15"), conditioning_model("ip_adapter", "sd15")
     ref_image = fixtures.reference_image(32)
-    weights = str(ipa / fixtures.IP_WEIGHT_NAME)
+    weights = {"path": str(ipa), "weight_name": fixtures.IP_WEIGHT_NAME}
     base, conditioner = _load(sd), Conditioner()
     ours = _tracker(base, Conditioning(ip_adapter=weights, ip_adapter_image=ref_image, ip_adapter_scale=0.6),
                     conditioner=conditioner)
@@ -175,7 +176,7 @@ def test_conditioning_scale_values_make_different_images(family_model, condition
     images = [_tracker(base, Conditioning(controlnet=(str(cn),), control_image=(fixtures.control_image(),),
                                           controlnet_conditioning_scale=(s,)), seeds=(0,), conditioner=conditioner)
               for s in (0.0, 0.5, 1.0)]
-    assert len(conditioner.controlnets) == 1 and len(conditioner.derived) == 1  # loaded once
+    assert len(conditioner.controlnets) == 1 and len(conditioner.derived) == 1  # loaded and made once
     for a in range(3):
         for b in range(a + 1, 3):
             assert np.abs(images[a] - images[b]).max() > 10
@@ -192,3 +193,132 @@ def test_family_mismatch_reads_the_configs():
                                        "addition_embed_type 'text_time' (model: None)"]
     assert family_mismatch({"conditioning_embedding_out_channels": [16, 32]}, sd, 8) == [
         "control image downsampled 2x (model's latents: 8x)"]
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def _plain_controlnet(sd, cn, image, scale, seed):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    plain = StableDiffusionControlNetPipeline(**_load(sd).components, controlnet=ControlNetModel.from_pretrained(cn))
+    plain.set_progress_bar_config(disable=True)
+    kw = {**_kwargs((seed,)), "prompt": ["a red house"]}
+    return _u8(plain(**kw, image=image, controlnet_conditioning_scale=scale).images)[0]
+
+
+def _stored(home, name):
+    """Each stored run's labels and pixels (uint8, as the PNG holds them), read back through the Python API."""
+    import tracker
+
+    runs = tracker.open(home).runs(name)
+    return [(r.labels, np.asarray(r.image.convert("RGB")).astype(np.int16)) for r in runs]
+
+
+@pytest.mark.slow
+def test_a_controlnet_scale_axis_through_tracker_run(cli, write_yaml, tmp_path, conditioning_model):
+    """``tracker run`` with ``controlnet:``, ``control_image:`` and a conditioning-scale axis: three scales make three
+    different images, each what a plain diffusers ControlNet call with the same seed makes; the report shows them."""
+    from tracker.experiment import model_refs
+
+    cn = conditioning_model("controlnet", "sd15")
+    (tmp_path / "pics").mkdir()
+    control = fixtures.control_image(64)
+    control.save(tmp_path / "pics" / "control.png")
+    f = write_yaml(f"""
+        name: cn
+        model: tiny
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        controlnet: {cn}
+        control_image: pics/control.png
+        controlnet_conditioning_scale: [0.0, 0.5, 1.0]
+    """)
+    r = cli("run", f, "--no-mlflow")
+    assert r.code == 0, r.err
+    assert "3 done" in r.out
+    stored = {labels["controlnet_conditioning_scale"]: px for labels, px in _stored(tmp_path / "home", "cn")}
+    assert sorted(stored) == ["0.0", "0.5", "1.0"]
+    tiny = model_refs.builtin_path("tiny")
+    for label, px in stored.items():
+        assert np.abs(px - _plain_controlnet(tiny, cn, control, float(label), 0)).max() <= 2, label
+    values = list(stored.values())
+    assert all(np.abs(values[a] - values[b]).max() > 10 for a in range(3) for b in range(a + 1, 3))
+
+
+@pytest.mark.slow
+def test_ip_adapter_and_refiner_through_tracker_run(cli, write_yaml, tmp_path, conditioning_model, family_model):
+    """``ip_adapter:``/``ip_adapter_image:`` and ``refiner:``/``denoising_end:`` in experiment files run end to end
+    and make what the plain diffusers calls make."""
+    from diffusers import DiffusionPipeline
+    from tracker.experiment import model_refs
+
+    ipa, xl, refiner = (conditioning_model("ip_adapter", "sd15"), family_model("sdxl"),
+                        conditioning_model("refiner", "sdxl"))
+    (tmp_path / "pics").mkdir()
+    fixtures.reference_image(32).save(tmp_path / "pics" / "ref.png")
+    ip = write_yaml(f"""
+        name: ip
+        model: tiny
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        ip_adapter: {{path: {ipa}, weight_name: {fixtures.IP_WEIGHT_NAME}}}
+        ip_adapter_image: pics/ref.png
+        ip_adapter_scale: 0.6
+    """, "ip.yaml")
+    ref = write_yaml(f"""
+        name: refine
+        model: {xl}
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        size: 64x64
+        refiner: {refiner}
+        denoising_end: 0.6
+    """, "ref.yaml")
+    for f in (ip, ref):
+        r = cli("run", f, "--no-mlflow")
+        assert r.code == 0 and "1 done" in r.out, r.err
+
+    plain = _load(model_refs.builtin_path("tiny"))
+    plain.load_ip_adapter(str(ipa), subfolder="", weight_name=fixtures.IP_WEIGHT_NAME, image_encoder_folder="image_encoder")
+    plain.set_ip_adapter_scale(0.6)
+    from PIL import Image
+
+    want = _u8(plain(**{**_kwargs((0,)), "prompt": ["a red house"]},
+                     ip_adapter_image=Image.open(tmp_path / "pics" / "ref.png")).images)[0]
+    [(_, got)] = _stored(tmp_path / "home", "ip")
+    assert np.abs(got - want).max() <= 2
+
+    base = _load(xl)
+    plain_refiner = DiffusionPipeline.from_pretrained(refiner, text_encoder_2=base.text_encoder_2, vae=base.vae)
+    plain_refiner.set_progress_bar_config(disable=True)
+    kw = {**_kwargs((0,)), "prompt": ["a red house"]}
+    latents = base(**{**kw, "output_type": "latent"}, denoising_end=0.6).images
+    want = _u8(plain_refiner(prompt=kw["prompt"], num_inference_steps=STEPS, generator=kw["generator"],
+                             image=latents, denoising_start=0.6, output_type="np").images)[0]
+    [(_, got)] = _stored(tmp_path / "home", "refine")
+    assert np.abs(got - want).max() <= 2
+
+
+def test_a_controlnet_of_another_family_in_an_experiment_file_is_one_line(cli, write_yaml, tmp_path,
+                                                                          conditioning_model):
+    xl_cn = conditioning_model("controlnet", "sdxl")
+    (tmp_path / "pics").mkdir()
+    fixtures.control_image(64).save(tmp_path / "pics" / "control.png")
+    f = write_yaml(f"""
+        name: wrong
+        model: tiny
+        prompt: a red house
+        steps: 2
+        controlnet: {xl_cn}
+        control_image: pics/control.png
+    """)
+    r = cli("run", f, "--no-mlflow")
+    assert r.code == 2
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err, r.err
+    assert lines[0].startswith(f"error: {f}: controlnet {str(xl_cn)!r}: made for another model family")
+    assert not (tmp_path / "home" / "images" / "wrong").exists()  # nothing generated

@@ -27,7 +27,7 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tracker.engine.load_errors import (_describe, _first_line, _is_missing, _missing_error, _offline, _pickle_error,
                                         _quiet_loading, _safetensors_refused)
@@ -43,6 +43,9 @@ FAMILY_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "pro
                "block_out_channels", "layers_per_block", "joint_attention_dim", "pooled_projection_dim")
 _STAMPS = ("_diffusers_version", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
 SHARED_WITH_REFINER = ("text_encoder_2", "vae")  # what diffusers' SDXL docs pass from the base to the refiner
+# The base call's arguments the refiner does not get: its image is the base's latents, and the inputs are the base's.
+HANDED_OVER = ("image", "width", "height", "denoising_end", "strength", "mask_image", "control_image",
+               "ip_adapter_image")
 
 
 class ConditioningError(ModelError):
@@ -58,15 +61,22 @@ class Conditioning:
     controlnet_conditioning_scale: tuple[float, ...] = ()  # one per ControlNet, or one for all; () = 1.0
     control_guidance_start: tuple[float, ...] = ()
     control_guidance_end: tuple[float, ...] = ()
-    ip_adapter: Any = None  # an IP-Adapter reference (``ip_adapter_ref``)
+    ip_adapter: Any = None  # the ``ip_adapter`` setting's mapping (``ip_adapter_ref``)
     ip_adapter_image: Any = None
     ip_adapter_scale: float = 1.0
     refiner: str | None = None
     denoising_end: float | None = None  # where the base stops (with a refiner: where the refiner starts)
     denoising_start: float | None = None  # the refiner's start, when not the base's end
 
+    load: Callable[[str, str], Any] | None = None  # reads an image given as its sha256 (the workspace's inputs)
+
     def __bool__(self) -> bool:
         return bool(self.controlnet or self.ip_adapter or self.refiner)
+
+    def image(self, value: Any, name: str) -> Any:
+        """An input image: a PIL image as given, or read by its sha256 (at call time: the sweep stores the inputs in
+        the workspace after the models are loaded and checked)."""
+        return self.load(value, name) if isinstance(value, str) and self.load is not None else value
 
 
 @dataclass(frozen=True)
@@ -87,26 +97,33 @@ class IPAdapterRef:
 
 
 def ip_adapter_ref(value: Any, base_dir: Path | None = None) -> IPAdapterRef:
-    """An IP-Adapter reference from a weights file path (local, or ``owner/repo/sub/folders/file.safetensors`` on the
-    Hub) or a mapping ``{file: ..., image_encoder: ...}``."""
+    """An IP-Adapter reference from the ``ip_adapter`` setting: ``{path: FOLDER-OR-HUB-ID, weight_name: FILE,
+    subfolder: NAME, image_encoder: FOLDER}`` (as diffusers' ``load_ip_adapter`` takes them)."""
     if isinstance(value, IPAdapterRef):
         return value
-    encoder = "image_encoder"
-    if isinstance(value, dict):
-        encoder = str(value.get("image_encoder", encoder))
-        value = value.get("file")
-    if not isinstance(value, str) or not value.strip():
-        raise ConditioningError(f"ip_adapter {value!r}: give the IP-Adapter's weights file (a path, or "
-                                f"owner/repo/folder/file.safetensors on the Hugging Face Hub)")
-    path = Path(value).expanduser()
-    if not path.is_absolute() and base_dir is not None:
+    v = dict(value)
+    path = Path(str(v["path"])).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).is_dir():
         path = base_dir / path
-    if path.is_file() or value.startswith((".", "/", "~")):
-        return IPAdapterRef(str(path.resolve().parent), path.name, "", encoder)
-    parts = value.split("/")
-    if len(parts) < 3:
-        raise ConditioningError(f"ip_adapter {value!r}: no such file, and not owner/repo/[folder/]file on the Hub")
-    return IPAdapterRef("/".join(parts[:2]), parts[-1], "/".join(parts[2:-1]), encoder, hub=True)
+    local = path.is_dir() or str(v["path"]).startswith((".", "/", "~"))
+    return IPAdapterRef(str(path.resolve()) if local else str(v["path"]), str(v["weight_name"]),
+                        str(v.get("subfolder") or ""), str(v.get("image_encoder") or "image_encoder"), hub=not local)
+
+
+def from_settings(settings: Any, image: Callable[[str, str], Any]) -> Conditioning:
+    """A run's ``Conditioning`` from its settings; ``image(sha256, field)`` reads an input image from the workspace."""
+    scale = settings.controlnet_conditioning_scale
+    on = bool(settings.controlnet)
+    return Conditioning(
+        controlnet=tuple(settings.controlnet),
+        control_image=tuple(settings.control_image),
+        controlnet_conditioning_scale=(tuple(scale) if isinstance(scale, tuple) else (scale,)) if on else (),
+        control_guidance_start=(settings.control_guidance_start,) if on else (),
+        control_guidance_end=(settings.control_guidance_end,) if on else (),
+        ip_adapter=dict(settings.ip_adapter) or None,
+        ip_adapter_image=settings.ip_adapter_image or None,
+        ip_adapter_scale=settings.ip_adapter_scale, refiner=settings.refiner or None,
+        denoising_end=settings.denoising_end, denoising_start=settings.denoising_start, load=image)
 
 
 # ------------------------------------------------------------------------------------------------ pure helpers
@@ -148,7 +165,8 @@ def control_kwargs(pipe: Any, cond: Conditioning) -> dict[str, Any]:
         return values[0] if n == 1 else (list(values) * n if len(values) == 1 else list(values))
 
     key = "control_image" if "control_image" in call_parameters(pipe) else "image"
-    kw: dict[str, Any] = {key: cond.control_image[0] if n == 1 else list(cond.control_image)}
+    images = [cond.image(x, "control_image") for x in cond.control_image]
+    kw: dict[str, Any] = {key: images[0] if n == 1 else images}
     for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
         value = each(getattr(cond, name), name)
         if value is not None:
@@ -156,10 +174,10 @@ def control_kwargs(pipe: Any, cond: Conditioning) -> dict[str, Any]:
     return kw
 
 
-def _component_config(location: str, component: str, hub: bool) -> dict | None:
+def _component_config(location: str, component: str) -> dict | None:
     """A component's config.json (version stamps dropped) from a local folder or the Hub cache; None if unreadable."""
     path: Any = Path(location) / component / "config.json"
-    if hub:
+    if not Path(location).is_dir():
         from huggingface_hub import try_to_load_from_cache
 
         path = try_to_load_from_cache(location, f"{component}/config.json")
@@ -176,13 +194,22 @@ def _component_config(location: str, component: str, hub: bool) -> dict | None:
 
 @dataclass
 class ConditionedCall:
-    """What ``Conditioner.prepare`` set up for a batch: the pipeline to call and what to add to its call."""
+    """What ``Conditioner.prepare`` set up for a run's settings: the modules the called pipeline is made with
+    (``components``, for diffusers' ``from_pipe``: the ControlNet), the refiner, and the call's extra arguments
+    (``kwargs(pipe)``: spelled as the pipeline made from the base with those components takes them)."""
 
-    pipe: Any
-    extra: dict = field(default_factory=dict)
+    cond: Conditioning
+    components: dict = field(default_factory=dict)
     refiner: Any = None
-    denoising_end: float | None = None
-    denoising_start: float | None = None
+
+    def kwargs(self, pipe: Any) -> dict[str, Any]:
+        cond = self.cond
+        kw = control_kwargs(pipe, cond) if cond.controlnet else {}
+        if cond.ip_adapter:
+            kw["ip_adapter_image"] = cond.image(cond.ip_adapter_image, "ip_adapter_image")
+        if cond.denoising_end is not None and self.refiner is None:
+            kw["denoising_end"] = cond.denoising_end
+        return kw
 
 
 class Conditioner:
@@ -195,7 +222,8 @@ class Conditioner:
         self.controlnets: dict[tuple, Any] = {}
         self.ip_adapters: dict[tuple, tuple[Any, dict]] = {}  # key -> (image encoder, {"image_proj", "ip_adapter"})
         self.refiners: dict[tuple, Any] = {}  # (location, dtype, allow_pickle, id(base)) -> pipeline
-        self.derived: dict[tuple, Any] = {}  # (id(base), ControlNet keys) -> ControlNet pipeline
+        self.derived: dict[tuple, Any] = {}  # (id(base), ControlNet ids) -> ControlNet pipeline (``pipeline``)
+        self.multis: dict[tuple, Any] = {}  # ControlNet ids -> their MultiControlNetModel
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -319,8 +347,8 @@ class Conditioner:
                                     f"or Hub id")
         shared = {}
         for part in SHARED_WITH_REFINER:
-            mine = _component_config(ref.location, part, ref.kind == "hub")
-            if base_location and mine is not None and mine == _component_config(base_location, part, False) \
+            mine = _component_config(ref.location, part)
+            if base_location and mine is not None and mine == _component_config(base_location, part) \
                     and getattr(base, part, None) is not None:
                 shared[part] = getattr(base, part)
         try:
@@ -346,43 +374,53 @@ class Conditioner:
 
     def prepare(self, base: Any, cond: Conditioning, *, dtype: torch.dtype, allow_pickle: bool, model: str,
                 base_location: str | None = None, device: str | None = None) -> ConditionedCall:
-        """Load and check everything ``cond`` needs and set ``base`` up for it (IP-Adapter in or out)."""
-        import diffusers
-
+        """Load and check everything ``cond`` needs (one line for what does not fit, before anything is generated)
+        and set ``base`` up for it: its IP-Adapter in or out."""
         device = device or str(denoiser(base).device)
         self._ip_adapter(base, cond, dtype, allow_pickle)
-        pipe = base
+        components: dict[str, Any] = {}
         if cond.controlnet:
             cns = [self.controlnet(n, base, dtype, allow_pickle, model) for n in cond.controlnet]
-            key = (id(base), tuple(id(c) for c in cns))
-            if key not in self.derived:
-                try:
-                    self.derived[key] = diffusers.AutoPipelineForText2Image.from_pipe(
-                        base, controlnet=cns[0] if len(cns) == 1 else cns)
-                except Exception as e:  # noqa: BLE001 - AutoPipeline has no ControlNet pipeline for this class
-                    raise ConditioningError(f"controlnet: model {model!r} ({type(base).__name__}) has no ControlNet "
-                                            f"pipeline in diffusers {diffusers.__version__}: {_first_line(e)}") from None
-                self.derived[key].set_progress_bar_config(disable=True)
-            pipe = self.derived[key]
             for cn in cns:
                 cn.to(device)
-        extra = control_kwargs(pipe, cond) if cond.controlnet else {}
-        if cond.ip_adapter:
-            extra["ip_adapter_image"] = cond.ip_adapter_image
+            components["controlnet"] = cns[0] if len(cns) == 1 else self._multi(cns)
         refiner = None
         if cond.refiner:
             if cond.denoising_end is None:
                 raise ConditioningError(f"refiner {cond.refiner!r}: give denoising_end, the fraction of the steps the "
                                         f"base model runs before the refiner takes over (0.8 in diffusers' docs)")
-            if "denoising_end" not in call_parameters(pipe):
-                raise ConditioningError(f"refiner {cond.refiner!r}: model {model!r} ({type(pipe).__name__}) cannot "
+            if "denoising_end" not in call_parameters(base):
+                raise ConditioningError(f"refiner {cond.refiner!r}: model {model!r} ({type(base).__name__}) cannot "
                                         f"stop at denoising_end and hand over latents")
             refiner = self.refiner(cond.refiner, base, base_location, dtype, allow_pickle)
             refiner.to(device)
-        elif cond.denoising_end is not None:
-            extra["denoising_end"] = cond.denoising_end
-        return ConditionedCall(pipe, extra, refiner, cond.denoising_end,
-                        cond.denoising_start if cond.denoising_start is not None else cond.denoising_end)
+        return ConditionedCall(cond, components, refiner)
+
+    def _multi(self, cns: list) -> Any:
+        """One ``MultiControlNetModel`` per list of ControlNets (the pipeline made with it is cached by its id)."""
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        key = tuple(id(c) for c in cns)
+        if key not in self.multis:
+            self.multis[key] = MultiControlNetModel(cns)
+        return self.multis[key]
+
+    def pipeline(self, base: Any, prepared: ConditionedCall) -> Any:
+        """The text-to-image pipeline ``prepared`` calls for, made from ``base`` with diffusers'
+        ``AutoPipelineForText2Image.from_pipe`` (for code without the engine's ``PipelineVariants``)."""
+        import diffusers
+
+        if not prepared.components:
+            return base
+        key = (id(base), tuple(sorted((k, id(v)) for k, v in prepared.components.items())))
+        if key not in self.derived:
+            try:
+                self.derived[key] = diffusers.AutoPipelineForText2Image.from_pipe(base, **prepared.components)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ConditioningError(f"controlnet: diffusers makes no ControlNet pipeline of {type(base).__name__}: "
+                                        f"{_first_line(e)}") from None
+            self.derived[key].set_progress_bar_config(disable=True)
+        return self.derived[key]
 
     def _ip_adapter(self, base: Any, cond: Conditioning, dtype: torch.dtype, allow_pickle: bool) -> None:
         unet = denoiser(base)
@@ -408,34 +446,30 @@ class Conditioner:
         base.set_ip_adapter_scale(cond.ip_adapter_scale)
 
     @staticmethod
-    def call(prepared: ConditionedCall, base: Any, kwargs: dict, timing: dict | None = None) -> Any:
-        """Call the prepared pipeline with the engine's ``kwargs`` (prompts, steps, size, generators, output_type)
-        plus the conditioning; with a refiner, the base stops at ``denoising_end`` and the refiner finishes."""
+    def call(prepared: ConditionedCall, pipe: Any, base: Any, kwargs: dict, timing: dict | None = None) -> Any:
+        """Call ``pipe`` (made from ``base`` with ``prepared.components``, its modules the base's current ones) with
+        ``kwargs``, which hold ``prepared.kwargs(pipe)``; with a refiner, ``pipe`` stops at ``denoising_end`` and
+        hands its latents to the refiner, which finishes from ``denoising_start`` with the same generators."""
         timing = timing or {}
-        pipe = prepared.pipe
-        if pipe is not base:  # the ControlNet pipeline shares the base's modules; the engine swaps some per batch
-            for name, module in base.components.items():
-                if name in pipe.components and name != "controlnet" and getattr(pipe, name) is not module:
-                    setattr(pipe, name, module)
-        kw = {**kwargs, **prepared.extra}
         if prepared.refiner is None:
-            return pipe(**kw, **timing)
+            return pipe(**kwargs, **timing)
         from tracker.engine.loading import seed_steps
 
-        refiner = prepared.refiner
+        refiner, cond = prepared.refiner, prepared.cond
         params = call_parameters(refiner)
+        kw = dict(kwargs)
         output_type = kw.pop("output_type", "np")
         if "prompt" not in kw:
             raise ConditioningError("refiner: the refiner encodes the prompts with its own text encoder; weighted "
                                     "prompts (prompt_syntax a1111/compel) are not handed over: use prompt_syntax: plain")
-        latents = pipe(**kw, denoising_end=prepared.denoising_end, output_type="latent", **timing).images
-        for name in refiner._tracker_shared:
-            if name == "vae":
-                setattr(refiner, name, base.vae)  # the run's VAE (a swapped one too)
+        latents = pipe(**kw, denoising_end=cond.denoising_end, output_type="latent", **timing).images
+        if "vae" in refiner._tracker_shared:
+            refiner.vae = base.vae  # the run's VAE (a swapped one too)
         refiner.scheduler = type(base.scheduler).from_config(base.scheduler.config)  # the run's scheduler, fresh
         seed_steps(refiner.scheduler, kw["generator"])
-        rkw = {k: v for k, v in kw.items() if k in params and k not in ("image", "width", "height", "denoising_end")}
-        return refiner(**rkw, image=latents, denoising_start=prepared.denoising_start, output_type=output_type,
+        rkw = {k: v for k, v in kw.items() if k in params and k not in HANDED_OVER}
+        start = cond.denoising_start if cond.denoising_start is not None else cond.denoising_end
+        return refiner(**rkw, image=latents, denoising_start=start, output_type=output_type,
                        **{k: v for k, v in timing.items() if k in params})
 
     # -- the cache ---------------------------------------------------------------------------------
@@ -451,3 +485,4 @@ class Conditioner:
         self.ip_adapters.clear()
         self.refiners.clear()
         self.derived.clear()
+        self.multis.clear()
