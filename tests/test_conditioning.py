@@ -322,3 +322,19 @@ def test_a_controlnet_of_another_family_in_an_experiment_file_is_one_line(cli, w
     assert len(lines) == 1 and "Traceback" not in r.err, r.err
     assert lines[0].startswith(f"error: {f}: controlnet {str(xl_cn)!r}: made for another model family")
     assert not (tmp_path / "home" / "images" / "wrong").exists()  # nothing generated
+
+
+def test_the_controlnet_example_expands_with_its_control_image_recorded_by_hash():
+    import hashlib
+
+    from conftest import EXAMPLES
+    from tracker.experiment import parse as spec, plan
+
+    exp = spec.parse_file(EXAMPLES / "controlnet-scales.yaml")
+    digest = hashlib.sha256((EXAMPLES / "inputs" / "house-edges.png").read_bytes()).hexdigest()
+    p = plan.expand(exp)
+    assert len(p.runs) == 3 * 3 * 2 * 2 and set(exp.inputs) == {digest}
+    assert {r.settings.control_image for r in p.runs} == {(digest,)}
+    assert {r.settings.controlnet for r in p.runs} == {("lllyasviel/sd-controlnet-canny",)}
+    assert sorted({r.settings.controlnet_conditioning_scale for r in p.runs}) == [0.4, 0.7, 1.0]
+    assert len({r.key for r in p.runs}) == len(p.runs)

@@ -437,7 +437,8 @@ class Conditioner:
             encoder, state = self._ip_weights(want, str(cond.ip_adapter), dtype, allow_pickle)
             base.register_modules(image_encoder=encoder.to(unet.device))
             try:
-                base.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+                with _quiet_loading():  # its cast of the UNet warns of fp32 modules there are none of
+                    base.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
             except Exception as e:  # noqa: BLE001 - shapes of another family's adapter, ...
                 base.unload_ip_adapter()
                 raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: does not fit model "
