@@ -138,7 +138,8 @@ def test_refiner_hand_off_matches_plain_diffusers(family_model, conditioning_mod
 
 def test_controlnet_of_another_family_is_one_clear_error(family_model, conditioning_model):
     import torch
-    from tracker.engine.conditioning import Conditioner, Conditioning, ConditioningError
+    from tracker.engine.conditioning import Conditioner, Conditioning
+    from tracker.errors import ConditioningError
     from tracker.errors import TrackerError
 
     base = _load(family_model("sd15"))
@@ -154,7 +155,8 @@ def test_controlnet_of_another_family_is_one_clear_error(family_model, condition
 
 def test_missing_controlnet_and_pickle_only_are_one_line(family_model, tmp_path):
     import torch
-    from tracker.engine.conditioning import Conditioner, Conditioning, ConditioningError
+    from tracker.engine.conditioning import Conditioner, Conditioning
+    from tracker.errors import ConditioningError
     from tracker.errors import ModelError
 
     base = _load(family_model("sd15"))
@@ -338,3 +340,31 @@ def test_the_controlnet_example_expands_with_its_control_image_recorded_by_hash(
     assert {r.settings.controlnet for r in p.runs} == {("lllyasviel/sd-controlnet-canny",)}
     assert sorted({r.settings.controlnet_conditioning_scale for r in p.runs}) == [0.4, 0.7, 1.0]
     assert len({r.key for r in p.runs}) == len(p.runs)
+
+
+def test_the_engine_counts_and_evicts_a_controlnet_with_the_pipeline_that_used_it(conditioning_model):
+    """A warm worker's cache budget sees a pipeline's ControlNet and IP-Adapter as part of it; unloading the pipeline
+    drops them (nothing else uses them), and a run without an IP-Adapter takes it back out of the UNet."""
+    from tracker.engine.core import Engine
+    from tracker.experiment.settings import Settings
+
+    cn, ipa = conditioning_model("controlnet", "sd15"), conditioning_model("ip_adapter", "sd15")
+    engine = Engine(device="cpu")
+    plain = Settings(model="tiny", steps=2, width=64, height=64)
+    engine.prepare(plain)
+    key = engine.pipeline_key(plain)
+    alone = engine.pipeline_bytes()[key]
+    ip = {"path": str(ipa), "weight_name": fixtures.IP_WEIGHT_NAME}
+    cond = Settings(model="tiny", steps=2, width=64, height=64, controlnet=(str(cn),), control_image=("ab" * 32,),
+                    ip_adapter=tuple(sorted(ip.items())), ip_adapter_image="cd" * 32)
+    engine.prepare(cond)
+    assert engine.pipeline_key(cond) == key  # the same pipeline, with more beside it
+    conditioner = engine.conditioner
+    cn_bytes = sum(p.numel() * p.element_size() for p in next(iter(conditioner.controlnets.values())).parameters())
+    assert engine.pipeline_bytes()[key] > alone + cn_bytes
+    pipe = engine.pipelines.pipes[key].pipe
+    assert pipe.image_encoder is not None
+    engine.prepare(plain)
+    assert pipe.image_encoder is None and getattr(pipe.unet, "_tracker_ip_adapter", None) is None
+    engine.unload(key)
+    assert not conditioner.controlnets and not conditioner.ip_adapters and not conditioner.used

@@ -6,32 +6,31 @@ applied by a ``Conditioner``, the engine's part that loads and caches what these
 
 - ControlNets (``ControlNetModel`` or the class the checkpoint's config names: ``FluxControlNetModel``, ...) from a
   folder, a Hub id or a single file (``from_single_file``, safetensors unless ``allow_pickle``), checked against the
-  base model's denoiser config before anything is generated (``check_family``); the ControlNet pipeline is
-  diffusers' AutoPipeline's choice for the base's class (``AutoPipelineForText2Image.from_pipe(base,
-  controlnet=...)``; several ControlNets become its ``MultiControlNetModel``), sharing every base component.
+  base model's denoiser config before anything is generated (``family_mismatch``). The called pipeline is made
+  from the base by the engine's ``PipelineVariants`` with ``from_pipe(base, controlnet=...)`` (diffusers'
+  AutoPipeline's choice for the base's class and task; several ControlNets as one ``MultiControlNetModel``).
 - IP-Adapters: the weights file (``image_proj.*``/``ip_adapter.*``) and its CLIP image encoder are read once and
-  kept; ``load_ip_adapter`` puts them into the base pipeline (the UNet is shared with its ControlNet pipelines),
+  kept; ``load_ip_adapter`` puts them into the base pipeline (the UNet is shared with its variants),
   ``set_ip_adapter_scale`` sets the scale, and a run without one unloads it (``unload_ip_adapter``).
-- Refiners: a pipeline whose ``__call__`` takes ``denoising_start`` (SDXL's img2img), loaded like a model and
-  sharing the base's ``text_encoder_2`` and VAE where its own are the same (their configs on disk are equal), as
-  diffusers' SDXL docs do. The base is called with ``denoising_end`` and ``output_type="latent"``, the refiner with
-  ``denoising_start`` and ``image=latents``, the same seeded generators and a fresh scheduler of the run's class.
+- Refiners: ``tracker.engine.refiner`` loads them (beside their base, sharing what diffusers' SDXL guide shares)
+  and makes the base + refiner hand-off.
 
 Which keyword carries the control image (``image`` or, where the pipeline also takes an init image,
-``control_image``) and whether a pipeline can hand off latents is read from the pipeline class's ``__call__``.
+``control_image``) is read from the pipeline class's ``__call__``. Input images are read from the workspace by
+their sha256 at call time (``Conditioning.image``).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from tracker.engine.load_errors import (_describe, _first_line, _is_missing, _missing_error, _offline, _pickle_error,
                                         _quiet_loading, _safetensors_refused)
-from tracker.errors import ModelError
+from tracker.engine import refiner as handoff
+from tracker.engine.refiner import call_parameters
+from tracker.errors import ConditioningError
 from tracker.experiment import model_refs as models
 
 if TYPE_CHECKING:
@@ -41,17 +40,6 @@ if TYPE_CHECKING:
 # text-embedding width, SDXL's added time/text embedding, and the residual layout the ControlNet adds into.
 FAMILY_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "projection_class_embeddings_input_dim",
                "block_out_channels", "layers_per_block", "joint_attention_dim", "pooled_projection_dim")
-_STAMPS = ("_diffusers_version", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
-SHARED_WITH_REFINER = ("text_encoder_2", "vae")  # what diffusers' SDXL docs pass from the base to the refiner
-# The base call's arguments the refiner does not get: its image is the base's latents, and the inputs are the base's.
-HANDED_OVER = ("image", "width", "height", "denoising_end", "strength", "mask_image", "control_image",
-               "ip_adapter_image")
-
-
-class ConditioningError(ModelError):
-    """A ControlNet, IP-Adapter or refiner that cannot be loaded or does not fit the run's model (one line)."""
-
-
 @dataclass(eq=False)
 class Conditioning:
     """What one run adds to its model's call. Images are PIL images (the engine reads them from the workspace)."""
@@ -69,9 +57,6 @@ class Conditioning:
     denoising_start: float | None = None  # the refiner's start, when not the base's end
 
     load: Callable[[str, str], Any] | None = None  # reads an image given as its sha256 (the workspace's inputs)
-
-    def __bool__(self) -> bool:
-        return bool(self.controlnet or self.ip_adapter or self.refiner)
 
     def image(self, value: Any, name: str) -> Any:
         """An input image: a PIL image as given, or read by its sha256 (at call time: the sweep stores the inputs in
@@ -132,11 +117,6 @@ def denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
 
-def call_parameters(pipe_or_class: Any) -> frozenset[str]:
-    cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
-    return frozenset(inspect.signature(cls.__call__).parameters)
-
-
 def family_mismatch(controlnet_config: dict, base_config: dict, vae_scale_factor: int | None = None) -> list[str]:
     """The config entries where a ControlNet does not fit a base denoiser ("name X (model: Y)"); [] when it fits."""
     def norm(v: Any) -> Any:
@@ -174,22 +154,6 @@ def control_kwargs(pipe: Any, cond: Conditioning) -> dict[str, Any]:
     return kw
 
 
-def _component_config(location: str, component: str) -> dict | None:
-    """A component's config.json (version stamps dropped) from a local folder or the Hub cache; None if unreadable."""
-    path: Any = Path(location) / component / "config.json"
-    if not Path(location).is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(location, f"{component}/config.json")
-        if not isinstance(path, str):
-            return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return {k: v for k, v in data.items() if k not in _STAMPS}
-
-
 # ------------------------------------------------------------------------------------------------ the engine part
 
 @dataclass
@@ -214,8 +178,8 @@ class ConditionedCall:
 
 class Conditioner:
     """Loads and caches ControlNets, IP-Adapters and refiners; see the module's docstring. ``base_dir`` resolves
-    relative paths. Every cache is per location, dtype and allow_pickle; ``forget(pipe)`` drops what hangs on an
-    evicted base pipeline, ``clear()`` everything."""
+    relative paths. Every cache is per location, dtype and allow_pickle, and remembers which base pipelines use what:
+    ``nbytes(base)`` counts their weights with the base's, ``forget(base)`` drops what no other base uses."""
 
     def __init__(self, base_dir: Path | None = None):
         self.base_dir = base_dir
@@ -223,7 +187,8 @@ class Conditioner:
         self.ip_adapters: dict[tuple, tuple[Any, dict]] = {}  # key -> (image encoder, {"image_proj", "ip_adapter"})
         self.refiners: dict[tuple, Any] = {}  # (location, dtype, allow_pickle, id(base)) -> pipeline
         self.derived: dict[tuple, Any] = {}  # (id(base), ControlNet ids) -> ControlNet pipeline (``pipeline``)
-        self.multis: dict[tuple, Any] = {}  # ControlNet ids -> their MultiControlNetModel
+        self.multis: dict[tuple, Any] = {}  # (id(base), ControlNet ids) -> their MultiControlNetModel
+        self.used: dict[int, set[tuple[str, tuple]]] = {}  # id(base) -> (cache name, key) of what it uses
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -246,6 +211,7 @@ class Conditioner:
         if key not in self.controlnets:
             self.controlnets[key] = self._load_controlnet(name, ref, dtype, allow_pickle)
         cn = self.controlnets[key]
+        self.used.setdefault(id(base), set()).add(("controlnets", key))
         bad = family_mismatch(dict(cn.config), dict(denoiser(base).config), getattr(base, "vae_scale_factor", None))
         if bad:
             raise ConditioningError(f"controlnet {name!r}: made for another model family than model {model!r} "
@@ -335,40 +301,12 @@ class Conditioner:
         return encoder, state
 
     def refiner(self, name: str, base: Any, base_location: str | None, dtype: torch.dtype, allow_pickle: bool) -> Any:
-        """The refiner pipeline ``name``, sharing ``base``'s components of SHARED_WITH_REFINER where equal."""
-        import diffusers
-
+        """The refiner pipeline ``name`` for ``base`` (``tracker.engine.refiner.load``), loaded once."""
         ref = self._ref(name)
         key = (ref.location, str(dtype), allow_pickle, id(base))
-        if key in self.refiners:
-            return self.refiners[key]
-        if ref.kind == "file":
-            raise ConditioningError(f"refiner {name!r}: single-file refiners are not loaded; give a diffusers folder "
-                                    f"or Hub id")
-        shared = {}
-        for part in SHARED_WITH_REFINER:
-            mine = _component_config(ref.location, part)
-            if base_location and mine is not None and mine == _component_config(base_location, part) \
-                    and getattr(base, part, None) is not None:
-                shared[part] = getattr(base, part)
-        try:
-            with _quiet_loading():
-                pipe = diffusers.DiffusionPipeline.from_pretrained(ref.location, **shared,
-                                                                   **self._kw(dtype, allow_pickle))
-        except Exception as e:  # noqa: BLE001 - one line
-            if not allow_pickle and _safetensors_refused(e):
-                raise _pickle_error("refiner", ref) from None
-            if _is_missing(e):
-                raise _missing_error("refiner", ref, e) from None
-            raise ConditioningError(f"refiner {name!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
-                from None
-        if "denoising_start" not in call_parameters(pipe) or "image" not in call_parameters(pipe):
-            raise ConditioningError(f"refiner {name!r}: {type(pipe).__name__} cannot take over latents (its call has "
-                                    f"no denoising_start/image); give an SDXL refiner (StableDiffusionXLImg2ImgPipeline)")
-        pipe.set_progress_bar_config(disable=True)
-        pipe._tracker_shared = tuple(shared)
-        self.refiners[key] = pipe
-        return pipe
+        if key not in self.refiners:
+            self.refiners[key] = handoff.load(name, ref, base, base_location, self._kw(dtype, allow_pickle))
+        return self.refiners[key]
 
     # -- per batch ---------------------------------------------------------------------------------
 
@@ -383,7 +321,7 @@ class Conditioner:
             cns = [self.controlnet(n, base, dtype, allow_pickle, model) for n in cond.controlnet]
             for cn in cns:
                 cn.to(device)
-            components["controlnet"] = cns[0] if len(cns) == 1 else self._multi(cns)
+            components["controlnet"] = cns[0] if len(cns) == 1 else self._multi(base, cns)
         refiner = None
         if cond.refiner:
             if cond.denoising_end is None:
@@ -396,11 +334,11 @@ class Conditioner:
             refiner.to(device)
         return ConditionedCall(cond, components, refiner)
 
-    def _multi(self, cns: list) -> Any:
+    def _multi(self, base: Any, cns: list) -> Any:
         """One ``MultiControlNetModel`` per list of ControlNets (the pipeline made with it is cached by its id)."""
         from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-        key = tuple(id(c) for c in cns)
+        key = (id(base), tuple(id(c) for c in cns))
         if key not in self.multis:
             self.multis[key] = MultiControlNetModel(cns)
         return self.multis[key]
@@ -435,6 +373,7 @@ class Conditioner:
             raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: {type(base).__name__} cannot load IP-Adapters")
         if getattr(unet, "_tracker_ip_adapter", None) != want:
             encoder, state = self._ip_weights(want, str(cond.ip_adapter), dtype, allow_pickle)
+            self.used.setdefault(id(base), set()).add(("ip_adapters", (want, str(dtype), allow_pickle)))
             base.register_modules(image_encoder=encoder.to(unet.device))
             try:
                 with _quiet_loading():  # its cast of the UNet warns of fp32 modules there are none of
@@ -454,36 +393,34 @@ class Conditioner:
         timing = timing or {}
         if prepared.refiner is None:
             return pipe(**kwargs, **timing)
-        from tracker.engine.loading import seed_steps
-
-        refiner, cond = prepared.refiner, prepared.cond
-        params = call_parameters(refiner)
-        kw = dict(kwargs)
-        output_type = kw.pop("output_type", "np")
-        if "prompt" not in kw:
-            raise ConditioningError("refiner: the refiner encodes the prompts with its own text encoder; weighted "
-                                    "prompts (prompt_syntax a1111/compel) are not handed over: use prompt_syntax: plain")
-        latents = pipe(**kw, denoising_end=cond.denoising_end, output_type="latent", **timing).images
-        if "vae" in refiner._tracker_shared:
-            refiner.vae = base.vae  # the run's VAE (a swapped one too)
-        refiner.scheduler = type(base.scheduler).from_config(base.scheduler.config)  # the run's scheduler, fresh
-        seed_steps(refiner.scheduler, kw["generator"])
-        rkw = {k: v for k, v in kw.items() if k in params and k not in HANDED_OVER}
-        start = cond.denoising_start if cond.denoising_start is not None else cond.denoising_end
-        return refiner(**rkw, image=latents, denoising_start=start, output_type=output_type,
-                       **{k: v for k, v in timing.items() if k in params})
+        return handoff.hand_off(pipe, prepared.refiner, base, kwargs, timing, prepared.cond.denoising_end,
+                                prepared.cond.denoising_start)
 
     # -- the cache ---------------------------------------------------------------------------------
 
+    def nbytes(self, base: Any) -> int:
+        """The bytes of the weights held for ``base`` beyond its own: ControlNets, IP-Adapters, refiners' own modules."""
+        import torch
+
+        mods: list = []
+        for cache, key in self.used.get(id(base), ()):
+            held = getattr(self, cache).get(key)
+            mods += [held[0], *held[1].values()] if cache == "ip_adapters" and held else [held]
+        for key, refiner in self.refiners.items():
+            if key[-1] == id(base):
+                mods += [m for n, m in refiner.components.items() if n not in refiner._tracker_shared]
+        seen: dict[int, Any] = {}
+        for m in mods:
+            for t in ((*m.parameters(), *m.buffers()) if isinstance(m, torch.nn.Module) else
+                      m.values() if isinstance(m, dict) else ()):
+                seen[id(t)] = t
+        return sum(t.numel() * t.element_size() for t in seen.values())
+
     def forget(self, base: Any) -> None:
-        """Drop the ControlNet pipelines and refiners made for ``base`` (an evicted pipeline)."""
-        for cache in (self.derived, self.refiners):
+        """Drop what was made for ``base`` (an evicted pipeline), and the models no other base uses."""
+        mine = self.used.pop(id(base), set())
+        for cache, key in mine - set().union(*self.used.values()):
+            getattr(self, cache).pop(key, None)
+        for cache in (self.derived, self.refiners, self.multis):
             for key in [k for k in cache if id(base) in k]:
                 del cache[key]
-
-    def clear(self) -> None:
-        self.controlnets.clear()
-        self.ip_adapters.clear()
-        self.refiners.clear()
-        self.derived.clear()
-        self.multis.clear()

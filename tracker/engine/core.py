@@ -190,7 +190,7 @@ class Engine:
             for module in loaded.pipe.components.values():
                 if isinstance(module, torch.nn.Module):
                     total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-            out[key] = total
+            out[key] = total + self.conditioner.nbytes(loaded.pipe)  # its ControlNets, IP-Adapter, refiner
         return out
 
     def unload(self, key: tuple) -> None:
