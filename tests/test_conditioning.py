@@ -342,6 +342,20 @@ def test_the_controlnet_example_expands_with_its_control_image_recorded_by_hash(
     assert len({r.key for r in p.runs}) == len(p.runs)
 
 
+def test_the_examples_control_image_is_what_the_script_draws(tmp_path):
+    import runpy
+    import shutil
+
+    from PIL import Image
+
+    from conftest import EXAMPLES
+
+    shutil.copy(EXAMPLES / "inputs" / "make.py", tmp_path / "make.py")
+    runpy.run_path(str(tmp_path / "make.py"))
+    with Image.open(tmp_path / "house-edges.png") as a, Image.open(EXAMPLES / "inputs" / "house-edges.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_the_engine_counts_and_evicts_a_controlnet_with_the_pipeline_that_used_it(conditioning_model):
     """A warm worker's cache budget sees a pipeline's ControlNet and IP-Adapter as part of it; unloading the pipeline
     drops them (nothing else uses them), and a run without an IP-Adapter takes it back out of the UNet."""
@@ -368,3 +382,19 @@ def test_the_engine_counts_and_evicts_a_controlnet_with_the_pipeline_that_used_i
     assert pipe.image_encoder is None and getattr(pipe.unet, "_tracker_ip_adapter", None) is None
     engine.unload(key)
     assert not conditioner.controlnets and not conditioner.ip_adapters and not conditioner.used
+
+
+def test_a_refiner_with_weighted_prompts_or_without_denoising_end_is_refused_up_front(family_model,
+                                                                                      conditioning_model):
+    import torch
+    from tracker.engine.conditioning import Conditioner, Conditioning
+    from tracker.errors import ConditioningError
+
+    base, refiner = _load(family_model("sdxl")), str(conditioning_model("refiner", "sdxl"))
+    conditioner = Conditioner()
+    with pytest.raises(ConditioningError, match="prompt_syntax a1111 .* use prompt_syntax: plain"):
+        conditioner.prepare(base, Conditioning(refiner=refiner, denoising_end=0.8), dtype=torch.float32,
+                            allow_pickle=False, model="xl", prompt_syntax="a1111")
+    with pytest.raises(ConditioningError, match="give denoising_end"):
+        conditioner.prepare(base, Conditioning(refiner=refiner), dtype=torch.float32, allow_pickle=False, model="xl")
+    assert not conditioner.refiners  # refused before anything was loaded

@@ -311,7 +311,8 @@ class Conditioner:
     # -- per batch ---------------------------------------------------------------------------------
 
     def prepare(self, base: Any, cond: Conditioning, *, dtype: torch.dtype, allow_pickle: bool, model: str,
-                base_location: str | None = None, device: str | None = None) -> ConditionedCall:
+                base_location: str | None = None, device: str | None = None,
+                prompt_syntax: str = "plain") -> ConditionedCall:
         """Load and check everything ``cond`` needs (one line for what does not fit, before anything is generated)
         and set ``base`` up for it: its IP-Adapter in or out."""
         device = device or str(denoiser(base).device)
@@ -330,6 +331,10 @@ class Conditioner:
             if "denoising_end" not in call_parameters(base):
                 raise ConditioningError(f"refiner {cond.refiner!r}: model {model!r} ({type(base).__name__}) cannot "
                                         f"stop at denoising_end and hand over latents")
+            if prompt_syntax != "plain":
+                raise ConditioningError(f"refiner {cond.refiner!r}: the refiner encodes the prompts as text with its "
+                                        f"own encoder; prompt_syntax {prompt_syntax} (weighted prompts) cannot be "
+                                        f"handed over: use prompt_syntax: plain")
             refiner = self.refiner(cond.refiner, base, base_location, dtype, allow_pickle)
             refiner.to(device)
         return ConditionedCall(cond, components, refiner)

@@ -269,7 +269,8 @@ class Engine:
         cond = from_settings(settings, lambda sha, name: load_image(self.inputs_dir, sha, name))
         self._conditioned = self.conditioner.prepare(
             pipe, cond, dtype=DTYPES[settings.dtype], allow_pickle=settings.allow_pickle, model=settings.model,
-            base_location=None if loaded.saved else self.pipelines.ref(settings.model).location, device=device)
+            base_location=None if loaded.saved else self.pipelines.ref(settings.model).location, device=device,
+            prompt_syntax=settings.prompt_syntax)
         self._active, self._settings = loaded, settings
 
     @staticmethod
