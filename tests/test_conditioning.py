@@ -398,3 +398,37 @@ def test_a_refiner_with_weighted_prompts_or_without_denoising_end_is_refused_up_
     with pytest.raises(ConditioningError, match="give denoising_end"):
         conditioner.prepare(base, Conditioning(refiner=refiner), dtype=torch.float32, allow_pickle=False, model="xl")
     assert not conditioner.refiners  # refused before anything was loaded
+
+
+@pytest.mark.slow
+def test_a_single_file_controlnet_with_its_config_draws_what_its_folder_draws(family_model, conditioning_model,
+                                                                              tmp_path):
+    import shutil
+
+    from tracker.engine.conditioning import Conditioning
+    from tracker.experiment import single_file
+
+    sd, cn = family_model("sd15"), conditioning_model("controlnet", "sd15")
+    file = tmp_path / "control.safetensors"
+    shutil.copy(cn / "diffusion_pytorch_model.safetensors", file)
+    image = (fixtures.control_image(64),)
+    from_file = _tracker(_load(sd), Conditioning(controlnet=(single_file.canonical(str(file), str(cn)),),
+                                                 control_image=image), seeds=(0,))
+    from_folder = _tracker(_load(sd), Conditioning(controlnet=(str(cn),), control_image=image), seeds=(0,))
+    assert np.array_equal(from_file, from_folder)
+
+
+@pytest.mark.slow
+def test_an_sdxl_controlnet_matches_plain_diffusers(family_model, conditioning_model):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+    from tracker.engine.conditioning import Conditioning
+
+    xl, cn = family_model("sdxl"), conditioning_model("controlnet", "sdxl")
+    image = fixtures.control_image(64)
+    ours = _tracker(_load(xl), Conditioning(controlnet=(str(cn),), control_image=(image,),
+                                            controlnet_conditioning_scale=(0.8,)), seeds=(0,))
+    plain = StableDiffusionXLControlNetPipeline(**_load(xl).components, controlnet=ControlNetModel.from_pretrained(cn))
+    plain.set_progress_bar_config(disable=True)
+    ref = _u8(plain(**_kwargs((0,)), image=image, controlnet_conditioning_scale=0.8).images)
+    assert np.abs(ours - ref).max() <= 2
+    assert np.abs(ours - _u8(_load(xl)(**_kwargs((0,))).images)).max() > 10
