@@ -432,3 +432,21 @@ def test_an_sdxl_controlnet_matches_plain_diffusers(family_model, conditioning_m
     ref = _u8(plain(**_kwargs((0,)), image=image, controlnet_conditioning_scale=0.8).images)
     assert np.abs(ours - ref).max() <= 2
     assert np.abs(ours - _u8(_load(xl)(**_kwargs((0,))).images)).max() > 10
+
+
+def test_the_png_parameters_carry_a1111s_controlnet_and_refiner_fields():
+    from tracker.images import pngmeta
+
+    base = {"prompt": "a house", "steps": 20, "seed": 1, "model": "sd15"}
+    text = pngmeta.a1111_parameters({**base, "controlnet": ["lllyasviel/sd-controlnet-canny", "pose"],
+                                     "controlnet_conditioning_scale": [0.7, 1.0], "control_guidance_start": 0.0,
+                                     "control_guidance_end": 0.5})
+    assert ('ControlNet 0: "Module: none, Model: lllyasviel/sd-controlnet-canny, Weight: 0.7, Guidance Start: 0, '
+            'Guidance End: 0.5"') in text
+    assert 'ControlNet 1: "Module: none, Model: pose, Weight: 1, Guidance Start: 0, Guidance End: 0.5"' in text
+    parsed = pngmeta.parse_a1111(text)
+    assert parsed.settings["ControlNet 1"].startswith("Module: none, Model: pose")
+    text = pngmeta.a1111_parameters({**base, "refiner": "stabilityai/stable-diffusion-xl-refiner-1.0",
+                                     "denoising_end": 0.8, "controlnet": []})
+    assert "Refiner: stabilityai/stable-diffusion-xl-refiner-1.0, Refiner switch at: 0.8" in text
+    assert "ControlNet" not in text and "Refiner" not in pngmeta.a1111_parameters(base)
