@@ -39,10 +39,14 @@ def _tracker(base, cond, seeds=(0, 1), **kw):
     import torch
     from tracker.engine.conditioning import Conditioner
 
+    from tracker.engine.variants import PipelineVariants
+    from tracker.experiment.settings import Settings
+
     conditioner = kw.pop("conditioner", None) or Conditioner()
+    variants = kw.pop("variants", None) or PipelineVariants()
     prepared = conditioner.prepare(base, cond, dtype=torch.float32, allow_pickle=False, model="tiny",
                                    base_location=kw.pop("base_location", None))
-    pipe = conditioner.pipeline(base, prepared)
+    pipe = variants.pipeline(base, Settings(model="tiny"), prepared.components)  # as Engine.generate makes it
     return _u8(conditioner.call(prepared, pipe, base, {**_kwargs(seeds, **kw), **prepared.kwargs(pipe)}).images)
 
 
@@ -174,11 +178,14 @@ def test_conditioning_scale_values_make_different_images(family_model, condition
     from tracker.engine.conditioning import Conditioner, Conditioning
 
     sd, cn = family_model("sd15"), conditioning_model("controlnet", "sd15")
-    base, conditioner = _load(sd), Conditioner()
+    from tracker.engine.variants import PipelineVariants
+
+    base, conditioner, variants = _load(sd), Conditioner(), PipelineVariants()
     images = [_tracker(base, Conditioning(controlnet=(str(cn),), control_image=(fixtures.control_image(),),
-                                          controlnet_conditioning_scale=(s,)), seeds=(0,), conditioner=conditioner)
+                                          controlnet_conditioning_scale=(s,)), seeds=(0,), conditioner=conditioner,
+                       variants=variants)
               for s in (0.0, 0.5, 1.0)]
-    assert len(conditioner.controlnets) == 1 and len(conditioner.derived) == 1  # loaded and made once
+    assert len(conditioner.controlnets) == 1 and len(variants._made) == 1  # loaded and made once
     for a in range(3):
         for b in range(a + 1, 3):
             assert np.abs(images[a] - images[b]).max() > 10

@@ -186,7 +186,6 @@ class Conditioner:
         self.controlnets: dict[tuple, Any] = {}
         self.ip_adapters: dict[tuple, tuple[Any, dict]] = {}  # key -> (image encoder, {"image_proj", "ip_adapter"})
         self.refiners: dict[tuple, Any] = {}  # (location, dtype, allow_pickle, id(base)) -> pipeline
-        self.derived: dict[tuple, Any] = {}  # (id(base), ControlNet ids) -> ControlNet pipeline (``pipeline``)
         self.multis: dict[tuple, Any] = {}  # (id(base), ControlNet ids) -> their MultiControlNetModel
         self.used: dict[int, set[tuple[str, tuple]]] = {}  # id(base) -> (cache name, key) of what it uses
 
@@ -348,23 +347,6 @@ class Conditioner:
             self.multis[key] = MultiControlNetModel(cns)
         return self.multis[key]
 
-    def pipeline(self, base: Any, prepared: ConditionedCall) -> Any:
-        """The text-to-image pipeline ``prepared`` calls for, made from ``base`` with diffusers'
-        ``AutoPipelineForText2Image.from_pipe`` (for code without the engine's ``PipelineVariants``)."""
-        import diffusers
-
-        if not prepared.components:
-            return base
-        key = (id(base), tuple(sorted((k, id(v)) for k, v in prepared.components.items())))
-        if key not in self.derived:
-            try:
-                self.derived[key] = diffusers.AutoPipelineForText2Image.from_pipe(base, **prepared.components)
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ConditioningError(f"controlnet: diffusers makes no ControlNet pipeline of {type(base).__name__}: "
-                                        f"{_first_line(e)}") from None
-            self.derived[key].set_progress_bar_config(disable=True)
-        return self.derived[key]
-
     def _ip_adapter(self, base: Any, cond: Conditioning, dtype: torch.dtype, allow_pickle: bool) -> None:
         unet = denoiser(base)
         loaded = getattr(unet, "_tracker_ip_adapter", None)
@@ -426,6 +408,6 @@ class Conditioner:
         mine = self.used.pop(id(base), set())
         for cache, key in mine - set().union(*self.used.values()):
             getattr(self, cache).pop(key, None)
-        for cache in (self.derived, self.refiners, self.multis):
+        for cache in (self.refiners, self.multis):
             for key in [k for k in cache if id(base) in k]:
                 del cache[key]
