@@ -457,3 +457,31 @@ def test_the_png_parameters_carry_a1111s_controlnet_and_refiner_fields():
                                      "denoising_end": 0.8, "controlnet": []})
     assert "Refiner: stabilityai/stable-diffusion-xl-refiner-1.0, Refiner switch at: 0.8" in text
     assert "ControlNet" not in text and "Refiner" not in pngmeta.a1111_parameters(base)
+
+
+@pytest.mark.slow
+def test_a_users_pipeline_gets_the_ip_adapter_taken_out_again(tmp_path, write_yaml, family_model, conditioning_model):
+    """``tracker.run(exp, pipeline=pipe)`` with an IP-Adapter: the runs use it, and the user's pipeline comes back
+    without it (no image encoder, no IP-Adapter attention processors)."""
+    import tracker
+
+    ipa = conditioning_model("ip_adapter", "sd15")
+    (tmp_path / "pics").mkdir()
+    fixtures.reference_image(32).save(tmp_path / "pics" / "ref.png")
+    f = write_yaml(f"""
+        name: users
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        ip_adapter: {{path: {ipa}, weight_name: {fixtures.IP_WEIGHT_NAME}}}
+        ip_adapter_image: pics/ref.png
+        ip_adapter_scale: [0.0, 1.0]
+    """)
+    pipe = _load(family_model("sd15"))
+    processors = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    result = tracker.run(tracker.Experiment.from_yaml(f), home=tmp_path / "home", mlflow=False, pipeline=pipe)
+    assert result.done == 2
+    a, b = [px for _, px in _stored(tmp_path / "home", "users")]
+    assert np.abs(a - b).max() > 10  # the adapter was in use
+    assert pipe.image_encoder is None
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == processors

@@ -42,7 +42,7 @@ FAMILY_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "pro
                "block_out_channels", "layers_per_block", "joint_attention_dim", "pooled_projection_dim")
 @dataclass(eq=False)
 class Conditioning:
-    """What one run adds to its model's call. Images are PIL images (the engine reads them from the workspace)."""
+    """What one run adds to its model's call. Images are PIL images, or sha256 hashes ``load`` reads (``image``)."""
 
     controlnet: tuple[str, ...] = ()
     control_image: tuple[Any, ...] = ()  # one per ControlNet
@@ -349,11 +349,9 @@ class Conditioner:
 
     def _ip_adapter(self, base: Any, cond: Conditioning, dtype: torch.dtype, allow_pickle: bool) -> None:
         unet = denoiser(base)
-        loaded = getattr(unet, "_tracker_ip_adapter", None)
         want = ip_adapter_ref(cond.ip_adapter, self.base_dir) if cond.ip_adapter else None
-        if loaded is not None and loaded != want:
-            base.unload_ip_adapter()
-            unet._tracker_ip_adapter = None
+        if getattr(unet, "_tracker_ip_adapter", None) != want:
+            self.release(base)
         if want is None:
             return
         if not hasattr(base, "load_ip_adapter"):
@@ -402,6 +400,12 @@ class Conditioner:
                       m.values() if isinstance(m, dict) else ()):
                 seen[id(t)] = t
         return sum(t.numel() * t.element_size() for t in seen.values())
+
+    def release(self, base: Any) -> None:
+        """Take an IP-Adapter this conditioner put into ``base`` out again (a user's pipeline goes back as it came)."""
+        if getattr(denoiser(base), "_tracker_ip_adapter", None) is not None:
+            base.unload_ip_adapter()
+            denoiser(base)._tracker_ip_adapter = None
 
     def forget(self, base: Any) -> None:
         """Drop what was made for ``base`` (an evicted pipeline), and the models no other base uses."""

@@ -166,6 +166,7 @@ class Engine:
 
         for loaded in self.pipelines.pipes.values():
             if loaded.saved is not None:
+                self.conditioner.release(loaded.pipe)  # an IP-Adapter the tracker loaded into it
                 attention.undo(loaded.pipe, loaded.attention)  # diffusers' process-wide backend too
                 loaded.attention = None
                 loaded.saved.restore(loaded.pipe, loaded.offloaded)
