@@ -485,3 +485,16 @@ def test_a_users_pipeline_gets_the_ip_adapter_taken_out_again(tmp_path, write_ya
     assert np.abs(a - b).max() > 10  # the adapter was in use
     assert pipe.image_encoder is None
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == processors
+
+
+def test_the_refiner_shares_a_component_only_where_both_configs_are_read_and_equal(family_model,
+                                                                                   conditioning_model, tmp_path):
+    from tracker.engine.refiner import component_config
+
+    xl, refiner = family_model("sdxl"), conditioning_model("refiner", "sdxl")
+    assert component_config(str(refiner), "vae") == component_config(str(xl), "vae") is not None
+    assert "_diffusers_version" not in component_config(str(xl), "vae")
+    assert component_config(str(refiner), "unet") != component_config(str(xl), "unet")
+    (tmp_path / "base.safetensors").write_bytes(b"")
+    assert component_config(str(tmp_path / "base.safetensors"), "vae") is None  # a single file: not shared
+    assert component_config("nobody/not-cached", "vae") is None  # a Hub id not in the cache: not shared

@@ -35,13 +35,13 @@ def call_parameters(pipe_or_class: Any) -> frozenset[str]:
 def component_config(location: str, component: str) -> dict | None:
     """A component's config.json (version stamps dropped) from a local folder or the Hub cache; None if unreadable."""
     path: Any = Path(location) / component / "config.json"
-    if not Path(location).is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(location, f"{component}/config.json")
-        if not isinstance(path, str):
-            return None
     try:
+        if not Path(location).is_dir():  # a Hub id (a single file's path is no repo id: ValueError, not shared)
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(location, f"{component}/config.json")
+            if not isinstance(path, str):
+                return None
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
