@@ -114,3 +114,13 @@ def family_single_file(family_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("single-files")
     return lambda family: cached_single_file(family, family_model(family), root)
+
+
+@pytest.fixture(scope="session")
+def conditioning_model(family_model, tmp_path_factory):
+    """``conditioning_model("controlnet", "sd15")``: a tiny ControlNet, IP-Adapter (``"ip_adapter"``) or SDXL refiner
+    (``"refiner", "sdxl"``) for that family's tiny pipeline (tests/conditioning.py), built once per test session."""
+    from conditioning import cached
+
+    root = tmp_path_factory.mktemp("conditioning")
+    return lambda kind, family: cached(kind, family, family_model(family), root)

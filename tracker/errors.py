@@ -30,6 +30,10 @@ class ModelError(TrackerError):
     """A model, VAE or scheduler that cannot be loaded, or a dtype the device cannot run."""
 
 
+class ConditioningError(ModelError):
+    """A ControlNet, IP-Adapter or refiner that cannot be loaded or does not fit the run's model."""
+
+
 class StoreError(TrackerError):
     """The run store cannot be opened or does not hold what was asked for."""
 

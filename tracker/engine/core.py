@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
 from tracker.engine.facts import RecordFacts  # noqa: E402
-from tracker.engine.variants import PipelineVariants, call_kwargs as conditioning_kwargs  # noqa: E402
+from tracker.engine.variants import PipelineVariants, call_kwargs as conditioning_kwargs, load_image  # noqa: E402
+from tracker.engine.conditioning import Conditioner, from_settings  # noqa: E402
 from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402,F401
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
@@ -67,6 +68,8 @@ class Engine:
         self.denoising: threading.Event | None = None  # set at each batch's first denoiser call (a sweep's gate)
         self.inputs_dir: Path | None = None  # the workspace's input images (image-conditioned runs read them here)
         self.variants = PipelineVariants()  # img2img / inpainting pipelines made from the loaded ones
+        self.conditioner = Conditioner(self.base_dir)  # ControlNets, IP-Adapters, refiners (engine/conditioning.py)
+        self._conditioned: Any = None  # what the conditioner set up for the active settings
 
     pipeline_cache = PipelineCache  # the class of ``self.pipelines`` (a stand-in engine may give its own)
 
@@ -163,6 +166,7 @@ class Engine:
 
         for loaded in self.pipelines.pipes.values():
             if loaded.saved is not None:
+                self.conditioner.release(loaded.pipe)  # an IP-Adapter the tracker loaded into it
                 attention.undo(loaded.pipe, loaded.attention)  # diffusers' process-wide backend too
                 loaded.attention = None
                 loaded.saved.restore(loaded.pipe, loaded.offloaded)
@@ -187,7 +191,7 @@ class Engine:
             for module in loaded.pipe.components.values():
                 if isinstance(module, torch.nn.Module):
                     total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-            out[key] = total
+            out[key] = total + self.conditioner.nbytes(loaded.pipe)  # its ControlNets, IP-Adapter, refiner
         return out
 
     def unload(self, key: tuple) -> None:
@@ -202,6 +206,7 @@ class Engine:
         if self._active is loaded:
             self._active, self._settings = None, None
         self.variants.forget(loaded.pipe)
+        self.conditioner.forget(loaded.pipe)
         del loaded
         gc.collect()
         if torch.cuda.is_available():
@@ -262,6 +267,11 @@ class Engine:
             self._lora(pipe, settings)
         self._compile(loaded, settings, device)
         self._attention(loaded, settings, device)
+        cond = from_settings(settings, lambda sha, name: load_image(self.inputs_dir, sha, name))
+        self._conditioned = self.conditioner.prepare(
+            pipe, cond, dtype=DTYPES[settings.dtype], allow_pickle=settings.allow_pickle, model=settings.model,
+            base_location=None if loaded.saved else self.pipelines.ref(settings.model).location, device=device,
+            prompt_syntax=settings.prompt_syntax)
         self._active, self._settings = loaded, settings
 
     @staticmethod
@@ -349,6 +359,7 @@ class Engine:
         if params is not None and not facts.signature.var_keyword:  # image-to-image calls take no size (the image's)
             kw = {k: v for k, v in kw.items() if k not in ("width", "height") or k in params}
         kw.update(conditioning_kwargs(settings, len(runs), self.inputs_dir, params))
+        kw.update(self._conditioned.kwargs(pipe) if self._conditioned is not None else {})
         kw.update(facts.call_kwargs(settings.call))
         return kw
 
@@ -365,7 +376,8 @@ class Engine:
             self.prepare(settings)
         device = self.device_for(settings)
         gen_device = self._generator_device(settings, device)
-        pipe = self.variants.pipeline(self._active.pipe, settings)  # the base, or its img2img / inpaint variant
+        extra = self._conditioned.components if self._conditioned is not None else None  # its ControlNet
+        pipe = self.variants.pipeline(self._active.pipe, settings, extra)  # the base, or a variant of it
         facts = self.family(pipe, settings.model)
         self._check_family(facts, runs, settings)
         generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in runs]
@@ -408,7 +420,8 @@ class Engine:
                     torch.cuda.reset_peak_memory_stats(device)
                 with _PeakRss() as rss:
                     start = time.perf_counter()
-                    out = pipe(**kwargs, **timing)
+                    out = self.conditioner.call(self._conditioned, pipe, self._active.pipe, kwargs, timing) \
+                        if self._conditioned is not None else pipe(**kwargs, **timing)
                     if cuda:
                         torch.cuda.synchronize(device)
                     wall = time.perf_counter() - start

@@ -40,6 +40,7 @@ class PipelineVariants:
         key = (id(base), task, tuple(sorted((k, id(v)) for k, v in components.items())))
         if key not in self._made:
             self._made[key] = (base, self._make(base, task, components, settings.model))
+            self._made[key][1].set_progress_bar_config(disable=True)  # from_pipe makes a pipeline with its bar on
         variant = self._made[key][1]
         for name, module in base.components.items():  # the scheduler and VAE the engine set on the base
             if name in variant.components and name not in components and variant.components[name] is not module:

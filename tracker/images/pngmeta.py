@@ -112,6 +112,23 @@ def _inputs(recipe: Mapping[str, Any]) -> str | None:
     return " ".join(f"{name}={h}" for name, h in pairs) or None
 
 
+def _conditioning(recipe: Mapping[str, Any]) -> dict[str, str | None]:
+    """A1111's fields for ControlNet (sd-webui-controlnet's ``ControlNet N``: the control image is given
+    preprocessed, so ``Module: none``) and the refiner (``Refiner``, ``Refiner switch at``: A1111's fraction of the
+    steps, diffusers' ``denoising_end``); the input images themselves are named in ``Tracker inputs``."""
+    out: dict[str, str | None] = {}
+    scales = recipe.get("controlnet_conditioning_scale", 1.0)
+    for i, name in enumerate(recipe.get("controlnet") or ()):
+        weight = scales[i] if isinstance(scales, (list, tuple)) else scales
+        out[f"ControlNet {i}"] = (f"Module: none, Model: {name}, Weight: {_number(weight)}, "
+                                  f"Guidance Start: {_number(recipe.get('control_guidance_start') or 0)}, "
+                                  f"Guidance End: {_number(recipe.get('control_guidance_end', 1.0))}")
+    if recipe.get("refiner"):
+        out["Refiner"] = recipe["refiner"]
+        out["Refiner switch at"] = _number(recipe["denoising_end"]) if recipe.get("denoising_end") else None
+    return out
+
+
 def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
     """The ``Key: value`` pairs of the parameters line, in A1111's order; None where not known."""
     sampler, schedule, extra_options = _sampler(recipe)
@@ -131,6 +148,7 @@ def a1111_fields(recipe: Mapping[str, Any]) -> dict[str, str | None]:
         "VAE hash": short_hash(recipe.get("vae_hash") or recipe.get("vae_revision")) if vae and vae != "default" else None,
         "VAE": vae if vae and vae != "default" else None,
         "Denoising strength": _number(recipe["strength"]) if recipe.get("image") and recipe.get("strength") else None,
+        **_conditioning(recipe),
         "Tracker key": recipe.get("key"),
         "Tracker experiment": recipe.get("experiment"),
         "Tracker inputs": _inputs(recipe),
