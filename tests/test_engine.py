@@ -404,3 +404,20 @@ def test_peak_memory_sees_a_transient_allocation_inside_the_batch():
         del block
     assert busy.peak >= base + 150 * 1024 * 1024
     assert quiet.peak < base + 150 * 1024 * 1024
+
+
+def test_ddim_eta_reaches_the_scheduler_and_matches_plain_diffusers(engine):
+    """``call: {eta: ...}`` reaches DDIM's ``step``: the pipeline passes ``eta`` only to a ``step`` whose signature
+    names it, so the engine's seeding wrapper must keep that signature (it once hid it: eta was dropped)."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    ddim = replace(BASE, scheduler="DDIMScheduler", steps=4)
+    noisy = replace(ddim, call=(("eta", 0.8),))
+    quiet, stochastic = one(engine, ddim, seed=6), one(engine, noisy, seed=6)
+    assert np.abs(quiet - stochastic).max() > 10
+    pipe = DiffusionPipeline.from_pretrained(str(builtin_path("tiny")), local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=[PROMPT], num_inference_steps=4, guidance_scale=7.5, width=64, height=64, eta=0.8,
+               generator=[torch.Generator("cpu").manual_seed(6)])
+    assert np.abs(np.asarray(out.images[0], dtype=np.int16) - stochastic).max() <= 2

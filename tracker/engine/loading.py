@@ -92,6 +92,9 @@ def seed_steps(scheduler: Any, generators: list) -> None:
         kwargs.setdefault("generator", generators)
         return step(scheduler, *args, **kwargs)
 
+    # the pipeline passes ``eta`` (DDIM) and ``generator`` only to a ``step`` whose signature names them
+    # (``prepare_extra_step_kwargs``): the wrapper keeps the bound method's signature, or ``eta`` is dropped
+    seeded.__signature__ = inspect.signature(step.__get__(scheduler))  # type: ignore[attr-defined]
     scheduler.step = seeded
 
 
