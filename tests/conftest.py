@@ -124,3 +124,21 @@ def conditioning_model(family_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("conditioning")
     return lambda kind, family: cached(kind, family, family_model(family), root)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium, installed by the README's test command
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium through Playwright, one per test module (the report, studio and MLflow UI tests)."""
+    from playwright.sync_api import sync_playwright  # a test dependency: missing is a failure, not a skip
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium is required at {CHROMIUM} for the browser tests")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

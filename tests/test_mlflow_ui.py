@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, run_tracker
 from test_mlflow import KEY_TAG, PARENT_TAG
 from test_mlflow_server import Server
-from test_report import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 

@@ -7,7 +7,6 @@ written with PIL and marked done with their sha256. One browser for the whole mo
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,6 @@ from PIL import Image, ImageDraw
 from conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 # Payloads: each would set window.__xss or open an alert if it ever became markup or script.
 XSS_SCRIPT = "<script>window.__xss=1;alert(1)</script>"
@@ -103,17 +99,6 @@ def probe(tmp_path_factory):
     assert index.is_file()
     return ws, runs, index
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright  # a test dependency: missing is a failure, not a skip
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium is required at {CHROMIUM} for the report tests")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class Page:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from test_report import Page, browser, make_workspace  # noqa: F401 - browser is a fixture
+from test_report import Page, make_workspace
 from tracker.metrics import Scores, storage
 from tracker.store.runstore import Store
 

@@ -16,7 +16,6 @@ import urllib.request
 import pytest
 
 from conftest import REPO, run_tracker
-from test_report import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +59,6 @@ def server(tmp_path_factory):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

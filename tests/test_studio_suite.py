@@ -17,7 +17,6 @@ import pytest
 
 from conftest import REPO
 from test_promptsets import PARTI, planted
-from test_report import CHROMIUM, CHROMIUM_ARGS
 from tracker.experiment import parse as spec
 from tracker.experiment import plan
 from tracker.metrics import Scores, storage
@@ -67,15 +66,6 @@ def server(tmp_path_factory):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_the_studio_shows_the_suite_result_on_one_screen(browser, server):

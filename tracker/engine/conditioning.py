@@ -30,6 +30,8 @@ from tracker.engine.load_errors import (_describe, _first_line, _is_missing, _mi
                                         _quiet_loading, _safetensors_refused)
 from tracker.engine import refiner as handoff
 from tracker.engine.refiner import call_parameters
+from tracker.engine.loading import load_kwargs
+from tracker.engine.userpipe import denoiser
 from tracker.errors import ConditioningError
 from tracker.experiment import model_refs as models
 
@@ -113,10 +115,6 @@ def from_settings(settings: Any, image: Callable[[str, str], Any]) -> Conditioni
 
 # ------------------------------------------------------------------------------------------------ pure helpers
 
-def denoiser(pipe: Any) -> Any:
-    return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-
-
 def family_mismatch(controlnet_config: dict, base_config: dict, vae_scale_factor: int | None = None) -> list[str]:
     """The config entries where a ControlNet does not fit a base denoiser ("name X (model: Y)"); [] when it fits."""
     def norm(v: Any) -> Any:
@@ -194,15 +192,6 @@ class Conditioner:
     def _ref(self, name: str) -> models.ModelRef:
         return models.resolve(name, self.base_dir)
 
-    @staticmethod
-    def _kw(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
-        kw: dict[str, Any] = {"dtype": dtype}
-        if not allow_pickle:
-            kw["use_safetensors"] = True
-        if _offline():
-            kw["local_files_only"] = True
-        return kw
-
     def controlnet(self, name: str, base: Any, dtype: torch.dtype, allow_pickle: bool, model: str) -> Any:
         """The ControlNet ``name`` (loaded once), refused in one line when it does not fit ``base``'s denoiser."""
         ref = self._ref(name)
@@ -247,7 +236,7 @@ class Conditioner:
                 raise ConditioningError(f"controlnet {name!r}: {_describe(ref)} holds a {config.get('_class_name')}, "
                                         f"which is not a diffusers ControlNet class")
             with _quiet_loading():
-                return cls.from_pretrained(ref.location, **self._kw(dtype, allow_pickle)).eval()
+                return cls.from_pretrained(ref.location, **load_kwargs(dtype, allow_pickle)).eval()
         except ConditioningError:
             raise
         except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
@@ -289,7 +278,7 @@ class Conditioner:
                                         f"it is not an IP-Adapter")
             with _quiet_loading():
                 encoder = CLIPVisionModelWithProjection.from_pretrained(
-                    ref.location, subfolder=ref.encoder_subfolder(), **self._kw(dtype, allow_pickle)).eval()
+                    ref.location, subfolder=ref.encoder_subfolder(), **load_kwargs(dtype, allow_pickle)).eval()
         except ConditioningError:
             raise
         except Exception as e:  # noqa: BLE001 - one line, whatever the loaders raise
@@ -304,7 +293,7 @@ class Conditioner:
         ref = self._ref(name)
         key = (ref.location, str(dtype), allow_pickle, id(base))
         if key not in self.refiners:
-            self.refiners[key] = handoff.load(name, ref, base, base_location, self._kw(dtype, allow_pickle))
+            self.refiners[key] = handoff.load(name, ref, base, base_location, load_kwargs(dtype, allow_pickle))
         return self.refiners[key]
 
     # -- per batch ---------------------------------------------------------------------------------

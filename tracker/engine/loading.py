@@ -68,7 +68,8 @@ class _Loaded:
 # small helpers
 
 
-def _load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
+def load_kwargs(dtype: torch.dtype, allow_pickle: bool) -> dict[str, Any]:
+    """``from_pretrained`` keywords: the dtype, safetensors only unless pickle is allowed, local files when offline."""
     kw: dict[str, Any] = {"dtype": dtype}
     if not allow_pickle:
         kw["use_safetensors"] = True
@@ -96,6 +97,19 @@ def seed_steps(scheduler: Any, generators: list) -> None:
     # (``prepare_extra_step_kwargs``): the wrapper keeps the bound method's signature, or ``eta`` is dropped
     seeded.__signature__ = inspect.signature(step.__get__(scheduler))  # type: ignore[attr-defined]
     scheduler.step = seeded
+
+
+def _single_file(ref: models.ModelRef, what: str, allow_pickle: bool) -> Path:
+    """A single-file checkpoint's path, checked: it exists, and it is safetensors unless pickle is allowed."""
+    from tracker.experiment import single_file
+
+    path = Path(ref.location)
+    if not path.is_file():
+        raise ModelError(f"{what}: no such file ({path})")
+    if path.suffix.lower() != single_file.SAFETENSORS and not allow_pickle:
+        raise ModelError(f"{what}: a pickle file ({path.suffix}) can run code when loaded; "
+                         f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+    return path
 
 
 _TIMESTEP_ARGUMENTS: dict[type, frozenset[str]] = {}
@@ -173,7 +187,7 @@ class PipelineCache:
             raise _pickle_error("model", ref, _pickle_only(Path(ref.location)))
         try:
             with loadguard.loading(), _quiet_loading():
-                pipe = DiffusionPipeline.from_pretrained(ref.location, **_load_kwargs(DTYPES[settings.dtype],
+                pipe = DiffusionPipeline.from_pretrained(ref.location, **load_kwargs(DTYPES[settings.dtype],
                                                                                        settings.allow_pickle))
         except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad model; all become one line
             if not settings.allow_pickle and _safetensors_refused(e):
@@ -206,12 +220,7 @@ class PipelineCache:
             what = cls_name or "folder without a model_index.json"
             raise ModelError(f"model {settings.model!r}: config {cfg.location} is a {what}, whose single files the "
                              f"tracker does not load (supported: {single_file.SUPPORTED})")
-        path = Path(ref.location)
-        if not path.is_file():
-            raise ModelError(f"model {settings.model!r}: no such file ({path})")
-        if path.suffix.lower() != single_file.SAFETENSORS and not settings.allow_pickle:
-            raise ModelError(f"model {settings.model!r}: a pickle file ({path.suffix}) can run code when loaded; "
-                             f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+        path = _single_file(ref, f"model {settings.model!r}", settings.allow_pickle)
         kw = {"config": cfg.location, "dtype": DTYPES[settings.dtype]}
         if _offline() or cfg.inferred:
             kw["local_files_only"] = True  # an inferred config comes from the cache only, never the network
@@ -235,12 +244,7 @@ class PipelineCache:
         else the run model's own VAE config (its folder's, its Hub id's, or its single file's config's ``vae/``)."""
         from tracker.experiment import single_file
 
-        path = Path(ref.location)
-        if not path.is_file():
-            raise ModelError(f"vae {settings.vae!r}: no such file ({path})")
-        if path.suffix.lower() != single_file.SAFETENSORS and not settings.allow_pickle:
-            raise ModelError(f"vae {settings.vae!r}: a pickle file ({path.suffix}) can run code when loaded; "
-                             f"convert it to .safetensors, or set allow_pickle: true if you trust it")
+        path = _single_file(ref, f"vae {settings.vae!r}", settings.allow_pickle)
         if ref.config:
             cfg = single_file.config_of(ref.config, self.base_dir)
             location, local = cfg.location, cfg.folder
@@ -312,7 +316,7 @@ class PipelineCache:
                 raise _pickle_error("vae", ref, sub or ".")
         error: BaseException | None = None
         for sub in subfolders:
-            kw = _load_kwargs(DTYPES[settings.dtype], settings.allow_pickle)
+            kw = load_kwargs(DTYPES[settings.dtype], settings.allow_pickle)
             if sub:
                 kw["subfolder"] = sub
             try:

@@ -186,10 +186,16 @@ def _device_name(pipe: Any) -> str:
     return "cuda" if text == "cuda:0" else text
 
 
+def denoiser(pipe: Any) -> Any:
+    """The pipeline's UNet or transformer (None when it has neither). Tested with ``is None``, never for truth: a
+    ``torch.compile``d module's ``__bool__`` falls back to ``len()``, which a UNet does not have."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
+
+
 def native_size(pipe: Any) -> tuple[int, int]:
     """(width, height) the pipeline makes by default: the denoiser's sample size times the VAE's scale."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    sample = getattr(getattr(denoiser, "config", None), "sample_size", None) or 64
+    sample = getattr(getattr(denoiser(pipe), "config", None), "sample_size", None) or 64
     h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
     factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
     return int(w) * factor, int(h) * factor

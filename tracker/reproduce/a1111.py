@@ -184,17 +184,23 @@ def _lora_hash_notes(hashes: str | None, adapters) -> list[str]:
             for a in map(dict, adapters) if a["name"] in want and not lora.matches_hash(a, want[a["name"]])]
 
 
+def _json_object(s: Mapping[str, str], field: str, notes: list[str]) -> dict[str, Any]:
+    """A prompt-tracker field holding a JSON object (``Call``, ``Scheduler options``); {} with a note if it is not one."""
+    import json
+
+    if not s.get(field):
+        return {}
+    try:
+        return dict(json.loads(s[field]))
+    except (ValueError, TypeError):
+        notes.append(f"{field}: {s[field]} (not a JSON object, ignored)")
+        return {}
+
+
 def _call(s: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
     """prompt-tracker's ``Call`` (a JSON object of pipeline call arguments) and A1111's ``Clip skip`` (N: diffusers'
     clip_skip N-1; 1 is the last layer, diffusers' default)."""
-    import json
-
-    call: dict[str, Any] = {}
-    if s.get("Call"):
-        try:
-            call = dict(json.loads(s["Call"]))
-        except (ValueError, TypeError):
-            notes.append(f"Call: {s['Call']} (not a JSON object, ignored)")
+    call = _json_object(s, "Call", notes)
     skip = s.get("Clip skip")
     if skip not in (None, "", "1"):
         if skip.isdigit() and 1 < int(skip) <= 12:
@@ -214,14 +220,7 @@ def _prompt_syntax(s: Mapping[str, str], where: str) -> str:
 
 def _scheduler(s: Mapping[str, str], notes: list[str]) -> tuple[str, dict[str, Any]]:
     """Sampler + Schedule type (+ prompt-tracker's Scheduler options) -> (class name, options)."""
-    import json
-
-    options: dict[str, Any] = {}
-    if s.get("Scheduler options"):
-        try:
-            options = dict(json.loads(s["Scheduler options"]))
-        except (ValueError, TypeError):
-            notes.append(f"Scheduler options: {s['Scheduler options']} (not a JSON object, ignored)")
+    options = _json_object(s, "Scheduler options", notes)
     sampler = s.get("Sampler")
     if not sampler:
         return schedulers.DEFAULT, options
