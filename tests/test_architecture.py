@@ -280,13 +280,6 @@ def test_private_names_stay_in_their_module():
 
 # ``from tracker.x import name`` where x only imported ``name`` from elsewhere: (file, module, name) -> why
 REEXPORT_ALLOWED: dict[tuple[str, str, str], str] = {
-    # the engine is being recomposed from its mixins in another branch (issue 22), which moves these names again
-    ("tests/test_engine.py", "tracker.engine.core", "NAN_ERROR"): "engine recomposition",
-    ("tests/test_engine.py", "tracker.engine.core", "OutOfMemory"): "engine recomposition",
-    ("tests/test_engine.py", "tracker.engine.core", "_PeakRss"): "engine recomposition",
-    ("tests/test_engine.py", "tracker.engine.core", "_rss_bytes"): "engine recomposition",
-    ("tests/test_ray.py", "tracker.engine.core", "OutOfMemory"): "engine recomposition",
-    ("bench/gpu_standin.py", "tracker.engine.core", "_Loaded"): "engine recomposition",
 }
 
 

@@ -21,7 +21,8 @@ import pytest
 import torch  # noqa: E402 -- a required dependency: a missing torch must fail, not skip
 
 from tracker.experiment import plan, schedulers, parse as spec# noqa: E402
-from tracker.engine.core import NAN_ERROR, Engine, OutOfMemory  # noqa: E402
+from tracker.engine.batches import NAN_ERROR, OutOfMemory  # noqa: E402
+from tracker.engine.core import Engine  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.experiment import families  # noqa: E402
 from tracker.experiment.model_refs import builtin_path  # noqa: E402
@@ -391,7 +392,7 @@ def test_plain_pipeline_gives_the_engines_pixels(engine):
 
 def test_peak_memory_sees_a_transient_allocation_inside_the_batch():
     """The peak is the batch's own: memory taken and freed inside the window counts, earlier peaks don't."""
-    from tracker.engine.core import _PeakRss, _rss_bytes
+    from tracker.engine.machine import _PeakRss, _rss_bytes
 
     big = bytearray(256 * 1024 * 1024)  # an earlier peak, freed before the window opens
     del big

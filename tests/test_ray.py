@@ -110,7 +110,7 @@ def test_an_actor_out_of_memory_halves_its_batch_like_a_local_sweep(ray_cluster,
 
             def generate(runs, *a, **kw):
                 if len(runs) > 2:
-                    from tracker.engine.core import OutOfMemory
+                    from tracker.engine.batches import OutOfMemory
 
                     raise OutOfMemory(f"stand-in: CUDA out of memory at batch size {len(runs)}")
                 return real(runs, *a, **kw)

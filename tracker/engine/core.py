@@ -34,14 +34,14 @@ cpu.before_torch()  # OpenMP reads its wait policy when torch loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tracker.engine.batches import NAN_ERROR, BatchResult, ImageResult, OutOfMemory  # noqa: E402,F401
+from tracker.engine.batches import BatchResult, ImageResult, OutOfMemory  # noqa: E402
 from tracker.engine.facts import RecordFacts  # noqa: E402
 from tracker.engine.variants import PipelineVariants, call_kwargs as conditioning_kwargs, load_image  # noqa: E402
 from tracker.engine.conditioning import Conditioner, from_settings  # noqa: E402
-from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402,F401
+from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
-from tracker.engine.machine import _PeakRss, _rss_bytes  # noqa: E402,F401
+from tracker.engine.machine import _PeakRss  # noqa: E402
 from tracker.experiment.plan import PlannedRun  # noqa: E402
 from tracker.experiment import model_refs as models  # noqa: E402
 from tracker.experiment.settings import Settings  # noqa: E402

@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response,
@@ -112,25 +112,24 @@ def create_app(ws: WorkspaceConfig, token: str, allowed_hosts: set[str], rater: 
     def home():
         return page("index.html.j2", experiments=views.experiments(store))
 
-    @app.get("/e/{experiment}", response_class=HTMLResponse)
-    def grid(experiment: str, request: Request):
+    def experiment_page(experiment: str, template: str, name: str, build: Callable[[], Any]):
+        """An experiment's page: 400 for a name that is not one, 404 with the tracker's line when the view fails."""
         if not NAME_RE.match(experiment):
             return PlainTextResponse("bad experiment name", status_code=400)
         try:
-            g = views.grid(store, experiment, dict(request.query_params))
+            value = build()
         except TrackerError as e:
             return PlainTextResponse(str(e), status_code=404)
-        return page("grid.html.j2", g=g)
+        return page(template, **{name: value})
+
+    @app.get("/e/{experiment}", response_class=HTMLResponse)
+    def grid(experiment: str, request: Request):
+        return experiment_page(experiment, "grid.html.j2", "g",
+                               lambda: views.grid(store, experiment, dict(request.query_params)))
 
     @app.get("/suite/{experiment}", response_class=HTMLResponse)
     def suite(experiment: str, metric: str | None = None):
-        if not NAME_RE.match(experiment):
-            return PlainTextResponse("bad experiment name", status_code=400)
-        try:
-            v = views.suite(store, experiment, metric)
-        except TrackerError as e:
-            return PlainTextResponse(str(e), status_code=404)
-        return page("suite.html.j2", v=v)
+        return experiment_page(experiment, "suite.html.j2", "v", lambda: views.suite(store, experiment, metric))
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare(a: str, b: str, mode: str = "side"):
@@ -142,13 +141,7 @@ def create_app(ws: WorkspaceConfig, token: str, allowed_hosts: set[str], rater: 
 
     @app.get("/pairs/{experiment}", response_class=HTMLResponse)
     def pairs(experiment: str, axis: str | None = None):
-        if not NAME_RE.match(experiment):
-            return PlainTextResponse("bad experiment name", status_code=400)
-        try:
-            p = views.next_pair(store, experiment, axis)
-        except TrackerError as e:
-            return PlainTextResponse(str(e), status_code=404)
-        return page("pairs.html.j2", p=p)
+        return experiment_page(experiment, "pairs.html.j2", "p", lambda: views.next_pair(store, experiment, axis))
 
     @app.get("/run/{experiment}/{key}", response_class=HTMLResponse)
     def run(experiment: str, key: str):
