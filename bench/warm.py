@@ -91,7 +91,7 @@ def two_workers(root: Path, steps: int, repeat: int) -> tuple[float, float]:
             tracker(home, "run", str(warmup), "-q")
             times = []
             for i in range(repeat):
-                f = root / f"pool{count}-{i}.yaml"
+                f = root / f"pool{count}.yaml"  # one file edited each round: a name belongs to one file
                 f.write_text(plan32(32, steps).replace("start: 0", f"start: {100 * i}"))
                 t, proc = tracker(home, "run", str(f), "-q")
                 assert "32 done" in proc.stdout, proc.stdout
@@ -132,13 +132,12 @@ def main() -> int:
     times: dict[str, list[float]] = {"cold1": [], "warm1": [], "local16": [], "warm16": []}
     try:
         wait_live(warm_home, worker)
-        first = root / "first.yaml"
-        first.write_text(plan_text("bench-warm", 10_000, 1, args.steps))
-        tracker(warm_home, "run", str(first), "-q")  # the worker loads the pipeline once
+        # one file per experiment, edited between rounds as a user iterates (a name belongs to one file)
+        one, sixteen = root / "one.yaml", root / "sixteen.yaml"
+        one.write_text(plan_text("bench-warm", 10_000, 1, args.steps))
+        tracker(warm_home, "run", str(one), "-q")  # the worker loads the pipeline once
         for i in range(args.repeat):
-            one = root / f"one{i}.yaml"
             one.write_text(plan_text("bench-warm", i, 1, args.steps))
-            sixteen = root / f"sixteen{i}.yaml"
             sixteen.write_text(plan_text("bench-warm16", 1000 + 16 * i, 16, args.steps))
             t, proc = tracker(root / f"cold{i}", "run", str(one), "-q", "--local", "--no-mlflow")
             times["cold1"].append(t)
