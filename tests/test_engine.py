@@ -32,7 +32,6 @@ from conftest import REPO  # noqa: E402
 
 PROMPT = "portrait photo of a old warrior chief"
 BASE = Settings(model="tiny", steps=3, width=64, height=64, guidance_scale=7.5, device="cpu")
-HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
 
 
 def runs_for(settings: Settings, seeds, prompts=None, negative: str = "") -> list[plan.PlannedRun]:
@@ -72,10 +71,6 @@ def test_tiny_model_native_size_and_safetensors_only():
 @pytest.mark.parametrize("cls", schedulers.SCHEDULERS)
 def test_every_scheduler_makes_an_image_of_the_right_size(engine, cls):
     settings = replace(BASE, scheduler=cls, steps=4, width=48, height=64)
-    if cls == "DPMSolverSDEScheduler" and not HAS_TORCHSDE:
-        with pytest.raises(ModelError, match=r"needs the package torchsde.*pip install torchsde"):
-            engine.prepare(settings)
-        return
     batch = engine.generate(runs_for(settings, [7, 8]))
     img = batch.images[1]
     assert img.error is None and img.image.size == (48, 64) and img.image.mode == "RGB"
@@ -422,3 +417,35 @@ def test_ddim_eta_reaches_the_scheduler_and_matches_plain_diffusers(engine):
     out = pipe(prompt=[PROMPT], num_inference_steps=4, guidance_scale=7.5, width=64, height=64, eta=0.8,
                generator=[torch.Generator("cpu").manual_seed(6)])
     assert np.abs(np.asarray(out.images[0], dtype=np.int16) - stochastic).max() <= 2
+
+
+def test_dpm_sde_without_torchsde_is_refused_in_one_line(monkeypatch):
+    """DPMSolverSDE needs the optional torchsde (in the test extra): where it is missing (the fault injected by
+    hiding it from ``find_spec``), preparing the scheduler is one ModelError naming the package. A fresh engine:
+    the shared one may hold the scheduler already."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchsde" else find_spec(name, *a))
+    with pytest.raises(ModelError, match=r"needs the package torchsde.*pip install torchsde"):
+        Engine().prepare(replace(BASE, scheduler="DPMSolverSDEScheduler", steps=4))
+
+
+def test_dpm_sde_seeds_each_images_brownian_noise_with_its_seed_as_plain_diffusers_does(engine):
+    """DPM++ SDE draws its noise from torchsde Brownian trees, which diffusers seeds from torch's global generator
+    unless ``noise_sampler_seed`` is given: the engine seeds each image's tree with that image's seed (as A1111
+    does), so the image is the same alone or in a batch, twice in a row, and equals a plain diffusers call given
+    ``noise_sampler_seed=[seed]``."""
+    from diffusers import DiffusionPipeline, DPMSolverSDEScheduler
+
+    sde = replace(BASE, scheduler="DPMSolverSDEScheduler", steps=4)
+    torch.manual_seed(1)
+    first = one(engine, sde, seed=11)
+    torch.manual_seed(2)  # the global generator no longer matters
+    assert np.abs(one(engine, sde, seed=11) - first).max() == 0
+    batch = engine.generate(runs_for(sde, [10, 11]))
+    assert np.abs(pixels(batch.images[1]) - first).max() <= 1
+    pipe = DiffusionPipeline.from_pretrained(str(builtin_path("tiny")), local_files_only=True)
+    pipe.scheduler = DPMSolverSDEScheduler.from_config(pipe.scheduler.config, noise_sampler_seed=[11])
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=[PROMPT], num_inference_steps=4, guidance_scale=7.5, width=64, height=64,
+               generator=[torch.Generator("cpu").manual_seed(11)])
+    assert np.abs(np.asarray(out.images[0], dtype=np.int16) - first).max() <= 2

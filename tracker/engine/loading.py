@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -84,7 +85,13 @@ def seed_steps(scheduler: Any, generators: list) -> None:
     own: the flow pipelines (Flux, SD3, Qwen-Image) call ``scheduler.step`` without a generator, so a stochastic
     scheduler (FlowMatchLCM, ``stochastic_sampling``) would draw its noise from torch's global generator and
     the same seed would not make the same image again. Noise then continues each image's own generator, as
-    the DDPM-family pipelines do, so an image does not depend on its batch."""
+    the DDPM-family pipelines do, so an image does not depend on its batch.
+
+    DPMSolverSDE (A1111's "DPM++ SDE") draws its Brownian noise from torchsde trees, not from a generator: each
+    image's tree is seeded with that image's seed (``noise_sampler_seed``, one entry per image, as A1111 seeds
+    them), not from torch's global generator, so the image is the same alone, in any batch, and again."""
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = [g.initial_seed() for g in generators]
     step = type(scheduler).step
     if "generator" not in inspect.signature(step).parameters:
         return
@@ -396,6 +403,9 @@ class PipelineCache:
         if cls_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
             raise ModelError("scheduler DPMSolverSDEScheduler (A1111 'DPM++ SDE') needs the package torchsde; "
                              "install it with `pip install torchsde`, or pick another scheduler")
+        if cls_name == "DPMSolverSDEScheduler":  # float32 sigmas a rounding step outside the tree's float range
+            warnings.filterwarnings("ignore", message=r"Should have t[ab][<>]=t[01]", category=UserWarning,
+                                    module=r"torchsde\.")
         cls = getattr(diffusers, cls_name, None)
         if cls is None or not hasattr(cls, "from_config"):
             raise ModelError(f"scheduler {cls_name!r} is not a diffusers scheduler class in diffusers "
