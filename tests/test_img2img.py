@@ -359,3 +359,65 @@ def test_the_examples_expand_and_their_inputs_are_what_the_script_draws(tmp_path
     for name in ("circle.png", "right-half.png"):
         with Image.open(tmp_path / name) as a, Image.open(examples / "inputs" / name) as b:
             assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+# Per family with an image-to-image / inpainting pipeline in diffusers' AutoPipeline tables: its tasks, the size
+# of the run (small; Flux.2 takes its image as a reference of at least 64 pixels, with no strength) and how the
+# recorded guidance is spelled in the call (Qwen-Image: true CFG, off without a negative prompt: nothing passed).
+FAMILY_TASKS = {"sdxl": ("img2img", "inpaint"), "sd3": ("img2img", "inpaint"), "flux": ("img2img", "inpaint"),
+                "qwenimage": ("img2img", "inpaint"), "flux2": ("img2img",)}
+SIZE = {"flux2": 64}
+NO_STRENGTH = {"flux2"}
+GUIDANCE_ARG = {"sdxl": "guidance_scale", "sd3": "guidance_scale", "flux": "guidance_scale", "flux2": "guidance_scale",
+                "qwenimage": None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,task", [(f, t) for f, tasks in FAMILY_TASKS.items() for t in tasks])
+def test_every_family_with_an_image_pipeline_matches_plain_diffusers(family, task, family_model, tmp_path,
+                                                                     write_yaml, cli):
+    """img2img and inpainting on the tiny SDXL, SD3, Flux.1 and Qwen-Image pipelines, and Flux.2's reference
+    image: the tracker makes its variant with diffusers' AutoPipeline ``from_pipe`` and calls it as a plain
+    diffusers user would (the input images at the run's size, ``strength``, the recorded steps and guidance, one
+    seeded CPU generator per image); the images match within 2 levels and the PNG reproduces identically."""
+    import inspect
+
+    import numpy as np
+    import torch
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
+    from PIL import Image
+
+    folder = family_model(family)
+    imgs = make_images(tmp_path / "pics", 64)
+    mask = "mask_image: pics/mask.png\n" if task == "inpaint" else ""
+    size = SIZE.get(family, 32)
+    strength = {} if family in NO_STRENGTH else {"strength": 0.75}
+    f = write_yaml(f"name: {family}-{task}\nmodel: {folder}\nprompt: {PROMPT}\nimage: pics/source.png\n{mask}"
+                   + "".join(f"{k}: {v}\n" for k, v in strength.items())
+                   + f"steps: 4\nsize: {size}x{size}\nseeds: [3, 4]\n", f"{family}-{task}.yaml")
+    r = cli("run", "--no-mlflow", "-q", f)
+    assert r.code == 0, r.out + r.err
+    import tracker
+
+    runs = sorted(tracker.open(tmp_path / "home").runs(f"{family}-{task}"), key=lambda run: run.record.seed)
+    assert [run.record.seed for run in runs] == [3, 4]
+    rec = runs[0].record
+    assert (rec.width, rec.height, rec.steps) == (size, size, 4)
+
+    loader = AutoPipelineForInpainting if task == "inpaint" else AutoPipelineForImage2Image
+    pipe = loader.from_pipe(DiffusionPipeline.from_pretrained(folder, local_files_only=True))
+    pipe.set_progress_bar_config(disable=True)
+    params = inspect.signature(pipe.__call__).parameters
+    at_size = [Image.open(imgs["image"]).convert("RGB").resize((size, size), Image.LANCZOS)] * 2
+    kw = {"mask_image": [Image.open(imgs["mask"]).convert("RGB").resize((size, size), Image.LANCZOS)] * 2} if mask else {}
+    kw.update({k: size for k in ("width", "height") if k in params}, **strength)
+    if GUIDANCE_ARG[family]:
+        kw[GUIDANCE_ARG[family]] = rec.guidance_scale
+    out = pipe(prompt=[PROMPT] * 2, image=at_size, num_inference_steps=4, output_type="np",
+               generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 4)], **kw).images
+    want = (np.asarray(out) * 255).round().astype(int)
+    for run, expected in zip(runs, want):
+        got = _png_pixels(Path(run.record.image))
+        assert got.shape == expected.shape and int(np.abs(got - expected).max()) <= 2, (family, task)
+    r = cli("reproduce", runs[0].record.image)
+    assert r.code == 0 and "identical" in r.out, r.out + r.err
