@@ -294,6 +294,31 @@ def test_a_warm_worker_makes_a_submitted_plan_with_the_pixels_of_an_in_process_r
 
 
 @pytest.mark.slow
+def test_a_warm_worker_makes_image_to_image_runs_from_the_inputs_in_the_workspace(tmp_path, env, workers):
+    """An img2img strength axis through a warm worker: the worker reads the input by its sha256 from the
+    workspace the submitter copied it into (the path in the file is never read again), and makes the pixels an
+    in-process run makes."""
+    from test_img2img import make_images
+
+    make_images(tmp_path / "pics")
+    path = tmp_path / "cond.yaml"
+    path.write_text("name: alpha\nmodel: tiny\nprompt: a red square\nimage: pics/source.png\n"
+                    "strength: [0.5, 0.9]\nseeds: [0, 1]\nsteps: 4\nbatch_size: 2\n")
+    workers.start(name="warm")
+    workers.wait_live("warm")
+    res = run_tracker("run", path, "-q", env=env, cwd=tmp_path)
+    assert res.code == 0 and "made by warm worker warm (cpu): 4 images" in res.out, res.out + res.err
+    runs = _all_done_each_with_its_image(env, 4)
+    local_env = {**env, "TRACKER_HOME": str(tmp_path / "local")}
+    local = run_tracker("run", path, "-q", "--local", "--no-mlflow", env=local_env, cwd=tmp_path)
+    assert local.code == 0, local.err
+    alone = {r["key"]: r for r in _runs(local_env, "alpha")}
+    for r in runs:
+        assert np.array_equal(np.asarray(Image.open(r["image"])), np.asarray(Image.open(alone[r["key"]]["image"])))
+    assert len({np.asarray(Image.open(r["image"])).tobytes() for r in runs}) == 4  # strength and seed both matter
+
+
+@pytest.mark.slow
 def test_two_submitters_share_one_worker_batch_by_batch(tmp_path, env, workers):
     a = _write(tmp_path, "alpha", animals="[cat, dog, owl, bee]", steps=6)
     b = _write(tmp_path, "beta", animals="[cat, dog, owl, bee]", steps=6)
