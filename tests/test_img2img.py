@@ -367,7 +367,7 @@ def test_the_examples_expand_and_their_inputs_are_what_the_script_draws(tmp_path
 FAMILY_TASKS = {"sdxl": ("img2img", "inpaint"), "sd3": ("img2img", "inpaint"), "flux": ("img2img", "inpaint"),
                 "qwenimage": ("img2img", "inpaint"), "flux2": ("img2img",)}
 SIZE = {"flux2": 64}
-NO_STRENGTH = {"flux2"}
+NO_STRENGTH = {"flux2"}  # a reference image: passed at its own size (96x96 here, not the run's), as a user would
 GUIDANCE_ARG = {"sdxl": "guidance_scale", "sd3": "guidance_scale", "flux": "guidance_scale", "flux2": "guidance_scale",
                 "qwenimage": None}
 
@@ -388,7 +388,7 @@ def test_every_family_with_an_image_pipeline_matches_plain_diffusers(family, tas
     from PIL import Image
 
     folder = family_model(family)
-    imgs = make_images(tmp_path / "pics", 64)
+    imgs = make_images(tmp_path / "pics", 96 if family in NO_STRENGTH else 64)
     mask = "mask_image: pics/mask.png\n" if task == "inpaint" else ""
     size = SIZE.get(family, 32)
     strength = {} if family in NO_STRENGTH else {"strength": 0.75}
@@ -408,7 +408,8 @@ def test_every_family_with_an_image_pipeline_matches_plain_diffusers(family, tas
     pipe = loader.from_pipe(DiffusionPipeline.from_pretrained(folder, local_files_only=True))
     pipe.set_progress_bar_config(disable=True)
     params = inspect.signature(pipe.__call__).parameters
-    at_size = [Image.open(imgs["image"]).convert("RGB").resize((size, size), Image.LANCZOS)] * 2
+    source = Image.open(imgs["image"]).convert("RGB")
+    at_size = [source if family in NO_STRENGTH else source.resize((size, size), Image.LANCZOS)] * 2
     kw = {"mask_image": [Image.open(imgs["mask"]).convert("RGB").resize((size, size), Image.LANCZOS)] * 2} if mask else {}
     kw.update({k: size for k in ("width", "height") if k in params}, **strength)
     if GUIDANCE_ARG[family]:

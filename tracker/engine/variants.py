@@ -80,15 +80,18 @@ def load_image(inputs_dir: Path | None, sha256: str, field: str, size: tuple[int
 
 
 def image_kwargs(settings: Settings, n: int, inputs_dir: Path | None, params: Any) -> dict[str, Any]:
-    """The call arguments of a batch of ``n`` runs' input images: ``image`` (and ``mask_image``) one per run, at
-    the run's size, and ``strength`` where the pipeline takes it."""
+    """The call arguments of a batch of ``n`` runs' input images: ``image`` (and ``mask_image``) one per run, and
+    ``strength`` where the pipeline takes it. An image to repaint (a pipeline with ``strength``) is given at the
+    run's size, as diffusers' image processor would resize it; a reference image (FLUX.2: no ``strength``) as
+    it is, since the pipeline sizes references itself and a resize would change their aspect ratio."""
     if settings.task == "text2img":
         return {}
-    size = (settings.width, settings.height)
+    repaint = params is None or "strength" in params
+    size = (settings.width, settings.height) if repaint else None
     kw: dict[str, Any] = {"image": [load_image(inputs_dir, settings.image, "image", size)] * n}
     if settings.mask_image:
         kw["mask_image"] = [load_image(inputs_dir, settings.mask_image, "mask_image", size)] * n
-    if params is None or "strength" in params:
+    if repaint:
         kw["strength"] = settings.strength
     return kw
 
