@@ -220,8 +220,13 @@ def _wait_actors(cluster: TwoNodes, env: dict, n: int) -> None:
 @pytest.mark.slow
 def test_a_node_killed_mid_sweep_loses_and_duplicates_nothing(tmp_path, two_nodes):
     env = _env(tmp_path, two_nodes)
+    # both actors up before the sweep, so both claim from its start (one started by the sweep itself came up
+    # late on a quiet machine, made one batch and never held a claim while it could be killed)
+    res = run_tracker("worker", "--ray", two_nodes.address, "--idle-timeout", "300", "--no-mlflow", env=env)
+    assert res.code == 0 and res.out.count(": started; worker ray:tracker-warm-") == 2, res.out + res.err
+    _wait_actors(two_nodes, env, 2)
     path = tmp_path / "spread.yaml"
-    path.write_text(PLAN.replace("ANIMALS", "[cat, dog, owl, fox]").replace("STEPS", "30"))
+    path.write_text(PLAN.replace("ANIMALS", "[cat, dog, owl, fox]").replace("STEPS", "40"))
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "tracker", "run", str(path), "--ray", two_nodes.address,
                              "--no-mlflow", "-q"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -99,7 +99,7 @@ def test_two_workers_do_every_run_once_with_the_pixels_of_one_process(write_yaml
 def test_a_worker_killed_mid_batch_leaves_its_runs_to_the_other(write_yaml, pg_env):
     """Two workers on one PostgreSQL store; one is killed with SIGKILL while it holds a batch."""
     env = pg_env
-    path = _plan(write_yaml, steps=15)  # batches long enough to be killed in
+    path = _plan(write_yaml, steps=40)  # batches long enough to be killed in
     with tracker_process("run", path, "--workers", "2", "--no-mlflow", "-q", env=env) as proc:
         victim = _wait_for_a_worker_holding_runs(env, proc)
         os.kill(victim["pid"], signal.SIGKILL)
@@ -113,16 +113,28 @@ def test_a_worker_killed_mid_batch_leaves_its_runs_to_the_other(write_yaml, pg_e
 
 
 def _wait_for_a_worker_holding_runs(env: dict, proc) -> dict:
-    """A worker in the middle of a batch: it holds claims and has finished nothing of them yet."""
+    """A worker in the middle of a batch: it holds claims (runs running under its id). Read from the store
+    itself every 0.1 s: a ``tracker status`` process per poll (~1 s to start) missed whole batches."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["TRACKER_DB_URL"])
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        res = run_tracker("status", "shared", "--json", env=env)
-        if res.code == 0:
-            held = [w for w in json.loads(res.out)["workers"] if w["holding"] > 0]
-            if len(held) == 2 or (held and len(json.loads(res.out)["workers"]) == 2):
-                return held[0]
-        time.sleep(0.2)
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                with engine.connect() as db:
+                    workers = db.execute(sa.text("SELECT id, pid FROM workers")).all()
+                    held = db.execute(sa.text("SELECT w.pid FROM runs r JOIN workers w ON w.id = r.worker_id "
+                                              "WHERE r.status = 'running'")).all()
+            except sa.exc.ProgrammingError:  # the tables are being made
+                time.sleep(0.1)
+                continue
+            if held and len(workers) == 2:
+                return {"pid": held[0][0]}
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
     raise AssertionError("no worker started a batch")
 
 
