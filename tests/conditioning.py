@@ -69,6 +69,38 @@ def controlnet(base_folder: Path, out: Path, seed: int = SEED, gain: float = 0.5
     return _replace(tmp, out)
 
 
+def transformer_controlnet(base_folder: Path, out: Path, seed: int = SEED, gain: float = 0.5) -> Path:
+    """A ControlNet folder for a transformer pipeline (the tiny FLUX.1 or SD3 of tests/families.py): diffusers'
+    ``FluxControlNetModel.from_transformer`` / an ``SD3ControlNetModel`` of the transformer's config, one block
+    each, with its zero-initialised output projections given random weights (seeded) so that it moves pixels."""
+    import torch
+    from diffusers import FluxControlNetModel, FluxTransformer2DModel, SD3ControlNetModel, SD3Transformer2DModel
+
+    base_folder, out = Path(base_folder), Path(out)
+    cls_name = FluxTransformer2DModel.load_config(base_folder / "transformer")["_class_name"]
+    torch.manual_seed(seed)
+    if cls_name == "FluxTransformer2DModel":
+        t = FluxTransformer2DModel.from_pretrained(base_folder, subfolder="transformer")
+        cn = FluxControlNetModel.from_transformer(t, num_layers=1, num_single_layers=1,
+                                                  attention_head_dim=t.config.attention_head_dim,
+                                                  num_attention_heads=t.config.num_attention_heads)
+        outputs = [*cn.controlnet_blocks, *cn.controlnet_single_blocks, cn.controlnet_x_embedder]
+    else:
+        c = SD3Transformer2DModel.load_config(base_folder / "transformer")
+        cn = SD3ControlNetModel(**{k: c[k] for k in ("sample_size", "patch_size", "in_channels", "attention_head_dim",
+                                                    "num_attention_heads", "joint_attention_dim",
+                                                    "caption_projection_dim", "pooled_projection_dim",
+                                                    "out_channels")}, num_layers=1)
+        outputs = [*cn.controlnet_blocks, cn.pos_embed_input.proj]
+    with torch.no_grad():
+        for module in outputs:
+            torch.nn.init.normal_(module.weight, std=gain)
+            torch.nn.init.normal_(module.bias, std=gain)
+    tmp = _fresh(out)
+    cn.eval().save_pretrained(tmp, safe_serialization=True)
+    return _replace(tmp, out)
+
+
 def image_encoder(seed: int = SEED, projection: int = 32):
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -151,7 +183,10 @@ def cached(kind: str, base_family: str, base_folder: Path, root: Path) -> Path:
     """``root/<kind>-<base_family>``, built from ``base_folder`` the first time it is asked for."""
     out = Path(root) / f"{kind}-{base_family}"
     if not out.exists():
-        {"controlnet": controlnet, "ip_adapter": ip_adapter, "refiner": refiner}[kind](base_folder, out)
+        if kind == "controlnet" and base_family in ("flux", "sd3"):
+            transformer_controlnet(base_folder, out)
+        else:
+            {"controlnet": controlnet, "ip_adapter": ip_adapter, "refiner": refiner}[kind](base_folder, out)
     return out
 
 

@@ -310,8 +310,9 @@ def _sd3():
 
     tok, tok2, tok3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer(256)
     transformer, vae, te, te2, te3 = _seeded(
-        # 16 latent channels as SD3's own VAE has (diffusers' dummy has 4): its inpainting pipeline needs 16
-        lambda: SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+        # 16 latent channels as SD3's own VAE has (diffusers' dummy has 4): its inpainting pipeline needs 16; two
+        # blocks: the last is context_pre_only, which takes no ControlNet residual
+        lambda: SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=2, attention_head_dim=8,
                                       num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
                                       pooled_projection_dim=64, out_channels=16),
         lambda: AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),

@@ -498,3 +498,56 @@ def test_the_refiner_shares_a_component_only_where_both_configs_are_read_and_equ
     (tmp_path / "base.safetensors").write_bytes(b"")
     assert component_config(str(tmp_path / "base.safetensors"), "vae") is None  # a single file: not shared
     assert component_config("nobody/not-cached", "vae") is None  # a Hub id not in the cache: not shared
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_transformer_controlnet_scale_axis_matches_plain_diffusers(family, cli, write_yaml, tmp_path,
+                                                                     family_model, conditioning_model):
+    """A FLUX.1 and an SD3 ControlNet (transformer ControlNets, tests/conditioning.py) with a
+    ``controlnet_conditioning_scale`` axis through ``tracker run``: each image equals a plain
+    ``FluxControlNetPipeline`` / ``StableDiffusion3ControlNetPipeline`` call with the same arguments and seed (torch's
+    global generator seeded with it too: SD3's ControlNet pipeline draws from it), the scale moves pixels, and
+    the PNG reproduces identically."""
+    import diffusers
+
+    base, cn = family_model(family), conditioning_model("controlnet", family)
+    (tmp_path / "pics").mkdir()
+    fixtures.control_image(32).save(tmp_path / "pics" / "control.png")
+    f = write_yaml(f"""
+        name: cn-{family}
+        model: {base}
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        size: 32x32
+        controlnet: {cn}
+        control_image: pics/control.png
+        controlnet_conditioning_scale: [0.0, 0.8]
+    """, f"cn-{family}.yaml")
+    r = cli("run", f, "--no-mlflow", "-q")
+    assert r.code == 0 and "2 done" in r.out, r.out + r.err
+    import tracker
+
+    runs = {run.record.controlnet_conditioning_scale: run.record
+            for run in tracker.open(tmp_path / "home").runs(f"cn-{family}")}
+    assert sorted(runs) == [0.0, 0.8]
+    pipeline, model = {"flux": ("FluxControlNetPipeline", "FluxControlNetModel"),
+                       "sd3": ("StableDiffusion3ControlNetPipeline", "SD3ControlNetModel")}[family]
+    plain = getattr(diffusers, pipeline)(**_load(base).components,
+                                         controlnet=getattr(diffusers, model).from_pretrained(cn))
+    plain.set_progress_bar_config(disable=True)
+    from PIL import Image
+
+    import torch
+
+    got = {}
+    for scale, rec in runs.items():
+        torch.manual_seed(0)  # SD3's ControlNet pipeline samples the control latent from the global generator
+        want = _u8(plain(**_kwargs((0,), size=32), control_image=Image.open(tmp_path / "pics" / "control.png"),
+                         controlnet_conditioning_scale=scale, guidance_scale=rec.guidance_scale).images)[0]
+        got[scale] = np.asarray(Image.open(rec.image).convert("RGB"), dtype=np.int16)
+        assert got[scale].shape == want.shape and np.abs(got[scale] - want).max() <= 2, (family, scale)
+    assert np.abs(got[0.8] - got[0.0]).max() > 10  # the ControlNet's scale moves pixels
+    r = cli("reproduce", runs[0.8].image)
+    assert r.code == 0 and "identical" in r.out, r.out + r.err

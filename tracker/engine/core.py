@@ -38,7 +38,7 @@ from tracker.engine.batches import BatchResult, ImageResult, OutOfMemory  # noqa
 from tracker.engine.facts import RecordFacts  # noqa: E402
 from tracker.engine.variants import PipelineVariants, call_kwargs as conditioning_kwargs, load_image  # noqa: E402
 from tracker.engine.conditioning import Conditioner, from_settings  # noqa: E402
-from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps  # noqa: E402
+from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps, seeded_global_rng  # noqa: E402
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
 from tracker.engine.machine import _PeakRss  # noqa: E402
@@ -418,7 +418,7 @@ class Engine:
                 kwargs = self._call_kwargs(pipe, facts, runs, settings, settings.steps, generators)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                with _PeakRss() as rss:
+                with _PeakRss() as rss, seeded_global_rng(runs[0].seed, device):
                     start = time.perf_counter()
                     out = self.conditioner.call(self._conditioned, pipe, self._active.pipe, kwargs, timing) \
                         if self._conditioned is not None else pipe(**kwargs, **timing)

@@ -12,9 +12,10 @@ import inspect
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tracker.engine import cpu, loadguard
 
@@ -104,6 +105,18 @@ def seed_steps(scheduler: Any, generators: list) -> None:
     # (``prepare_extra_step_kwargs``): the wrapper keeps the bound method's signature, or ``eta`` is dropped
     seeded.__signature__ = inspect.signature(step.__get__(scheduler))  # type: ignore[attr-defined]
     scheduler.step = seeded
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: str) -> Iterator[None]:
+    """Around one pipeline call: torch's global generators seeded with the batch's first seed, and put back after.
+    Some pipelines draw from them whatever generator they are given (SD3's ControlNet pipeline samples the
+    control image's latent with ``latent_dist.sample()``), so without this the same run made a new image each
+    time; with it, a run is the same again in its batch (``reproduce`` regenerates in the original batch)."""
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _single_file(ref: models.ModelRef, what: str, allow_pickle: bool) -> Path:
