@@ -70,16 +70,22 @@ def controlnet(base_folder: Path, out: Path, seed: int = SEED, gain: float = 0.5
 
 
 def transformer_controlnet(base_folder: Path, out: Path, seed: int = SEED, gain: float = 0.5) -> Path:
-    """A ControlNet folder for a transformer pipeline (the tiny FLUX.1 or SD3 of tests/families.py): diffusers'
-    ``FluxControlNetModel.from_transformer`` / an ``SD3ControlNetModel`` of the transformer's config, one block
-    each, with its zero-initialised output projections given random weights (seeded) so that it moves pixels."""
+    """A ControlNet folder for a transformer pipeline (the tiny FLUX.1, SD3 or Qwen-Image of tests/families.py):
+    diffusers' ``FluxControlNetModel.from_transformer`` / ``QwenImageControlNetModel.from_transformer`` / an
+    ``SD3ControlNetModel`` of the transformer's config, one block each, with its zero-initialised output projections given random weights (seeded) so that it moves pixels."""
     import torch
-    from diffusers import FluxControlNetModel, FluxTransformer2DModel, SD3ControlNetModel, SD3Transformer2DModel
+    from diffusers import (FluxControlNetModel, FluxTransformer2DModel, QwenImageControlNetModel,
+                           QwenImageTransformer2DModel, SD3ControlNetModel, SD3Transformer2DModel)
 
     base_folder, out = Path(base_folder), Path(out)
     cls_name = FluxTransformer2DModel.load_config(base_folder / "transformer")["_class_name"]
     torch.manual_seed(seed)
-    if cls_name == "FluxTransformer2DModel":
+    if cls_name == "QwenImageTransformer2DModel":
+        t = QwenImageTransformer2DModel.from_pretrained(base_folder, subfolder="transformer")
+        cn = QwenImageControlNetModel.from_transformer(t, num_layers=1, attention_head_dim=t.config.attention_head_dim,
+                                                       num_attention_heads=t.config.num_attention_heads)
+        outputs = [*cn.controlnet_blocks, cn.controlnet_x_embedder]
+    elif cls_name == "FluxTransformer2DModel":
         t = FluxTransformer2DModel.from_pretrained(base_folder, subfolder="transformer")
         cn = FluxControlNetModel.from_transformer(t, num_layers=1, num_single_layers=1,
                                                   attention_head_dim=t.config.attention_head_dim,
@@ -183,7 +189,7 @@ def cached(kind: str, base_family: str, base_folder: Path, root: Path) -> Path:
     """``root/<kind>-<base_family>``, built from ``base_folder`` the first time it is asked for."""
     out = Path(root) / f"{kind}-{base_family}"
     if not out.exists():
-        if kind == "controlnet" and base_family in ("flux", "sd3"):
+        if kind == "controlnet" and base_family in ("flux", "sd3", "qwenimage"):
             transformer_controlnet(base_folder, out)
         else:
             {"controlnet": controlnet, "ip_adapter": ip_adapter, "refiner": refiner}[kind](base_folder, out)

@@ -501,10 +501,10 @@ def test_the_refiner_shares_a_component_only_where_both_configs_are_read_and_equ
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "qwenimage"])
 def test_a_transformer_controlnet_scale_axis_matches_plain_diffusers(family, cli, write_yaml, tmp_path,
                                                                      family_model, conditioning_model):
-    """A FLUX.1 and an SD3 ControlNet (transformer ControlNets, tests/conditioning.py) with a
+    """A FLUX.1, an SD3 and a Qwen-Image ControlNet (transformer ControlNets, tests/conditioning.py) with a
     ``controlnet_conditioning_scale`` axis through ``tracker run``: each image equals a plain
     ``FluxControlNetPipeline`` / ``StableDiffusion3ControlNetPipeline`` call with the same arguments and seed (torch's
     global generator seeded with it too: SD3's ControlNet pipeline draws from it), the scale moves pixels, and
@@ -533,7 +533,8 @@ def test_a_transformer_controlnet_scale_axis_matches_plain_diffusers(family, cli
             for run in tracker.open(tmp_path / "home").runs(f"cn-{family}")}
     assert sorted(runs) == [0.0, 0.8]
     pipeline, model = {"flux": ("FluxControlNetPipeline", "FluxControlNetModel"),
-                       "sd3": ("StableDiffusion3ControlNetPipeline", "SD3ControlNetModel")}[family]
+                       "sd3": ("StableDiffusion3ControlNetPipeline", "SD3ControlNetModel"),
+                       "qwenimage": ("QwenImageControlNetPipeline", "QwenImageControlNetModel")}[family]
     plain = getattr(diffusers, pipeline)(**_load(base).components,
                                          controlnet=getattr(diffusers, model).from_pretrained(cn))
     plain.set_progress_bar_config(disable=True)
