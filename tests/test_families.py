@@ -208,6 +208,21 @@ def test_flux2_takes_no_negative_prompt(tmp_path):
     assert _expand(f"prompt: a cat\nmodel: {flux2}\n", tmp_path).runs[0].settings.guidance_scale == 4.0
 
 
+def test_flux2_reference_images_are_checked_as_its_pipeline_checks_them(tmp_path):
+    """FLUX.2 takes ``image`` as a reference of at least 64 pixels a side and an aspect ratio up to 8 (diffusers'
+    Flux2ImageProcessor.check_image_input): refused in one line when the plan is made, not per run."""
+    from PIL import Image
+
+    flux2 = _folder(tmp_path / "flux2", "Flux2Pipeline", vae={"block_out_channels": [128, 256, 512, 512]})
+    for name, size in (("small", (48, 80)), ("thin", (64, 520)), ("fine", (64, 96))):
+        Image.new("RGB", size).save(tmp_path / f"{name}.png")
+    m = _refused(tmp_path, f"prompt: a cat\nmodel: {flux2}\nimage: small.png\nsize: 64x64\n")
+    assert "image (line 3): 'small.png' is 48x80 pixels; FLUX.2 takes reference images of at least 64" in m
+    m = _refused(tmp_path, f"prompt: a cat\nmodel: {flux2}\nimage: thin.png\nsize: 64x64\n")
+    assert "'thin.png' is 64x520 pixels; FLUX.2 takes reference images of an aspect ratio up to 8" in m
+    assert _expand(f"prompt: a cat\nmodel: {flux2}\nimage: fine.png\nsize: 64x64\n", tmp_path).runs[0].settings.image
+
+
 def test_qwen_image_cfg_is_the_guidance_setting_and_needs_a_negative_prompt(tmp_path):
     qwen = _folder(tmp_path / "qwen", "QwenImagePipeline", vae={"temperal_downsample": [False, True, True]})
     p = _expand(f"""\

@@ -50,6 +50,10 @@ class Family:
     def supports_negative(self, sig: CallSignature | None) -> bool:
         return sig is None or "negative_prompt" in sig
 
+    def check_reference(self, width: int, height: int) -> str | None:
+        """Why an input ``image`` of that size cannot be taken (None: it can)."""
+        return None
+
     def argument_for_guidance(self, sig: CallSignature | None) -> str | None:
         if sig is not None and self.guidance_argument not in sig:
             return None
@@ -121,6 +125,14 @@ class Flux2(Family):
 
     def supports_negative(self, sig: CallSignature | None) -> bool:
         return False
+
+    def check_reference(self, width: int, height: int) -> str | None:
+        # diffusers' Flux2ImageProcessor.check_image_input (its defaults), read here without importing diffusers
+        if min(width, height) < 64:
+            return "FLUX.2 takes reference images of at least 64 pixels a side"
+        if max(width / height, height / width) > 8:
+            return "FLUX.2 takes reference images of an aspect ratio up to 8"
+        return None
 
 
 class QwenImage(Family):

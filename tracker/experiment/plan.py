@@ -311,6 +311,9 @@ def _settings(values: dict[str, Any], exp: ExperimentSpec, explicit: set[str], n
     except families.FamilyError as e:
         raise _family_error(exp, e.field, e.message) from None
     _check_inputs(exp, values)
+    why = facts.family.check_reference(image.width, image.height) if image is not None else None
+    if why:
+        raise _family_error(exp, "image", f"{image.source!r} is {image.width}x{image.height} pixels; {why}")
     for name in requested:  # refused after the plan if it had no effect in any run
         ignored[name] = ignored.get(name, False) or name not in missed
     return Settings(**values)
