@@ -161,6 +161,40 @@ def ip_adapter(base_folder: Path, out: Path, seed: int = SEED) -> Path:
     return _replace(tmp, out)
 
 
+def flux_ip_adapter(base_folder: Path, out: Path, seed: int = SEED, tokens: int = 4) -> Path:
+    """A FLUX.1 IP-Adapter in XLabs' layout (XLabs-AI/flux-ip-adapter's ``ip_adapter.safetensors``:
+    ``ip_adapter_proj_model.{proj,norm}.*`` projecting the image embedding to ``tokens`` tokens of the
+    transformer's ``joint_attention_dim``, and ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.*``
+    per double block), written as ``out/ip-adapter.safetensors`` with ``out/image_encoder/``."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    base_folder, out = Path(base_folder), Path(out)
+    config = FluxTransformer2DModel.load_config(base_folder / "transformer")
+    joint, inner = config["joint_attention_dim"], config["num_attention_heads"] * config["attention_head_dim"]
+    encoder = image_encoder(seed)
+    embed = encoder.config.projection_dim
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.3):
+        return (torch.randn(*shape, generator=gen) * std).contiguous()
+
+    state = {"ip_adapter_proj_model.proj.weight": rand(tokens * joint, embed),
+             "ip_adapter_proj_model.proj.bias": rand(tokens * joint),
+             "ip_adapter_proj_model.norm.weight": 1 + rand(joint, std=0.1),
+             "ip_adapter_proj_model.norm.bias": rand(joint, std=0.1)}
+    for block in range(config["num_layers"]):
+        for kv in ("k", "v"):
+            name = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
+            state[f"{name}.weight"], state[f"{name}.bias"] = rand(inner, joint, std=1.0), rand(inner, std=0.3)
+    tmp = _fresh(out)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / IP_WEIGHT_NAME))
+    encoder.save_pretrained(tmp / "image_encoder")
+    return _replace(tmp, out)
+
+
 def refiner(base_folder: Path, out: Path, seed: int = SEED) -> Path:
     """A tiny SDXL refiner folder sharing ``base_folder``'s (the tiny SDXL's) second text encoder and VAE."""
     import torch
@@ -191,6 +225,8 @@ def cached(kind: str, base_family: str, base_folder: Path, root: Path) -> Path:
     if not out.exists():
         if kind == "controlnet" and base_family in ("flux", "sd3", "qwenimage"):
             transformer_controlnet(base_folder, out)
+        elif kind == "ip_adapter" and base_family == "flux":
+            flux_ip_adapter(base_folder, out)
         else:
             {"controlnet": controlnet, "ip_adapter": ip_adapter, "refiner": refiner}[kind](base_folder, out)
     return out

@@ -131,6 +131,26 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
+def wait_in_page(page, predicate: str, arg=None, timeout_ms: int = 30_000):
+    """``page.wait_for_function`` for pages with a content security policy: Playwright polls that one by
+    evaluating a string in the page, which a CSP without 'unsafe-eval' refuses whenever the predicate is not true
+    at once (a race a loaded machine loses). Here the predicate, a JS function's source (``"k => ..."``), is
+    sent with ``evaluate`` and polled in the page with ``setTimeout``; its first truthy value is returned."""
+    return page.evaluate(
+        f"""([arg, limit]) => new Promise((ok, fail) => {{
+            const predicate = {predicate};
+            const start = performance.now();
+            const tick = () => {{
+                let value;
+                try {{ value = predicate(arg); }} catch (e) {{ return fail(e); }}
+                if (value) return ok(value);
+                if (performance.now() - start > limit) return fail(new Error("timed out waiting for the page"));
+                setTimeout(tick, 50);
+            }};
+            tick();
+        }})""", [arg, timeout_ms])
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Chromium through Playwright, one per test module (the report, studio and MLflow UI tests)."""

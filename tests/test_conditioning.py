@@ -473,7 +473,7 @@ def test_a_users_pipeline_gets_the_ip_adapter_taken_out_again(tmp_path, write_ya
         prompt: a red house
         seeds: [0]
         steps: {STEPS}
-        ip_adapter: {{path: {ipa}, weight_name: {fixtures.IP_WEIGHT_NAME}}}
+        ip_adapter: {{path: {ipa}, weight_name: {fixtures.IP_WEIGHT_NAME}, image_encoder: {ipa / "image_encoder"}}}
         ip_adapter_image: pics/ref.png
         ip_adapter_scale: [0.0, 1.0]
     """)
@@ -551,4 +551,49 @@ def test_a_transformer_controlnet_scale_axis_matches_plain_diffusers(family, cli
         assert got[scale].shape == want.shape and np.abs(got[scale] - want).max() <= 2, (family, scale)
     assert np.abs(got[0.8] - got[0.0]).max() > 10  # the ControlNet's scale moves pixels
     r = cli("reproduce", runs[0.8].image)
+    assert r.code == 0 and "identical" in r.out, r.out + r.err
+
+
+@pytest.mark.slow
+def test_a_flux_ip_adapter_in_xlabs_layout_matches_plain_diffusers(cli, write_yaml, tmp_path, family_model,
+                                                                   conditioning_model):
+    """A FLUX.1 IP-Adapter in XLabs' file layout (tests/conditioning.py), its image encoder given as a model of
+    its own (as XLabs' is openai/clip-vit-large-patch14), with an ``ip_adapter_scale`` axis through
+    ``tracker run``: each image equals a plain FluxPipeline with ``load_ip_adapter`` (the same file and image
+    encoder) and ``set_ip_adapter_scale``, the scale moves pixels, and the PNG reproduces identically."""
+    import torch
+    from PIL import Image
+
+    base, ipa = family_model("flux"), conditioning_model("ip_adapter", "flux")
+    (tmp_path / "pics").mkdir()
+    fixtures.reference_image(32).save(tmp_path / "pics" / "ref.png")
+    f = write_yaml(f"""
+        name: ip-flux
+        model: {base}
+        prompt: a red house
+        seeds: [0]
+        steps: {STEPS}
+        size: 32x32
+        ip_adapter: {{path: {ipa}, weight_name: {fixtures.IP_WEIGHT_NAME}, image_encoder: {ipa / "image_encoder"}}}
+        ip_adapter_image: pics/ref.png
+        ip_adapter_scale: [0.0, 1.0]
+    """, "ip-flux.yaml")
+    r = cli("run", f, "--no-mlflow", "-q")
+    assert r.code == 0 and "2 done" in r.out, r.out + r.err
+    import tracker
+
+    runs = {run.record.ip_adapter_scale: run.record for run in tracker.open(tmp_path / "home").runs("ip-flux")}
+    plain = _load(base)
+    plain.load_ip_adapter(str(ipa), weight_name=fixtures.IP_WEIGHT_NAME,
+                          image_encoder_pretrained_model_name_or_path=str(ipa / "image_encoder"),
+                          image_encoder_dtype=torch.float32)
+    got = {}
+    for scale, rec in sorted(runs.items()):
+        plain.set_ip_adapter_scale(scale)
+        want = _u8(plain(**_kwargs((0,), size=32), ip_adapter_image=Image.open(tmp_path / "pics" / "ref.png"),
+                         guidance_scale=rec.guidance_scale).images)[0]
+        got[scale] = np.asarray(Image.open(rec.image).convert("RGB"), dtype=np.int16)
+        assert got[scale].shape == want.shape and np.abs(got[scale] - want).max() <= 2, scale
+    assert np.abs(got[1.0] - got[0.0]).max() > 10  # the adapter's scale moves pixels
+    r = cli("reproduce", runs[1.0].image)
     assert r.code == 0 and "identical" in r.out, r.out + r.err

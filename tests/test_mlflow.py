@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -334,6 +335,9 @@ def test_the_mlflow_worker_gets_the_database_password_on_no_command_line_or_envi
     sink = MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}", "chief", url, tmp_path / "artifacts")
     try:
         proc = Path(f"/proc/{sink._proc.pid}")
+        deadline = time.monotonic() + 30
+        while b"_worker_main" not in (proc / "cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)  # read mid-exec (the new program's arguments not in place yet) it is empty
         assert b"_worker_main" in (proc / "cmdline").read_bytes()  # it is the worker, still running
         assert secret.encode() not in (proc / "environ").read_bytes()
         leaks = []

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from conftest import REPO
+from conftest import REPO, wait_in_page
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -282,7 +282,7 @@ def test_copy_without_full_images_still_shows_every_run(browser, probe, tmp_path
     try:
         assert all(w > 0 for w in page.load_all_images())
         page.page.locator("a.cell").first.click()
-        page.page.wait_for_function("document.getElementById('details-image').naturalWidth > 0")
+        wait_in_page(page.page, "() => document.getElementById('details-image').naturalWidth > 0")
         assert page.page.evaluate("document.getElementById('details-image').getAttribute('src')").startswith("thumbs/")
         page.page.keyboard.press("Escape")
         # the missing full image is the one failed request the browser reports; nothing else went wrong

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, run_tracker
+from conftest import REPO, run_tracker, wait_in_page
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_rate_twenty_images_and_ten_pairs_with_the_keyboard(page, server, cli):
         fig = page.evaluate("document.activeElement.dataset.key")
         keys.append(fig)
         page.keyboard.press(str(1 + i % 5))
-        page.wait_for_function("k => document.querySelector(`figure[data-key='${k}']`).dataset.rated", arg=fig)
+        wait_in_page(page, "k => document.querySelector(`figure[data-key='${k}']`).dataset.rated", fig)
     assert len(set(keys)) == 20
     page.goto(f"{server['base']}/pairs/studio?axis=colour")
     for i in range(10):
@@ -180,12 +180,12 @@ def test_rate_twenty_images_and_ten_pairs_with_the_keyboard(page, server, cli):
 
 def test_a_sweep_started_from_the_cli_shows_its_images_live(page, server):
     page.goto(f"{server['base']}/e/studio")
-    page.wait_for_function("document.body.dataset.live === 'on'")
+    wait_in_page(page, "() => document.body.dataset.live === 'on'")
     f = server["file"]
     f.write_text(EXP.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
     res = run_tracker("--home", server["home"], "run", f, "-q", "--no-mlflow", cwd=REPO)
     assert res.code == 0, res.err
-    page.wait_for_function("document.querySelectorAll('#live-strip img').length === 12", timeout=30_000)
+    wait_in_page(page, "() => document.querySelectorAll('#live-strip img').length === 12", timeout_ms=30_000)
     with store(server) as s:
         new = {r.key for r in s.runs("studio") if r.seed == 2}
     assert set(page.eval_on_selector_all("#live-strip img", "els => els.map(e => e.dataset.key)")) == new

@@ -22,6 +22,7 @@ their sha256 at call time (``Conditioning.image``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -114,6 +115,30 @@ def from_settings(settings: Any, image: Callable[[str, str], Any]) -> Conditioni
 
 
 # ------------------------------------------------------------------------------------------------ pure helpers
+
+# The key layouts of an IP-Adapter .safetensors file, as diffusers' load_ip_adapter reads them: h94's
+# (``image_proj.*``, ``ip_adapter.N.to_k_ip.*``) and XLabs' for FLUX.1 (``ip_adapter_proj_model.*``,
+# ``double_blocks.N.processor.ip_adapter_double_stream_k_proj.*``).
+IMAGE_PROJ_PREFIXES = ("ip_adapter_proj_model.", "image_proj.")
+IP_ADAPTER_PREFIXES = ("double_blocks.", "ip_adapter.")
+IP_ADAPTER_RENAMES = (("ip_adapter_double_stream_k_proj", "to_k_ip"), ("ip_adapter_double_stream_v_proj", "to_v_ip"),
+                      ("processor.", ""))
+
+
+def ip_adapter_state(flat: dict) -> dict:
+    """An IP-Adapter's flat weights as the ``{"image_proj": ..., "ip_adapter": ...}`` dict ``load_ip_adapter``
+    takes, from either layout (diffusers' FLUX.1 loader reads a file this way)."""
+    state: dict = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        rest = key.split(".", 1)[-1]
+        if key.startswith(IMAGE_PROJ_PREFIXES):
+            state["image_proj"][rest] = value
+        elif key.startswith(IP_ADAPTER_PREFIXES):
+            for old, new in IP_ADAPTER_RENAMES:
+                rest = rest.replace(old, new)
+            state["ip_adapter"][rest] = value
+    return state
+
 
 def family_mismatch(controlnet_config: dict, base_config: dict, vae_scale_factor: int | None = None) -> list[str]:
     """The config entries where a ControlNet does not fit a base denoiser ("name X (model: Y)"); [] when it fits."""
@@ -247,8 +272,12 @@ class Conditioner:
             raise ConditioningError(f"controlnet {name!r}: {_describe(ref)} could not be loaded: {_first_line(e)}") \
                 from None
 
-    def _ip_weights(self, ref: IPAdapterRef, name: str, dtype: torch.dtype, allow_pickle: bool) -> tuple[Any, dict]:
-        key = (ref, str(dtype), allow_pickle)
+    def _ip_weights(self, ref: IPAdapterRef, name: str, dtype: torch.dtype, allow_pickle: bool,
+                    separate_encoder: bool = False) -> tuple[Any, dict]:
+        """The image encoder and the weights of ``ref``. With ``separate_encoder`` (FLUX.1's loader, whose
+        ``image_encoder_pretrained_model_name_or_path`` is a model of its own), an ``image_encoder`` with a "/" is
+        that model: a Hub id or a folder (relative to the experiment file); else it is a folder of the adapter's."""
+        key = (ref, str(dtype), allow_pickle, separate_encoder)
         if key in self.ip_adapters:
             return self.ip_adapters[key]
         from diffusers.models.model_loading_utils import load_state_dict
@@ -266,19 +295,18 @@ class Conditioner:
             else:
                 file = str(Path(ref.location, ref.subfolder, ref.weight_name))
             flat = load_state_dict(file)
-            state: dict = {"image_proj": {}, "ip_adapter": {}}
-            for k, v in flat.items():
-                part, _, rest = k.partition(".")
-                if part in state:
-                    state[part][rest] = v
-            if isinstance(flat.get("image_proj"), dict):  # the .bin layout: already nested
-                state = flat
+            state = flat if isinstance(flat.get("image_proj"), dict) else ip_adapter_state(flat)  # .bin: nested
             if not state["image_proj"] or not state["ip_adapter"]:
-                raise ConditioningError(f"ip_adapter {name!r}: {file} holds no image_proj.*/ip_adapter.* weights; "
-                                        f"it is not an IP-Adapter")
+                raise ConditioningError(f"ip_adapter {name!r}: {file} holds no image_proj.*/ip_adapter.* weights "
+                                        f"(nor XLabs' ip_adapter_proj_model.*/double_blocks.*); it is not an "
+                                        f"IP-Adapter")
+            where: dict[str, Any] = {"pretrained_model_name_or_path": ref.location,
+                                     "subfolder": ref.encoder_subfolder()}
+            if separate_encoder and "/" in ref.image_encoder:
+                where = {"pretrained_model_name_or_path": str(models.resolve(ref.image_encoder, self.base_dir).location)}
             with _quiet_loading():
-                encoder = CLIPVisionModelWithProjection.from_pretrained(
-                    ref.location, subfolder=ref.encoder_subfolder(), **load_kwargs(dtype, allow_pickle)).eval()
+                encoder = CLIPVisionModelWithProjection.from_pretrained(**where,
+                                                                        **load_kwargs(dtype, allow_pickle)).eval()
         except ConditioningError:
             raise
         except Exception as e:  # noqa: BLE001 - one line, whatever the loaders raise
@@ -346,12 +374,18 @@ class Conditioner:
         if not hasattr(base, "load_ip_adapter"):
             raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: {type(base).__name__} cannot load IP-Adapters")
         if getattr(unet, "_tracker_ip_adapter", None) != want:
-            encoder, state = self._ip_weights(want, str(cond.ip_adapter), dtype, allow_pickle)
-            self.used.setdefault(id(base), set()).add(("ip_adapters", (want, str(dtype), allow_pickle)))
+            # the loader is given the image encoder registered here and told to load none (UNet pipelines spell it
+            # image_encoder_folder, FLUX.1's image_encoder_pretrained_model_name_or_path: a model of its own)
+            params = inspect.signature(base.load_ip_adapter).parameters
+            no_encoder = "image_encoder_folder" if "image_encoder_folder" in params else \
+                "image_encoder_pretrained_model_name_or_path"
+            separate = no_encoder != "image_encoder_folder"
+            encoder, state = self._ip_weights(want, str(cond.ip_adapter), dtype, allow_pickle, separate)
+            self.used.setdefault(id(base), set()).add(("ip_adapters", (want, str(dtype), allow_pickle, separate)))
             base.register_modules(image_encoder=encoder.to(unet.device))
             try:
                 with _quiet_loading():  # its cast of the UNet warns of fp32 modules there are none of
-                    base.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+                    base.load_ip_adapter(state, subfolder="", weight_name="", **{no_encoder: None})
             except Exception as e:  # noqa: BLE001 - shapes of another family's adapter, ...
                 base.unload_ip_adapter()
                 raise ConditioningError(f"ip_adapter {cond.ip_adapter!r}: does not fit model "
