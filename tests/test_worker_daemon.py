@@ -406,14 +406,18 @@ def test_watch_queues_only_the_new_runs_after_an_edit(tmp_path, env, workers):
     workers.start(name="warm")
     workers.wait_live("warm")
     log = open(tmp_path / "watch.log", "w")
-    watch = subprocess.Popen([sys.executable, "-m", "tracker", "watch", str(path), "--interval", "0.2"],
+    watch = subprocess.Popen([sys.executable, "-m", "tracker", "watch", str(path), "--interval", "0.2", "--report"],
                              env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True)
+    index = Path(env["TRACKER_HOME"]) / "reports" / "alpha" / "index.html"
     try:
         _wait_done(env, 4, watch)
         first = {k: (mtime, wid) for k, mtime, wid in _db_rows(env, "SELECT key, image_mtime_ns, worker_id FROM runs")}
+        _wait_for(lambda: (tmp_path / "watch.log").read_text().count("alpha: report file://") == 1, watch)
+        assert all(k in index.read_text() for k in first)  # --report: rebuilt once the queued runs were made
         path.write_text(path.read_text().replace("[cat, dog]", "[cat, dog, owl]"))
         _wait_done(env, 6, watch)
         after = {k: (mtime, wid) for k, mtime, wid in _db_rows(env, "SELECT key, image_mtime_ns, worker_id FROM runs")}
+        _wait_for(lambda: (tmp_path / "watch.log").read_text().count("alpha: report file://") == 2, watch)
     finally:
         watch.send_signal(signal.SIGINT)
         watch.wait(timeout=60)
@@ -422,6 +426,14 @@ def test_watch_queues_only_the_new_runs_after_an_edit(tmp_path, env, workers):
     assert "alpha: 2 new runs queued, 0 no longer planned, 4 unchanged (4 done, 0 still queued)" in text
     assert len(after) == 6 and all(after[k] == v for k, v in first.items())  # the first 4 were not made again
     assert "warm: alpha: 2 runs" in workers.log("warm")
+    assert all(k in index.read_text() for k in after)  # and again after the edit, with the new runs
+
+
+def _wait_for(condition, proc, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
 
 
 def _wait_done(env: dict, n: int, proc) -> None:

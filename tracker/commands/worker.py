@@ -78,12 +78,16 @@ def worker(ws: WorkspaceConfig, device: str | None, experiments: tuple[str, ...]
               help="How often the file (and its wildcard files) are checked for a save.")
 @click.option("--device", metavar="DEVICE", help="Only for warm workers on this device.")
 @click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Refuse plans larger than this.")
+@click.option("--report", "refresh_report", is_flag=True,
+              help="Rebuild the experiment's HTML report (as `tracker report`, not attached to MLflow) each time "
+                   "the queued runs are all made; reload the page to see the new images.")
 @pass_workspace
 def watch(ws: WorkspaceConfig, file: str, priority: int, interval: float, device: str | None,
-          max_runs: int | None) -> None:
+          max_runs: int | None, refresh_report: bool) -> None:
     """Re-plan FILE on every save (and on every save of its wildcard files) and queue only its new runs for
     the warm workers (`tracker worker`); runs done are not made again, runs the new plan dropped leave the
-    queue. Prints what changed and the progress; Ctrl-C withdraws the runs still queued."""
+    queue. Prints what changed and the progress; Ctrl-C withdraws the runs still queued. The studio
+    (`tracker studio`) shows the new images as they are made; --report rebuilds the HTML report too."""
     import time
     from pathlib import Path
 
@@ -97,6 +101,7 @@ def watch(ws: WorkspaceConfig, file: str, priority: int, interval: float, device
     files = queue.watched_files(path)
     seen = None
     shown = None
+    reported = None  # the (done, failed) counts the report was last built with
     click.echo(f"watching {file} (Ctrl-C stops and withdraws the runs still queued)", err=True)
     try:
         while True:
@@ -116,9 +121,25 @@ def watch(ws: WorkspaceConfig, file: str, priority: int, interval: float, device
                     shown = now
                     click.echo(f"{w.experiment}: {now[0]} done, {now[1]} failed, {now[2]} to make of "
                                f"{len(w.keys)} planned", err=True)
+                if refresh_report and now[2] == 0 and now[:2] != reported:
+                    reported = now[:2]
+                    _rebuild_report(ws, w.experiment)
             time.sleep(interval)
     except KeyboardInterrupt:
         n = w.stop()
         if n:
             click.echo(f"withdrew {n} runs of {w.experiment} not started from the queue", err=True)
         raise
+
+
+def _rebuild_report(ws: WorkspaceConfig, experiment: str) -> None:
+    """``tracker watch --report``: the report again, its path printed; a failure is a line, the watch goes on."""
+    from tracker.api import Workspace as Api
+    from tracker.errors import TrackerError
+
+    try:
+        index, _, _ = Api(ws).build_report(experiment, attach_mlflow=False)
+    except TrackerError as e:
+        click.echo(f"report not rebuilt: {e}", err=True)
+        return
+    click.echo(f"{experiment}: report {index.as_uri()}")
