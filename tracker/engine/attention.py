@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tracker.engine.userpipe import denoiser
 from tracker.errors import ModelError
 from tracker.experiment.settings import ATTENTION_DEFAULT
 
@@ -50,13 +51,6 @@ def known() -> list[str]:
     return [b.value for b in AttentionBackendName]
 
 
-def _denoiser(pipe: Any) -> Any:
-    for name in ("unet", "transformer"):
-        if getattr(pipe, name, None) is not None:
-            return getattr(pipe, name)
-    return None
-
-
 def _processors(denoiser: Any) -> list:
     return list(getattr(denoiser, "attn_processors", {}).values())
 
@@ -78,16 +72,16 @@ def check(pipe: Any, name: str, device: str, dtype: torch.dtype, model: str) -> 
         raise ModelError(f"attention: {name!r} is not an attention backend of diffusers {diffusers.__version__}; "
                          f"known: default, {public} (and torch's own kernels _native_flash, _native_efficient, "
                          f"_native_math, _native_cudnn)")
-    denoiser = _denoiser(pipe)
-    if denoiser is None or not hasattr(denoiser, "set_attention_backend"):
+    module = denoiser(pipe)
+    if module is None or not hasattr(module, "set_attention_backend"):
         raise ModelError(f"attention: {name!r}: the pipeline of model {model!r} ({type(pipe).__name__}) has no UNet "
                          f"or transformer whose attention backend can be set; use attention: default")
-    if uses_dispatcher(denoiser):
+    if uses_dispatcher(module):
         _probe_dispatcher(name, device, dtype)
         return
-    kinds = sorted({type(p).__name__ for p in _processors(denoiser)})
+    kinds = sorted({type(p).__name__ for p in _processors(module)})
     if name not in SDPA_KERNELS or not kinds or not all(k.endswith("2_0") for k in kinds):
-        raise ModelError(f"attention: {name!r} cannot apply to model {model!r}: its {type(denoiser).__name__} "
+        raise ModelError(f"attention: {name!r} cannot apply to model {model!r}: its {type(module).__name__} "
                          f"attention ({', '.join(kinds) or 'no processors'}) does not go through diffusers' attention "
                          f"dispatcher" + ("; for it use default or torch's kernels: " + ", ".join(SDPA_KERNELS)
                                           if kinds and all(k.endswith("2_0") for k in kinds) else
@@ -136,13 +130,13 @@ def apply(pipe: Any, name: str, current: Applied | None) -> Applied | None:
     undo(pipe, current)
     if name == ATTENTION_DEFAULT:
         return None
-    denoiser = _denoiser(pipe)
-    if not uses_dispatcher(denoiser):
+    module = denoiser(pipe)
+    if not uses_dispatcher(module):
         return Applied(name, dispatcher=False)
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     before = _AttentionBackendRegistry._active_backend
-    denoiser.set_attention_backend(name)
+    module.set_attention_backend(name)
     return Applied(name, dispatcher=True, active_before=before)
 
 
@@ -151,7 +145,7 @@ def undo(pipe: Any, current: Applied | None) -> None:
         return
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    _denoiser(pipe).reset_attention_backend()
+    denoiser(pipe).reset_attention_backend()
     _AttentionBackendRegistry.set_active_backend(current.active_before)
 
 

@@ -42,6 +42,7 @@ from tracker.engine.loading import DTYPES, PipelineCache, _Loaded, seed_steps, s
 from tracker.errors import ModelError  # noqa: E402
 from tracker.engine.load_errors import _first_line, _offline  # noqa: E402
 from tracker.engine.machine import _PeakRss  # noqa: E402
+from tracker.engine.userpipe import denoiser  # noqa: E402
 from tracker.experiment.plan import PlannedRun  # noqa: E402
 from tracker.experiment import model_refs as models  # noqa: E402
 from tracker.experiment.settings import Settings  # noqa: E402
@@ -405,8 +406,7 @@ class Engine:
         else:  # no step callback: no per-step timings (the call's time is still recorded)
             timing = {}
         cuda = device.startswith("cuda")
-        denoiser = getattr(pipe, "unet", None)
-        hook = (denoiser if denoiser is not None else pipe.transformer).register_forward_pre_hook(first_unet_call)
+        hook = denoiser(pipe).register_forward_pre_hook(first_unet_call)
         try:
             from tracker.engine import attention
 

@@ -50,8 +50,8 @@ def wrap(pipe: Any) -> UserPipeline:
     if pipe is None or not hasattr(pipe, "components") or not callable(pipe):
         raise UsageError(f"pipeline= takes a diffusers pipeline object (e.g. StableDiffusionPipeline), "
                          f"not {type(pipe).__name__}")
-    for part in ("unet", "scheduler"):
-        if getattr(pipe, part, None) is None and not (part == "unet" and getattr(pipe, "transformer", None)):
+    for part, module in (("unet", denoiser(pipe)), ("scheduler", getattr(pipe, "scheduler", None))):
+        if module is None:
             raise UsageError(f"pipeline= {type(pipe).__name__} has no {part}; the tracker runs text-to-image "
                              f"pipelines with a denoiser and a scheduler")
     from tracker.experiment import families
