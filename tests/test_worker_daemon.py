@@ -246,10 +246,7 @@ def _all_done_each_with_its_image(env: dict, planned: int) -> list[dict]:
 
 def _wait_for_a_running_run(env: dict, sub: subprocess.Popen) -> None:
     """Until some run of the store is running (a worker holds it), while the submitter ``sub`` is still up."""
-    deadline = time.monotonic() + 300
-    while not _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]:
-        assert time.monotonic() < deadline and sub.poll() is None
-        time.sleep(0.1)
+    _wait_for(lambda: _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0], sub, every=0.1)
 
 
 def _db_rows(env: dict, sql: str) -> list[tuple]:
@@ -429,22 +426,19 @@ def test_watch_queues_only_the_new_runs_after_an_edit(tmp_path, env, workers):
     assert all(k in index.read_text() for k in after)  # and again after the edit, with the new runs
 
 
-def _wait_for(condition, proc, seconds: float = 300) -> None:
+def _wait_for(condition, proc, seconds: float = 300, every: float = 0.2) -> None:
+    """Until ``condition()`` holds, while ``proc`` is still up (at most ``seconds``)."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+        assert proc.poll() is None, "the process ended first"
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(every)
 
 
 def _wait_done(env: dict, n: int, proc) -> None:
-    deadline = time.monotonic() + 300
     db = Path(env["TRACKER_HOME"]) / "tracker.db"
-    while time.monotonic() < deadline:
-        assert proc.poll() is None
-        if db.exists() and _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'done'")[0][0] == n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{n} runs not done")
+    _wait_for(lambda: db.exists() and _db_rows(env, "SELECT count(*) FROM runs WHERE status = 'done'")[0][0] == n,
+              proc)
 
 
 def test_a_worker_loads_nothing_for_runs_the_submitted_plan_did_not_allow(ws, tmp_path):
